@@ -1,0 +1,92 @@
+//! AWS clients for one environment, and the preflight that proves they reach the right account
+//! before any step runs. On the ring every API goes to moto through one endpoint URL.
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ssm::config::Credentials;
+
+use crate::environment::Environment;
+use crate::steps::error_chain;
+
+pub(crate) struct Cloud {
+    pub(crate) ecr: aws_sdk_ecr::Client,
+    pub(crate) rds: aws_sdk_rds::Client,
+    pub(crate) ssm: aws_sdk_ssm::Client,
+    sts: aws_sdk_sts::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CloudError {
+    #[error("cannot reach AWS ({endpoint}) as environment {env}: {message}; {fix}")]
+    Unreachable { env: String, endpoint: String, message: String, fix: String },
+    #[error("AWS refused the credentials for environment {env}: {message}; {fix}")]
+    Credentials { env: String, message: String, fix: String },
+    #[error(
+        "the credentials belong to account {found}, but environment {env} is account {expected}; \
+         nothing was changed. Use the credentials (AWS_PROFILE) of account {expected}"
+    )]
+    WrongAccount { env: String, expected: String, found: String },
+}
+
+impl Cloud {
+    pub(crate) async fn connect(env: &Environment) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(env.region.clone()));
+        if let Some(url) = &env.aws.endpoint_url {
+            loader = loader.endpoint_url(url);
+        }
+        if let Some(profile) = &env.aws.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(creds) = &env.aws.emulator_credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                &creds.access_key_id,
+                &creds.secret_access_key,
+                None,
+                None,
+                "runbook-emulator",
+            ));
+        }
+        let config = loader.load().await;
+        Cloud {
+            ecr: aws_sdk_ecr::Client::new(&config),
+            rds: aws_sdk_rds::Client::new(&config),
+            ssm: aws_sdk_ssm::Client::new(&config),
+            sts: aws_sdk_sts::Client::new(&config),
+        }
+    }
+
+    /// `sts:GetCallerIdentity`: the endpoint answers, the credentials work, and they are for
+    /// the environment's account.
+    pub(crate) async fn preflight(&self, env: &Environment) -> Result<(), CloudError> {
+        let endpoint = env.aws.endpoint_url.clone().unwrap_or_else(|| format!("AWS {}", env.region));
+        let ring_fix = if env.loopback_only {
+            "start the local ring: runbook ring up".to_string()
+        } else {
+            "check the network and the AWS credential chain (aws sts get-caller-identity)".to_string()
+        };
+        let identity = self.sts.get_caller_identity().send().await.map_err(|e| {
+            use aws_sdk_sts::error::SdkError;
+            match &e {
+                SdkError::ServiceError(_) => CloudError::Credentials {
+                    env: env.name.clone(),
+                    message: error_chain(&e),
+                    fix: "log in again (aws sso login / fresh keys) or set AWS_PROFILE".into(),
+                },
+                _ => CloudError::Unreachable {
+                    env: env.name.clone(),
+                    endpoint: endpoint.clone(),
+                    message: error_chain(&e),
+                    fix: ring_fix.clone(),
+                },
+            }
+        })?;
+        let found = identity.account().unwrap_or("unknown").to_string();
+        if found != env.account_id {
+            return Err(CloudError::WrongAccount {
+                env: env.name.clone(),
+                expected: env.account_id.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+}

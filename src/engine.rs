@@ -1,0 +1,353 @@
+//! The engine: walks the dependency graph, runs ready steps at the same time, and applies the
+//! step contract to each (probe → intent → apply → verify), retrying retryable errors with
+//! backoff. A failed step stops its branch; running siblings finish; the run stays resumable.
+//!
+//! It emits events through the [`Recorder`] and never prints. Time and shutdown are injected:
+//! waits use `tokio::time` and the caller passes the cancellation future.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::cloud::Cloud;
+use crate::environment::Environment;
+use crate::event::{DoneOutcome, Event, Outputs, ProbeResult, RunStatus};
+use crate::recorder::Recorder;
+use crate::runbook::Runbook;
+use crate::steps::{Probe, StepContext, StepError, StepKind};
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetryPolicy {
+    /// Attempts per step in one run, the first included.
+    pub(crate) max_attempts: u32,
+    pub(crate) first_delay: Duration,
+    pub(crate) max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 3, first_delay: Duration::from_secs(1), max_delay: Duration::from_secs(20) }
+    }
+}
+
+/// What the state DB says about the run's steps when the engine starts.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Steps that are done (applied, satisfied or skipped): not run again.
+    pub(crate) finished: BTreeSet<String>,
+    pub(crate) outputs: BTreeMap<String, Outputs>,
+    /// Attempts used so far, by step.
+    pub(crate) attempts: BTreeMap<String, u32>,
+    /// Steps whose last attempt recorded an intent and no outcome.
+    pub(crate) in_doubt: BTreeSet<String>,
+}
+
+pub(crate) struct Engine {
+    pub(crate) runbook: Arc<Runbook>,
+    pub(crate) env: Arc<Environment>,
+    pub(crate) cloud: Arc<Cloud>,
+    pub(crate) recorder: Recorder,
+    pub(crate) retry: RetryPolicy,
+}
+
+/// Everything a step task needs, shared.
+struct Shared {
+    env: Arc<Environment>,
+    cloud: Arc<Cloud>,
+    recorder: Recorder,
+    retry: RetryPolicy,
+}
+
+impl Engine {
+    /// Runs every step not yet finished, until all are done, one fails (its branch stops,
+    /// the rest go on), the state DB cannot be written, or `cancel` resolves.
+    pub(crate) async fn run(&self, mut progress: Progress, cancel: impl Future<Output = ()>) -> RunStatus {
+        let shared = Arc::new(Shared {
+            env: self.env.clone(),
+            cloud: self.cloud.clone(),
+            recorder: self.recorder.clone(),
+            retry: self.retry,
+        });
+        let graph = &self.runbook.graph;
+        let mut running: JoinSet<(String, Option<Outputs>)> = JoinSet::new();
+        let mut in_flight = BTreeSet::new();
+        let mut failed = BTreeSet::new();
+        tokio::pin!(cancel);
+
+        loop {
+            let write_failed = self.recorder.write_error().is_some();
+            if !write_failed {
+                let excluded: BTreeSet<String> = in_flight.union(&failed).cloned().collect();
+                for id in graph.ready(&progress.finished, &excluded) {
+                    let step = self.runbook.step(&id).expect("ready steps come from the graph").clone();
+                    in_flight.insert(id.clone());
+                    let first = progress.attempts.get(&id).copied().unwrap_or(0) + 1;
+                    let in_doubt = progress.in_doubt.contains(&id);
+                    let kind = step.typed(&progress.outputs);
+                    let shared = shared.clone();
+                    running.spawn(async move {
+                        let outputs = run_step(&shared, &step.id, &step.title, kind, first, in_doubt).await;
+                        (step.id, outputs)
+                    });
+                }
+            }
+            if running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                () = &mut cancel => {
+                    running.abort_all();
+                    while running.join_next().await.is_some() {}
+                    return RunStatus::Interrupted;
+                }
+                Some(joined) = running.join_next() => {
+                    let (id, outputs) = match joined {
+                        Ok(result) => result,
+                        Err(e) if e.is_cancelled() => continue,
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    };
+                    in_flight.remove(&id);
+                    match outputs {
+                        Some(outputs) => {
+                            progress.outputs.insert(id.clone(), outputs);
+                            progress.finished.insert(id);
+                        }
+                        None => {
+                            failed.insert(id);
+                        }
+                    }
+                }
+            }
+        }
+
+        let mut blocked = Vec::new();
+        for id in graph.topological() {
+            if progress.finished.contains(&id) || failed.contains(&id) {
+                continue;
+            }
+            let by = graph.upstream(&id).into_iter().filter(|u| failed.contains(u)).collect::<Vec<_>>();
+            blocked.push((id, if by.is_empty() { "the state DB".to_string() } else { by.join(", ") }));
+        }
+        for (step, by) in blocked {
+            self.recorder.emit(Event::StepBlocked { step, by }).await;
+        }
+        if failed.is_empty() && self.recorder.write_error().is_none() && progress.finished.len() == self.runbook.steps.len() {
+            RunStatus::Done
+        } else {
+            RunStatus::Failed
+        }
+    }
+}
+
+/// One step, through as many attempts as retryable errors allow. `Some(outputs)` when done.
+async fn run_step(
+    shared: &Shared,
+    id: &str,
+    title: &str,
+    kind: Result<StepKind, String>,
+    first_attempt: u32,
+    in_doubt: bool,
+) -> Option<Outputs> {
+    let mut attempt = first_attempt;
+    let mut delay = shared.retry.first_delay;
+    loop {
+        let cx = StepContext {
+            step: id.to_string(),
+            attempt,
+            env: shared.env.clone(),
+            cloud: shared.cloud.clone(),
+            recorder: shared.recorder.clone(),
+        };
+        let started = Instant::now();
+        shared
+            .recorder
+            .emit(Event::StepStarted {
+                step: id.to_string(),
+                attempt,
+                title: title.to_string(),
+                in_doubt: in_doubt && attempt == first_attempt,
+            })
+            .await;
+        let result = match &kind {
+            Ok(kind) => one_attempt(&cx, kind).await,
+            // Preconditions: the inputs from upstream steps are missing or do not type-check.
+            Err(why) => Err(StepError::fatal(
+                format!("preconditions: {why}"),
+                "finish or retry the steps it needs first (runbook status)",
+            )),
+        };
+        let elapsed = started.elapsed().as_millis() as u64;
+        match result {
+            Ok((outcome, outputs)) => {
+                shared
+                    .recorder
+                    .emit(Event::StepDone {
+                        step: id.to_string(),
+                        attempt,
+                        outcome,
+                        outputs: outputs.clone(),
+                        duration_ms: elapsed,
+                    })
+                    .await;
+                return Some(outputs);
+            }
+            Err(StepError::Retryable { message }) if attempt - first_attempt + 1 < shared.retry.max_attempts => {
+                shared
+                    .recorder
+                    .emit(Event::StepRetrying {
+                        step: id.to_string(),
+                        attempt,
+                        error: message,
+                        delay_ms: delay.as_millis() as u64,
+                    })
+                    .await;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(shared.retry.max_delay);
+                attempt += 1;
+            }
+            Err(e) => {
+                let (error, fix) = match e {
+                    StepError::Retryable { message } => (
+                        format!("{message} (gave up after {} attempts)", shared.retry.max_attempts),
+                        Some(format!("once the cause is fixed: runbook retry {id}")),
+                    ),
+                    StepError::Fatal { message, fix } => (message, fix),
+                };
+                shared
+                    .recorder
+                    .emit(Event::StepFailed { step: id.to_string(), attempt, error, fix, duration_ms: elapsed })
+                    .await;
+                return None;
+            }
+        }
+    }
+}
+
+async fn one_attempt(cx: &StepContext, kind: &StepKind) -> Result<(DoneOutcome, Outputs), StepError> {
+    match probe_and_report(cx, kind).await? {
+        Probe::Satisfied(outputs) => Ok((DoneOutcome::Satisfied, outputs)),
+        Probe::Conflict(why) => Err(conflict(cx, why)),
+        Probe::Absent(what) => {
+            cx.recorder
+                .emit(Event::StepIntent { step: cx.step.clone(), attempt: cx.attempt, action: what })
+                .await;
+            if let Some(error) = cx.recorder.write_error() {
+                return Err(StepError::fatal(
+                    format!("cannot record the intent, so nothing was applied: {error}"),
+                    "fix the state DB (disk space, permissions), then: runbook resume",
+                ));
+            }
+            cx.checkpoint("intent");
+            kind.apply(cx).await?;
+            cx.checkpoint("applied");
+            let outputs = converge(cx, kind).await?;
+            kind.verify(cx).await?;
+            Ok((DoneOutcome::Applied, outputs))
+        }
+    }
+}
+
+async fn probe_and_report(cx: &StepContext, kind: &StepKind) -> Result<Probe, StepError> {
+    let probe = kind.probe(cx).await?;
+    let (result, detail) = match &probe {
+        Probe::Satisfied(_) => (ProbeResult::Satisfied, "already in the desired state".to_string()),
+        Probe::Absent(what) => (ProbeResult::Absent, what.clone()),
+        Probe::Conflict(why) => (ProbeResult::Conflict, why.clone()),
+    };
+    cx.recorder
+        .emit(Event::StepProbed { step: cx.step.clone(), attempt: cx.attempt, result, detail })
+        .await;
+    Ok(probe)
+}
+
+fn conflict(cx: &StepContext, why: String) -> StepError {
+    StepError::fatal(
+        format!("conflict: {why}"),
+        format!("resolve the difference by hand or change the runbook, then: runbook retry {}", cx.step),
+    )
+}
+
+/// The verify probe: the probe again until it is satisfied, bounded, with progress.
+async fn converge(cx: &StepContext, kind: &StepKind) -> Result<Outputs, StepError> {
+    let limit = kind.converge_within();
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(250);
+    loop {
+        let still = match kind.probe(cx).await {
+            Ok(Probe::Satisfied(outputs)) => {
+                cx.recorder
+                    .emit(Event::StepProbed {
+                        step: cx.step.clone(),
+                        attempt: cx.attempt,
+                        result: ProbeResult::Satisfied,
+                        detail: "verified".into(),
+                    })
+                    .await;
+                return Ok(outputs);
+            }
+            Ok(Probe::Conflict(why)) => return Err(conflict(cx, why)),
+            Ok(Probe::Absent(what)) => what,
+            Err(StepError::Retryable { message }) => message,
+            Err(e) => return Err(e),
+        };
+        let elapsed = started.elapsed();
+        if elapsed >= limit {
+            return Err(StepError::fatal(
+                format!("applied, but not converged within {}s: still {still}", limit.as_secs()),
+                format!("look at what is missing, then: runbook retry {}", cx.step),
+            ));
+        }
+        cx.recorder
+            .emit(Event::StepWaiting {
+                step: cx.step.clone(),
+                attempt: cx.attempt,
+                what: still,
+                elapsed_ms: elapsed.as_millis() as u64,
+                limit_ms: limit.as_millis() as u64,
+            })
+            .await;
+        tokio::time::sleep(pause.min(limit - elapsed)).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// One line of `runbook plan`.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct PlanLine {
+    pub(crate) step: String,
+    pub(crate) title: String,
+    /// `satisfied`, `would_apply`, `conflict`, `after_upstream` or `error`.
+    pub(crate) verdict: &'static str,
+    pub(crate) detail: String,
+}
+
+/// Runs every probe that can run, read-only, in dependency order.
+pub(crate) async fn plan(runbook: &Runbook, env: Arc<Environment>, cloud: Arc<Cloud>, recorder: Recorder) -> Vec<PlanLine> {
+    let mut outputs: BTreeMap<String, Outputs> = BTreeMap::new();
+    let mut lines = Vec::new();
+    for id in runbook.graph.topological() {
+        let step = runbook.step(&id).expect("topological ids are steps");
+        let cx = StepContext { step: id.clone(), attempt: 0, env: env.clone(), cloud: cloud.clone(), recorder: recorder.clone() };
+        let (verdict, detail) = match step.typed(&outputs) {
+            Err(_) => {
+                let waiting: Vec<String> = step.needs.iter().filter(|n| !outputs.contains_key(*n)).cloned().collect();
+                ("after_upstream", format!("probed once {} exist", waiting.join(", ")))
+            }
+            Ok(kind) => match kind.probe(&cx).await {
+                Ok(Probe::Satisfied(o)) => {
+                    outputs.insert(id.clone(), o);
+                    ("satisfied", "nothing to do".to_string())
+                }
+                Ok(Probe::Absent(what)) => ("would_apply", what),
+                Ok(Probe::Conflict(why)) => ("conflict", why),
+                Err(e) => ("error", e.to_string()),
+            },
+        };
+        lines.push(PlanLine { step: id, title: step.title.clone(), verdict, detail });
+    }
+    lines
+}

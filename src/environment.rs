@@ -1,0 +1,216 @@
+//! The environment a runbook runs against: `runbooks/environments/<name>.toml`.
+//!
+//! It owns account, region, endpoint overrides, the variables that runbooks reference as
+//! `${env.x}`, and the address map that turns cloud host names into loopback addresses on the
+//! local ring. It must not hold secrets: it names where they live (an SSM parameter, an
+//! environment variable), never their values.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::runbook::RunbookError;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Environment {
+    pub(crate) name: String,
+    #[serde(default)]
+    #[allow(dead_code)] // for readers of the file; kept so that deny_unknown_fields accepts it
+    pub(crate) description: String,
+    /// The AWS account the credentials must belong to; checked before any step runs.
+    pub(crate) account_id: String,
+    pub(crate) region: String,
+    /// Refuse to dial anything that is not loopback (the local ring).
+    #[serde(default)]
+    pub(crate) loopback_only: bool,
+    #[serde(default)]
+    pub(crate) aws: AwsSettings,
+    /// Values that runbooks reference as `${env.NAME}`.
+    #[serde(default)]
+    pub(crate) vars: BTreeMap<String, String>,
+    /// `"host:port"` (a leading `*.` matches any subdomain) → `"127.0.0.1:port"`.
+    #[serde(default)]
+    pub(crate) address_map: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub(crate) path: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AwsSettings {
+    /// One endpoint for every AWS API (moto on the ring). Absent: the real AWS endpoints.
+    pub(crate) endpoint_url: Option<String>,
+    /// A named profile of the standard credential chain.
+    pub(crate) profile: Option<String>,
+    /// Fixed, non-secret credentials for an emulator (moto accepts any). Never for AWS.
+    pub(crate) emulator_credentials: Option<EmulatorCredentials>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EmulatorCredentials {
+    pub(crate) access_key_id: String,
+    pub(crate) secret_access_key: String,
+}
+
+impl Environment {
+    pub(crate) fn load(project: &Path, name: &str) -> Result<Self, RunbookError> {
+        let dir = project.join("runbooks").join("environments");
+        let path = dir.join(format!("{name}.toml"));
+        if !valid_name(name) || !path.is_file() {
+            return Err(RunbookError::UnknownEnvironment {
+                name: name.to_string(),
+                available: list_toml_stems(&dir),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| RunbookError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut env: Environment = toml::from_str(&text).map_err(|e| RunbookError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        env.path = path.clone();
+        if env.name != name {
+            return Err(RunbookError::Invalid {
+                path,
+                message: format!(
+                    "the file says name = \"{}\" but is named {name}.toml; make them agree",
+                    env.name
+                ),
+            });
+        }
+        if env.aws.emulator_credentials.is_some() && !env.loopback_only {
+            return Err(RunbookError::Invalid {
+                path,
+                message: "[aws.emulator_credentials] is only for an emulator: set \
+                          loopback_only = true, or remove it and use the AWS credential chain"
+                    .into(),
+            });
+        }
+        for (from, to) in &env.address_map {
+            if parse_host_port(from).is_none() || to.parse::<SocketAddr>().is_err() {
+                return Err(RunbookError::Invalid {
+                    path,
+                    message: format!(
+                        "[address_map] \"{from}\" = \"{to}\": write \"host:port\" = \"ip:port\""
+                    ),
+                });
+            }
+        }
+        Ok(env)
+    }
+
+    /// Where to dial `host:port` from here: the address map first; on a loopback-only
+    /// environment anything unmapped that is not loopback is refused.
+    pub(crate) fn dial(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+        for (from, to) in &self.address_map {
+            let Some((pattern, mapped_port)) = parse_host_port(from) else { continue };
+            if mapped_port == port && host_matches(pattern, host) {
+                return to.parse().map_err(|_| format!("bad address_map target {to}"));
+            }
+        }
+        let resolved = (host, port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host}:{port}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host}:{port} resolves to no address"))?;
+        if self.loopback_only && !is_loopback(resolved.ip()) {
+            return Err(format!(
+                "{host}:{port} is not a loopback address and environment {} is loopback-only; \
+                 add it to [address_map] in {}",
+                self.name,
+                self.path.display()
+            ));
+        }
+        Ok(resolved)
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}
+
+fn parse_host_port(text: &str) -> Option<(&str, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    Some((host, port.parse().ok()?))
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host.len() > suffix.len() && host.ends_with(&format!(".{suffix}")),
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with('.')
+}
+
+pub(crate) fn list_toml_stems(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            (p.extension()? == "toml").then(|| p.file_stem()?.to_str().map(String::from))?
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> Environment {
+        Environment {
+            name: "local".into(),
+            description: String::new(),
+            account_id: "123456789012".into(),
+            region: "us-east-1".into(),
+            loopback_only: true,
+            aws: AwsSettings::default(),
+            vars: BTreeMap::new(),
+            address_map: BTreeMap::from([(
+                "*.rds.amazonaws.com:5432".to_string(),
+                "127.0.0.1:15432".to_string(),
+            )]),
+            path: PathBuf::from("local.toml"),
+        }
+    }
+
+    #[test]
+    fn mapped_hosts_go_to_loopback() {
+        let addr = ring().dial("pg.abc.us-east-1.rds.amazonaws.com", 5432).unwrap();
+        assert_eq!(addr, "127.0.0.1:15432".parse().unwrap());
+    }
+
+    #[test]
+    fn unmapped_private_address_is_refused_on_a_loopback_ring() {
+        let err = ring().dial("10.1.2.3", 4222).unwrap_err();
+        assert!(err.contains("not a loopback address"), "{err}");
+        assert!(ring().dial("127.0.0.1", 4222).is_ok());
+    }
+
+    #[test]
+    fn wildcard_needs_a_subdomain_and_the_same_port() {
+        assert!(host_matches("*.example.com", "a.example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "a.example.com.evil"));
+        assert!(ring().dial("10.0.0.1", 5433).is_err());
+    }
+}

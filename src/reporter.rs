@@ -1,0 +1,157 @@
+//! Renders the event stream: progress bars on a terminal, timestamped lines otherwise, NDJSON
+//! with `--json`. The only module that touches `indicatif`; it never writes state.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
+
+use crate::clock::{format_duration, format_utc, now_ms};
+use crate::event::{DoneOutcome, Event, ProbeResult};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Tty,
+    Plain,
+    Json,
+}
+
+impl Mode {
+    pub(crate) fn detect(json: bool) -> Self {
+        use std::io::IsTerminal;
+        if json {
+            Mode::Json
+        } else if std::io::stderr().is_terminal() {
+            Mode::Tty
+        } else {
+            Mode::Plain
+        }
+    }
+}
+
+pub(crate) fn spawn(mode: Mode, mut events: UnboundedReceiver<Event>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tty = (mode == Mode::Tty).then(Bars::default);
+        while let Some(event) = events.recv().await {
+            match mode {
+                Mode::Json => {
+                    let mut value = serde_json::to_value(&event).unwrap_or_default();
+                    if let Some(map) = value.as_object_mut() {
+                        map.insert("at".into(), serde_json::Value::from(format_utc(now_ms())));
+                    }
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{value}");
+                }
+                Mode::Plain => {
+                    if let Some(line) = describe(&event) {
+                        eprintln!("{} {line}", format_utc(now_ms()));
+                    }
+                }
+                Mode::Tty => tty.as_mut().expect("tty mode has bars").show(&event),
+            }
+        }
+        if let Some(bars) = tty {
+            bars.finish();
+        }
+    })
+}
+
+/// One human line for an event, or `None` for progress ticks.
+fn describe(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::RunStarted { run, runbook, env, operator, host, resumed } => format!(
+            "run {run}: {} {runbook} on {env} as {operator}@{host}",
+            if *resumed { "resuming" } else { "starting" }
+        ),
+        Event::InputsChanged { what } => format!("note: {what}"),
+        Event::StepStarted { step, attempt, title, in_doubt } => {
+            let doubt = if *in_doubt { " (in doubt after an interruption: settling by its probe)" } else { "" };
+            format!("{step} {title}: attempt {attempt}{doubt}")
+        }
+        Event::StepProbed { step, result, detail, .. } => match result {
+            ProbeResult::Satisfied => format!("{step} probe: {detail}"),
+            ProbeResult::Absent => format!("{step} probe: will apply: {detail}"),
+            ProbeResult::Conflict => format!("{step} probe: CONFLICT: {detail}"),
+        },
+        Event::StepIntent { step, attempt, .. } => format!("{step} applying (attempt {attempt}, intent recorded)"),
+        Event::StepLog { step, line, .. } => format!("{step} | {line}"),
+        Event::StepWaiting { .. } => return None,
+        Event::StepRetrying { step, error, delay_ms, .. } => {
+            format!("{step} retryable error, again in {}: {error}", format_duration(*delay_ms as i64))
+        }
+        Event::StepDone { step, outcome, duration_ms, .. } => match outcome {
+            DoneOutcome::Satisfied => format!("{step} ok: already satisfied ({})", format_duration(*duration_ms as i64)),
+            DoneOutcome::Applied => format!("{step} ok: applied and verified ({})", format_duration(*duration_ms as i64)),
+        },
+        Event::StepFailed { step, error, fix, .. } => match fix {
+            Some(fix) => format!("{step} FAILED: {error}\n    fix: {fix}"),
+            None => format!("{step} FAILED: {error}"),
+        },
+        Event::StepBlocked { step, by } => format!("{step} not started: waits for {by}"),
+        Event::StepSkipped { step, reason, operator } => format!("{step} skipped by {operator}: {reason}"),
+        Event::StepReset { step, reason, operator } => format!("{step} reset by {operator}: {reason}"),
+        Event::LockTakenOver { previous_host, previous_pid } => {
+            format!("took over the run lock of dead process {previous_pid} on {previous_host}")
+        }
+        Event::LockBroken { previous_host, previous_pid, operator } => {
+            format!("{operator} broke the run lock held by {previous_pid} on {previous_host}")
+        }
+        Event::RunFinished { run, status, duration_ms } => {
+            format!("run {run} {} in {}", status.as_str(), format_duration(*duration_ms as i64))
+        }
+    })
+}
+
+#[derive(Default)]
+struct Bars {
+    multi: MultiProgress,
+    bars: BTreeMap<String, ProgressBar>,
+}
+
+impl Bars {
+    fn bar(&mut self, step: &str) -> &ProgressBar {
+        let multi = &self.multi;
+        self.bars.entry(step.to_string()).or_insert_with(|| {
+            let bar = multi.add(ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:<6} [{elapsed:>4}] {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(step.to_string());
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        })
+    }
+
+    fn show(&mut self, event: &Event) {
+        match event {
+            Event::StepStarted { step, title, .. } => self.bar(step).set_message(format!("{title}: probing")),
+            Event::StepIntent { step, .. } => self.bar(step).set_message("applying"),
+            Event::StepWaiting { step, what, elapsed_ms, limit_ms, .. } => self.bar(step).set_message(format!(
+                "waiting {}/{}: {what}",
+                format_duration(*elapsed_ms as i64),
+                format_duration(*limit_ms as i64)
+            )),
+            Event::StepDone { step, .. } | Event::StepFailed { step, .. } => {
+                let line = describe(event).unwrap_or_default();
+                let bar = self.bar(step).clone();
+                bar.finish_and_clear();
+                let _ = self.multi.println(line);
+            }
+            other => {
+                if let Some(line) = describe(other) {
+                    let _ = self.multi.println(line);
+                }
+            }
+        }
+    }
+
+    fn finish(self) {
+        for bar in self.bars.values() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,474 @@
+//! A runbook file (`runbooks/<name>.toml`): its steps, their kinds, typed params and `needs`,
+//! and the `${...}` references between them.
+//!
+//! Loading validates everything that can be known before a side effect: syntax, unknown
+//! kinds and fields, missing variables, references to steps that are not upstream, cycles,
+//! and `image_tag = "latest"`. It must not touch the cloud or the state DB.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::environment::{Environment, list_toml_stems, valid_name};
+use crate::graph::Graph;
+use crate::steps::{self, StepKind};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunbookError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error("no runbook named `{name}`; available: {}", available.join(", "))]
+    UnknownRunbook { name: String, available: Vec<String> },
+    #[error(
+        "no environment named `{name}`; available: {} (files in runbooks/environments/)",
+        available.join(", ")
+    )]
+    UnknownEnvironment { name: String, available: Vec<String> },
+    #[error("{}: step {step}: unknown kind `{kind}`; known kinds: {}", path.display(), steps::KINDS.join(", "))]
+    UnknownKind { path: PathBuf, step: String, kind: String },
+    #[error("{}: step {step} ({kind}): params: {message}", path.display())]
+    Params { path: PathBuf, step: String, kind: String, message: String },
+    #[error(
+        "{}: step {step}, field `{field}`: variable `{var}` is not defined; add `{var} = \"…\"` \
+         to {where_to_define}, or pass --var {var}=…",
+        path.display()
+    )]
+    MissingVar { path: PathBuf, step: String, field: String, var: String, where_to_define: String },
+    #[error("{}: step {step}, field `{field}`: bad reference `{reference}`: {why}", path.display())]
+    BadReference { path: PathBuf, step: String, field: String, reference: String, why: String },
+    #[error("{}: step {step} needs `{need}`, which is not a step of this runbook", path.display())]
+    UnknownNeed { path: PathBuf, step: String, need: String },
+    #[error("{}: dependency cycle: {}; remove one of these `needs`", path.display(), members.join(" → "))]
+    Cycle { path: PathBuf, members: Vec<String> },
+    #[error(
+        "{where_}: image_tag = \"latest\" is refused: ECR tags are IMMUTABLE and `latest` cannot \
+         be redeployed; use the git SHA (the default) or --var image_tag=<sha>"
+    )]
+    LatestTag { where_: String },
+    #[error("no step `{step}` in runbook {runbook}; steps: {}", known.join(", "))]
+    UnknownStep { step: String, runbook: String, known: Vec<String> },
+}
+
+/// One `[[steps]]` entry as written in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepFile {
+    id: String,
+    title: String,
+    kind: String,
+    #[serde(default)]
+    needs: Vec<String>,
+    #[serde(default = "empty_table")]
+    params: toml::Value,
+}
+
+fn empty_table() -> toml::Value {
+    toml::Value::Table(toml::Table::new())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunbookFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+    steps: Vec<StepFile>,
+}
+
+/// A validated step: params with `${var}` and `${env.x}` resolved; `${steps.X.y}` kept for run
+/// time, when the outputs of X exist.
+#[derive(Debug, Clone)]
+pub(crate) struct Step {
+    pub(crate) id: String,
+    pub(crate) title: String,
+    pub(crate) kind: String,
+    pub(crate) needs: Vec<String>,
+    pub(crate) params: toml::Value,
+}
+
+#[derive(Debug)]
+pub(crate) struct Runbook {
+    pub(crate) name: String,
+    #[allow(dead_code)] // for readers of the file; kept so that deny_unknown_fields accepts it
+    pub(crate) description: String,
+    pub(crate) path: PathBuf,
+    pub(crate) steps: Vec<Step>,
+    pub(crate) graph: Graph,
+    /// sha256 of the runbook file: a resumed run says when it changed.
+    pub(crate) hash: String,
+    /// sha256 of the environment file and the `--var` overrides.
+    pub(crate) inputs_hash: String,
+}
+
+impl Runbook {
+    pub(crate) fn load(
+        project: &Path,
+        name: &str,
+        env: &Environment,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self, RunbookError> {
+        let dir = project.join("runbooks");
+        let path = dir.join(format!("{name}.toml"));
+        if !valid_name(name) || !path.is_file() {
+            return Err(RunbookError::UnknownRunbook {
+                name: name.to_string(),
+                available: list_toml_stems(&dir),
+            });
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| RunbookError::Read { path: path.clone(), source })?;
+        let file: RunbookFile = toml::from_str(&text)
+            .map_err(|e| RunbookError::Parse { path: path.clone(), message: e.to_string() })?;
+        if file.name != name {
+            return Err(RunbookError::Invalid {
+                path,
+                message: format!(
+                    "the file says name = \"{}\" but is named {name}.toml; make them agree",
+                    file.name
+                ),
+            });
+        }
+
+        for (var, value) in overrides {
+            if var == "image_tag" && value == "latest" {
+                return Err(RunbookError::LatestTag { where_: "--var image_tag".into() });
+            }
+        }
+
+        let ids: BTreeSet<&str> = file.steps.iter().map(|s| s.id.as_str()).collect();
+        if ids.len() != file.steps.len() {
+            let mut seen = BTreeSet::new();
+            let dup = file.steps.iter().find(|s| !seen.insert(&s.id)).map(|s| s.id.clone());
+            return Err(RunbookError::Invalid {
+                path,
+                message: format!("step id `{}` appears twice; ids must be unique", dup.unwrap_or_default()),
+            });
+        }
+        for step in &file.steps {
+            if !steps::KINDS.contains(&step.kind.as_str()) {
+                return Err(RunbookError::UnknownKind {
+                    path,
+                    step: step.id.clone(),
+                    kind: step.kind.clone(),
+                });
+            }
+            if let Some(need) = step.needs.iter().find(|n| !ids.contains(n.as_str())) {
+                return Err(RunbookError::UnknownNeed {
+                    path,
+                    step: step.id.clone(),
+                    need: need.clone(),
+                });
+            }
+        }
+        let graph = Graph::new(file.steps.iter().map(|s| (s.id.clone(), s.needs.clone())));
+        if let Some(members) = graph.find_cycle() {
+            return Err(RunbookError::Cycle { path, members });
+        }
+
+        let kinds: BTreeMap<String, String> =
+            file.steps.iter().map(|s| (s.id.clone(), s.kind.clone())).collect();
+        let scope = Scope { path: &path, env, runbook_vars: &file.vars, overrides, kinds: &kinds };
+        let mut steps = Vec::with_capacity(file.steps.len());
+        for step in file.steps {
+            let mut params = step.params;
+            scope.resolve(&step.id, "", &mut params, &graph)?;
+            let typed = steps::parse(&step.kind, &with_placeholders(&params))
+                .map_err(|message| RunbookError::Params {
+                    path: path.clone(),
+                    step: step.id.clone(),
+                    kind: step.kind.clone(),
+                    message,
+                })?;
+            if typed.image_tag() == Some("latest") {
+                return Err(RunbookError::LatestTag {
+                    where_: format!("{}: step {}", path.display(), step.id),
+                });
+            }
+            steps.push(Step {
+                id: step.id,
+                title: step.title,
+                kind: step.kind,
+                needs: step.needs,
+                params,
+            });
+        }
+
+        let mut inputs = Sha256::new();
+        inputs.update(std::fs::read(&env.path).unwrap_or_default());
+        for (k, v) in overrides {
+            inputs.update(format!("\n{k}={v}"));
+        }
+        Ok(Runbook {
+            name: file.name,
+            description: file.description,
+            path,
+            steps,
+            graph,
+            hash: hex::encode(Sha256::digest(text.as_bytes())),
+            inputs_hash: hex::encode(inputs.finalize()),
+        })
+    }
+
+    pub(crate) fn step(&self, id: &str) -> Result<&Step, RunbookError> {
+        self.steps.iter().find(|s| s.id == id).ok_or_else(|| RunbookError::UnknownStep {
+            step: id.to_string(),
+            runbook: self.name.clone(),
+            known: self.steps.iter().map(|s| s.id.clone()).collect(),
+        })
+    }
+}
+
+impl Step {
+    /// The typed params, with `${steps.X.y}` replaced by the outputs of finished steps.
+    pub(crate) fn typed(
+        &self,
+        outputs: &BTreeMap<String, BTreeMap<String, String>>,
+    ) -> Result<StepKind, String> {
+        let mut params = self.params.clone();
+        let mut missing = Vec::new();
+        visit_strings(&mut params, &mut |text| {
+            *text = substitute(text, |reference| {
+                let (step, name) = split_step_reference(reference)?;
+                match outputs.get(step).and_then(|o| o.get(name)) {
+                    Some(value) => Some(value.clone()),
+                    None => {
+                        missing.push(format!("${{{reference}}}"));
+                        Some(String::new())
+                    }
+                }
+            });
+        });
+        if !missing.is_empty() {
+            return Err(format!(
+                "inputs not available yet: {} (their step has not finished in this run)",
+                missing.join(", ")
+            ));
+        }
+        steps::parse(&self.kind, &params)
+    }
+}
+
+struct Scope<'a> {
+    path: &'a Path,
+    env: &'a Environment,
+    runbook_vars: &'a BTreeMap<String, String>,
+    overrides: &'a BTreeMap<String, String>,
+    kinds: &'a BTreeMap<String, String>,
+}
+
+impl Scope<'_> {
+    /// Resolves `${var}` and `${env.x}` in every string of `value`; checks `${steps.X.y}`.
+    fn resolve(
+        &self,
+        step: &str,
+        field: &str,
+        value: &mut toml::Value,
+        graph: &Graph,
+    ) -> Result<(), RunbookError> {
+        match value {
+            toml::Value::String(text) => {
+                *text = self.resolve_text(step, field, text, graph, 0)?;
+            }
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    self.resolve(step, &format!("{field}[{i}]"), item, graph)?;
+                }
+            }
+            toml::Value::Table(table) => {
+                for (key, item) in table.iter_mut() {
+                    let name = if field.is_empty() { key.clone() } else { format!("{field}.{key}") };
+                    self.resolve(step, &name, item, graph)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn resolve_text(
+        &self,
+        step: &str,
+        field: &str,
+        text: &str,
+        graph: &Graph,
+        depth: usize,
+    ) -> Result<String, RunbookError> {
+        let mut error = None;
+        let resolved = substitute(text, |reference| {
+            if error.is_some() {
+                return None;
+            }
+            let bad = |why: String| RunbookError::BadReference {
+                path: self.path.to_path_buf(),
+                step: step.to_string(),
+                field: field.to_string(),
+                reference: format!("${{{reference}}}"),
+                why,
+            };
+            if reference.starts_with("steps.") {
+                match split_step_reference(reference) {
+                    None => error = Some(bad("write ${steps.<step id>.<output>}".into())),
+                    Some((from, output)) => {
+                        if let Err(why) = check_step_reference(graph, self.kinds, step, from, output) {
+                            error = Some(bad(why));
+                        }
+                    }
+                }
+                return None; // kept for run time
+            }
+            if let Some(name) = reference.strip_prefix("env.") {
+                let value = match name {
+                    "name" => Some(self.env.name.clone()),
+                    "account_id" => Some(self.env.account_id.clone()),
+                    "region" => Some(self.env.region.clone()),
+                    _ => self.env.vars.get(name).cloned(),
+                };
+                if value.is_none() {
+                    error = Some(RunbookError::MissingVar {
+                        path: self.path.to_path_buf(),
+                        step: step.to_string(),
+                        field: field.to_string(),
+                        var: name.to_string(),
+                        where_to_define: format!("[vars] in {}", self.env.path.display()),
+                    });
+                }
+                return value;
+            }
+            if !reference.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || reference.is_empty() {
+                error = Some(bad(
+                    "write ${name} (a runbook var), ${env.name} or ${steps.<id>.<output>}".into(),
+                ));
+                return None;
+            }
+            let value = self
+                .overrides
+                .get(reference)
+                .or_else(|| self.runbook_vars.get(reference))
+                .cloned();
+            match value {
+                None => {
+                    error = Some(RunbookError::MissingVar {
+                        path: self.path.to_path_buf(),
+                        step: step.to_string(),
+                        field: field.to_string(),
+                        var: reference.to_string(),
+                        where_to_define: format!("[vars] in {}", self.path.display()),
+                    });
+                    None
+                }
+                // A runbook var may itself use ${env.x}; resolve it, bounded.
+                Some(v) if depth < 8 => match self.resolve_text(step, field, &v, graph, depth + 1) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        error = Some(e);
+                        None
+                    }
+                },
+                Some(_) => {
+                    error = Some(bad("variables refer to each other in a loop".into()));
+                    None
+                }
+            }
+        });
+        match error {
+            Some(e) => Err(e),
+            None => Ok(resolved),
+        }
+    }
+}
+
+fn check_step_reference(
+    graph: &Graph,
+    kinds: &BTreeMap<String, String>,
+    step: &str,
+    from: &str,
+    output: &str,
+) -> Result<(), String> {
+    let Some(kind) = kinds.get(from) else {
+        return Err(format!("there is no step `{from}`"));
+    };
+    if !graph.upstream(step).contains(from) {
+        return Err(format!("{step} does not need {from}; add \"{from}\" to its `needs`"));
+    }
+    let outputs = steps::outputs(kind);
+    if !outputs.contains(&output) {
+        return Err(format!("step {from} has no output `{output}`; it has: {}", outputs.join(", ")));
+    }
+    Ok(())
+}
+
+/// `steps.T2.2.image_tag` → (`T2.2`, `image_tag`): the output name is after the last dot.
+fn split_step_reference(reference: &str) -> Option<(&str, &str)> {
+    let rest = reference.strip_prefix("steps.")?;
+    let (step, output) = rest.rsplit_once('.')?;
+    (!step.is_empty() && !output.is_empty()).then_some((step, output))
+}
+
+/// Replaces each `${ref}` in `text` with `lookup(ref)`; `None` keeps it as written.
+fn substitute(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let reference = &after[..end];
+                match lookup(reference) {
+                    Some(value) => out.push_str(&value),
+                    None => out.push_str(&rest[start..start + 3 + end]),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn visit_strings(value: &mut toml::Value, f: &mut impl FnMut(&mut String)) {
+    match value {
+        toml::Value::String(s) => f(s),
+        toml::Value::Array(items) => items.iter_mut().for_each(|v| visit_strings(v, f)),
+        toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| visit_strings(v, f)),
+        _ => {}
+    }
+}
+
+/// Params with every `${steps.X.y}` replaced by a placeholder, to type-check before a run.
+fn with_placeholders(params: &toml::Value) -> toml::Value {
+    let mut copy = params.clone();
+    visit_strings(&mut copy, &mut |text| {
+        *text = substitute(text, |r| r.starts_with("steps.").then(|| "placeholder".to_string()));
+    });
+    copy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitute_replaces_known_and_keeps_unknown() {
+        let out = substitute("a-${x}-${y}-${", |r| (r == "x").then(|| "1".to_string()));
+        assert_eq!(out, "a-1-${y}-${");
+    }
+
+    #[test]
+    fn step_reference_splits_on_the_last_dot() {
+        assert_eq!(split_step_reference("steps.T2.2.image_tag"), Some(("T2.2", "image_tag")));
+        assert_eq!(split_step_reference("steps.T2"), None);
+    }
+}
