@@ -55,14 +55,25 @@ pub(crate) fn exit_code(status: RunStatus) -> i32 {
     }
 }
 
+/// Who runs this: RUNBOOK_OPERATOR, else the login name, else the account of our uid.
 fn operator() -> String {
-    std::env::var("RUNBOOK_OPERATOR")
-        .or_else(|_| std::env::var("USER"))
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    if let Ok(name) = std::env::var("RUNBOOK_OPERATOR").or_else(|_| std::env::var("USER")) {
+        return name;
+    }
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() }.to_string();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                (fields.get(2) == Some(&uid.as_str())).then(|| fields[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
-fn host() -> String {
+pub(crate) fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
@@ -290,7 +301,7 @@ async fn drive(
     let view = state
         .call(move |db| {
             let _ = db.release_lock(pid());
-            crate::status::view(db, Some(run))
+            crate::status::view(db, Some(run), &host())
         })
         .await?;
     if g.mode != Mode::Json {

@@ -130,6 +130,11 @@ enum RingAction {
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`runbook status | head`), as command-line tools do.
+    // SAFETY: setting a signal disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let globals = Globals { project: cli.project.clone(), state: cli.state.clone(), mode: Mode::detect(cli.json) };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
@@ -169,7 +174,7 @@ async fn dispatch(g: &Globals, command: Command) -> Result<i32, CliError> {
         Command::Resume { run } => commands::resume(g, run).await,
         Command::Status { run } => {
             let db = state::StateDb::open(&g.state)?;
-            let view = status::view(&db, run)?;
+            let view = status::view(&db, run, &commands::host())?;
             if g.mode == Mode::Json {
                 println!("{}", serde_json::to_string_pretty(&view).unwrap_or_default());
             } else {

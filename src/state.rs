@@ -492,12 +492,7 @@ impl StateDb {
             .map_err(|e| sql_err(&path, e))?;
         let mut taken_over = None;
         if let Some((run, h, p, since, beat)) = holder {
-            let alive = if h == host {
-                p != pid && Path::new(&format!("/proc/{p}")).exists()
-            } else {
-                now - beat < LEASE_STALE_MS
-            };
-            if alive {
+            if p != pid && holder_alive(host, &h, p, beat, now) {
                 return Err(StateError::Locked {
                     path,
                     run: run.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
@@ -519,6 +514,18 @@ impl StateDb {
         .map_err(|e| sql_err(&path, e))?;
         tx.commit().map_err(|e| sql_err(&path, e))?;
         Ok(taken_over)
+    }
+
+    /// Whether a live process holds the lock for `run` (a run marked running may have died).
+    pub(crate) fn run_is_live(&self, run: i64, host: &str) -> Result<bool, StateError> {
+        let holder: Option<(String, i64, i64)> = self
+            .conn
+            .query_row("SELECT host, pid, heartbeat_at FROM run_lock WHERE id = 1 AND run_id = ?1", params![run], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+            .map_err(|e| sql_err(&self.path, e))?;
+        Ok(holder.is_some_and(|(h, p, beat)| holder_alive(host, &h, p, beat, now_ms())))
     }
 
     pub(crate) fn lock_run(&mut self, pid: i64, run: i64) -> Result<(), StateError> {
@@ -553,6 +560,15 @@ impl StateDb {
         tx.execute("DELETE FROM run_lock", []).map_err(|e| sql_err(&path, e))?;
         tx.commit().map_err(|e| sql_err(&path, e))?;
         Ok(holder)
+    }
+}
+
+/// Same host: the pid exists. Other host: it beat within the last 30 s.
+fn holder_alive(our_host: &str, host: &str, pid: i64, heartbeat_at: i64, now: i64) -> bool {
+    if host == our_host {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        now - heartbeat_at < LEASE_STALE_MS
     }
 }
 

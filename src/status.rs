@@ -21,13 +21,17 @@ pub(crate) struct StepView {
     pub(crate) next: Option<String>,
 }
 
-pub(crate) fn view(db: &StateDb, run: Option<i64>) -> Result<StatusView, StateError> {
-    let run = match run {
+pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusView, StateError> {
+    let mut run = match run {
         Some(id) => db.run(id)?,
         None => db.latest_run(None)?,
     };
     let rows = db.steps(run.id)?;
-    let active = run.status == "running";
+    let active = run.status == "running" && db.run_is_live(run.id, host)?;
+    if run.status == "running" && !active {
+        // Its process died without recording an end (kill -9, power cut).
+        run.status = "died".into();
+    }
     let steps: Vec<StepView> = rows
         .into_iter()
         .map(|row| {
@@ -47,7 +51,8 @@ pub(crate) fn view(db: &StateDb, run: Option<i64>) -> Result<StatusView, StateEr
         .collect();
     let next = match run.status.as_str() {
         "done" => "nothing: every step is done".to_string(),
-        "running" => "a run is in progress (or died holding the lock: runbook resume takes a dead holder's lock over)".into(),
+        "running" => "a run is in progress; wait for it".into(),
+        "died" => "its process died: runbook resume (settles in-doubt steps by their probes)".into(),
         _ => steps
             .iter()
             .find_map(|s| (s.row.state == "failed").then(|| s.next.clone()).flatten())

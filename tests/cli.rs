@@ -1,0 +1,609 @@
+//! The real `runbook` binary against the real local ring (`bash ring/up.sh` first; `.ci/run`
+//! does it). Tests share one ring, so they take turns: each holds `RING` and resets the ring.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
+
+const MOTO: &str = "http://127.0.0.1:4566";
+const ADMIN_PASSWORD_PARAM: &str = "/arrakis/staging/rds/master-password";
+const DB_PASSWORD_PARAM: &str = "/runbook/armitage/dixie/DB_PASSWORD";
+
+static RING: Mutex<()> = Mutex::new(());
+
+fn project() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The ring, to ourselves, as fresh as `ring up` leaves it.
+fn fresh_ring() -> MutexGuard<'static, ()> {
+    let guard = RING.lock().unwrap_or_else(|p| p.into_inner());
+    let out = Command::new("bash").arg(project().join("ring/reset.sh")).output().expect("run ring/reset.sh");
+    assert!(
+        out.status.success(),
+        "ring/reset.sh failed (is the ring up? bash ring/up.sh):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    guard
+}
+
+/// A temporary folder for one test: its state DB and, when needed, its own runbooks.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("runbook-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch { dir }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join("state/runbook.db")
+    }
+
+    /// A copy of the project's runbooks, to edit, used with `--project`.
+    fn project_copy(&self) -> PathBuf {
+        let root = self.dir.join("project");
+        let envs = root.join("runbooks/environments");
+        std::fs::create_dir_all(&envs).unwrap();
+        for (from, to) in [(project().join("runbooks"), root.join("runbooks")), (project().join("runbooks/environments"), envs)] {
+            for entry in std::fs::read_dir(from).unwrap().flatten() {
+                if entry.path().is_file() {
+                    std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+                }
+            }
+        }
+        root
+    }
+
+    fn runbook(&self) -> Runbook {
+        Runbook { state: self.state(), project: project(), env: Vec::new() }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Builds one invocation of the real binary.
+struct Runbook {
+    state: PathBuf,
+    project: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+struct Ran {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ran {
+    fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
+    fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, Some(code), "exit code; output:\n{}", self.text());
+        self
+    }
+
+    fn expect_text(&self, needle: &str) -> &Self {
+        assert!(self.text().contains(needle), "expected {needle:?} in output:\n{}", self.text());
+        self
+    }
+}
+
+impl Runbook {
+    fn project(mut self, project: &Path) -> Self {
+        self.project = project.to_path_buf();
+        self
+    }
+
+    fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    fn run(&self, args: &[&str]) -> Ran {
+        let out: Output = Command::new(env!("CARGO_BIN_EXE_runbook"))
+            .args(args)
+            .env("RUNBOOK_STATE", &self.state)
+            .env("RUNBOOK_PROJECT", &self.project)
+            .env("RUNBOOK_OPERATOR", "test-operator")
+            .env_remove("RUNBOOK_CRASH_AT")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("run the runbook binary");
+        Ran {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let ran = self.run(&["status", "--json"]);
+        ran.expect_code(0);
+        serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{}", ran.stdout))
+    }
+}
+
+fn step_states(status: &serde_json::Value) -> BTreeMap<String, String> {
+    status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap().to_string(), s["state"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+fn states(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+// ---- the ring, seen from outside runbook ----
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+async fn aws() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(MOTO)
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new("testing", "testing", None, None, "test"))
+        .load()
+        .await
+}
+
+fn ssm_get(name: &str) -> Option<(String, i64)> {
+    block_on(async {
+        let ssm = aws_sdk_ssm::Client::new(&aws().await);
+        let out = ssm.get_parameter().name(name).with_decryption(true).send().await.ok()?;
+        let p = out.parameter()?;
+        Some((p.value()?.to_string(), p.version()))
+    })
+}
+
+fn ssm_put(name: &str, value: &str) {
+    block_on(async {
+        let ssm = aws_sdk_ssm::Client::new(&aws().await);
+        ssm.put_parameter()
+            .name(name)
+            .value(value)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .overwrite(true)
+            .send()
+            .await
+            .unwrap();
+    })
+}
+
+/// (mutability, scanOnPush, lifecycle policy) of an ECR repository, if it exists.
+fn ecr_repository(name: &str) -> Option<(String, bool, serde_json::Value)> {
+    block_on(async {
+        let ecr = aws_sdk_ecr::Client::new(&aws().await);
+        let out = ecr.describe_repositories().repository_names(name).send().await.ok()?;
+        let repo = out.repositories().first()?.clone();
+        let policy = ecr.get_lifecycle_policy().repository_name(name).send().await.ok()?;
+        Some((
+            repo.image_tag_mutability()?.as_str().to_string(),
+            repo.image_scanning_configuration()?.scan_on_push(),
+            serde_json::from_str(policy.lifecycle_policy_text()?).ok()?,
+        ))
+    })
+}
+
+fn pg_admin_password() -> String {
+    std::fs::read_to_string(project().join(".ring/secrets/pg-admin-password")).unwrap().trim().to_string()
+}
+
+/// One query on the ring's PostgreSQL; `Err` carries the server's message.
+fn pg_query(user: &str, password: &str, db: &str, sql: &str) -> Result<Vec<String>, String> {
+    block_on(async {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(15432)
+            .user(user)
+            .password(password)
+            .dbname(db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        tokio::spawn(conn);
+        let rows = client.simple_query(sql).await.map_err(|e| format!("{e:?}"))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect::<Vec<_>>().join("|"))
+                }
+                _ => None,
+            })
+            .collect())
+    })
+}
+
+fn admin(sql: &str) -> Vec<String> {
+    pg_query("arrakis_admin", &pg_admin_password(), "postgres", sql).unwrap()
+}
+
+/// The row versions DDL would change: role, database, and schema public inside it.
+fn ddl_fingerprint() -> Vec<String> {
+    let mut fp = admin(
+        "SELECT 'role ' || xmin || ' ' || coalesce(rolpassword, '') FROM pg_authid WHERE rolname = 'dixie' \
+         UNION ALL SELECT 'db ' || xmin || ' ' || coalesce(datacl::text, '') FROM pg_database WHERE datname = 'dixie'",
+    );
+    fp.extend(
+        pg_query("arrakis_admin", &pg_admin_password(), "dixie", "SELECT 'schema ' || xmin || ' ' || nspacl::text FROM pg_namespace WHERE nspname = 'public'")
+            .unwrap(),
+    );
+    fp
+}
+
+fn moto_api(method: &str, path: &str) -> String {
+    let out = Command::new("curl").args(["-sf", "-X", method, &format!("{MOTO}{path}")]).output().expect("curl");
+    assert!(out.status.success(), "moto {method} {path} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The AWS API actions moto received while `f` ran, from moto's own request recorder.
+fn aws_actions_during(f: impl FnOnce()) -> Vec<String> {
+    moto_api("POST", "/moto-api/recorder/reset-recording");
+    moto_api("POST", "/moto-api/recorder/start-recording");
+    f();
+    moto_api("POST", "/moto-api/recorder/stop-recording");
+    let recording = moto_api("GET", "/moto-api/recorder/download-recording");
+    recording
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(target) = entry["headers"].get("X-Amz-Target").and_then(|t| t.as_str()) {
+                return target.rsplit('.').next().unwrap().to_string();
+            }
+            let mut body = entry["body"].as_str().unwrap_or("").to_string();
+            if entry["body_encoded"].as_bool() == Some(true) {
+                let decoded = Command::new("base64").arg("-d").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().and_then(|mut child| {
+                    use std::io::Write;
+                    child.stdin.take().unwrap().write_all(body.as_bytes())?;
+                    child.wait_with_output()
+                });
+                body = String::from_utf8_lossy(&decoded.unwrap().stdout).into_owned();
+            }
+            body.split('&')
+                .find_map(|kv| kv.strip_prefix("Action="))
+                .map(String::from)
+                .unwrap_or_else(|| format!("{} {}", entry["method"], entry["url"]))
+        })
+        .collect()
+}
+
+fn is_mutating(action: &str) -> bool {
+    !["Describe", "Get", "List"].iter().any(|p| action.starts_with(p))
+}
+
+/// Everything the state DB holds, as text, to compare before and after.
+fn db_dump(path: &Path) -> Option<Vec<u8>> {
+    std::fs::read(path).ok()
+}
+
+fn runs_in(path: &Path) -> i64 {
+    if !path.exists() {
+        return 0;
+    }
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("SELECT count(*) FROM runs", [], |r| r.get(0)).unwrap_or(0)
+}
+
+// ---- the manual ----
+
+#[test]
+fn a_fresh_ring_runs_to_done_and_a_rerun_changes_nothing() {
+    let _ring = fresh_ring();
+    let scratch = Scratch::new("fresh");
+    let rb = scratch.runbook();
+
+    let first = rb.run(&["run", "sprint-2"]);
+    first.expect_code(0).expect_text("T2.1 ok: applied and verified").expect_text("T2.3 ok: applied and verified");
+    assert_eq!(step_states(&rb.status()), states(&[("T2.1", "applied"), ("T2.3", "applied")]));
+
+    // ECR: the repository as the sprint plan asks.
+    let (mutability, scan, policy) = ecr_repository("dixie-armitage").expect("repository dixie-armitage exists");
+    assert_eq!((mutability.as_str(), scan), ("IMMUTABLE", true));
+    assert_eq!(policy["rules"][0]["selection"]["countNumber"], 10);
+    assert_eq!(policy["rules"][0]["action"]["type"], "expire");
+
+    // PostgreSQL: dixie logs in with the password kept in SSM and may create tables.
+    let (password, version) = ssm_get(DB_PASSWORD_PARAM).expect("the role's password is in SSM");
+    assert_eq!(password.len(), 64);
+    pg_query("dixie", &password, "dixie", "CREATE TABLE t (id int); DROP TABLE t;").expect("dixie can create tables");
+    assert!(pg_query("dixie", "wrong", "dixie", "SELECT 1").is_err(), "a wrong password must not log in");
+
+    // The re-run: all satisfied, zero mutating AWS calls, zero DDL, the password unchanged.
+    let before = ddl_fingerprint();
+    let mut second = None;
+    let actions = aws_actions_during(|| second = Some(rb.run(&["run", "sprint-2"])));
+    let second = second.unwrap();
+    second.expect_code(0).expect_text("T2.1 ok: already satisfied").expect_text("T2.3 ok: already satisfied");
+    assert_eq!(step_states(&rb.status()), states(&[("T2.1", "satisfied"), ("T2.3", "satisfied")]));
+    assert!(!actions.is_empty(), "the recorder saw the probes");
+    let mutating: Vec<_> = actions.iter().filter(|a| is_mutating(a)).collect();
+    assert!(mutating.is_empty(), "mutating AWS calls on a converged re-run: {mutating:?}");
+    assert_eq!(ddl_fingerprint(), before, "the re-run changed the role, database or schema");
+    assert_eq!(ssm_get(DB_PASSWORD_PARAM), Some((password.clone(), version)));
+
+    // The secret is nowhere: not in the state DB (and its WAL), not in any output.
+    let logs = rb.run(&["logs", "T2.3", "--attempt", "1"]);
+    logs.expect_code(0).expect_text("CREATE ROLE dixie");
+    let json = rb.run(&["--json", "status"]);
+    for file in ["runbook.db", "runbook.db-wal"] {
+        let bytes = std::fs::read(scratch.dir.join("state").join(file)).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&bytes).contains(&password), "the password is in {file}");
+    }
+    for text in [first.text(), second.text(), logs.text(), json.text()] {
+        assert!(!text.contains(&password), "the password was printed");
+    }
+    let admin_password = pg_admin_password();
+    assert!(!first.text().contains(&admin_password) && !String::from_utf8_lossy(&std::fs::read(scratch.state()).unwrap()).contains(&admin_password));
+
+    // The state DB is private to its owner.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(scratch.state()).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn a_run_killed_during_the_database_apply_resumes_by_probing() {
+    let _ring = fresh_ring();
+    let scratch = Scratch::new("crash");
+    // The sprint's steps, with T2.3 after T2.1 so that the crash finds T2.1 done.
+    let project = scratch.project_copy();
+    let path = project.join("runbooks/sprint-2.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace("kind = \"database\"", "kind = \"database\"\nneeds = [\"T2.1\"]");
+    std::fs::write(&path, text).unwrap();
+    let rb = scratch.runbook().project(&project);
+
+    let crashed = rb.env("RUNBOOK_CRASH_AT", "T2.3:after-role").run(&["run", "sprint-2"]);
+    assert_eq!(crashed.code, None, "killed by a signal:\n{}", crashed.text());
+    let rb = scratch.runbook().project(&project);
+    let status = rb.status();
+    assert_eq!(step_states(&status), states(&[("T2.1", "applied"), ("T2.3", "running")]));
+    assert_eq!(status["steps"][1]["in_doubt"], true);
+    assert_eq!(status["run"]["status"], "died", "the killed run is seen as dead");
+    rb.run(&["status"]).expect_code(0).expect_text("in-doubt");
+    // The crash left a role and no database.
+    assert_eq!(admin("SELECT count(*) FROM pg_roles WHERE rolname = 'dixie'"), ["1"]);
+    assert_eq!(admin("SELECT count(*) FROM pg_database WHERE datname = 'dixie'"), ["0"]);
+
+    let resumed = rb.run(&["resume"]);
+    resumed.expect_code(0).expect_text("settling by its probe").expect_text("took over the run lock");
+    let status = rb.status();
+    assert_eq!(step_states(&status), states(&[("T2.1", "applied"), ("T2.3", "applied")]));
+    assert_eq!(status["steps"][0]["attempts"], 1, "T2.1 was not run again");
+    assert_eq!(status["steps"][1]["attempts"], 2);
+    assert!(!resumed.text().contains("T2.1 Create"), "resume touched T2.1:\n{}", resumed.text());
+    let second = rb.run(&["logs", "T2.3", "--attempt", "2"]);
+    second.expect_code(0).expect_text("CREATE DATABASE dixie");
+    assert!(!second.stdout.contains("CREATE ROLE"), "the role was created twice");
+    let (password, _) = ssm_get(DB_PASSWORD_PARAM).unwrap();
+    pg_query("dixie", &password, "dixie", "SELECT 1").expect("dixie logs in with the password from before the crash");
+}
+
+#[test]
+fn wrong_admin_credentials_fail_the_step_without_changes_and_retry_finishes_after_the_fix() {
+    let _ring = fresh_ring();
+    let scratch = Scratch::new("creds");
+    let rb = scratch.runbook();
+    let good = ssm_get(ADMIN_PASSWORD_PARAM).unwrap().0;
+    ssm_put(ADMIN_PASSWORD_PARAM, "not-the-password");
+
+    let failed = rb.run(&["run", "sprint-2"]);
+    failed.expect_code(1).expect_text("password authentication failed").expect_text("T2.3 FAILED");
+    let status = rb.status();
+    assert_eq!(step_states(&status)["T2.3"], "failed");
+    assert!(status["next"].as_str().unwrap().contains("check the password"), "{status}");
+    assert_eq!(ssm_get(DB_PASSWORD_PARAM), None, "nothing was written to SSM");
+    assert_eq!(admin("SELECT count(*) FROM pg_roles WHERE rolname = 'dixie'"), ["0"]);
+
+    ssm_put(ADMIN_PASSWORD_PARAM, &good);
+    rb.run(&["retry", "T2.3"]).expect_code(0).expect_text("T2.3 ok: applied and verified");
+    assert_eq!(step_states(&rb.status()), states(&[("T2.1", "applied"), ("T2.3", "applied")]));
+    assert_eq!(rb.status()["steps"][1]["attempts"], 2);
+}
+
+#[test]
+fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
+    let _ring = fresh_ring();
+    let scratch = Scratch::new("bad");
+    let project = scratch.project_copy();
+    let runbook_path = project.join("runbooks/sprint-2.toml");
+    let pristine = std::fs::read_to_string(&runbook_path).unwrap();
+    let state = scratch.state();
+
+    struct Case {
+        name: &'static str,
+        edit: fn(&str) -> String,
+        args: &'static [&'static str],
+        code: i32,
+        says: &'static [&'static str],
+    }
+    let cases = [
+        Case {
+            name: "cycle",
+            edit: |t| t.replace("kind = \"ecr_repository\"", "kind = \"ecr_repository\"\nneeds = [\"T2.3\"]")
+                .replace("kind = \"database\"", "kind = \"database\"\nneeds = [\"T2.1\"]"),
+            args: &["run", "sprint-2"],
+            code: 2,
+            says: &["dependency cycle", "T2.1 → T2.3 → T2.1"],
+        },
+        Case {
+            name: "unknown kind",
+            edit: |t| t.replace("kind = \"database\"", "kind = \"databse\""),
+            args: &["run", "sprint-2"],
+            code: 2,
+            says: &["step T2.3: unknown kind `databse`", "known kinds: ecr_repository, database"],
+        },
+        Case {
+            name: "unknown field",
+            edit: |t| t.replace("keep_last_images = 10", "keep_last_images = 10\nkeep_lats = 3"),
+            args: &["run", "sprint-2"],
+            code: 2,
+            says: &["step T2.1 (ecr_repository)", "unknown field `keep_lats`"],
+        },
+        Case {
+            name: "missing variable",
+            edit: |t| t.replace("${env.rds_instance}", "${env.rds_instanse}"),
+            args: &["run", "sprint-2"],
+            code: 2,
+            says: &["step T2.3, field `instance`", "variable `rds_instanse` is not defined", "local.toml"],
+        },
+        Case {
+            name: "reference to a step that is not upstream",
+            edit: |t| t.replace("database = \"dixie\"", "database = \"${steps.T2.1.repository_uri}\""),
+            args: &["run", "sprint-2"],
+            code: 2,
+            says: &["bad reference `${steps.T2.1.repository_uri}`", "add \"T2.1\" to its `needs`"],
+        },
+        Case {
+            name: "wrong type",
+            edit: |t| t.replace("keep_last_images = 10", "keep_last_images = \"ten\""),
+            args: &["run", "sprint-2"],
+            code: 2,
+            says: &["keep_last_images", "expected u32"],
+        },
+        Case {
+            name: "malformed TOML",
+            edit: |t| t.replace("[[steps]]", "[[steps]"),
+            args: &["run", "sprint-2"],
+            code: 2,
+            says: &["sprint-2.toml", "line"],
+        },
+        Case { name: "unknown environment", edit: |t| t.to_string(), args: &["run", "sprint-2", "--env", "armitge"], code: 2, says: &["no environment named `armitge`", "armitage, local"] },
+        Case { name: "unknown runbook", edit: |t| t.to_string(), args: &["run", "sprint-9"], code: 2, says: &["no runbook named `sprint-9`", "sprint-2"] },
+        Case {
+            name: "image_tag latest",
+            edit: |t| t.to_string(),
+            args: &["run", "sprint-2", "--var", "image_tag=latest"],
+            code: 2,
+            says: &["image_tag = \"latest\" is refused", "IMMUTABLE"],
+        },
+        Case { name: "malformed --var", edit: |t| t.to_string(), args: &["run", "sprint-2", "--var", "image_tag"], code: 2, says: &["--var NAME=VALUE"] },
+        Case { name: "unreachable endpoint", edit: |t| t.to_string(), args: &["run", "sprint-2", "--env", "unreachable"], code: 2, says: &["cannot reach AWS (http://127.0.0.1:9)", "runbook ring up"] },
+        Case { name: "wrong account", edit: |t| t.to_string(), args: &["run", "sprint-2", "--env", "wrong-account"], code: 2, says: &["belong to account 123456789012", "is account 891376933289"] },
+    ];
+    let local = std::fs::read_to_string(project.join("runbooks/environments/local.toml")).unwrap();
+    std::fs::write(
+        project.join("runbooks/environments/unreachable.toml"),
+        local.replace("name = \"local\"", "name = \"unreachable\"").replace("127.0.0.1:4566", "127.0.0.1:9"),
+    )
+    .unwrap();
+    std::fs::write(
+        project.join("runbooks/environments/wrong-account.toml"),
+        local.replace("name = \"local\"", "name = \"wrong-account\"").replace("\"123456789012\"", "\"891376933289\""),
+    )
+    .unwrap();
+
+    for case in &cases {
+        std::fs::write(&runbook_path, (case.edit)(&pristine)).unwrap();
+        let ran = scratch.runbook().project(&project).run(case.args);
+        assert_eq!(ran.code, Some(case.code), "{}: exit code; output:\n{}", case.name, ran.text());
+        for needle in case.says {
+            assert!(ran.stderr.contains(needle), "{}: expected {needle:?} in:\n{}", case.name, ran.stderr);
+        }
+        assert_eq!(runs_in(&state), 0, "{}: a run was recorded", case.name);
+    }
+    std::fs::write(&runbook_path, &pristine).unwrap();
+    assert!(ecr_repository("dixie-armitage").is_none(), "the ring was changed");
+    assert_eq!(admin("SELECT count(*) FROM pg_database WHERE datname = 'dixie'"), ["0"]);
+
+    // A state DB that is not a database: refused, untouched.
+    let garbage = scratch.dir.join("garbage.db");
+    std::fs::write(&garbage, "this is not sqlite, it is a shopping list\n".repeat(100)).unwrap();
+    let ran = scratch.runbook().env("RUNBOOK_STATE", garbage.to_str().unwrap()).run(&["run", "sprint-2"]);
+    ran.expect_code(2).expect_text("cannot open the state DB").expect_text("not a database");
+    assert_eq!(std::fs::read_to_string(&garbage).unwrap(), "this is not sqlite, it is a shopping list\n".repeat(100));
+
+    // A state DB from a newer runbook: refused, untouched.
+    let newer = scratch.dir.join("newer.db");
+    {
+        let conn = rusqlite::Connection::open(&newer).unwrap();
+        conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 42;").unwrap();
+    }
+    let before = db_dump(&newer);
+    let ran = scratch.runbook().env("RUNBOOK_STATE", newer.to_str().unwrap()).run(&["status"]);
+    ran.expect_code(2).expect_text("schema version 42, newer than this runbook understands");
+    assert_eq!(db_dump(&newer), before);
+
+    // Another live run holds the lock: exit 3, nothing recorded, the lock kept.
+    scratch.runbook().run(&["unlock", "--force"]).expect_code(0).expect_text("no run lock is held");
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    {
+        let conn = rusqlite::Connection::open(&state).unwrap();
+        conn.execute(
+            "INSERT INTO run_lock (id, run_id, host, pid, acquired_at, heartbeat_at) VALUES (1, 7, ?1, ?2, 0, 0)",
+            rusqlite::params![host, std::process::id()],
+        )
+        .unwrap();
+    }
+    let ran = scratch.runbook().run(&["run", "sprint-2"]);
+    ran.expect_code(3).expect_text("another run holds the lock").expect_text(&format!("pid {}", std::process::id())).expect_text("runbook unlock --force");
+    assert_eq!(runs_in(&state), 0);
+    scratch.runbook().run(&["unlock", "--force"]).expect_code(0).expect_text(&format!("broke the run lock held by pid {}", std::process::id()));
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    let audit: String = conn.query_row("SELECT payload FROM events WHERE kind = 'lock_broken'", [], |r| r.get(0)).unwrap();
+    assert!(audit.contains("test-operator"), "{audit}");
+    assert!(ecr_repository("dixie-armitage").is_none(), "the ring was changed");
+}
+
+#[test]
+fn skip_graph_and_plan_behave_as_documented() {
+    let _ring = fresh_ring();
+    let scratch = Scratch::new("ops");
+    let rb = scratch.runbook();
+
+    // plan is read-only: it says what would change, and changes nothing.
+    let plan = rb.run(&["plan", "sprint-2"]);
+    plan.expect_code(0).expect_text("would_apply").expect_text("create repository dixie-armitage");
+    assert!(ecr_repository("dixie-armitage").is_none());
+    assert_eq!(runs_in(&scratch.state()), 0);
+
+    let dot = rb.run(&["graph", "sprint-2"]);
+    dot.expect_code(0).expect_text("digraph \"sprint-2\"").expect_text("\"T2.1\" [label=");
+    rb.run(&["graph", "sprint-2", "--format", "mermaid"]).expect_code(0).expect_text("graph LR").expect_text("T2_3[\"T2.3: Create database on RDS\"]");
+
+    // A failed step can be skipped by an operator, with a reason that is kept.
+    let good = ssm_get(ADMIN_PASSWORD_PARAM).unwrap().0;
+    ssm_put(ADMIN_PASSWORD_PARAM, "nope");
+    rb.run(&["run", "sprint-2"]).expect_code(1);
+    ssm_put(ADMIN_PASSWORD_PARAM, &good);
+    rb.run(&["skip", "T2.9", "--reason", "x"]).expect_code(2).expect_text("no step `T2.9`");
+    rb.run(&["skip", "T2.3", "--reason", "database made by hand during the incident"]).expect_code(0);
+    let status = rb.status();
+    assert_eq!(step_states(&status), states(&[("T2.1", "applied"), ("T2.3", "skipped")]));
+    assert!(status["steps"][1]["last_error"].as_str().unwrap().contains("skipped by test-operator: database made by hand"));
+    let resumed = rb.run(&["resume"]);
+    resumed.expect_code(0);
+    assert_eq!(rb.status()["run"]["status"], "done");
+    rb.run(&["resume"]).expect_code(0).expect_text("is done; nothing to resume");
+
+    // --json emits one JSON event per line.
+    let json = rb.run(&["--json", "run", "sprint-2"]);
+    json.expect_code(0);
+    let kinds: Vec<String> = json
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("run_started"));
+    assert_eq!(kinds.last().map(String::as_str), Some("run_finished"));
+}
