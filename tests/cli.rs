@@ -344,7 +344,7 @@ fn a_fresh_ring_runs_to_done_and_a_rerun_changes_nothing() {
     assert_eq!(ssm_get(DB_PASSWORD_PARAM), Some((password.clone(), version)));
 
     // The secret is nowhere: not in the state DB (and its WAL), not in any output.
-    let logs = rb.run(&["logs", "T2.3", "--attempt", "1"]);
+    let logs = rb.run(&["logs", "T2.3", "--attempt", "1", "--run", "1"]);
     logs.expect_code(0).expect_text("CREATE ROLE dixie");
     let json = rb.run(&["--json", "status"]);
     for file in ["runbook.db", "runbook.db-wal"] {
