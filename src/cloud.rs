@@ -8,7 +8,10 @@ use crate::environment::Environment;
 use crate::steps::error_chain;
 
 pub(crate) struct Cloud {
+    pub(crate) cloudwatch: aws_sdk_cloudwatch::Client,
     pub(crate) ecr: aws_sdk_ecr::Client,
+    pub(crate) ecs: aws_sdk_ecs::Client,
+    pub(crate) route53: aws_sdk_route53::Client,
     pub(crate) rds: aws_sdk_rds::Client,
     pub(crate) ssm: aws_sdk_ssm::Client,
     sts: aws_sdk_sts::Client,
@@ -47,7 +50,10 @@ impl Cloud {
         }
         let config = loader.load().await;
         Cloud {
+            cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
             ecr: aws_sdk_ecr::Client::new(&config),
+            ecs: aws_sdk_ecs::Client::new(&config),
+            route53: aws_sdk_route53::Client::new(&config),
             rds: aws_sdk_rds::Client::new(&config),
             ssm: aws_sdk_ssm::Client::new(&config),
             sts: aws_sdk_sts::Client::new(&config),

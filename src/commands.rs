@@ -18,6 +18,7 @@ use crate::recorder::Recorder;
 use crate::reporter::{self, Mode};
 use crate::runbook::{Runbook, RunbookError};
 use crate::state::{NewRun, RunRow, StateDb, StateError, StateHandle};
+use crate::steps::Approval;
 
 /// Errors at the CLI edge, each with its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,21 @@ pub(crate) struct Globals {
     pub(crate) project: PathBuf,
     pub(crate) state: PathBuf,
     pub(crate) mode: Mode,
+    /// `--yes` on run, resume or retry.
+    pub(crate) yes: bool,
+}
+
+impl Globals {
+    fn approval(&self) -> Approval {
+        use std::io::IsTerminal;
+        if self.yes {
+            Approval::Given
+        } else if self.mode == Mode::Tty && std::io::stdin().is_terminal() {
+            Approval::Ask
+        } else {
+            Approval::Withheld
+        }
+    }
 }
 
 pub(crate) fn exit_code(status: RunStatus) -> i32 {
@@ -237,7 +253,8 @@ pub(crate) async fn plan(g: &Globals, runbook: &str, env: &str, vars: BTreeMap<S
     cloud.preflight(&env).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let reporter = reporter::spawn(if g.mode == Mode::Json { Mode::Json } else { Mode::Plain }, rx);
-    let lines = crate::engine::plan(&book, Arc::new(env), Arc::new(cloud), Recorder::new(None, tx)).await;
+    let lines =
+        crate::engine::plan(&book, Arc::new(env), Arc::new(cloud), Recorder::new(None, tx), Arc::new(g.project.clone())).await;
     let _ = reporter.await;
     Ok(lines)
 }
@@ -288,6 +305,8 @@ async fn drive(
         cloud: Arc::new(cloud),
         recorder: recorder.clone(),
         retry: RetryPolicy::default(),
+        project: Arc::new(g.project.clone()),
+        approval: g.approval(),
     };
     let status = engine.run(progress, shutdown_signal()).await;
     heartbeat.abort();

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::environment::Environment;
 use crate::event::{DoneOutcome, Event, Outputs, ProbeResult, RunStatus};
 use crate::recorder::Recorder;
 use crate::runbook::Runbook;
-use crate::steps::{Probe, StepContext, StepError, StepKind};
+use crate::steps::{Approval, Probe, StepContext, StepError, StepKind};
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RetryPolicy {
@@ -52,6 +53,8 @@ pub(crate) struct Engine {
     pub(crate) cloud: Arc<Cloud>,
     pub(crate) recorder: Recorder,
     pub(crate) retry: RetryPolicy,
+    pub(crate) project: Arc<PathBuf>,
+    pub(crate) approval: Approval,
 }
 
 /// Everything a step task needs, shared.
@@ -60,6 +63,8 @@ struct Shared {
     cloud: Arc<Cloud>,
     recorder: Recorder,
     retry: RetryPolicy,
+    project: Arc<PathBuf>,
+    approval: Approval,
 }
 
 impl Engine {
@@ -71,6 +76,8 @@ impl Engine {
             cloud: self.cloud.clone(),
             recorder: self.recorder.clone(),
             retry: self.retry,
+            project: self.project.clone(),
+            approval: self.approval,
         });
         let graph = &self.runbook.graph;
         let mut running: JoinSet<(String, Option<Outputs>)> = JoinSet::new();
@@ -161,6 +168,8 @@ async fn run_step(
             env: shared.env.clone(),
             cloud: shared.cloud.clone(),
             recorder: shared.recorder.clone(),
+            project: shared.project.clone(),
+            approval: shared.approval,
         };
         let started = Instant::now();
         shared
@@ -216,6 +225,10 @@ async fn run_step(
                         Some(format!("once the cause is fixed: runbook retry {id}")),
                     ),
                     StepError::Fatal { message, fix } => (message, fix),
+                    StepError::AwaitingApproval { summary } => (
+                        format!("awaiting approval: {summary}"),
+                        Some("review the plan (runbook logs), then: runbook resume --yes".to_string()),
+                    ),
                 };
                 shared
                     .recorder
@@ -326,12 +339,26 @@ pub(crate) struct PlanLine {
 }
 
 /// Runs every probe that can run, read-only, in dependency order.
-pub(crate) async fn plan(runbook: &Runbook, env: Arc<Environment>, cloud: Arc<Cloud>, recorder: Recorder) -> Vec<PlanLine> {
+pub(crate) async fn plan(
+    runbook: &Runbook,
+    env: Arc<Environment>,
+    cloud: Arc<Cloud>,
+    recorder: Recorder,
+    project: Arc<PathBuf>,
+) -> Vec<PlanLine> {
     let mut outputs: BTreeMap<String, Outputs> = BTreeMap::new();
     let mut lines = Vec::new();
     for id in runbook.graph.topological() {
         let step = runbook.step(&id).expect("topological ids are steps");
-        let cx = StepContext { step: id.clone(), attempt: 0, env: env.clone(), cloud: cloud.clone(), recorder: recorder.clone() };
+        let cx = StepContext {
+            step: id.clone(),
+            attempt: 0,
+            env: env.clone(),
+            cloud: cloud.clone(),
+            recorder: recorder.clone(),
+            project: project.clone(),
+            approval: Approval::Withheld,
+        };
         let (verdict, detail) = match step.typed(&outputs) {
             Err(_) => {
                 let waiting: Vec<String> = step.needs.iter().filter(|n| !outputs.contains_key(*n)).cloned().collect();

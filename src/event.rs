@@ -29,6 +29,8 @@ pub(crate) enum Event {
     /// Progress of a bounded wait; shown, not stored.
     StepWaiting { step: String, attempt: u32, what: String, elapsed_ms: u64, limit_ms: u64 },
     StepRetrying { step: String, attempt: u32, error: String, delay_ms: u64 },
+    /// A change waits for the operator's yes on the terminal.
+    ApprovalRequested { step: String, summary: String },
     StepDone { step: String, attempt: u32, outcome: DoneOutcome, outputs: Outputs, duration_ms: u64 },
     StepFailed { step: String, attempt: u32, error: String, fix: Option<String>, duration_ms: u64 },
     StepBlocked { step: String, by: String },
@@ -85,6 +87,7 @@ impl Event {
             Event::StepLog { .. } => "step_log",
             Event::StepWaiting { .. } => "step_waiting",
             Event::StepRetrying { .. } => "step_retrying",
+            Event::ApprovalRequested { .. } => "approval_requested",
             Event::StepDone { .. } => "step_done",
             Event::StepFailed { .. } => "step_failed",
             Event::StepBlocked { .. } => "step_blocked",
@@ -104,6 +107,7 @@ impl Event {
             | Event::StepLog { step, .. }
             | Event::StepWaiting { step, .. }
             | Event::StepRetrying { step, .. }
+            | Event::ApprovalRequested { step, .. }
             | Event::StepDone { step, .. }
             | Event::StepFailed { step, .. }
             | Event::StepBlocked { step, .. }

@@ -67,7 +67,12 @@ enum Command {
         vars: Vec<String>,
     },
     /// Continue the last (or the given) run where it stopped.
-    Resume { run: Option<i64> },
+    Resume {
+        run: Option<i64>,
+        /// Approve changes that ask for approval without prompting.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Per-step state, attempts, durations and last error of the last (or given) run.
     Status { run: Option<i64> },
     /// What a step printed, per attempt (default: its last attempt).
@@ -85,6 +90,9 @@ enum Command {
         downstream: bool,
         #[arg(long)]
         run: Option<i64>,
+        /// Approve changes that ask for approval without prompting.
+        #[arg(long)]
+        yes: bool,
     },
     /// Mark a step done without running it; the reason goes into the audit log.
     Skip {
@@ -136,7 +144,8 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    let globals = Globals { project: cli.project.clone(), state: cli.state.clone(), mode: Mode::detect(cli.json) };
+    let yes = matches!(cli.command, Command::Run { yes: true, .. } | Command::Resume { yes: true, .. } | Command::Retry { yes: true, .. });
+    let globals = Globals { project: cli.project.clone(), state: cli.state.clone(), mode: Mode::detect(cli.json), yes };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
     let code = match runtime.block_on(dispatch(&globals, cli.command)) {
         Ok(code) => code,
@@ -151,7 +160,7 @@ fn main() {
 
 async fn dispatch(g: &Globals, command: Command) -> Result<i32, CliError> {
     match command {
-        Command::Run { runbook, env, vars, yes: _ } => {
+        Command::Run { runbook, env, vars, .. } => {
             let vars = commands::parse_vars(&vars)?;
             commands::run(g, &runbook, &env, vars).await
         }
@@ -171,7 +180,7 @@ async fn dispatch(g: &Globals, command: Command) -> Result<i32, CliError> {
             let conflicts = lines.iter().any(|l| matches!(l.verdict, "conflict" | "error"));
             Ok(if conflicts { 1 } else { 0 })
         }
-        Command::Resume { run } => commands::resume(g, run).await,
+        Command::Resume { run, .. } => commands::resume(g, run).await,
         Command::Status { run } => {
             let db = state::StateDb::open(&g.state)?;
             let view = status::view(&db, run, &commands::host())?;
@@ -219,7 +228,7 @@ async fn dispatch(g: &Globals, command: Command) -> Result<i32, CliError> {
             }
             Ok(0)
         }
-        Command::Retry { step, downstream, run } => commands::retry(g, &step, downstream, run).await,
+        Command::Retry { step, downstream, run, .. } => commands::retry(g, &step, downstream, run).await,
         Command::Skip { step, reason, run } => commands::skip(g, &step, &reason, run),
         Command::Graph { runbook, format, env } => {
             let env = environment::Environment::load(&g.project, &env)?;

@@ -79,6 +79,9 @@ fn describe(event: &Event) -> Option<String> {
         Event::StepIntent { step, attempt, .. } => format!("{step} applying (attempt {attempt}, intent recorded)"),
         Event::StepLog { step, line, .. } => format!("{step} | {line}"),
         Event::StepWaiting { .. } => return None,
+        Event::ApprovalRequested { step, summary } => {
+            format!("{step} needs approval: {summary}\n    type yes to apply, anything else to stop (the run stays resumable): ")
+        }
         Event::StepRetrying { step, error, delay_ms, .. } => {
             format!("{step} retryable error, again in {}: {error}", format_duration(*delay_ms as i64))
         }
@@ -109,6 +112,7 @@ fn describe(event: &Event) -> Option<String> {
 struct Bars {
     multi: MultiProgress,
     bars: BTreeMap<String, ProgressBar>,
+    asking: bool,
 }
 
 impl Bars {
@@ -127,14 +131,25 @@ impl Bars {
     }
 
     fn show(&mut self, event: &Event) {
+        if self.asking && !matches!(event, Event::ApprovalRequested { .. }) {
+            self.asking = false;
+            self.multi.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
         match event {
             Event::StepStarted { step, title, .. } => self.bar(step).set_message(format!("{title}: probing")),
             Event::StepIntent { step, .. } => self.bar(step).set_message("applying"),
+            Event::StepWaiting { step, what, limit_ms: 0, .. } => self.bar(step).set_message(what.clone()),
             Event::StepWaiting { step, what, elapsed_ms, limit_ms, .. } => self.bar(step).set_message(format!(
                 "waiting {}/{}: {what}",
                 format_duration(*elapsed_ms as i64),
                 format_duration(*limit_ms as i64)
             )),
+            Event::ApprovalRequested { .. } => {
+                // Stop drawing so that the question stays readable until the answer.
+                self.multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+                eprint!("{}", describe(event).unwrap_or_default());
+                self.asking = true;
+            }
             Event::StepDone { step, .. } | Event::StepFailed { step, .. } => {
                 let line = describe(event).unwrap_or_default();
                 let bar = self.bar(step).clone();

@@ -353,6 +353,7 @@ impl StateDb {
                 Event::InputsChanged { .. }
                 | Event::StepProbed { .. }
                 | Event::StepWaiting { .. }
+                | Event::ApprovalRequested { .. }
                 | Event::LockTakenOver { .. }
                 | Event::LockBroken { .. } => {}
             }

@@ -6,7 +6,14 @@
 
 mod database;
 mod ecr_repository;
+mod ecs_deploy;
+mod image;
+mod reach;
+mod ssm_params;
+mod terraform;
+mod validate;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +25,17 @@ use crate::environment::Environment;
 use crate::event::{Event, Outputs};
 use crate::recorder::Recorder;
 
-pub(crate) const KINDS: &[&str] = &["ecr_repository", "database"];
+pub(crate) const KINDS: &[&str] = &["ecr_repository", "database", "image", "terraform", "ssm_params", "ecs_deploy", "validate"];
 
 #[derive(Debug, Clone)]
 pub(crate) enum StepKind {
     EcrRepository(ecr_repository::Params),
     Database(database::Params),
+    Image(image::Params),
+    Terraform(terraform::Params),
+    SsmParams(ssm_params::Params),
+    EcsDeploy(ecs_deploy::Params),
+    Validate(validate::Params),
 }
 
 /// What a probe found.
@@ -45,6 +57,9 @@ pub(crate) enum StepError {
     /// Will fail the same way again until someone changes something.
     #[error("{message}")]
     Fatal { message: String, fix: Option<String> },
+    /// A change that needs an operator's yes, and did not get one.
+    #[error("awaiting approval: {summary}")]
+    AwaitingApproval { summary: String },
 }
 
 impl StepError {
@@ -104,6 +119,20 @@ pub(crate) struct StepContext {
     pub(crate) env: Arc<Environment>,
     pub(crate) cloud: Arc<Cloud>,
     pub(crate) recorder: Recorder,
+    /// The project folder: relative paths in params (build contexts, terraform) start here.
+    pub(crate) project: Arc<PathBuf>,
+    pub(crate) approval: Approval,
+}
+
+/// Whether changes that need approval (terraform apply) may go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Approval {
+    /// `--yes`.
+    Given,
+    /// A terminal: ask the operator.
+    Ask,
+    /// No terminal and no `--yes`: stop, resumably.
+    Withheld,
 }
 
 impl StepContext {
@@ -112,6 +141,40 @@ impl StepContext {
         self.recorder
             .emit(Event::StepLog { step: self.step.clone(), attempt: self.attempt, line: line.into() })
             .await;
+    }
+
+    /// Progress of a long action, for the display only.
+    pub(crate) async fn progress(&self, what: &str) {
+        self.recorder
+            .emit(Event::StepWaiting { step: self.step.clone(), attempt: self.attempt, what: what.to_string(), elapsed_ms: 0, limit_ms: 0 })
+            .await;
+    }
+
+    /// Asks for approval of `summary` as the run was told to (`--yes`, a terminal, or neither).
+    pub(crate) async fn approve(&self, summary: &str) -> bool {
+        match self.approval {
+            Approval::Given => {
+                self.log(format!("approved by --yes: {summary}")).await;
+                true
+            }
+            Approval::Withheld => false,
+            Approval::Ask => {
+                self.recorder
+                    .emit(Event::ApprovalRequested { step: self.step.clone(), summary: summary.to_string() })
+                    .await;
+                let answer = tokio::task::spawn_blocking(|| {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).map(|_| line.trim().to_ascii_lowercase())
+                })
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+                let yes = answer == "yes" || answer == "y";
+                self.log(format!("operator answered {answer:?} to: {summary}")).await;
+                yes
+            }
+        }
     }
 
     /// A test-only crash point: with `RUNBOOK_CRASH_AT=<step>:<name>` the process kills itself
@@ -133,16 +196,26 @@ pub(crate) fn parse(kind: &str, params: &toml::Value) -> Result<StepKind, String
     match kind {
         "ecr_repository" => typed(params).map(StepKind::EcrRepository),
         "database" => typed(params).map(StepKind::Database),
+        "image" => typed(params).map(StepKind::Image),
+        "terraform" => typed(params).map(StepKind::Terraform),
+        "ssm_params" => typed(params).map(StepKind::SsmParams),
+        "ecs_deploy" => typed(params).map(StepKind::EcsDeploy),
+        "validate" => typed(params).map(StepKind::Validate),
         other => Err(format!("unknown step kind `{other}`; known kinds: {}", KINDS.join(", "))),
     }
 }
 
-/// The names of the outputs a kind produces, for checking `${steps.X.name}` before a run.
-pub(crate) fn outputs(kind: &str) -> &'static [&'static str] {
+/// The names of the outputs a kind produces, for checking `${steps.X.name}` before a run;
+/// `None` when they are only known at run time (terraform's outputs).
+pub(crate) fn outputs(kind: &str) -> Option<&'static [&'static str]> {
     match kind {
-        "ecr_repository" => ecr_repository::OUTPUTS,
-        "database" => database::OUTPUTS,
-        _ => &[],
+        "ecr_repository" => Some(ecr_repository::OUTPUTS),
+        "database" => Some(database::OUTPUTS),
+        "image" => Some(image::OUTPUTS),
+        "ssm_params" => Some(ssm_params::OUTPUTS),
+        "ecs_deploy" => Some(ecs_deploy::OUTPUTS),
+        // terraform's outputs are the module's; validate's are its checks.
+        _ => None,
     }
 }
 
@@ -150,7 +223,13 @@ impl StepKind {
     /// The image tag this step deploys, if it has one (`latest` is refused by validation).
     pub(crate) fn image_tag(&self) -> Option<&str> {
         match self {
-            StepKind::EcrRepository(_) | StepKind::Database(_) => None,
+            StepKind::EcrRepository(_)
+            | StepKind::Database(_)
+            | StepKind::Terraform(_)
+            | StepKind::SsmParams(_)
+            | StepKind::EcsDeploy(_)
+            | StepKind::Validate(_) => None,
+            StepKind::Image(p) => Some(&p.tag),
         }
     }
 
@@ -158,6 +237,11 @@ impl StepKind {
         match self {
             StepKind::EcrRepository(p) => p.probe(cx).await,
             StepKind::Database(p) => p.probe(cx).await,
+            StepKind::Image(p) => p.probe(cx).await,
+            StepKind::Terraform(p) => p.probe(cx).await,
+            StepKind::SsmParams(p) => p.probe(cx).await,
+            StepKind::EcsDeploy(p) => p.probe(cx).await,
+            StepKind::Validate(p) => p.probe(cx).await,
         }
     }
 
@@ -166,14 +250,24 @@ impl StepKind {
         match self {
             StepKind::EcrRepository(p) => p.apply(cx).await,
             StepKind::Database(p) => p.apply(cx).await,
+            StepKind::Image(p) => p.apply(cx).await,
+            StepKind::Terraform(p) => p.apply(cx).await,
+            StepKind::SsmParams(p) => p.apply(cx).await,
+            StepKind::EcsDeploy(p) => p.apply(cx).await,
+            StepKind::Validate(p) => p.apply(cx).await,
         }
     }
 
     /// Proof beyond the probe, run once after an apply (the probe must stay read-only).
     pub(crate) async fn verify(&self, cx: &StepContext) -> Result<(), StepError> {
         match self {
-            StepKind::EcrRepository(_) => Ok(()),
+            StepKind::EcrRepository(_)
+            | StepKind::Image(_)
+            | StepKind::Terraform(_)
+            | StepKind::EcsDeploy(_)
+            | StepKind::Validate(_) => Ok(()),
             StepKind::Database(p) => p.verify(cx).await,
+            StepKind::SsmParams(p) => p.verify(cx).await,
         }
     }
 
@@ -181,6 +275,11 @@ impl StepKind {
     pub(crate) fn converge_within(&self) -> Duration {
         match self {
             StepKind::EcrRepository(_) | StepKind::Database(_) => Duration::from_secs(30),
+            // Scan on push takes a minute or two on ECR.
+            StepKind::Image(_) => Duration::from_secs(300),
+            StepKind::Terraform(_) | StepKind::SsmParams(_) => Duration::from_secs(120),
+            StepKind::EcsDeploy(p) => Duration::from_secs(p.wait_seconds),
+            StepKind::Validate(p) => Duration::from_secs(p.wait_seconds),
         }
     }
 }

@@ -1,0 +1,312 @@
+//! `ecs_deploy` (T2.6, T2.7, T3.3): redeploy an ECS service so that it picks up its inputs,
+//! wait until it is stable, and require a healthy health body (HTTP 200 alone proves nothing).
+//!
+//! Satisfied only when the primary deployment started after the newest input it must pick up
+//! (the `LastModifiedDate` of its SSM parameters) and runs the expected image, is stable, and
+//! is healthy. So a re-run after a parameter change redeploys, and a re-run with nothing
+//! changed restarts nothing. With `set_param` (T2.7) it first writes one parameter of the
+//! service (Finn's DIXIE_BASE_URL): the redeploy then proves the service read it.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_ssm::types::ParameterType;
+use serde::Deserialize;
+
+use super::ssm_params::read;
+use super::{Probe, StepContext, StepError, reach};
+use crate::event::Outputs;
+
+pub(super) const OUTPUTS: &[&str] = &["deployment_id", "deployment_started_at", "health"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Params {
+    cluster: String,
+    service: String,
+    /// SSM names, or prefixes ending in `/`, whose changes the deployment must postdate.
+    #[serde(default)]
+    inputs: Vec<String>,
+    /// The image tag the service's task definition must run; empty: not checked.
+    #[serde(default)]
+    image_tag: String,
+    #[serde(default)]
+    set_param: Option<SetParam>,
+    health_url: String,
+    health: HealthRule,
+    /// How long the deployment may take to become stable and healthy.
+    #[serde(default = "fifteen_minutes")]
+    pub(super) wait_seconds: u64,
+}
+
+fn fifteen_minutes() -> u64 {
+    900
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SetParam {
+    name: String,
+    value: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// How to read the service's health body.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum HealthRule {
+    /// Dixie's `/api/health`: `status: healthy` and Finn's circuit `closed`.
+    Dixie,
+    /// Finn's `/health`: `status: healthy`.
+    Finn,
+}
+
+/// The health verdict: ok, and one line that says why.
+pub(crate) fn judge(rule: HealthRule, body: &serde_json::Value) -> (bool, String) {
+    let status = body["status"].as_str().unwrap_or("missing");
+    match rule {
+        HealthRule::Finn => (status == "healthy", format!("status {status}")),
+        HealthRule::Dixie => {
+            let circuit = body["services"]["loa_finn"]["circuit_state"].as_str().unwrap_or("missing");
+            let mut notes = vec![format!("status {status}"), format!("finn circuit {circuit}")];
+            if let Some(infra) = body["infrastructure"].as_object() {
+                for (name, component) in infra {
+                    let s = component["status"].as_str().unwrap_or("missing");
+                    if s != "healthy" && s != "connected" {
+                        notes.push(format!("{name} {s}"));
+                    }
+                }
+            }
+            if let Some(error) = body["services"]["loa_finn"]["error"].as_str() {
+                notes.push(format!("finn error: {error}"));
+            }
+            (status == "healthy" && circuit == "closed", notes.join(", "))
+        }
+    }
+}
+
+struct Service {
+    primary_id: String,
+    primary_started: SystemTime,
+    stable: bool,
+    failed: Option<String>,
+    running: String,
+    task_definition: String,
+}
+
+fn to_system_time(t: &aws_sdk_ecs::primitives::DateTime) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(t.to_millis().unwrap_or(0).max(0) as u64)
+}
+
+fn utc(t: SystemTime) -> String {
+    crate::clock::format_utc(t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+}
+
+impl Params {
+    async fn service(&self, cx: &StepContext) -> Result<Service, StepError> {
+        let out = cx
+            .cloud
+            .ecs
+            .describe_services()
+            .cluster(&self.cluster)
+            .services(&self.service)
+            .send()
+            .await
+            .map_err(|e| StepError::from_sdk("ecs:DescribeServices", e))?;
+        let svc = out.services().iter().find(|s| s.status() == Some("ACTIVE")).ok_or_else(|| {
+            StepError::fatal(
+                format!("ECS service {} is not active in cluster {}", self.service, self.cluster),
+                "the terraform step creates it: runbook status",
+            )
+        })?;
+        let primary = svc.deployments().iter().find(|d| d.status() == Some("PRIMARY")).ok_or_else(|| {
+            StepError::retryable(format!("service {} has no PRIMARY deployment yet", self.service))
+        })?;
+        let rollout = primary.rollout_state().map(|r| r.as_str().to_string()).unwrap_or_default();
+        let failed = (rollout == "FAILED").then(|| {
+            let events: Vec<String> = svc.events().iter().take(5).filter_map(|e| e.message().map(String::from)).collect();
+            format!(
+                "deployment {} of {} FAILED (circuit breaker rollback?): {}; service events: {}",
+                primary.id().unwrap_or("?"),
+                self.service,
+                primary.rollout_state_reason().unwrap_or("no reason"),
+                events.join(" | ")
+            )
+        });
+        let (running, desired) = (primary.running_count(), primary.desired_count());
+        Ok(Service {
+            primary_id: primary.id().unwrap_or_default().to_string(),
+            primary_started: primary.created_at().map(to_system_time).unwrap_or(SystemTime::UNIX_EPOCH),
+            stable: rollout == "COMPLETED" || (svc.deployments().len() == 1 && desired > 0 && running == desired),
+            failed,
+            running: format!("{running}/{desired} running"),
+            // The service's, not the deployment's: moto keeps a deployment's old one.
+            task_definition: svc.task_definition().unwrap_or_default().to_string(),
+        })
+    }
+
+    /// The newest `LastModifiedDate` among the inputs, with its parameter's name.
+    async fn newest_input(&self, cx: &StepContext) -> Result<Option<(SystemTime, String)>, StepError> {
+        let mut newest: Option<(SystemTime, String)> = None;
+        let mut consider = |name: Option<&str>, when: Option<&aws_sdk_ssm::primitives::DateTime>| {
+            if let (Some(name), Some(when)) = (name, when) {
+                let when = SystemTime::UNIX_EPOCH + Duration::from_millis(when.to_millis().unwrap_or(0).max(0) as u64);
+                if newest.as_ref().is_none_or(|(t, _)| when > *t) {
+                    newest = Some((when, name.to_string()));
+                }
+            }
+        };
+        let ssm = &cx.cloud.ssm;
+        for input in &self.inputs {
+            if input.ends_with('/') {
+                let mut pages = ssm.get_parameters_by_path().path(input.trim_end_matches('/')).recursive(true).into_paginator().send();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| StepError::from_sdk("ssm:GetParametersByPath", e))?;
+                    for p in page.parameters() {
+                        consider(p.name(), p.last_modified_date());
+                    }
+                }
+            } else {
+                match ssm.get_parameter().name(input).send().await {
+                    Ok(out) => {
+                        if let Some(p) = out.parameter() {
+                            consider(p.name(), p.last_modified_date());
+                        }
+                    }
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => {}
+                    Err(e) => return Err(StepError::from_sdk("ssm:GetParameter", e)),
+                }
+            }
+        }
+        Ok(newest)
+    }
+
+    async fn image_of(&self, cx: &StepContext, task_definition: &str) -> Result<String, StepError> {
+        let out = cx
+            .cloud
+            .ecs
+            .describe_task_definition()
+            .task_definition(task_definition)
+            .send()
+            .await
+            .map_err(|e| StepError::from_sdk("ecs:DescribeTaskDefinition", e))?;
+        Ok(out
+            .task_definition()
+            .and_then(|t| t.container_definitions().first())
+            .and_then(|c| c.image())
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    /// `Some(why)` when the param that `set_param` names does not hold its value.
+    async fn param_differs(&self, cx: &StepContext) -> Result<Option<String>, StepError> {
+        let Some(set) = &self.set_param else { return Ok(None) };
+        let live = read(cx, &set.name).await?;
+        Ok(match live {
+            Some(v) if v.expose() == &set.value => None,
+            Some(_) => Some(format!("set {} (differs)", set.name)),
+            None => Some(format!("set {}", set.name)),
+        })
+    }
+
+    /// Why the current primary deployment is too old, if it is.
+    async fn stale(&self, cx: &StepContext, svc: &Service) -> Result<Option<String>, StepError> {
+        Ok(match self.newest_input(cx).await? {
+            Some((changed, name)) if changed >= svc.primary_started => Some(format!(
+                "redeploy {}: {name} changed at {} after its deployment started at {}",
+                self.service,
+                utc(changed),
+                utc(svc.primary_started)
+            )),
+            _ => None,
+        })
+    }
+
+    pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        if let Some(why) = self.param_differs(cx).await? {
+            return Ok(Probe::Absent(format!("{why}, then redeploy {}", self.service)));
+        }
+        let svc = self.service(cx).await?;
+        if !self.image_tag.is_empty() {
+            let image = self.image_of(cx, &svc.task_definition).await?;
+            if !image.ends_with(&format!(":{}", self.image_tag)) {
+                return Ok(Probe::Conflict(format!(
+                    "service {} runs task definition {} with image {image}, not tag {}; the terraform step sets the image",
+                    self.service, svc.task_definition, self.image_tag
+                )));
+            }
+        }
+        if let Some(why) = &svc.failed {
+            return Err(StepError::fatal(why.clone(), "read the service events and the task logs (CloudWatch), fix, then: runbook retry this step"));
+        }
+        if let Some(why) = self.stale(cx, &svc).await? {
+            return Ok(Probe::Absent(why));
+        }
+        if !svc.stable {
+            return Ok(Probe::Absent(format!("deployment {} of {} in progress: {}", svc.primary_id, self.service, svc.running)));
+        }
+        let (ok, summary) = match reach::get_json(&cx.env, &self.health_url).await {
+            Ok((_, body, _)) => judge(self.health, &body),
+            Err(e) => (false, e),
+        };
+        if !ok {
+            return Ok(Probe::Absent(format!("{} is not healthy yet: {summary}", self.health_url)));
+        }
+        Ok(Probe::Satisfied(Outputs::from([
+            ("deployment_id".to_string(), svc.primary_id),
+            ("deployment_started_at".to_string(), utc(svc.primary_started)),
+            ("health".to_string(), summary),
+        ])))
+    }
+
+    pub(super) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
+        if let (Some(set), Some(why)) = (&self.set_param, self.param_differs(cx).await?) {
+            cx.log(format!("{why} = {}", set.value)).await;
+            cx.cloud
+                .ssm
+                .put_parameter()
+                .name(&set.name)
+                .value(&set.value)
+                .r#type(ParameterType::from(set.kind.as_str()))
+                .overwrite(true)
+                .send()
+                .await
+                .map_err(|e| StepError::from_sdk(&format!("ssm:PutParameter {}", set.name), e))?;
+        }
+        let svc = self.service(cx).await?;
+        match self.stale(cx, &svc).await? {
+            Some(why) => {
+                cx.log(format!("{why}: forcing a new deployment")).await;
+                cx.cloud
+                    .ecs
+                    .update_service()
+                    .cluster(&self.cluster)
+                    .service(&self.service)
+                    .force_new_deployment(true)
+                    .send()
+                    .await
+                    .map_err(|e| StepError::from_sdk("ecs:UpdateService", e))?;
+            }
+            None => {
+                cx.log(format!("deployment {} started after every input; waiting for it, not restarting", svc.primary_id)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_200_with_an_unhealthy_body_is_not_healthy() {
+        let body = serde_json::json!({"status": "unhealthy", "services": {"loa_finn": {"status": "unreachable", "circuit_state": "open", "error": "ECONNREFUSED"}},
+            "infrastructure": {"postgresql": {"status": "healthy"}, "nats": {"status": "unreachable"}}});
+        let (ok, why) = judge(HealthRule::Dixie, &body);
+        assert!(!ok);
+        assert_eq!(why, "status unhealthy, finn circuit open, nats unreachable, finn error: ECONNREFUSED");
+        let healthy = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}}});
+        assert_eq!(judge(HealthRule::Dixie, &healthy), (true, "status healthy, finn circuit closed".to_string()));
+    }
+}

@@ -1,0 +1,231 @@
+//! `terraform` (T2.4): init, select-or-create the workspace, plan to a file, show the summary,
+//! and apply that saved plan only after approval.
+//!
+//! The probe is `plan -detailed-exitcode`: no changes is satisfied. It never creates the
+//! workspace (a missing workspace is "absent"). Resource counts are shown, never asserted.
+//! Non-sensitive `terraform output` values become the step's outputs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::{Probe, StepContext, StepError};
+use crate::event::Outputs;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Params {
+    /// The terraform root module, relative to the project folder.
+    dir: PathBuf,
+    workspace: String,
+    /// Relative to `dir`.
+    #[serde(default)]
+    var_files: Vec<String>,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+    /// `-backend-config` pairs for `terraform init`.
+    #[serde(default)]
+    backend_config: BTreeMap<String, String>,
+    /// Terraform CLI config (provider mirror), relative to the project folder; empty: the
+    /// caller's TF_CLI_CONFIG_FILE.
+    #[serde(default)]
+    cli_config: String,
+    /// One endpoint for every AWS API the provider calls (moto); empty: AWS.
+    #[serde(default)]
+    aws_endpoint_url: String,
+    #[serde(default = "terraform")]
+    binary: String,
+}
+
+fn terraform() -> String {
+    "terraform".into()
+}
+
+/// The `Plan: A to add, B to change, C to destroy.` line, or what terraform said instead.
+struct Plan {
+    summary: String,
+}
+
+impl Params {
+    fn dir(&self, cx: &StepContext) -> PathBuf {
+        cx.project.join(&self.dir)
+    }
+
+    fn command(&self, cx: &StepContext, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.binary);
+        cmd.current_dir(self.dir(cx)).args(args).env("TF_IN_AUTOMATION", "1").env("TF_INPUT", "0");
+        if !self.cli_config.is_empty() {
+            cmd.env("TF_CLI_CONFIG_FILE", cx.project.join(&self.cli_config));
+        }
+        if !self.aws_endpoint_url.is_empty() {
+            cmd.env("AWS_ENDPOINT_URL", &self.aws_endpoint_url);
+        }
+        if let Some(creds) = &cx.env.aws.emulator_credentials {
+            cmd.env("AWS_ACCESS_KEY_ID", &creds.access_key_id).env("AWS_SECRET_ACCESS_KEY", &creds.secret_access_key);
+        }
+        cmd.env("AWS_REGION", &cx.env.region).env("AWS_DEFAULT_REGION", &cx.env.region);
+        cmd.kill_on_drop(true).stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs terraform to the end; `Err` names the command and the tail of what it said.
+    async fn run(&self, cx: &StepContext, args: &[&str]) -> Result<(i32, String), StepError> {
+        let out = self.command(cx, args).output().await.map_err(|e| {
+            StepError::fatal(format!("cannot run {}: {e}", self.binary), "install terraform (the ring's setup checks /usr/local/bin/terraform)")
+        })?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.code().unwrap_or(-1), text))
+    }
+
+    fn failed(&self, what: &str, text: &str) -> StepError {
+        let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = tail[tail.len().saturating_sub(12)..].join("\n    ");
+        StepError::Fatal { message: format!("terraform {what} in {} failed:\n    {tail}", self.dir.display()), fix: Some("read the error above; `runbook logs` has the whole output".into()) }
+    }
+
+    fn var_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = self.var_files.iter().map(|f| format!("-var-file={f}")).collect();
+        args.extend(self.vars.iter().map(|(k, v)| format!("-var={k}={v}")));
+        args
+    }
+
+    async fn init(&self, cx: &StepContext) -> Result<(), StepError> {
+        let mut args = vec!["init".to_string(), "-input=false".into(), "-no-color".into(), "-reconfigure".into()];
+        args.extend(self.backend_config.iter().map(|(k, v)| format!("-backend-config={k}={v}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, text) = self.run(cx, &args).await?;
+        if code != 0 {
+            return Err(self.failed("init", &text));
+        }
+        Ok(())
+    }
+
+    /// Selects the workspace; `false` when it does not exist yet.
+    async fn select(&self, cx: &StepContext) -> Result<bool, StepError> {
+        let (code, text) = self.run(cx, &["workspace", "select", "-no-color", &self.workspace]).await?;
+        match code {
+            0 => Ok(true),
+            _ if text.contains("doesn't exist") || text.contains("does not exist") => Ok(false),
+            _ => Err(self.failed("workspace select", &text)),
+        }
+    }
+
+    async fn plan(&self, cx: &StepContext, out: Option<&Path>) -> Result<Option<Plan>, StepError> {
+        let mut args = vec!["plan".to_string(), "-input=false".into(), "-no-color".into(), "-detailed-exitcode".into()];
+        if let Some(out) = out {
+            args.push(format!("-out={}", out.display()));
+        }
+        args.extend(self.var_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, text) = self.run(cx, &args).await?;
+        match code {
+            0 => Ok(None),
+            2 => Ok(Some(Plan {
+                summary: text
+                    .lines()
+                    .find(|l| l.trim_start().starts_with("Plan:") || l.contains("Changes to Outputs"))
+                    .unwrap_or("changes pending")
+                    .trim()
+                    .to_string(),
+            })),
+            _ => Err(self.failed("plan", &text)),
+        }
+    }
+
+    async fn outputs(&self, cx: &StepContext) -> Result<Outputs, StepError> {
+        let (code, text) = self.run(cx, &["output", "-json", "-no-color"]).await?;
+        if code != 0 {
+            return Err(self.failed("output", &text));
+        }
+        let all: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+        Ok(all
+            .into_iter()
+            .filter(|(_, o)| o["sensitive"] != true)
+            .map(|(name, o)| {
+                let value = match &o["value"] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (name, value)
+            })
+            .collect())
+    }
+
+    pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        self.init(cx).await?;
+        if !self.select(cx).await? {
+            return Ok(Probe::Absent(format!("create workspace {} and apply the whole plan", self.workspace)));
+        }
+        match self.plan(cx, None).await? {
+            None => Ok(Probe::Satisfied(self.outputs(cx).await?)),
+            Some(plan) => Ok(Probe::Absent(format!("workspace {}: {}", self.workspace, plan.summary))),
+        }
+    }
+
+    pub(super) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
+        self.init(cx).await?;
+        if !self.select(cx).await? {
+            cx.log(format!("creating workspace {}", self.workspace)).await;
+            let (code, text) = self.run(cx, &["workspace", "new", "-no-color", &self.workspace]).await?;
+            if code != 0 {
+                return Err(self.failed("workspace new", &text));
+            }
+        }
+        let plan_file = std::env::temp_dir().join(format!("runbook-{}-{}.tfplan", std::process::id(), cx.step));
+        let Some(plan) = self.plan(cx, Some(&plan_file)).await? else {
+            cx.log("terraform plan: no changes").await;
+            return Ok(());
+        };
+        cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.summary)).await;
+        if !cx.approve(&format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.summary)).await {
+            let _ = std::fs::remove_file(&plan_file);
+            return Err(StepError::AwaitingApproval { summary: plan.summary });
+        }
+        let result = self.apply_plan(cx, &plan_file).await;
+        let _ = std::fs::remove_file(&plan_file);
+        result
+    }
+
+    /// `terraform apply -json PLAN`, its progress streamed into the step's log.
+    async fn apply_plan(&self, cx: &StepContext, plan_file: &Path) -> Result<(), StepError> {
+        let plan = plan_file.to_string_lossy();
+        let mut child = self
+            .command(cx, &["apply", "-input=false", "-no-color", "-json", &plan])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| StepError::fatal(format!("cannot run {}: {e}", self.binary), "install terraform"))?;
+        let stderr = child.stderr.take();
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut errors = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            let kind = message["type"].as_str().unwrap_or_default();
+            let text = message["@message"].as_str().unwrap_or_default().to_string();
+            match kind {
+                "apply_start" | "apply_complete" | "apply_errored" | "change_summary" => cx.log(text).await,
+                "apply_progress" => cx.progress(&text).await,
+                "diagnostic" if message["diagnostic"]["severity"] == "error" => {
+                    let detail = message["diagnostic"]["detail"].as_str().unwrap_or_default();
+                    errors.push(format!("{text}: {detail}"));
+                    cx.log(format!("error: {text}: {detail}")).await;
+                }
+                _ => {}
+            }
+        }
+        let mut rest = String::new();
+        if let Some(mut stderr) = stderr {
+            use tokio::io::AsyncReadExt;
+            let _ = stderr.read_to_string(&mut rest).await;
+        }
+        let status = child.wait().await.map_err(|e| StepError::retryable(format!("terraform apply: {e}")))?;
+        if !status.success() {
+            errors.push(rest);
+            return Err(self.failed("apply", &errors.join("\n")));
+        }
+        Ok(())
+    }
+}

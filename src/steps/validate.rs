@@ -1,0 +1,166 @@
+//! `validate` (T2.8): the end-to-end checks of the sprint, as one table of pass/fail with the
+//! measured value: the DNS record aliases the ALB (and resolves, on AWS), Dixie is healthy with
+//! Finn's circuit closed, Finn is healthy, exactly N migrations ran, Redis is healthy in
+//! Dixie's health, and no CloudWatch alarm of the service is in ALARM.
+//!
+//! Nothing to apply: while checks fail the verify waits (DNS and health converge), bounded.
+
+use serde::Deserialize;
+
+use super::ecs_deploy::{HealthRule, judge};
+use super::ssm_params::read;
+use super::{Probe, StepContext, StepError, reach};
+use crate::event::Outputs;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Params {
+    zone: String,
+    record: String,
+    /// The ALB's DNS name the record must alias.
+    alb_dns_name: String,
+    /// Also resolve the record through the system resolver (on AWS; the ring's names do not resolve).
+    #[serde(default)]
+    dns_lookup: bool,
+    dixie_health_url: String,
+    finn_health_url: String,
+    /// SSM parameter with the DATABASE_URL to count `_migrations` with.
+    database_url_param: String,
+    migrations: i64,
+    alarm_prefix: String,
+    #[serde(default = "two_minutes")]
+    pub(super) wait_seconds: u64,
+}
+
+fn two_minutes() -> u64 {
+    120
+}
+
+struct Check {
+    name: &'static str,
+    pass: bool,
+    value: String,
+}
+
+impl Params {
+    async fn checks(&self, cx: &StepContext) -> Result<Vec<Check>, StepError> {
+        let mut checks = Vec::new();
+        let mut check = |name: &'static str, result: Result<String, String>, must: bool| {
+            let (pass, value) = match result {
+                Ok(v) => (must, v),
+                Err(e) => (false, e),
+            };
+            checks.push(Check { name, pass, value });
+        };
+
+        let alias = self.alias(cx).await?;
+        let want = self.alb_dns_name.trim_end_matches('.').to_ascii_lowercase();
+        let matches = alias.as_deref().is_some_and(|a| a.trim_end_matches('.').to_ascii_lowercase().ends_with(&want));
+        check("dns record", alias.map(|a| format!("{} A alias → {a}", self.record)).ok_or_else(|| format!("no A record {}", self.record)), matches);
+        if self.dns_lookup {
+            let resolved = tokio::net::lookup_host((self.record.as_str(), 443)).await.map(|a| a.map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", "));
+            let found = resolved.as_ref().is_ok_and(|r| !r.is_empty());
+            check("dns lookup", resolved.map_err(|e| format!("{}: {e}", self.record)), found);
+        }
+
+        let dixie = reach::get_json(&cx.env, &self.dixie_health_url).await;
+        match &dixie {
+            Ok((code, body, took)) => {
+                let (ok, why) = judge(HealthRule::Dixie, body);
+                check("dixie health", Ok(format!("HTTP {code}, {why}, {} ms", took.as_millis())), ok);
+                let redis = body["infrastructure"]["redis"]["status"].as_str().unwrap_or("absent").to_string();
+                check("redis", Ok(format!("dixie reports redis {redis}")), redis == "healthy");
+            }
+            Err(e) => {
+                check("dixie health", Err(e.clone()), false);
+                check("redis", Err("no dixie health".into()), false);
+            }
+        }
+        match reach::get_json(&cx.env, &self.finn_health_url).await {
+            Ok((code, body, took)) => {
+                let (ok, why) = judge(HealthRule::Finn, &body);
+                check("finn health", Ok(format!("HTTP {code}, {why}, {} ms", took.as_millis())), ok);
+            }
+            Err(e) => check("finn health", Err(e), false),
+        }
+
+        let migrations = match read(cx, &self.database_url_param).await? {
+            Some(url) => reach::postgres_count(&cx.env, &url, "SELECT count(*) FROM _migrations").await,
+            None => Err(format!("{} does not exist", self.database_url_param)),
+        };
+        let count = migrations.as_ref().ok().copied();
+        check("migrations", migrations.map(|n| format!("{n} rows in _migrations (want {})", self.migrations)), count == Some(self.migrations));
+
+        let alarms = cx
+            .cloud
+            .cloudwatch
+            .describe_alarms()
+            .alarm_name_prefix(&self.alarm_prefix)
+            .send()
+            .await
+            .map_err(|e| StepError::from_sdk("cloudwatch:DescribeAlarms", e))?;
+        let firing: Vec<String> = alarms
+            .metric_alarms()
+            .iter()
+            .filter(|a| a.state_value().map(|s| s.as_str()) == Some("ALARM"))
+            .map(|a| a.alarm_name().unwrap_or("?").to_string())
+            .collect();
+        let total = alarms.metric_alarms().len();
+        check(
+            "alarms",
+            Ok(if firing.is_empty() { format!("{total} alarms, none in ALARM") } else { format!("in ALARM: {}", firing.join(", ")) }),
+            firing.is_empty(),
+        );
+        Ok(checks)
+    }
+
+    async fn alias(&self, cx: &StepContext) -> Result<Option<String>, StepError> {
+        let route53 = &cx.cloud.route53;
+        let zones = route53.list_hosted_zones_by_name().dns_name(&self.zone).send().await.map_err(|e| StepError::from_sdk("route53:ListHostedZonesByName", e))?;
+        let want_zone = format!("{}.", self.zone.trim_end_matches('.'));
+        let Some(zone) = zones.hosted_zones().iter().find(|z| z.name() == want_zone) else {
+            return Err(StepError::fatal(format!("hosted zone {} not found", self.zone), "check the zone name in the runbook"));
+        };
+        let records = route53
+            .list_resource_record_sets()
+            .hosted_zone_id(zone.id())
+            .start_record_name(&self.record)
+            .start_record_type(aws_sdk_route53::types::RrType::A)
+            .send()
+            .await
+            .map_err(|e| StepError::from_sdk("route53:ListResourceRecordSets", e))?;
+        let want = format!("{}.", self.record.trim_end_matches('.'));
+        Ok(records
+            .resource_record_sets()
+            .iter()
+            .find(|r| r.name() == want && r.r#type().as_str() == "A")
+            .and_then(|r| r.alias_target())
+            .map(|a| a.dns_name().to_string()))
+    }
+
+    fn table(checks: &[Check]) -> Vec<String> {
+        checks.iter().map(|c| format!("{:<13} {:<4} {}", c.name, if c.pass { "pass" } else { "FAIL" }, c.value)).collect()
+    }
+
+    pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        let checks = self.checks(cx).await?;
+        if checks.iter().all(|c| c.pass) {
+            for line in Self::table(&checks) {
+                cx.log(line).await;
+            }
+            return Ok(Probe::Satisfied(
+                checks.into_iter().map(|c| (c.name.replace(' ', "_"), format!("pass: {}", c.value))).collect::<Outputs>(),
+            ));
+        }
+        let failing: Vec<String> = checks.iter().filter(|c| !c.pass).map(|c| format!("{}: {}", c.name, c.value)).collect();
+        Ok(Probe::Absent(format!("checks failing: {}", failing.join("; "))))
+    }
+
+    /// Nothing to change: shows the table, then the verify waits for the checks to pass.
+    pub(super) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
+        for line in Self::table(&self.checks(cx).await?) {
+            cx.log(line).await;
+        }
+        Ok(())
+    }
+}
