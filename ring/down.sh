@@ -2,6 +2,8 @@
 # ring/down.sh: stop what ring/up.sh started, by the recorded pids only.
 #
 # TERM, wait up to 10 s, then KILL; PostgreSQL with `pg_ctl stop -m fast`.
+# ecs-agent goes first and stops its stand-in tasks itself; any stand-in it left
+# (agent killed) is stopped by the pid in its $RING_DIR/agent/SERVICE.json.
 # Never touches a process it has no pidfile for. Keeps all data (pg cluster,
 # secrets, TLS, registry storage), so the next up.sh finds the same ring.
 set -euo pipefail
@@ -55,6 +57,15 @@ for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
   say "$name: stopped (pid $pid)"
   stopped=$((stopped + 1))
 done
+# Stand-ins the agent did not stop (it was killed or crashed): by their recorded pids only.
+while read -r svc spid _port; do
+  if standin_alive "$spid"; then
+    stop_pid "$svc stand-in" "$spid"
+    say "$svc stand-in: stopped (pid $spid)"
+    stopped=$((stopped + 1))
+  fi
+done < <(standin_records)
+rm -f "$AGENT_DIR"/*.json "$AGENT_DIR"/*.json.tmp
 rm -f "$DOCKER_SOCK"
 if [ "$stopped" -eq 0 ]; then
   say "nothing of the ring was running"

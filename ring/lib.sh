@@ -22,9 +22,15 @@ REDIS_TLS_PORT=16380
 NATS_PORT=14222
 NATS_MON_PORT=18222
 REGISTRY_PORT=5000
+# The ring's "ECS" (ring/ecs_agent.py): status endpoint, its state files, the stand-ins' ports.
+ECS_AGENT_PORT=18900
+AGENT_DIR="$RING_DIR/agent"
+FINN_STANDIN_PORT=13000
+DIXIE_STANDIN_PORT=13001
 
-# Start order; down.sh stops in reverse.
-COMPONENTS=(moto postgres redis nats dockerd registry)
+# Start order; down.sh stops in reverse. ecs-agent is started by up.sh after seeding
+# (it runs the stand-ins of the ECS services, ring/standins/), so it comes last.
+COMPONENTS=(moto postgres redis nats dockerd registry ecs-agent)
 
 address_of() {
   case $1 in
@@ -34,6 +40,7 @@ address_of() {
     nats)     echo "nats://127.0.0.1:$NATS_PORT" ;;
     dockerd)  echo "unix://$DOCKER_SOCK" ;;
     registry) echo "http://127.0.0.1:$REGISTRY_PORT" ;;
+    ecs-agent) echo "http://127.0.0.1:$ECS_AGENT_PORT/state" ;;
   esac
 }
 
@@ -43,6 +50,7 @@ cmdline_word() {
   case $1 in
     moto) echo moto_server ;; postgres) echo postgres ;; redis) echo redis-server ;;
     nats) echo nats-server ;; dockerd) echo dockerd ;; registry) echo docker-registry ;;
+    ecs-agent) echo ecs_agent.py ;;
   esac
 }
 
@@ -76,6 +84,8 @@ answers() {
     nats)     curl -sf -m 2 -o /dev/null "http://127.0.0.1:$NATS_MON_PORT/healthz" ;;
     dockerd)  [ -S "$DOCKER_SOCK" ] && curl -sf -m 3 -o /dev/null --unix-socket "$DOCKER_SOCK" http://docker/_ping ;;
     registry) curl -sf -m 2 -o /dev/null "http://127.0.0.1:$REGISTRY_PORT/v2/" ;;
+    # 200 only while its poll loop has ticked within the last 5 s
+    ecs-agent) curl -sf -m 2 -o /dev/null "http://127.0.0.1:$ECS_AGENT_PORT/healthz" ;;
   esac
 }
 
@@ -86,7 +96,28 @@ port_of() {
   case $1 in
     moto) echo $MOTO_PORT ;; postgres) echo $PG_PORT ;; redis) echo $REDIS_TLS_PORT ;;
     nats) echo $NATS_PORT ;; registry) echo $REGISTRY_PORT ;; dockerd) echo "" ;;
+    ecs-agent) echo $ECS_AGENT_PORT ;;
   esac
+}
+
+# The stand-in tasks the agent runs: one "SERVICE PID PORT" line per $AGENT_DIR/SERVICE.json.
+standin_records() {
+  local f
+  for f in "$AGENT_DIR"/*.json; do
+    [ -e "$f" ] || continue
+    case $(basename "$f") in poll.json) continue ;; esac
+    python3 - "$f" <<'PY' 2>/dev/null || true
+import json, os, sys
+f = sys.argv[1]
+r = json.load(open(f))
+print(os.path.basename(f)[:-5], int(r["pid"]), int(r["port"]))
+PY
+  done
+}
+
+# Is PID a live stand-in process (ring/standins/*.py)?
+standin_alive() {
+  alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q 'ring/standins/'
 }
 
 # up.sh writes this when dockerd cannot run on the machine at all.

@@ -3,6 +3,9 @@
 #
 # Without restarting anything: moto reset + seed, drop PostgreSQL database and
 # role `dixie`, forget the registry repository `dixie-armitage`, flush Redis.
+# ecs-agent keeps running: reset waits for its first complete poll after the seed,
+# which stops the stand-ins of services that are gone (dixie-armitage) and starts
+# the seeded loa-finn-armitage's new deployment, and for that Finn to answer.
 # Quiet on success (one line); says what failed otherwise.
 set -euo pipefail
 
@@ -36,4 +39,28 @@ if [ -f "$TLS/ca.crt" ]; then
 fi
 
 wait "$moto_job" || die "moto reset or seed failed (see above and $LOGS/moto.log)"
-printf 'reset: ring is fresh (moto reset and seeded, dixie db/role dropped, registry repo dixie-armitage removed, redis flushed) in %s s\n' "$(elapsed "$START")"
+
+agent_note=""
+if live_pid ecs-agent >/dev/null; then
+  seeded=$(date +%s.%N)
+  deadline=$(( $(date +%s) + 15 ))
+  until python3 - "$AGENT_DIR/poll.json" "$seeded" <<'PY' 2>/dev/null
+import json, sys
+p = json.load(open(sys.argv[1]))
+sys.exit(0 if p["ok"] and p["started_at"] > float(sys.argv[2]) else 1)
+PY
+  do
+    [ "$(date +%s)" -lt "$deadline" ] || die "ecs-agent did not complete a poll of moto within 15 s after the seed; see $LOGS/ecs-agent.log"
+    sleep 0.1
+  done
+  [ ! -e "$AGENT_DIR/dixie-armitage.json" ] \
+    || die "ecs-agent still runs a dixie-armitage stand-in after the reset; see $LOGS/ecs-agent.log"
+  until curl -sf -m 1 -o /dev/null "http://127.0.0.1:$FINN_STANDIN_PORT/health"; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "the loa-finn-armitage stand-in does not answer on 127.0.0.1:$FINN_STANDIN_PORT; see $LOGS/ecs-agent.log and $LOGS/loa-finn-armitage.log"
+    sleep 0.1
+  done
+  agent_note=", ecs-agent caught up"
+else
+  printf 'reset: WARNING: ecs-agent is not running, so no stand-in task runs: ring/up.sh starts it\n' >&2
+fi
+printf 'reset: ring is fresh (moto reset and seeded, dixie db/role dropped, registry repo dixie-armitage removed, redis flushed%s) in %s s\n' "$agent_note" "$(elapsed "$START")"

@@ -348,6 +348,16 @@ class Seeder:
         )
         self.service(NATS, "nats", "nats:2.10-alpine", 4222, self.nats_sg)
 
+    def state_bucket(self) -> None:
+        """The S3 bucket of terraform's backend (the real repo keeps its state in S3)."""
+        s3 = self.c("s3")
+        names = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+        if "runbook-terraform-state" in names:
+            self.note(False, "s3 runbook-terraform-state")
+            return
+        s3.create_bucket(Bucket="runbook-terraform-state")
+        self.note(True, "s3 runbook-terraform-state")
+
     def run(self) -> None:
         pw_file = RING_DIR / "secrets" / "pg-admin-password"
         try:
@@ -364,6 +374,7 @@ class Seeder:
         self.cluster()
         self.services()
         self.tasks()
+        self.state_bucket()
 
 
 def self_signed(cn: str) -> tuple[bytes, bytes]:

@@ -85,6 +85,15 @@ else
     || die "moto_server is not on PATH after pip install; add $("$PY" -c 'import sysconfig; print(sysconfig.get_path("scripts"))') to PATH"
 fi
 
+# --- the stand-in tasks' PyPI packages (ring/standins/dixie.py speaks PostgreSQL) ---
+if "$PY" -c 'import psycopg; psycopg.pq.version()' >/dev/null 2>&1; then
+  say "psycopg: already installed ($("$PY" -c 'import psycopg; print(psycopg.__version__)'))"
+else
+  say "installing psycopg[binary] from PyPI (the Dixie stand-in's PostgreSQL client)"
+  "$PY" -m pip install -q 'psycopg[binary]' \
+    || die "pip install 'psycopg[binary]' failed: check that PyPI is reachable"
+fi
+
 # --- terraform and its provider mirror (come with the machine image) ---------
 [ -x /usr/local/bin/terraform ] \
   || die "/usr/local/bin/terraform is missing: it comes with the machine image (terraform 1.11.4) and cannot be downloaded here; use a machine built from the project's image"

@@ -25,6 +25,16 @@ for name in "${COMPONENTS[@]}"; do
   fi
   printf '%-9s %-44s %-8s %s\n' "$name" "$(address_of "$name")" "${pid:--}" "$state"
 done
+# The stand-in tasks ecs-agent runs (informational: which services have one depends on moto).
+while read -r svc spid sport; do
+  if standin_alive "$spid"; then
+    code=$(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$sport/$([ "$svc" = dixie-armitage ] && echo api/health || echo health)" || true)
+    state="running (health HTTP $code)"
+  else
+    state="exited (ecs-agent restarts it; see $LOGS/$svc.log)"
+  fi
+  printf '%-9s %-44s %-8s %s\n' "  task" "$svc http://127.0.0.1:$sport" "$spid" "$state"
+done < <(standin_records)
 if [ "$all_up" -ne 0 ]; then
   printf 'status: the ring is not fully up: run ring/up.sh\n' >&2
 fi

@@ -2,7 +2,9 @@
 # ring/up.sh: start the local rehearsal ring on loopback, idempotently.
 #
 # Components: moto (AWS APIs), PostgreSQL 15 (RDS), redis-server with TLS
-# (ElastiCache), nats-server, dockerd and docker-registry (build and ECR push).
+# (ElastiCache), nats-server, dockerd and docker-registry (build and ECR push),
+# and after seeding ecs-agent (ring/ecs_agent.py: runs the stand-in tasks of the
+# ECS services dixie-armitage and loa-finn-armitage, ring/standins/).
 # A component whose pidfile names a live process that answers is left alone.
 # Then seeds moto (ring/seed.py), writes $RING_DIR/ring.env and prints a table.
 set -euo pipefail
@@ -29,7 +31,7 @@ for need in "$MOTO_BIN" redis-server redis-cli nats-server dockerd docker /usr/b
     || die "${need:-moto_server} is not installed: run ring/setup.sh first"
 done
 
-mkdir -p "$RING_DIR" "$PIDS" "$LOGS" "$TLS" "$RING_DIR/redis" "$RING_DIR/registry"
+mkdir -p "$RING_DIR" "$PIDS" "$LOGS" "$TLS" "$RING_DIR/redis" "$RING_DIR/registry" "$AGENT_DIR"
 chmod 0755 "$RING_DIR"
 install -d -m 0700 "$SECRETS"
 
@@ -193,6 +195,7 @@ wait_ready() { # NAME: bounded wait until it answers; 0 ready, 1 not
 # --- bring each component up -----------------------------------------------------
 to_start=()
 for name in "${COMPONENTS[@]}"; do
+  [ "$name" = ecs-agent ] && continue  # started after seeding, below
   if pid=$(live_pid "$name"); then
     PID_OF[$name]=$pid
     if answers "$name"; then
@@ -226,6 +229,7 @@ if [[ " ${to_start[*]} " == *" postgres "* ]]; then
 fi
 
 for name in "${COMPONENTS[@]}"; do
+  [ "$name" = ecs-agent ] && continue
   [ "${STATE[$name]}" = "already up" ] && continue
   if wait_ready "$name"; then
     if [ "$name" = dockerd ]; then
@@ -255,6 +259,39 @@ ensure_pg_admin
 # --- seed moto ------------------------------------------------------------------
 say "seeding moto with the Armitage account's pre-sprint resources"
 python3 "$REPO/ring/seed.py" | sed 's/^/up: /' || die "ring/seed.py failed (see above and $LOGS/moto.log)"
+
+# --- ecs-agent: the ring's ECS, runs a stand-in per service deployment -------------
+if pid=$(live_pid ecs-agent) && answers ecs-agent; then
+  PID_OF[ecs-agent]=$pid; STATE[ecs-agent]="already up"
+  say "ecs-agent: already up (pid $pid)"
+else
+  if [ -n "${pid:-}" ]; then
+    warn "ecs-agent: pid $pid runs but its poll loop is stuck; restarting it"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
+    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$(pidfile_of ecs-agent)"
+  port_taken "$ECS_AGENT_PORT" \
+    && die "ecs-agent: 127.0.0.1:$ECS_AGENT_PORT is taken by a process this ring did not start: stop it (ss -ltnp 'sport = :$ECS_AGENT_PORT' names it) and re-run"
+  say "ecs-agent: starting (log $LOGS/ecs-agent.log; stand-ins log to $LOGS/<service>.log)"
+  # RING_ADDRESS_MAP (optional) overrides the stand-ins' address map (default: local.toml).
+  spawn ecs-agent env RUNBOOK_RING_DIR="$RING_DIR" ${RING_ADDRESS_MAP:+"RING_ADDRESS_MAP=$RING_ADDRESS_MAP"} \
+    python3 "$REPO/ring/ecs_agent.py"
+  STATE[ecs-agent]=started
+  wait_ready ecs-agent || { log_tail "$LOGS/ecs-agent.log"; die "$FAIL_WHY; see $LOGS/ecs-agent.log"; }
+  PID_OF[ecs-agent]=${LAUNCHED[ecs-agent]}
+  say "ecs-agent: ready on $(address_of ecs-agent) (pid ${PID_OF[ecs-agent]})"
+fi
+# The seeded loa-finn-armitage has a task: wait (bounded) for its stand-in to answer.
+deadline=$(( $(date +%s) + 10 ))
+until curl -sf -m 1 -o /dev/null "http://127.0.0.1:$FINN_STANDIN_PORT/health"; do
+  if [ "$(date +%s)" -ge "$deadline" ]; then
+    warn "the loa-finn-armitage stand-in does not answer on 127.0.0.1:$FINN_STANDIN_PORT after 10 s; see $LOGS/ecs-agent.log and $LOGS/loa-finn-armitage.log"
+    break
+  fi
+  sleep 0.1
+done
 
 # --- ring.env ---------------------------------------------------------------------
 tmp=$(mktemp "$RING_DIR/ring.env.XXXXXX")
@@ -288,5 +325,8 @@ printf '\n%-9s %-44s %-8s %s\n' COMPONENT ADDRESS PID STATE
 for name in "${COMPONENTS[@]}"; do
   printf '%-9s %-44s %-8s %s\n' "$name" "$(address_of "$name")" "${PID_OF[$name]:--}" "${STATE[$name]}"
 done
+while read -r svc spid sport; do
+  printf '%-9s %-44s %-8s %s\n' "  task" "$svc http://127.0.0.1:$sport" "$spid" "$(standin_alive "$spid" && echo running || echo exited)"
+done < <(standin_records)
 printf '\n'
 say "ring up in $(elapsed "$START") s; source $RING_DIR/ring.env to use it"

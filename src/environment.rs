@@ -31,7 +31,7 @@ pub(crate) struct Environment {
     /// Values that runbooks reference as `${env.NAME}`.
     #[serde(default)]
     pub(crate) vars: BTreeMap<String, String>,
-    /// `"host:port"` (a leading `*.` matches any subdomain) → `"127.0.0.1:port"`.
+    /// `"host:port"` (a leading `*.` matches any subdomain, `*` any host) → `"127.0.0.1:port"`.
     #[serde(default)]
     pub(crate) address_map: BTreeMap<String, String>,
     #[serde(skip)]
@@ -144,6 +144,9 @@ fn parse_host_port(text: &str) -> Option<(&str, u16)> {
 }
 
 fn host_matches(pattern: &str, host: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
     match pattern.strip_prefix("*.") {
         Some(suffix) => host.len() > suffix.len() && host.ends_with(&format!(".{suffix}")),
         None => pattern.eq_ignore_ascii_case(host),

@@ -145,7 +145,9 @@ fn main() {
     }
     let cli = Cli::parse();
     let yes = matches!(cli.command, Command::Run { yes: true, .. } | Command::Resume { yes: true, .. } | Command::Retry { yes: true, .. });
-    let globals = Globals { project: cli.project.clone(), state: cli.state.clone(), mode: Mode::detect(cli.json), yes };
+    // Absolute, because steps run tools (terraform) in other folders.
+    let project = std::fs::canonicalize(&cli.project).unwrap_or_else(|_| cli.project.clone());
+    let globals = Globals { project, state: cli.state.clone(), mode: Mode::detect(cli.json), yes };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
     let code = match runtime.block_on(dispatch(&globals, cli.command)) {
         Ok(code) => code,

@@ -34,7 +34,7 @@ pub(crate) struct Params {
     health_url: String,
     health: HealthRule,
     /// How long the deployment may take to become stable and healthy.
-    #[serde(default = "fifteen_minutes")]
+    #[serde(default = "fifteen_minutes", deserialize_with = "super::number_or_text")]
     pub(super) wait_seconds: u64,
 }
 
@@ -210,16 +210,16 @@ impl Params {
     }
 
     /// Why the current primary deployment is too old, if it is.
-    async fn stale(&self, cx: &StepContext, svc: &Service) -> Result<Option<String>, StepError> {
-        Ok(match self.newest_input(cx).await? {
-            Some((changed, name)) if changed >= svc.primary_started => Some(format!(
+    fn stale(&self, newest: &Option<(SystemTime, String)>, svc: &Service) -> Option<String> {
+        match newest {
+            Some((changed, name)) if *changed >= svc.primary_started => Some(format!(
                 "redeploy {}: {name} changed at {} after its deployment started at {}",
                 self.service,
-                utc(changed),
+                utc(*changed),
                 utc(svc.primary_started)
             )),
             _ => None,
-        })
+        }
     }
 
     pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
@@ -239,18 +239,35 @@ impl Params {
         if let Some(why) = &svc.failed {
             return Err(StepError::fatal(why.clone(), "read the service events and the task logs (CloudWatch), fix, then: runbook retry this step"));
         }
-        if let Some(why) = self.stale(cx, &svc).await? {
+        let newest = self.newest_input(cx).await?;
+        if let Some(why) = self.stale(&newest, &svc) {
             return Ok(Probe::Absent(why));
         }
         if !svc.stable {
             return Ok(Probe::Absent(format!("deployment {} of {} in progress: {}", svc.primary_id, self.service, svc.running)));
         }
-        let (ok, summary) = match reach::get_json(&cx.env, &self.health_url).await {
-            Ok((_, body, _)) => judge(self.health, &body),
-            Err(e) => (false, e),
+        let (ok, summary, uptime) = match reach::get_json(&cx.env, &self.health_url).await {
+            Ok((_, body, _)) => {
+                let (ok, summary) = judge(self.health, &body);
+                (ok, summary, body["uptime_seconds"].as_f64())
+            }
+            Err(e) => (false, e, None),
         };
         if !ok {
             return Ok(Probe::Absent(format!("{} is not healthy yet: {summary}", self.health_url)));
+        }
+        // The task that answers must itself be newer than the inputs (an old task still
+        // draining answers healthy too); 2 s of slack for clock skew.
+        if let (Some(uptime), Some((changed, name))) = (uptime, &newest) {
+            let started = SystemTime::now() - Duration::from_secs_f64(uptime.max(0.0));
+            if started + Duration::from_secs(2) < *changed {
+                return Ok(Probe::Absent(format!(
+                    "the task answering {} started at {}, before {name} changed at {}: waiting for the new task",
+                    self.health_url,
+                    utc(started),
+                    utc(*changed)
+                )));
+            }
         }
         Ok(Probe::Satisfied(Outputs::from([
             ("deployment_id".to_string(), svc.primary_id),
@@ -274,7 +291,7 @@ impl Params {
                 .map_err(|e| StepError::from_sdk(&format!("ssm:PutParameter {}", set.name), e))?;
         }
         let svc = self.service(cx).await?;
-        match self.stale(cx, &svc).await? {
+        match self.stale(&self.newest_input(cx).await?, &svc) {
             Some(why) => {
                 cx.log(format!("{why}: forcing a new deployment")).await;
                 cx.cloud

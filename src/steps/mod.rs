@@ -205,6 +205,20 @@ pub(crate) fn parse(kind: &str, params: &toml::Value) -> Result<StepKind, String
     }
 }
 
+/// A number written as a number, or as text (what a `${env.x}` reference gives).
+pub(crate) fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(u64),
+        Text(String),
+    }
+    match <Either as serde::Deserialize>::deserialize(d)? {
+        Either::Number(n) => Ok(n),
+        Either::Text(t) => t.trim().parse().map_err(|_| serde::de::Error::custom(format!("expected a whole number, got {t:?}"))),
+    }
+}
+
 /// The names of the outputs a kind produces, for checking `${steps.X.name}` before a run;
 /// `None` when they are only known at run time (terraform's outputs).
 pub(crate) fn outputs(kind: &str) -> Option<&'static [&'static str]> {

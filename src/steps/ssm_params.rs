@@ -267,22 +267,80 @@ async fn task_ip(cx: &StepContext, nats: &NatsTask) -> Result<String, StepError>
     if arns.is_empty() {
         return Err(StepError::retryable(format!("service {} has no running task", nats.service)));
     }
-    let described = ecs
-        .describe_tasks()
-        .cluster(&nats.cluster)
-        .set_tasks(Some(arns))
+    let tasks = if cx.env.aws.emulator_credentials.is_some() {
+        describe_tasks_on_moto(cx, &nats.cluster, &arns).await?
+    } else {
+        let described = ecs
+            .describe_tasks()
+            .cluster(&nats.cluster)
+            .set_tasks(Some(arns))
+            .send()
+            .await
+            .map_err(|e| StepError::from_sdk("ecs:DescribeTasks", e))?;
+        described
+            .tasks()
+            .iter()
+            .map(|t| {
+                let ip = t
+                    .attachments()
+                    .iter()
+                    .flat_map(|a| a.details())
+                    .find(|d| d.name() == Some("privateIPv4Address"))
+                    .and_then(|d| d.value())
+                    .map(String::from);
+                (t.group().unwrap_or_default().to_string(), t.last_status().unwrap_or_default().to_string(), ip)
+            })
+            .collect()
+    };
+    let group = format!("service:{}", nats.service);
+    tasks
+        .into_iter()
+        .find_map(|(g, status, ip)| (g == group && status == "RUNNING").then_some(ip).flatten())
+        .ok_or_else(|| StepError::retryable(format!("no RUNNING task of service {} has a private IPv4 address", nats.service)))
+}
+
+/// `ecs:DescribeTasks` against moto, as (group, lastStatus, private IPv4) per task. moto
+/// answers `containers[].cpu` and `memory` as numbers where the API has strings, and the SDK
+/// refuses the whole response; on an emulator the JSON is read directly (moto does not check
+/// signatures). Never used against AWS.
+async fn describe_tasks_on_moto(
+    cx: &StepContext,
+    cluster: &str,
+    arns: &[String],
+) -> Result<Vec<(String, String, Option<String>)>, StepError> {
+    let endpoint = cx.env.aws.endpoint_url.clone().unwrap_or_default();
+    let url = reqwest::Url::parse(&endpoint).map_err(|e| StepError::fatal(format!("endpoint_url {endpoint}: {e}"), "fix [aws] in the environment file"))?;
+    let addr = cx
+        .env
+        .dial(url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(80))
+        .map_err(|why| StepError::fatal(why, "see [address_map]"))?;
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{addr}/"))
+        .header("X-Amz-Target", "AmazonEC2ContainerServiceV20141113.DescribeTasks")
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .header("Authorization", format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{}/ecs/aws4_request, SignedHeaders=host, Signature=0", cx.env.region))
+        .json(&serde_json::json!({ "cluster": cluster, "tasks": arns }))
         .send()
         .await
-        .map_err(|e| StepError::from_sdk("ecs:DescribeTasks", e))?;
-    let group = format!("service:{}", nats.service);
-    described
-        .tasks()
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| StepError::retryable(format!("ecs:DescribeTasks (emulator): {e}")))?
+        .json()
+        .await
+        .map_err(|e| StepError::retryable(format!("ecs:DescribeTasks (emulator): {e}")))?;
+    Ok(body["tasks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
         .iter()
-        .filter(|t| t.group() == Some(group.as_str()) && t.last_status() == Some("RUNNING"))
-        .flat_map(|t| t.attachments())
-        .flat_map(|a| a.details())
-        .find(|d| d.name() == Some("privateIPv4Address"))
-        .and_then(|d| d.value())
-        .map(String::from)
-        .ok_or_else(|| StepError::retryable(format!("no RUNNING task of service {} has a private IPv4 address", nats.service)))
+        .map(|t| {
+            let ip = t["attachments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["details"].as_array().cloned().unwrap_or_default())
+                .find(|d| d["name"] == "privateIPv4Address")
+                .and_then(|d| d["value"].as_str().map(String::from));
+            (t["group"].as_str().unwrap_or_default().to_string(), t["lastStatus"].as_str().unwrap_or_default().to_string(), ip)
+        })
+        .collect())
 }

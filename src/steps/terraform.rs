@@ -26,6 +26,9 @@ pub(crate) struct Params {
     var_files: Vec<String>,
     #[serde(default)]
     vars: BTreeMap<String, String>,
+    /// A `-backend-config` file for `terraform init`, relative to `dir`.
+    #[serde(default)]
+    backend_config_file: String,
     /// `-backend-config` pairs for `terraform init`.
     #[serde(default)]
     backend_config: BTreeMap<String, String>,
@@ -94,6 +97,9 @@ impl Params {
 
     async fn init(&self, cx: &StepContext) -> Result<(), StepError> {
         let mut args = vec!["init".to_string(), "-input=false".into(), "-no-color".into(), "-reconfigure".into()];
+        if !self.backend_config_file.is_empty() {
+            args.push(format!("-backend-config={}", self.backend_config_file));
+        }
         args.extend(self.backend_config.iter().map(|(k, v)| format!("-backend-config={k}={v}")));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, text) = self.run(cx, &args).await?;

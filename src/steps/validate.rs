@@ -20,7 +20,7 @@ pub(crate) struct Params {
     /// The ALB's DNS name the record must alias.
     alb_dns_name: String,
     /// Also resolve the record through the system resolver (on AWS; the ring's names do not resolve).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bool_or_text")]
     dns_lookup: bool,
     dixie_health_url: String,
     finn_health_url: String,
@@ -28,8 +28,24 @@ pub(crate) struct Params {
     database_url_param: String,
     migrations: i64,
     alarm_prefix: String,
-    #[serde(default = "two_minutes")]
+    #[serde(default = "two_minutes", deserialize_with = "super::number_or_text")]
     pub(super) wait_seconds: u64,
+}
+
+/// `true`, or `"true"` as a `${env.x}` reference gives it.
+fn bool_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Bool(bool),
+        Text(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Bool(b) => Ok(b),
+        Either::Text(t) if t == "true" => Ok(true),
+        Either::Text(t) if t == "false" => Ok(false),
+        Either::Text(t) => Err(serde::de::Error::custom(format!("dns_lookup: expected true or false, got {t:?}"))),
+    }
 }
 
 fn two_minutes() -> u64 {

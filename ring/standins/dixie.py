@@ -1,0 +1,501 @@
+#!/usr/bin/env python3
+"""ring/standins/dixie.py: stand-in for the Dixie BFF task on the local rehearsal ring.
+
+Configured like the ECS task, from its environment: the 8 SSM params (FINN_URL,
+FINN_WS_URL, DATABASE_URL, REDIS_URL, NATS_URL, DIXIE_JWT_PRIVATE_KEY, DIXIE_ADMIN_KEY,
+DIXIE_CORS_ORIGINS) plus PORT, DIXIE_VERSION, RING_ADDRESS_MAP, RING_REDIS_CA and
+DIXIE_MIGRATIONS_DIR. Every address it dials goes through the address map and must be
+loopback after mapping (see addrmap.py); https/wss URLs that map to loopback are spoken
+to as plain http (the ring has no TLS termination); rediss:// is real TLS with the CA.
+
+At start-up, if DATABASE_URL is configured: the forward migrations (*.sql but not
+*_down.sql, by name) under a PostgreSQL advisory lock, recorded in _migrations.
+If PostgreSQL cannot be reached or a migration fails, it keeps serving (postgresql
+unreachable/unhealthy) and retries every 5 s, where the real service would exit and
+ECS would start a new task. A checksum mismatch is not retried.
+
+GET /api/health: always HTTP 200; body computed from live checks at request time.
+GET /api/health/migrations: the _migrations rows.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import hashlib
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from addrmap import DEFAULT_PORTS, AddressMap, Refused  # noqa: E402
+
+PARAMS = ["FINN_URL", "FINN_WS_URL", "DATABASE_URL", "REDIS_URL", "NATS_URL",
+          "DIXIE_JWT_PRIVATE_KEY", "DIXIE_ADMIN_KEY", "DIXIE_CORS_ORIGINS"]
+SECRET_PARAMS = {"DIXIE_JWT_PRIVATE_KEY", "DIXIE_ADMIN_KEY"}
+CHECK_TIMEOUT = 1.0
+CIRCUIT_THRESHOLD = 3
+CIRCUIT_RECOVERY_S = 10.0
+MIGRATION_RETRY_S = 5.0
+ADVISORY_LOCK_KEY = 0x6469786965  # "dixie"
+GOVERNANCE_RESOURCE_TYPES = ["knowledge_corpus", "knowledge_governor", "fleet"]
+
+log = logging.getLogger("dixie")
+STARTED = time.monotonic()
+ENV = {k: os.environ.get(k, "") for k in PARAMS}
+AMAP = AddressMap(os.environ.get("RING_ADDRESS_MAP"))
+REDIS_CA = os.environ.get("RING_REDIS_CA", "")
+VERSION = os.environ.get("DIXIE_VERSION") or "unknown"
+
+
+def configured(name: str) -> bool:
+    v = ENV.get(name, "").strip()
+    return bool(v) and v != "PLACEHOLDER"
+
+
+def redact(name: str) -> str:
+    v = ENV.get(name, "")
+    if not v:
+        return "(unset)"
+    if v == "PLACEHOLDER":
+        return "PLACEHOLDER"
+    if name in SECRET_PARAMS:
+        return f"(set, {len(v)} chars)"
+    try:
+        u = urllib.parse.urlsplit(v)
+        if u.password:
+            netloc = f"{u.username}:***@{u.hostname}" + (f":{u.port}" if u.port else "")
+            return urllib.parse.urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
+    except ValueError:
+        pass
+    return v
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def ms(t0: float) -> int:
+    return int(round((time.monotonic() - t0) * 1000))
+
+
+def dial(url: str) -> tuple[urllib.parse.SplitResult, str, int]:
+    """Parse a URL and map its address: (parts, ip, port), or Refused/ValueError."""
+    u = urllib.parse.urlsplit(url.strip())
+    if not u.hostname:
+        raise ValueError(f"no host in URL {redact_url(url)}")
+    port = u.port or DEFAULT_PORTS.get(u.scheme.lower())
+    if port is None:
+        raise ValueError(f"no port and unknown scheme {u.scheme!r}")
+    ip, mport = AMAP.resolve(u.hostname, port)
+    return u, ip, mport
+
+
+def redact_url(url: str) -> str:
+    try:
+        u = urllib.parse.urlsplit(url)
+        if u.password:
+            return url.replace(u.password, "***")
+    except ValueError:
+        pass
+    return url
+
+
+# --- PostgreSQL ------------------------------------------------------------------
+def pg_connect(timeout: float = 2.0):
+    import psycopg  # psycopg[binary], installed by ring/setup.sh
+
+    u, ip, port = dial(ENV["DATABASE_URL"])
+    if u.scheme.lower() not in ("postgres", "postgresql"):
+        raise ValueError(f"DATABASE_URL scheme {u.scheme!r} is not postgres")
+    q = dict(urllib.parse.parse_qsl(u.query))
+    sslmode = q.pop("sslmode", "prefer")
+    if sslmode in ("require", "verify-ca", "verify-full"):
+        sslmode = "prefer"  # the ring's PostgreSQL has no TLS (a documented gap)
+    kwargs = {k: v for k, v in q.items() if k in ("application_name", "options")}
+    return psycopg.connect(
+        host=ip, port=port, dbname=urllib.parse.unquote(u.path.lstrip("/")) or None,
+        user=urllib.parse.unquote(u.username or "") or None,
+        password=urllib.parse.unquote(u.password or "") or None,
+        sslmode=sslmode, connect_timeout=max(2, int(timeout)), autocommit=True,
+        **({"application_name": "dixie-ring-standin"} | kwargs),
+    )
+
+
+class Migrations:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = False
+        self.error: str | None = None  # last failure (connection or SQL)
+        self.mismatch: list[str] = []  # recorded files whose checksum differs: fatal
+        self.applied: list[str] = []
+
+    def files(self) -> list[Path]:
+        d = Path(os.environ.get("DIXIE_MIGRATIONS_DIR") or "")
+        if not d.is_dir():
+            raise FileNotFoundError(f"DIXIE_MIGRATIONS_DIR {str(d)!r} is not a folder")
+        return sorted((p for p in d.glob("*.sql") if not p.name.endswith("_down.sql")), key=lambda p: p.name)
+
+    def run(self) -> bool:
+        """One attempt; True when done (or fatally stuck on a checksum mismatch)."""
+        with self.lock:
+            if self.done or self.mismatch:
+                return True
+            t0 = time.monotonic()
+            try:
+                files = self.files()
+                with pg_connect() as conn:
+                    conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+                    try:
+                        conn.execute(
+                            "CREATE TABLE IF NOT EXISTS _migrations ("
+                            " id serial PRIMARY KEY, filename text UNIQUE NOT NULL,"
+                            " checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+                        recorded = dict(conn.execute("SELECT filename, checksum FROM _migrations").fetchall())
+                        applied = []
+                        for f in files:
+                            body = f.read_bytes()
+                            digest = hashlib.sha256(body).hexdigest()
+                            if f.name in recorded:
+                                if recorded[f.name] != digest:
+                                    self.mismatch.append(f.name)
+                                    log.error("migration %s: checksum mismatch (recorded %s, file %s); "
+                                              "not applying any further migration", f.name, recorded[f.name], digest)
+                                    break
+                                continue
+                            with conn.transaction():
+                                conn.execute(body.decode())
+                                conn.execute("INSERT INTO _migrations (filename, checksum) VALUES (%s, %s)",
+                                             (f.name, digest))
+                            applied.append(f.name)
+                            log.info("migration %s applied (sha256 %s)", f.name, digest[:12])
+                    finally:
+                        conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
+                self.applied += applied
+                if self.mismatch:
+                    self.error = f"checksum mismatch: {', '.join(self.mismatch)}"
+                    return True
+                log.info("migrations: %d applied, %d already recorded, %d files, in %d ms",
+                         len(applied), len(files) - len(applied), len(files), ms(t0))
+                self.done, self.error = True, None
+                return True
+            except Exception as e:  # noqa: BLE001 - reported in health and retried
+                err = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                if err != self.error:
+                    log.error("migrations failed (retrying every %.0f s): %s", MIGRATION_RETRY_S, err)
+                self.error = err
+                return False
+
+    def loop(self) -> None:
+        while not self.run():
+            time.sleep(MIGRATION_RETRY_S)
+
+
+MIGRATIONS = Migrations()
+
+
+def check_postgres() -> dict:
+    t0 = time.monotonic()
+    try:
+        with pg_connect(CHECK_TIMEOUT) as conn:
+            conn.execute("SET statement_timeout = 1000")
+            conn.execute("SELECT 1").fetchone()
+        r = {"status": "healthy", "latency_ms": ms(t0)}
+    except Exception as e:  # noqa: BLE001
+        return {"status": "unreachable", "latency_ms": ms(t0), "error": short(e)}
+    if MIGRATIONS.mismatch:
+        r.update(status="unhealthy", error=f"migration checksum mismatch: {', '.join(MIGRATIONS.mismatch)}")
+    elif not MIGRATIONS.done:
+        r.update(status="unhealthy", error=f"migrations not applied: {MIGRATIONS.error or 'in progress'}")
+    return r
+
+
+def short(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {s[0] if s else ''}"[:300]
+
+
+# --- Redis -------------------------------------------------------------------------
+def check_redis() -> dict:
+    t0 = time.monotonic()
+    try:
+        u, ip, port = dial(ENV["REDIS_URL"])
+        scheme = u.scheme.lower()
+        if scheme not in ("redis", "rediss"):
+            raise ValueError(f"REDIS_URL scheme {scheme!r}")
+        sock = socket.create_connection((ip, port), timeout=CHECK_TIMEOUT)
+        try:
+            if scheme == "rediss":
+                ctx = ssl.create_default_context(cafile=REDIS_CA or None)
+                # The ring's certificate names 127.0.0.1/localhost: verify against the mapped address.
+                sock = ctx.wrap_socket(sock, server_hostname=ip)
+            f = sock.makefile("rb")
+            if u.password:
+                user = urllib.parse.unquote(u.username or "")
+                pw = urllib.parse.unquote(u.password)
+                args = [b"AUTH"] + ([user.encode()] if user else []) + [pw.encode()]
+                sock.sendall(resp(args))
+                line = f.readline()
+                if not line.startswith(b"+OK") and b"without any password configured" not in line:
+                    raise ConnectionError(f"AUTH: {line.decode(errors='replace').strip()}")
+            sock.sendall(resp([b"PING"]))
+            line = f.readline()
+            if not line.startswith(b"+PONG"):
+                raise ConnectionError(f"PING answered {line.decode(errors='replace').strip()!r}")
+        finally:
+            sock.close()
+        return {"status": "healthy", "latency_ms": ms(t0)}
+    except Exception as e:  # noqa: BLE001
+        return {"status": "unreachable", "latency_ms": ms(t0), "error": short(e)}
+
+
+def resp(args: list[bytes]) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+
+
+# --- NATS --------------------------------------------------------------------------
+def check_nats() -> dict:
+    errors = []
+    for url in ENV["NATS_URL"].split(","):
+        url = url.strip()
+        if "://" not in url:
+            url = "nats://" + url
+        try:
+            u, ip, port = dial(url)
+            with socket.create_connection((ip, port), timeout=CHECK_TIMEOUT) as sock:
+                f = sock.makefile("rb")
+                info = f.readline()
+                if not info.startswith(b"INFO "):
+                    raise ConnectionError(f"expected INFO, got {info[:60]!r}")
+                connect = {"verbose": False}
+                if u.username:
+                    connect.update(user=urllib.parse.unquote(u.username),
+                                   **({"pass": urllib.parse.unquote(u.password)} if u.password else {}))
+                sock.sendall(b"CONNECT " + json.dumps(connect, separators=(",", ":")).encode() + b"\r\nPING\r\n")
+                while True:
+                    line = f.readline()
+                    if not line:
+                        raise ConnectionError("closed before PONG")
+                    if line.startswith(b"PONG"):
+                        return {"status": "connected"}
+                    if line.startswith(b"-ERR"):
+                        raise ConnectionError(line.decode(errors="replace").strip())
+        except Exception as e:  # noqa: BLE001
+            errors.append(short(e))
+    return {"status": "unreachable", "error": "; ".join(errors)[:300]}
+
+
+# --- Finn, with its circuit breaker ---------------------------------------------------
+class Circuit:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.state = "closed"
+        self.failures = 0
+        self.opened_at = 0.0
+
+    def check(self) -> dict:
+        with self.lock:
+            if self.state == "open":
+                if time.monotonic() - self.opened_at < CIRCUIT_RECOVERY_S:
+                    return {"status": "unreachable", "latency_ms": None,
+                            "error": "circuit open (Finn failed %d times in a row)" % self.failures,
+                            "circuit_state": "open"}
+                self.set("half_open")
+            r = probe_finn()
+            if r["status"] == "healthy":
+                self.failures = 0
+                self.set("closed")
+            else:
+                self.failures += 1
+                if self.state == "half_open" or self.failures >= CIRCUIT_THRESHOLD:
+                    self.set("open")
+                    self.opened_at = time.monotonic()
+            r["circuit_state"] = self.state
+            return r
+
+    def set(self, state: str) -> None:
+        if state != self.state:
+            log.info("finn circuit: %s -> %s", self.state, state)
+            self.state = state
+
+
+def probe_finn() -> dict:
+    t0 = time.monotonic()
+    if not configured("FINN_URL"):
+        return {"status": "unreachable", "latency_ms": 0, "error": f"FINN_URL is {redact('FINN_URL')}"}
+    try:
+        u, ip, port = dial(ENV["FINN_URL"])
+        scheme = u.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"FINN_URL scheme {scheme!r}")
+        # https to a loopback stand-in is spoken as plain http: the ring has no ALB/TLS.
+        conn = http.client.HTTPConnection(ip, port, timeout=CHECK_TIMEOUT)
+        try:
+            default = DEFAULT_PORTS[scheme]
+            host = u.hostname + (f":{u.port}" if u.port and u.port != default else "")
+            conn.request("GET", u.path.rstrip("/") + "/health", headers={"Host": host, "User-Agent": "dixie-ring-standin"})
+            res = conn.getresponse()
+            body = res.read(65536)
+        finally:
+            conn.close()
+    except (Refused, ValueError, OSError, http.client.HTTPException) as e:
+        return {"status": "unreachable", "latency_ms": ms(t0), "error": short(e)}
+    latency = ms(t0)
+    if res.status != 200:
+        return {"status": "degraded", "latency_ms": latency, "error": f"GET /health answered HTTP {res.status}"}
+    try:
+        status = json.loads(body).get("status")
+    except (ValueError, AttributeError):
+        status = None
+    if status != "healthy":
+        return {"status": "degraded", "latency_ms": latency, "error": f"Finn reports status {status!r}"}
+    return {"status": "healthy", "latency_ms": latency}
+
+
+CIRCUIT = Circuit()
+POOL = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="check")
+
+
+def health() -> dict:
+    checks = {"loa_finn": CIRCUIT.check}
+    if configured("DATABASE_URL"):
+        checks["postgresql"] = check_postgres
+    if configured("REDIS_URL"):
+        checks["redis"] = check_redis
+    if configured("NATS_URL"):
+        checks["nats"] = check_nats
+    futures = {k: POOL.submit(f) for k, f in checks.items()}
+    results = {}
+    for k, fut in futures.items():
+        try:
+            results[k] = fut.result(timeout=CHECK_TIMEOUT + 1.5)
+        except concurrent.futures.TimeoutError:
+            results[k] = {"status": "unreachable", "error": "check timed out"}
+            if k == "loa_finn":
+                results[k].update(latency_ms=None, circuit_state=CIRCUIT.state)
+        except Exception as e:  # noqa: BLE001
+            results[k] = {"status": "unreachable", "error": short(e)}
+    finn = results.pop("loa_finn")
+    infra = {k: results[k] for k in ("postgresql", "redis", "nats") if k in results}
+    if "nats" in infra and infra["nats"]["status"] != "connected":
+        infra["nats"].pop("latency_ms", None)
+    if finn["status"] == "unreachable":
+        status = "unhealthy"
+    elif finn["status"] == "degraded" or any(v["status"] not in ("healthy", "connected") for v in infra.values()):
+        status = "degraded"
+    else:
+        status = "healthy"
+    nats_ok = infra.get("nats", {}).get("status") == "connected"
+    return {
+        "status": status,
+        "version": VERSION,
+        "uptime_seconds": int(time.monotonic() - STARTED),
+        "services": {"dixie": {"status": "healthy"}, "loa_finn": finn},
+        "infrastructure": infra,
+        "reputation_service": {"status": "healthy"},
+        "governance": {"governor_count": 3, "resource_types": GOVERNANCE_RESOURCE_TYPES,
+                       "health": "healthy" if nats_ok else "degraded"},
+        "timestamp": now_iso(),
+    }
+
+
+def migration_rows() -> tuple[int, dict]:
+    if not configured("DATABASE_URL"):
+        return 404, {"error": "DATABASE_URL is not configured"}
+    try:
+        with pg_connect() as conn:
+            rows = conn.execute("SELECT filename, checksum, applied_at FROM _migrations ORDER BY id").fetchall()
+    except Exception as e:  # noqa: BLE001
+        return 503, {"error": short(e)}
+    return 200, {"migrations": [{"filename": f, "checksum": c, "applied_at": a.isoformat()} for f, c, a in rows],
+                 "mismatch": MIGRATIONS.mismatch, "error": MIGRATIONS.error}
+
+
+LAST_STATUS = {"value": None}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "dixie-ring-standin"
+    protocol_version = "HTTP/1.1"
+
+    def send_json(self, code: int, obj: dict) -> None:
+        body = json.dumps(obj, indent=None).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = urllib.parse.urlsplit(self.path).path.rstrip("/")
+        if path == "/api/health":
+            h = health()
+            summary = (h["status"], h["services"]["loa_finn"]["status"],
+                       tuple((k, v["status"]) for k, v in h["infrastructure"].items()))
+            if summary != LAST_STATUS["value"]:
+                LAST_STATUS["value"] = summary
+                log.info("health now %s: loa_finn %s%s", h["status"], h["services"]["loa_finn"]["status"],
+                         "".join(f", {k} {v['status']}" + (f" ({v['error']})" if v.get("error") else "")
+                                 for k, v in h["infrastructure"].items())
+                         + (f" [finn: {h['services']['loa_finn'].get('error')}]"
+                            if h["services"]["loa_finn"].get("error") else ""))
+            self.send_json(200, h)  # 200 even when unhealthy: the real service's quirk
+        elif path == "/api/health/migrations":
+            self.send_json(*migration_rows())
+        else:
+            self.send_json(404, {"error": "not found"})
+
+    do_HEAD = do_GET
+
+    def log_message(self, fmt: str, *args) -> None:  # health polls would flood the log
+        pass
+
+
+def main() -> None:
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
+                        format="%(asctime)s dixie[%(process)d] %(levelname)s %(message)s")
+    port = int(os.environ.get("PORT") or 3001)
+    log.info("starting Dixie stand-in %s on 127.0.0.1:%d", VERSION, port)
+    for name in PARAMS:
+        log.info("  %s = %s", name, redact(name))
+    log.info("  RING_ADDRESS_MAP = %s (%d entries)%s", AMAP.path or "(unset)", len(AMAP.main.entries()),
+             f" ERROR {AMAP.error}" if AMAP.error else "")
+    if AMAP.overlay_in_use():
+        log.warning("  address map OVERLAY %s in use (%d entries, they win): %s", AMAP.overlay.path,
+                    AMAP.overlay_in_use(), ", ".join(f"{h}:{p} = {t[0]}:{t[1]}"
+                                                     for (h, p), t in AMAP.overlay.entries().items()))
+    log.info("  RING_REDIS_CA = %s, DIXIE_MIGRATIONS_DIR = %s", REDIS_CA or "(unset)",
+             os.environ.get("DIXIE_MIGRATIONS_DIR") or "(unset)")
+    if configured("DATABASE_URL"):
+        if not MIGRATIONS.run():
+            threading.Thread(target=MIGRATIONS.loop, name="migrations", daemon=True).start()
+    else:
+        log.info("DATABASE_URL is %s: no migrations", redact("DATABASE_URL"))
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+
+    def stop(signum, _frame):
+        log.info("signal %d: stopping", signum)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("listening on http://127.0.0.1:%d (GET /api/health, /api/health/migrations)", port)
+    server.serve_forever(poll_interval=0.2)
+    server.server_close()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""ring/standins/finn.py: stand-in for the loa-finn task on the local rehearsal ring.
+
+Listens on 127.0.0.1:PORT. GET /health -> 200 {"status": "healthy", "version",
+"uptime_seconds", "timestamp"}: like the real Finn, nothing in it reports Dixie.
+It reads its environment once at start (as a task does; DIXIE_BASE_URL included when
+set) and logs it; GET /debug/config lists the names of the task's variables and the
+values of the non-secret ones, so a rehearsal can see what the running task picked up.
+It dials nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger("finn")
+STARTED = time.monotonic()
+STARTED_AT = datetime.datetime.now(datetime.timezone.utc)
+VERSION = os.environ.get("FINN_VERSION") or "unknown"
+# Values shown by /debug/config; every other variable shows its name only.
+NON_SECRET = {"DIXIE_BASE_URL", "NODE_ENV", "LOG_LEVEL", "PORT", "FINN_VERSION"}
+# The variables the task got from its definition and SSM (the ECS agent names them).
+TASK_ENV = sorted({n for n in os.environ.get("RING_TASK_ENV_NAMES", "").split(",") if n}
+                  | {n for n in NON_SECRET if n in os.environ})
+CONFIG = {n: os.environ.get(n) for n in TASK_ENV}
+
+
+def iso(t: datetime.datetime) -> str:
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "finn-ring-standin"
+    protocol_version = "HTTP/1.1"
+
+    def send_json(self, code: int, obj: dict) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = urllib.parse.urlsplit(self.path).path.rstrip("/")
+        if path == "/health":
+            self.send_json(200, {
+                "status": "healthy",
+                "version": VERSION,
+                "uptime_seconds": int(time.monotonic() - STARTED),
+                "timestamp": iso(datetime.datetime.now(datetime.timezone.utc)),
+            })
+        elif path == "/debug/config":
+            self.send_json(200, {
+                "env_names": TASK_ENV,
+                "values": {n: CONFIG[n] for n in TASK_ENV if n in NON_SECRET},
+                "deployment_id": os.environ.get("RING_DEPLOYMENT_ID"),
+                "started_at": iso(STARTED_AT),
+            })
+        else:
+            self.send_json(404, {"error": "not found"})
+
+    do_HEAD = do_GET
+
+    def log_message(self, fmt: str, *args) -> None:
+        pass
+
+
+def main() -> None:
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO,
+                        format="%(asctime)s finn[%(process)d] %(levelname)s %(message)s")
+    port = int(os.environ.get("PORT") or 3000)
+    log.info("starting loa-finn stand-in %s on 127.0.0.1:%d (deployment %s)", VERSION, port,
+             os.environ.get("RING_DEPLOYMENT_ID") or "?")
+    for n in TASK_ENV:
+        v = CONFIG[n]
+        shown = v if n in NON_SECRET or v in (None, "PLACEHOLDER") else f"(set, {len(v)} chars)"
+        log.info("  %s = %s", n, shown)
+    if CONFIG.get("DIXIE_BASE_URL") is None:
+        log.info("  DIXIE_BASE_URL is not set")
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+
+    def stop(signum, _frame):
+        log.info("signal %d: stopping", signum)
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("listening on http://127.0.0.1:%d (GET /health, /debug/config)", port)
+    server.serve_forever(poll_interval=0.2)
+    server.server_close()
+    log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()
