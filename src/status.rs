@@ -19,6 +19,8 @@ pub(crate) struct StepView {
     #[serde(flatten)]
     pub(crate) row: StepRow,
     pub(crate) next: Option<String>,
+    /// Non-secret outputs (T2.8's are its table of checks).
+    pub(crate) outputs: crate::event::Outputs,
 }
 
 pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusView, StateError> {
@@ -27,6 +29,7 @@ pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusV
         None => db.latest_run(None)?,
     };
     let rows = db.steps(run.id)?;
+    let mut outputs = db.outputs(run.id)?;
     let active = run.status == "running" && db.run_is_live(run.id, host)?;
     if run.status == "running" && !active {
         // Its process died without recording an end (kill -9, power cut).
@@ -46,7 +49,8 @@ pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusV
                 "running" | "pending" | "blocked" if !active => Some("runbook resume".into()),
                 _ => None,
             };
-            StepView { row, next }
+            let outputs = outputs.remove(&row.step).unwrap_or_default();
+            StepView { row, next, outputs }
         })
         .collect();
     let next = match run.status.as_str() {

@@ -29,6 +29,9 @@ pub(crate) struct Params {
     /// The image tag the service's task definition must run; empty: not checked.
     #[serde(default)]
     image_tag: String,
+    /// The ECR repository of that image: its push time is an input too.
+    #[serde(default)]
+    image_repository: String,
     #[serde(default)]
     set_param: Option<SetParam>,
     health_url: String,
@@ -148,6 +151,23 @@ impl Params {
     /// The newest `LastModifiedDate` among the inputs, with its parameter's name.
     async fn newest_input(&self, cx: &StepContext) -> Result<Option<(SystemTime, String)>, StepError> {
         let mut newest: Option<(SystemTime, String)> = None;
+        if !self.image_tag.is_empty() && !self.image_repository.is_empty() {
+            let images = cx
+                .cloud
+                .ecr
+                .describe_images()
+                .repository_name(&self.image_repository)
+                .image_ids(aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(&self.image_tag).build())
+                .send()
+                .await
+                .map_err(|e| StepError::from_sdk("ecr:DescribeImages", e))?;
+            if let Some(pushed) = images.image_details().first().and_then(|i| i.image_pushed_at()) {
+                let when = SystemTime::UNIX_EPOCH + Duration::from_millis(pushed.to_millis().unwrap_or(0).max(0) as u64);
+                if newest.as_ref().is_none_or(|(t, _)| when > *t) {
+                    newest = Some((when, format!("image {}:{}", self.image_repository, self.image_tag)));
+                }
+            }
+        }
         let mut consider = |name: Option<&str>, when: Option<&aws_sdk_ssm::primitives::DateTime>| {
             if let (Some(name), Some(when)) = (name, when) {
                 let when = SystemTime::UNIX_EPOCH + Duration::from_millis(when.to_millis().unwrap_or(0).max(0) as u64);

@@ -120,7 +120,8 @@ impl Params {
     }
 
     async fn plan(&self, cx: &StepContext, out: Option<&Path>) -> Result<Option<Plan>, StepError> {
-        let mut args = vec!["plan".to_string(), "-input=false".into(), "-no-color".into(), "-detailed-exitcode".into()];
+        // A killed run may have left an apply running: wait for its state lock.
+        let mut args = vec!["plan".to_string(), "-input=false".into(), "-no-color".into(), "-detailed-exitcode".into(), "-lock-timeout=300s".into()];
         if let Some(out) = out {
             args.push(format!("-out={}", out.display()));
         }
@@ -199,7 +200,7 @@ impl Params {
     async fn apply_plan(&self, cx: &StepContext, plan_file: &Path) -> Result<(), StepError> {
         let plan = plan_file.to_string_lossy();
         let mut child = self
-            .command(cx, &["apply", "-input=false", "-no-color", "-json", &plan])
+            .command(cx, &["apply", "-input=false", "-no-color", "-json", "-lock-timeout=300s", &plan])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -212,7 +213,11 @@ impl Params {
             let kind = message["type"].as_str().unwrap_or_default();
             let text = message["@message"].as_str().unwrap_or_default().to_string();
             match kind {
-                "apply_start" | "apply_complete" | "apply_errored" | "change_summary" => cx.log(text).await,
+                "apply_start" | "apply_errored" | "change_summary" => cx.log(text).await,
+                "apply_complete" => {
+                    cx.log(text).await;
+                    cx.checkpoint("mid-apply");
+                }
                 "apply_progress" => cx.progress(&text).await,
                 "diagnostic" if message["diagnostic"]["severity"] == "error" => {
                     let detail = message["diagnostic"]["detail"].as_str().unwrap_or_default();
