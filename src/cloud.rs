@@ -5,6 +5,7 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ssm::config::Credentials;
 
 use crate::environment::Environment;
+use crate::secret::Secret;
 use crate::steps::error_chain;
 
 pub(crate) struct Cloud {
@@ -57,6 +58,19 @@ impl Cloud {
             rds: aws_sdk_rds::Client::new(&config),
             ssm: aws_sdk_ssm::Client::new(&config),
             sts: aws_sdk_sts::Client::new(&config),
+        }
+    }
+
+    /// An SSM parameter's value, decrypted (moto's undecrypted SecureString reads are not
+    /// the value), or `None` when it does not exist.
+    pub(crate) async fn read_parameter(
+        &self,
+        name: &str,
+    ) -> Result<Option<Secret<String>>, aws_sdk_ssm::error::SdkError<aws_sdk_ssm::operation::get_parameter::GetParameterError>> {
+        match self.ssm.get_parameter().name(name).with_decryption(true).send().await {
+            Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(|v| Secret::new(v.to_string()))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

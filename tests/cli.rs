@@ -16,9 +16,25 @@ fn project() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The ring to ourselves: this process's tests take turns, and other processes (a benchmark,
+/// another test run) take `flock .ring/user.lock` too.
+struct RingGuard {
+    _turn: MutexGuard<'static, ()>,
+    _file: std::fs::File,
+}
+
 /// The ring, to ourselves, as fresh as `ring up` leaves it.
-fn fresh_ring() -> MutexGuard<'static, ()> {
-    let guard = RING.lock().unwrap_or_else(|p| p.into_inner());
+fn fresh_ring() -> RingGuard {
+    let turn = RING.lock().unwrap_or_else(|p| p.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(project().join(".ring/user.lock"))
+        .expect("open .ring/user.lock (is the ring set up? bash ring/up.sh)");
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock(2) on a descriptor we own; released when the file is closed.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0, "flock .ring/user.lock");
+    let guard = RingGuard { _turn: turn, _file: file };
     let out = Command::new("bash").arg(project().join("ring/reset.sh")).output().expect("run ring/reset.sh");
     assert!(
         out.status.success(),
@@ -46,11 +62,26 @@ impl Scratch {
         self.dir.join("state/runbook.db")
     }
 
+    /// A project whose sprint-2 has only the foundation's steps, T2.1 and T2.3.
+    fn foundation_project(&self) -> PathBuf {
+        let root = self.project_copy();
+        let path = root.join("runbooks/sprint-2.toml");
+        let mut book: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let steps = book["steps"].as_array().unwrap().iter().filter(|s| ["T2.1", "T2.3"].contains(&s["id"].as_str().unwrap())).cloned().collect();
+        book.insert("steps".into(), toml::Value::Array(steps));
+        std::fs::write(&path, toml::to_string(&book).unwrap()).unwrap();
+        root
+    }
+
     /// A copy of the project's runbooks, to edit, used with `--project`.
     fn project_copy(&self) -> PathBuf {
         let root = self.dir.join("project");
         let envs = root.join("runbooks/environments");
         std::fs::create_dir_all(&envs).unwrap();
+        // The ring's files (CA, terraform config) and the app fixture are found through the project.
+        for dir in [".ring", "fixtures"] {
+            let _ = std::os::unix::fs::symlink(project().join(dir), root.join(dir));
+        }
         for (from, to) in [(project().join("runbooks"), root.join("runbooks")), (project().join("runbooks/environments"), envs)] {
             for entry in std::fs::read_dir(from).unwrap().flatten() {
                 if entry.path().is_file() {
@@ -289,8 +320,15 @@ fn aws_actions_during(f: impl FnOnce()) -> Vec<String> {
         .collect()
 }
 
+/// An API action that changes something. REST calls (S3, Route53) are shown as `"METHOD" "url"`:
+/// GET and HEAD read. terraform's state lock object (`.tflock`), which even a no-op plan
+/// creates and deletes, is its own bookkeeping, not a change to the deployment.
 fn is_mutating(action: &str) -> bool {
-    !["Describe", "Get", "List"].iter().any(|p| action.starts_with(p))
+    if let Some(rest) = action.strip_prefix('"') {
+        let method = rest.split('"').next().unwrap_or_default();
+        return !matches!(method, "GET" | "HEAD") && !action.contains(".tflock");
+    }
+    !["Describe", "Get", "List", "BatchGet"].iter().any(|p| action.starts_with(p))
 }
 
 /// Everything the state DB holds, as text, to compare before and after.
@@ -312,7 +350,7 @@ fn runs_in(path: &Path) -> i64 {
 fn a_fresh_ring_runs_to_done_and_a_rerun_changes_nothing() {
     let _ring = fresh_ring();
     let scratch = Scratch::new("fresh");
-    let rb = scratch.runbook();
+    let rb = scratch.runbook().project(&scratch.foundation_project());
 
     let first = rb.run(&["run", "sprint-2"]);
     first.expect_code(0).expect_text("T2.1 ok: applied and verified").expect_text("T2.3 ok: applied and verified");
@@ -366,8 +404,8 @@ fn a_fresh_ring_runs_to_done_and_a_rerun_changes_nothing() {
 fn a_run_killed_during_the_database_apply_resumes_by_probing() {
     let _ring = fresh_ring();
     let scratch = Scratch::new("crash");
-    // The sprint's steps, with T2.3 after T2.1 so that the crash finds T2.1 done.
-    let project = scratch.project_copy();
+    // The foundation's steps, with T2.3 after T2.1 so that the crash finds T2.1 done.
+    let project = scratch.foundation_project();
     let path = project.join("runbooks/sprint-2.toml");
     let text = std::fs::read_to_string(&path).unwrap().replace("kind = \"database\"", "kind = \"database\"\nneeds = [\"T2.1\"]");
     std::fs::write(&path, text).unwrap();
@@ -403,7 +441,7 @@ fn a_run_killed_during_the_database_apply_resumes_by_probing() {
 fn wrong_admin_credentials_fail_the_step_without_changes_and_retry_finishes_after_the_fix() {
     let _ring = fresh_ring();
     let scratch = Scratch::new("creds");
-    let rb = scratch.runbook();
+    let rb = scratch.runbook().project(&scratch.foundation_project());
     let good = ssm_get(ADMIN_PASSWORD_PARAM).unwrap().0;
     ssm_put(ADMIN_PASSWORD_PARAM, "not-the-password");
 
@@ -451,7 +489,7 @@ fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
             edit: |t| t.replace("kind = \"database\"", "kind = \"databse\""),
             args: &["run", "sprint-2"],
             code: 2,
-            says: &["step T2.3: unknown kind `databse`", "known kinds: ecr_repository, database"],
+            says: &["step T2.3: unknown kind `databse`", "known kinds: ecr_repository, database, image"],
         },
         Case {
             name: "unknown field",
@@ -569,7 +607,7 @@ fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
 fn skip_graph_and_plan_behave_as_documented() {
     let _ring = fresh_ring();
     let scratch = Scratch::new("ops");
-    let rb = scratch.runbook();
+    let rb = scratch.runbook().project(&scratch.foundation_project());
 
     // plan is read-only: it says what would change, and changes nothing.
     let plan = rb.run(&["plan", "sprint-2"]);
@@ -606,4 +644,241 @@ fn skip_graph_and_plan_behave_as_documented() {
         .collect();
     assert_eq!(kinds.first().map(String::as_str), Some("run_started"));
     assert_eq!(kinds.last().map(String::as_str), Some("run_finished"));
+}
+
+// ---- sprint 2, end to end ----
+
+fn cloudwatch_set(alarm: &str, state: &str) {
+    block_on(async {
+        let cw = aws_sdk_cloudwatch::Client::new(&aws().await);
+        cw.set_alarm_state()
+            .alarm_name(alarm)
+            .state_value(aws_sdk_cloudwatch::types::StateValue::from(state))
+            .state_reason("set by the test")
+            .send()
+            .await
+            .unwrap();
+    })
+}
+
+fn ecs_scale(service: &str, desired: i32) {
+    block_on(async {
+        let ecs = aws_sdk_ecs::Client::new(&aws().await);
+        ecs.update_service().cluster("arrakis-staging-cluster").service(service).desired_count(desired).send().await.unwrap();
+    })
+}
+
+fn primary_deployment(service: &str) -> String {
+    block_on(async {
+        let ecs = aws_sdk_ecs::Client::new(&aws().await);
+        let out = ecs.describe_services().cluster("arrakis-staging-cluster").services(service).send().await.unwrap();
+        out.services()[0].deployments().iter().find(|d| d.status() == Some("PRIMARY")).unwrap().id().unwrap().to_string()
+    })
+}
+
+/// Image events (build, tag, push) the ring's dockerd saw between two instants.
+fn docker_image_events(since: i64, until: i64) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["events", "--since", &since.to_string(), "--until", &until.to_string(), "--filter", "type=image", "--format", "{{.Action}} {{.Actor.ID}}"])
+        .env("DOCKER_HOST", format!("unix://{}", project().join(".ring/docker.sock").display()))
+        .output()
+        .expect("docker events");
+    assert!(out.status.success(), "docker events: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// The project with the ring's waits shortened, so that failures show in seconds.
+fn impatient_project(scratch: &Scratch) -> PathBuf {
+    let root = scratch.project_copy();
+    let path = root.join("runbooks/environments/local.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("deploy_wait_seconds = \"120\"", "deploy_wait_seconds = \"40\"")
+        .replace("validate_wait_seconds = \"60\"", "validate_wait_seconds = \"3\"");
+    std::fs::write(&path, text).unwrap();
+    root
+}
+
+fn all_done(status: &serde_json::Value) {
+    for step in status["steps"].as_array().unwrap() {
+        let state = step["state"].as_str().unwrap();
+        assert!(state == "applied" || state == "satisfied", "{} is {state}: {step}", step["step"]);
+    }
+    assert_eq!(status["run"]["status"], "done");
+}
+
+#[test]
+fn sprint_2_goes_green_on_a_fresh_ring_and_a_rerun_changes_nothing() {
+    let _ring = fresh_ring();
+    let scratch = Scratch::new("sprint2");
+    let rb = scratch.runbook().project(&impatient_project(&scratch));
+
+    let first = rb.run(&["run", "sprint-2", "--yes"]);
+    first.expect_code(0).expect_text("Apply complete!").expect_text("T2.8 ok");
+    let status = rb.status();
+    all_done(&status);
+    let checks = &status["steps"].as_array().unwrap().iter().find(|s| s["step"] == "T2.8").unwrap()["outputs"];
+    for check in ["dns_record", "dixie_health", "finn_health", "migrations", "redis", "alarms"] {
+        assert!(checks[check].as_str().unwrap_or("").starts_with("pass"), "T2.8 {check}: {checks}");
+    }
+    assert!(checks["migrations"].as_str().unwrap().contains("13 rows"), "{checks}");
+    // Terraform's PLACEHOLDERs are gone; the plan's 8 parameters, no more.
+    let jwt = ssm_get("/dixie/armitage/DIXIE_JWT_PRIVATE_KEY").unwrap();
+    let admin_key = ssm_get("/dixie/armitage/DIXIE_ADMIN_KEY").unwrap();
+    assert_eq!(jwt.0.len(), 64);
+    assert_ne!(jwt.0, admin_key.0);
+    let names = [
+        "FINN_URL", "FINN_WS_URL", "DATABASE_URL", "REDIS_URL", "NATS_URL", "DIXIE_JWT_PRIVATE_KEY", "DIXIE_ADMIN_KEY", "DIXIE_CORS_ORIGINS",
+    ];
+    for name in names {
+        let (value, _) = ssm_get(&format!("/dixie/armitage/{name}")).unwrap_or_else(|| panic!("{name} missing"));
+        assert_ne!(value, "PLACEHOLDER", "{name}");
+    }
+    assert_eq!(ssm_get("/loa-finn/armitage/DIXIE_BASE_URL").unwrap().0, "https://dixie-armitage.arrakis.community");
+    for secret in [&jwt.0, &admin_key.0] {
+        assert!(!first.text().contains(secret.as_str()), "a secret was printed");
+        assert!(!String::from_utf8_lossy(&std::fs::read(scratch.state()).unwrap()).contains(secret.as_str()), "a secret is in the state DB");
+    }
+
+    // The converged re-run: all satisfied, no mutating AWS call, no DDL, no docker image event.
+    let before = ddl_fingerprint();
+    let deployments = (primary_deployment("dixie-armitage"), primary_deployment("loa-finn-armitage"));
+    let since = unix_now();
+    let mut second = None;
+    let actions = aws_actions_during(|| second = Some(rb.run(&["run", "sprint-2", "--yes"])));
+    let second = second.unwrap();
+    second.expect_code(0);
+    let status = rb.status();
+    for step in status["steps"].as_array().unwrap() {
+        assert_eq!(step["state"], "satisfied", "{}", step);
+    }
+    let mutating: Vec<_> = actions.iter().filter(|a| is_mutating(a)).collect();
+    assert!(mutating.is_empty(), "mutating AWS calls on a converged re-run: {mutating:?}");
+    assert_eq!(ddl_fingerprint(), before);
+    assert_eq!(docker_image_events(since, unix_now() + 1), Vec::<String>::new());
+    assert_eq!((primary_deployment("dixie-armitage"), primary_deployment("loa-finn-armitage")), deployments, "a service was restarted");
+    assert_eq!(ssm_get("/dixie/armitage/DIXIE_JWT_PRIVATE_KEY"), Some(jwt.clone()));
+    assert_eq!(ssm_get("/dixie/armitage/DIXIE_ADMIN_KEY"), Some(admin_key.clone()));
+
+    // A PLACEHOLDER is replaced; an operator's own secret is kept; Dixie is redeployed.
+    ssm_put("/dixie/armitage/DIXIE_ADMIN_KEY", "PLACEHOLDER");
+    ssm_put("/dixie/armitage/DIXIE_JWT_PRIVATE_KEY", "an-operator-chose-this-jwt-secret-0123456789abcdef");
+    rb.run(&["retry", "T2.5", "--downstream", "--yes"]).expect_code(0).expect_text("replace PLACEHOLDER with a generated secret");
+    let new_admin = ssm_get("/dixie/armitage/DIXIE_ADMIN_KEY").unwrap().0;
+    assert!(new_admin.len() == 64 && new_admin != admin_key.0);
+    assert_eq!(ssm_get("/dixie/armitage/DIXIE_JWT_PRIVATE_KEY").unwrap().0, "an-operator-chose-this-jwt-secret-0123456789abcdef");
+    assert_ne!(primary_deployment("dixie-armitage"), deployments.0, "Dixie was not redeployed after its parameters changed");
+
+    // An alarm in ALARM fails T2.8, naming it; after it clears, retry finishes.
+    cloudwatch_set("dixie-armitage-cpu-high", "ALARM");
+    rb.run(&["retry", "T2.8"]).expect_code(1).expect_text("in ALARM: dixie-armitage-cpu-high");
+    cloudwatch_set("dixie-armitage-cpu-high", "OK");
+    rb.run(&["retry", "T2.8"]).expect_code(0);
+
+    // HTTP 200 with an unhealthy body (Finn is gone) fails T2.6, saying why; back, it passes.
+    ecs_scale("loa-finn-armitage", 0);
+    let unhealthy = rb.run(&["retry", "T2.6"]);
+    unhealthy.expect_code(1).expect_text("is not healthy yet: status unhealthy, finn circuit open");
+    ecs_scale("loa-finn-armitage", 1);
+    rb.run(&["retry", "T2.6", "--downstream"]).expect_code(0);
+
+    // A DATABASE_URL that does not log in fails T2.5's verify, naming it.
+    let (password, _) = ssm_get(DB_PASSWORD_PARAM).unwrap();
+    ssm_put(DB_PASSWORD_PARAM, "not-the-role-password");
+    rb.run(&["retry", "T2.5"]).expect_code(1).expect_text("DATABASE_URL does not log in");
+    ssm_put(DB_PASSWORD_PARAM, &password);
+    rb.run(&["retry", "T2.5", "--downstream"]).expect_code(0);
+    all_done(&rb.status());
+}
+
+#[test]
+fn a_tag_pushed_earlier_with_another_image_is_a_conflict_until_it_is_removed() {
+    let _ring = fresh_ring();
+    let scratch = Scratch::new("tag");
+    let rb = scratch.runbook().project(&impatient_project(&scratch));
+    let tag = "c0ffee1";
+    // Someone pushed another image under the same tag (ECR is IMMUTABLE).
+    let context = scratch.dir.join("other-image");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("Dockerfile"), "FROM scratch\nCOPY hello /hello\n").unwrap();
+    std::fs::write(context.join("hello"), "not dixie\n").unwrap();
+    let docker = |args: &[&str]| {
+        let out = Command::new("docker").args(args).env("DOCKER_HOST", format!("unix://{}", project().join(".ring/docker.sock").display())).output().unwrap();
+        assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let remote = format!("127.0.0.1:5000/dixie-armitage:{tag}");
+    docker(&["build", "-t", &remote, context.to_str().unwrap()]);
+    docker(&["push", &remote]);
+    let manifest = Command::new("curl")
+        .args(["-sf", "-H", "Accept: application/vnd.docker.distribution.manifest.v2+json", &format!("http://127.0.0.1:5000/v2/dixie-armitage/manifests/{tag}")])
+        .output()
+        .unwrap();
+    block_on(async {
+        let ecr = aws_sdk_ecr::Client::new(&aws().await);
+        ecr.create_repository()
+            .repository_name("dixie-armitage")
+            .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Immutable)
+            .image_scanning_configuration(aws_sdk_ecr::types::ImageScanningConfiguration::builder().scan_on_push(true).build())
+            .send()
+            .await
+            .unwrap();
+        ecr.put_image().repository_name("dixie-armitage").image_tag(tag).image_manifest(String::from_utf8(manifest.stdout).unwrap()).send().await.unwrap();
+    });
+
+    let failed = rb.run(&["run", "sprint-2", "--yes", "--var", &format!("image_tag={tag}")]);
+    failed.expect_code(1).expect_text(&format!("tag {tag} of dixie-armitage is already in ECR")).expect_text("IMMUTABLE");
+    assert_eq!(step_states(&rb.status())["T2.2"], "failed");
+    assert_eq!(step_states(&rb.status())["T2.4"], "blocked");
+
+    block_on(async {
+        let ecr = aws_sdk_ecr::Client::new(&aws().await);
+        ecr.batch_delete_image().repository_name("dixie-armitage").image_ids(aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(tag).build()).send().await.unwrap();
+    });
+    // Without a terminal and without --yes, terraform's apply waits for approval, resumably.
+    let waiting = rb.run(&["retry", "T2.2"]);
+    waiting.expect_code(1).expect_text("T2.2 ok").expect_text("awaiting approval: Plan: ").expect_text("runbook resume --yes");
+    assert_eq!(step_states(&rb.status())["T2.4"], "failed");
+    rb.run(&["resume", "--yes"]).expect_code(0).expect_text("approved by --yes");
+    all_done(&rb.status());
+}
+
+#[test]
+fn runs_killed_during_terraform_apply_and_during_the_deploy_wait_resume_without_redoing_work() {
+    let _ring = fresh_ring();
+    let scratch = Scratch::new("crash4");
+    let project = impatient_project(&scratch);
+    let rb = || scratch.runbook().project(&project);
+
+    // Killed while terraform applies: resume settles T2.4 by its probe.
+    let killed = rb().env("RUNBOOK_CRASH_AT", "T2.4:mid-apply").run(&["run", "sprint-2", "--yes"]);
+    assert_eq!(killed.code, None, "killed by a signal:\n{}", killed.text());
+    let status = rb().status();
+    assert_eq!(status["run"]["status"], "died");
+    let t24 = status["steps"].as_array().unwrap().iter().find(|s| s["step"] == "T2.4").unwrap().clone();
+    assert_eq!(t24["in_doubt"], true, "{t24}");
+    let done_before: Vec<String> = status["steps"].as_array().unwrap().iter().filter(|s| s["state"] == "applied").map(|s| s["step"].as_str().unwrap().to_string()).collect();
+    assert!(done_before.contains(&"T2.1".to_string()) && done_before.contains(&"T2.2".to_string()), "{done_before:?}");
+    let resumed = rb().run(&["resume", "--yes"]);
+    resumed.expect_code(0).expect_text("settling by its probe");
+    let status = rb().status();
+    all_done(&status);
+    for step in &done_before {
+        let row = status["steps"].as_array().unwrap().iter().find(|s| &s["step"] == step).unwrap();
+        assert_eq!(row["attempts"], 1, "{step} was run again: {row}");
+    }
+
+    // Killed while waiting for the new Dixie deployment: resume does not force another one.
+    ssm_put("/dixie/armitage/DIXIE_ADMIN_KEY", "PLACEHOLDER");
+    let killed = rb().env("RUNBOOK_CRASH_AT", "T2.6:applied").run(&["run", "sprint-2", "--yes"]);
+    assert_eq!(killed.code, None, "killed by a signal:\n{}", killed.text());
+    let forced = primary_deployment("dixie-armitage");
+    let resumed = rb().run(&["resume", "--yes"]);
+    resumed.expect_code(0).expect_text("T2.6 Force ECS deployment and verify: attempt 2 (in doubt");
+    assert!(!resumed.text().contains("forcing a new deployment"), "resume forced a second deployment:\n{}", resumed.text());
+    assert_eq!(primary_deployment("dixie-armitage"), forced);
+    all_done(&rb().status());
 }

@@ -11,6 +11,7 @@ use rand::RngExt;
 use serde::Deserialize;
 use tokio_postgres::{Client, NoTls};
 
+use super::ssm_params::read as read_param;
 use super::{Probe, StepContext, StepError};
 use crate::event::Outputs;
 use crate::secret::Secret;
@@ -55,6 +56,15 @@ struct Instance {
     host: String,
     port: u16,
     master_user: String,
+}
+
+/// What `survey` finds before a probe or an apply.
+struct Survey {
+    instance: Instance,
+    admin_user: String,
+    admin_password: Secret<String>,
+    admin: Client,
+    found: Found,
 }
 
 /// What the admin sees on the server.
@@ -202,13 +212,19 @@ impl Params {
         ])
     }
 
-    pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+    /// The instance, an admin session on it, and what the admin sees.
+    async fn survey(&self, cx: &StepContext) -> Result<Survey, StepError> {
         self.check_names()?;
         let instance = self.instance(cx).await?;
         let admin_user = self.admin_user.clone().unwrap_or_else(|| instance.master_user.clone());
         let admin_password = self.admin_password(cx).await?;
         let admin = self.connect(cx, &instance, &admin_user, &admin_password, &self.admin_database).await?;
         let found = self.found(&admin).await?;
+        Ok(Survey { instance, admin_user, admin_password, admin, found })
+    }
+
+    pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        let Survey { instance, found, .. } = self.survey(cx).await?;
         let password = read_param(cx, &self.password_param).await?;
 
         if found.role && password.is_none() {
@@ -258,12 +274,7 @@ impl Params {
     }
 
     pub(super) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
-        self.check_names()?;
-        let instance = self.instance(cx).await?;
-        let admin_user = self.admin_user.clone().unwrap_or_else(|| instance.master_user.clone());
-        let admin_password = self.admin_password(cx).await?;
-        let admin = self.connect(cx, &instance, &admin_user, &admin_password, &self.admin_database).await?;
-        let found = self.found(&admin).await?;
+        let Survey { instance, admin_user, admin_password, admin, found } = self.survey(cx).await?;
 
         let password = match read_param(cx, &self.password_param).await? {
             Some(password) => password,
@@ -329,15 +340,6 @@ impl Params {
             })?;
         cx.log(format!("verified: {} logged in to {} and created and dropped a table", self.role, self.database)).await;
         Ok(())
-    }
-}
-
-/// A parameter's decrypted value, or `None` when it does not exist.
-async fn read_param(cx: &StepContext, name: &str) -> Result<Option<Secret<String>>, StepError> {
-    match cx.cloud.ssm.get_parameter().name(name).with_decryption(true).send().await {
-        Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(|v| Secret::new(v.to_string()))),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(None),
-        Err(e) => Err(StepError::from_sdk(&format!("ssm:GetParameter {name}"), e)),
     }
 }
 

@@ -244,11 +244,7 @@ impl Params {
 
 /// A parameter's decrypted value, or `None` when it does not exist.
 pub(crate) async fn read(cx: &StepContext, name: &str) -> Result<Option<Secret<String>>, StepError> {
-    match cx.cloud.ssm.get_parameter().name(name).with_decryption(true).send().await {
-        Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(|v| Secret::new(v.to_string()))),
-        Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(None),
-        Err(e) => Err(StepError::from_sdk(&format!("ssm:GetParameter {name}"), e)),
-    }
+    cx.cloud.read_parameter(name).await.map_err(|e| StepError::from_sdk(&format!("ssm:GetParameter {name}"), e))
 }
 
 /// The private IPv4 of a RUNNING task of the service. `list-tasks --service-name` is not

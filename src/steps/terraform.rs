@@ -197,46 +197,75 @@ impl Params {
     }
 
     /// `terraform apply -json PLAN`, its progress streamed into the step's log.
+    ///
+    /// terraform runs in its own process group with its output going to a file, not a pipe:
+    /// if this process dies (kill -9, Ctrl-C) the apply finishes and releases the state lock
+    /// instead of dying mid-write with the lock held; the resumed run waits for that lock.
     async fn apply_plan(&self, cx: &StepContext, plan_file: &Path) -> Result<(), StepError> {
         let plan = plan_file.to_string_lossy();
+        let log_path = plan_file.with_extension("apply.jsonl");
+        let log = std::fs::File::create(&log_path).map_err(|e| StepError::fatal(format!("cannot write {}: {e}", log_path.display()), "check the temp folder"))?;
+        let err = log.try_clone().map_err(|e| StepError::fatal(e.to_string(), "check the temp folder"))?;
         let mut child = self
             .command(cx, &["apply", "-input=false", "-no-color", "-json", "-lock-timeout=300s", &plan])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(log)
+            .stderr(err)
+            .process_group(0)
+            .kill_on_drop(false)
             .spawn()
             .map_err(|e| StepError::fatal(format!("cannot run {}: {e}", self.binary), "install terraform"))?;
-        let stderr = child.stderr.take();
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut reader = BufReader::new(tokio::fs::File::open(&log_path).await.map_err(|e| StepError::retryable(e.to_string()))?);
         let mut errors = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            let kind = message["type"].as_str().unwrap_or_default();
-            let text = message["@message"].as_str().unwrap_or_default().to_string();
-            match kind {
-                "apply_start" | "apply_errored" | "change_summary" => cx.log(text).await,
-                "apply_complete" => {
-                    cx.log(text).await;
-                    cx.checkpoint("mid-apply");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = reader.read_line(&mut line).await.map_err(|e| StepError::retryable(e.to_string()))?;
+            if read == 0 {
+                if let Some(status) = child.try_wait().map_err(|e| StepError::retryable(format!("terraform apply: {e}")))? {
+                    // Drain what was written after the last read, then stop.
+                    let mut rest = String::new();
+                    while reader.read_line(&mut rest).await.map_err(|e| StepError::retryable(e.to_string()))? > 0 {}
+                    for l in rest.lines() {
+                        self.show(cx, l, &mut errors).await;
+                    }
+                    let _ = std::fs::remove_file(&log_path);
+                    if !status.success() {
+                        return Err(self.failed("apply", &errors.join("\n")));
+                    }
+                    return Ok(());
                 }
-                "apply_progress" => cx.progress(&text).await,
-                "diagnostic" if message["diagnostic"]["severity"] == "error" => {
-                    let detail = message["diagnostic"]["detail"].as_str().unwrap_or_default();
-                    errors.push(format!("{text}: {detail}"));
-                    cx.log(format!("error: {text}: {detail}")).await;
-                }
-                _ => {}
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+            if line.ends_with('\n') {
+                let complete = std::mem::take(&mut line);
+                self.show(cx, complete.trim_end(), &mut errors).await;
             }
         }
-        let mut rest = String::new();
-        if let Some(mut stderr) = stderr {
-            use tokio::io::AsyncReadExt;
-            let _ = stderr.read_to_string(&mut rest).await;
+    }
+
+    /// One line of `terraform apply -json`, into the log or the progress display.
+    async fn show(&self, cx: &StepContext, line: &str, errors: &mut Vec<String>) {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            if !line.trim().is_empty() {
+                errors.push(line.to_string());
+            }
+            return;
+        };
+        let text = message["@message"].as_str().unwrap_or_default().to_string();
+        match message["type"].as_str().unwrap_or_default() {
+            "apply_start" | "apply_errored" | "change_summary" => cx.log(text).await,
+            "apply_complete" => {
+                cx.log(text).await;
+                cx.checkpoint("mid-apply");
+            }
+            "apply_progress" => cx.progress(&text).await,
+            "diagnostic" if message["diagnostic"]["severity"] == "error" => {
+                let detail = message["diagnostic"]["detail"].as_str().unwrap_or_default();
+                errors.push(format!("{text}: {detail}"));
+                cx.log(format!("error: {text}: {detail}")).await;
+            }
+            _ => {}
         }
-        let status = child.wait().await.map_err(|e| StepError::retryable(format!("terraform apply: {e}")))?;
-        if !status.success() {
-            errors.push(rest);
-            return Err(self.failed("apply", &errors.join("\n")));
-        }
-        Ok(())
     }
 }
