@@ -19,6 +19,15 @@ impl<T> Secret<T> {
     }
 }
 
+impl Secret<String> {
+    /// 32 random bytes as 64 hex characters (`openssl rand -hex 32` in the sprint plan).
+    pub(crate) fn random_hex32() -> Self {
+        use rand::RngExt;
+        let bytes: [u8; 32] = rand::rng().random();
+        Self(hex::encode(bytes))
+    }
+}
+
 impl<T> fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
@@ -40,5 +49,13 @@ mod tests {
         let secret = Secret::new(String::from("hunter2"));
         assert_eq!(format!("{secret:?} {secret}"), "*** ***");
         assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn generated_secrets_are_64_hex_characters_and_differ() {
+        let (a, b) = (Secret::random_hex32(), Secret::random_hex32());
+        assert_eq!(a.expose().len(), 64);
+        assert!(a.expose().chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
     }
 }

@@ -7,7 +7,6 @@
 //! probe only reads; the verify after an apply logs in as the role and creates and drops a
 //! table. The password reaches PostgreSQL as a SCRAM verifier, never as plain text.
 
-use rand::RngExt;
 use serde::Deserialize;
 use tokio_postgres::{Client, NoTls};
 
@@ -346,8 +345,7 @@ impl Params {
 /// Generates 32 random bytes as hex into a new SecureString; if another writer got there
 /// first, theirs is kept and used.
 async fn create_password(cx: &StepContext, name: &str, role: &str) -> Result<Secret<String>, StepError> {
-    let bytes: [u8; 32] = rand::rng().random();
-    let password = Secret::new(hex::encode(bytes));
+    let password = Secret::random_hex32();
     let put = cx
         .cloud
         .ssm

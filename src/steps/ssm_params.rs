@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_ssm::types::ParameterType;
-use rand::RngExt;
 use serde::Deserialize;
 
 use super::{Probe, StepContext, StepError, reach};
@@ -156,8 +155,7 @@ impl Params {
             match self.desired(cx, spec).await? {
                 Desired::KeepIfSet if current.is_some() => {}
                 Desired::KeepIfSet => {
-                    let bytes: [u8; 32] = rand::rng().random();
-                    changes.push((key.clone(), Secret::new(hex::encode(bytes)), if live.contains_key(key) { "replace PLACEHOLDER with a generated secret" } else { "generate" }));
+                    changes.push((key.clone(), Secret::random_hex32(), if live.contains_key(key) { "replace PLACEHOLDER with a generated secret" } else { "generate" }));
                 }
                 Desired::Exactly(value) if current == Some(&value) => {}
                 Desired::Exactly(value) => {
