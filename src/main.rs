@@ -172,7 +172,7 @@ async fn dispatch(g: &Globals, command: Command) -> Result<i32, CliError> {
             if g.mode == Mode::Json {
                 println!("{}", serde_json::json!({ "plan": lines }));
             } else {
-                println!("{:<8} {:<14} {}", "STEP", "VERDICT", "DETAIL");
+                println!("{:<8} {:<14} DETAIL", "STEP", "VERDICT");
                 for line in &lines {
                     println!("{:<8} {:<14} {}: {}", line.step, line.verdict, line.title, line.detail);
                 }

@@ -398,11 +398,10 @@ fn check_step_reference(
     if !graph.upstream(step).contains(from) {
         return Err(format!("{step} does not need {from}; add \"{from}\" to its `needs`"));
     }
-    if let Some(outputs) = steps::outputs(kind) {
-        if !outputs.contains(&output) {
+    if let Some(outputs) = steps::outputs(kind)
+        && !outputs.contains(&output) {
             return Err(format!("step {from} has no output `{output}`; it has: {}", outputs.join(", ")));
         }
-    }
     Ok(())
 }
 

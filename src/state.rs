@@ -418,7 +418,8 @@ impl StateDb {
                  FROM steps s WHERE s.run_id = ?1 ORDER BY rowid",
             )
             .map_err(|e| sql_err(&self.path, e))?;
-        let rows = stmt
+        
+        stmt
             .query_map(params![run], |r| {
                 Ok(StepRow {
                     step: r.get(0)?,
@@ -431,8 +432,7 @@ impl StateDb {
                 })
             })
             .and_then(|rows| rows.collect())
-            .map_err(|e| sql_err(&self.path, e));
-        rows
+            .map_err(|e| sql_err(&self.path, e))
     }
 
     pub(crate) fn attempts(&self, run: i64, step: &str) -> Result<Vec<AttemptRow>, StateError> {
@@ -443,7 +443,8 @@ impl StateDb {
                  FROM attempts WHERE run_id = ?1 AND step = ?2 ORDER BY attempt",
             )
             .map_err(|e| sql_err(&self.path, e))?;
-        let rows = stmt
+        
+        stmt
             .query_map(params![run, step], |r| {
                 Ok(AttemptRow {
                     attempt: r.get(0)?,
@@ -457,8 +458,7 @@ impl StateDb {
                 })
             })
             .and_then(|rows| rows.collect())
-            .map_err(|e| sql_err(&self.path, e));
-        rows
+            .map_err(|e| sql_err(&self.path, e))
     }
 
     /// Outputs of every step of `run` that finished, by step.

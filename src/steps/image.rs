@@ -291,7 +291,7 @@ impl Params {
             .await
             .map_err(|e| StepError::from_sdk("ecr:GetAuthorizationToken", e))?;
         let data = token.authorization_data().first().ok_or_else(|| StepError::retryable("ECR returned no authorization data"))?;
-        let decoded = data.authorization_token().and_then(|t| base64_decode(t)).unwrap_or_default();
+        let decoded = data.authorization_token().and_then(base64_decode).unwrap_or_default();
         let (username, password) = decoded.split_once(':').ok_or_else(|| StepError::retryable("ECR authorization token is malformed"))?;
         Ok(DockerCredentials {
             username: Some(username.to_string()),
