@@ -882,3 +882,34 @@ fn runs_killed_during_terraform_apply_and_during_the_deploy_wait_resume_without_
     assert_eq!(primary_deployment("dixie-armitage"), forced);
     all_done(&rb().status());
 }
+
+#[test]
+fn critical_scan_findings_fail_the_image_step_and_name_them() {
+    let _ring = fresh_ring();
+    let scratch = Scratch::new("scan");
+    let rb = scratch.runbook().project(&impatient_project(&scratch));
+    let tag = "5ca1ab1";
+    // What ECR's scanner will report for this image (moto serves a configured result).
+    let findings = serde_json::json!({"region": "us-east-1", "results": [{
+        "registryId": "123456789012",
+        "repositoryName": "dixie-armitage",
+        "imageId": {"imageTag": tag},
+        "imageScanStatus": {"status": "COMPLETE", "description": "The scan was completed successfully."},
+        "imageScanFindings": {
+            "findings": [{"name": "CVE-2026-0001", "uri": "https://example.invalid/CVE-2026-0001", "severity": "CRITICAL"},
+                         {"name": "CVE-2026-0002", "uri": "https://example.invalid/CVE-2026-0002", "severity": "LOW"}],
+            "findingSeverityCounts": {"CRITICAL": 1, "LOW": 1}
+        }
+    }]});
+    let out = Command::new("curl")
+        .args(["-sf", "-X", "POST", "-H", "Content-Type: application/json", "-d", &findings.to_string(), &format!("{MOTO}/moto-api/static/ecr/scan-finding-results")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "configure moto's scan results");
+
+    let failed = rb.run(&["run", "sprint-2", "--yes", "--var", &format!("image_tag={tag}")]);
+    failed.expect_code(1).expect_text("reports CRITICAL: 1 CRITICAL, CVE-2026-0001");
+    assert!(!failed.text().contains("CVE-2026-0002"), "a LOW finding was named as blocking");
+    let states = step_states(&rb.status());
+    assert_eq!((states["T2.2"].as_str(), states["T2.4"].as_str()), ("failed", "blocked"));
+}
