@@ -31,6 +31,12 @@ pub(crate) fn format_utc(ms: i64) -> String {
     )
 }
 
+/// `2026-11-25T22:04:53.123Z`: for machine-read timestamps (`--json`).
+pub(crate) fn format_utc_ms(ms: i64) -> String {
+    let seconds = format_utc(ms);
+    format!("{}.{:03}Z", seconds.trim_end_matches('Z'), ms.rem_euclid(1000))
+}
+
 /// `1.2s`, `3m04s`, `1h02m`.
 pub(crate) fn format_duration(ms: i64) -> String {
     let ms = ms.max(0);
@@ -51,6 +57,7 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_utc(1_795_644_293_000), "2026-11-25T22:04:53Z");
+        assert_eq!(format_utc_ms(1_795_644_293_042), "2026-11-25T22:04:53.042Z");
         assert_eq!(format_duration(1234), "1.2s");
         assert_eq!(format_duration(184_000), "3m04s");
     }

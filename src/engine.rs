@@ -324,7 +324,7 @@ async fn converge(cx: &StepContext, kind: &StepKind) -> Result<Outputs, StepErro
             })
             .await;
         tokio::time::sleep(pause.min(limit - elapsed)).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 
-use crate::clock::{format_duration, format_utc, now_ms};
+use crate::clock::{format_duration, format_utc, format_utc_ms, now_ms};
 use crate::event::{DoneOutcome, Event, ProbeResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub(crate) fn spawn(mode: Mode, mut events: UnboundedReceiver<Event>) -> JoinHan
                 Mode::Json => {
                     let mut value = serde_json::to_value(&event).unwrap_or_default();
                     if let Some(map) = value.as_object_mut() {
-                        map.insert("at".into(), serde_json::Value::from(format_utc(now_ms())));
+                        map.insert("at".into(), serde_json::Value::from(format_utc_ms(now_ms())));
                     }
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{value}");

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{Probe, StepContext, StepError};
@@ -95,18 +96,40 @@ impl Params {
         args
     }
 
+    /// `terraform init`, skipped when this folder was initialised with the same backend
+    /// settings and provider locks (a re-run's probe then costs one plan, not three commands).
     async fn init(&self, cx: &StepContext) -> Result<(), StepError> {
         let mut args = vec!["init".to_string(), "-input=false".into(), "-no-color".into(), "-reconfigure".into()];
         if !self.backend_config_file.is_empty() {
             args.push(format!("-backend-config={}", self.backend_config_file));
         }
         args.extend(self.backend_config.iter().map(|(k, v)| format!("-backend-config={k}={v}")));
+        let dir = self.dir(cx);
+        let mut fingerprint = Sha256::new();
+        fingerprint.update(args.join("\n"));
+        fingerprint.update(&self.cli_config);
+        fingerprint.update(&self.aws_endpoint_url);
+        for file in [dir.join(&self.backend_config_file), dir.join(".terraform.lock.hcl")] {
+            fingerprint.update(std::fs::read(file).unwrap_or_default());
+        }
+        let fingerprint = hex::encode(fingerprint.finalize());
+        let marker = dir.join(".terraform").join("runbook-init");
+        let initialised = dir.join(".terraform").join("terraform.tfstate").is_file();
+        if initialised && std::fs::read_to_string(&marker).is_ok_and(|m| m == fingerprint) {
+            return Ok(());
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, text) = self.run(cx, &args).await?;
         if code != 0 {
             return Err(self.failed("init", &text));
         }
+        let _ = std::fs::write(&marker, fingerprint);
         Ok(())
+    }
+
+    /// Whether `workspace` is the one selected here, from terraform's own record of it.
+    fn selected(&self, cx: &StepContext) -> bool {
+        std::fs::read_to_string(self.dir(cx).join(".terraform").join("environment")).is_ok_and(|w| w.trim() == self.workspace)
     }
 
     /// Selects the workspace; `false` when it does not exist yet.
@@ -163,11 +186,21 @@ impl Params {
 
     pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
         self.init(cx).await?;
-        if !self.select(cx).await? {
-            return Ok(Probe::Absent(format!("create workspace {} and apply the whole plan", self.workspace)));
+        let missing = || Probe::Absent(format!("create workspace {} and apply the whole plan", self.workspace));
+        if !self.selected(cx) && !self.select(cx).await? {
+            return Ok(missing());
         }
-        match self.plan(cx, None).await? {
-            None => Ok(Probe::Satisfied(self.outputs(cx).await?)),
+        // `output` reads the state without its lock: run it beside the plan, not after it.
+        let (plan, outputs) = tokio::join!(self.plan(cx, None), self.outputs(cx));
+        let plan = match plan {
+            // Selected here once, but gone from the backend since (a new state bucket).
+            Err(StepError::Fatal { message, .. }) if message.contains("does not exist") && message.contains("workspace") => {
+                return Ok(missing());
+            }
+            other => other?,
+        };
+        match plan {
+            None => Ok(Probe::Satisfied(outputs?)),
             Some(plan) => Ok(Probe::Absent(format!("workspace {}: {}", self.workspace, plan.summary))),
         }
     }
