@@ -288,7 +288,8 @@ fn conflict(cx: &StepContext, why: String) -> StepError {
 async fn converge(cx: &StepContext, kind: &StepKind) -> Result<Outputs, StepError> {
     let limit = kind.converge_within();
     let started = Instant::now();
-    let mut pause = Duration::from_millis(250);
+    // Short first pauses: most things converge in about a second (a task restart).
+    let mut pause = Duration::from_millis(200);
     loop {
         let still = match kind.probe(cx).await {
             Ok(Probe::Satisfied(outputs)) => {
@@ -324,7 +325,7 @@ async fn converge(cx: &StepContext, kind: &StepKind) -> Result<Outputs, StepErro
             })
             .await;
         tokio::time::sleep(pause.min(limit - elapsed)).await;
-        pause = (pause * 2).min(Duration::from_secs(2));
+        pause = (pause * 3 / 2).min(Duration::from_secs(2));
     }
 }
 

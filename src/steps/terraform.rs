@@ -190,9 +190,9 @@ impl Params {
         if !self.selected(cx) && !self.select(cx).await? {
             return Ok(missing());
         }
-        // `output` reads the state without its lock: run it beside the plan, not after it.
-        let (plan, outputs) = tokio::join!(self.plan(cx, None), self.outputs(cx));
-        let plan = match plan {
+        // Not `output` beside the plan: on a missing workspace it initialises a state and takes
+        // the lock the plan needs.
+        let plan = match self.plan(cx, None).await {
             // Selected here once, but gone from the backend since (a new state bucket).
             Err(StepError::Fatal { message, .. }) if message.contains("does not exist") && message.contains("workspace") => {
                 return Ok(missing());
@@ -200,7 +200,7 @@ impl Params {
             other => other?,
         };
         match plan {
-            None => Ok(Probe::Satisfied(outputs?)),
+            None => Ok(Probe::Satisfied(self.outputs(cx).await?)),
             Some(plan) => Ok(Probe::Absent(format!("workspace {}: {}", self.workspace, plan.summary))),
         }
     }
