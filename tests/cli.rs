@@ -321,12 +321,12 @@ fn aws_actions_during(f: impl FnOnce()) -> Vec<String> {
 }
 
 /// An API action that changes something. REST calls (S3, Route53) are shown as `"METHOD" "url"`:
-/// GET and HEAD read. terraform's state lock object (`.tflock`), which even a no-op plan
-/// creates and deletes, is its own bookkeeping, not a change to the deployment.
+/// GET and HEAD read. (The probe's terraform plan runs with `-lock=false`, so not even a state
+/// lock object is written.)
 fn is_mutating(action: &str) -> bool {
     if let Some(rest) = action.strip_prefix('"') {
         let method = rest.split('"').next().unwrap_or_default();
-        return !matches!(method, "GET" | "HEAD") && !action.contains(".tflock");
+        return !matches!(method, "GET" | "HEAD");
     }
     !["Describe", "Get", "List", "BatchGet"].iter().any(|p| action.starts_with(p))
 }

@@ -143,10 +143,17 @@ impl Params {
     }
 
     async fn plan(&self, cx: &StepContext, out: Option<&Path>) -> Result<Option<Plan>, StepError> {
-        // A killed run may have left an apply running: wait for its state lock.
-        let mut args = vec!["plan".to_string(), "-input=false".into(), "-no-color".into(), "-detailed-exitcode".into(), "-lock-timeout=300s".into()];
-        if let Some(out) = out {
-            args.push(format!("-out={}", out.display()));
+        let mut args = vec!["plan".to_string(), "-input=false".into(), "-no-color".into(), "-detailed-exitcode".into()];
+        match out {
+            // The plan that will be applied takes the state lock, and waits for it: a killed
+            // run may have left an apply running.
+            Some(out) => {
+                args.push("-lock-timeout=300s".into());
+                args.push(format!("-out={}", out.display()));
+            }
+            // The probe only reads: no lock object written. A half-applied state it may see
+            // reads as "changes", and the apply re-plans under the lock.
+            None => args.push("-lock=false".into()),
         }
         args.extend(self.var_args());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
