@@ -781,6 +781,12 @@ fn sprint_2_goes_green_on_a_fresh_ring_and_a_rerun_changes_nothing() {
 
     // HTTP 200 with an unhealthy body (Finn is gone) fails T2.6, saying why; back, it passes.
     ecs_scale("loa-finn-armitage", 0);
+    // The ring's ECS agent stops Finn's task within a poll or two; wait until it is gone.
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::net::TcpStream::connect("127.0.0.1:13000").is_err()
+    });
+    assert!(gone, "Finn's stand-in still answers 10 s after scaling to 0");
     let unhealthy = rb.run(&["retry", "T2.6"]);
     unhealthy.expect_code(1).expect_text("is not healthy yet: status unhealthy, finn circuit open");
     ecs_scale("loa-finn-armitage", 1);
