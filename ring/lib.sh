@@ -139,3 +139,29 @@ ring_lock() { # WHO
   fi
   export RING_LOCK_HELD=1
 }
+
+# What the sprint created outside moto: PostgreSQL database and role `dixie`, the
+# registry's `dixie-armitage`, Redis's keys. Forgotten whenever moto's account starts over
+# (reset.sh; up.sh when it starts a new moto), so the ring stays one consistent account.
+# Returns 1 with FORGET_WHY set when a part fails.
+forget_sprint() {
+  local pg_err out
+  pg_err=$( (cd / && runuser -u postgres -- "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 \
+      -h "$PGSOCK" -p "$PG_PORT" -U postgres -d postgres) 2>&1 <<'SQL'
+DROP DATABASE IF EXISTS dixie WITH (FORCE);
+DO $$ BEGIN
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'dixie') THEN
+    EXECUTE 'DROP OWNED BY dixie';
+    EXECUTE 'DROP ROLE dixie';
+  END IF;
+END $$;
+SQL
+  ) || { FORGET_WHY="PostgreSQL cleanup failed: $pg_err (is the ring up? ring/status.sh)"; return 1; }
+
+  rm -rf "$RING_DIR/registry/docker/registry/v2/repositories/dixie-armitage"
+
+  if [ -f "$TLS/ca.crt" ]; then
+    out=$(timeout 5 redis-cli --tls --cacert "$TLS/ca.crt" -h 127.0.0.1 -p "$REDIS_TLS_PORT" flushall 2>&1) \
+      && [ "$out" = OK ] || { FORGET_WHY="Redis FLUSHALL failed: $out (is the ring up? ring/status.sh)"; return 1; }
+  fi
+}

@@ -256,6 +256,12 @@ done
 
 ensure_pg_admin
 
+# A new moto is a new, empty account: forget what the sprint made outside it too.
+if [ "${STATE[moto]:-}" = started ]; then
+  forget_sprint || die "$FORGET_WHY"
+  say "moto started empty: dropped the sprint's PostgreSQL database/role, registry repository and Redis keys"
+fi
+
 # --- seed moto ------------------------------------------------------------------
 say "seeding moto with the Armitage account's pre-sprint resources"
 python3 "$REPO/ring/seed.py" | sed 's/^/up: /' || die "ring/seed.py failed (see above and $LOGS/moto.log)"
