@@ -27,18 +27,18 @@ import http.client
 import json
 import logging
 import os
-import signal
 import socket
 import ssl
 import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from addrmap import DEFAULT_PORTS, AddressMap, Refused  # noqa: E402
+from serve import serve  # noqa: E402
 
 PARAMS = ["FINN_URL", "FINN_WS_URL", "DATABASE_URL", "REDIS_URL", "NATS_URL",
           "DIXIE_JWT_PRIVATE_KEY", "DIXIE_ADMIN_KEY", "DIXIE_CORS_ORIGINS"]
@@ -482,19 +482,7 @@ def main() -> None:
             threading.Thread(target=MIGRATIONS.loop, name="migrations", daemon=True).start()
     else:
         log.info("DATABASE_URL is %s: no migrations", redact("DATABASE_URL"))
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-
-    def stop(signum, _frame):
-        log.info("signal %d: stopping", signum)
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info("listening on http://127.0.0.1:%d (GET /api/health, /api/health/migrations)", port)
-    server.serve_forever(poll_interval=0.2)
-    server.server_close()
-    log.info("stopped")
+    serve(port, Handler, log, "GET /api/health, /api/health/migrations")
 
 
 if __name__ == "__main__":

@@ -15,12 +15,12 @@ import datetime
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from serve import serve
 
 log = logging.getLogger("finn")
 STARTED = time.monotonic()
@@ -88,19 +88,7 @@ def main() -> None:
         log.info("  %s = %s", n, shown)
     if CONFIG.get("DIXIE_BASE_URL") is None:
         log.info("  DIXIE_BASE_URL is not set")
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-
-    def stop(signum, _frame):
-        log.info("signal %d: stopping", signum)
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info("listening on http://127.0.0.1:%d (GET /health, /debug/config)", port)
-    server.serve_forever(poll_interval=0.2)
-    server.server_close()
-    log.info("stopped")
+    serve(port, Handler, log, "GET /health, /debug/config")
 
 
 if __name__ == "__main__":
