@@ -10,7 +10,6 @@
 use serde::Deserialize;
 use tokio_postgres::{Client, NoTls};
 
-use super::ssm_params::read as read_param;
 use super::{Probe, StepContext, StepError};
 use crate::event::Outputs;
 use crate::secret::Secret;
@@ -132,7 +131,7 @@ impl Params {
                     format!("export {var} (the master password of {})", self.instance),
                 )
             }),
-            SecretSource::Ssm(name) => read_param(cx, name).await?.ok_or_else(|| {
+            SecretSource::Ssm(name) => cx.parameter(name).await?.ok_or_else(|| {
                 StepError::fatal(
                     format!("the admin password parameter {name} does not exist"),
                     format!("put the master password of {} there as a SecureString", self.instance),
@@ -224,7 +223,7 @@ impl Params {
 
     pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
         let Survey { instance, found, .. } = self.survey(cx).await?;
-        let password = read_param(cx, &self.password_param).await?;
+        let password = cx.parameter(&self.password_param).await?;
 
         if found.role && password.is_none() {
             return Ok(Probe::Conflict(format!(
@@ -275,7 +274,7 @@ impl Params {
     pub(super) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         let Survey { instance, admin_user, admin_password, admin, found } = self.survey(cx).await?;
 
-        let password = match read_param(cx, &self.password_param).await? {
+        let password = match cx.parameter(&self.password_param).await? {
             Some(password) => password,
             None if found.role => {
                 return Err(StepError::fatal(
@@ -323,7 +322,7 @@ impl Params {
     /// Logs in as the role and creates and drops a table: the sprint plan's acceptance.
     pub(super) async fn verify(&self, cx: &StepContext) -> Result<(), StepError> {
         let instance = self.instance(cx).await?;
-        let password = read_param(cx, &self.password_param).await?.ok_or_else(|| {
+        let password = cx.parameter(&self.password_param).await?.ok_or_else(|| {
             StepError::fatal(format!("SSM {} vanished", self.password_param), "run the step again")
         })?;
         let client = self.connect(cx, &instance, &self.role, &password, &self.database).await?;
@@ -364,7 +363,7 @@ async fn create_password(cx: &StepContext, name: &str, role: &str) -> Result<Sec
         }
         Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_already_exists()) => {
             cx.log(format!("SSM {name} appeared meanwhile; using it")).await;
-            read_param(cx, name).await?.ok_or_else(|| StepError::retryable(format!("SSM {name} exists but cannot be read")))
+            cx.parameter(name).await?.ok_or_else(|| StepError::retryable(format!("SSM {name} exists but cannot be read")))
         }
         Err(e) => Err(StepError::from_sdk(&format!("ssm:PutParameter {name}"), e)),
     }

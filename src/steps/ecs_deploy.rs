@@ -12,7 +12,6 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_ssm::types::ParameterType;
 use serde::Deserialize;
 
-use super::ssm_params::read;
 use super::{Probe, StepContext, StepError, reach};
 use crate::event::Outputs;
 
@@ -221,7 +220,7 @@ impl Params {
     /// `Some(why)` when the param that `set_param` names does not hold its value.
     async fn param_differs(&self, cx: &StepContext) -> Result<Option<String>, StepError> {
         let Some(set) = &self.set_param else { return Ok(None) };
-        let live = read(cx, &set.name).await?;
+        let live = cx.parameter(&set.name).await?;
         Ok(match live {
             Some(v) if v.expose() == &set.value => None,
             Some(_) => Some(format!("set {} (differs)", set.name)),

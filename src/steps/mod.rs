@@ -24,6 +24,7 @@ use crate::cloud::Cloud;
 use crate::environment::Environment;
 use crate::event::{Event, Outputs};
 use crate::recorder::Recorder;
+use crate::secret::Secret;
 
 pub(crate) const KINDS: &[&str] = &["ecr_repository", "database", "image", "terraform", "ssm_params", "ecs_deploy", "validate"];
 
@@ -141,6 +142,11 @@ impl StepContext {
         self.recorder
             .emit(Event::StepLog { step: self.step.clone(), attempt: self.attempt, line: line.into() })
             .await;
+    }
+
+    /// An SSM parameter's decrypted value, or `None` when it does not exist.
+    pub(crate) async fn parameter(&self, name: &str) -> Result<Option<Secret<String>>, StepError> {
+        self.cloud.read_parameter(name).await.map_err(|e| StepError::from_sdk(&format!("ssm:GetParameter {name}"), e))
     }
 
     /// Progress of a long action, for the display only.

@@ -135,7 +135,7 @@ impl Params {
             out.push_str(&rest[..start]);
             let end = rest[start..].find('}').ok_or_else(|| StepError::fatal(format!("unclosed {{ssm:…}} in {template}"), "fix the runbook"))?;
             let name = &rest[start + 5..start + end];
-            let value = read(cx, name).await?.ok_or_else(|| {
+            let value = cx.parameter(name).await?.ok_or_else(|| {
                 StepError::fatal(format!("SSM {name} (used in a template) does not exist"), "run the step that creates it first")
             })?;
             out.push_str(value.expose());
@@ -238,11 +238,6 @@ impl Params {
             ))
         }
     }
-}
-
-/// A parameter's decrypted value, or `None` when it does not exist.
-pub(crate) async fn read(cx: &StepContext, name: &str) -> Result<Option<Secret<String>>, StepError> {
-    cx.cloud.read_parameter(name).await.map_err(|e| StepError::from_sdk(&format!("ssm:GetParameter {name}"), e))
 }
 
 /// The private IPv4 of a RUNNING task of the service. `list-tasks --service-name` is not

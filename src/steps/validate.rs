@@ -8,7 +8,6 @@
 use serde::Deserialize;
 
 use super::ecs_deploy::{HealthRule, judge};
-use super::ssm_params::read;
 use super::{Probe, StepContext, StepError, reach};
 use crate::event::Outputs;
 
@@ -100,7 +99,7 @@ impl Params {
             Err(e) => check("finn health", Err(e), false),
         }
 
-        let migrations = match read(cx, &self.database_url_param).await? {
+        let migrations = match cx.parameter(&self.database_url_param).await? {
             Some(url) => reach::postgres_count(&cx.env, &url, "SELECT count(*) FROM _migrations").await,
             None => Err(format!("{} does not exist", self.database_url_param)),
         };
