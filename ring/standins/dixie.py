@@ -33,12 +33,11 @@ import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from addrmap import DEFAULT_PORTS, AddressMap, Refused  # noqa: E402
-from serve import serve  # noqa: E402
+from serve import JsonHandler, serve  # noqa: E402
 
 PARAMS = ["FINN_URL", "FINN_WS_URL", "DATABASE_URL", "REDIS_URL", "NATS_URL",
           "DIXIE_JWT_PRIVATE_KEY", "DIXIE_ADMIN_KEY", "DIXIE_CORS_ORIGINS"]
@@ -424,18 +423,8 @@ def migration_rows() -> tuple[int, dict]:
 LAST_STATUS = {"value": None}
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server_version = "dixie-ring-standin"
-    protocol_version = "HTTP/1.1"
-
-    def send_json(self, code: int, obj: dict) -> None:
-        body = json.dumps(obj, indent=None).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802
         path = urllib.parse.urlsplit(self.path).path.rstrip("/")
@@ -458,8 +447,6 @@ class Handler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-    def log_message(self, fmt: str, *args) -> None:  # health polls would flood the log
-        pass
 
 
 def main() -> None:

@@ -12,15 +12,13 @@ It dials nothing.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import sys
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler
 
-from serve import serve
+from serve import JsonHandler, serve
 
 log = logging.getLogger("finn")
 STARTED = time.monotonic()
@@ -38,18 +36,8 @@ def iso(t: datetime.datetime) -> str:
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server_version = "finn-ring-standin"
-    protocol_version = "HTTP/1.1"
-
-    def send_json(self, code: int, obj: dict) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802
         path = urllib.parse.urlsplit(self.path).path.rstrip("/")
@@ -72,8 +60,6 @@ class Handler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
-    def log_message(self, fmt: str, *args) -> None:
-        pass
 
 
 def main() -> None:

@@ -1,14 +1,33 @@
 """ring/standins/serve.py: serve a stand-in task's HTTP handler on loopback until SIGTERM.
 
-Shared by dixie.py and finn.py. Owns the server's life (threads, signals, shutdown), not
-what it answers.
+Shared by dixie.py and finn.py. Owns the server's life (threads, signals, shutdown) and how
+a JSON answer is written, not what it answers.
 """
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A handler that answers JSON (HEAD: headers only) and does not log every poll."""
+
+    protocol_version = "HTTP/1.1"
+
+    def send_json(self, code: int, obj: dict) -> None:
+        body = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, fmt: str, *args) -> None:  # health polls would flood the log
+        pass
 
 
 def serve(port: int, handler: type[BaseHTTPRequestHandler], log: logging.Logger, routes: str) -> None:
