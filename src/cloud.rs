@@ -6,7 +6,7 @@ use aws_sdk_ssm::config::Credentials;
 
 use crate::environment::Environment;
 use crate::secret::Secret;
-use crate::steps::error_chain;
+use crate::error_chain::error_chain;
 
 pub(crate) struct Cloud {
     pub(crate) cloudwatch: aws_sdk_cloudwatch::Client,

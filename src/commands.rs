@@ -1,5 +1,6 @@
-//! What each subcommand does, between argument parsing (`main.rs`) and the engine: load and
+//! What each subcommand does, between argument parsing and rendering (`main.rs`): load and
 //! validate, take the lock, prove the cloud is reachable, then drive the engine and record.
+//! Each returns a typed [`Outcome`]; nothing here prints.
 //!
 //! Order matters: everything that can reject bad input runs before the first write to the
 //! state DB or the cloud.
@@ -8,94 +9,56 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::approval::Approver;
 use crate::clock::now_ms;
 use crate::cloud::{Cloud, CloudError};
-use crate::engine::{Engine, PlanLine, Progress, RetryPolicy};
-use crate::environment::Environment;
-use crate::event::{Event, RunStatus};
+use crate::engine::{Engine, PlanLine, RetryPolicy};
+use crate::environment::{EnvError, Environment};
+use crate::event::{Event, RunState};
+use crate::identity::{host, operator};
 use crate::recorder::Recorder;
 use crate::reporter::{self, Mode};
 use crate::runbook::{Runbook, RunbookError};
-use crate::state::{NewRun, RunRow, StateDb, StateError, StateHandle};
-use crate::steps::Approval;
+use crate::state::{AttemptRow, Holder, NewRun, Progress, RunRow, StateDb, StateError, StateHandle};
+use crate::status::StatusView;
+use crate::steps::Services;
 
-/// Errors at the CLI edge, each with its exit code.
+/// Errors at the CLI edge; `render` turns each into a message and an exit code.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CliError {
     #[error(transparent)]
     Runbook(#[from] RunbookError),
+    #[error(transparent)]
+    Environment(#[from] EnvError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
     Cloud(#[from] CloudError),
     #[error("{0}")]
     Usage(String),
+    /// After the run was recorded: not bad input, a failure of the run.
+    #[error("run {run}: {source}; `runbook status` shows where it stopped")]
+    Recorded { run: i64, source: StateError },
 }
 
-impl CliError {
-    pub(crate) fn exit_code(&self) -> i32 {
-        match self {
-            CliError::State(StateError::Locked { .. }) => 3,
-            _ => 2,
-        }
-    }
+/// What a command did, for `main.rs` to render as text or JSON.
+pub(crate) enum Outcome {
+    Run { run: i64, status: RunState, view: Option<StatusView>, write_error: Option<String> },
+    NothingToResume { run: i64, runbook: String },
+    Plan(Vec<PlanLine>),
+    Status(StatusView),
+    Logs { run: i64, step: String, attempts: Vec<AttemptRow> },
+    Graph(String),
+    Skipped { run: i64, step: String, reason: String },
+    Unlocked(Option<Holder>),
+    Ring(i32),
 }
 
 pub(crate) struct Globals {
     pub(crate) project: PathBuf,
     pub(crate) state: PathBuf,
     pub(crate) mode: Mode,
-    /// `--yes` on run, resume or retry.
-    pub(crate) yes: bool,
-}
-
-impl Globals {
-    fn approval(&self) -> Approval {
-        use std::io::IsTerminal;
-        if self.yes {
-            Approval::Given
-        } else if self.mode == Mode::Tty && std::io::stdin().is_terminal() {
-            Approval::Ask
-        } else {
-            Approval::Withheld
-        }
-    }
-}
-
-pub(crate) fn exit_code(status: RunStatus) -> i32 {
-    match status {
-        RunStatus::Done => 0,
-        RunStatus::Failed => 1,
-        RunStatus::Interrupted => 130,
-    }
-}
-
-/// Who runs this: RUNBOOK_OPERATOR, else the login name, else the account of our uid.
-fn operator() -> String {
-    if let Ok(name) = std::env::var("RUNBOOK_OPERATOR").or_else(|_| std::env::var("USER")) {
-        return name;
-    }
-    // SAFETY: getuid(2) cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() }.to_string();
-    std::fs::read_to_string("/etc/passwd")
-        .ok()
-        .and_then(|passwd| {
-            passwd.lines().find_map(|line| {
-                let fields: Vec<&str> = line.split(':').collect();
-                (fields.get(2) == Some(&uid.as_str())).then(|| fields[0].to_string())
-            })
-        })
-        .unwrap_or_else(|| format!("uid {uid}"))
-}
-
-pub(crate) fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn pid() -> i64 {
-    i64::from(std::process::id())
+    pub(crate) approver: Approver,
 }
 
 pub(crate) fn parse_vars(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
@@ -111,46 +74,51 @@ pub(crate) fn parse_vars(pairs: &[String]) -> Result<BTreeMap<String, String>, C
 
 /// Takes the lock and proves the cloud before anything is written; releases the lock again
 /// if the cloud is not there.
-async fn lock_and_connect(db: &mut StateDb, env: &Environment) -> Result<(Cloud, Option<(String, i64)>), CliError> {
-    let taken_over = db.acquire_lock(&host(), pid())?;
+async fn lock_and_connect(db: &mut StateDb, env: &Environment, me: &Holder) -> Result<(Cloud, Vec<Event>), CliError> {
+    let taken_over = db.acquire_lock(me)?;
     let cloud = Cloud::connect(env).await;
     if let Err(e) = cloud.preflight(env).await {
-        let _ = db.release_lock(pid());
+        let _ = db.release_lock(me);
         return Err(e.into());
     }
-    Ok((cloud, taken_over))
+    let notes = taken_over
+        .map(|h| Event::LockTakenOver { previous_host: h.host, previous_pid: h.pid })
+        .into_iter()
+        .collect();
+    Ok((cloud, notes))
 }
 
-pub(crate) async fn run(g: &Globals, runbook: &str, env: &str, vars: BTreeMap<String, String>) -> Result<i32, CliError> {
+pub(crate) async fn run(g: &Globals, runbook: &str, env: &str, vars: BTreeMap<String, String>) -> Result<Outcome, CliError> {
     let env = Environment::load(&g.project, env)?;
     let book = Runbook::load(&g.project, runbook, &env, &vars)?;
     let mut db = StateDb::open(&g.state)?;
-    let (cloud, taken_over) = lock_and_connect(&mut db, &env).await?;
+    let me = Holder::me(&host());
+    let (cloud, notes) = lock_and_connect(&mut db, &env, &me).await?;
     let step_ids: Vec<String> = book.steps.iter().map(|s| s.id.clone()).collect();
-    let run = db.create_run(&NewRun {
+    let created = db.create_run(&NewRun {
         runbook: &book.name,
         env: &env.name,
         runbook_hash: &book.hash,
         inputs_hash: &book.inputs_hash,
         vars: &vars,
         operator: &operator(),
-        host: &host(),
+        host: &me.host,
         steps: &step_ids,
-    })?;
-    let mut preface = Vec::new();
-    if let Some((previous_host, previous_pid)) = taken_over {
-        preface.push(Event::LockTakenOver { previous_host, previous_pid });
-    }
-    drive(g, db, run, book, env, cloud, Progress::default(), false, preface).await
+    });
+    let run = match created {
+        Ok(run) => run,
+        Err(e) => {
+            let _ = db.release_lock(&me);
+            return Err(e.into());
+        }
+    };
+    drive(g, Drive { db, me, run, book, env, cloud, progress: Progress::default(), resumed: false, preface: notes }).await
 }
 
 /// The run to continue: the given one or the latest, with its runbook and environment loaded
 /// as they are now (a change since the run began is recorded, not refused).
 fn reopen(g: &Globals, db: &StateDb, run: Option<i64>) -> Result<(RunRow, Runbook, Environment, Vec<Event>), CliError> {
-    let row = match run {
-        Some(id) => db.run(id)?,
-        None => db.latest_run(None)?,
-    };
+    let row = db.run_or_latest(run)?;
     let env = Environment::load(&g.project, &row.env)?;
     let book = Runbook::load(&g.project, &row.runbook, &env, &row.vars)?;
     let mut notes = Vec::new();
@@ -163,105 +131,127 @@ fn reopen(g: &Globals, db: &StateDb, run: Option<i64>) -> Result<(RunRow, Runboo
     Ok((row, book, env, notes))
 }
 
-fn progress(db: &StateDb, run: i64) -> Result<Progress, StateError> {
-    let mut progress = Progress { outputs: db.outputs(run)?, ..Progress::default() };
-    for row in db.steps(run)? {
-        if matches!(row.state.as_str(), "applied" | "satisfied" | "skipped") {
-            progress.finished.insert(row.step.clone());
-        }
-        if row.in_doubt {
-            progress.in_doubt.insert(row.step.clone());
-        }
-        progress.attempts.insert(row.step, row.attempts as u32);
+pub(crate) async fn resume(g: &Globals, run: Option<i64>) -> Result<Outcome, CliError> {
+    let mut db = StateDb::open(&g.state)?;
+    let (row, book, env, notes) = reopen(g, &db, run)?;
+    if row.status == RunState::Done {
+        return Ok(Outcome::NothingToResume { run: row.id, runbook: row.runbook });
     }
-    Ok(progress)
+    let me = Holder::me(&host());
+    let (cloud, mut preface) = lock_and_connect(&mut db, &env, &me).await?;
+    preface.extend(notes);
+    let progress = db.progress(row.id).map_err(|source| CliError::Recorded { run: row.id, source })?;
+    drive(g, Drive { db, me, run: row.id, book, env, cloud, progress, resumed: true, preface }).await
 }
 
-pub(crate) async fn resume(g: &Globals, run: Option<i64>) -> Result<i32, CliError> {
+pub(crate) async fn retry(g: &Globals, step: &str, downstream: bool, run: Option<i64>) -> Result<Outcome, CliError> {
     let mut db = StateDb::open(&g.state)?;
-    let (row, book, env, mut notes) = reopen(g, &db, run)?;
-    if row.status == "done" {
-        println!("run {} of {} is done; nothing to resume (runbook run {} starts a new one)", row.id, row.runbook, row.runbook);
-        return Ok(0);
-    }
-    let (cloud, taken_over) = lock_and_connect(&mut db, &env).await?;
-    if let Some((previous_host, previous_pid)) = taken_over {
-        notes.insert(0, Event::LockTakenOver { previous_host, previous_pid });
-    }
-    let progress = progress(&db, row.id)?;
-    drive(g, db, row.id, book, env, cloud, progress, true, notes).await
-}
-
-pub(crate) async fn retry(g: &Globals, step: &str, downstream: bool, run: Option<i64>) -> Result<i32, CliError> {
-    let mut db = StateDb::open(&g.state)?;
-    let (row, book, env, mut notes) = reopen(g, &db, run)?;
+    let (row, book, env, notes) = reopen(g, &db, run)?;
     book.step(step)?;
     let mut reset = BTreeSet::from([step.to_string()]);
     if downstream {
         reset.extend(book.graph.downstream(step));
     }
-    let (cloud, taken_over) = lock_and_connect(&mut db, &env).await?;
-    if let Some((previous_host, previous_pid)) = taken_over {
-        notes.insert(0, Event::LockTakenOver { previous_host, previous_pid });
-    }
+    let me = Holder::me(&host());
+    let (cloud, mut preface) = lock_and_connect(&mut db, &env, &me).await?;
+    preface.extend(notes);
     for id in book.graph.topological().into_iter().filter(|id| reset.contains(id)) {
-        notes.push(Event::StepReset { step: id, reason: format!("runbook retry {step}"), operator: operator() });
+        preface.push(Event::StepReset { step: id, reason: format!("runbook retry {step}"), operator: operator() });
     }
     // The resets are recorded first, then progress is read back from the DB.
-    for note in notes.drain(..) {
-        db.record(Some(row.id), &note)?;
-    }
-    let progress = progress(&db, row.id)?;
-    drive(g, db, row.id, book, env, cloud, progress, true, notes).await
+    let recorded = |db: &mut StateDb, preface: &[Event]| -> Result<Progress, StateError> {
+        for note in preface {
+            db.record(Some(row.id), note)?;
+        }
+        db.progress(row.id)
+    };
+    let progress = recorded(&mut db, &preface).map_err(|source| CliError::Recorded { run: row.id, source })?;
+    drive(g, Drive { db, me, run: row.id, book, env, cloud, progress, resumed: true, preface: Vec::new() }).await
 }
 
-pub(crate) fn skip(g: &Globals, step: &str, reason: &str, run: Option<i64>) -> Result<i32, CliError> {
+pub(crate) fn skip(g: &Globals, step: &str, reason: &str, run: Option<i64>) -> Result<Outcome, CliError> {
     if reason.trim().is_empty() {
         return Err(CliError::Usage("--reason must say why the step is skipped; it goes into the audit log".into()));
     }
     let mut db = StateDb::open(&g.state)?;
     let (row, book, _, _) = reopen(g, &db, run)?;
     book.step(step)?;
-    db.acquire_lock(&host(), pid())?;
-    let recorded = db.record(
-        Some(row.id),
-        &Event::StepSkipped { step: step.to_string(), reason: reason.to_string(), operator: operator() },
-    );
-    db.release_lock(pid())?;
-    recorded?;
-    println!("{step} skipped in run {} ({reason}); `runbook resume` continues with what depends on it", row.id);
-    Ok(0)
+    let me = Holder::me(&host());
+    db.acquire_lock(&me)?;
+    let recorded =
+        db.record(Some(row.id), &Event::StepSkipped { step: step.to_string(), reason: reason.to_string(), operator: operator() });
+    let released = db.release_lock(&me);
+    recorded.and(released).map_err(|source| CliError::Recorded { run: row.id, source })?;
+    Ok(Outcome::Skipped { run: row.id, step: step.to_string(), reason: reason.to_string() })
 }
 
-pub(crate) fn unlock(g: &Globals) -> Result<i32, CliError> {
-    let mut db = StateDb::open(&g.state)?;
-    match db.break_lock()? {
-        Some((previous_host, previous_pid)) => {
-            db.record(None, &Event::LockBroken { previous_host: previous_host.clone(), previous_pid, operator: operator() })?;
-            println!("broke the run lock held by pid {previous_pid} on {previous_host} (recorded in the audit log)");
-        }
-        None => println!("no run lock is held"),
+pub(crate) fn unlock(g: &Globals, force: bool) -> Result<Outcome, CliError> {
+    if !force {
+        return Err(CliError::Usage("unlock breaks another run's lock; make sure that run is dead, then pass --force".into()));
     }
-    Ok(0)
+    let mut db = StateDb::open(&g.state)?;
+    let holder = db.break_lock()?;
+    if let Some(h) = &holder {
+        db.record(None, &Event::LockBroken { previous_host: h.host.clone(), previous_pid: h.pid, operator: operator() })?;
+    }
+    Ok(Outcome::Unlocked(holder))
 }
 
-pub(crate) async fn plan(g: &Globals, runbook: &str, env: &str, vars: BTreeMap<String, String>) -> Result<Vec<PlanLine>, CliError> {
+pub(crate) fn status(g: &Globals, run: Option<i64>) -> Result<Outcome, CliError> {
+    let db = StateDb::open(&g.state)?;
+    Ok(Outcome::Status(crate::status::view(&db, run, &host())?))
+}
+
+pub(crate) fn logs(g: &Globals, step: &str, attempt: Option<i64>, run: Option<i64>) -> Result<Outcome, CliError> {
+    let db = StateDb::open(&g.state)?;
+    let row = db.run_or_latest(run)?;
+    let attempts = db.attempts(row.id, step)?;
+    let have: Vec<String> = attempts.iter().map(|a| a.attempt.to_string()).collect();
+    let chosen: Vec<AttemptRow> = match attempt {
+        Some(n) => attempts.into_iter().filter(|a| a.attempt == n).collect(),
+        None => attempts.into_iter().last().into_iter().collect(),
+    };
+    if chosen.is_empty() {
+        return Err(CliError::Usage(format!(
+            "run {} has no attempt {} of step {step}; attempts: {}",
+            row.id,
+            attempt.map(|a| a.to_string()).unwrap_or_else(|| "at all".into()),
+            if have.is_empty() { "none".into() } else { have.join(", ") }
+        )));
+    }
+    Ok(Outcome::Logs { run: row.id, step: step.to_string(), attempts: chosen })
+}
+
+/// The graph as DOT (`mermaid` false) or Mermaid.
+pub(crate) fn graph(g: &Globals, runbook: &str, env: &str, mermaid: bool) -> Result<Outcome, CliError> {
+    let env = Environment::load(&g.project, env)?;
+    let book = Runbook::load(&g.project, runbook, &env, &BTreeMap::new())?;
+    let titles: BTreeMap<String, String> = book.steps.iter().map(|s| (s.id.clone(), s.title.clone())).collect();
+    Ok(Outcome::Graph(if mermaid { book.graph.to_mermaid(&titles) } else { book.graph.to_dot(&book.name, &titles) }))
+}
+
+pub(crate) async fn plan(g: &Globals, runbook: &str, env: &str, vars: BTreeMap<String, String>) -> Result<Outcome, CliError> {
     let env = Environment::load(&g.project, env)?;
     let book = Runbook::load(&g.project, runbook, &env, &vars)?;
     let cloud = Cloud::connect(&env).await;
     cloud.preflight(&env).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let reporter = reporter::spawn(if g.mode == Mode::Json { Mode::Json } else { Mode::Plain }, rx);
-    let lines =
-        crate::engine::plan(&book, Arc::new(env), Arc::new(cloud), Recorder::new(None, tx), Arc::new(g.project.clone())).await;
+    let services = Arc::new(Services {
+        env: Arc::new(env),
+        cloud: Arc::new(cloud),
+        project: Arc::new(g.project.clone()),
+        approver: Approver::Withheld,
+    });
+    let lines = crate::engine::plan(&book, services, Recorder::new(None, tx)).await;
     let _ = reporter.await;
-    Ok(lines)
+    Ok(Outcome::Plan(lines))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    g: &Globals,
+/// A run, ready to go: its lock held, its cloud proven.
+struct Drive {
     db: StateDb,
+    me: Holder,
     run: i64,
     book: Runbook,
     env: Environment,
@@ -269,70 +259,54 @@ async fn drive(
     progress: Progress,
     resumed: bool,
     preface: Vec<Event>,
-) -> Result<i32, CliError> {
+}
+
+async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
+    let Drive { db, me, run, book, env, cloud, progress, resumed, preface } = d;
     let state = StateHandle::spawn(db);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let reporter = reporter::spawn(g.mode, rx);
     let recorder = Recorder::new(Some((state.clone(), run)), tx);
     let started = now_ms();
     recorder
-        .emit(Event::RunStarted {
-            run,
-            runbook: book.name.clone(),
-            env: env.name.clone(),
-            operator: operator(),
-            host: host(),
-            resumed,
-        })
+        .emit(Event::RunStarted { run, runbook: book.name.clone(), env: env.name.clone(), operator: operator(), host: me.host.clone(), resumed })
         .await;
     for event in preface {
         recorder.emit(event).await;
     }
-    state.call(move |db| db.lock_run(pid(), run)).await?;
-    let beat = state.clone();
+    let holder = me.clone();
+    state.call(move |db| db.lock_run(&holder, run)).await.map_err(|source| CliError::Recorded { run, source })?;
+    let (beat, holder) = (state.clone(), me.clone());
     let heartbeat = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
             tick.tick().await;
-            let _ = beat.call(|db| db.heartbeat(pid())).await;
+            let holder = holder.clone();
+            let _ = beat.call(move |db| db.heartbeat(&holder)).await;
         }
     });
-
-    let engine = Engine {
-        runbook: Arc::new(book),
+    let services = Services {
         env: Arc::new(env),
         cloud: Arc::new(cloud),
-        recorder: recorder.clone(),
-        retry: RetryPolicy::default(),
         project: Arc::new(g.project.clone()),
-        approval: g.approval(),
+        approver: g.approver.clone(),
     };
+    let engine = Engine { runbook: Arc::new(book), services: Arc::new(services), recorder: recorder.clone(), retry: RetryPolicy::default() };
     let status = engine.run(progress, shutdown_signal()).await;
     heartbeat.abort();
-    recorder
-        .emit(Event::RunFinished { run, status, duration_ms: (now_ms() - started).max(0) as u64 })
-        .await;
+    recorder.emit(Event::RunFinished { run, status, duration_ms: (now_ms() - started).max(0) as u64 }).await;
     let write_error = recorder.write_error();
     drop(recorder);
     drop(engine);
     let _ = reporter.await;
     let view = state
         .call(move |db| {
-            let _ = db.release_lock(pid());
-            crate::status::view(db, Some(run), &host())
+            let _ = db.release_lock(&me);
+            crate::status::view(db, Some(run), &me.host)
         })
-        .await?;
-    if g.mode != Mode::Json {
-        print!("{}", crate::status::render(&view));
-    }
-    if let Some(error) = write_error {
-        eprintln!("error: the state DB could not be written: {error}");
-        return Ok(1);
-    }
-    if status == RunStatus::Interrupted {
-        eprintln!("interrupted: run {run} is recorded as interrupted; `runbook resume` continues it");
-    }
-    Ok(exit_code(status))
+        .await
+        .ok();
+    Ok(Outcome::Run { run, status, view, write_error })
 }
 
 /// Ctrl-C or SIGTERM.
@@ -344,17 +318,14 @@ async fn shutdown_signal() {
     }
 }
 
-pub(crate) fn ring(project: &Path, action: &str) -> Result<i32, CliError> {
+pub(crate) fn ring(project: &Path, action: &str) -> Result<Outcome, CliError> {
     let script = project.join("ring").join(format!("{action}.sh"));
     if !script.is_file() {
-        return Err(CliError::Usage(format!(
-            "{} not found: run runbook from the project folder or pass --project",
-            script.display()
-        )));
+        return Err(CliError::Usage(format!("{} not found: run runbook from the project folder or pass --project", script.display())));
     }
     let status = std::process::Command::new("bash")
         .arg(&script)
         .status()
         .map_err(|e| CliError::Usage(format!("cannot run {}: {e}", script.display())))?;
-    Ok(status.code().unwrap_or(1))
+    Ok(Outcome::Ring(status.code().unwrap_or(1)))
 }

@@ -2,24 +2,23 @@
 //! step contract to each (probe → intent → apply → verify), retrying retryable errors with
 //! backoff. A failed step stops its branch; running siblings finish; the run stays resumable.
 //!
-//! It emits events through the [`Recorder`] and never prints. Time and shutdown are injected:
-//! waits use `tokio::time` and the caller passes the cancellation future.
+//! It emits events through the [`Recorder`] and never prints; it reaches the cloud, the
+//! terminal and the clock only through what it is given ([`Services`], the steps, `tokio::time`,
+//! the cancellation future), so tests run it with fake steps in paused time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::cloud::Cloud;
-use crate::environment::Environment;
-use crate::event::{DoneOutcome, Event, Outputs, ProbeResult, RunStatus};
+use crate::event::{DoneOutcome, Event, Outputs, ProbeResult, RunState};
 use crate::recorder::Recorder;
 use crate::runbook::Runbook;
-use crate::steps::{Approval, Probe, StepContext, StepError, StepKind};
+use crate::state::Progress;
+use crate::steps::{AnyStep, Probe, Services, StepContext, StepError};
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RetryPolicy {
@@ -35,50 +34,25 @@ impl Default for RetryPolicy {
     }
 }
 
-/// What the state DB says about the run's steps when the engine starts.
-#[derive(Debug, Default)]
-pub(crate) struct Progress {
-    /// Steps that are done (applied, satisfied or skipped): not run again.
-    pub(crate) finished: BTreeSet<String>,
-    pub(crate) outputs: BTreeMap<String, Outputs>,
-    /// Attempts used so far, by step.
-    pub(crate) attempts: BTreeMap<String, u32>,
-    /// Steps whose last attempt recorded an intent and no outcome.
-    pub(crate) in_doubt: BTreeSet<String>,
-}
-
 pub(crate) struct Engine {
     pub(crate) runbook: Arc<Runbook>,
-    pub(crate) env: Arc<Environment>,
-    pub(crate) cloud: Arc<Cloud>,
+    pub(crate) services: Arc<Services>,
     pub(crate) recorder: Recorder,
     pub(crate) retry: RetryPolicy,
-    pub(crate) project: Arc<PathBuf>,
-    pub(crate) approval: Approval,
 }
 
 /// Everything a step task needs, shared.
 struct Shared {
-    env: Arc<Environment>,
-    cloud: Arc<Cloud>,
+    services: Arc<Services>,
     recorder: Recorder,
     retry: RetryPolicy,
-    project: Arc<PathBuf>,
-    approval: Approval,
 }
 
 impl Engine {
     /// Runs every step not yet finished, until all are done, one fails (its branch stops,
     /// the rest go on), the state DB cannot be written, or `cancel` resolves.
-    pub(crate) async fn run(&self, mut progress: Progress, cancel: impl Future<Output = ()>) -> RunStatus {
-        let shared = Arc::new(Shared {
-            env: self.env.clone(),
-            cloud: self.cloud.clone(),
-            recorder: self.recorder.clone(),
-            retry: self.retry,
-            project: self.project.clone(),
-            approval: self.approval,
-        });
+    pub(crate) async fn run(&self, mut progress: Progress, cancel: impl Future<Output = ()>) -> RunState {
+        let shared = Arc::new(Shared { services: self.services.clone(), recorder: self.recorder.clone(), retry: self.retry });
         let graph = &self.runbook.graph;
         let mut running: JoinSet<(String, Option<Outputs>)> = JoinSet::new();
         let mut in_flight = BTreeSet::new();
@@ -94,10 +68,10 @@ impl Engine {
                     in_flight.insert(id.clone());
                     let first = progress.attempts.get(&id).copied().unwrap_or(0) + 1;
                     let in_doubt = progress.in_doubt.contains(&id);
-                    let kind = step.typed(&progress.outputs);
+                    let typed = step.typed(self.runbook.registry, &progress.outputs);
                     let shared = shared.clone();
                     running.spawn(async move {
-                        let outputs = run_step(&shared, &step.id, &step.title, kind, first, in_doubt).await;
+                        let outputs = run_step(&shared, &step.id, &step.title, typed, first, in_doubt).await;
                         (step.id, outputs)
                     });
                 }
@@ -109,7 +83,7 @@ impl Engine {
                 () = &mut cancel => {
                     running.abort_all();
                     while running.join_next().await.is_some() {}
-                    return RunStatus::Interrupted;
+                    return RunState::Interrupted;
                 }
                 Some(joined) = running.join_next() => {
                     let (id, outputs) = match joined {
@@ -143,9 +117,9 @@ impl Engine {
             self.recorder.emit(Event::StepBlocked { step, by }).await;
         }
         if failed.is_empty() && self.recorder.write_error().is_none() && progress.finished.len() == self.runbook.steps.len() {
-            RunStatus::Done
+            RunState::Done
         } else {
-            RunStatus::Failed
+            RunState::Failed
         }
     }
 }
@@ -155,22 +129,14 @@ async fn run_step(
     shared: &Shared,
     id: &str,
     title: &str,
-    kind: Result<StepKind, String>,
+    typed: Result<Box<dyn AnyStep>, String>,
     first_attempt: u32,
     in_doubt: bool,
 ) -> Option<Outputs> {
     let mut attempt = first_attempt;
     let mut delay = shared.retry.first_delay;
     loop {
-        let cx = StepContext {
-            step: id.to_string(),
-            attempt,
-            env: shared.env.clone(),
-            cloud: shared.cloud.clone(),
-            recorder: shared.recorder.clone(),
-            project: shared.project.clone(),
-            approval: shared.approval,
-        };
+        let cx = StepContext::new(&shared.services, id, attempt, shared.recorder.clone());
         let started = Instant::now();
         shared
             .recorder
@@ -181,8 +147,8 @@ async fn run_step(
                 in_doubt: in_doubt && attempt == first_attempt,
             })
             .await;
-        let result = match &kind {
-            Ok(kind) => one_attempt(&cx, kind).await,
+        let result = match &typed {
+            Ok(step) => one_attempt(&cx, step.as_ref()).await,
             // Preconditions: the inputs from upstream steps are missing or do not type-check.
             Err(why) => Err(StepError::fatal(
                 format!("preconditions: {why}"),
@@ -240,8 +206,8 @@ async fn run_step(
     }
 }
 
-async fn one_attempt(cx: &StepContext, kind: &StepKind) -> Result<(DoneOutcome, Outputs), StepError> {
-    match probe_and_report(cx, kind).await? {
+async fn one_attempt(cx: &StepContext, step: &dyn AnyStep) -> Result<(DoneOutcome, Outputs), StepError> {
+    match probe_and_report(cx, step).await? {
         Probe::Satisfied(outputs) => Ok((DoneOutcome::Satisfied, outputs)),
         Probe::Conflict(why) => Err(conflict(cx, why)),
         Probe::Absent(what) => {
@@ -255,17 +221,16 @@ async fn one_attempt(cx: &StepContext, kind: &StepKind) -> Result<(DoneOutcome, 
                 ));
             }
             cx.checkpoint("intent");
-            kind.apply(cx).await?;
+            step.apply(cx).await?;
             cx.checkpoint("applied");
-            let outputs = converge(cx, kind).await?;
-            kind.verify(cx).await?;
+            let outputs = converge(cx, step).await?;
             Ok((DoneOutcome::Applied, outputs))
         }
     }
 }
 
-async fn probe_and_report(cx: &StepContext, kind: &StepKind) -> Result<Probe, StepError> {
-    let probe = kind.probe(cx).await?;
+async fn probe_and_report(cx: &StepContext, step: &dyn AnyStep) -> Result<Probe, StepError> {
+    let probe = step.probe(cx).await?;
     let (result, detail) = match &probe {
         Probe::Satisfied(_) => (ProbeResult::Satisfied, "already in the desired state".to_string()),
         Probe::Absent(what) => (ProbeResult::Absent, what.clone()),
@@ -284,14 +249,14 @@ fn conflict(cx: &StepContext, why: String) -> StepError {
     )
 }
 
-/// The verify probe: the probe again until it is satisfied, bounded, with progress.
-async fn converge(cx: &StepContext, kind: &StepKind) -> Result<Outputs, StepError> {
-    let limit = kind.converge_within();
+/// The verify: until it is satisfied, bounded, with progress.
+async fn converge(cx: &StepContext, step: &dyn AnyStep) -> Result<Outputs, StepError> {
+    let limit = step.converge_within();
     let started = Instant::now();
     // Short first pauses: most things converge in about a second (a task restart).
     let mut pause = Duration::from_millis(200);
     loop {
-        let still = match kind.probe(cx).await {
+        let still = match step.verify(cx).await {
             Ok(Probe::Satisfied(outputs)) => {
                 cx.recorder
                     .emit(Event::StepProbed {
@@ -329,53 +294,65 @@ async fn converge(cx: &StepContext, kind: &StepKind) -> Result<Outputs, StepErro
     }
 }
 
+/// What `plan` found for a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PlanVerdict {
+    Satisfied,
+    WouldApply,
+    Conflict,
+    /// Its inputs come from steps that have not run.
+    AfterUpstream,
+    Error,
+}
+
+impl PlanVerdict {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PlanVerdict::Satisfied => "satisfied",
+            PlanVerdict::WouldApply => "would_apply",
+            PlanVerdict::Conflict => "conflict",
+            PlanVerdict::AfterUpstream => "after_upstream",
+            PlanVerdict::Error => "error",
+        }
+    }
+}
+
 /// One line of `runbook plan`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct PlanLine {
     pub(crate) step: String,
     pub(crate) title: String,
-    /// `satisfied`, `would_apply`, `conflict`, `after_upstream` or `error`.
-    pub(crate) verdict: &'static str,
+    pub(crate) verdict: PlanVerdict,
     pub(crate) detail: String,
 }
 
 /// Runs every probe that can run, read-only, in dependency order.
-pub(crate) async fn plan(
-    runbook: &Runbook,
-    env: Arc<Environment>,
-    cloud: Arc<Cloud>,
-    recorder: Recorder,
-    project: Arc<PathBuf>,
-) -> Vec<PlanLine> {
+pub(crate) async fn plan(runbook: &Runbook, services: Arc<Services>, recorder: Recorder) -> Vec<PlanLine> {
     let mut outputs: BTreeMap<String, Outputs> = BTreeMap::new();
     let mut lines = Vec::new();
     for id in runbook.graph.topological() {
         let step = runbook.step(&id).expect("topological ids are steps");
-        let cx = StepContext {
-            step: id.clone(),
-            attempt: 0,
-            env: env.clone(),
-            cloud: cloud.clone(),
-            recorder: recorder.clone(),
-            project: project.clone(),
-            approval: Approval::Withheld,
-        };
-        let (verdict, detail) = match step.typed(&outputs) {
+        let cx = StepContext::new(&services, &id, 0, recorder.clone());
+        let (verdict, detail) = match step.typed(runbook.registry, &outputs) {
             Err(_) => {
                 let waiting: Vec<String> = step.needs.iter().filter(|n| !outputs.contains_key(*n)).cloned().collect();
-                ("after_upstream", format!("probed once {} exist", waiting.join(", ")))
+                (PlanVerdict::AfterUpstream, format!("probed once {} exist", waiting.join(", ")))
             }
-            Ok(kind) => match kind.probe(&cx).await {
+            Ok(typed) => match typed.probe(&cx).await {
                 Ok(Probe::Satisfied(o)) => {
                     outputs.insert(id.clone(), o);
-                    ("satisfied", "nothing to do".to_string())
+                    (PlanVerdict::Satisfied, "nothing to do".to_string())
                 }
-                Ok(Probe::Absent(what)) => ("would_apply", what),
-                Ok(Probe::Conflict(why)) => ("conflict", why),
-                Err(e) => ("error", e.to_string()),
+                Ok(Probe::Absent(what)) => (PlanVerdict::WouldApply, what),
+                Ok(Probe::Conflict(why)) => (PlanVerdict::Conflict, why),
+                Err(e) => (PlanVerdict::Error, e.to_string()),
             },
         };
         lines.push(PlanLine { step: id, title: step.title.clone(), verdict, detail });
     }
     lines
 }
+
+#[cfg(test)]
+mod tests;

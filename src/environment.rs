@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::runbook::RunbookError;
+use crate::project::{LookupError, Named};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +36,19 @@ pub(crate) struct Environment {
     pub(crate) address_map: BTreeMap<String, String>,
     #[serde(skip)]
     pub(crate) path: PathBuf,
+    /// sha256 of the file as it was read.
+    #[serde(skip)]
+    pub(crate) hash: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EnvError {
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -57,26 +70,15 @@ pub(crate) struct EmulatorCredentials {
 }
 
 impl Environment {
-    pub(crate) fn load(project: &Path, name: &str) -> Result<Self, RunbookError> {
-        let dir = project.join("runbooks").join("environments");
-        let path = dir.join(format!("{name}.toml"));
-        if !valid_name(name) || !path.is_file() {
-            return Err(RunbookError::UnknownEnvironment {
-                name: name.to_string(),
-                available: list_toml_stems(&dir),
-            });
-        }
-        let text = std::fs::read_to_string(&path).map_err(|source| RunbookError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let mut env: Environment = toml::from_str(&text).map_err(|e| RunbookError::Parse {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        env.path = path.clone();
+    pub(crate) fn load(project: &Path, name: &str) -> Result<Self, EnvError> {
+        let file = Named::Environment.read(project, name)?;
+        let path = file.path.clone();
+        let mut env: Environment =
+            toml::from_str(&file.text).map_err(|e| EnvError::Parse { path: path.clone(), message: e.to_string() })?;
+        env.path = file.path;
+        env.hash = file.hash;
         if env.name != name {
-            return Err(RunbookError::Invalid {
+            return Err(EnvError::Invalid {
                 path,
                 message: format!(
                     "the file says name = \"{}\" but is named {name}.toml; make them agree",
@@ -85,7 +87,7 @@ impl Environment {
             });
         }
         if env.aws.emulator_credentials.is_some() && !env.loopback_only {
-            return Err(RunbookError::Invalid {
+            return Err(EnvError::Invalid {
                 path,
                 message: "[aws.emulator_credentials] is only for an emulator: set \
                           loopback_only = true, or remove it and use the AWS credential chain"
@@ -94,7 +96,7 @@ impl Environment {
         }
         for (from, to) in &env.address_map {
             if parse_host_port(from).is_none() || to.parse::<SocketAddr>().is_err() {
-                return Err(RunbookError::Invalid {
+                return Err(EnvError::Invalid {
                     path,
                     message: format!(
                         "[address_map] \"{from}\" = \"{to}\": write \"host:port\" = \"ip:port\""
@@ -153,28 +155,6 @@ fn host_matches(pattern: &str, host: &str) -> bool {
     }
 }
 
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !name.starts_with('.')
-}
-
-pub(crate) fn list_toml_stems(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let p = e.path();
-            (p.extension()? == "toml").then(|| p.file_stem()?.to_str().map(String::from))?
-        })
-        .collect();
-    names.sort();
-    names
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +173,7 @@ mod tests {
                 "127.0.0.1:15432".to_string(),
             )]),
             path: PathBuf::from("local.toml"),
+            hash: String::new(),
         }
     }
 

@@ -31,6 +31,8 @@ pub(crate) enum Event {
     StepRetrying { step: String, attempt: u32, error: String, delay_ms: u64 },
     /// A change waits for the operator's yes on the terminal.
     ApprovalRequested { step: String, summary: String },
+    /// The answer to a change that needed approval: who, how, and the summary they saw.
+    ApprovalAnswered { step: String, summary: String, operator: String, via: String, approved: bool },
     StepDone { step: String, attempt: u32, outcome: DoneOutcome, outputs: Outputs, duration_ms: u64 },
     StepFailed { step: String, attempt: u32, error: String, fix: Option<String>, duration_ms: u64 },
     StepBlocked { step: String, by: String },
@@ -38,7 +40,7 @@ pub(crate) enum Event {
     StepReset { step: String, reason: String, operator: String },
     LockTakenOver { previous_host: String, previous_pid: i64 },
     LockBroken { previous_host: String, previous_pid: i64, operator: String },
-    RunFinished { run: i64, status: RunStatus, duration_ms: u64 },
+    RunFinished { run: i64, status: RunState, duration_ms: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,21 +60,71 @@ pub(crate) enum DoneOutcome {
     Applied,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum RunStatus {
-    Done,
-    Failed,
-    Interrupted,
+/// Defines a state enum stored as text: its SQL spelling, parsing it back, and `--json`.
+macro_rules! text_states {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub(crate) enum $name {
+            $($(#[$vmeta])* $variant),*
+        }
+
+        impl $name {
+            #[cfg(test)]
+            pub(crate) const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            pub(crate) fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),*
+                }
+            }
+
+            pub(crate) fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($text => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
 
-impl RunStatus {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Done => "done",
-            RunStatus::Failed => "failed",
-            RunStatus::Interrupted => "interrupted",
-        }
+text_states! {
+    /// Where a run is. `running` with a dead holder is shown as `died` by `status`.
+    RunState {
+        Running = "running",
+        Done = "done",
+        Failed = "failed",
+        Interrupted = "interrupted",
+        /// Recorded as running, but no live process holds its lock (kill -9, power cut).
+        Died = "died",
+    }
+}
+
+text_states! {
+    /// Where a step of a run is.
+    StepState {
+        Pending = "pending",
+        Running = "running",
+        Applied = "applied",
+        Satisfied = "satisfied",
+        Skipped = "skipped",
+        Failed = "failed",
+        Blocked = "blocked",
+    }
+}
+
+impl StepState {
+    /// Done for the run: not run again on resume.
+    pub(crate) fn is_finished(self) -> bool {
+        matches!(self, StepState::Applied | StepState::Satisfied | StepState::Skipped)
     }
 }
 
@@ -88,6 +140,7 @@ impl Event {
             Event::StepWaiting { .. } => "step_waiting",
             Event::StepRetrying { .. } => "step_retrying",
             Event::ApprovalRequested { .. } => "approval_requested",
+            Event::ApprovalAnswered { .. } => "approval_answered",
             Event::StepDone { .. } => "step_done",
             Event::StepFailed { .. } => "step_failed",
             Event::StepBlocked { .. } => "step_blocked",
@@ -108,6 +161,7 @@ impl Event {
             | Event::StepWaiting { step, .. }
             | Event::StepRetrying { step, .. }
             | Event::ApprovalRequested { step, .. }
+            | Event::ApprovalAnswered { step, .. }
             | Event::StepDone { step, .. }
             | Event::StepFailed { step, .. }
             | Event::StepBlocked { step, .. }
@@ -120,5 +174,47 @@ impl Event {
     /// Progress ticks are shown but not kept: the DB keeps transitions.
     pub(crate) fn is_ephemeral(&self) -> bool {
         matches!(self, Event::StepWaiting { .. })
+    }
+
+    /// Committed before the engine goes on. The others (a step starting, a probe's answer, a
+    /// log line) may be group-committed: a crash loses at most the last few milliseconds of
+    /// them, never an intent or an outcome.
+    pub(crate) fn is_durable(&self) -> bool {
+        !matches!(
+            self,
+            Event::StepStarted { .. }
+                | Event::StepProbed { .. }
+                | Event::StepLog { .. }
+                | Event::StepWaiting { .. }
+                | Event::ApprovalRequested { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_read_back_what_they_write() {
+        for state in RunState::ALL {
+            assert_eq!(RunState::parse(state.as_str()), Some(*state));
+        }
+        for state in StepState::ALL {
+            assert_eq!(StepState::parse(state.as_str()), Some(*state));
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        assert_eq!(StepState::parse("done-ish"), None);
+        let finished: Vec<&str> = StepState::ALL.iter().filter(|s| s.is_finished()).map(|s| s.as_str()).collect();
+        assert_eq!(finished, ["applied", "satisfied", "skipped"]);
+    }
+
+    #[test]
+    fn only_intents_and_outcomes_and_decisions_wait_for_the_disk() {
+        let step = || "T2.1".to_string();
+        assert!(Event::StepIntent { step: step(), attempt: 1, action: "a".into() }.is_durable());
+        assert!(Event::StepFailed { step: step(), attempt: 1, error: "e".into(), fix: None, duration_ms: 0 }.is_durable());
+        assert!(!Event::StepLog { step: step(), attempt: 1, line: "l".into() }.is_durable());
+        assert!(!Event::StepStarted { step: step(), attempt: 1, title: "t".into(), in_doubt: false }.is_durable());
     }
 }

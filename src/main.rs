@@ -3,14 +3,23 @@
 //!
 //! Exit codes: 0 done, 1 a step failed, 2 bad input, 3 locked by another run, 130 interrupted.
 
+mod approval;
 mod clock;
 mod cloud;
 mod commands;
+mod crash;
+mod emulator;
 mod engine;
 mod environment;
+mod error_chain;
 mod event;
 mod graph;
+mod health;
+mod identity;
+mod image_tag;
+mod project;
 mod recorder;
+mod render;
 mod reporter;
 mod runbook;
 mod secret;
@@ -18,12 +27,13 @@ mod state;
 mod status;
 mod steps;
 
-use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::commands::{CliError, Globals};
+use crate::approval::Approver;
+use crate::commands::{CliError, Globals, Outcome};
 use crate::reporter::Mode;
 
 #[derive(Parser)]
@@ -147,109 +157,32 @@ fn main() {
     let yes = matches!(cli.command, Command::Run { yes: true, .. } | Command::Resume { yes: true, .. } | Command::Retry { yes: true, .. });
     // Absolute, because steps run tools (terraform) in other folders.
     let project = std::fs::canonicalize(&cli.project).unwrap_or_else(|_| cli.project.clone());
-    let globals = Globals { project, state: cli.state.clone(), mode: Mode::detect(cli.json), yes };
+    let mode = Mode::detect(cli.json);
+    let interactive = mode == Mode::Tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let approver = Approver::choose(yes, interactive, &identity::operator());
+    let globals = Globals { project, state: cli.state.clone(), mode, approver };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
-    let code = match runtime.block_on(dispatch(&globals, cli.command)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e}");
-            e.exit_code()
-        }
+    let rendered = match runtime.block_on(dispatch(&globals, cli.command)) {
+        Ok(outcome) => render::outcome(&outcome, mode == Mode::Json),
+        Err(e) => render::error(&e),
     };
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    std::process::exit(code);
+    let _ = std::io::stdout().write_all(rendered.stdout.as_bytes());
+    let _ = std::io::stderr().write_all(rendered.stderr.as_bytes());
+    std::process::exit(rendered.code);
 }
 
-async fn dispatch(g: &Globals, command: Command) -> Result<i32, CliError> {
+async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
     match command {
-        Command::Run { runbook, env, vars, .. } => {
-            let vars = commands::parse_vars(&vars)?;
-            commands::run(g, &runbook, &env, vars).await
-        }
-        Command::Plan { runbook, env, vars } => {
-            let vars = commands::parse_vars(&vars)?;
-            let lines = commands::plan(g, &runbook, &env, vars).await?;
-            if g.mode == Mode::Json {
-                println!("{}", serde_json::json!({ "plan": lines }));
-            } else {
-                println!("{:<8} {:<14} DETAIL", "STEP", "VERDICT");
-                for line in &lines {
-                    println!("{:<8} {:<14} {}: {}", line.step, line.verdict, line.title, line.detail);
-                }
-                let changes = lines.iter().filter(|l| l.verdict != "satisfied").count();
-                println!("{changes} of {} steps would act or wait for inputs; nothing was changed", lines.len());
-            }
-            let conflicts = lines.iter().any(|l| matches!(l.verdict, "conflict" | "error"));
-            Ok(if conflicts { 1 } else { 0 })
-        }
+        Command::Run { runbook, env, vars, .. } => commands::run(g, &runbook, &env, commands::parse_vars(&vars)?).await,
+        Command::Plan { runbook, env, vars } => commands::plan(g, &runbook, &env, commands::parse_vars(&vars)?).await,
         Command::Resume { run, .. } => commands::resume(g, run).await,
-        Command::Status { run } => {
-            let db = state::StateDb::open(&g.state)?;
-            let view = status::view(&db, run, &commands::host())?;
-            if g.mode == Mode::Json {
-                println!("{}", serde_json::to_string_pretty(&view).unwrap_or_default());
-            } else {
-                print!("{}", status::render(&view));
-            }
-            Ok(0)
-        }
-        Command::Logs { step, attempt, run } => {
-            let db = state::StateDb::open(&g.state)?;
-            let row = match run {
-                Some(id) => db.run(id)?,
-                None => db.latest_run(None)?,
-            };
-            let attempts = db.attempts(row.id, &step)?;
-            let chosen: Vec<_> = match attempt {
-                Some(n) => attempts.iter().filter(|a| a.attempt == n).collect(),
-                None => attempts.last().into_iter().collect(),
-            };
-            if chosen.is_empty() {
-                let have: Vec<String> = attempts.iter().map(|a| a.attempt.to_string()).collect();
-                return Err(CliError::Usage(format!(
-                    "run {} has no attempt {} of step {step}; attempts: {}",
-                    row.id,
-                    attempt.map(|a| a.to_string()).unwrap_or_else(|| "at all".into()),
-                    if have.is_empty() { "none".into() } else { have.join(", ") }
-                )));
-            }
-            for a in chosen {
-                if g.mode == Mode::Json {
-                    println!("{}", serde_json::to_string(a).unwrap_or_default());
-                    continue;
-                }
-                println!(
-                    "== run {} step {step} attempt {} — started {}, outcome {}{}",
-                    row.id,
-                    a.attempt,
-                    clock::format_utc(a.started_at),
-                    a.outcome.as_deref().unwrap_or(if a.intent_at.is_some() { "in doubt" } else { "none" }),
-                    a.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
-                );
-                print!("{}", a.log);
-            }
-            Ok(0)
-        }
+        Command::Status { run } => commands::status(g, run),
+        Command::Logs { step, attempt, run } => commands::logs(g, &step, attempt, run),
         Command::Retry { step, downstream, run, .. } => commands::retry(g, &step, downstream, run).await,
         Command::Skip { step, reason, run } => commands::skip(g, &step, &reason, run),
-        Command::Graph { runbook, format, env } => {
-            let env = environment::Environment::load(&g.project, &env)?;
-            let book = runbook::Runbook::load(&g.project, &runbook, &env, &BTreeMap::new())?;
-            let titles: BTreeMap<String, String> = book.steps.iter().map(|s| (s.id.clone(), s.title.clone())).collect();
-            match format {
-                GraphFormat::Dot => print!("{}", book.graph.to_dot(&book.name, &titles)),
-                GraphFormat::Mermaid => print!("{}", book.graph.to_mermaid(&titles)),
-            }
-            Ok(0)
-        }
-        Command::Unlock { force } => {
-            if !force {
-                return Err(CliError::Usage(
-                    "unlock breaks another run's lock; make sure that run is dead, then pass --force".into(),
-                ));
-            }
-            commands::unlock(g)
-        }
+        Command::Graph { runbook, format, env } => commands::graph(g, &runbook, &env, matches!(format, GraphFormat::Mermaid)),
+        Command::Unlock { force } => commands::unlock(g, force),
         Command::Ring { action } => {
             let name = match action {
                 RingAction::Setup => "setup",

@@ -1,16 +1,18 @@
-//! Where a run's events go: first the state DB (awaited, so a transition is on disk before
-//! the engine acts on it), then the reporter. `plan` records nothing and only reports.
+//! Where a run's events go: first the state DB, then the reporter. Durable events (an intent,
+//! an outcome) are committed before `emit` returns, so a transition is on disk before the
+//! engine acts on it; the rest (starts, probes, log lines) are group-committed without
+//! waiting. `plan` records nothing and only reports.
 
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::event::Event;
-use crate::state::{StateError, StateHandle};
+use crate::state::{StateHandle, WriteError};
 
 #[derive(Clone)]
 pub(crate) struct Recorder {
     state: Option<(StateHandle, i64)>,
     report: UnboundedSender<Event>,
-    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    failed: WriteError,
 }
 
 impl Recorder {
@@ -23,12 +25,12 @@ impl Recorder {
     /// not act.
     pub(crate) async fn emit(&self, event: Event) {
         if let Some((state, run)) = &self.state {
-            let run = *run;
-            let stored = event.clone();
-            let result: Result<(), StateError> = state.call(move |db| db.record(Some(run), &stored)).await;
-            if let Err(e) = result {
-                let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-                failed.get_or_insert_with(|| e.to_string());
+            if event.is_durable() {
+                if let Err(e) = state.record(*run, event.clone()).await {
+                    self.failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+                }
+            } else if !event.is_ephemeral() {
+                state.record_later(*run, event.clone(), self.failed.clone());
             }
         }
         let _ = self.report.send(event);

@@ -82,6 +82,12 @@ fn describe(event: &Event) -> Option<String> {
         Event::ApprovalRequested { step, summary } => {
             format!("{step} needs approval: {summary}\n    type yes to apply, anything else to stop (the run stays resumable): ")
         }
+        Event::ApprovalAnswered { step, summary, operator, via, approved: true } => {
+            format!("{step} approved by {via} ({operator}): {summary}")
+        }
+        Event::ApprovalAnswered { step, summary, operator, via, approved: false } => {
+            format!("{step} not approved by {operator} at {via}: {summary}")
+        }
         Event::StepRetrying { step, error, delay_ms, .. } => {
             format!("{step} retryable error, again in {}: {error}", format_duration(*delay_ms as i64))
         }

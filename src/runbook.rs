@@ -9,29 +9,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
-use crate::environment::{Environment, list_toml_stems, valid_name};
+use crate::environment::Environment;
 use crate::graph::Graph;
-use crate::steps::{self, StepKind};
+use crate::project::{LookupError, Named, NamedFile, sha256_hex};
+use crate::steps::{self, AnyStep, Kind};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum RunbookError {
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
     #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
     #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
-    #[error("no runbook named `{name}`; available: {}", available.join(", "))]
-    UnknownRunbook { name: String, available: Vec<String> },
-    #[error(
-        "no environment named `{name}`; available: {} (files in runbooks/environments/)",
-        available.join(", ")
-    )]
-    UnknownEnvironment { name: String, available: Vec<String> },
-    #[error("{}: step {step}: unknown kind `{kind}`; known kinds: {}", path.display(), steps::KINDS.join(", "))]
-    UnknownKind { path: PathBuf, step: String, kind: String },
+    #[error("{}: step {step}: unknown kind `{kind}`; known kinds: {}", path.display(), known.join(", "))]
+    UnknownKind { path: PathBuf, step: String, kind: String, known: Vec<&'static str> },
     #[error("{}: step {step} ({kind}): params: {message}", path.display())]
     Params { path: PathBuf, step: String, kind: String, message: String },
     #[error(
@@ -94,7 +87,6 @@ pub(crate) struct Step {
     pub(crate) params: toml::Value,
 }
 
-#[derive(Debug)]
 pub(crate) struct Runbook {
     pub(crate) name: String,
     #[allow(dead_code)] // for readers of the file; kept so that deny_unknown_fields accepts it
@@ -106,114 +98,71 @@ pub(crate) struct Runbook {
     pub(crate) hash: String,
     /// sha256 of the environment file and the `--var` overrides.
     pub(crate) inputs_hash: String,
+    /// The kinds its steps are typed with.
+    pub(crate) registry: &'static [Kind],
 }
 
 impl Runbook {
+    /// `runbooks/<name>.toml` of `project`, validated against `env` and the `--var` overrides.
     pub(crate) fn load(
         project: &Path,
         name: &str,
         env: &Environment,
         overrides: &BTreeMap<String, String>,
     ) -> Result<Self, RunbookError> {
-        let dir = project.join("runbooks");
-        let path = dir.join(format!("{name}.toml"));
-        if !valid_name(name) || !path.is_file() {
-            return Err(RunbookError::UnknownRunbook {
-                name: name.to_string(),
-                available: list_toml_stems(&dir),
-            });
-        }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| RunbookError::Read { path: path.clone(), source })?;
-        let file: RunbookFile = toml::from_str(&text)
-            .map_err(|e| RunbookError::Parse { path: path.clone(), message: e.to_string() })?;
-        if file.name != name {
+        let file = Named::Runbook.read(project, name)?;
+        Self::from_file(steps::KINDS, file, name, env, overrides)
+    }
+
+    /// Validates a runbook file whose kinds come from `registry`; touches nothing.
+    pub(crate) fn from_file(
+        registry: &'static [Kind],
+        file: NamedFile,
+        name: &str,
+        env: &Environment,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self, RunbookError> {
+        let path = file.path.clone();
+        let parsed: RunbookFile =
+            toml::from_str(&file.text).map_err(|e| RunbookError::Parse { path: path.clone(), message: e.to_string() })?;
+        if parsed.name != name {
             return Err(RunbookError::Invalid {
                 path,
-                message: format!(
-                    "the file says name = \"{}\" but is named {name}.toml; make them agree",
-                    file.name
-                ),
+                message: format!("the file says name = \"{}\" but is named {name}.toml; make them agree", parsed.name),
             });
         }
-
-        for (var, value) in overrides {
-            if var == "image_tag" && value == "latest" {
-                return Err(RunbookError::LatestTag { where_: "--var image_tag".into() });
-            }
+        if overrides.get("image_tag").is_some_and(|v| v == "latest") {
+            return Err(RunbookError::LatestTag { where_: "--var image_tag".into() });
         }
-
-        let ids: BTreeSet<&str> = file.steps.iter().map(|s| s.id.as_str()).collect();
-        if ids.len() != file.steps.len() {
-            let mut seen = BTreeSet::new();
-            let dup = file.steps.iter().find(|s| !seen.insert(&s.id)).map(|s| s.id.clone());
-            return Err(RunbookError::Invalid {
-                path,
-                message: format!("step id `{}` appears twice; ids must be unique", dup.unwrap_or_default()),
-            });
-        }
-        for step in &file.steps {
-            if !steps::KINDS.contains(&step.kind.as_str()) {
-                return Err(RunbookError::UnknownKind {
-                    path,
-                    step: step.id.clone(),
-                    kind: step.kind.clone(),
-                });
-            }
-            if let Some(need) = step.needs.iter().find(|n| !ids.contains(n.as_str())) {
-                return Err(RunbookError::UnknownNeed {
-                    path,
-                    step: step.id.clone(),
-                    need: need.clone(),
-                });
-            }
-        }
-        let graph = Graph::new(file.steps.iter().map(|s| (s.id.clone(), s.needs.clone())));
-        if let Some(members) = graph.find_cycle() {
-            return Err(RunbookError::Cycle { path, members });
-        }
-
-        let kinds: BTreeMap<String, String> =
-            file.steps.iter().map(|s| (s.id.clone(), s.kind.clone())).collect();
-        let scope = Scope { path: &path, env, runbook_vars: &file.vars, overrides, kinds: &kinds };
-        let mut steps = Vec::with_capacity(file.steps.len());
-        for step in file.steps {
+        let graph = check_shape(registry, &path, &parsed.steps)?;
+        let kinds: BTreeMap<String, String> = parsed.steps.iter().map(|s| (s.id.clone(), s.kind.clone())).collect();
+        let scope = Scope { path: &path, env, runbook_vars: &parsed.vars, overrides, kinds: &kinds, registry };
+        let mut steps = Vec::with_capacity(parsed.steps.len());
+        for step in parsed.steps {
             let mut params = step.params;
             scope.resolve(&step.id, "", &mut params, &graph)?;
-            let typed = steps::parse(&step.kind, &with_placeholders(&params))
-                .map_err(|message| RunbookError::Params {
-                    path: path.clone(),
-                    step: step.id.clone(),
-                    kind: step.kind.clone(),
-                    message,
-                })?;
-            if typed.image_tag() == Some("latest") {
-                return Err(RunbookError::LatestTag {
-                    where_: format!("{}: step {}", path.display(), step.id),
-                });
-            }
-            steps.push(Step {
-                id: step.id,
-                title: step.title,
-                kind: step.kind,
-                needs: step.needs,
-                params,
-            });
+            let kind = steps::find(registry, &step.kind).expect("kinds were checked");
+            kind.parse(&with_placeholders(&params)).map_err(|message| RunbookError::Params {
+                path: path.clone(),
+                step: step.id.clone(),
+                kind: step.kind.clone(),
+                message,
+            })?;
+            steps.push(Step { id: step.id, title: step.title, kind: step.kind, needs: step.needs, params });
         }
-
-        let mut inputs = Sha256::new();
-        inputs.update(std::fs::read(&env.path).unwrap_or_default());
+        let mut inputs = env.hash.clone();
         for (k, v) in overrides {
-            inputs.update(format!("\n{k}={v}"));
+            inputs.push_str(&format!("\n{k}={v}"));
         }
         Ok(Runbook {
-            name: file.name,
-            description: file.description,
+            name: parsed.name,
+            description: parsed.description,
             path,
             steps,
             graph,
-            hash: hex::encode(Sha256::digest(text.as_bytes())),
-            inputs_hash: hex::encode(inputs.finalize()),
+            hash: file.hash,
+            inputs_hash: sha256_hex(inputs.as_bytes()),
+            registry,
         })
     }
 
@@ -226,12 +175,44 @@ impl Runbook {
     }
 }
 
+/// Unique ids, known kinds, needs that exist, no cycle: the graph.
+fn check_shape(registry: &[Kind], path: &Path, steps: &[StepFile]) -> Result<Graph, RunbookError> {
+    let ids: BTreeSet<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+    if ids.len() != steps.len() {
+        let mut seen = BTreeSet::new();
+        let dup = steps.iter().find(|s| !seen.insert(&s.id)).map(|s| s.id.clone());
+        return Err(RunbookError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("step id `{}` appears twice; ids must be unique", dup.unwrap_or_default()),
+        });
+    }
+    for step in steps {
+        if steps::find(registry, &step.kind).is_none() {
+            return Err(RunbookError::UnknownKind {
+                path: path.to_path_buf(),
+                step: step.id.clone(),
+                kind: step.kind.clone(),
+                known: registry.iter().map(|k| k.name).collect(),
+            });
+        }
+        if let Some(need) = step.needs.iter().find(|n| !ids.contains(n.as_str())) {
+            return Err(RunbookError::UnknownNeed { path: path.to_path_buf(), step: step.id.clone(), need: need.clone() });
+        }
+    }
+    let graph = Graph::new(steps.iter().map(|s| (s.id.clone(), s.needs.clone())));
+    match graph.find_cycle() {
+        Some(members) => Err(RunbookError::Cycle { path: path.to_path_buf(), members }),
+        None => Ok(graph),
+    }
+}
+
 impl Step {
     /// The typed params, with `${steps.X.y}` replaced by the outputs of finished steps.
     pub(crate) fn typed(
         &self,
+        registry: &[Kind],
         outputs: &BTreeMap<String, BTreeMap<String, String>>,
-    ) -> Result<StepKind, String> {
+    ) -> Result<Box<dyn AnyStep>, String> {
         let mut params = self.params.clone();
         let mut missing = Vec::new();
         visit_strings(&mut params, &mut |text| {
@@ -252,7 +233,10 @@ impl Step {
                 missing.join(", ")
             ));
         }
-        steps::parse(&self.kind, &params)
+        match steps::find(registry, &self.kind) {
+            Some(kind) => kind.parse(&params),
+            None => Err(format!("unknown kind `{}`", self.kind)),
+        }
     }
 }
 
@@ -262,6 +246,7 @@ struct Scope<'a> {
     runbook_vars: &'a BTreeMap<String, String>,
     overrides: &'a BTreeMap<String, String>,
     kinds: &'a BTreeMap<String, String>,
+    registry: &'a [Kind],
 }
 
 impl Scope<'_> {
@@ -317,7 +302,7 @@ impl Scope<'_> {
                 match split_step_reference(reference) {
                     None => error = Some(bad("write ${steps.<step id>.<output>}".into())),
                     Some((from, output)) => {
-                        if let Err(why) = check_step_reference(graph, self.kinds, step, from, output) {
+                        if let Err(why) = check_step_reference(graph, self.kinds, self.registry, step, from, output) {
                             error = Some(bad(why));
                         }
                     }
@@ -388,6 +373,7 @@ impl Scope<'_> {
 fn check_step_reference(
     graph: &Graph,
     kinds: &BTreeMap<String, String>,
+    registry: &[Kind],
     step: &str,
     from: &str,
     output: &str,
@@ -398,10 +384,11 @@ fn check_step_reference(
     if !graph.upstream(step).contains(from) {
         return Err(format!("{step} does not need {from}; add \"{from}\" to its `needs`"));
     }
-    if let Some(outputs) = steps::outputs(kind)
-        && !outputs.contains(&output) {
-            return Err(format!("step {from} has no output `{output}`; it has: {}", outputs.join(", ")));
-        }
+    if let Some(outputs) = steps::find(registry, kind).and_then(|k| k.outputs)
+        && !outputs.contains(&output)
+    {
+        return Err(format!("step {from} has no output `{output}`; it has: {}", outputs.join(", ")));
+    }
     Ok(())
 }
 
@@ -457,18 +444,4 @@ fn with_placeholders(params: &toml::Value) -> toml::Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn substitute_replaces_known_and_keeps_unknown() {
-        let out = substitute("a-${x}-${y}-${", |r| (r == "x").then(|| "1".to_string()));
-        assert_eq!(out, "a-1-${y}-${");
-    }
-
-    #[test]
-    fn step_reference_splits_on_the_last_dot() {
-        assert_eq!(split_step_reference("steps.T2.2.image_tag"), Some(("T2.2", "image_tag")));
-        assert_eq!(split_step_reference("steps.T2"), None);
-    }
-}
+mod tests;

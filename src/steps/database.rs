@@ -7,14 +7,14 @@
 //! probe only reads; the verify after an apply logs in as the role and creates and drops a
 //! table. The password reaches PostgreSQL as a SCRAM verifier, never as plain text.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use tokio_postgres::{Client, NoTls};
 
-use super::{Probe, StepContext, StepError};
+use super::{Probe, Step, StepContext, StepError};
 use crate::event::Outputs;
 use crate::secret::Secret;
-
-pub(super) const OUTPUTS: &[&str] = &["host", "port", "database", "user", "password_param"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,7 +161,7 @@ impl Params {
             .application_name("runbook")
             .connect_timeout(std::time::Duration::from_secs(10));
         let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-            let text = super::error_chain(&e);
+            let text = crate::error_chain::error_chain(&e);
             let target = format!("{user}@{}:{}/{database} (dialled {addr})", instance.host, instance.port);
             if e.code().is_some() {
                 StepError::fatal(
@@ -184,7 +184,7 @@ impl Params {
                 .query_one(sql, &params)
                 .await
                 .map(|row| row.get::<_, bool>(0))
-                .map_err(|e| StepError::retryable(format!("query failed: {}", super::error_chain(&e))))
+                .map_err(|e| StepError::retryable(format!("query failed: {}", crate::error_chain::error_chain(&e))))
         };
         let role = one("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)", vec![self.role.clone()]).await?;
         let database =
@@ -221,7 +221,48 @@ impl Params {
         Ok(Survey { instance, admin_user, admin_password, admin, found })
     }
 
-    pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+
+
+    /// Logs in as the role and creates and drops a table: the sprint plan's acceptance.
+    async fn prove(&self, cx: &StepContext) -> Result<(), StepError> {
+        let instance = self.instance(cx).await?;
+        let password = cx.parameter(&self.password_param).await?.ok_or_else(|| {
+            StepError::fatal(format!("SSM {} vanished", self.password_param), "run the step again")
+        })?;
+        let client = self.connect(cx, &instance, &self.role, &password, &self.database).await?;
+        let table = format!("runbook_verify_{}", std::process::id());
+        client
+            .batch_execute(&format!("CREATE TABLE \"{table}\" (id int); DROP TABLE \"{table}\";"))
+            .await
+            .map_err(|e| {
+                StepError::fatal(
+                    format!("role {} cannot create a table in {}: {}", self.role, self.database, crate::error_chain::error_chain(&e)),
+                    "check the grants on schema public",
+                )
+            })?;
+        cx.log(format!("verified: {} logged in to {} and created and dropped a table", self.role, self.database)).await;
+        Ok(())
+    }
+}
+
+impl Step for Params {
+    const KIND: &'static str = "database";
+    const OUTPUTS: Option<&'static [&'static str]> = Some(&["host", "port", "database", "user", "password_param"]);
+
+    fn converge_within(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+
+    /// The probe, then the proof that the result works (only after an apply).
+    async fn verify(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        let probe = self.probe(cx).await?;
+        if matches!(probe, Probe::Satisfied(_)) {
+            self.prove(cx).await?;
+        }
+        Ok(probe)
+    }
+
+    async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
         let Survey { instance, found, .. } = self.survey(cx).await?;
         let password = cx.parameter(&self.password_param).await?;
 
@@ -264,14 +305,14 @@ impl Params {
             .query_one("SELECT has_schema_privilege(current_user, 'public', 'CREATE')", &[])
             .await
             .map(|row| row.get::<_, bool>(0))
-            .map_err(|e| StepError::retryable(format!("query failed: {}", super::error_chain(&e))))?;
+            .map_err(|e| StepError::retryable(format!("query failed: {}", crate::error_chain::error_chain(&e))))?;
         if !can_create {
             return Ok(Probe::Absent(format!("grant all on schema public of {} to {}", self.database, self.role)));
         }
         Ok(Probe::Satisfied(self.outputs(&instance)))
     }
 
-    pub(super) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
+    async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         let Survey { instance, admin_user, admin_password, admin, found } = self.survey(cx).await?;
 
         let password = match cx.parameter(&self.password_param).await? {
@@ -292,7 +333,7 @@ impl Params {
                 admin
                     .batch_execute(&sql)
                     .await
-                    .map_err(|e| StepError::Fatal { message: format!("SQL failed: {}", super::error_chain(&e)), fix: None })
+                    .map_err(|e| StepError::Fatal { message: format!("SQL failed: {}", crate::error_chain::error_chain(&e)), fix: None })
             }
         };
         if !found.role {
@@ -315,28 +356,7 @@ impl Params {
         in_db
             .batch_execute(&format!("GRANT ALL ON SCHEMA public TO \"{}\"", self.role))
             .await
-            .map_err(|e| StepError::Fatal { message: format!("SQL failed: {}", super::error_chain(&e)), fix: None })?;
-        Ok(())
-    }
-
-    /// Logs in as the role and creates and drops a table: the sprint plan's acceptance.
-    pub(super) async fn verify(&self, cx: &StepContext) -> Result<(), StepError> {
-        let instance = self.instance(cx).await?;
-        let password = cx.parameter(&self.password_param).await?.ok_or_else(|| {
-            StepError::fatal(format!("SSM {} vanished", self.password_param), "run the step again")
-        })?;
-        let client = self.connect(cx, &instance, &self.role, &password, &self.database).await?;
-        let table = format!("runbook_verify_{}", std::process::id());
-        client
-            .batch_execute(&format!("CREATE TABLE \"{table}\" (id int); DROP TABLE \"{table}\";"))
-            .await
-            .map_err(|e| {
-                StepError::fatal(
-                    format!("role {} cannot create a table in {}: {}", self.role, self.database, super::error_chain(&e)),
-                    "check the grants on schema public",
-                )
-            })?;
-        cx.log(format!("verified: {} logged in to {} and created and dropped a table", self.role, self.database)).await;
+            .map_err(|e| StepError::Fatal { message: format!("SQL failed: {}", crate::error_chain::error_chain(&e)), fix: None })?;
         Ok(())
     }
 }

@@ -4,13 +4,13 @@
 //! The probe compares the live configuration; a repository that exists with other settings is
 //! a conflict for the operator, never silently overwritten.
 
+use std::time::Duration;
+
 use aws_sdk_ecr::types::{ImageScanningConfiguration, ImageTagMutability};
 use serde::Deserialize;
 
-use super::{Probe, StepContext, StepError};
+use super::{Probe, Step, StepContext, StepError};
 use crate::event::Outputs;
-
-pub(super) const OUTPUTS: &[&str] = &["repository_uri", "repository_arn", "registry_id"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,7 +100,18 @@ impl Params {
         }))
     }
 
-    pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+
+}
+
+impl Step for Params {
+    const KIND: &'static str = "ecr_repository";
+    const OUTPUTS: Option<&'static [&'static str]> = Some(&["repository_uri", "repository_arn", "registry_id"]);
+
+    fn converge_within(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+
+    async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
         let Some(live) = self.live(cx).await? else {
             return Ok(Probe::Absent(format!(
                 "create repository {} ({}, scanOnPush={}) with a keep-last-{} lifecycle policy",
@@ -149,7 +160,7 @@ impl Params {
         Ok(Probe::Satisfied(live.outputs))
     }
 
-    pub(super) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
+    async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         let ecr = &cx.cloud.ecr;
         let live = self.live(cx).await?;
         if live.is_none() {

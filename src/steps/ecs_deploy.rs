@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_ssm::types::ParameterType;
 use serde::Deserialize;
 
-use super::{Probe, StepContext, StepError, reach};
+use super::{Probe, Step, StepContext, StepError, reach};
 use crate::event::Outputs;
-
-pub(super) const OUTPUTS: &[&str] = &["deployment_id", "deployment_started_at", "health"];
+use crate::health::{HealthRule, judge};
+use crate::image_tag::ImageTag;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,7 +27,7 @@ pub(crate) struct Params {
     inputs: Vec<String>,
     /// The image tag the service's task definition must run; empty: not checked.
     #[serde(default)]
-    image_tag: String,
+    image_tag: ImageTag,
     /// The ECR repository of that image: its push time is an input too.
     #[serde(default)]
     image_repository: String,
@@ -51,40 +51,6 @@ pub(crate) struct SetParam {
     value: String,
     #[serde(rename = "type")]
     kind: String,
-}
-
-/// How to read the service's health body.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum HealthRule {
-    /// Dixie's `/api/health`: `status: healthy` and Finn's circuit `closed`.
-    Dixie,
-    /// Finn's `/health`: `status: healthy`.
-    Finn,
-}
-
-/// The health verdict: ok, and one line that says why.
-pub(crate) fn judge(rule: HealthRule, body: &serde_json::Value) -> (bool, String) {
-    let status = body["status"].as_str().unwrap_or("missing");
-    match rule {
-        HealthRule::Finn => (status == "healthy", format!("status {status}")),
-        HealthRule::Dixie => {
-            let circuit = body["services"]["loa_finn"]["circuit_state"].as_str().unwrap_or("missing");
-            let mut notes = vec![format!("status {status}"), format!("finn circuit {circuit}")];
-            if let Some(infra) = body["infrastructure"].as_object() {
-                for (name, component) in infra {
-                    let s = component["status"].as_str().unwrap_or("missing");
-                    if s != "healthy" && s != "connected" {
-                        notes.push(format!("{name} {s}"));
-                    }
-                }
-            }
-            if let Some(error) = body["services"]["loa_finn"]["error"].as_str() {
-                notes.push(format!("finn error: {error}"));
-            }
-            (status == "healthy" && circuit == "closed", notes.join(", "))
-        }
-    }
 }
 
 struct Service {
@@ -156,7 +122,7 @@ impl Params {
                 .ecr
                 .describe_images()
                 .repository_name(&self.image_repository)
-                .image_ids(aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(&self.image_tag).build())
+                .image_ids(aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(self.image_tag.as_str()).build())
                 .send()
                 .await
                 .map_err(|e| StepError::from_sdk("ecr:DescribeImages", e))?;
@@ -241,7 +207,18 @@ impl Params {
         }
     }
 
-    pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+
+}
+
+impl Step for Params {
+    const KIND: &'static str = "ecs_deploy";
+    const OUTPUTS: Option<&'static [&'static str]> = Some(&["deployment_id", "deployment_started_at", "health"]);
+
+    fn converge_within(&self) -> Duration {
+        Duration::from_secs(self.wait_seconds)
+    }
+
+    async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
         if let Some(why) = self.param_differs(cx).await? {
             return Ok(Probe::Absent(format!("{why}, then redeploy {}", self.service)));
         }
@@ -295,7 +272,7 @@ impl Params {
         ])))
     }
 
-    pub(super) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
+    async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         if let (Some(set), Some(why)) = (&self.set_param, self.param_differs(cx).await?) {
             cx.log(format!("{why} = {}", set.value)).await;
             cx.cloud
@@ -328,21 +305,5 @@ impl Params {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_200_with_an_unhealthy_body_is_not_healthy() {
-        let body = serde_json::json!({"status": "unhealthy", "services": {"loa_finn": {"status": "unreachable", "circuit_state": "open", "error": "ECONNREFUSED"}},
-            "infrastructure": {"postgresql": {"status": "healthy"}, "nats": {"status": "unreachable"}}});
-        let (ok, why) = judge(HealthRule::Dixie, &body);
-        assert!(!ok);
-        assert_eq!(why, "status unhealthy, finn circuit open, nats unreachable, finn error: ECONNREFUSED");
-        let healthy = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}}});
-        assert_eq!(judge(HealthRule::Dixie, &healthy), (true, "status healthy, finn circuit closed".to_string()));
     }
 }

@@ -6,6 +6,7 @@
 //! manifest carries. On the ring, moto's ECR is not a registry: the image goes to the ring's
 //! registry and ECR learns the tag through `PutImage` of the very same manifest.
 
+use std::time::Duration;
 use std::path::{Path, PathBuf};
 
 use bollard::Docker;
@@ -14,10 +15,9 @@ use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptionsBuilde
 use futures_util::StreamExt;
 use serde::Deserialize;
 
-use super::{Probe, StepContext, StepError};
+use super::{Probe, Step, StepContext, StepError};
 use crate::event::Outputs;
-
-pub(super) const OUTPUTS: &[&str] = &["image_tag", "image_uri", "image_digest", "config_digest"];
+use crate::image_tag::ImageTag;
 
 const MANIFEST_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
@@ -34,7 +34,7 @@ pub(crate) struct Params {
     dockerfile: String,
     /// The tag; empty means the context's git short SHA.
     #[serde(default)]
-    pub(super) tag: String,
+    tag: ImageTag,
     /// Push here instead of to ECR itself (the ring's registry); ECR then learns the tag
     /// through PutImage. Empty: push to `repository_uri`.
     #[serde(default)]
@@ -65,7 +65,7 @@ struct Pushed {
 impl Params {
     async fn tag(&self, cx: &StepContext) -> Result<String, StepError> {
         if !self.tag.is_empty() {
-            return Ok(self.tag.clone());
+            return Ok(self.tag.to_string());
         }
         let dir = cx.project.join(&self.context);
         let out = tokio::process::Command::new("git")
@@ -169,68 +169,7 @@ impl Params {
         ])
     }
 
-    pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
-        let tag = self.tag(cx).await?;
-        if tag == "latest" {
-            return Err(StepError::fatal("image tag `latest` is refused (IMMUTABLE repository)", "tag with the git SHA"));
-        }
-        let Some(pushed) = self.pushed(cx, &tag).await? else {
-            return Ok(Probe::Absent(format!("build {}:{tag} from {} and push it", self.repository, self.context.display())));
-        };
-        let docker = self.docker(cx)?;
-        match self.local(&docker, &tag).await {
-            None => return Ok(Probe::Absent(format!("{}:{tag} is in ECR; build it here to compare digests", self.repository))),
-            Some(id) if id != pushed.config_digest => return Ok(Probe::Conflict(differs(&self.repository, &tag, &pushed, &id))),
-            Some(_) => {}
-        }
-        match self.scan(cx, &tag).await? {
-            None => Ok(Probe::Absent(format!("the image scan of {}:{tag} has not completed", self.repository))),
-            Some(bad) if !bad.is_empty() => Ok(Probe::Conflict(format!(
-                "the ECR scan of {}:{tag} reports {}: {}; fix the image (base image, dependencies) and push a new commit",
-                self.repository,
-                self.fail_on.join("/"),
-                bad.join(", ")
-            ))),
-            Some(_) => Ok(Probe::Satisfied(self.outputs(&tag, &pushed))),
-        }
-    }
 
-    pub(super) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
-        let tag = self.tag(cx).await?;
-        let docker = self.docker(cx)?;
-        let local = format!("{}:{tag}", self.repository);
-        let id = match self.local(&docker, &tag).await {
-            Some(id) => id,
-            None => self.build(cx, &docker, &tag).await?,
-        };
-        match self.pushed(cx, &tag).await? {
-            Some(pushed) if pushed.config_digest != id => {
-                return Err(StepError::fatal(
-                    differs(&self.repository, &tag, &pushed, &id),
-                    "ECR is IMMUTABLE: commit and build a new SHA, or delete the old image from ECR if it was never deployed",
-                ));
-            }
-            Some(_) => cx.log(format!("{local} is already in ECR with the same image {id}")).await,
-            None => self.push(cx, &docker, &tag).await?,
-        }
-        cx.checkpoint("after-push");
-        if self.scan(cx, &tag).await?.is_none() {
-            match cx
-                .cloud
-                .ecr
-                .start_image_scan()
-                .repository_name(&self.repository)
-                .image_id(aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(&tag).build())
-                .send()
-                .await
-            {
-                Ok(_) => cx.log(format!("started the image scan of {local}")).await,
-                // scanOnPush started it already, or the daemon refuses a second one: wait for it.
-                Err(e) => cx.log(format!("ecr:StartImageScan: {} (waiting for the scan on push)", super::error_chain(&e))).await,
-            }
-        }
-        Ok(())
-    }
 
     async fn build(&self, cx: &StepContext, docker: &Docker, tag: &str) -> Result<String, StepError> {
         let dir = cx.project.join(&self.context);
@@ -335,6 +274,76 @@ impl Params {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_image_tag_already_exists_exception() || s.is_image_already_exists_exception()) => Ok(()),
             Err(e) => Err(StepError::from_sdk("ecr:PutImage", e)),
         }
+    }
+}
+
+impl Step for Params {
+    const KIND: &'static str = "image";
+    const OUTPUTS: Option<&'static [&'static str]> = Some(&["image_tag", "image_uri", "image_digest", "config_digest"]);
+
+    /// Scan on push takes a minute or two on ECR.
+    fn converge_within(&self) -> Duration {
+        Duration::from_secs(300)
+    }
+
+    async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        let tag = self.tag(cx).await?;
+        let Some(pushed) = self.pushed(cx, &tag).await? else {
+            return Ok(Probe::Absent(format!("build {}:{tag} from {} and push it", self.repository, self.context.display())));
+        };
+        let docker = self.docker(cx)?;
+        match self.local(&docker, &tag).await {
+            None => return Ok(Probe::Absent(format!("{}:{tag} is in ECR; build it here to compare digests", self.repository))),
+            Some(id) if id != pushed.config_digest => return Ok(Probe::Conflict(differs(&self.repository, &tag, &pushed, &id))),
+            Some(_) => {}
+        }
+        match self.scan(cx, &tag).await? {
+            None => Ok(Probe::Absent(format!("the image scan of {}:{tag} has not completed", self.repository))),
+            Some(bad) if !bad.is_empty() => Ok(Probe::Conflict(format!(
+                "the ECR scan of {}:{tag} reports {}: {}; fix the image (base image, dependencies) and push a new commit",
+                self.repository,
+                self.fail_on.join("/"),
+                bad.join(", ")
+            ))),
+            Some(_) => Ok(Probe::Satisfied(self.outputs(&tag, &pushed))),
+        }
+    }
+
+    async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
+        let tag = self.tag(cx).await?;
+        let docker = self.docker(cx)?;
+        let local = format!("{}:{tag}", self.repository);
+        let id = match self.local(&docker, &tag).await {
+            Some(id) => id,
+            None => self.build(cx, &docker, &tag).await?,
+        };
+        match self.pushed(cx, &tag).await? {
+            Some(pushed) if pushed.config_digest != id => {
+                return Err(StepError::fatal(
+                    differs(&self.repository, &tag, &pushed, &id),
+                    "ECR is IMMUTABLE: commit and build a new SHA, or delete the old image from ECR if it was never deployed",
+                ));
+            }
+            Some(_) => cx.log(format!("{local} is already in ECR with the same image {id}")).await,
+            None => self.push(cx, &docker, &tag).await?,
+        }
+        cx.checkpoint("after-push");
+        if self.scan(cx, &tag).await?.is_none() {
+            match cx
+                .cloud
+                .ecr
+                .start_image_scan()
+                .repository_name(&self.repository)
+                .image_id(aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(&tag).build())
+                .send()
+                .await
+            {
+                Ok(_) => cx.log(format!("started the image scan of {local}")).await,
+                // scanOnPush started it already, or the daemon refuses a second one: wait for it.
+                Err(e) => cx.log(format!("ecr:StartImageScan: {} (waiting for the scan on push)", crate::error_chain::error_chain(&e))).await,
+            }
+        }
+        Ok(())
     }
 }
 

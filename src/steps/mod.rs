@@ -1,43 +1,40 @@
-//! Step kinds: one file each, with its params struct, `probe`, `apply` and `verify`.
+//! Step kinds behind one [`Step`] trait, and the registry that names them.
 //!
-//! Adding a kind touches its file, [`KINDS`], and the matches below. A step never prints and
-//! never touches the state DB: it tells the engine what it found (`Probe`), does its side
-//! effect, and logs through its context.
+//! A kind is one file holding its typed `Params` (serde, `deny_unknown_fields`) and
+//! `impl Step for Params`, plus one name in [`kinds!`] below. A step never prints and never
+//! touches the state DB: it tells the engine what it found ([`Probe`]), does its side effect,
+//! and logs through its [`StepContext`].
 
-mod database;
-mod ecr_repository;
-mod ecs_deploy;
-mod image;
-mod reach;
-mod ssm_params;
-mod terraform;
-mod validate;
-
+use std::fmt::Debug;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use serde::de::DeserializeOwned;
 
+use crate::approval::Approver;
 use crate::cloud::Cloud;
 use crate::environment::Environment;
+use crate::error_chain::error_chain;
 use crate::event::{Event, Outputs};
 use crate::recorder::Recorder;
 use crate::secret::Secret;
 
-pub(crate) const KINDS: &[&str] = &["ecr_repository", "database", "image", "terraform", "ssm_params", "ecs_deploy", "validate"];
+mod reach;
 
-#[derive(Debug, Clone)]
-pub(crate) enum StepKind {
-    EcrRepository(ecr_repository::Params),
-    Database(database::Params),
-    Image(image::Params),
-    Terraform(terraform::Params),
-    SsmParams(ssm_params::Params),
-    EcsDeploy(ecs_deploy::Params),
-    Validate(validate::Params),
+/// Declares the kinds: each name is a module `steps/<name>.rs` whose `Params` is the step.
+macro_rules! kinds {
+    ($($module:ident),* $(,)?) => {
+        $(mod $module;)*
+        /// Every kind a runbook may name.
+        pub(crate) const KINDS: &[Kind] = &[$(Kind::of::<$module::Params>()),*];
+    };
 }
+
+kinds![ecr_repository, database, image, terraform, ssm_params, ecs_deploy, validate];
 
 /// What a probe found.
 #[derive(Debug)]
@@ -86,7 +83,10 @@ impl StepError {
                 let message = format!("{what}: {code}: {}", e.message().unwrap_or("no message"));
                 if code.contains("Throttl") || code == "RequestLimitExceeded" || code == "ServiceUnavailable" {
                     StepError::retryable(message)
-                } else if code.contains("AccessDenied") || code.contains("UnrecognizedClient") || code.contains("InvalidClientTokenId") {
+                } else if code.contains("AccessDenied")
+                    || code.contains("UnrecognizedClient")
+                    || code.contains("InvalidClientTokenId")
+                {
                     StepError::fatal(message, "check the credentials and the IAM permissions listed in docs/operator-guide.md")
                 } else {
                     StepError::Fatal { message, fix: None }
@@ -98,19 +98,111 @@ impl StepError {
     }
 }
 
-/// An error and its sources on one line (the SDK's top-level message alone says "dispatch failure").
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = e.source();
+/// A step kind: typed params that know how to probe, apply and verify themselves.
+pub(crate) trait Step: DeserializeOwned + Debug + Send + Sync + 'static {
+    /// The name a runbook's `kind = "…"` uses.
+    const KIND: &'static str;
+    /// The outputs it produces, for checking `${steps.X.name}` before a run; `None` when
+    /// they are only known at run time (terraform's are the module's).
+    const OUTPUTS: Option<&'static [&'static str]>;
+
+    /// Checks beyond the types, before anything runs (with `${steps.…}` as placeholders).
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
     }
-    text
+
+    /// How long `verify` may take to come true after an apply.
+    fn converge_within(&self) -> Duration;
+
+    /// Read-only: is the desired state already true?
+    fn probe(&self, cx: &StepContext) -> impl Future<Output = Result<Probe, StepError>> + Send;
+
+    /// The side effect; idempotent by construction.
+    fn apply(&self, cx: &StepContext) -> impl Future<Output = Result<(), StepError>> + Send;
+
+    /// After an apply: the probe again (the default), or more proof than it gives. Polled until
+    /// satisfied within [`Step::converge_within`].
+    fn verify(&self, cx: &StepContext) -> impl Future<Output = Result<Probe, StepError>> + Send {
+        self.probe(cx)
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A [`Step`] of any kind, as the engine holds it.
+pub(crate) trait AnyStep: Debug + Send + Sync {
+    fn converge_within(&self) -> Duration;
+    fn probe<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>>;
+    fn apply<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>>;
+    fn verify<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>>;
+}
+
+impl<S: Step> AnyStep for S {
+    fn converge_within(&self) -> Duration {
+        Step::converge_within(self)
+    }
+    fn probe<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>> {
+        Box::pin(Step::probe(self, cx))
+    }
+    fn apply<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(Step::apply(self, cx))
+    }
+    fn verify<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>> {
+        Box::pin(Step::verify(self, cx))
+    }
+}
+
+/// One entry of a registry: a kind's name, outputs, and how to type its params.
+#[derive(Clone, Copy)]
+pub(crate) struct Kind {
+    pub(crate) name: &'static str,
+    pub(crate) outputs: Option<&'static [&'static str]>,
+    parse: fn(&toml::Value) -> Result<Box<dyn AnyStep>, String>,
+}
+
+impl Kind {
+    pub(crate) const fn of<S: Step>() -> Self {
+        Kind { name: S::KIND, outputs: S::OUTPUTS, parse: parse_as::<S> }
+    }
+
+    /// The typed step, or what is wrong with the params.
+    pub(crate) fn parse(&self, params: &toml::Value) -> Result<Box<dyn AnyStep>, String> {
+        (self.parse)(params)
+    }
+}
+
+fn parse_as<S: Step>(params: &toml::Value) -> Result<Box<dyn AnyStep>, String> {
+    let step = S::deserialize(params.clone()).map_err(|e| e.to_string().trim().to_string())?;
+    step.validate()?;
+    Ok(Box::new(step))
+}
+
+/// The kind called `name` in `registry`.
+pub(crate) fn find(registry: &[Kind], name: &str) -> Option<Kind> {
+    registry.iter().find(|k| k.name == name).copied()
+}
+
+/// A number written as a number, or as text (what a `${env.x}` reference gives).
+pub(crate) fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Number(u64),
+        Text(String),
+    }
+    match <Either as serde::Deserialize>::deserialize(d)? {
+        Either::Number(n) => Ok(n),
+        Either::Text(t) => t.trim().parse().map_err(|_| serde::de::Error::custom(format!("expected a whole number, got {t:?}"))),
+    }
+}
+
+/// What every step of a run may use, chosen at the edge and handed to the engine as one.
+pub(crate) struct Services {
+    pub(crate) env: Arc<Environment>,
+    pub(crate) cloud: Arc<Cloud>,
+    /// The project folder: relative paths in params (build contexts, terraform) start here.
+    pub(crate) project: Arc<PathBuf>,
+    pub(crate) approver: Approver,
 }
 
 /// What a running step may use: the environment, the cloud clients, and its log.
@@ -119,24 +211,24 @@ pub(crate) struct StepContext {
     pub(crate) attempt: u32,
     pub(crate) env: Arc<Environment>,
     pub(crate) cloud: Arc<Cloud>,
-    pub(crate) recorder: Recorder,
-    /// The project folder: relative paths in params (build contexts, terraform) start here.
     pub(crate) project: Arc<PathBuf>,
-    pub(crate) approval: Approval,
-}
-
-/// Whether changes that need approval (terraform apply) may go ahead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Approval {
-    /// `--yes`.
-    Given,
-    /// A terminal: ask the operator.
-    Ask,
-    /// No terminal and no `--yes`: stop, resumably.
-    Withheld,
+    pub(crate) recorder: Recorder,
+    services: Arc<Services>,
 }
 
 impl StepContext {
+    pub(crate) fn new(services: &Arc<Services>, step: &str, attempt: u32, recorder: Recorder) -> Self {
+        StepContext {
+            step: step.to_string(),
+            attempt,
+            env: services.env.clone(),
+            cloud: services.cloud.clone(),
+            project: services.project.clone(),
+            recorder,
+            services: services.clone(),
+        }
+    }
+
     /// A line for `runbook logs STEP`, kept per attempt.
     pub(crate) async fn log(&self, line: impl Into<String>) {
         self.recorder
@@ -156,150 +248,14 @@ impl StepContext {
             .await;
     }
 
-    /// Asks for approval of `summary` as the run was told to (`--yes`, a terminal, or neither).
+    /// Asks the run's [`Approver`] to approve `summary`; the answer is recorded.
     pub(crate) async fn approve(&self, summary: &str) -> bool {
-        match self.approval {
-            Approval::Given => {
-                self.log(format!("approved by --yes: {summary}")).await;
-                true
-            }
-            Approval::Withheld => false,
-            Approval::Ask => {
-                self.recorder
-                    .emit(Event::ApprovalRequested { step: self.step.clone(), summary: summary.to_string() })
-                    .await;
-                let answer = tokio::task::spawn_blocking(|| {
-                    let mut line = String::new();
-                    std::io::stdin().read_line(&mut line).map(|_| line.trim().to_ascii_lowercase())
-                })
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-                let yes = answer == "yes" || answer == "y";
-                self.log(format!("operator answered {answer:?} to: {summary}")).await;
-                yes
-            }
-        }
+        self.services.approver.approve(self, summary).await
     }
 
     /// A test-only crash point: with `RUNBOOK_CRASH_AT=<step>:<name>` the process kills itself
     /// here with SIGKILL, as a power cut or `kill -9` would, to prove that resume settles it.
     pub(crate) fn checkpoint(&self, name: &str) {
-        if std::env::var("RUNBOOK_CRASH_AT").ok().as_deref() == Some(&format!("{}:{name}", self.step)) {
-            // SAFETY: kill(2) on our own pid with a constant signal has no memory effects.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
-        }
-    }
-}
-
-pub(crate) fn parse(kind: &str, params: &toml::Value) -> Result<StepKind, String> {
-    fn typed<T: DeserializeOwned>(params: &toml::Value) -> Result<T, String> {
-        T::deserialize(params.clone()).map_err(|e| e.to_string().trim().to_string())
-    }
-    match kind {
-        "ecr_repository" => typed(params).map(StepKind::EcrRepository),
-        "database" => typed(params).map(StepKind::Database),
-        "image" => typed(params).map(StepKind::Image),
-        "terraform" => typed(params).map(StepKind::Terraform),
-        "ssm_params" => typed(params).map(StepKind::SsmParams),
-        "ecs_deploy" => typed(params).map(StepKind::EcsDeploy),
-        "validate" => typed(params).map(StepKind::Validate),
-        other => Err(format!("unknown step kind `{other}`; known kinds: {}", KINDS.join(", "))),
-    }
-}
-
-/// A number written as a number, or as text (what a `${env.x}` reference gives).
-pub(crate) fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Number(u64),
-        Text(String),
-    }
-    match <Either as serde::Deserialize>::deserialize(d)? {
-        Either::Number(n) => Ok(n),
-        Either::Text(t) => t.trim().parse().map_err(|_| serde::de::Error::custom(format!("expected a whole number, got {t:?}"))),
-    }
-}
-
-/// The names of the outputs a kind produces, for checking `${steps.X.name}` before a run;
-/// `None` when they are only known at run time (terraform's outputs).
-pub(crate) fn outputs(kind: &str) -> Option<&'static [&'static str]> {
-    match kind {
-        "ecr_repository" => Some(ecr_repository::OUTPUTS),
-        "database" => Some(database::OUTPUTS),
-        "image" => Some(image::OUTPUTS),
-        "ssm_params" => Some(ssm_params::OUTPUTS),
-        "ecs_deploy" => Some(ecs_deploy::OUTPUTS),
-        // terraform's outputs are the module's; validate's are its checks.
-        _ => None,
-    }
-}
-
-impl StepKind {
-    /// The image tag this step deploys, if it has one (`latest` is refused by validation).
-    pub(crate) fn image_tag(&self) -> Option<&str> {
-        match self {
-            StepKind::EcrRepository(_)
-            | StepKind::Database(_)
-            | StepKind::Terraform(_)
-            | StepKind::SsmParams(_)
-            | StepKind::EcsDeploy(_)
-            | StepKind::Validate(_) => None,
-            StepKind::Image(p) => Some(&p.tag),
-        }
-    }
-
-    pub(crate) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
-        match self {
-            StepKind::EcrRepository(p) => p.probe(cx).await,
-            StepKind::Database(p) => p.probe(cx).await,
-            StepKind::Image(p) => p.probe(cx).await,
-            StepKind::Terraform(p) => p.probe(cx).await,
-            StepKind::SsmParams(p) => p.probe(cx).await,
-            StepKind::EcsDeploy(p) => p.probe(cx).await,
-            StepKind::Validate(p) => p.probe(cx).await,
-        }
-    }
-
-    /// The side effect; idempotent by construction.
-    pub(crate) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
-        match self {
-            StepKind::EcrRepository(p) => p.apply(cx).await,
-            StepKind::Database(p) => p.apply(cx).await,
-            StepKind::Image(p) => p.apply(cx).await,
-            StepKind::Terraform(p) => p.apply(cx).await,
-            StepKind::SsmParams(p) => p.apply(cx).await,
-            StepKind::EcsDeploy(p) => p.apply(cx).await,
-            StepKind::Validate(p) => p.apply(cx).await,
-        }
-    }
-
-    /// Proof beyond the probe, run once after an apply (the probe must stay read-only).
-    pub(crate) async fn verify(&self, cx: &StepContext) -> Result<(), StepError> {
-        match self {
-            StepKind::EcrRepository(_)
-            | StepKind::Image(_)
-            | StepKind::Terraform(_)
-            | StepKind::EcsDeploy(_)
-            | StepKind::Validate(_) => Ok(()),
-            StepKind::Database(p) => p.verify(cx).await,
-            StepKind::SsmParams(p) => p.verify(cx).await,
-        }
-    }
-
-    /// How long the probe may take to come true after an apply.
-    pub(crate) fn converge_within(&self) -> Duration {
-        match self {
-            StepKind::EcrRepository(_) | StepKind::Database(_) => Duration::from_secs(30),
-            // Scan on push takes a minute or two on ECR.
-            StepKind::Image(_) => Duration::from_secs(300),
-            StepKind::Terraform(_) | StepKind::SsmParams(_) => Duration::from_secs(120),
-            StepKind::EcsDeploy(p) => Duration::from_secs(p.wait_seconds),
-            StepKind::Validate(p) => Duration::from_secs(p.wait_seconds),
-        }
+        crate::crash::kill_if_asked(&self.step, name);
     }
 }

@@ -58,7 +58,7 @@ pub(crate) async fn get_json(env: &Environment, url: &str) -> Result<(u16, serde
         .build()
         .map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let response = client.get(url).send().await.map_err(|e| format!("GET {url}: {}", super::error_chain(&e)))?;
+    let response = client.get(url).send().await.map_err(|e| format!("GET {url}: {}", crate::error_chain::error_chain(&e)))?;
     let status = response.status().as_u16();
     let body = response.text().await.map_err(|e| format!("GET {url}: {e}"))?;
     let json = serde_json::from_str(&body).map_err(|_| format!("GET {url}: HTTP {status}, body is not JSON: {}", body.chars().take(200).collect::<String>()))?;
@@ -79,9 +79,9 @@ pub(crate) async fn postgres_count(env: &Environment, url: &Secret<String>, quer
         .dbname(parsed.path.split('?').next().unwrap_or_default())
         .connect_timeout(TIMEOUT);
     let target = format!("{}@{}:{}/{}", parsed.user.unwrap_or("postgres"), parsed.host, parsed.port.unwrap_or(5432), parsed.path);
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot log in as {target}: {}", super::error_chain(&e)))?;
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot log in as {target}: {}", crate::error_chain::error_chain(&e)))?;
     tokio::spawn(connection);
-    let row = client.query_one(query, &[]).await.map_err(|e| format!("{target}: {}", super::error_chain(&e)))?;
+    let row = client.query_one(query, &[]).await.map_err(|e| format!("{target}: {}", crate::error_chain::error_chain(&e)))?;
     Ok(row.get::<_, i64>(0))
 }
 

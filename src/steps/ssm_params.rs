@@ -7,16 +7,15 @@
 //! verify proves the values work: DATABASE_URL logs in, REDIS_URL answers PING over TLS,
 //! NATS_URL answers PING.
 
+use std::time::Duration;
 use std::collections::BTreeMap;
 
 use aws_sdk_ssm::types::ParameterType;
 use serde::Deserialize;
 
-use super::{Probe, StepContext, StepError, reach};
+use super::{Probe, Step, StepContext, StepError, reach};
 use crate::event::Outputs;
 use crate::secret::Secret;
-
-pub(super) const OUTPUTS: &[&str] = &["prefix", "names"];
 
 pub(crate) const PLACEHOLDER: &str = "PLACEHOLDER";
 
@@ -171,43 +170,10 @@ impl Params {
         Ok(changes)
     }
 
-    pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
-        let changes = self.changes(cx).await?;
-        if changes.is_empty() {
-            return Ok(Probe::Satisfied(Outputs::from([
-                ("prefix".to_string(), self.prefix.clone()),
-                ("names".to_string(), self.params.keys().cloned().collect::<Vec<_>>().join(",")),
-            ])));
-        }
-        let what: Vec<String> = changes.iter().map(|(key, _, why)| format!("{why} {}", self.name(key))).collect();
-        Ok(Probe::Absent(what.join(", ")))
-    }
 
-    pub(super) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
-        for (key, value, why) in self.changes(cx).await? {
-            let spec = &self.params[&key];
-            let name = self.name(&key);
-            cx.log(format!("{why}: {name} ({:?})", spec.kind)).await;
-            cx.cloud
-                .ssm
-                .put_parameter()
-                .name(&name)
-                .value(value.expose())
-                .r#type(match spec.kind {
-                    Kind::String => ParameterType::String,
-                    Kind::SecureString => ParameterType::SecureString,
-                })
-                .overwrite(true)
-                .send()
-                .await
-                .map_err(|e| StepError::from_sdk(&format!("ssm:PutParameter {name}"), e))?;
-            cx.checkpoint(&format!("after-{key}"));
-        }
-        Ok(())
-    }
 
     /// The values work: DATABASE_URL logs in, REDIS_URL and NATS_URL answer.
-    pub(super) async fn verify(&self, cx: &StepContext) -> Result<(), StepError> {
+    async fn prove(&self, cx: &StepContext) -> Result<(), StepError> {
         let live = self.live(cx).await?;
         let mut failures = Vec::new();
         if let Some(url) = live.get("DATABASE_URL") {
@@ -240,6 +206,59 @@ impl Params {
     }
 }
 
+impl Step for Params {
+    const KIND: &'static str = "ssm_params";
+    const OUTPUTS: Option<&'static [&'static str]> = Some(&["prefix", "names"]);
+
+    fn converge_within(&self) -> Duration {
+        Duration::from_secs(120)
+    }
+
+    /// The probe, then the proof that the result works (only after an apply).
+    async fn verify(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        let probe = self.probe(cx).await?;
+        if matches!(probe, Probe::Satisfied(_)) {
+            self.prove(cx).await?;
+        }
+        Ok(probe)
+    }
+
+    async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        let changes = self.changes(cx).await?;
+        if changes.is_empty() {
+            return Ok(Probe::Satisfied(Outputs::from([
+                ("prefix".to_string(), self.prefix.clone()),
+                ("names".to_string(), self.params.keys().cloned().collect::<Vec<_>>().join(",")),
+            ])));
+        }
+        let what: Vec<String> = changes.iter().map(|(key, _, why)| format!("{why} {}", self.name(key))).collect();
+        Ok(Probe::Absent(what.join(", ")))
+    }
+
+    async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
+        for (key, value, why) in self.changes(cx).await? {
+            let spec = &self.params[&key];
+            let name = self.name(&key);
+            cx.log(format!("{why}: {name} ({:?})", spec.kind)).await;
+            cx.cloud
+                .ssm
+                .put_parameter()
+                .name(&name)
+                .value(value.expose())
+                .r#type(match spec.kind {
+                    Kind::String => ParameterType::String,
+                    Kind::SecureString => ParameterType::SecureString,
+                })
+                .overwrite(true)
+                .send()
+                .await
+                .map_err(|e| StepError::from_sdk(&format!("ssm:PutParameter {name}"), e))?;
+            cx.checkpoint(&format!("after-{key}"));
+        }
+        Ok(())
+    }
+}
+
 /// The private IPv4 of a RUNNING task of the service. `list-tasks --service-name` is not
 /// trusted (moto ignores the filter): tasks are checked by their `group`.
 async fn task_ip(cx: &StepContext, nats: &NatsTask) -> Result<String, StepError> {
@@ -257,7 +276,7 @@ async fn task_ip(cx: &StepContext, nats: &NatsTask) -> Result<String, StepError>
         return Err(StepError::retryable(format!("service {} has no running task", nats.service)));
     }
     let tasks = if cx.env.aws.emulator_credentials.is_some() {
-        describe_tasks_on_moto(cx, &nats.cluster, &arns).await?
+        crate::emulator::describe_tasks(&cx.env, &nats.cluster, &arns).await?
     } else {
         let described = ecs
             .describe_tasks()
@@ -286,50 +305,4 @@ async fn task_ip(cx: &StepContext, nats: &NatsTask) -> Result<String, StepError>
         .into_iter()
         .find_map(|(g, status, ip)| (g == group && status == "RUNNING").then_some(ip).flatten())
         .ok_or_else(|| StepError::retryable(format!("no RUNNING task of service {} has a private IPv4 address", nats.service)))
-}
-
-/// `ecs:DescribeTasks` against moto, as (group, lastStatus, private IPv4) per task. moto
-/// answers `containers[].cpu` and `memory` as numbers where the API has strings, and the SDK
-/// refuses the whole response; on an emulator the JSON is read directly (moto does not check
-/// signatures). Never used against AWS.
-async fn describe_tasks_on_moto(
-    cx: &StepContext,
-    cluster: &str,
-    arns: &[String],
-) -> Result<Vec<(String, String, Option<String>)>, StepError> {
-    let endpoint = cx.env.aws.endpoint_url.clone().unwrap_or_default();
-    let url = reqwest::Url::parse(&endpoint).map_err(|e| StepError::fatal(format!("endpoint_url {endpoint}: {e}"), "fix [aws] in the environment file"))?;
-    let addr = cx
-        .env
-        .dial(url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(80))
-        .map_err(|why| StepError::fatal(why, "see [address_map]"))?;
-    let body: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{addr}/"))
-        .header("X-Amz-Target", "AmazonEC2ContainerServiceV20141113.DescribeTasks")
-        .header("Content-Type", "application/x-amz-json-1.1")
-        .header("Authorization", format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{}/ecs/aws4_request, SignedHeaders=host, Signature=0", cx.env.region))
-        .json(&serde_json::json!({ "cluster": cluster, "tasks": arns }))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| StepError::retryable(format!("ecs:DescribeTasks (emulator): {e}")))?
-        .json()
-        .await
-        .map_err(|e| StepError::retryable(format!("ecs:DescribeTasks (emulator): {e}")))?;
-    Ok(body["tasks"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|t| {
-            let ip = t["attachments"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|a| a["details"].as_array().cloned().unwrap_or_default())
-                .find(|d| d["name"] == "privateIPv4Address")
-                .and_then(|d| d["value"].as_str().map(String::from));
-            (t["group"].as_str().unwrap_or_default().to_string(), t["lastStatus"].as_str().unwrap_or_default().to_string(), ip)
-        })
-        .collect())
 }

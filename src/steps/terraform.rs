@@ -5,6 +5,7 @@
 //! workspace (a missing workspace is "absent"). Resource counts are shown, never asserted.
 //! Non-sensitive `terraform output` values become the step's outputs.
 
+use std::time::Duration;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,8 +14,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{Probe, StepContext, StepError};
+use super::{Probe, Step, StepContext, StepError};
 use crate::event::Outputs;
+use crate::image_tag::ImageTag;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -191,50 +193,7 @@ impl Params {
             .collect())
     }
 
-    pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
-        self.init(cx).await?;
-        let missing = || Probe::Absent(format!("create workspace {} and apply the whole plan", self.workspace));
-        if !self.selected(cx) && !self.select(cx).await? {
-            return Ok(missing());
-        }
-        // Not `output` beside the plan: on a missing workspace it initialises a state and takes
-        // the lock the plan needs.
-        let plan = match self.plan(cx, None).await {
-            // Selected here once, but gone from the backend since (a new state bucket).
-            Err(StepError::Fatal { message, .. }) if message.contains("does not exist") && message.contains("workspace") => {
-                return Ok(missing());
-            }
-            other => other?,
-        };
-        match plan {
-            None => Ok(Probe::Satisfied(self.outputs(cx).await?)),
-            Some(plan) => Ok(Probe::Absent(format!("workspace {}: {}", self.workspace, plan.summary))),
-        }
-    }
 
-    pub(super) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
-        self.init(cx).await?;
-        if !self.select(cx).await? {
-            cx.log(format!("creating workspace {}", self.workspace)).await;
-            let (code, text) = self.run(cx, &["workspace", "new", "-no-color", &self.workspace]).await?;
-            if code != 0 {
-                return Err(self.failed("workspace new", &text));
-            }
-        }
-        let plan_file = std::env::temp_dir().join(format!("runbook-{}-{}.tfplan", std::process::id(), cx.step));
-        let Some(plan) = self.plan(cx, Some(&plan_file)).await? else {
-            cx.log("terraform plan: no changes").await;
-            return Ok(());
-        };
-        cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.summary)).await;
-        if !cx.approve(&format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.summary)).await {
-            let _ = std::fs::remove_file(&plan_file);
-            return Err(StepError::AwaitingApproval { summary: plan.summary });
-        }
-        let result = self.apply_plan(cx, &plan_file).await;
-        let _ = std::fs::remove_file(&plan_file);
-        result
-    }
 
     /// `terraform apply -json PLAN`, its progress streamed into the step's log.
     ///
@@ -307,5 +266,67 @@ impl Params {
             }
             _ => {}
         }
+    }
+}
+
+impl Step for Params {
+    const KIND: &'static str = "terraform";
+    const OUTPUTS: Option<&'static [&'static str]> = None;
+
+    /// A tag passed as a terraform variable is a tag like any other: never `latest`.
+    fn validate(&self) -> Result<(), String> {
+        match self.vars.get("image_tag") {
+            Some(tag) => ImageTag::parse(tag).map(drop).map_err(|e| format!("vars.image_tag: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    fn converge_within(&self) -> Duration {
+        Duration::from_secs(120)
+    }
+
+    async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        self.init(cx).await?;
+        let missing = || Probe::Absent(format!("create workspace {} and apply the whole plan", self.workspace));
+        if !self.selected(cx) && !self.select(cx).await? {
+            return Ok(missing());
+        }
+        // Not `output` beside the plan: on a missing workspace it initialises a state and takes
+        // the lock the plan needs.
+        let plan = match self.plan(cx, None).await {
+            // Selected here once, but gone from the backend since (a new state bucket).
+            Err(StepError::Fatal { message, .. }) if message.contains("does not exist") && message.contains("workspace") => {
+                return Ok(missing());
+            }
+            other => other?,
+        };
+        match plan {
+            None => Ok(Probe::Satisfied(self.outputs(cx).await?)),
+            Some(plan) => Ok(Probe::Absent(format!("workspace {}: {}", self.workspace, plan.summary))),
+        }
+    }
+
+    async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
+        self.init(cx).await?;
+        if !self.select(cx).await? {
+            cx.log(format!("creating workspace {}", self.workspace)).await;
+            let (code, text) = self.run(cx, &["workspace", "new", "-no-color", &self.workspace]).await?;
+            if code != 0 {
+                return Err(self.failed("workspace new", &text));
+            }
+        }
+        let plan_file = std::env::temp_dir().join(format!("runbook-{}-{}.tfplan", std::process::id(), cx.step));
+        let Some(plan) = self.plan(cx, Some(&plan_file)).await? else {
+            cx.log("terraform plan: no changes").await;
+            return Ok(());
+        };
+        cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.summary)).await;
+        if !cx.approve(&format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.summary)).await {
+            let _ = std::fs::remove_file(&plan_file);
+            return Err(StepError::AwaitingApproval { summary: plan.summary });
+        }
+        let result = self.apply_plan(cx, &plan_file).await;
+        let _ = std::fs::remove_file(&plan_file);
+        result
     }
 }

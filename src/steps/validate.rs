@@ -5,11 +5,13 @@
 //!
 //! Nothing to apply: while checks fail the verify waits (DNS and health converge), bounded.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
-use super::ecs_deploy::{HealthRule, judge};
-use super::{Probe, StepContext, StepError, reach};
+use super::{Probe, Step, StepContext, StepError, reach};
 use crate::event::Outputs;
+use crate::health::{HealthRule, judge};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,7 +159,18 @@ impl Params {
         checks.iter().map(|c| format!("{:<13} {:<4} {}", c.name, if c.pass { "pass" } else { "FAIL" }, c.value)).collect()
     }
 
-    pub(super) async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+
+}
+
+impl Step for Params {
+    const KIND: &'static str = "validate";
+    const OUTPUTS: Option<&'static [&'static str]> = None;
+
+    fn converge_within(&self) -> Duration {
+        Duration::from_secs(self.wait_seconds)
+    }
+
+    async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
         let checks = self.checks(cx).await?;
         if checks.iter().all(|c| c.pass) {
             for line in Self::table(&checks) {
@@ -172,7 +185,7 @@ impl Params {
     }
 
     /// Nothing to change: shows the table, then the verify waits for the checks to pass.
-    pub(super) async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
+    async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         for line in Self::table(&self.checks(cx).await?) {
             cx.log(line).await;
         }

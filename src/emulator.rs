@@ -1,0 +1,51 @@
+//! Workarounds for the AWS emulator (moto) of the local ring, in one place, each saying what
+//! moto does differently. Nothing here is ever used against AWS: callers check that the
+//! environment is an emulator's (`[aws.emulator_credentials]`).
+
+use crate::environment::Environment;
+use crate::steps::StepError;
+
+/// `ecs:DescribeTasks` against moto, as (group, lastStatus, private IPv4) per task. moto
+/// answers `containers[].cpu` and `memory` as numbers where the API has strings, and the SDK
+/// refuses the whole response; on an emulator the JSON is read directly (moto does not check
+/// signatures). Never used against AWS.
+pub(crate) async fn describe_tasks(
+    env: &Environment,
+    cluster: &str,
+    arns: &[String],
+) -> Result<Vec<(String, String, Option<String>)>, StepError> {
+    let endpoint = env.aws.endpoint_url.clone().unwrap_or_default();
+    let url = reqwest::Url::parse(&endpoint).map_err(|e| StepError::fatal(format!("endpoint_url {endpoint}: {e}"), "fix [aws] in the environment file"))?;
+    let addr = env
+        .dial(url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(80))
+        .map_err(|why| StepError::fatal(why, "see [address_map]"))?;
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{addr}/"))
+        .header("X-Amz-Target", "AmazonEC2ContainerServiceV20141113.DescribeTasks")
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .header("Authorization", format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{}/ecs/aws4_request, SignedHeaders=host, Signature=0", env.region))
+        .json(&serde_json::json!({ "cluster": cluster, "tasks": arns }))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| StepError::retryable(format!("ecs:DescribeTasks (emulator): {e}")))?
+        .json()
+        .await
+        .map_err(|e| StepError::retryable(format!("ecs:DescribeTasks (emulator): {e}")))?;
+    Ok(body["tasks"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            let ip = t["attachments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["details"].as_array().cloned().unwrap_or_default())
+                .find(|d| d["name"] == "privateIPv4Address")
+                .and_then(|d| d["value"].as_str().map(String::from));
+            (t["group"].as_str().unwrap_or_default().to_string(), t["lastStatus"].as_str().unwrap_or_default().to_string(), ip)
+        })
+        .collect())
+}

@@ -1,0 +1,533 @@
+//! The engine's behaviours with fake steps, in paused time, against a real SQLite state file:
+//! retry with backoff and its budget, a fatal error stopping its branch while siblings finish,
+//! conflicts, blocked downstream steps, Ctrl-C, a state DB that cannot be written, approval,
+//! and a kill at each point of the step contract followed by a resume.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use super::*;
+use crate::approval::Approver;
+use crate::cloud::Cloud;
+use crate::environment::Environment;
+use crate::event::{Event, RunState, StepState};
+use crate::project::{NamedFile, sha256_hex};
+use crate::state::{NewRun, StateDb, StateHandle};
+use crate::steps::{Kind, Step};
+
+/// How a fake step fails or stalls, for one test.
+#[derive(Debug, Clone, Default)]
+struct Script {
+    /// Errors the probe returns before it answers, in order.
+    probe_errors: Vec<Failure>,
+    /// The probe finds something else there.
+    conflict: bool,
+    /// Verify calls after the effect before it is satisfied.
+    converge_after: u32,
+    /// The step never converges.
+    never_converges: bool,
+    /// The apply needs approval.
+    needs_approval: bool,
+    /// Where the process "dies" (the step waits forever there).
+    hang: Option<Hang>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Retryable,
+    Fatal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Hang {
+    /// After the intent, before the side effect.
+    BeforeEffect,
+    /// After the side effect, before apply returns.
+    AfterEffect,
+    /// In the verify after an apply.
+    InVerify,
+    /// In the probe, before any intent.
+    InProbe,
+    /// Stuck in the probe, the process alive (for Ctrl-C).
+    Stuck,
+}
+
+/// What happened to one fake step.
+#[derive(Debug, Default)]
+struct Seen {
+    script: Script,
+    /// The side effect, counted: a resume must never repeat it.
+    effects: u32,
+    verifies: u32,
+    input: Option<String>,
+}
+
+#[derive(Default)]
+struct World {
+    steps: BTreeMap<String, Seen>,
+    hung: Arc<Notify>,
+}
+
+static WORLDS: LazyLock<Mutex<BTreeMap<String, World>>> = LazyLock::new(Default::default);
+
+fn with_world<R>(world: &str, f: impl FnOnce(&mut World) -> R) -> R {
+    let mut worlds = WORLDS.lock().unwrap_or_else(|p| p.into_inner());
+    f(worlds.entry(world.to_string()).or_default())
+}
+
+fn seen<R>(world: &str, step: &str, f: impl FnOnce(&mut Seen) -> R) -> R {
+    with_world(world, |w| f(w.steps.entry(step.to_string()).or_default()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fake {
+    world: String,
+    #[serde(default)]
+    input: Option<String>,
+    #[serde(default = "ten")]
+    converge_seconds: u64,
+}
+
+fn ten() -> u64 {
+    10
+}
+
+async fn hang(world: &str) -> ! {
+    let hung = with_world(world, |w| w.hung.clone());
+    hung.notify_one();
+    std::future::pending().await
+}
+
+fn fail(failure: Failure, what: &str) -> StepError {
+    match failure {
+        Failure::Retryable => StepError::retryable(format!("{what}: throttled")),
+        Failure::Fatal => StepError::fatal(format!("{what}: access denied"), "fix the credentials"),
+    }
+}
+
+impl Fake {
+    fn done(&self, cx: &StepContext) -> Probe {
+        Probe::Satisfied(Outputs::from([("value".to_string(), format!("{}-out", cx.step))]))
+    }
+}
+
+impl Step for Fake {
+    const KIND: &'static str = "fake";
+    const OUTPUTS: Option<&'static [&'static str]> = Some(&["value"]);
+
+    fn converge_within(&self) -> Duration {
+        Duration::from_secs(self.converge_seconds)
+    }
+
+    async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        let (next_error, script, effects) = seen(&self.world, &cx.step, |s| {
+            s.input = self.input.clone();
+            let next = (!s.script.probe_errors.is_empty()).then(|| s.script.probe_errors.remove(0));
+            (next, s.script.clone(), s.effects)
+        });
+        if let Some(failure) = next_error {
+            return Err(fail(failure, "probe"));
+        }
+        match script.hang {
+            Some(Hang::InProbe) => hang(&self.world).await,
+            Some(Hang::Stuck) => std::future::pending().await,
+            _ => {}
+        }
+        if script.conflict {
+            return Ok(Probe::Conflict("a thing with other settings is there".into()));
+        }
+        Ok(if effects > 0 { self.done(cx) } else { Probe::Absent("create the thing".into()) })
+    }
+
+    async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
+        let script = seen(&self.world, &cx.step, |s| s.script.clone());
+        if script.needs_approval && !cx.approve("Plan: 1 to add").await {
+            return Err(StepError::AwaitingApproval { summary: "Plan: 1 to add".into() });
+        }
+        if script.hang == Some(Hang::BeforeEffect) {
+            hang(&self.world).await;
+        }
+        seen(&self.world, &cx.step, |s| s.effects += 1);
+        cx.log("created the thing").await;
+        if script.hang == Some(Hang::AfterEffect) {
+            hang(&self.world).await;
+        }
+        Ok(())
+    }
+
+    async fn verify(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        let (script, verifies) = seen(&self.world, &cx.step, |s| {
+            s.verifies += 1;
+            (s.script.clone(), s.verifies)
+        });
+        if script.hang == Some(Hang::InVerify) {
+            hang(&self.world).await;
+        }
+        if script.never_converges || verifies <= script.converge_after {
+            return Ok(Probe::Absent("the thing is still coming up".into()));
+        }
+        Step::probe(self, cx).await
+    }
+}
+
+static FAKE_KINDS: &[Kind] = &[Kind::of::<Fake>()];
+
+/// One test's world, state file and runbook.
+struct Harness {
+    world: String,
+    dir: PathBuf,
+    runbook: Arc<Runbook>,
+    services: Arc<Services>,
+    run: i64,
+}
+
+fn environment() -> Environment {
+    toml::from_str(
+        r#"name = "test"
+account_id = "000000000000"
+region = "us-east-1"
+loopback_only = true
+[aws]
+endpoint_url = "http://127.0.0.1:9"
+[aws.emulator_credentials]
+access_key_id = "test"
+secret_access_key = "test"
+"#,
+    )
+    .unwrap()
+}
+
+/// `steps`: (id, needs, extra params) in file order.
+fn runbook_text(world: &str, steps: &[(&str, &[&str], &str)]) -> String {
+    let mut text = String::from("name = \"fakes\"\n");
+    for (id, needs, extra) in steps {
+        let needs: Vec<String> = needs.iter().map(|n| format!("\"{n}\"")).collect();
+        text.push_str(&format!(
+            "[[steps]]\nid = \"{id}\"\ntitle = \"Fake {id}\"\nkind = \"fake\"\nneeds = [{}]\n[steps.params]\nworld = \"{world}\"\n{extra}\n",
+            needs.join(", ")
+        ));
+    }
+    text
+}
+
+impl Harness {
+    async fn new(world: &str, steps: &[(&str, &[&str], &str)], approver: Approver) -> Self {
+        let world = format!("{world}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("runbook-engine-{world}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let env = environment();
+        let text = runbook_text(&world, steps);
+        let file = NamedFile { path: dir.join("fakes.toml"), hash: sha256_hex(text.as_bytes()), text };
+        let runbook = Runbook::from_file(FAKE_KINDS, file, "fakes", &env, &BTreeMap::new()).unwrap();
+        let cloud = Cloud::connect(&env).await;
+        let services = Arc::new(Services {
+            env: Arc::new(env),
+            cloud: Arc::new(cloud),
+            project: Arc::new(dir.clone()),
+            approver,
+        });
+        let mut db = StateDb::open(&dir.join("state.db")).unwrap();
+        let ids: Vec<String> = runbook.steps.iter().map(|s| s.id.clone()).collect();
+        let vars = BTreeMap::new();
+        let run = db
+            .create_run(&NewRun {
+                runbook: "fakes",
+                env: "test",
+                runbook_hash: "h",
+                inputs_hash: "i",
+                vars: &vars,
+                operator: "tester",
+                host: "here",
+                steps: &ids,
+            })
+            .unwrap();
+        Harness { world, dir, runbook: Arc::new(runbook), services, run }
+    }
+
+    fn script(&self, step: &str, script: Script) {
+        seen(&self.world, step, |s| s.script = script);
+    }
+
+    fn seen<R>(&self, step: &str, f: impl FnOnce(&mut Seen) -> R) -> R {
+        seen(&self.world, step, f)
+    }
+
+    fn db(&self) -> StateDb {
+        StateDb::open(&self.dir.join("state.db")).unwrap()
+    }
+
+    /// Runs (or resumes) the run as `drive` does; `None` when the process "died".
+    async fn run_until(&self, cancel: impl Future<Output = ()>) -> Option<(RunState, Vec<Event>)> {
+        let db = self.db();
+        let progress = db.progress(self.run).unwrap();
+        let state = StateHandle::spawn(db);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let recorder = Recorder::new(Some((state, self.run)), tx);
+        let engine = Engine {
+            runbook: self.runbook.clone(),
+            services: self.services.clone(),
+            recorder: recorder.clone(),
+            retry: RetryPolicy::default(),
+        };
+        let hung = with_world(&self.world, |w| w.hung.clone());
+        let status = tokio::select! {
+            status = engine.run(progress, cancel) => status,
+            () = hung.notified() => return None,
+        };
+        recorder.emit(Event::RunFinished { run: self.run, status, duration_ms: 0 }).await;
+        drop((engine, recorder));
+        let mut events = Vec::new();
+        while let Some(e) = rx.recv().await {
+            events.push(e);
+        }
+        Some((status, events))
+    }
+
+    async fn run(&self) -> (RunState, Vec<Event>) {
+        self.run_until(std::future::pending()).await.expect("the run finished")
+    }
+
+    fn states(&self) -> Vec<(String, StepState)> {
+        self.db().steps(self.run).unwrap().into_iter().map(|s| (s.step, s.state)).collect()
+    }
+
+    fn step_row(&self, step: &str) -> crate::state::StepRow {
+        self.db().steps(self.run).unwrap().into_iter().find(|s| s.step == step).unwrap()
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        WORLDS.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.world);
+    }
+}
+
+fn pairs(expected: &[(&str, StepState)]) -> Vec<(String, StepState)> {
+    expected.iter().map(|(s, st)| (s.to_string(), *st)).collect()
+}
+
+const CHAIN: &[(&str, &[&str], &str)] = &[("a", &[], ""), ("b", &["a"], "input = \"${steps.a.value}\""), ("c", &["b"], "")];
+
+#[tokio::test(start_paused = true)]
+async fn a_chain_runs_in_order_passes_outputs_and_a_rerun_changes_nothing() {
+    let h = Harness::new("chain", CHAIN, Approver::Withheld).await;
+    let (status, events) = h.run().await;
+    assert_eq!(status, RunState::Done);
+    assert_eq!(h.states(), pairs(&[("a", StepState::Applied), ("b", StepState::Applied), ("c", StepState::Applied)]));
+    assert_eq!(h.seen("b", |s| s.input.clone()).as_deref(), Some("a-out"));
+    let started: Vec<&str> = events.iter().filter_map(|e| match e {
+        Event::StepStarted { step, .. } => Some(step.as_str()),
+        _ => None,
+    }).collect();
+    assert_eq!(started, ["a", "b", "c"]);
+    // Every step reset (as `retry --downstream a` would) is probed again and found satisfied.
+    for id in ["a", "b", "c"] {
+        h.db().record(Some(h.run), &Event::StepReset { step: id.into(), reason: "test".into(), operator: "t".into() }).unwrap();
+    }
+    let (status, _) = h.run().await;
+    assert_eq!(status, RunState::Done);
+    assert_eq!(h.states(), pairs(&[("a", StepState::Satisfied), ("b", StepState::Satisfied), ("c", StepState::Satisfied)]));
+    assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 1, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_errors_are_retried_with_growing_pauses() {
+    let h = Harness::new("retry", &[("a", &[], "")], Approver::Withheld).await;
+    h.script("a", Script { probe_errors: vec![Failure::Retryable, Failure::Retryable], ..Script::default() });
+    let started = tokio::time::Instant::now();
+    let (status, events) = h.run().await;
+    assert_eq!(status, RunState::Done);
+    let delays: Vec<u64> = events.iter().filter_map(|e| match e {
+        Event::StepRetrying { delay_ms, .. } => Some(*delay_ms),
+        _ => None,
+    }).collect();
+    assert_eq!(delays, [1000, 2000]);
+    assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
+    let attempts = h.db().attempts(h.run, "a").unwrap();
+    let outcomes: Vec<Option<&str>> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
+    assert_eq!(outcomes, [Some("retryable_error"), Some("retryable_error"), Some("applied")]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_ends_in_a_failure_that_says_how_to_go_on() {
+    let h = Harness::new("budget", &[("a", &[], "")], Approver::Withheld).await;
+    h.script("a", Script { probe_errors: vec![Failure::Retryable; 5], ..Script::default() });
+    let (status, _) = h.run().await;
+    assert_eq!(status, RunState::Failed);
+    let row = h.step_row("a");
+    assert_eq!((row.state, row.attempts), (StepState::Failed, 3));
+    assert_eq!(row.last_error.as_deref(), Some("probe: throttled (gave up after 3 attempts)"));
+    assert_eq!(row.fix.as_deref(), Some("once the cause is fixed: runbook retry a"));
+    assert_eq!(h.seen("a", |s| s.effects), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fatal_error_stops_its_branch_while_siblings_finish() {
+    let steps: &[(&str, &[&str], &str)] = &[("a", &[], ""), ("b", &["a"], ""), ("c", &[], ""), ("d", &["b", "c"], "")];
+    let h = Harness::new("fatal", steps, Approver::Withheld).await;
+    h.script("a", Script { probe_errors: vec![Failure::Fatal], ..Script::default() });
+    h.script("c", Script { converge_after: 3, ..Script::default() });
+    let (status, events) = h.run().await;
+    assert_eq!(status, RunState::Failed);
+    assert_eq!(
+        h.states(),
+        pairs(&[("a", StepState::Failed), ("b", StepState::Blocked), ("c", StepState::Applied), ("d", StepState::Blocked)])
+    );
+    assert_eq!(h.step_row("a").attempts, 1, "a fatal error is not retried");
+    assert_eq!(h.step_row("b").last_error.as_deref(), Some("waits for a"));
+    assert_eq!(h.step_row("d").last_error.as_deref(), Some("waits for a"), "blocked by the failed step, not by the blocked one");
+    assert!(events.iter().any(|e| matches!(e, Event::StepBlocked { step, .. } if step == "d")));
+    assert_eq!(h.seen("b", |s| s.effects), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_conflict_fails_the_step_without_applying() {
+    let h = Harness::new("conflict", &[("a", &[], ""), ("b", &["a"], "")], Approver::Withheld).await;
+    h.script("a", Script { conflict: true, ..Script::default() });
+    let (status, _) = h.run().await;
+    assert_eq!(status, RunState::Failed);
+    let row = h.step_row("a");
+    assert_eq!(row.last_error.as_deref(), Some("conflict: a thing with other settings is there"));
+    assert!(row.fix.unwrap().ends_with("then: runbook retry a"));
+    assert_eq!(h.seen("a", |s| s.effects), 0);
+    assert_eq!(h.step_row("b").state, StepState::Blocked);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_that_does_not_converge_fails_at_its_budget() {
+    let h = Harness::new("converge", &[("a", &[], "converge_seconds = 30")], Approver::Withheld).await;
+    h.script("a", Script { never_converges: true, ..Script::default() });
+    let started = tokio::time::Instant::now();
+    let (status, events) = h.run().await;
+    assert_eq!(status, RunState::Failed);
+    assert!(started.elapsed() >= Duration::from_secs(30));
+    assert_eq!(
+        h.step_row("a").last_error.as_deref(),
+        Some("applied, but not converged within 30s: still the thing is still coming up")
+    );
+    assert!(events.iter().any(|e| matches!(e, Event::StepWaiting { limit_ms: 30_000, .. })), "progress is shown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_approval_stops_the_step_resumably_and_is_recorded() {
+    let h = Harness::new("refused", &[("a", &[], "")], Approver::Answer { operator: "ana".into(), yes: false }).await;
+    h.script("a", Script { needs_approval: true, ..Script::default() });
+    let (status, _) = h.run().await;
+    assert_eq!(status, RunState::Failed);
+    let row = h.step_row("a");
+    assert_eq!(row.last_error.as_deref(), Some("awaiting approval: Plan: 1 to add"));
+    assert_eq!(row.fix.as_deref(), Some("review the plan (runbook logs), then: runbook resume --yes"));
+    assert_eq!(h.seen("a", |s| s.effects), 0);
+    let answers = h.db().events_of_kind(h.run, "approval_answered");
+    assert_eq!(answers.len(), 1);
+    assert!(answers[0].contains("\"operator\":\"ana\"") && answers[0].contains("\"approved\":false"), "{}", answers[0]);
+    assert!(answers[0].contains("Plan: 1 to add"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn given_approval_applies_and_records_who_approved_what() {
+    let h = Harness::new("approved", &[("a", &[], "")], Approver::Answer { operator: "ana".into(), yes: true }).await;
+    h.script("a", Script { needs_approval: true, ..Script::default() });
+    assert_eq!(h.run().await.0, RunState::Done);
+    assert_eq!(h.seen("a", |s| s.effects), 1);
+    let answers = h.db().events_of_kind(h.run, "approval_answered");
+    assert!(answers[0].contains("\"approved\":true") && answers[0].contains("\"summary\":\"Plan: 1 to add\""), "{}", answers[0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ctrl_c_interrupts_resumably_and_closes_attempts_that_did_nothing() {
+    let h = Harness::new("ctrlc", &[("a", &[], ""), ("b", &[], "")], Approver::Withheld).await;
+    h.script("a", Script { hang: Some(Hang::Stuck), ..Script::default() });
+    h.script("b", Script { hang: Some(Hang::Stuck), ..Script::default() });
+    // Ctrl-C a second in: both steps are in their probes.
+    let (status, events) = h.run_until(tokio::time::sleep(Duration::from_secs(1))).await.unwrap();
+    assert_eq!(status, RunState::Interrupted);
+    assert!(matches!(events.last(), Some(Event::RunFinished { status: RunState::Interrupted, .. })));
+    let db = h.db();
+    assert_eq!(db.run(h.run).unwrap().status, RunState::Interrupted);
+    for step in ["a", "b"] {
+        assert_eq!(db.attempts(h.run, step).unwrap()[0].outcome.as_deref(), Some("interrupted"));
+    }
+    // Resumed without the hang, both finish.
+    h.script("a", Script::default());
+    h.script("b", Script::default());
+    assert_eq!(h.run().await.0, RunState::Done);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_db_that_cannot_record_the_intent_stops_before_the_side_effect() {
+    let h = Harness::new("nowrite", &[("a", &[], ""), ("b", &["a"], "")], Approver::Withheld).await;
+    h.db().fail_intents_for_tests();
+    let (status, _) = h.run().await;
+    assert_eq!(status, RunState::Failed);
+    assert_eq!(h.seen("a", |s| s.effects), 0, "nothing applied without a recorded intent");
+    assert_eq!(h.seen("b", |s| s.effects), 0);
+}
+
+/// Kills the process at `hang` during step b of a chain, then resumes: b's side effect
+/// happens once, b is settled (in doubt when the intent was recorded), and the run finishes.
+async fn kill_then_resume(name: &str, hang: Hang, effects_before_resume: u32, outcome: StepState) {
+    let h = Harness::new(name, CHAIN, Approver::Withheld).await;
+    h.script("b", Script { hang: Some(hang), ..Script::default() });
+    assert!(h.run_until(std::future::pending()).await.is_none(), "the run was killed");
+    assert_eq!(h.seen("b", |s| s.effects), effects_before_resume);
+    let row = h.step_row("b");
+    assert_eq!((row.state, row.in_doubt), (StepState::Running, true), "b is in doubt after the kill");
+    h.script("b", Script::default());
+    let (status, events) = h.run().await;
+    assert_eq!(status, RunState::Done);
+    assert!(events.iter().any(|e| matches!(e, Event::StepStarted { step, in_doubt: true, .. } if step == "b")));
+    assert_eq!(h.seen("b", |s| s.effects), 1, "the side effect happened exactly once");
+    assert_eq!(h.states(), pairs(&[("a", StepState::Applied), ("b", outcome), ("c", StepState::Applied)]));
+    assert_eq!(h.seen("a", |s| s.effects), 1, "a finished step is not run again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn killed_after_the_intent_the_step_is_applied_once_on_resume() {
+    kill_then_resume("kill-intent", Hang::BeforeEffect, 0, StepState::Applied).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn killed_mid_apply_the_step_is_settled_by_its_probe_on_resume() {
+    kill_then_resume("kill-mid", Hang::AfterEffect, 1, StepState::Satisfied).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn killed_during_the_verify_the_step_is_settled_by_its_probe_on_resume() {
+    kill_then_resume("kill-verify", Hang::InVerify, 1, StepState::Satisfied).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn killed_before_the_intent_nothing_is_in_doubt() {
+    let h = Harness::new("kill-probe", CHAIN, Approver::Withheld).await;
+    h.script("b", Script { hang: Some(Hang::InProbe), ..Script::default() });
+    assert!(h.run_until(std::future::pending()).await.is_none());
+    assert!(!h.step_row("b").in_doubt);
+    h.script("b", Script::default());
+    assert_eq!(h.run().await.0, RunState::Done);
+    assert_eq!(h.seen("b", |s| s.effects), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn plan_probes_read_only_and_waits_for_missing_inputs() {
+    let h = Harness::new("plan", CHAIN, Approver::Withheld).await;
+    seen(&h.world, "a", |s| s.effects = 1);
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let lines = plan(&h.runbook, h.services.clone(), Recorder::new(None, tx)).await;
+    let verdicts: Vec<(&str, PlanVerdict)> = lines.iter().map(|l| (l.step.as_str(), l.verdict)).collect();
+    assert_eq!(verdicts, [("a", PlanVerdict::Satisfied), ("b", PlanVerdict::WouldApply), ("c", PlanVerdict::WouldApply)]);
+    h.script("a", Script { conflict: true, ..Script::default() });
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let lines = plan(&h.runbook, h.services.clone(), Recorder::new(None, tx)).await;
+    assert_eq!(lines[1].verdict, PlanVerdict::AfterUpstream);
+    assert_eq!(lines[1].detail, "probed once a exist");
+    assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 0, 0], "plan applies nothing");
+}

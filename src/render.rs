@@ -1,0 +1,163 @@
+//! The one rendering edge for command outcomes: text for people, JSON for scripts, and the
+//! exit code. The live progress of a run is the reporter's; everything a command returns is
+//! rendered here, once.
+//!
+//! Exit codes: 0 done, 1 a step failed (or the run could not be recorded), 2 bad input
+//! (nothing was recorded or changed), 3 locked by another run, 130 interrupted.
+
+use crate::clock::{format_duration, format_utc};
+use crate::commands::{CliError, Outcome};
+use crate::engine::{PlanLine, PlanVerdict};
+use crate::error_chain::error_chain;
+use crate::event::{RunState, StepState};
+use crate::state::StateError;
+use crate::status::StatusView;
+
+/// What to print on stdout and stderr, and the exit code.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Rendered {
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+    pub(crate) code: i32,
+}
+
+pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
+    let mut r = Rendered { code: exit_code(outcome), ..Rendered::default() };
+    match outcome {
+        Outcome::Run { run, status, view, write_error } => {
+            if let (false, Some(view)) = (json, view) {
+                r.stdout = status_table(view);
+            }
+            if let Some(error) = write_error {
+                r.stderr = format!("error: the state DB could not be written: {error}\n");
+            } else if *status == RunState::Interrupted {
+                r.stderr = format!("interrupted: run {run} is recorded as interrupted; `runbook resume` continues it\n");
+            }
+        }
+        Outcome::NothingToResume { run, runbook } => {
+            r.stdout = if json {
+                format!("{}\n", serde_json::json!({ "run": run, "nothing_to_resume": true }))
+            } else {
+                format!("run {run} of {runbook} is done; nothing to resume (runbook run {runbook} starts a new one)\n")
+            };
+        }
+        Outcome::Plan(lines) => {
+            r.stdout = if json { format!("{}\n", serde_json::json!({ "plan": lines })) } else { plan_table(lines) };
+        }
+        Outcome::Status(view) => {
+            r.stdout = if json { format!("{}\n", serde_json::to_string_pretty(view).unwrap_or_default()) } else { status_table(view) };
+        }
+        Outcome::Logs { run, step, attempts } => {
+            for a in attempts {
+                if json {
+                    r.stdout.push_str(&format!("{}\n", serde_json::to_string(a).unwrap_or_default()));
+                    continue;
+                }
+                let outcome = a.outcome.as_deref().unwrap_or(if a.intent_at.is_some() { "in doubt" } else { "none" });
+                let error = a.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                r.stdout.push_str(&format!(
+                    "== run {run} step {step} attempt {} — started {}, outcome {outcome}{error}\n{}",
+                    a.attempt,
+                    format_utc(a.started_at),
+                    a.log
+                ));
+            }
+        }
+        Outcome::Graph(text) => {
+            r.stdout = if json { format!("{}\n", serde_json::json!({ "graph": text })) } else { text.clone() };
+        }
+        Outcome::Skipped { run, step, reason } => {
+            r.stdout = if json {
+                format!("{}\n", serde_json::json!({ "run": run, "skipped": step, "reason": reason }))
+            } else {
+                format!("{step} skipped in run {run} ({reason}); `runbook resume` continues with what depends on it\n")
+            };
+        }
+        Outcome::Unlocked(holder) => {
+            r.stdout = match (json, holder) {
+                (true, Some(h)) => format!("{}\n", serde_json::json!({ "broke_lock_of": { "host": h.host, "pid": h.pid } })),
+                (true, None) => format!("{}\n", serde_json::json!({ "broke_lock_of": null })),
+                (false, Some(h)) => format!("broke the run lock held by pid {} on {} (recorded in the audit log)\n", h.pid, h.host),
+                (false, None) => "no run lock is held\n".to_string(),
+            };
+        }
+        Outcome::Ring(_) => {}
+    }
+    r
+}
+
+fn exit_code(outcome: &Outcome) -> i32 {
+    match outcome {
+        Outcome::Run { write_error: Some(_), .. } => 1,
+        Outcome::Run { status, .. } => match status {
+            RunState::Done => 0,
+            RunState::Interrupted => 130,
+            RunState::Failed | RunState::Running | RunState::Died => 1,
+        },
+        Outcome::Plan(lines) => i32::from(lines.iter().any(|l| matches!(l.verdict, PlanVerdict::Conflict | PlanVerdict::Error))),
+        Outcome::Ring(code) => *code,
+        _ => 0,
+    }
+}
+
+/// The message and exit code of a command that did not get to an outcome.
+pub(crate) fn error(err: &CliError) -> Rendered {
+    let code = match err {
+        CliError::State(StateError::Locked { .. }) => 3,
+        // The state DB failed after it was opened: not the operator's input.
+        CliError::State(StateError::Sql { .. } | StateError::Write { .. }) | CliError::Recorded { .. } => 1,
+        _ => 2,
+    };
+    Rendered { stdout: String::new(), stderr: format!("error: {}\n", error_chain(err)), code }
+}
+
+pub(crate) fn plan_table(lines: &[PlanLine]) -> String {
+    let mut out = format!("{:<8} {:<14} DETAIL\n", "STEP", "VERDICT");
+    for line in lines {
+        out.push_str(&format!("{:<8} {:<14} {}: {}\n", line.step, line.verdict.as_str(), line.title, line.detail));
+    }
+    let changes = lines.iter().filter(|l| l.verdict != PlanVerdict::Satisfied).count();
+    out.push_str(&format!("{changes} of {} steps would act or wait for inputs; nothing was changed\n", lines.len()));
+    out
+}
+
+pub(crate) fn status_table(view: &StatusView) -> String {
+    let run = &view.run;
+    let mut out = format!(
+        "run {}: {} on {} — {} (started {} by {}@{}{})\n",
+        run.id,
+        run.runbook,
+        run.env,
+        run.status,
+        format_utc(run.started_at),
+        run.operator,
+        run.host,
+        run.ended_at.map(|e| format!(", took {}", format_duration(e - run.started_at))).unwrap_or_default()
+    );
+    out.push_str(&format!("{:<8} {:<10} {:>8} {:>9}  {}\n", "STEP", "STATE", "ATTEMPTS", "DURATION", "LAST ERROR / NEXT"));
+    for step in &view.steps {
+        let row = &step.row;
+        let in_doubt = row.in_doubt && row.state == StepState::Running && run.status != RunState::Running;
+        let state = if in_doubt { "in-doubt" } else { row.state.as_str() };
+        let mut note = row.last_error.as_deref().map(first_line).unwrap_or_default();
+        if let Some(next) = &step.next {
+            if !note.is_empty() {
+                note.push_str(" — ");
+            }
+            note.push_str("next: ");
+            note.push_str(next);
+        }
+        let duration = row.duration_ms.map(format_duration).unwrap_or_else(|| "-".into());
+        out.push_str(&format!("{:<8} {:<10} {:>8} {:>9}  {}\n", row.step, state, row.attempts, duration, note));
+    }
+    out.push_str(&format!("next: {}\n", view.next));
+    out
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    if line.chars().count() > 160 { format!("{}…", line.chars().take(160).collect::<String>()) } else { line.to_string() }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+//! Validation before anything runs, on the project's real runbook and environments: every
+//! refusal names the file, the step, the field and the fix.
+
+use super::*;
+
+fn project() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sprint2() -> String {
+    std::fs::read_to_string(project().join("runbooks/sprint-2.toml")).unwrap()
+}
+
+fn env(name: &str) -> Environment {
+    let mut env = Environment::load(&project(), name).unwrap();
+    // Relative, so that messages read the same on every machine.
+    env.path = PathBuf::from(format!("runbooks/environments/{name}.toml"));
+    env
+}
+
+fn load_with(text: &str, env: &Environment, vars: &[(&str, &str)]) -> Result<Runbook, RunbookError> {
+    let file = NamedFile { path: PathBuf::from("runbooks/sprint-2.toml"), hash: sha256_hex(text.as_bytes()), text: text.to_string() };
+    let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Runbook::from_file(steps::KINDS, file, "sprint-2", env, &vars)
+}
+
+fn refused(text: &str) -> String {
+    match load_with(text, &env("local"), &[]) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn substitute_replaces_known_and_keeps_unknown() {
+    let out = substitute("a-${x}-${y}-${", |r| (r == "x").then(|| "1".to_string()));
+    assert_eq!(out, "a-1-${y}-${");
+}
+
+#[test]
+fn step_reference_splits_on_the_last_dot() {
+    assert_eq!(split_step_reference("steps.T2.2.image_tag"), Some(("T2.2", "image_tag")));
+    assert_eq!(split_step_reference("steps.T2"), None);
+}
+
+#[test]
+fn sprint_2_loads_against_both_environments_in_the_plans_order() {
+    for name in ["local", "armitage"] {
+        let book = load_with(&sprint2(), &env(name), &[]).unwrap();
+        assert_eq!(book.steps.len(), 8, "{name}");
+        assert_eq!(book.graph.topological(), ["T2.1", "T2.3", "T2.2", "T2.4", "T2.5", "T2.6", "T2.7", "T2.8"]);
+        let repository = book.step("T2.1").unwrap().params["name"].as_str().unwrap().to_string();
+        assert_eq!(repository, format!("dixie-{}", env(name).vars["environment"]));
+    }
+}
+
+#[test]
+fn every_kind_is_registered_once() {
+    let names: Vec<&str> = steps::KINDS.iter().map(|k| k.name).collect();
+    assert_eq!(names, ["ecr_repository", "database", "image", "terraform", "ssm_params", "ecs_deploy", "validate"]);
+    assert_eq!(steps::find(steps::KINDS, "terraform").map(|k| k.outputs), Some(None), "terraform's outputs are the module's");
+}
+
+#[test]
+fn a_cycle_is_named_with_its_members() {
+    let text = sprint2()
+        .replace("kind = \"ecr_repository\"", "kind = \"ecr_repository\"\nneeds = [\"T2.3\"]")
+        .replace("kind = \"database\"", "kind = \"database\"\nneeds = [\"T2.1\"]");
+    assert_eq!(refused(&text), "runbooks/sprint-2.toml: dependency cycle: T2.1 → T2.3 → T2.1; remove one of these `needs`");
+}
+
+#[test]
+fn an_unknown_kind_lists_the_known_ones() {
+    let err = refused(&sprint2().replace("kind = \"database\"", "kind = \"databse\""));
+    assert_eq!(
+        err,
+        "runbooks/sprint-2.toml: step T2.3: unknown kind `databse`; known kinds: ecr_repository, database, image, \
+         terraform, ssm_params, ecs_deploy, validate"
+    );
+}
+
+#[test]
+fn an_unknown_field_is_named() {
+    let err = refused(&sprint2().replace("keep_last_images = 10", "keep_last_images = 10\nkeep_lats = 3"));
+    assert!(err.starts_with("runbooks/sprint-2.toml: step T2.1 (ecr_repository): params: unknown field `keep_lats`"), "{err}");
+}
+
+#[test]
+fn a_wrong_type_is_named() {
+    let err = refused(&sprint2().replace("keep_last_images = 10", "keep_last_images = \"ten\""));
+    assert!(err.contains("step T2.1 (ecr_repository)") && err.contains("expected u32"), "{err}");
+}
+
+#[test]
+fn a_missing_environment_variable_says_where_to_define_it() {
+    let err = refused(&sprint2().replace("${env.rds_instance}", "${env.rds_instanse}"));
+    assert_eq!(
+        err,
+        "runbooks/sprint-2.toml: step T2.3, field `instance`: variable `rds_instanse` is not defined; add \
+         `rds_instanse = \"…\"` to [vars] in runbooks/environments/local.toml, or pass --var rds_instanse=…"
+    );
+}
+
+#[test]
+fn a_missing_runbook_variable_says_where_to_define_it() {
+    let err = refused(&sprint2().replace("name = \"${service}\"", "name = \"${servcie}\""));
+    assert!(err.contains("variable `servcie` is not defined") && err.contains("[vars] in runbooks/sprint-2.toml"), "{err}");
+}
+
+#[test]
+fn a_reference_to_a_step_that_is_not_upstream_says_which_need_to_add() {
+    let err = refused(&sprint2().replace("database = \"dixie\"", "database = \"${steps.T2.1.repository_uri}\""));
+    assert!(err.contains("bad reference `${steps.T2.1.repository_uri}`: T2.3 does not need T2.1; add \"T2.1\" to its `needs`"), "{err}");
+}
+
+#[test]
+fn a_reference_to_an_output_that_does_not_exist_lists_the_outputs() {
+    let err = refused(&sprint2().replace("${steps.T2.1.repository_uri}", "${steps.T2.1.repo_uri}"));
+    assert!(err.contains("step T2.1 has no output `repo_uri`; it has: repository_uri, repository_arn, registry_id"), "{err}");
+}
+
+#[test]
+fn malformed_toml_names_the_line() {
+    let err = refused(&sprint2().replace("[[steps]]", "[[steps]"));
+    assert!(err.starts_with("runbooks/sprint-2.toml: TOML parse error at line"), "{err}");
+}
+
+#[test]
+fn duplicate_ids_unknown_needs_and_a_wrong_name_are_refused() {
+    let err = refused(&sprint2().replace("id = \"T2.3\"", "id = \"T2.1\"").replace("\"T2.4\", \"T2.3\"", "\"T2.4\""));
+    assert!(err.contains("step id `T2.1` appears twice"), "{err}");
+    let err = refused(&sprint2().replace("needs = [\"T2.1\"]", "needs = [\"T2.0\"]"));
+    assert_eq!(err, "runbooks/sprint-2.toml: step T2.2 needs `T2.0`, which is not a step of this runbook");
+    let err = refused(&sprint2().replace("name = \"sprint-2\"", "name = \"sprint-3\""));
+    assert!(err.contains("the file says name = \"sprint-3\" but is named sprint-2.toml"), "{err}");
+}
+
+#[test]
+fn variables_that_refer_to_each_other_in_a_loop_are_refused() {
+    let text = sprint2().replace("image_tag = \"\"", "image_tag = \"${other}\"\nother = \"${image_tag}\"");
+    assert!(refused(&text).contains("variables refer to each other in a loop"));
+}
+
+#[test]
+fn latest_is_refused_wherever_a_tag_appears() {
+    let err = load_with(&sprint2(), &env("local"), &[("image_tag", "latest")]).err().unwrap().to_string();
+    assert!(err.starts_with("--var image_tag: image_tag = \"latest\" is refused"), "{err}");
+    let in_image = sprint2().replace("tag = \"${image_tag}\"", "tag = \"latest\"");
+    assert!(refused(&in_image).contains("step T2.2 (image): params: image tag \"latest\" is refused"));
+    let in_terraform = sprint2().replace("vars = { image_tag = \"${steps.T2.2.image_tag}\" }", "vars = { image_tag = \"latest\" }");
+    assert!(refused(&in_terraform).contains("step T2.4 (terraform): params: vars.image_tag: image tag \"latest\" is refused"));
+    let in_deploy = sprint2().replace("image_tag = \"${steps.T2.2.image_tag}\"\nimage_repository", "image_tag = \"latest\"\nimage_repository");
+    assert!(refused(&in_deploy).contains("step T2.6 (ecs_deploy): params: image tag \"latest\" is refused"));
+    let bad = load_with(&sprint2(), &env("local"), &[("image_tag", "a b/c")]).err().unwrap().to_string();
+    assert!(bad.contains("step T2.2 (image)") && bad.contains("is not a Docker tag"), "{bad}");
+}
+
+#[test]
+fn the_inputs_hash_follows_the_environment_and_the_overrides() {
+    let a = load_with(&sprint2(), &env("local"), &[]).unwrap();
+    let b = load_with(&sprint2(), &env("local"), &[("image_tag", "abc1234")]).unwrap();
+    let c = load_with(&sprint2(), &env("armitage"), &[]).unwrap();
+    assert_ne!(a.inputs_hash, b.inputs_hash);
+    assert_ne!(a.inputs_hash, c.inputs_hash);
+    assert_eq!(a.hash, c.hash, "the same runbook file");
+}
+
+#[test]
+fn step_outputs_fill_references_at_run_time() {
+    let book = load_with(&sprint2(), &env("local"), &[]).unwrap();
+    let t22 = book.step("T2.2").unwrap();
+    let err = t22.typed(book.registry, &BTreeMap::new()).unwrap_err();
+    assert!(err.contains("inputs not available yet: ${steps.T2.1.repository_uri}"), "{err}");
+    let outputs = BTreeMap::from([("T2.1".to_string(), BTreeMap::from([("repository_uri".to_string(), "r".to_string())]))]);
+    assert!(t22.typed(book.registry, &outputs).is_ok());
+}

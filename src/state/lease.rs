@@ -1,0 +1,152 @@
+//! The run lock: one row, a lease held by a process (host, pid and the pid's start time) that
+//! beats while it runs. A live holder is never displaced by `acquire`; a dead one (same host:
+//! no process with that pid and start time; other host: no heartbeat for the stale period) is
+//! taken over, and the takeover is returned so that it is recorded.
+
+use std::path::Path;
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{StateDb, StateError, sql_err};
+use crate::clock::{format_utc, now_ms};
+
+/// A lease whose holder has not beaten for this long, on another host, may be taken over.
+const LEASE_STALE_MS: i64 = 30_000;
+
+/// Who holds (or held) the lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub(crate) host: String,
+    pub(crate) pid: i64,
+    /// Start time of the pid (clock ticks since boot), when known.
+    pub(crate) pid_started: Option<i64>,
+}
+
+impl Holder {
+    /// This process on this host.
+    pub(crate) fn me(host: &str) -> Self {
+        let pid = i64::from(std::process::id());
+        Holder { host: host.to_string(), pid, pid_started: process_start(pid) }
+    }
+}
+
+struct Lease {
+    run: Option<i64>,
+    holder: Holder,
+    since: i64,
+    heartbeat: i64,
+}
+
+fn read_lease(conn: &rusqlite::Connection) -> rusqlite::Result<Option<Lease>> {
+    conn.query_row("SELECT run_id, host, pid, pid_started, acquired_at, heartbeat_at FROM run_lock WHERE id = 1", [], |r| {
+        Ok(Lease {
+            run: r.get(0)?,
+            holder: Holder { host: r.get(1)?, pid: r.get(2)?, pid_started: r.get(3)? },
+            since: r.get(4)?,
+            heartbeat: r.get(5)?,
+        })
+    })
+    .optional()
+}
+
+impl StateDb {
+    /// Takes the run lock for `me`. A lease held by a live process is refused; a dead holder's
+    /// is taken over and returned.
+    pub(crate) fn acquire_lock(&mut self, me: &Holder) -> Result<Option<Holder>, StateError> {
+        let path = self.path.clone();
+        let now = now_ms();
+        let tx = self.tx()?;
+        let current = read_lease(&tx).map_err(|e| sql_err(&path, e))?;
+        let mut taken_over = None;
+        if let Some(lease) = current {
+            let same = lease.holder.pid == me.pid && lease.holder.host == me.host;
+            if !same && alive(&me.host, &lease.holder, lease.heartbeat, now) {
+                return Err(StateError::Locked {
+                    path,
+                    run: lease.run.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                    host: lease.holder.host,
+                    pid: lease.holder.pid,
+                    since: format_utc(lease.since),
+                    heartbeat_age_s: (now - lease.heartbeat) / 1000,
+                });
+            }
+            if !same {
+                taken_over = Some(lease.holder);
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO run_lock (id, run_id, host, pid, pid_started, acquired_at, heartbeat_at)
+             VALUES (1, NULL, ?1, ?2, ?3, ?4, ?4)",
+            params![me.host, me.pid, me.pid_started, now],
+        )
+        .map_err(|e| sql_err(&path, e))?;
+        tx.commit().map_err(|e| sql_err(&path, e))?;
+        Ok(taken_over)
+    }
+
+    /// Whether a live process holds the lock for `run` (a run marked running may have died).
+    pub(crate) fn run_is_live(&self, run: i64, our_host: &str) -> Result<bool, StateError> {
+        Ok(read_lease(&self.conn).map_err(|e| self.sql_err(e))?.is_some_and(|l| l.run == Some(run) && alive(our_host, &l.holder, l.heartbeat, now_ms())))
+    }
+
+    pub(crate) fn lock_run(&mut self, me: &Holder, run: i64) -> Result<(), StateError> {
+        self.conn
+            .execute("UPDATE run_lock SET run_id = ?2 WHERE pid = ?1 AND host = ?3", params![me.pid, run, me.host])
+            .map(drop)
+            .map_err(|e| self.sql_err(e))
+    }
+
+    pub(crate) fn heartbeat(&mut self, me: &Holder) -> Result<(), StateError> {
+        self.conn
+            .execute("UPDATE run_lock SET heartbeat_at = ?2 WHERE pid = ?1 AND host = ?3", params![me.pid, now_ms(), me.host])
+            .map(drop)
+            .map_err(|e| self.sql_err(e))
+    }
+
+    pub(crate) fn release_lock(&mut self, me: &Holder) -> Result<(), StateError> {
+        self.conn
+            .execute("DELETE FROM run_lock WHERE pid = ?1 AND host = ?2", params![me.pid, me.host])
+            .map(drop)
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// Removes whatever lock there is; returns its holder, for the audit record.
+    pub(crate) fn break_lock(&mut self) -> Result<Option<Holder>, StateError> {
+        let path = self.path.clone();
+        let tx = self.tx()?;
+        let holder = tx
+            .query_row("SELECT host, pid, pid_started FROM run_lock WHERE id = 1", [], |r| {
+                Ok(Holder { host: r.get(0)?, pid: r.get(1)?, pid_started: r.get(2)? })
+            })
+            .optional()
+            .map_err(|e| sql_err(&path, e))?;
+        tx.execute("DELETE FROM run_lock", []).map_err(|e| sql_err(&path, e))?;
+        tx.commit().map_err(|e| sql_err(&path, e))?;
+        Ok(holder)
+    }
+}
+
+/// Same host: a process with that pid exists and, when the lease knows it, started when the
+/// holder did (a reused pid is another process). Other host: it beat within the stale period.
+fn alive(our_host: &str, holder: &Holder, heartbeat_at: i64, now: i64) -> bool {
+    if holder.host != our_host {
+        return now - heartbeat_at < LEASE_STALE_MS;
+    }
+    match (holder.pid_started, process_start(holder.pid)) {
+        (_, None) => false,
+        (Some(then), Some(now_started)) => then == now_started,
+        (None, Some(_)) => true,
+    }
+}
+
+/// The start time of `pid` in clock ticks since boot (`/proc/<pid>/stat`, field 22), or
+/// `None` when there is no such process.
+pub(super) fn process_start(pid: i64) -> Option<i64> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}

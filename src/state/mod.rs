@@ -1,0 +1,168 @@
+//! The state DB: runs, step attempts, non-secret outputs, the append-only event log, and the
+//! run lock. One connection; during a run it is owned by one thread ([`StateHandle`]);
+//! commands that only read use [`StateDb`] directly.
+//!
+//! Split by concern: `schema` (pragmas, migrations), `record` (events and the tables they
+//! change), `queries` (what commands read), `lease` (the run lock), `owner` (the owner thread
+//! and its group commits). This module must not know about steps or the cloud.
+
+mod lease;
+mod owner;
+mod queries;
+mod record;
+mod schema;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, TransactionBehavior};
+use serde::Serialize;
+
+pub(crate) use lease::Holder;
+pub(crate) use owner::{StateHandle, WriteError};
+
+use crate::event::{Outputs, RunState, StepState};
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StateError {
+    #[error(
+        "cannot open the state DB {}: {message}; point --state (or RUNBOOK_STATE) at a runbook \
+         state DB, or move this file away to start fresh",
+        path.display()
+    )]
+    Open { path: PathBuf, message: String },
+    #[error(
+        "the state DB {} has schema version {found}, newer than this runbook understands \
+         ({supported}); use a newer runbook binary, or another --state",
+        path.display()
+    )]
+    NewerSchema { path: PathBuf, found: i64, supported: i64 },
+    #[error(
+        "another run holds the lock on {}: run {run} on {host} pid {pid}, since {since}, last \
+         heartbeat {heartbeat_age_s}s ago; wait for it, or if it is dead: runbook unlock --force",
+        path.display()
+    )]
+    Locked { path: PathBuf, run: String, host: String, pid: i64, since: String, heartbeat_age_s: i64 },
+    #[error("no run found in {}{}", path.display(), if what.is_empty() { String::new() } else { format!(" {what}") })]
+    NoRun { path: PathBuf, what: String },
+    #[error("state DB {}: {source}", path.display())]
+    Sql { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot write the state DB {}: {message}", path.display())]
+    Write { path: PathBuf, message: String },
+}
+
+pub(crate) struct StateDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct RunRow {
+    pub(crate) id: i64,
+    pub(crate) runbook: String,
+    pub(crate) env: String,
+    pub(crate) runbook_hash: String,
+    pub(crate) inputs_hash: String,
+    pub(crate) vars: BTreeMap<String, String>,
+    pub(crate) operator: String,
+    pub(crate) host: String,
+    pub(crate) started_at: i64,
+    pub(crate) ended_at: Option<i64>,
+    pub(crate) status: RunState,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct StepRow {
+    pub(crate) step: String,
+    pub(crate) state: StepState,
+    pub(crate) attempts: i64,
+    pub(crate) duration_ms: Option<i64>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) fix: Option<String>,
+    /// The last attempt recorded an intent and no outcome: the side effect may have happened.
+    pub(crate) in_doubt: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct AttemptRow {
+    pub(crate) attempt: i64,
+    pub(crate) started_at: i64,
+    pub(crate) intent_at: Option<i64>,
+    pub(crate) action: Option<String>,
+    pub(crate) outcome: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) duration_ms: Option<i64>,
+    pub(crate) log: String,
+}
+
+pub(crate) struct NewRun<'a> {
+    pub(crate) runbook: &'a str,
+    pub(crate) env: &'a str,
+    pub(crate) runbook_hash: &'a str,
+    pub(crate) inputs_hash: &'a str,
+    pub(crate) vars: &'a BTreeMap<String, String>,
+    pub(crate) operator: &'a str,
+    pub(crate) host: &'a str,
+    pub(crate) steps: &'a [String],
+}
+
+/// What the state DB says about a run's steps when the engine starts.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Steps that are done (applied, satisfied or skipped): not run again.
+    pub(crate) finished: BTreeSet<String>,
+    pub(crate) outputs: BTreeMap<String, Outputs>,
+    /// Attempts used so far, by step.
+    pub(crate) attempts: BTreeMap<String, u32>,
+    /// Steps whose last attempt recorded an intent and no outcome.
+    pub(crate) in_doubt: BTreeSet<String>,
+}
+
+impl StateDb {
+    /// Opens (creating with mode 0600 if absent) and migrates the state DB.
+    pub(crate) fn open(path: &Path) -> Result<Self, StateError> {
+        let open_err = |message: String| StateError::Open { path: path.to_path_buf(), message };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(|e| open_err(e.to_string()))?;
+        let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        // Read before any write: a file that is not a database fails here, untouched.
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| open_err(e.to_string()))?;
+        let supported = schema::MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(StateError::NewerSchema { path: path.to_path_buf(), found: version, supported });
+        }
+        conn.execute_batch(schema::PRAGMAS).map_err(|e| open_err(e.to_string()))?;
+        if version < supported {
+            schema::migrate(&mut conn).map_err(|e| sql_err(path, e))?;
+        }
+        Ok(StateDb { conn, path: path.to_path_buf() })
+    }
+
+    fn tx(&mut self) -> Result<rusqlite::Transaction<'_>, StateError> {
+        let path = self.path.clone();
+        self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| sql_err(&path, e))
+    }
+
+    fn sql_err(&self, source: rusqlite::Error) -> StateError {
+        sql_err(&self.path, source)
+    }
+}
+
+fn sql_err(path: &Path, source: rusqlite::Error) -> StateError {
+    StateError::Sql { path: path.to_path_buf(), source }
+}
+
+/// A state column read back into its enum; anything else is a corrupt row.
+fn state_column<T>(parse: fn(&str) -> Option<T>, row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    parse(&text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, format!("unknown state {text:?}").into())
+    })
+}
+
+#[cfg(test)]
+mod tests;
