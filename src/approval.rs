@@ -38,7 +38,9 @@ impl Approver {
             Approver::Withheld => return false,
             Approver::Given { operator } => (operator, "--yes", true),
             Approver::Prompt { operator } => {
-                cx.recorder.emit(Event::ApprovalRequested { step: cx.step.clone(), summary: summary.to_string() }).await;
+                cx.recorder
+                    .emit(Event::ApprovalRequested { step: cx.step.clone(), summary: summary.to_string() })
+                    .await;
                 let answer = tokio::task::spawn_blocking(|| {
                     let mut line = String::new();
                     std::io::stdin().read_line(&mut line).map(|_| line.trim().to_ascii_lowercase())

@@ -5,8 +5,8 @@ use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ssm::config::Credentials;
 
 use crate::environment::Environment;
-use crate::secret::Secret;
 use crate::error_chain::error_chain;
+use crate::secret::Secret;
 
 pub(crate) struct Cloud {
     pub(crate) cloudwatch: aws_sdk_cloudwatch::Client,
@@ -66,7 +66,10 @@ impl Cloud {
     pub(crate) async fn read_parameter(
         &self,
         name: &str,
-    ) -> Result<Option<Secret<String>>, aws_sdk_ssm::error::SdkError<aws_sdk_ssm::operation::get_parameter::GetParameterError>> {
+    ) -> Result<
+        Option<Secret<String>>,
+        aws_sdk_ssm::error::SdkError<aws_sdk_ssm::operation::get_parameter::GetParameterError>,
+    > {
         match self.ssm.get_parameter().name(name).with_decryption(true).send().await {
             Ok(out) => Ok(out.parameter().and_then(|p| p.value()).map(|v| Secret::new(v.to_string()))),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_not_found()) => Ok(None),
@@ -101,11 +104,7 @@ impl Cloud {
         })?;
         let found = identity.account().unwrap_or("unknown").to_string();
         if found != env.account_id {
-            return Err(CloudError::WrongAccount {
-                env: env.name.clone(),
-                expected: env.account_id.clone(),
-                found,
-            });
+            return Err(CloudError::WrongAccount { env: env.name.clone(), expected: env.account_id.clone(), found });
         }
         Ok(())
     }

@@ -26,8 +26,9 @@ use crate::steps::Services;
 /// Errors at the CLI edge; `render` turns each into a message and an exit code.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CliError {
+    /// Boxed: the largest error, and errors travel through every `?`.
     #[error(transparent)]
-    Runbook(#[from] RunbookError),
+    Runbook(Box<RunbookError>),
     #[error(transparent)]
     Environment(#[from] EnvError),
     #[error(transparent)]
@@ -39,6 +40,12 @@ pub(crate) enum CliError {
     /// After the run was recorded: not bad input, a failure of the run.
     #[error("run {run}: {source}; `runbook status` shows where it stopped")]
     Recorded { run: i64, source: StateError },
+}
+
+impl From<RunbookError> for CliError {
+    fn from(e: RunbookError) -> Self {
+        CliError::Runbook(Box::new(e))
+    }
 }
 
 /// What a command did, for `main.rs` to render as text or JSON.
@@ -81,14 +88,17 @@ async fn lock_and_connect(db: &mut StateDb, env: &Environment, me: &Holder) -> R
         let _ = db.release_lock(me);
         return Err(e.into());
     }
-    let notes = taken_over
-        .map(|h| Event::LockTakenOver { previous_host: h.host, previous_pid: h.pid })
-        .into_iter()
-        .collect();
+    let notes =
+        taken_over.map(|h| Event::LockTakenOver { previous_host: h.host, previous_pid: h.pid }).into_iter().collect();
     Ok((cloud, notes))
 }
 
-pub(crate) async fn run(g: &Globals, runbook: &str, env: &str, vars: BTreeMap<String, String>) -> Result<Outcome, CliError> {
+pub(crate) async fn run(
+    g: &Globals,
+    runbook: &str,
+    env: &str,
+    vars: BTreeMap<String, String>,
+) -> Result<Outcome, CliError> {
     let env = Environment::load(&g.project, env)?;
     let book = Runbook::load(&g.project, runbook, &env, &vars)?;
     let mut db = StateDb::open(&g.state)?;
@@ -112,7 +122,8 @@ pub(crate) async fn run(g: &Globals, runbook: &str, env: &str, vars: BTreeMap<St
             return Err(e.into());
         }
     };
-    drive(g, Drive { db, me, run, book, env, cloud, progress: Progress::default(), resumed: false, preface: notes }).await
+    drive(g, Drive { db, me, run, book, env, cloud, progress: Progress::default(), resumed: false, preface: notes })
+        .await
 }
 
 /// The run to continue: the given one or the latest, with its runbook and environment loaded
@@ -123,10 +134,14 @@ fn reopen(g: &Globals, db: &StateDb, run: Option<i64>) -> Result<(RunRow, Runboo
     let book = Runbook::load(&g.project, &row.runbook, &env, &row.vars)?;
     let mut notes = Vec::new();
     if book.hash != row.runbook_hash {
-        notes.push(Event::InputsChanged { what: format!("runbook {} changed since run {} began", book.path.display(), row.id) });
+        notes.push(Event::InputsChanged {
+            what: format!("runbook {} changed since run {} began", book.path.display(), row.id),
+        });
     }
     if book.inputs_hash != row.inputs_hash {
-        notes.push(Event::InputsChanged { what: format!("environment {} changed since run {} began", env.path.display(), row.id) });
+        notes.push(Event::InputsChanged {
+            what: format!("environment {} changed since run {} began", env.path.display(), row.id),
+        });
     }
     Ok((row, book, env, notes))
 }
@@ -178,8 +193,10 @@ pub(crate) fn skip(g: &Globals, step: &str, reason: &str, run: Option<i64>) -> R
     book.step(step)?;
     let me = Holder::me(&host());
     db.acquire_lock(&me)?;
-    let recorded =
-        db.record(Some(row.id), &Event::StepSkipped { step: step.to_string(), reason: reason.to_string(), operator: operator() });
+    let recorded = db.record(
+        Some(row.id),
+        &Event::StepSkipped { step: step.to_string(), reason: reason.to_string(), operator: operator() },
+    );
     let released = db.release_lock(&me);
     recorded.and(released).map_err(|source| CliError::Recorded { run: row.id, source })?;
     Ok(Outcome::Skipped { run: row.id, step: step.to_string(), reason: reason.to_string() })
@@ -187,12 +204,17 @@ pub(crate) fn skip(g: &Globals, step: &str, reason: &str, run: Option<i64>) -> R
 
 pub(crate) fn unlock(g: &Globals, force: bool) -> Result<Outcome, CliError> {
     if !force {
-        return Err(CliError::Usage("unlock breaks another run's lock; make sure that run is dead, then pass --force".into()));
+        return Err(CliError::Usage(
+            "unlock breaks another run's lock; make sure that run is dead, then pass --force".into(),
+        ));
     }
     let mut db = StateDb::open(&g.state)?;
     let holder = db.break_lock()?;
     if let Some(h) = &holder {
-        db.record(None, &Event::LockBroken { previous_host: h.host.clone(), previous_pid: h.pid, operator: operator() })?;
+        db.record(
+            None,
+            &Event::LockBroken { previous_host: h.host.clone(), previous_pid: h.pid, operator: operator() },
+        )?;
     }
     Ok(Outcome::Unlocked(holder))
 }
@@ -230,7 +252,12 @@ pub(crate) fn graph(g: &Globals, runbook: &str, env: &str, mermaid: bool) -> Res
     Ok(Outcome::Graph(if mermaid { book.graph.to_mermaid(&titles) } else { book.graph.to_dot(&book.name, &titles) }))
 }
 
-pub(crate) async fn plan(g: &Globals, runbook: &str, env: &str, vars: BTreeMap<String, String>) -> Result<Outcome, CliError> {
+pub(crate) async fn plan(
+    g: &Globals,
+    runbook: &str,
+    env: &str,
+    vars: BTreeMap<String, String>,
+) -> Result<Outcome, CliError> {
     let env = Environment::load(&g.project, env)?;
     let book = Runbook::load(&g.project, runbook, &env, &vars)?;
     let cloud = Cloud::connect(&env).await;
@@ -269,7 +296,14 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
     let recorder = Recorder::new(Some((state.clone(), run)), tx);
     let started = now_ms();
     recorder
-        .emit(Event::RunStarted { run, runbook: book.name.clone(), env: env.name.clone(), operator: operator(), host: me.host.clone(), resumed })
+        .emit(Event::RunStarted {
+            run,
+            runbook: book.name.clone(),
+            env: env.name.clone(),
+            operator: operator(),
+            host: me.host.clone(),
+            resumed,
+        })
         .await;
     for event in preface {
         recorder.emit(event).await;
@@ -291,7 +325,12 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
         project: Arc::new(g.project.clone()),
         approver: g.approver.clone(),
     };
-    let engine = Engine { runbook: Arc::new(book), services: Arc::new(services), recorder: recorder.clone(), retry: RetryPolicy::default() };
+    let engine = Engine {
+        runbook: Arc::new(book),
+        services: Arc::new(services),
+        recorder: recorder.clone(),
+        retry: RetryPolicy::default(),
+    };
     let status = engine.run(progress, shutdown_signal()).await;
     heartbeat.abort();
     recorder.emit(Event::RunFinished { run, status, duration_ms: (now_ms() - started).max(0) as u64 }).await;
@@ -321,7 +360,10 @@ async fn shutdown_signal() {
 pub(crate) fn ring(project: &Path, action: &str) -> Result<Outcome, CliError> {
     let script = project.join("ring").join(format!("{action}.sh"));
     if !script.is_file() {
-        return Err(CliError::Usage(format!("{} not found: run runbook from the project folder or pass --project", script.display())));
+        return Err(CliError::Usage(format!(
+            "{} not found: run runbook from the project folder or pass --project",
+            script.display()
+        )));
     }
     let status = std::process::Command::new("bash")
         .arg(&script)

@@ -15,7 +15,8 @@ pub(crate) async fn describe_tasks(
     arns: &[String],
 ) -> Result<Vec<(String, String, Option<String>)>, StepError> {
     let endpoint = env.aws.endpoint_url.clone().unwrap_or_default();
-    let url = reqwest::Url::parse(&endpoint).map_err(|e| StepError::fatal(format!("endpoint_url {endpoint}: {e}"), "fix [aws] in the environment file"))?;
+    let url = reqwest::Url::parse(&endpoint)
+        .map_err(|e| StepError::fatal(format!("endpoint_url {endpoint}: {e}"), "fix [aws] in the environment file"))?;
     let addr = env
         .dial(url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(80))
         .map_err(|why| StepError::fatal(why, "see [address_map]"))?;
@@ -23,7 +24,13 @@ pub(crate) async fn describe_tasks(
         .post(format!("http://{addr}/"))
         .header("X-Amz-Target", "AmazonEC2ContainerServiceV20141113.DescribeTasks")
         .header("Content-Type", "application/x-amz-json-1.1")
-        .header("Authorization", format!("AWS4-HMAC-SHA256 Credential=testing/20260101/{}/ecs/aws4_request, SignedHeaders=host, Signature=0", env.region))
+        .header(
+            "Authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/{}/ecs/aws4_request, SignedHeaders=host, Signature=0",
+                env.region
+            ),
+        )
         .json(&serde_json::json!({ "cluster": cluster, "tasks": arns }))
         .send()
         .await
@@ -45,7 +52,11 @@ pub(crate) async fn describe_tasks(
                 .flat_map(|a| a["details"].as_array().cloned().unwrap_or_default())
                 .find(|d| d["name"] == "privateIPv4Address")
                 .and_then(|d| d["value"].as_str().map(String::from));
-            (t["group"].as_str().unwrap_or_default().to_string(), t["lastStatus"].as_str().unwrap_or_default().to_string(), ip)
+            (
+                t["group"].as_str().unwrap_or_default().to_string(),
+                t["lastStatus"].as_str().unwrap_or_default().to_string(),
+                ip,
+            )
         })
         .collect())
 }

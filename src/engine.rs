@@ -52,7 +52,8 @@ impl Engine {
     /// Runs every step not yet finished, until all are done, one fails (its branch stops,
     /// the rest go on), the state DB cannot be written, or `cancel` resolves.
     pub(crate) async fn run(&self, mut progress: Progress, cancel: impl Future<Output = ()>) -> RunState {
-        let shared = Arc::new(Shared { services: self.services.clone(), recorder: self.recorder.clone(), retry: self.retry });
+        let shared =
+            Arc::new(Shared { services: self.services.clone(), recorder: self.recorder.clone(), retry: self.retry });
         let graph = &self.runbook.graph;
         let mut running: JoinSet<(String, Option<Outputs>)> = JoinSet::new();
         let mut in_flight = BTreeSet::new();
@@ -116,7 +117,10 @@ impl Engine {
         for (step, by) in blocked {
             self.recorder.emit(Event::StepBlocked { step, by }).await;
         }
-        if failed.is_empty() && self.recorder.write_error().is_none() && progress.finished.len() == self.runbook.steps.len() {
+        if failed.is_empty()
+            && self.recorder.write_error().is_none()
+            && progress.finished.len() == self.runbook.steps.len()
+        {
             RunState::Done
         } else {
             RunState::Failed
@@ -211,9 +215,7 @@ async fn one_attempt(cx: &StepContext, step: &dyn AnyStep) -> Result<(DoneOutcom
         Probe::Satisfied(outputs) => Ok((DoneOutcome::Satisfied, outputs)),
         Probe::Conflict(why) => Err(conflict(cx, why)),
         Probe::Absent(what) => {
-            cx.recorder
-                .emit(Event::StepIntent { step: cx.step.clone(), attempt: cx.attempt, action: what })
-                .await;
+            cx.recorder.emit(Event::StepIntent { step: cx.step.clone(), attempt: cx.attempt, action: what }).await;
             if let Some(error) = cx.recorder.write_error() {
                 return Err(StepError::fatal(
                     format!("cannot record the intent, so nothing was applied: {error}"),
@@ -236,9 +238,7 @@ async fn probe_and_report(cx: &StepContext, step: &dyn AnyStep) -> Result<Probe,
         Probe::Absent(what) => (ProbeResult::Absent, what.clone()),
         Probe::Conflict(why) => (ProbeResult::Conflict, why.clone()),
     };
-    cx.recorder
-        .emit(Event::StepProbed { step: cx.step.clone(), attempt: cx.attempt, result, detail })
-        .await;
+    cx.recorder.emit(Event::StepProbed { step: cx.step.clone(), attempt: cx.attempt, result, detail }).await;
     Ok(probe)
 }
 

@@ -80,10 +80,7 @@ impl Environment {
         if env.name != name {
             return Err(EnvError::Invalid {
                 path,
-                message: format!(
-                    "the file says name = \"{}\" but is named {name}.toml; make them agree",
-                    env.name
-                ),
+                message: format!("the file says name = \"{}\" but is named {name}.toml; make them agree", env.name),
             });
         }
         if env.aws.emulator_credentials.is_some() && !env.loopback_only {
@@ -98,9 +95,7 @@ impl Environment {
             if parse_host_port(from).is_none() || to.parse::<SocketAddr>().is_err() {
                 return Err(EnvError::Invalid {
                     path,
-                    message: format!(
-                        "[address_map] \"{from}\" = \"{to}\": write \"host:port\" = \"ip:port\""
-                    ),
+                    message: format!("[address_map] \"{from}\" = \"{to}\": write \"host:port\" = \"ip:port\""),
                 });
             }
         }
@@ -168,10 +163,7 @@ mod tests {
             loopback_only: true,
             aws: AwsSettings::default(),
             vars: BTreeMap::new(),
-            address_map: BTreeMap::from([(
-                "*.rds.amazonaws.com:5432".to_string(),
-                "127.0.0.1:15432".to_string(),
-            )]),
+            address_map: BTreeMap::from([("*.rds.amazonaws.com:5432".to_string(), "127.0.0.1:15432".to_string())]),
             path: PathBuf::from("local.toml"),
             hash: String::new(),
         }

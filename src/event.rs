@@ -20,27 +20,101 @@ pub(crate) enum Event {
         resumed: bool,
     },
     /// Written when a runbook file or its inputs changed since the run began.
-    InputsChanged { what: String },
-    StepStarted { step: String, attempt: u32, title: String, in_doubt: bool },
-    StepProbed { step: String, attempt: u32, result: ProbeResult, detail: String },
+    InputsChanged {
+        what: String,
+    },
+    StepStarted {
+        step: String,
+        attempt: u32,
+        title: String,
+        in_doubt: bool,
+    },
+    StepProbed {
+        step: String,
+        attempt: u32,
+        result: ProbeResult,
+        detail: String,
+    },
     /// Written before the side effect: on resume, intent without an outcome means in doubt.
-    StepIntent { step: String, attempt: u32, action: String },
-    StepLog { step: String, attempt: u32, line: String },
+    StepIntent {
+        step: String,
+        attempt: u32,
+        action: String,
+    },
+    StepLog {
+        step: String,
+        attempt: u32,
+        line: String,
+    },
     /// Progress of a bounded wait; shown, not stored.
-    StepWaiting { step: String, attempt: u32, what: String, elapsed_ms: u64, limit_ms: u64 },
-    StepRetrying { step: String, attempt: u32, error: String, delay_ms: u64 },
+    StepWaiting {
+        step: String,
+        attempt: u32,
+        what: String,
+        elapsed_ms: u64,
+        limit_ms: u64,
+    },
+    StepRetrying {
+        step: String,
+        attempt: u32,
+        error: String,
+        delay_ms: u64,
+    },
     /// A change waits for the operator's yes on the terminal.
-    ApprovalRequested { step: String, summary: String },
+    ApprovalRequested {
+        step: String,
+        summary: String,
+    },
     /// The answer to a change that needed approval: who, how, and the summary they saw.
-    ApprovalAnswered { step: String, summary: String, operator: String, via: String, approved: bool },
-    StepDone { step: String, attempt: u32, outcome: DoneOutcome, outputs: Outputs, duration_ms: u64 },
-    StepFailed { step: String, attempt: u32, error: String, fix: Option<String>, duration_ms: u64 },
-    StepBlocked { step: String, by: String },
-    StepSkipped { step: String, reason: String, operator: String },
-    StepReset { step: String, reason: String, operator: String },
-    LockTakenOver { previous_host: String, previous_pid: i64 },
-    LockBroken { previous_host: String, previous_pid: i64, operator: String },
-    RunFinished { run: i64, status: RunState, duration_ms: u64 },
+    ApprovalAnswered {
+        step: String,
+        summary: String,
+        operator: String,
+        via: String,
+        approved: bool,
+    },
+    StepDone {
+        step: String,
+        attempt: u32,
+        outcome: DoneOutcome,
+        outputs: Outputs,
+        duration_ms: u64,
+    },
+    StepFailed {
+        step: String,
+        attempt: u32,
+        error: String,
+        fix: Option<String>,
+        duration_ms: u64,
+    },
+    StepBlocked {
+        step: String,
+        by: String,
+    },
+    StepSkipped {
+        step: String,
+        reason: String,
+        operator: String,
+    },
+    StepReset {
+        step: String,
+        reason: String,
+        operator: String,
+    },
+    LockTakenOver {
+        previous_host: String,
+        previous_pid: i64,
+    },
+    LockBroken {
+        previous_host: String,
+        previous_pid: i64,
+        operator: String,
+    },
+    RunFinished {
+        run: i64,
+        status: RunState,
+        duration_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -213,7 +287,9 @@ mod tests {
     fn only_intents_and_outcomes_and_decisions_wait_for_the_disk() {
         let step = || "T2.1".to_string();
         assert!(Event::StepIntent { step: step(), attempt: 1, action: "a".into() }.is_durable());
-        assert!(Event::StepFailed { step: step(), attempt: 1, error: "e".into(), fix: None, duration_ms: 0 }.is_durable());
+        assert!(
+            Event::StepFailed { step: step(), attempt: 1, error: "e".into(), fix: None, duration_ms: 0 }.is_durable()
+        );
         assert!(!Event::StepLog { step: step(), attempt: 1, line: "l".into() }.is_durable());
         assert!(!Event::StepStarted { step: step(), attempt: 1, title: "t".into(), in_doubt: false }.is_durable());
     }

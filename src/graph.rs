@@ -76,11 +76,7 @@ impl Graph {
 
     /// Every step that depends on `id`, directly or not.
     pub(crate) fn downstream(&self, id: &str) -> BTreeSet<String> {
-        self.nodes
-            .iter()
-            .filter(|(n, _)| self.upstream(n).contains(id))
-            .map(|(n, _)| n.clone())
-            .collect()
+        self.nodes.iter().filter(|(n, _)| self.upstream(n).contains(id)).map(|(n, _)| n.clone()).collect()
     }
 
     /// Steps not in `finished` and not in `excluded` whose needs are all in `finished`,
@@ -89,9 +85,7 @@ impl Graph {
         self.nodes
             .iter()
             .filter(|(id, needs)| {
-                !finished.contains(id)
-                    && !excluded.contains(id)
-                    && needs.iter().all(|n| finished.contains(n))
+                !finished.contains(id) && !excluded.contains(id) && needs.iter().all(|n| finished.contains(n))
             })
             .map(|(id, _)| id.clone())
             .collect()

@@ -59,7 +59,10 @@ mod tests {
 
     #[test]
     fn finn_is_judged_by_its_status_alone() {
-        assert_eq!(judge(HealthRule::Finn, &serde_json::json!({"status": "degraded"})), (false, "status degraded".into()));
+        assert_eq!(
+            judge(HealthRule::Finn, &serde_json::json!({"status": "degraded"})),
+            (false, "status degraded".into())
+        );
         assert!(judge(HealthRule::Finn, &serde_json::json!({"status": "healthy"})).0);
         assert_eq!(judge(HealthRule::Finn, &serde_json::json!({})).1, "status missing");
     }

@@ -37,7 +37,11 @@ use crate::commands::{CliError, Globals, Outcome};
 use crate::reporter::Mode;
 
 #[derive(Parser)]
-#[command(name = "runbook", version, about = "Run deployment runbooks: typed steps that probe, apply and verify, resumable from SQLite")]
+#[command(
+    name = "runbook",
+    version,
+    about = "Run deployment runbooks: typed steps that probe, apply and verify, resumable from SQLite"
+)]
 #[command(after_help = "Exit codes: 0 done, 1 a step failed, 2 bad input, 3 locked by another run, 130 interrupted.")]
 struct Cli {
     /// The state DB.
@@ -154,7 +158,10 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    let yes = matches!(cli.command, Command::Run { yes: true, .. } | Command::Resume { yes: true, .. } | Command::Retry { yes: true, .. });
+    let yes = matches!(
+        cli.command,
+        Command::Run { yes: true, .. } | Command::Resume { yes: true, .. } | Command::Retry { yes: true, .. }
+    );
     // Absolute, because steps run tools (terraform) in other folders.
     let project = std::fs::canonicalize(&cli.project).unwrap_or_else(|_| cli.project.clone());
     let mode = Mode::detect(cli.json);
@@ -181,7 +188,9 @@ async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
         Command::Logs { step, attempt, run } => commands::logs(g, &step, attempt, run),
         Command::Retry { step, downstream, run, .. } => commands::retry(g, &step, downstream, run).await,
         Command::Skip { step, reason, run } => commands::skip(g, &step, &reason, run),
-        Command::Graph { runbook, format, env } => commands::graph(g, &runbook, &env, matches!(format, GraphFormat::Mermaid)),
+        Command::Graph { runbook, format, env } => {
+            commands::graph(g, &runbook, &env, matches!(format, GraphFormat::Mermaid))
+        }
         Command::Unlock { force } => commands::unlock(g, force),
         Command::Ring { action } => {
             let name = match action {

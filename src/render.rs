@@ -31,7 +31,8 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
             if let Some(error) = write_error {
                 r.stderr = format!("error: the state DB could not be written: {error}\n");
             } else if *status == RunState::Interrupted {
-                r.stderr = format!("interrupted: run {run} is recorded as interrupted; `runbook resume` continues it\n");
+                r.stderr =
+                    format!("interrupted: run {run} is recorded as interrupted; `runbook resume` continues it\n");
             }
         }
         Outcome::NothingToResume { run, runbook } => {
@@ -45,7 +46,11 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
             r.stdout = if json { format!("{}\n", serde_json::json!({ "plan": lines })) } else { plan_table(lines) };
         }
         Outcome::Status(view) => {
-            r.stdout = if json { format!("{}\n", serde_json::to_string_pretty(view).unwrap_or_default()) } else { status_table(view) };
+            r.stdout = if json {
+                format!("{}\n", serde_json::to_string_pretty(view).unwrap_or_default())
+            } else {
+                status_table(view)
+            };
         }
         Outcome::Logs { run, step, attempts } => {
             for a in attempts {
@@ -75,9 +80,13 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
         }
         Outcome::Unlocked(holder) => {
             r.stdout = match (json, holder) {
-                (true, Some(h)) => format!("{}\n", serde_json::json!({ "broke_lock_of": { "host": h.host, "pid": h.pid } })),
+                (true, Some(h)) => {
+                    format!("{}\n", serde_json::json!({ "broke_lock_of": { "host": h.host, "pid": h.pid } }))
+                }
                 (true, None) => format!("{}\n", serde_json::json!({ "broke_lock_of": null })),
-                (false, Some(h)) => format!("broke the run lock held by pid {} on {} (recorded in the audit log)\n", h.pid, h.host),
+                (false, Some(h)) => {
+                    format!("broke the run lock held by pid {} on {} (recorded in the audit log)\n", h.pid, h.host)
+                }
                 (false, None) => "no run lock is held\n".to_string(),
             };
         }
@@ -94,7 +103,9 @@ fn exit_code(outcome: &Outcome) -> i32 {
             RunState::Interrupted => 130,
             RunState::Failed | RunState::Running | RunState::Died => 1,
         },
-        Outcome::Plan(lines) => i32::from(lines.iter().any(|l| matches!(l.verdict, PlanVerdict::Conflict | PlanVerdict::Error))),
+        Outcome::Plan(lines) => {
+            i32::from(lines.iter().any(|l| matches!(l.verdict, PlanVerdict::Conflict | PlanVerdict::Error)))
+        }
         Outcome::Ring(code) => *code,
         _ => 0,
     }
@@ -134,7 +145,10 @@ pub(crate) fn status_table(view: &StatusView) -> String {
         run.host,
         run.ended_at.map(|e| format!(", took {}", format_duration(e - run.started_at))).unwrap_or_default()
     );
-    out.push_str(&format!("{:<8} {:<10} {:>8} {:>9}  {}\n", "STEP", "STATE", "ATTEMPTS", "DURATION", "LAST ERROR / NEXT"));
+    out.push_str(&format!(
+        "{:<8} {:<10} {:>8} {:>9}  {}\n",
+        "STEP", "STATE", "ATTEMPTS", "DURATION", "LAST ERROR / NEXT"
+    ));
     for step in &view.steps {
         let row = &step.row;
         let in_doubt = row.in_doubt && row.state == StepState::Running && run.status != RunState::Running;
@@ -156,7 +170,11 @@ pub(crate) fn status_table(view: &StatusView) -> String {
 
 fn first_line(text: &str) -> String {
     let line = text.lines().next().unwrap_or_default();
-    if line.chars().count() > 160 { format!("{}…", line.chars().take(160).collect::<String>()) } else { line.to_string() }
+    if line.chars().count() > 160 {
+        format!("{}…", line.chars().take(160).collect::<String>())
+    } else {
+        line.to_string()
+    }
 }
 
 #[cfg(test)]

@@ -80,7 +80,9 @@ fn describe(event: &Event) -> Option<String> {
         Event::StepLog { step, line, .. } => format!("{step} | {line}"),
         Event::StepWaiting { .. } => return None,
         Event::ApprovalRequested { step, summary } => {
-            format!("{step} needs approval: {summary}\n    type yes to apply, anything else to stop (the run stays resumable): ")
+            format!(
+                "{step} needs approval: {summary}\n    type yes to apply, anything else to stop (the run stays resumable): "
+            )
         }
         Event::ApprovalAnswered { step, summary, operator, via, approved: true } => {
             format!("{step} approved by {via} ({operator}): {summary}")
@@ -92,8 +94,12 @@ fn describe(event: &Event) -> Option<String> {
             format!("{step} retryable error, again in {}: {error}", format_duration(*delay_ms as i64))
         }
         Event::StepDone { step, outcome, duration_ms, .. } => match outcome {
-            DoneOutcome::Satisfied => format!("{step} ok: already satisfied ({})", format_duration(*duration_ms as i64)),
-            DoneOutcome::Applied => format!("{step} ok: applied and verified ({})", format_duration(*duration_ms as i64)),
+            DoneOutcome::Satisfied => {
+                format!("{step} ok: already satisfied ({})", format_duration(*duration_ms as i64))
+            }
+            DoneOutcome::Applied => {
+                format!("{step} ok: applied and verified ({})", format_duration(*duration_ms as i64))
+            }
         },
         Event::StepFailed { step, error, fix, .. } => match fix {
             Some(fix) => format!("{step} FAILED: {error}\n    fix: {fix}"),

@@ -123,8 +123,8 @@ impl Runbook {
         overrides: &BTreeMap<String, String>,
     ) -> Result<Self, RunbookError> {
         let path = file.path.clone();
-        let parsed: RunbookFile =
-            toml::from_str(&file.text).map_err(|e| RunbookError::Parse { path: path.clone(), message: e.to_string() })?;
+        let parsed: RunbookFile = toml::from_str(&file.text)
+            .map_err(|e| RunbookError::Parse { path: path.clone(), message: e.to_string() })?;
         if parsed.name != name {
             return Err(RunbookError::Invalid {
                 path,
@@ -196,7 +196,11 @@ fn check_shape(registry: &[Kind], path: &Path, steps: &[StepFile]) -> Result<Gra
             });
         }
         if let Some(need) = step.needs.iter().find(|n| !ids.contains(n.as_str())) {
-            return Err(RunbookError::UnknownNeed { path: path.to_path_buf(), step: step.id.clone(), need: need.clone() });
+            return Err(RunbookError::UnknownNeed {
+                path: path.to_path_buf(),
+                step: step.id.clone(),
+                need: need.clone(),
+            });
         }
     }
     let graph = Graph::new(steps.iter().map(|s| (s.id.clone(), s.needs.clone())));
@@ -251,13 +255,7 @@ struct Scope<'a> {
 
 impl Scope<'_> {
     /// Resolves `${var}` and `${env.x}` in every string of `value`; checks `${steps.X.y}`.
-    fn resolve(
-        &self,
-        step: &str,
-        field: &str,
-        value: &mut toml::Value,
-        graph: &Graph,
-    ) -> Result<(), RunbookError> {
+    fn resolve(&self, step: &str, field: &str, value: &mut toml::Value, graph: &Graph) -> Result<(), RunbookError> {
         match value {
             toml::Value::String(text) => {
                 *text = self.resolve_text(step, field, text, graph, 0)?;
@@ -328,16 +326,10 @@ impl Scope<'_> {
                 return value;
             }
             if !reference.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || reference.is_empty() {
-                error = Some(bad(
-                    "write ${name} (a runbook var), ${env.name} or ${steps.<id>.<output>}".into(),
-                ));
+                error = Some(bad("write ${name} (a runbook var), ${env.name} or ${steps.<id>.<output>}".into()));
                 return None;
             }
-            let value = self
-                .overrides
-                .get(reference)
-                .or_else(|| self.runbook_vars.get(reference))
-                .cloned();
+            let value = self.overrides.get(reference).or_else(|| self.runbook_vars.get(reference)).cloned();
             match value {
                 None => {
                     error = Some(RunbookError::MissingVar {

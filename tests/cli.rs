@@ -84,7 +84,13 @@ impl Scratch {
         let root = self.project_copy();
         let path = root.join("runbooks/sprint-2.toml");
         let mut book: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let steps = book["steps"].as_array().unwrap().iter().filter(|s| ["T2.1", "T2.3"].contains(&s["id"].as_str().unwrap())).cloned().collect();
+        let steps = book["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| ["T2.1", "T2.3"].contains(&s["id"].as_str().unwrap()))
+            .cloned()
+            .collect();
         book.insert("steps".into(), toml::Value::Array(steps));
         std::fs::write(&path, toml::to_string(&book).unwrap()).unwrap();
         root
@@ -99,7 +105,9 @@ impl Scratch {
         for dir in [".ring", "fixtures"] {
             let _ = std::os::unix::fs::symlink(project().join(dir), root.join(dir));
         }
-        for (from, to) in [(project().join("runbooks"), root.join("runbooks")), (project().join("runbooks/environments"), envs)] {
+        for (from, to) in
+            [(project().join("runbooks"), root.join("runbooks")), (project().join("runbooks/environments"), envs)]
+        {
             for entry in std::fs::read_dir(from).unwrap().flatten() {
                 if entry.path().is_file() {
                     std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
@@ -293,8 +301,13 @@ fn ddl_fingerprint() -> Vec<String> {
          UNION ALL SELECT 'db ' || xmin || ' ' || coalesce(datacl::text, '') FROM pg_database WHERE datname = 'dixie'",
     );
     fp.extend(
-        pg_query("arrakis_admin", &pg_admin_password(), "dixie", "SELECT 'schema ' || xmin || ' ' || nspacl::text FROM pg_namespace WHERE nspname = 'public'")
-            .unwrap(),
+        pg_query(
+            "arrakis_admin",
+            &pg_admin_password(),
+            "dixie",
+            "SELECT 'schema ' || xmin || ' ' || nspacl::text FROM pg_namespace WHERE nspname = 'public'",
+        )
+        .unwrap(),
     );
     fp
 }
@@ -322,11 +335,16 @@ fn aws_actions_during(f: impl FnOnce()) -> Vec<String> {
             }
             let mut body = entry["body"].as_str().unwrap_or("").to_string();
             if entry["body_encoded"].as_bool() == Some(true) {
-                let decoded = Command::new("base64").arg("-d").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().and_then(|mut child| {
-                    use std::io::Write;
-                    child.stdin.take().unwrap().write_all(body.as_bytes())?;
-                    child.wait_with_output()
-                });
+                let decoded = Command::new("base64")
+                    .arg("-d")
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .and_then(|mut child| {
+                        use std::io::Write;
+                        child.stdin.take().unwrap().write_all(body.as_bytes())?;
+                        child.wait_with_output()
+                    });
                 body = String::from_utf8_lossy(&decoded.unwrap().stdout).into_owned();
             }
             body.split('&')
@@ -410,7 +428,10 @@ fn a_fresh_ring_runs_to_done_and_a_rerun_changes_nothing() {
         assert!(!text.contains(&password), "the password was printed");
     }
     let admin_password = pg_admin_password();
-    assert!(!first.text().contains(&admin_password) && !String::from_utf8_lossy(&std::fs::read(scratch.state()).unwrap()).contains(&admin_password));
+    assert!(
+        !first.text().contains(&admin_password)
+            && !String::from_utf8_lossy(&std::fs::read(scratch.state()).unwrap()).contains(&admin_password)
+    );
 
     // The state DB is private to its owner.
     use std::os::unix::fs::PermissionsExt;
@@ -424,7 +445,9 @@ fn a_run_killed_during_the_database_apply_resumes_by_probing() {
     // The foundation's steps, with T2.3 after T2.1 so that the crash finds T2.1 done.
     let project = scratch.foundation_project();
     let path = project.join("runbooks/sprint-2.toml");
-    let text = std::fs::read_to_string(&path).unwrap().replace("kind = \"database\"", "kind = \"database\"\nneeds = [\"T2.1\"]");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("kind = \"database\"", "kind = \"database\"\nneeds = [\"T2.1\"]");
     std::fs::write(&path, text).unwrap();
     let rb = scratch.runbook().project(&project);
 
@@ -495,8 +518,10 @@ fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
     let cases = [
         Case {
             name: "cycle",
-            edit: |t| t.replace("kind = \"ecr_repository\"", "kind = \"ecr_repository\"\nneeds = [\"T2.3\"]")
-                .replace("kind = \"database\"", "kind = \"database\"\nneeds = [\"T2.1\"]"),
+            edit: |t| {
+                t.replace("kind = \"ecr_repository\"", "kind = \"ecr_repository\"\nneeds = [\"T2.3\"]")
+                    .replace("kind = \"database\"", "kind = \"database\"\nneeds = [\"T2.1\"]")
+            },
             args: &["run", "sprint-2"],
             code: 2,
             says: &["dependency cycle", "T2.1 → T2.3 → T2.1"],
@@ -543,8 +568,20 @@ fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
             code: 2,
             says: &["sprint-2.toml", "line"],
         },
-        Case { name: "unknown environment", edit: |t| t.to_string(), args: &["run", "sprint-2", "--env", "armitge"], code: 2, says: &["no environment named `armitge`", "armitage, local"] },
-        Case { name: "unknown runbook", edit: |t| t.to_string(), args: &["run", "sprint-9"], code: 2, says: &["no runbook named `sprint-9`", "sprint-2"] },
+        Case {
+            name: "unknown environment",
+            edit: |t| t.to_string(),
+            args: &["run", "sprint-2", "--env", "armitge"],
+            code: 2,
+            says: &["no environment named `armitge`", "armitage, local"],
+        },
+        Case {
+            name: "unknown runbook",
+            edit: |t| t.to_string(),
+            args: &["run", "sprint-9"],
+            code: 2,
+            says: &["no runbook named `sprint-9`", "sprint-2"],
+        },
         Case {
             name: "image_tag latest",
             edit: |t| t.to_string(),
@@ -552,9 +589,27 @@ fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
             code: 2,
             says: &["image_tag = \"latest\" is refused", "IMMUTABLE"],
         },
-        Case { name: "malformed --var", edit: |t| t.to_string(), args: &["run", "sprint-2", "--var", "image_tag"], code: 2, says: &["--var NAME=VALUE"] },
-        Case { name: "unreachable endpoint", edit: |t| t.to_string(), args: &["run", "sprint-2", "--env", "unreachable"], code: 2, says: &["cannot reach AWS (http://127.0.0.1:9)", "runbook ring up"] },
-        Case { name: "wrong account", edit: |t| t.to_string(), args: &["run", "sprint-2", "--env", "wrong-account"], code: 2, says: &["belong to account 123456789012", "is account 891376933289"] },
+        Case {
+            name: "malformed --var",
+            edit: |t| t.to_string(),
+            args: &["run", "sprint-2", "--var", "image_tag"],
+            code: 2,
+            says: &["--var NAME=VALUE"],
+        },
+        Case {
+            name: "unreachable endpoint",
+            edit: |t| t.to_string(),
+            args: &["run", "sprint-2", "--env", "unreachable"],
+            code: 2,
+            says: &["cannot reach AWS (http://127.0.0.1:9)", "runbook ring up"],
+        },
+        Case {
+            name: "wrong account",
+            edit: |t| t.to_string(),
+            args: &["run", "sprint-2", "--env", "wrong-account"],
+            code: 2,
+            says: &["belong to account 123456789012", "is account 891376933289"],
+        },
     ];
     let local = std::fs::read_to_string(project.join("runbooks/environments/local.toml")).unwrap();
     std::fs::write(
@@ -611,11 +666,19 @@ fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
         .unwrap();
     }
     let ran = scratch.runbook().run(&["run", "sprint-2"]);
-    ran.expect_code(3).expect_text("another run holds the lock").expect_text(&format!("pid {}", std::process::id())).expect_text("runbook unlock --force");
+    ran.expect_code(3)
+        .expect_text("another run holds the lock")
+        .expect_text(&format!("pid {}", std::process::id()))
+        .expect_text("runbook unlock --force");
     assert_eq!(runs_in(&state), 0);
-    scratch.runbook().run(&["unlock", "--force"]).expect_code(0).expect_text(&format!("broke the run lock held by pid {}", std::process::id()));
+    scratch
+        .runbook()
+        .run(&["unlock", "--force"])
+        .expect_code(0)
+        .expect_text(&format!("broke the run lock held by pid {}", std::process::id()));
     let conn = rusqlite::Connection::open(&state).unwrap();
-    let audit: String = conn.query_row("SELECT payload FROM events WHERE kind = 'lock_broken'", [], |r| r.get(0)).unwrap();
+    let audit: String =
+        conn.query_row("SELECT payload FROM events WHERE kind = 'lock_broken'", [], |r| r.get(0)).unwrap();
     assert!(audit.contains("test-operator"), "{audit}");
     assert!(ecr_repository("dixie-armitage").is_none(), "the ring was changed");
 }
@@ -634,7 +697,10 @@ fn skip_graph_and_plan_behave_as_documented() {
 
     let dot = rb.run(&["graph", "sprint-2"]);
     dot.expect_code(0).expect_text("digraph \"sprint-2\"").expect_text("\"T2.1\" [label=");
-    rb.run(&["graph", "sprint-2", "--format", "mermaid"]).expect_code(0).expect_text("graph LR").expect_text("T2_3[\"T2.3: Create database on RDS\"]");
+    rb.run(&["graph", "sprint-2", "--format", "mermaid"])
+        .expect_code(0)
+        .expect_text("graph LR")
+        .expect_text("T2_3[\"T2.3: Create database on RDS\"]");
 
     // A failed step can be skipped by an operator, with a reason that is kept.
     let good = ssm_get(ADMIN_PASSWORD_PARAM).unwrap().0;
@@ -645,7 +711,9 @@ fn skip_graph_and_plan_behave_as_documented() {
     rb.run(&["skip", "T2.3", "--reason", "database made by hand during the incident"]).expect_code(0);
     let status = rb.status();
     assert_eq!(step_states(&status), states(&[("T2.1", "applied"), ("T2.3", "skipped")]));
-    assert!(status["steps"][1]["last_error"].as_str().unwrap().contains("skipped by test-operator: database made by hand"));
+    assert!(
+        status["steps"][1]["last_error"].as_str().unwrap().contains("skipped by test-operator: database made by hand")
+    );
     let resumed = rb.run(&["resume"]);
     resumed.expect_code(0);
     assert_eq!(rb.status()["run"]["status"], "done");
@@ -657,7 +725,12 @@ fn skip_graph_and_plan_behave_as_documented() {
     let kinds: Vec<String> = json
         .stdout
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))["event"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))["event"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(kinds.first().map(String::as_str), Some("run_started"));
     assert_eq!(kinds.last().map(String::as_str), Some("run_finished"));
@@ -681,7 +754,13 @@ fn cloudwatch_set(alarm: &str, state: &str) {
 fn ecs_scale(service: &str, desired: i32) {
     block_on(async {
         let ecs = aws_sdk_ecs::Client::new(&aws().await);
-        ecs.update_service().cluster("arrakis-staging-cluster").service(service).desired_count(desired).send().await.unwrap();
+        ecs.update_service()
+            .cluster("arrakis-staging-cluster")
+            .service(service)
+            .desired_count(desired)
+            .send()
+            .await
+            .unwrap();
     })
 }
 
@@ -689,14 +768,31 @@ fn primary_deployment(service: &str) -> String {
     block_on(async {
         let ecs = aws_sdk_ecs::Client::new(&aws().await);
         let out = ecs.describe_services().cluster("arrakis-staging-cluster").services(service).send().await.unwrap();
-        out.services()[0].deployments().iter().find(|d| d.status() == Some("PRIMARY")).unwrap().id().unwrap().to_string()
+        out.services()[0]
+            .deployments()
+            .iter()
+            .find(|d| d.status() == Some("PRIMARY"))
+            .unwrap()
+            .id()
+            .unwrap()
+            .to_string()
     })
 }
 
 /// Image events (build, tag, push) the ring's dockerd saw between two instants.
 fn docker_image_events(since: i64, until: i64) -> Vec<String> {
     let out = Command::new("docker")
-        .args(["events", "--since", &since.to_string(), "--until", &until.to_string(), "--filter", "type=image", "--format", "{{.Action}} {{.Actor.ID}}"])
+        .args([
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &until.to_string(),
+            "--filter",
+            "type=image",
+            "--format",
+            "{{.Action}} {{.Actor.ID}}",
+        ])
         .env("DOCKER_HOST", format!("unix://{}", project().join(".ring/docker.sock").display()))
         .output()
         .expect("docker events");
@@ -749,7 +845,14 @@ fn sprint_2_goes_green_on_a_fresh_ring_and_a_rerun_changes_nothing() {
     assert_eq!(jwt.0.len(), 64);
     assert_ne!(jwt.0, admin_key.0);
     let names = [
-        "FINN_URL", "FINN_WS_URL", "DATABASE_URL", "REDIS_URL", "NATS_URL", "DIXIE_JWT_PRIVATE_KEY", "DIXIE_ADMIN_KEY", "DIXIE_CORS_ORIGINS",
+        "FINN_URL",
+        "FINN_WS_URL",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "NATS_URL",
+        "DIXIE_JWT_PRIVATE_KEY",
+        "DIXIE_ADMIN_KEY",
+        "DIXIE_CORS_ORIGINS",
     ];
     for name in names {
         let (value, _) = ssm_get(&format!("/dixie/armitage/{name}")).unwrap_or_else(|| panic!("{name} missing"));
@@ -758,7 +861,10 @@ fn sprint_2_goes_green_on_a_fresh_ring_and_a_rerun_changes_nothing() {
     assert_eq!(ssm_get("/loa-finn/armitage/DIXIE_BASE_URL").unwrap().0, "https://dixie-armitage.arrakis.community");
     for secret in [&jwt.0, &admin_key.0] {
         assert!(!first.text().contains(secret.as_str()), "a secret was printed");
-        assert!(!String::from_utf8_lossy(&std::fs::read(scratch.state()).unwrap()).contains(secret.as_str()), "a secret is in the state DB");
+        assert!(
+            !String::from_utf8_lossy(&std::fs::read(scratch.state()).unwrap()).contains(secret.as_str()),
+            "a secret is in the state DB"
+        );
     }
 
     // The converged re-run: all satisfied, no mutating AWS call, no DDL, no docker image event.
@@ -777,18 +883,31 @@ fn sprint_2_goes_green_on_a_fresh_ring_and_a_rerun_changes_nothing() {
     assert!(mutating.is_empty(), "mutating AWS calls on a converged re-run: {mutating:?}");
     assert_eq!(ddl_fingerprint(), before);
     assert_eq!(docker_image_events(since, unix_now() + 1), Vec::<String>::new());
-    assert_eq!((primary_deployment("dixie-armitage"), primary_deployment("loa-finn-armitage")), deployments, "a service was restarted");
+    assert_eq!(
+        (primary_deployment("dixie-armitage"), primary_deployment("loa-finn-armitage")),
+        deployments,
+        "a service was restarted"
+    );
     assert_eq!(ssm_get("/dixie/armitage/DIXIE_JWT_PRIVATE_KEY"), Some(jwt.clone()));
     assert_eq!(ssm_get("/dixie/armitage/DIXIE_ADMIN_KEY"), Some(admin_key.clone()));
 
     // A PLACEHOLDER is replaced; an operator's own secret is kept; Dixie is redeployed.
     ssm_put("/dixie/armitage/DIXIE_ADMIN_KEY", "PLACEHOLDER");
     ssm_put("/dixie/armitage/DIXIE_JWT_PRIVATE_KEY", "an-operator-chose-this-jwt-secret-0123456789abcdef");
-    rb.run(&["retry", "T2.5", "--downstream", "--yes"]).expect_code(0).expect_text("replace PLACEHOLDER with a generated secret");
+    rb.run(&["retry", "T2.5", "--downstream", "--yes"])
+        .expect_code(0)
+        .expect_text("replace PLACEHOLDER with a generated secret");
     let new_admin = ssm_get("/dixie/armitage/DIXIE_ADMIN_KEY").unwrap().0;
     assert!(new_admin.len() == 64 && new_admin != admin_key.0);
-    assert_eq!(ssm_get("/dixie/armitage/DIXIE_JWT_PRIVATE_KEY").unwrap().0, "an-operator-chose-this-jwt-secret-0123456789abcdef");
-    assert_ne!(primary_deployment("dixie-armitage"), deployments.0, "Dixie was not redeployed after its parameters changed");
+    assert_eq!(
+        ssm_get("/dixie/armitage/DIXIE_JWT_PRIVATE_KEY").unwrap().0,
+        "an-operator-chose-this-jwt-secret-0123456789abcdef"
+    );
+    assert_ne!(
+        primary_deployment("dixie-armitage"),
+        deployments.0,
+        "Dixie was not redeployed after its parameters changed"
+    );
 
     // An alarm in ALARM fails T2.8, naming it; after it clears, retry finishes.
     cloudwatch_set("dixie-armitage-cpu-high", "ALARM");
@@ -830,14 +949,23 @@ fn a_tag_pushed_earlier_with_another_image_is_a_conflict_until_it_is_removed() {
     std::fs::write(context.join("Dockerfile"), "FROM scratch\nCOPY hello /hello\n").unwrap();
     std::fs::write(context.join("hello"), "not dixie\n").unwrap();
     let docker = |args: &[&str]| {
-        let out = Command::new("docker").args(args).env("DOCKER_HOST", format!("unix://{}", project().join(".ring/docker.sock").display())).output().unwrap();
+        let out = Command::new("docker")
+            .args(args)
+            .env("DOCKER_HOST", format!("unix://{}", project().join(".ring/docker.sock").display()))
+            .output()
+            .unwrap();
         assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     };
     let remote = format!("127.0.0.1:5000/dixie-armitage:{tag}");
     docker(&["build", "-t", &remote, context.to_str().unwrap()]);
     docker(&["push", &remote]);
     let manifest = Command::new("curl")
-        .args(["-sf", "-H", "Accept: application/vnd.docker.distribution.manifest.v2+json", &format!("http://127.0.0.1:5000/v2/dixie-armitage/manifests/{tag}")])
+        .args([
+            "-sf",
+            "-H",
+            "Accept: application/vnd.docker.distribution.manifest.v2+json",
+            &format!("http://127.0.0.1:5000/v2/dixie-armitage/manifests/{tag}"),
+        ])
         .output()
         .unwrap();
     block_on(async {
@@ -845,25 +973,45 @@ fn a_tag_pushed_earlier_with_another_image_is_a_conflict_until_it_is_removed() {
         ecr.create_repository()
             .repository_name("dixie-armitage")
             .image_tag_mutability(aws_sdk_ecr::types::ImageTagMutability::Immutable)
-            .image_scanning_configuration(aws_sdk_ecr::types::ImageScanningConfiguration::builder().scan_on_push(true).build())
+            .image_scanning_configuration(
+                aws_sdk_ecr::types::ImageScanningConfiguration::builder().scan_on_push(true).build(),
+            )
             .send()
             .await
             .unwrap();
-        ecr.put_image().repository_name("dixie-armitage").image_tag(tag).image_manifest(String::from_utf8(manifest.stdout).unwrap()).send().await.unwrap();
+        ecr.put_image()
+            .repository_name("dixie-armitage")
+            .image_tag(tag)
+            .image_manifest(String::from_utf8(manifest.stdout).unwrap())
+            .send()
+            .await
+            .unwrap();
     });
 
     let failed = rb.run(&["run", "sprint-2", "--yes", "--var", &format!("image_tag={tag}")]);
-    failed.expect_code(1).expect_text(&format!("tag {tag} of dixie-armitage is already in ECR")).expect_text("IMMUTABLE");
+    failed
+        .expect_code(1)
+        .expect_text(&format!("tag {tag} of dixie-armitage is already in ECR"))
+        .expect_text("IMMUTABLE");
     assert_eq!(step_states(&rb.status())["T2.2"], "failed");
     assert_eq!(step_states(&rb.status())["T2.4"], "blocked");
 
     block_on(async {
         let ecr = aws_sdk_ecr::Client::new(&aws().await);
-        ecr.batch_delete_image().repository_name("dixie-armitage").image_ids(aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(tag).build()).send().await.unwrap();
+        ecr.batch_delete_image()
+            .repository_name("dixie-armitage")
+            .image_ids(aws_sdk_ecr::types::ImageIdentifier::builder().image_tag(tag).build())
+            .send()
+            .await
+            .unwrap();
     });
     // Without a terminal and without --yes, terraform's apply waits for approval, resumably.
     let waiting = rb.run(&["retry", "T2.2"]);
-    waiting.expect_code(1).expect_text("T2.2 ok").expect_text("awaiting approval: Plan: ").expect_text("runbook resume --yes");
+    waiting
+        .expect_code(1)
+        .expect_text("T2.2 ok")
+        .expect_text("awaiting approval: Plan: ")
+        .expect_text("runbook resume --yes");
     assert_eq!(step_states(&rb.status())["T2.4"], "failed");
     rb.run(&["resume", "--yes"]).expect_code(0).expect_text("approved by --yes");
     all_done(&rb.status());
@@ -883,7 +1031,13 @@ fn runs_killed_during_terraform_apply_and_during_the_deploy_wait_resume_without_
     assert_eq!(status["run"]["status"], "died");
     let t24 = status["steps"].as_array().unwrap().iter().find(|s| s["step"] == "T2.4").unwrap().clone();
     assert_eq!(t24["in_doubt"], true, "{t24}");
-    let done_before: Vec<String> = status["steps"].as_array().unwrap().iter().filter(|s| s["state"] == "applied").map(|s| s["step"].as_str().unwrap().to_string()).collect();
+    let done_before: Vec<String> = status["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["state"] == "applied")
+        .map(|s| s["step"].as_str().unwrap().to_string())
+        .collect();
     assert!(done_before.contains(&"T2.1".to_string()) && done_before.contains(&"T2.2".to_string()), "{done_before:?}");
     let resumed = rb().run(&["resume", "--yes"]);
     resumed.expect_code(0).expect_text("settling by its probe");
@@ -901,7 +1055,11 @@ fn runs_killed_during_terraform_apply_and_during_the_deploy_wait_resume_without_
     let forced = primary_deployment("dixie-armitage");
     let resumed = rb().run(&["resume", "--yes"]);
     resumed.expect_code(0).expect_text("T2.6 Force ECS deployment and verify: attempt 2 (in doubt");
-    assert!(!resumed.text().contains("forcing a new deployment"), "resume forced a second deployment:\n{}", resumed.text());
+    assert!(
+        !resumed.text().contains("forcing a new deployment"),
+        "resume forced a second deployment:\n{}",
+        resumed.text()
+    );
     assert_eq!(primary_deployment("dixie-armitage"), forced);
     all_done(&rb().status());
 }
@@ -925,7 +1083,16 @@ fn critical_scan_findings_fail_the_image_step_and_name_them() {
         }
     }]});
     let out = Command::new("curl")
-        .args(["-sf", "-X", "POST", "-H", "Content-Type: application/json", "-d", &findings.to_string(), &format!("{MOTO}/moto-api/static/ecr/scan-finding-results")])
+        .args([
+            "-sf",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &findings.to_string(),
+            &format!("{MOTO}/moto-api/static/ecr/scan-finding-results"),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "configure moto's scan results");

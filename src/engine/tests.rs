@@ -227,12 +227,8 @@ impl Harness {
         let file = NamedFile { path: dir.join("fakes.toml"), hash: sha256_hex(text.as_bytes()), text };
         let runbook = Runbook::from_file(FAKE_KINDS, file, "fakes", &env, &BTreeMap::new()).unwrap();
         let cloud = Cloud::connect(&env).await;
-        let services = Arc::new(Services {
-            env: Arc::new(env),
-            cloud: Arc::new(cloud),
-            project: Arc::new(dir.clone()),
-            approver,
-        });
+        let services =
+            Arc::new(Services { env: Arc::new(env), cloud: Arc::new(cloud), project: Arc::new(dir.clone()), approver });
         let mut db = StateDb::open(&dir.join("state.db")).unwrap();
         let ids: Vec<String> = runbook.steps.iter().map(|s| s.id.clone()).collect();
         let vars = BTreeMap::new();
@@ -314,7 +310,8 @@ fn pairs(expected: &[(&str, StepState)]) -> Vec<(String, StepState)> {
     expected.iter().map(|(s, st)| (s.to_string(), *st)).collect()
 }
 
-const CHAIN: &[(&str, &[&str], &str)] = &[("a", &[], ""), ("b", &["a"], "input = \"${steps.a.value}\""), ("c", &["b"], "")];
+const CHAIN: &[(&str, &[&str], &str)] =
+    &[("a", &[], ""), ("b", &["a"], "input = \"${steps.a.value}\""), ("c", &["b"], "")];
 
 #[tokio::test(start_paused = true)]
 async fn a_chain_runs_in_order_passes_outputs_and_a_rerun_changes_nothing() {
@@ -323,18 +320,26 @@ async fn a_chain_runs_in_order_passes_outputs_and_a_rerun_changes_nothing() {
     assert_eq!(status, RunState::Done);
     assert_eq!(h.states(), pairs(&[("a", StepState::Applied), ("b", StepState::Applied), ("c", StepState::Applied)]));
     assert_eq!(h.seen("b", |s| s.input.clone()).as_deref(), Some("a-out"));
-    let started: Vec<&str> = events.iter().filter_map(|e| match e {
-        Event::StepStarted { step, .. } => Some(step.as_str()),
-        _ => None,
-    }).collect();
+    let started: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted { step, .. } => Some(step.as_str()),
+            _ => None,
+        })
+        .collect();
     assert_eq!(started, ["a", "b", "c"]);
     // Every step reset (as `retry --downstream a` would) is probed again and found satisfied.
     for id in ["a", "b", "c"] {
-        h.db().record(Some(h.run), &Event::StepReset { step: id.into(), reason: "test".into(), operator: "t".into() }).unwrap();
+        h.db()
+            .record(Some(h.run), &Event::StepReset { step: id.into(), reason: "test".into(), operator: "t".into() })
+            .unwrap();
     }
     let (status, _) = h.run().await;
     assert_eq!(status, RunState::Done);
-    assert_eq!(h.states(), pairs(&[("a", StepState::Satisfied), ("b", StepState::Satisfied), ("c", StepState::Satisfied)]));
+    assert_eq!(
+        h.states(),
+        pairs(&[("a", StepState::Satisfied), ("b", StepState::Satisfied), ("c", StepState::Satisfied)])
+    );
     assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 1, 1]);
 }
 
@@ -345,10 +350,13 @@ async fn retryable_errors_are_retried_with_growing_pauses() {
     let started = tokio::time::Instant::now();
     let (status, events) = h.run().await;
     assert_eq!(status, RunState::Done);
-    let delays: Vec<u64> = events.iter().filter_map(|e| match e {
-        Event::StepRetrying { delay_ms, .. } => Some(*delay_ms),
-        _ => None,
-    }).collect();
+    let delays: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepRetrying { delay_ms, .. } => Some(*delay_ms),
+            _ => None,
+        })
+        .collect();
     assert_eq!(delays, [1000, 2000]);
     assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
     let attempts = h.db().attempts(h.run, "a").unwrap();
@@ -379,11 +387,20 @@ async fn a_fatal_error_stops_its_branch_while_siblings_finish() {
     assert_eq!(status, RunState::Failed);
     assert_eq!(
         h.states(),
-        pairs(&[("a", StepState::Failed), ("b", StepState::Blocked), ("c", StepState::Applied), ("d", StepState::Blocked)])
+        pairs(&[
+            ("a", StepState::Failed),
+            ("b", StepState::Blocked),
+            ("c", StepState::Applied),
+            ("d", StepState::Blocked)
+        ])
     );
     assert_eq!(h.step_row("a").attempts, 1, "a fatal error is not retried");
     assert_eq!(h.step_row("b").last_error.as_deref(), Some("waits for a"));
-    assert_eq!(h.step_row("d").last_error.as_deref(), Some("waits for a"), "blocked by the failed step, not by the blocked one");
+    assert_eq!(
+        h.step_row("d").last_error.as_deref(),
+        Some("waits for a"),
+        "blocked by the failed step, not by the blocked one"
+    );
     assert!(events.iter().any(|e| matches!(e, Event::StepBlocked { step, .. } if step == "d")));
     assert_eq!(h.seen("b", |s| s.effects), 0);
 }
@@ -439,7 +456,11 @@ async fn given_approval_applies_and_records_who_approved_what() {
     assert_eq!(h.run().await.0, RunState::Done);
     assert_eq!(h.seen("a", |s| s.effects), 1);
     let answers = h.db().events_of_kind(h.run, "approval_answered");
-    assert!(answers[0].contains("\"approved\":true") && answers[0].contains("\"summary\":\"Plan: 1 to add\""), "{}", answers[0]);
+    assert!(
+        answers[0].contains("\"approved\":true") && answers[0].contains("\"summary\":\"Plan: 1 to add\""),
+        "{}",
+        answers[0]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -523,7 +544,10 @@ async fn plan_probes_read_only_and_waits_for_missing_inputs() {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let lines = plan(&h.runbook, h.services.clone(), Recorder::new(None, tx)).await;
     let verdicts: Vec<(&str, PlanVerdict)> = lines.iter().map(|l| (l.step.as_str(), l.verdict)).collect();
-    assert_eq!(verdicts, [("a", PlanVerdict::Satisfied), ("b", PlanVerdict::WouldApply), ("c", PlanVerdict::WouldApply)]);
+    assert_eq!(
+        verdicts,
+        [("a", PlanVerdict::Satisfied), ("b", PlanVerdict::WouldApply), ("c", PlanVerdict::WouldApply)]
+    );
     h.script("a", Script { conflict: true, ..Script::default() });
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let lines = plan(&h.runbook, h.services.clone(), Recorder::new(None, tx)).await;

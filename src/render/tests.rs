@@ -27,13 +27,23 @@ fn row(step: &str, state: StepState, attempts: i64, duration_ms: Option<i64>, er
 }
 
 fn view(status: RunState) -> StatusView {
-    let mut failed = row("T2.5", StepState::Failed, 3, Some(4_200), Some("REDIS_URL: connect 127.0.0.1:6380: Connection refused\nmore"));
+    let mut failed = row(
+        "T2.5",
+        StepState::Failed,
+        3,
+        Some(4_200),
+        Some("REDIS_URL: connect 127.0.0.1:6380: Connection refused\nmore"),
+    );
     failed.fix = Some("once the cause is fixed: runbook retry T2.5".into());
     let steps = vec![
         StepView { row: row("T2.1", StepState::Applied, 1, Some(812), None), next: None, outputs: Outputs::new() },
         StepView { row: row("T2.3", StepState::Satisfied, 1, Some(95_000), None), next: None, outputs: Outputs::new() },
         StepView { next: failed.fix.clone(), row: failed, outputs: Outputs::new() },
-        StepView { row: row("T2.6", StepState::Blocked, 0, None, Some("waits for T2.5")), next: Some("runbook resume".into()), outputs: Outputs::new() },
+        StepView {
+            row: row("T2.6", StepState::Blocked, 0, None, Some("waits for T2.5")),
+            next: Some("runbook resume".into()),
+            outputs: Outputs::new(),
+        },
     ];
     StatusView {
         run: RunRow {
@@ -80,11 +90,21 @@ fn status_json_names_states_in_snake_case() {
 }
 
 fn plan_lines() -> Vec<PlanLine> {
-    let line = |step: &str, title: &str, verdict, detail: &str| PlanLine { step: step.into(), title: title.into(), verdict, detail: detail.into() };
+    let line = |step: &str, title: &str, verdict, detail: &str| PlanLine {
+        step: step.into(),
+        title: title.into(),
+        verdict,
+        detail: detail.into(),
+    };
     vec![
         line("T2.1", "Create ECR repository", PlanVerdict::Satisfied, "nothing to do"),
         line("T2.3", "Create database on RDS", PlanVerdict::WouldApply, "create role dixie, create database dixie"),
-        line("T2.2", "Build and push Docker image", PlanVerdict::Conflict, "tag 3f2a9c1 of dixie-armitage is already in ECR with another image"),
+        line(
+            "T2.2",
+            "Build and push Docker image",
+            PlanVerdict::Conflict,
+            "tag 3f2a9c1 of dixie-armitage is already in ECR with another image",
+        ),
         line("T2.4", "Initialize terraform and apply", PlanVerdict::AfterUpstream, "probed once T2.2 exist"),
     ]
 }
@@ -104,14 +124,22 @@ fn a_plan_with_a_conflict_exits_1_and_one_without_exits_0() {
 
 #[test]
 fn run_outcomes_map_to_exit_codes() {
-    let run = |status, write_error: Option<&str>| Outcome::Run { run: 1, status, view: None, write_error: write_error.map(String::from) };
+    let run = |status, write_error: Option<&str>| Outcome::Run {
+        run: 1,
+        status,
+        view: None,
+        write_error: write_error.map(String::from),
+    };
     assert_eq!(outcome(&run(RunState::Done, None), false).code, 0);
     assert_eq!(outcome(&run(RunState::Failed, None), false).code, 1);
     let interrupted = outcome(&run(RunState::Interrupted, None), false);
     assert_eq!(interrupted.code, 130);
     assert_eq!(interrupted.stderr, "interrupted: run 1 is recorded as interrupted; `runbook resume` continues it\n");
     let unwritable = outcome(&run(RunState::Done, Some("disk full")), false);
-    assert_eq!((unwritable.code, unwritable.stderr.as_str()), (1, "error: the state DB could not be written: disk full\n"));
+    assert_eq!(
+        (unwritable.code, unwritable.stderr.as_str()),
+        (1, "error: the state DB could not be written: disk full\n")
+    );
 }
 
 #[test]
@@ -127,7 +155,11 @@ fn logs_show_each_attempt_with_its_outcome() {
         log: format!("attempt {n} line\n"),
     };
     let rendered = outcome(
-        &Outcome::Logs { run: 3, step: "T2.3".into(), attempts: vec![attempt(1, Some("failed"), true), attempt(2, None, true)] },
+        &Outcome::Logs {
+            run: 3,
+            step: "T2.3".into(),
+            attempts: vec![attempt(1, Some("failed"), true), attempt(2, None, true)],
+        },
         false,
     );
     insta::assert_snapshot!(rendered.stdout);
@@ -158,8 +190,15 @@ fn common_errors_read_as_the_manual_says_and_carry_their_exit_code() {
             available: vec!["armitage".into(), "local".into()],
             hint: " (files in runbooks/environments/)",
         })),
-        CliError::Runbook(RunbookError::Cycle { path: PathBuf::from("runbooks/sprint-2.toml"), members: vec!["T2.1".into(), "T2.3".into(), "T2.1".into()] }),
-        CliError::Runbook(RunbookError::UnknownStep { step: "T2.9".into(), runbook: "sprint-2".into(), known: vec!["T2.1".into(), "T2.2".into()] }),
+        CliError::from(RunbookError::Cycle {
+            path: PathBuf::from("runbooks/sprint-2.toml"),
+            members: vec!["T2.1".into(), "T2.3".into(), "T2.1".into()],
+        }),
+        CliError::from(RunbookError::UnknownStep {
+            step: "T2.9".into(),
+            runbook: "sprint-2".into(),
+            known: vec!["T2.1".into(), "T2.2".into()],
+        }),
         CliError::State(StateError::Locked {
             path: PathBuf::from("state/runbook.db"),
             run: "7".into(),
@@ -169,12 +208,18 @@ fn common_errors_read_as_the_manual_says_and_carry_their_exit_code() {
             heartbeat_age_s: 3,
         }),
         CliError::State(StateError::NewerSchema { path: PathBuf::from("state/runbook.db"), found: 42, supported: 2 }),
-        CliError::Recorded { run: 7, source: StateError::Write { path: PathBuf::from("state/runbook.db"), message: "disk full".into() } },
+        CliError::Recorded {
+            run: 7,
+            source: StateError::Write { path: PathBuf::from("state/runbook.db"), message: "disk full".into() },
+        },
         CliError::Usage("--var image_tag: write --var NAME=VALUE".into()),
     ];
-    let rendered: Vec<String> = errors.iter().map(|e| {
-        let r = error(e);
-        format!("[exit {}] {}", r.code, r.stderr)
-    }).collect();
+    let rendered: Vec<String> = errors
+        .iter()
+        .map(|e| {
+            let r = error(e);
+            format!("[exit {}] {}", r.code, r.stderr)
+        })
+        .collect();
     insta::assert_snapshot!(rendered.join(""));
 }

@@ -19,7 +19,11 @@ fn env(name: &str) -> Environment {
 }
 
 fn load_with(text: &str, env: &Environment, vars: &[(&str, &str)]) -> Result<Runbook, RunbookError> {
-    let file = NamedFile { path: PathBuf::from("runbooks/sprint-2.toml"), hash: sha256_hex(text.as_bytes()), text: text.to_string() };
+    let file = NamedFile {
+        path: PathBuf::from("runbooks/sprint-2.toml"),
+        hash: sha256_hex(text.as_bytes()),
+        text: text.to_string(),
+    };
     let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     Runbook::from_file(steps::KINDS, file, "sprint-2", env, &vars)
 }
@@ -58,7 +62,11 @@ fn sprint_2_loads_against_both_environments_in_the_plans_order() {
 fn every_kind_is_registered_once() {
     let names: Vec<&str> = steps::KINDS.iter().map(|k| k.name).collect();
     assert_eq!(names, ["ecr_repository", "database", "image", "terraform", "ssm_params", "ecs_deploy", "validate"]);
-    assert_eq!(steps::find(steps::KINDS, "terraform").map(|k| k.outputs), Some(None), "terraform's outputs are the module's");
+    assert_eq!(
+        steps::find(steps::KINDS, "terraform").map(|k| k.outputs),
+        Some(None),
+        "terraform's outputs are the module's"
+    );
 }
 
 #[test]
@@ -66,7 +74,10 @@ fn a_cycle_is_named_with_its_members() {
     let text = sprint2()
         .replace("kind = \"ecr_repository\"", "kind = \"ecr_repository\"\nneeds = [\"T2.3\"]")
         .replace("kind = \"database\"", "kind = \"database\"\nneeds = [\"T2.1\"]");
-    assert_eq!(refused(&text), "runbooks/sprint-2.toml: dependency cycle: T2.1 → T2.3 → T2.1; remove one of these `needs`");
+    assert_eq!(
+        refused(&text),
+        "runbooks/sprint-2.toml: dependency cycle: T2.1 → T2.3 → T2.1; remove one of these `needs`"
+    );
 }
 
 #[test]
@@ -82,7 +93,10 @@ fn an_unknown_kind_lists_the_known_ones() {
 #[test]
 fn an_unknown_field_is_named() {
     let err = refused(&sprint2().replace("keep_last_images = 10", "keep_last_images = 10\nkeep_lats = 3"));
-    assert!(err.starts_with("runbooks/sprint-2.toml: step T2.1 (ecr_repository): params: unknown field `keep_lats`"), "{err}");
+    assert!(
+        err.starts_with("runbooks/sprint-2.toml: step T2.1 (ecr_repository): params: unknown field `keep_lats`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -104,19 +118,30 @@ fn a_missing_environment_variable_says_where_to_define_it() {
 #[test]
 fn a_missing_runbook_variable_says_where_to_define_it() {
     let err = refused(&sprint2().replace("name = \"${service}\"", "name = \"${servcie}\""));
-    assert!(err.contains("variable `servcie` is not defined") && err.contains("[vars] in runbooks/sprint-2.toml"), "{err}");
+    assert!(
+        err.contains("variable `servcie` is not defined") && err.contains("[vars] in runbooks/sprint-2.toml"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_reference_to_a_step_that_is_not_upstream_says_which_need_to_add() {
     let err = refused(&sprint2().replace("database = \"dixie\"", "database = \"${steps.T2.1.repository_uri}\""));
-    assert!(err.contains("bad reference `${steps.T2.1.repository_uri}`: T2.3 does not need T2.1; add \"T2.1\" to its `needs`"), "{err}");
+    assert!(
+        err.contains(
+            "bad reference `${steps.T2.1.repository_uri}`: T2.3 does not need T2.1; add \"T2.1\" to its `needs`"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_reference_to_an_output_that_does_not_exist_lists_the_outputs() {
     let err = refused(&sprint2().replace("${steps.T2.1.repository_uri}", "${steps.T2.1.repo_uri}"));
-    assert!(err.contains("step T2.1 has no output `repo_uri`; it has: repository_uri, repository_arn, registry_id"), "{err}");
+    assert!(
+        err.contains("step T2.1 has no output `repo_uri`; it has: repository_uri, repository_arn, registry_id"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -147,9 +172,16 @@ fn latest_is_refused_wherever_a_tag_appears() {
     assert!(err.starts_with("--var image_tag: image_tag = \"latest\" is refused"), "{err}");
     let in_image = sprint2().replace("tag = \"${image_tag}\"", "tag = \"latest\"");
     assert!(refused(&in_image).contains("step T2.2 (image): params: image tag \"latest\" is refused"));
-    let in_terraform = sprint2().replace("vars = { image_tag = \"${steps.T2.2.image_tag}\" }", "vars = { image_tag = \"latest\" }");
-    assert!(refused(&in_terraform).contains("step T2.4 (terraform): params: vars.image_tag: image tag \"latest\" is refused"));
-    let in_deploy = sprint2().replace("image_tag = \"${steps.T2.2.image_tag}\"\nimage_repository", "image_tag = \"latest\"\nimage_repository");
+    let in_terraform =
+        sprint2().replace("vars = { image_tag = \"${steps.T2.2.image_tag}\" }", "vars = { image_tag = \"latest\" }");
+    assert!(
+        refused(&in_terraform)
+            .contains("step T2.4 (terraform): params: vars.image_tag: image tag \"latest\" is refused")
+    );
+    let in_deploy = sprint2().replace(
+        "image_tag = \"${steps.T2.2.image_tag}\"\nimage_repository",
+        "image_tag = \"latest\"\nimage_repository",
+    );
     assert!(refused(&in_deploy).contains("step T2.6 (ecs_deploy): params: image tag \"latest\" is refused"));
     let bad = load_with(&sprint2(), &env("local"), &[("image_tag", "a b/c")]).err().unwrap().to_string();
     assert!(bad.contains("step T2.2 (image)") && bad.contains("is not a Docker tag"), "{bad}");
@@ -171,6 +203,7 @@ fn step_outputs_fill_references_at_run_time() {
     let t22 = book.step("T2.2").unwrap();
     let err = t22.typed(book.registry, &BTreeMap::new()).unwrap_err();
     assert!(err.contains("inputs not available yet: ${steps.T2.1.repository_uri}"), "{err}");
-    let outputs = BTreeMap::from([("T2.1".to_string(), BTreeMap::from([("repository_uri".to_string(), "r".to_string())]))]);
+    let outputs =
+        BTreeMap::from([("T2.1".to_string(), BTreeMap::from([("repository_uri".to_string(), "r".to_string())]))]);
     assert!(t22.typed(book.registry, &outputs).is_ok());
 }

@@ -38,14 +38,18 @@ struct Lease {
 }
 
 fn read_lease(conn: &rusqlite::Connection) -> rusqlite::Result<Option<Lease>> {
-    conn.query_row("SELECT run_id, host, pid, pid_started, acquired_at, heartbeat_at FROM run_lock WHERE id = 1", [], |r| {
-        Ok(Lease {
-            run: r.get(0)?,
-            holder: Holder { host: r.get(1)?, pid: r.get(2)?, pid_started: r.get(3)? },
-            since: r.get(4)?,
-            heartbeat: r.get(5)?,
-        })
-    })
+    conn.query_row(
+        "SELECT run_id, host, pid, pid_started, acquired_at, heartbeat_at FROM run_lock WHERE id = 1",
+        [],
+        |r| {
+            Ok(Lease {
+                run: r.get(0)?,
+                holder: Holder { host: r.get(1)?, pid: r.get(2)?, pid_started: r.get(3)? },
+                since: r.get(4)?,
+                heartbeat: r.get(5)?,
+            })
+        },
+    )
     .optional()
 }
 
@@ -86,7 +90,9 @@ impl StateDb {
 
     /// Whether a live process holds the lock for `run` (a run marked running may have died).
     pub(crate) fn run_is_live(&self, run: i64, our_host: &str) -> Result<bool, StateError> {
-        Ok(read_lease(&self.conn).map_err(|e| self.sql_err(e))?.is_some_and(|l| l.run == Some(run) && alive(our_host, &l.holder, l.heartbeat, now_ms())))
+        Ok(read_lease(&self.conn)
+            .map_err(|e| self.sql_err(e))?
+            .is_some_and(|l| l.run == Some(run) && alive(our_host, &l.holder, l.heartbeat, now_ms())))
     }
 
     pub(crate) fn lock_run(&mut self, me: &Holder, run: i64) -> Result<(), StateError> {
@@ -98,7 +104,10 @@ impl StateDb {
 
     pub(crate) fn heartbeat(&mut self, me: &Holder) -> Result<(), StateError> {
         self.conn
-            .execute("UPDATE run_lock SET heartbeat_at = ?2 WHERE pid = ?1 AND host = ?3", params![me.pid, now_ms(), me.host])
+            .execute(
+                "UPDATE run_lock SET heartbeat_at = ?2 WHERE pid = ?1 AND host = ?3",
+                params![me.pid, now_ms(), me.host],
+            )
             .map(drop)
             .map_err(|e| self.sql_err(e))
     }

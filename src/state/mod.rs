@@ -130,7 +130,8 @@ impl StateDb {
         OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(|e| open_err(e.to_string()))?;
         let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         // Read before any write: a file that is not a database fails here, untouched.
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| open_err(e.to_string()))?;
+        let version: i64 =
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| open_err(e.to_string()))?;
         let supported = schema::MIGRATIONS.len() as i64;
         if version > supported {
             return Err(StateError::NewerSchema { path: path.to_path_buf(), found: version, supported });
@@ -160,7 +161,11 @@ fn sql_err(path: &Path, source: rusqlite::Error) -> StateError {
 fn state_column<T>(parse: fn(&str) -> Option<T>, row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<T> {
     let text: String = row.get(index)?;
     parse(&text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, format!("unknown state {text:?}").into())
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unknown state {text:?}").into(),
+        )
     })
 }
 

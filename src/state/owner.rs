@@ -38,7 +38,10 @@ pub(crate) struct StateHandle {
 impl StateHandle {
     pub(crate) fn spawn(db: StateDb) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new().name("state-db".into()).spawn(move || serve(db, rx)).expect("spawn the state DB thread");
+        std::thread::Builder::new()
+            .name("state-db".into())
+            .spawn(move || serve(db, rx))
+            .expect("spawn the state DB thread");
         Self { tx }
     }
 
@@ -55,7 +58,9 @@ impl StateHandle {
     /// Records `event` of `run` and returns once it is committed.
     pub(crate) async fn record(&self, run: i64, event: Event) -> Result<(), StateError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.tx.send(Job::Record { run, event, reply: Reply::Now(reply) }).expect("the state DB thread outlives the run");
+        self.tx
+            .send(Job::Record { run, event, reply: Reply::Now(reply) })
+            .expect("the state DB thread outlives the run");
         answer.await.expect("the state DB thread answers every record")
     }
 
@@ -112,7 +117,8 @@ fn commit(db: &mut StateDb, batch: &mut Vec<(i64, Event, Reply)>) {
     for (_, _, reply) in batch.drain(..) {
         match reply {
             Reply::Now(sender) => {
-                let _ = sender.send(result.clone().map_err(|message| StateError::Write { path: db.path.clone(), message }));
+                let _ =
+                    sender.send(result.clone().map_err(|message| StateError::Write { path: db.path.clone(), message }));
             }
             Reply::Later(failed) => {
                 if let Err(message) = &result {

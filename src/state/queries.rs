@@ -18,7 +18,8 @@ impl StateDb {
     }
 
     pub(crate) fn latest_run(&self) -> Result<RunRow, StateError> {
-        let id: Option<i64> = self.conn.query_row("SELECT max(id) FROM runs", [], |r| r.get(0)).map_err(|e| self.sql_err(e))?;
+        let id: Option<i64> =
+            self.conn.query_row("SELECT max(id) FROM runs", [], |r| r.get(0)).map_err(|e| self.sql_err(e))?;
         match id {
             Some(id) => self.run(id),
             None => Err(StateError::NoRun { path: self.path.clone(), what: String::new() }),
@@ -103,7 +104,10 @@ impl StateDb {
 
     /// Outputs of every step of `run` that finished, by step.
     pub(crate) fn outputs(&self, run: i64) -> Result<BTreeMap<String, Outputs>, StateError> {
-        let mut stmt = self.conn.prepare("SELECT step, name, value FROM outputs WHERE run_id = ?1").map_err(|e| self.sql_err(e))?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT step, name, value FROM outputs WHERE run_id = ?1")
+            .map_err(|e| self.sql_err(e))?;
         let mut out: BTreeMap<String, Outputs> = BTreeMap::new();
         let rows = stmt
             .query_map(params![run], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
@@ -133,7 +137,8 @@ impl StateDb {
     /// The payloads of `run`'s events of one kind, oldest first.
     #[cfg(test)]
     pub(crate) fn events_of_kind(&self, run: i64, kind: &str) -> Vec<String> {
-        let mut stmt = self.conn.prepare("SELECT payload FROM events WHERE run_id = ?1 AND kind = ?2 ORDER BY id").unwrap();
+        let mut stmt =
+            self.conn.prepare("SELECT payload FROM events WHERE run_id = ?1 AND kind = ?2 ORDER BY id").unwrap();
         stmt.query_map(params![run, kind], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
     }
 

@@ -69,7 +69,10 @@ fn apply(tx: &Transaction<'_>, run: Option<i64>, event: &Event, now: i64) -> rus
     let Some(run) = run else { return Ok(()) };
     match event {
         Event::RunStarted { .. } => {
-            tx.execute("UPDATE runs SET status = ?2, ended_at = NULL WHERE id = ?1", params![run, RunState::Running.as_str()])?;
+            tx.execute(
+                "UPDATE runs SET status = ?2, ended_at = NULL WHERE id = ?1",
+                params![run, RunState::Running.as_str()],
+            )?;
         }
         Event::StepStarted { step, attempt, .. } => {
             tx.execute(

@@ -29,9 +29,13 @@ fn intent_without_outcome_is_in_doubt() {
     let (_, mut db) = temp_db("doubt");
     let run = new_run(&mut db);
     let step = "T2.1".to_string();
-    db.record(Some(run), &Event::StepStarted { step: step.clone(), attempt: 1, title: "t".into(), in_doubt: false }).unwrap();
-    db.record(Some(run), &Event::StepProbed { step: step.clone(), attempt: 1, result: ProbeResult::Absent, detail: String::new() })
+    db.record(Some(run), &Event::StepStarted { step: step.clone(), attempt: 1, title: "t".into(), in_doubt: false })
         .unwrap();
+    db.record(
+        Some(run),
+        &Event::StepProbed { step: step.clone(), attempt: 1, result: ProbeResult::Absent, detail: String::new() },
+    )
+    .unwrap();
     assert!(!db.steps(run).unwrap()[0].in_doubt);
     db.record(Some(run), &Event::StepIntent { step: step.clone(), attempt: 1, action: "create".into() }).unwrap();
     assert!(db.steps(run).unwrap()[0].in_doubt);
@@ -181,7 +185,9 @@ fn another_hosts_lease_is_stale_after_its_heartbeat_stops() {
     let (_, mut db) = temp_db("stale");
     let me = Holder::me("here");
     db.acquire_lock(&me).unwrap();
-    db.conn.execute("UPDATE run_lock SET host = 'there', pid = 5, heartbeat_at = ?1", [crate::clock::now_ms()]).unwrap();
+    db.conn
+        .execute("UPDATE run_lock SET host = 'there', pid = 5, heartbeat_at = ?1", [crate::clock::now_ms()])
+        .unwrap();
     assert!(matches!(db.acquire_lock(&me), Err(StateError::Locked { .. })));
     db.conn.execute("UPDATE run_lock SET heartbeat_at = ?1", [crate::clock::now_ms() - 31_000]).unwrap();
     assert_eq!(db.acquire_lock(&me).unwrap().map(|h| h.host), Some("there".to_string()));
@@ -210,9 +216,17 @@ async fn queued_events_are_committed_in_order_before_a_durable_one() {
     let handle = StateHandle::spawn(db);
     let failed = WriteError::default();
     let step = || "T2.1".to_string();
-    handle.record_later(run, Event::StepStarted { step: step(), attempt: 1, title: "t".into(), in_doubt: false }, failed.clone());
+    handle.record_later(
+        run,
+        Event::StepStarted { step: step(), attempt: 1, title: "t".into(), in_doubt: false },
+        failed.clone(),
+    );
     for i in 0..20 {
-        handle.record_later(run, Event::StepLog { step: step(), attempt: 1, line: format!("line {i}") }, failed.clone());
+        handle.record_later(
+            run,
+            Event::StepLog { step: step(), attempt: 1, line: format!("line {i}") },
+            failed.clone(),
+        );
     }
     handle.record(run, Event::StepIntent { step: step(), attempt: 1, action: "a".into() }).await.unwrap();
     // Read through another connection: committed, not just queued.

@@ -87,12 +87,17 @@ impl StepError {
                     || code.contains("UnrecognizedClient")
                     || code.contains("InvalidClientTokenId")
                 {
-                    StepError::fatal(message, "check the credentials and the IAM permissions listed in docs/operator-guide.md")
+                    StepError::fatal(
+                        message,
+                        "check the credentials and the IAM permissions listed in docs/operator-guide.md",
+                    )
                 } else {
                     StepError::Fatal { message, fix: None }
                 }
             }
-            SdkError::ConstructionFailure(_) => StepError::Fatal { message: format!("{what}: {}", error_chain(&err)), fix: None },
+            SdkError::ConstructionFailure(_) => {
+                StepError::Fatal { message: format!("{what}: {}", error_chain(&err)), fix: None }
+            }
             _ => StepError::retryable(format!("{what}: {}", error_chain(&err))),
         }
     }
@@ -192,7 +197,9 @@ pub(crate) fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u
     }
     match <Either as serde::Deserialize>::deserialize(d)? {
         Either::Number(n) => Ok(n),
-        Either::Text(t) => t.trim().parse().map_err(|_| serde::de::Error::custom(format!("expected a whole number, got {t:?}"))),
+        Either::Text(t) => {
+            t.trim().parse().map_err(|_| serde::de::Error::custom(format!("expected a whole number, got {t:?}")))
+        }
     }
 }
 
@@ -231,9 +238,7 @@ impl StepContext {
 
     /// A line for `runbook logs STEP`, kept per attempt.
     pub(crate) async fn log(&self, line: impl Into<String>) {
-        self.recorder
-            .emit(Event::StepLog { step: self.step.clone(), attempt: self.attempt, line: line.into() })
-            .await;
+        self.recorder.emit(Event::StepLog { step: self.step.clone(), attempt: self.attempt, line: line.into() }).await;
     }
 
     /// An SSM parameter's decrypted value, or `None` when it does not exist.
@@ -244,7 +249,13 @@ impl StepContext {
     /// Progress of a long action, for the display only.
     pub(crate) async fn progress(&self, what: &str) {
         self.recorder
-            .emit(Event::StepWaiting { step: self.step.clone(), attempt: self.attempt, what: what.to_string(), elapsed_ms: 0, limit_ms: 0 })
+            .emit(Event::StepWaiting {
+                step: self.step.clone(),
+                attempt: self.attempt,
+                what: what.to_string(),
+                elapsed_ms: 0,
+                limit_ms: 0,
+            })
             .await;
     }
 

@@ -52,23 +52,25 @@ pub(crate) async fn get_json(env: &Environment, url: &str) -> Result<(u16, serde
     let parsed = parse(url).ok_or_else(|| format!("not a URL: {url}"))?;
     let default_port = if parsed.scheme == "https" { 443 } else { 80 };
     let addr = env.dial(parsed.host, parsed.port.unwrap_or(default_port))?;
-    let client = reqwest::Client::builder()
-        .resolve(parsed.host, addr)
-        .timeout(TIMEOUT)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let client =
+        reqwest::Client::builder().resolve(parsed.host, addr).timeout(TIMEOUT).build().map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let response = client.get(url).send().await.map_err(|e| format!("GET {url}: {}", crate::error_chain::error_chain(&e)))?;
+    let response =
+        client.get(url).send().await.map_err(|e| format!("GET {url}: {}", crate::error_chain::error_chain(&e)))?;
     let status = response.status().as_u16();
     let body = response.text().await.map_err(|e| format!("GET {url}: {e}"))?;
-    let json = serde_json::from_str(&body).map_err(|_| format!("GET {url}: HTTP {status}, body is not JSON: {}", body.chars().take(200).collect::<String>()))?;
+    let json = serde_json::from_str(&body).map_err(|_| {
+        format!("GET {url}: HTTP {status}, body is not JSON: {}", body.chars().take(200).collect::<String>())
+    })?;
     Ok((status, json, started.elapsed()))
 }
 
 /// Logs in with a `postgresql://` URL (its password is a secret) and runs `query`, which
 /// must return one bigint; returns it.
 pub(crate) async fn postgres_count(env: &Environment, url: &Secret<String>, query: &str) -> Result<i64, String> {
-    let parsed = parse(url.expose()).filter(|u| u.scheme.starts_with("postgres")).ok_or("DATABASE_URL is not a postgresql:// URL")?;
+    let parsed = parse(url.expose())
+        .filter(|u| u.scheme.starts_with("postgres"))
+        .ok_or("DATABASE_URL is not a postgresql:// URL")?;
     let addr = env.dial(parsed.host, parsed.port.unwrap_or(5432))?;
     let mut config = tokio_postgres::Config::new();
     config
@@ -78,22 +80,40 @@ pub(crate) async fn postgres_count(env: &Environment, url: &Secret<String>, quer
         .password(parsed.password.unwrap_or_default())
         .dbname(parsed.path.split('?').next().unwrap_or_default())
         .connect_timeout(TIMEOUT);
-    let target = format!("{}@{}:{}/{}", parsed.user.unwrap_or("postgres"), parsed.host, parsed.port.unwrap_or(5432), parsed.path);
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| format!("cannot log in as {target}: {}", crate::error_chain::error_chain(&e)))?;
+    let target = format!(
+        "{}@{}:{}/{}",
+        parsed.user.unwrap_or("postgres"),
+        parsed.host,
+        parsed.port.unwrap_or(5432),
+        parsed.path
+    );
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot log in as {target}: {}", crate::error_chain::error_chain(&e)))?;
     tokio::spawn(connection);
-    let row = client.query_one(query, &[]).await.map_err(|e| format!("{target}: {}", crate::error_chain::error_chain(&e)))?;
+    let row =
+        client.query_one(query, &[]).await.map_err(|e| format!("{target}: {}", crate::error_chain::error_chain(&e)))?;
     Ok(row.get::<_, i64>(0))
 }
 
 /// Redis `PING` → `+PONG` over TLS (`rediss://`), verified against `ca_file` or the system roots.
-pub(crate) async fn redis_ping(env: &Environment, url: &str, ca_file: Option<&std::path::Path>) -> Result<Duration, String> {
-    let parsed = parse(url).filter(|u| u.scheme == "rediss").ok_or("REDIS_URL is not a rediss:// URL (ElastiCache is TLS-only)")?;
+pub(crate) async fn redis_ping(
+    env: &Environment,
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<Duration, String> {
+    let parsed = parse(url)
+        .filter(|u| u.scheme == "rediss")
+        .ok_or("REDIS_URL is not a rediss:// URL (ElastiCache is TLS-only)")?;
     let addr = env.dial(parsed.host, parsed.port.unwrap_or(6379))?;
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
             use rustls::pki_types::pem::PemObject;
-            for cert in rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|e| format!("CA file {}: {e}", path.display()))? {
+            for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("CA file {}: {e}", path.display()))?
+            {
                 roots.add(cert.map_err(|e| format!("CA file {}: {e}", path.display()))?).map_err(|e| e.to_string())?;
             }
         }
@@ -113,13 +133,18 @@ pub(crate) async fn redis_ping(env: &Environment, url: &str, ca_file: Option<&st
     let started = Instant::now();
     let exchange = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| format!("TLS with {}: {e}", parsed.host))?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {}: {e}", parsed.host))?;
         tls.write_all(b"PING\r\n").await.map_err(|e| e.to_string())?;
         let mut line = String::new();
         BufReader::new(tls).read_line(&mut line).await.map_err(|e| e.to_string())?;
         if line.trim() == "+PONG" { Ok(()) } else { Err(format!("Redis answered {:?} to PING", line.trim())) }
     };
-    tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| format!("Redis {url} did not answer within {}s", TIMEOUT.as_secs()))??;
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("Redis {url} did not answer within {}s", TIMEOUT.as_secs()))??;
     Ok(started.elapsed())
 }
 
@@ -129,7 +154,9 @@ pub(crate) async fn nats_ping(env: &Environment, url: &str) -> Result<Duration, 
     let addr = env.dial(parsed.host, parsed.port.unwrap_or(4222))?;
     let started = Instant::now();
     let exchange = async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect {}:{} (dialled {addr}): {e}", parsed.host, parsed.port.unwrap_or(4222)))?;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {}:{} (dialled {addr}): {e}", parsed.host, parsed.port.unwrap_or(4222)))?;
         let mut reader = BufReader::new(tcp);
         let mut line = String::new();
         reader.read_line(&mut line).await.map_err(|e| e.to_string())?;
@@ -141,7 +168,9 @@ pub(crate) async fn nats_ping(env: &Environment, url: &str) -> Result<Duration, 
         reader.read_line(&mut line).await.map_err(|e| e.to_string())?;
         if line.trim() == "PONG" { Ok(()) } else { Err(format!("NATS answered {:?} to PING", line.trim())) }
     };
-    tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| format!("NATS {url} did not answer within {}s", TIMEOUT.as_secs()))??;
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("NATS {url} did not answer within {}s", TIMEOUT.as_secs()))??;
     Ok(started.elapsed())
 }
 
@@ -152,7 +181,10 @@ mod tests {
     #[test]
     fn parses_the_urls_of_the_plan() {
         let u = parse("postgresql://dixie:pw@db.example.com:5432/dixie").unwrap();
-        assert_eq!((u.scheme, u.user, u.password, u.host, u.port, u.path), ("postgresql", Some("dixie"), Some("pw"), "db.example.com", Some(5432), "dixie"));
+        assert_eq!(
+            (u.scheme, u.user, u.password, u.host, u.port, u.path),
+            ("postgresql", Some("dixie"), Some("pw"), "db.example.com", Some(5432), "dixie")
+        );
         let u = parse("https://dixie-armitage.arrakis.community/api/health").unwrap();
         assert_eq!((u.host, u.port, u.path), ("dixie-armitage.arrakis.community", None, "api/health"));
         let u = parse("nats://10.1.2.3:4222").unwrap();
