@@ -102,6 +102,7 @@ pub(crate) async fn run(
     let env = Environment::load(&g.project, env)?;
     let book = Runbook::load(&g.project, runbook, &env, &vars)?;
     let mut db = StateDb::open(&g.state)?;
+    let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
     let (cloud, notes) = lock_and_connect(&mut db, &env, &me).await?;
     let step_ids: Vec<String> = book.steps.iter().map(|s| s.id.clone()).collect();
@@ -122,8 +123,11 @@ pub(crate) async fn run(
             return Err(e.into());
         }
     };
-    drive(g, Drive { db, me, run, book, env, cloud, progress: Progress::default(), resumed: false, preface: notes })
-        .await
+    drive(
+        g,
+        Drive { db, me, run, book, env, cloud, progress: Progress::default(), resumed: false, preface: notes, work },
+    )
+    .await
 }
 
 /// The run to continue: the given one or the latest, with its runbook and environment loaded
@@ -152,11 +156,12 @@ pub(crate) async fn resume(g: &Globals, run: Option<i64>) -> Result<Outcome, Cli
     if row.status == RunState::Done {
         return Ok(Outcome::NothingToResume { run: row.id, runbook: row.runbook });
     }
+    let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
     let (cloud, mut preface) = lock_and_connect(&mut db, &env, &me).await?;
     preface.extend(notes);
     let progress = db.progress(row.id).map_err(|source| CliError::Recorded { run: row.id, source })?;
-    drive(g, Drive { db, me, run: row.id, book, env, cloud, progress, resumed: true, preface }).await
+    drive(g, Drive { db, me, run: row.id, book, env, cloud, progress, resumed: true, preface, work }).await
 }
 
 pub(crate) async fn retry(g: &Globals, step: &str, downstream: bool, run: Option<i64>) -> Result<Outcome, CliError> {
@@ -167,6 +172,7 @@ pub(crate) async fn retry(g: &Globals, step: &str, downstream: bool, run: Option
     if downstream {
         reset.extend(book.graph.downstream(step));
     }
+    let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
     let (cloud, mut preface) = lock_and_connect(&mut db, &env, &me).await?;
     preface.extend(notes);
@@ -181,7 +187,7 @@ pub(crate) async fn retry(g: &Globals, step: &str, downstream: bool, run: Option
         db.progress(row.id)
     };
     let progress = recorded(&mut db, &preface).map_err(|source| CliError::Recorded { run: row.id, source })?;
-    drive(g, Drive { db, me, run: row.id, book, env, cloud, progress, resumed: true, preface: Vec::new() }).await
+    drive(g, Drive { db, me, run: row.id, book, env, cloud, progress, resumed: true, preface: Vec::new(), work }).await
 }
 
 pub(crate) fn skip(g: &Globals, step: &str, reason: &str, run: Option<i64>) -> Result<Outcome, CliError> {
@@ -268,6 +274,7 @@ pub(crate) async fn plan(
         env: Arc::new(env),
         cloud: Arc::new(cloud),
         project: Arc::new(g.project.clone()),
+        work_dir: Arc::new(work_dir(&g.state)?),
         approver: Approver::Withheld,
     });
     let lines = crate::engine::plan(&book, services, Recorder::new(None, tx)).await;
@@ -286,10 +293,12 @@ struct Drive {
     progress: Progress,
     resumed: bool,
     preface: Vec<Event>,
+    /// The private folder for plans and apply logs.
+    work: PathBuf,
 }
 
 async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
-    let Drive { db, me, run, book, env, cloud, progress, resumed, preface } = d;
+    let Drive { db, me, run, book, env, cloud, progress, resumed, preface, work } = d;
     let state = StateHandle::spawn(db);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let reporter = reporter::spawn(g.mode, rx);
@@ -323,6 +332,7 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
         env: Arc::new(env),
         cloud: Arc::new(cloud),
         project: Arc::new(g.project.clone()),
+        work_dir: Arc::new(work),
         approver: g.approver.clone(),
     };
     let engine = Engine {
@@ -346,6 +356,24 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
         .await
         .ok();
     Ok(Outcome::Run { run, status, view, write_error })
+}
+
+/// The private folder beside the state DB for files that may hold secrets (terraform plans
+/// and apply logs): created 0700; files left by processes that are gone are removed.
+fn work_dir(state: &Path) -> Result<PathBuf, CliError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = state.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("work");
+    let fail = |e: std::io::Error| CliError::Usage(format!("cannot prepare the private folder {}: {e}", dir.display()));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(fail)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    for entry in std::fs::read_dir(&dir).map_err(fail)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name.split('-').next().and_then(|p| p.parse::<i64>().ok());
+        if pid.is_some_and(|pid| !crate::state::process_alive(pid)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(dir)
 }
 
 /// Ctrl-C or SIGTERM.

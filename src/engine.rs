@@ -355,4 +355,6 @@ pub(crate) async fn plan(runbook: &Runbook, services: Arc<Services>, recorder: R
 }
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod tests;

@@ -227,8 +227,13 @@ impl Harness {
         let file = NamedFile { path: dir.join("fakes.toml"), hash: sha256_hex(text.as_bytes()), text };
         let runbook = Runbook::from_file(FAKE_KINDS, file, "fakes", &env, &BTreeMap::new()).unwrap();
         let cloud = Cloud::connect(&env).await;
-        let services =
-            Arc::new(Services { env: Arc::new(env), cloud: Arc::new(cloud), project: Arc::new(dir.clone()), approver });
+        let services = Arc::new(Services {
+            env: Arc::new(env),
+            cloud: Arc::new(cloud),
+            project: Arc::new(dir.clone()),
+            work_dir: Arc::new(dir.clone()),
+            approver,
+        });
         let mut db = StateDb::open(&dir.join("state.db")).unwrap();
         let ids: Vec<String> = runbook.steps.iter().map(|s| s.id.clone()).collect();
         let vars = BTreeMap::new();

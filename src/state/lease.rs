@@ -148,6 +148,11 @@ fn alive(our_host: &str, holder: &Holder, heartbeat_at: i64, now: i64) -> bool {
     }
 }
 
+/// Whether a process with this pid runs on this machine.
+pub(crate) fn process_alive(pid: i64) -> bool {
+    process_start(pid).is_some()
+}
+
 /// The start time of `pid` in clock ticks since boot (`/proc/<pid>/stat`, field 22), or
 /// `None` when there is no such process.
 pub(super) fn process_start(pid: i64) -> Option<i64> {

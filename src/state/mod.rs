@@ -20,8 +20,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, TransactionBehavior};
 use serde::Serialize;
 
-pub(crate) use lease::Holder;
+pub(crate) use lease::{Holder, process_alive};
 pub(crate) use owner::{StateHandle, WriteError};
+#[cfg(test)]
+pub(crate) use record::commits;
 
 use crate::event::{Outputs, RunState, StepState};
 

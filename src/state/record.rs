@@ -31,8 +31,20 @@ impl StateDb {
                 apply(&tx, *run, event, now).map_err(|e| sql_err(&path, e))?;
             }
         }
-        tx.commit().map_err(|e| sql_err(&path, e))
+        tx.commit().map_err(|e| sql_err(&path, e))?;
+        #[cfg(test)]
+        COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
+}
+
+/// Event transactions committed by this process (each one WAL fsync under synchronous=FULL).
+#[cfg(test)]
+static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[cfg(test)]
+pub(crate) fn commits() -> u64 {
+    COMMITS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn insert_run(tx: &Transaction<'_>, run: &NewRun<'_>) -> rusqlite::Result<i64> {

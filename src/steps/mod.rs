@@ -209,6 +209,8 @@ pub(crate) struct Services {
     pub(crate) cloud: Arc<Cloud>,
     /// The project folder: relative paths in params (build contexts, terraform) start here.
     pub(crate) project: Arc<PathBuf>,
+    /// A private folder (0700) for files that may hold secrets: plans, apply logs.
+    pub(crate) work_dir: Arc<PathBuf>,
     pub(crate) approver: Approver,
 }
 
@@ -219,6 +221,7 @@ pub(crate) struct StepContext {
     pub(crate) env: Arc<Environment>,
     pub(crate) cloud: Arc<Cloud>,
     pub(crate) project: Arc<PathBuf>,
+    pub(crate) work_dir: Arc<PathBuf>,
     pub(crate) recorder: Recorder,
     services: Arc<Services>,
 }
@@ -231,6 +234,7 @@ impl StepContext {
             env: services.env.clone(),
             cloud: services.cloud.clone(),
             project: services.project.clone(),
+            work_dir: services.work_dir.clone(),
             recorder,
             services: services.clone(),
         }

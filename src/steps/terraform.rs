@@ -1,14 +1,20 @@
 //! `terraform` (T2.4): init, select-or-create the workspace, plan to a file, show the summary,
 //! and apply that saved plan only after approval.
 //!
-//! The probe is `plan -detailed-exitcode`: no changes is satisfied. It never creates the
-//! workspace (a missing workspace is "absent"). Resource counts are shown, never asserted.
-//! Non-sensitive `terraform output` values become the step's outputs.
+//! Terraform plans once. The probe is `plan -detailed-exitcode -out`: no changes is satisfied;
+//! changes leave the saved plan for the apply, which applies it as is after approval (a plan
+//! whose state changed since is refused by terraform as stale: then it plans again). The verify
+//! takes the outputs that the apply itself reported, not a third plan. The probe never creates
+//! the workspace (a missing workspace is "absent"). Resource counts are shown, never asserted.
+//! Non-sensitive outputs become the step's outputs. Plan files hold secrets (terraform's state
+//! has what it refreshed): they live in the run's private work folder and are removed on every
+//! path.
 
-use std::time::Duration;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -18,7 +24,7 @@ use super::{Probe, Step, StepContext, StepError};
 use crate::event::Outputs;
 use crate::image_tag::ImageTag;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Params {
     /// The terraform root module, relative to the project folder.
@@ -44,15 +50,55 @@ pub(crate) struct Params {
     aws_endpoint_url: String,
     #[serde(default = "terraform")]
     binary: String,
+    /// The probe's plan, kept for the apply of the same attempt.
+    #[serde(skip)]
+    saved: Mutex<Option<SavedPlan>>,
+    /// What the apply reported, for the verify.
+    #[serde(skip)]
+    applied: Mutex<Option<Outputs>>,
 }
 
 fn terraform() -> String {
     "terraform".into()
 }
 
-/// The `Plan: A to add, B to change, C to destroy.` line, or what terraform said instead.
-struct Plan {
+/// A plan file of this process, and its `Plan: A to add, B to change, C to destroy.` line (or
+/// what terraform said instead). The file is removed when this is dropped, on every path.
+#[derive(Debug)]
+struct SavedPlan {
+    path: PathBuf,
     summary: String,
+}
+
+impl Drop for SavedPlan {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// How an apply of a saved plan ended.
+enum Applied {
+    Done(Outputs),
+    /// The state changed since the plan was made; terraform refused it.
+    Stale,
+}
+
+/// Non-sensitive output values, from `terraform output -json` or an apply's `outputs` message.
+fn plain_outputs(all: &serde_json::Map<String, serde_json::Value>) -> Outputs {
+    all.iter()
+        .filter(|(_, o)| o["sensitive"] != true)
+        .map(|(name, o)| {
+            let value = match &o["value"] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (name.clone(), value)
+        })
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Params {
@@ -144,32 +190,32 @@ impl Params {
         }
     }
 
-    async fn plan(&self, cx: &StepContext, out: Option<&Path>) -> Result<Option<Plan>, StepError> {
+    /// `plan -detailed-exitcode -out=FILE`: `None` when there is nothing to change. The probe
+    /// plans without the state lock (it only reads; a half-applied state reads as changes); the
+    /// apply's own plan, when it must make one, takes the lock and waits for it, since a killed
+    /// run may have left an apply running.
+    async fn plan(&self, cx: &StepContext, locked: bool) -> Result<Option<SavedPlan>, StepError> {
+        let path = cx.work_dir.join(format!("{}-{}.tfplan", std::process::id(), cx.step));
         let mut args = vec!["plan".to_string(), "-input=false".into(), "-no-color".into(), "-detailed-exitcode".into()];
-        match out {
-            // The plan that will be applied takes the state lock, and waits for it: a killed
-            // run may have left an apply running.
-            Some(out) => {
-                args.push("-lock-timeout=300s".into());
-                args.push(format!("-out={}", out.display()));
-            }
-            // The probe only reads: no lock object written. A half-applied state it may see
-            // reads as "changes", and the apply re-plans under the lock.
-            None => args.push("-lock=false".into()),
-        }
+        args.push(if locked { "-lock-timeout=300s".into() } else { "-lock=false".into() });
+        args.push(format!("-out={}", path.display()));
         args.extend(self.var_args());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (code, text) = self.run(cx, &args).await?;
+        let result = self.run(cx, &args).await;
+        // From here the file is ours to remove, whatever terraform said.
+        let mut saved = SavedPlan { path, summary: String::new() };
+        let (code, text) = result?;
         match code {
             0 => Ok(None),
-            2 => Ok(Some(Plan {
-                summary: text
+            2 => {
+                saved.summary = text
                     .lines()
                     .find(|l| l.trim_start().starts_with("Plan:") || l.contains("Changes to Outputs"))
                     .unwrap_or("changes pending")
                     .trim()
-                    .to_string(),
-            })),
+                    .to_string();
+                Ok(Some(saved))
+            }
             _ => Err(self.failed("plan", &text)),
         }
     }
@@ -179,28 +225,29 @@ impl Params {
         if code != 0 {
             return Err(self.failed("output", &text));
         }
-        let all: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
-        Ok(all
-            .into_iter()
-            .filter(|(_, o)| o["sensitive"] != true)
-            .map(|(name, o)| {
-                let value = match &o["value"] {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (name, value)
-            })
-            .collect())
+        let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+        Ok(plain_outputs(&all))
     }
 
-
+    /// Selects the workspace, creating it when it does not exist.
+    async fn ensure_workspace(&self, cx: &StepContext) -> Result<(), StepError> {
+        if self.selected(cx) || self.select(cx).await? {
+            return Ok(());
+        }
+        cx.log(format!("creating workspace {}", self.workspace)).await;
+        let (code, text) = self.run(cx, &["workspace", "new", "-no-color", &self.workspace]).await?;
+        if code != 0 {
+            return Err(self.failed("workspace new", &text));
+        }
+        Ok(())
+    }
 
     /// `terraform apply -json PLAN`, its progress streamed into the step's log.
     ///
     /// terraform runs in its own process group with its output going to a file, not a pipe:
     /// if this process dies (kill -9, Ctrl-C) the apply finishes and releases the state lock
     /// instead of dying mid-write with the lock held; the resumed run waits for that lock.
-    async fn apply_plan(&self, cx: &StepContext, plan_file: &Path) -> Result<(), StepError> {
+    async fn apply_plan(&self, cx: &StepContext, plan_file: &Path) -> Result<Applied, StepError> {
         let plan = plan_file.to_string_lossy();
         let log_path = plan_file.with_extension("apply.jsonl");
         let log = std::fs::File::create(&log_path).map_err(|e| StepError::fatal(format!("cannot write {}: {e}", log_path.display()), "check the temp folder"))?;
@@ -214,7 +261,7 @@ impl Params {
             .spawn()
             .map_err(|e| StepError::fatal(format!("cannot run {}: {e}", self.binary), "install terraform"))?;
         let mut reader = BufReader::new(tokio::fs::File::open(&log_path).await.map_err(|e| StepError::retryable(e.to_string()))?);
-        let mut errors = Vec::new();
+        let mut seen = Seen::default();
         let mut line = String::new();
         loop {
             line.clear();
@@ -225,29 +272,30 @@ impl Params {
                     let mut rest = String::new();
                     while reader.read_line(&mut rest).await.map_err(|e| StepError::retryable(e.to_string()))? > 0 {}
                     for l in rest.lines() {
-                        self.show(cx, l, &mut errors).await;
+                        self.show(cx, l, &mut seen).await;
                     }
                     let _ = std::fs::remove_file(&log_path);
-                    if !status.success() {
-                        return Err(self.failed("apply", &errors.join("\n")));
-                    }
-                    return Ok(());
+                    return match (status.success(), seen.stale) {
+                        (true, _) => Ok(Applied::Done(seen.outputs)),
+                        (false, true) => Ok(Applied::Stale),
+                        (false, false) => Err(self.failed("apply", &seen.errors.join("\n"))),
+                    };
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
             if line.ends_with('\n') {
                 let complete = std::mem::take(&mut line);
-                self.show(cx, complete.trim_end(), &mut errors).await;
+                self.show(cx, complete.trim_end(), &mut seen).await;
             }
         }
     }
 
-    /// One line of `terraform apply -json`, into the log or the progress display.
-    async fn show(&self, cx: &StepContext, line: &str, errors: &mut Vec<String>) {
+    /// One line of `terraform apply -json`, into the log, the progress display, or `seen`.
+    async fn show(&self, cx: &StepContext, line: &str, seen: &mut Seen) {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
             if !line.trim().is_empty() {
-                errors.push(line.to_string());
+                seen.errors.push(line.to_string());
             }
             return;
         };
@@ -259,14 +307,29 @@ impl Params {
                 cx.checkpoint("mid-apply");
             }
             "apply_progress" => cx.progress(&text).await,
+            "outputs" => {
+                if let Some(all) = message["outputs"].as_object() {
+                    seen.outputs = plain_outputs(all);
+                }
+            }
             "diagnostic" if message["diagnostic"]["severity"] == "error" => {
+                let summary = message["diagnostic"]["summary"].as_str().unwrap_or_default();
+                seen.stale |= summary.contains("Saved plan is stale");
                 let detail = message["diagnostic"]["detail"].as_str().unwrap_or_default();
-                errors.push(format!("{text}: {detail}"));
+                seen.errors.push(format!("{text}: {detail}"));
                 cx.log(format!("error: {text}: {detail}")).await;
             }
             _ => {}
         }
     }
+}
+
+/// What an apply's `-json` stream said, beyond its log lines.
+#[derive(Default)]
+struct Seen {
+    errors: Vec<String>,
+    stale: bool,
+    outputs: Outputs,
 }
 
 impl Step for Params {
@@ -291,9 +354,9 @@ impl Step for Params {
         if !self.selected(cx) && !self.select(cx).await? {
             return Ok(missing());
         }
-        // Not `output` beside the plan: on a missing workspace it initialises a state and takes
-        // the lock the plan needs.
-        let plan = match self.plan(cx, None).await {
+        // Not `output` beside the plan: on a workspace whose state is new it initialises the
+        // state and takes the lock the plan needs.
+        let plan = match self.plan(cx, false).await {
             // Selected here once, but gone from the backend since (a new state bucket).
             Err(StepError::Fatal { message, .. }) if message.contains("does not exist") && message.contains("workspace") => {
                 return Ok(missing());
@@ -302,31 +365,57 @@ impl Step for Params {
         };
         match plan {
             None => Ok(Probe::Satisfied(self.outputs(cx).await?)),
-            Some(plan) => Ok(Probe::Absent(format!("workspace {}: {}", self.workspace, plan.summary))),
+            Some(plan) => {
+                let what = format!("workspace {}: {}", self.workspace, plan.summary);
+                *lock(&self.saved) = Some(plan);
+                Ok(Probe::Absent(what))
+            }
         }
     }
 
+    /// Applies the probe's saved plan after approval; plans again (under the lock) only when
+    /// there is none (a new workspace) or terraform finds it stale.
     async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         self.init(cx).await?;
-        if !self.select(cx).await? {
-            cx.log(format!("creating workspace {}", self.workspace)).await;
-            let (code, text) = self.run(cx, &["workspace", "new", "-no-color", &self.workspace]).await?;
-            if code != 0 {
-                return Err(self.failed("workspace new", &text));
+        self.ensure_workspace(cx).await?;
+        let mut saved = lock(&self.saved).take();
+        for _ in 0..2 {
+            let plan = match saved.take() {
+                Some(plan) => plan,
+                None => match self.plan(cx, true).await? {
+                    Some(plan) => plan,
+                    None => {
+                        cx.log("terraform plan: no changes").await;
+                        *lock(&self.applied) = Some(self.outputs(cx).await?);
+                        return Ok(());
+                    }
+                },
+            };
+            cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.summary)).await;
+            let summary = format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.summary);
+            if !cx.approve(&summary).await {
+                return Err(StepError::AwaitingApproval { summary: plan.summary.clone() });
+            }
+            match self.apply_plan(cx, &plan.path).await? {
+                Applied::Done(outputs) => {
+                    *lock(&self.applied) = Some(outputs);
+                    return Ok(());
+                }
+                Applied::Stale => cx.log("the saved plan is stale (the state changed since it was made): planning again").await,
             }
         }
-        let plan_file = std::env::temp_dir().join(format!("runbook-{}-{}.tfplan", std::process::id(), cx.step));
-        let Some(plan) = self.plan(cx, Some(&plan_file)).await? else {
-            cx.log("terraform plan: no changes").await;
-            return Ok(());
-        };
-        cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.summary)).await;
-        if !cx.approve(&format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.summary)).await {
-            let _ = std::fs::remove_file(&plan_file);
-            return Err(StepError::AwaitingApproval { summary: plan.summary });
+        Err(StepError::retryable(format!("terraform's state in workspace {} kept changing under the plan", self.workspace)))
+    }
+
+    /// The apply's own outputs; the probe again only when this attempt did not apply.
+    async fn verify(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        let applied = lock(&self.applied).take();
+        match applied {
+            Some(outputs) => Ok(Probe::Satisfied(outputs)),
+            None => Step::probe(self, cx).await,
         }
-        let result = self.apply_plan(cx, &plan_file).await;
-        let _ = std::fs::remove_file(&plan_file);
-        result
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! T2.4 plans once, proven against a stand-in `terraform` (a shell script that keeps a state
+//! file and a log of its invocations): probe, apply and verify of a change run one plan and one
+//! apply; a converged probe runs one plan and one `output`; a stale saved plan is planned again.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::approval::Approver;
+use crate::cloud::Cloud;
+use crate::environment::Environment;
+use crate::recorder::Recorder;
+use crate::steps::{KINDS, Services, find};
+
+const FAKE_TERRAFORM: &str = r#"#!/bin/sh
+# A stand-in terraform: ./state says whether the change is applied; ./calls logs each command.
+echo "$1" >> calls
+case "$1" in
+  init) exit 0 ;;
+  workspace) mkdir -p .terraform && echo armitage > .terraform/environment; exit 0 ;;
+  plan)
+    out=$(for a in "$@"; do case "$a" in -out=*) echo "${a#-out=}";; esac; done)
+    echo plan > "$out"
+    if [ -f state ]; then exit 0; fi
+    echo "Plan: 3 to add, 0 to change, 0 to destroy."; exit 2 ;;
+  apply)
+    if [ -f stale ]; then
+      rm stale
+      echo '{"type":"diagnostic","@message":"Error: Saved plan is stale","diagnostic":{"severity":"error","summary":"Saved plan is stale","detail":"the state changed"}}'
+      exit 1
+    fi
+    touch state
+    echo '{"type":"apply_complete","@message":"aws_lb.dixie: Creation complete"}'
+    echo '{"type":"outputs","@message":"Outputs: 2","outputs":{"alb_dns_name":{"sensitive":false,"type":"string","value":"alb.local"},"db_password":{"sensitive":true,"type":"string","value":"hunter2"}}}'
+    exit 0 ;;
+  output) echo '{"alb_dns_name":{"sensitive":false,"value":"alb.local"}}'; exit 0 ;;
+esac
+exit 3
+"#;
+
+struct Stage {
+    dir: PathBuf,
+    services: Arc<Services>,
+}
+
+impl Stage {
+    async fn new(name: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("runbook-tf-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tf")).unwrap();
+        std::fs::create_dir_all(dir.join("work")).unwrap();
+        let binary = dir.join("terraform");
+        std::fs::write(&binary, FAKE_TERRAFORM).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let env: Environment =
+            toml::from_str("name = \"t\"\naccount_id = \"0\"\nregion = \"us-east-1\"\nloopback_only = true\n").unwrap();
+        let cloud = Cloud::connect(&env).await;
+        let services = Arc::new(Services {
+            env: Arc::new(env),
+            cloud: Arc::new(cloud),
+            project: Arc::new(dir.clone()),
+            work_dir: Arc::new(dir.join("work")),
+            approver: Approver::Answer { operator: "ana".into(), yes: true },
+        });
+        Stage { dir, services }
+    }
+
+    fn step(&self) -> Box<dyn crate::steps::AnyStep> {
+        let params: toml::Value = toml::from_str(&format!(
+            "dir = \"tf\"\nworkspace = \"armitage\"\nbinary = \"{}\"\n",
+            self.dir.join("terraform").display()
+        ))
+        .unwrap();
+        find(KINDS, "terraform").unwrap().parse(&params).unwrap()
+    }
+
+    fn cx(&self) -> StepContext {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        StepContext::new(&self.services, "T2.4", 1, Recorder::new(None, tx))
+    }
+
+    /// Commands run since the last call, `init` and `workspace` left out.
+    fn calls(&self) -> Vec<String> {
+        let path = self.dir.join("tf/calls");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        text.lines().filter(|c| !matches!(*c, "init" | "workspace")).map(String::from).collect()
+    }
+
+    fn plan_files(&self) -> usize {
+        std::fs::read_dir(self.dir.join("work")).unwrap().count()
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn satisfied(probe: Probe) -> Outputs {
+    match probe {
+        Probe::Satisfied(outputs) => outputs,
+        other => panic!("expected satisfied, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_change_is_planned_once_applied_as_planned_and_verified_from_the_apply() {
+    let stage = Stage::new("once").await;
+    let (step, cx) = (stage.step(), stage.cx());
+    let Probe::Absent(what) = step.probe(&cx).await.unwrap() else { panic!("expected changes") };
+    assert_eq!(what, "workspace armitage: Plan: 3 to add, 0 to change, 0 to destroy.");
+    assert_eq!(stage.plan_files(), 1, "the probe's plan is kept for the apply");
+    step.apply(&cx).await.unwrap();
+    let outputs = satisfied(step.verify(&cx).await.unwrap());
+    assert_eq!(outputs, Outputs::from([("alb_dns_name".to_string(), "alb.local".to_string())]), "sensitive ones left out");
+    assert_eq!(stage.calls(), ["plan", "apply"], "one plan, one apply, no plan or output after it");
+    assert_eq!(stage.plan_files(), 0, "the plan file is removed");
+}
+
+#[tokio::test]
+async fn a_converged_probe_costs_one_plan_and_leaves_no_plan_file() {
+    let stage = Stage::new("converged").await;
+    std::fs::write(stage.dir.join("tf/state"), "").unwrap();
+    let (step, cx) = (stage.step(), stage.cx());
+    let outputs = satisfied(step.probe(&cx).await.unwrap());
+    assert_eq!(outputs["alb_dns_name"], "alb.local");
+    assert_eq!(stage.calls(), ["plan", "output"]);
+    assert_eq!(stage.plan_files(), 0);
+}
+
+#[tokio::test]
+async fn a_stale_saved_plan_is_planned_again_under_the_lock() {
+    let stage = Stage::new("stale").await;
+    let (step, cx) = (stage.step(), stage.cx());
+    assert!(matches!(step.probe(&cx).await.unwrap(), Probe::Absent(_)));
+    std::fs::write(stage.dir.join("tf/stale"), "").unwrap();
+    step.apply(&cx).await.unwrap();
+    satisfied(step.verify(&cx).await.unwrap());
+    assert_eq!(stage.calls(), ["plan", "apply", "plan", "apply"]);
+    assert_eq!(stage.plan_files(), 0);
+}
+
+#[tokio::test]
+async fn a_plan_that_is_not_approved_is_removed_and_nothing_is_applied() {
+    let mut stage = Stage::new("refused").await;
+    let services = Arc::get_mut(&mut stage.services).unwrap();
+    services.approver = Approver::Answer { operator: "ana".into(), yes: false };
+    let (step, cx) = (stage.step(), stage.cx());
+    assert!(matches!(step.probe(&cx).await.unwrap(), Probe::Absent(_)));
+    let err = step.apply(&cx).await.unwrap_err();
+    assert!(matches!(err, StepError::AwaitingApproval { ref summary } if summary.starts_with("Plan: 3 to add")), "{err:?}");
+    drop(step);
+    assert_eq!(stage.calls(), ["plan"]);
+    assert_eq!(stage.plan_files(), 0);
+}
