@@ -15,8 +15,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::event::{DoneOutcome, Event, Outputs, ProbeResult, RunState};
+use crate::graph::Frontier;
 use crate::recorder::Recorder;
-use crate::runbook::Runbook;
+use crate::runbook::{Runbook, Step};
 use crate::state::Progress;
 use crate::steps::{AnyStep, Probe, Services, StepContext, StepError};
 
@@ -55,18 +56,17 @@ impl Engine {
         let shared =
             Arc::new(Shared { services: self.services.clone(), recorder: self.recorder.clone(), retry: self.retry });
         let graph = &self.runbook.graph;
+        let by_id: BTreeMap<&str, &Step> = self.runbook.steps.iter().map(|s| (s.id.as_str(), s)).collect();
+        let mut frontier = Frontier::new(graph, &progress.finished);
         let mut running: JoinSet<(String, Option<Outputs>)> = JoinSet::new();
-        let mut in_flight = BTreeSet::new();
         let mut failed = BTreeSet::new();
         tokio::pin!(cancel);
 
         loop {
             let write_failed = self.recorder.write_error().is_some();
             if !write_failed {
-                let excluded: BTreeSet<String> = in_flight.union(&failed).cloned().collect();
-                for id in graph.ready(&progress.finished, &excluded) {
-                    let step = self.runbook.step(&id).expect("ready steps come from the graph").clone();
-                    in_flight.insert(id.clone());
+                for id in frontier.take_ready() {
+                    let step = (*by_id.get(id.as_str()).expect("ready steps come from the graph")).clone();
                     let first = progress.attempts.get(&id).copied().unwrap_or(0) + 1;
                     let in_doubt = progress.in_doubt.contains(&id);
                     let typed = step.typed(self.runbook.registry, &progress.outputs);
@@ -92,9 +92,9 @@ impl Engine {
                         Err(e) if e.is_cancelled() => continue,
                         Err(e) => std::panic::resume_unwind(e.into_panic()),
                     };
-                    in_flight.remove(&id);
                     match outputs {
                         Some(outputs) => {
+                            frontier.finish(&id);
                             progress.outputs.insert(id.clone(), outputs);
                             progress.finished.insert(id);
                         }

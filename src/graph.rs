@@ -1,21 +1,25 @@
 //! The dependency graph of a runbook's steps: cycles, upstream/downstream sets, the steps that
 //! are ready, and DOT/Mermaid renderings. Pure data: no I/O.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Graph {
     /// Step ids in file order, each with what it needs.
     nodes: Vec<(String, Vec<String>)>,
+    /// Position of each id in `nodes`.
+    index: HashMap<String, usize>,
 }
 
 impl Graph {
     pub(crate) fn new(nodes: impl IntoIterator<Item = (String, Vec<String>)>) -> Self {
-        Self { nodes: nodes.into_iter().collect() }
+        let nodes: Vec<(String, Vec<String>)> = nodes.into_iter().collect();
+        let index = nodes.iter().enumerate().map(|(i, (id, _))| (id.clone(), i)).collect();
+        Self { nodes, index }
     }
 
     fn needs(&self, id: &str) -> &[String] {
-        self.nodes.iter().find(|(n, _)| n == id).map(|(_, needs)| needs.as_slice()).unwrap_or(&[])
+        self.index.get(id).map(|&i| self.nodes[i].1.as_slice()).unwrap_or(&[])
     }
 
     /// One cycle, as the path of its members back to the first (`A → B → A`), if any.
@@ -79,31 +83,19 @@ impl Graph {
         self.nodes.iter().filter(|(n, _)| self.upstream(n).contains(id)).map(|(n, _)| n.clone()).collect()
     }
 
-    /// Steps not in `finished` and not in `excluded` whose needs are all in `finished`,
-    /// in file order.
-    pub(crate) fn ready(&self, finished: &BTreeSet<String>, excluded: &BTreeSet<String>) -> Vec<String> {
-        self.nodes
-            .iter()
-            .filter(|(id, needs)| {
-                !finished.contains(id) && !excluded.contains(id) && needs.iter().all(|n| finished.contains(n))
-            })
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
-    /// Step ids in an order where every step comes after what it needs.
+    /// Step ids in waves: every step after what it needs, each wave in file order.
     pub(crate) fn topological(&self) -> Vec<String> {
-        let mut done = BTreeSet::new();
-        let mut order = Vec::new();
+        let mut frontier = Frontier::new(self, &BTreeSet::new());
+        let mut order = Vec::with_capacity(self.nodes.len());
         loop {
-            let ready = self.ready(&done, &BTreeSet::new());
-            if ready.is_empty() {
+            let wave = frontier.take_ready();
+            if wave.is_empty() {
                 return order;
             }
-            for id in ready {
-                done.insert(id.clone());
-                order.push(id);
+            for id in &wave {
+                frontier.finish(id);
             }
+            order.extend(wave);
         }
     }
 
@@ -138,6 +130,55 @@ impl Graph {
     }
 }
 
+/// The steps that may start, kept up to date as steps finish: a finish costs its dependents,
+/// not a scan of the whole graph (the engine asks after every step).
+pub(crate) struct Frontier<'g> {
+    graph: &'g Graph,
+    /// Needs not yet finished, by node.
+    waiting: Vec<usize>,
+    /// Who needs each node.
+    dependents: Vec<Vec<usize>>,
+    /// Ready and not yet taken, by file position.
+    ready: BTreeSet<usize>,
+}
+
+impl<'g> Frontier<'g> {
+    /// The frontier of a run in which `finished` are done.
+    pub(crate) fn new(graph: &'g Graph, finished: &BTreeSet<String>) -> Self {
+        let mut dependents = vec![Vec::new(); graph.nodes.len()];
+        let mut waiting = vec![0; graph.nodes.len()];
+        for (i, (_, needs)) in graph.nodes.iter().enumerate() {
+            for need in needs {
+                if let Some(&n) = graph.index.get(need) {
+                    dependents[n].push(i);
+                    if !finished.contains(need) {
+                        waiting[i] += 1;
+                    }
+                }
+            }
+        }
+        let ready =
+            (0..graph.nodes.len()).filter(|&i| waiting[i] == 0 && !finished.contains(&graph.nodes[i].0)).collect();
+        Frontier { graph, waiting, dependents, ready }
+    }
+
+    /// The steps ready now, in file order; each is handed out once.
+    pub(crate) fn take_ready(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.ready).into_iter().map(|i| self.graph.nodes[i].0.clone()).collect()
+    }
+
+    /// `id` is done: what waited only for it becomes ready.
+    pub(crate) fn finish(&mut self, id: &str) {
+        let Some(&n) = self.graph.index.get(id) else { return };
+        for &d in &self.dependents[n] {
+            self.waiting[d] -= 1;
+            if self.waiting[d] == 0 {
+                self.ready.insert(d);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,8 +195,22 @@ mod tests {
     }
 
     #[test]
-    fn independent_steps_are_ready_together() {
-        assert_eq!(sprint2().ready(&BTreeSet::new(), &BTreeSet::new()), ["T2.1", "T2.3"]);
+    fn independent_steps_are_ready_together_and_a_step_once_all_its_needs_finish() {
+        let g = sprint2();
+        let mut frontier = Frontier::new(&g, &BTreeSet::new());
+        assert_eq!(frontier.take_ready(), ["T2.1", "T2.3"]);
+        assert!(frontier.take_ready().is_empty(), "handed out once");
+        frontier.finish("T2.3");
+        assert!(frontier.take_ready().is_empty(), "T2.5 still needs T2.4");
+        frontier.finish("T2.1");
+        assert_eq!(frontier.take_ready(), ["T2.2"]);
+    }
+
+    #[test]
+    fn a_resumed_frontier_starts_after_what_is_finished() {
+        let g = sprint2();
+        let finished = BTreeSet::from(["T2.1".to_string(), "T2.2".to_string(), "T2.3".to_string()]);
+        assert_eq!(Frontier::new(&g, &finished).take_ready(), ["T2.4"]);
     }
 
     #[test]

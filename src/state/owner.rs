@@ -72,14 +72,15 @@ impl StateHandle {
 
 fn serve(mut db: StateDb, rx: Receiver<Job>) {
     let mut batch: Vec<(i64, Event, Reply)> = Vec::new();
+    let mut next: Option<Job> = None;
     loop {
-        let job = if batch.is_empty() {
-            match rx.recv() {
+        let job = match next.take() {
+            Some(job) => job,
+            None if batch.is_empty() => match rx.recv() {
                 Ok(job) => job,
                 Err(_) => return,
-            }
-        } else {
-            match rx.recv_timeout(LINGER) {
+            },
+            None => match rx.recv_timeout(LINGER) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
                     commit(&mut db, &mut batch);
@@ -89,13 +90,16 @@ fn serve(mut db: StateDb, rx: Receiver<Job>) {
                     commit(&mut db, &mut batch);
                     return;
                 }
-            }
+            },
         };
         match job {
             Job::Record { run, event, reply } => {
                 let durable = matches!(reply, Reply::Now(_));
                 batch.push((run, event, reply));
                 if durable {
+                    // Whatever else is queued already (other steps' intents and outcomes)
+                    // shares this commit: one fsync for all of them.
+                    next = take_queued(&rx, &mut batch);
                     commit(&mut db, &mut batch);
                 }
             }
@@ -105,6 +109,18 @@ fn serve(mut db: StateDb, rx: Receiver<Job>) {
             }
         }
     }
+}
+
+/// Moves queued events into `batch` until the queue is empty or holds a call, which is
+/// returned to run after the commit.
+fn take_queued(rx: &Receiver<Job>, batch: &mut Vec<(i64, Event, Reply)>) -> Option<Job> {
+    while let Ok(job) = rx.try_recv() {
+        match job {
+            Job::Record { run, event, reply } => batch.push((run, event, reply)),
+            call @ Job::Call(_) => return Some(call),
+        }
+    }
+    None
 }
 
 /// Commits the batch in one transaction and answers every sender.
