@@ -5,7 +5,7 @@
 //! The only place besides `main.rs` that reads stdin.
 
 use crate::event::Event;
-use crate::steps::StepContext;
+use crate::recorder::Recorder;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Approver {
@@ -33,14 +33,13 @@ impl Approver {
         }
     }
 
-    pub(crate) async fn approve(&self, cx: &StepContext, summary: &str) -> bool {
+    /// Asks for `step`'s change described by `summary`; the answer is recorded through `recorder`.
+    pub(crate) async fn approve(&self, recorder: &Recorder, step: &str, summary: &str) -> bool {
         let (operator, via, yes) = match self {
             Approver::Withheld => return false,
             Approver::Given { operator } => (operator, "--yes", true),
             Approver::Prompt { operator } => {
-                cx.recorder
-                    .emit(Event::ApprovalRequested { step: cx.step.clone(), summary: summary.to_string() })
-                    .await;
+                recorder.emit(Event::ApprovalRequested { step: step.to_string(), summary: summary.to_string() }).await;
                 let answer = tokio::task::spawn_blocking(|| {
                     let mut line = String::new();
                     std::io::stdin().read_line(&mut line).map(|_| line.trim().to_ascii_lowercase())
@@ -54,9 +53,9 @@ impl Approver {
             #[cfg(test)]
             Approver::Answer { operator, yes } => (operator, "a test", *yes),
         };
-        cx.recorder
+        recorder
             .emit(Event::ApprovalAnswered {
-                step: cx.step.clone(),
+                step: step.to_string(),
                 summary: summary.to_string(),
                 operator: operator.clone(),
                 via: via.to_string(),

@@ -3,7 +3,6 @@
 //! environment is an emulator's (`[aws.emulator_credentials]`).
 
 use crate::environment::Environment;
-use crate::steps::StepError;
 
 /// `ecs:DescribeTasks` against moto, as (group, lastStatus, private IPv4) per task. moto
 /// answers `containers[].cpu` and `memory` as numbers where the API has strings, and the SDK
@@ -13,13 +12,12 @@ pub(crate) async fn describe_tasks(
     env: &Environment,
     cluster: &str,
     arns: &[String],
-) -> Result<Vec<(String, String, Option<String>)>, StepError> {
+) -> Result<Vec<(String, String, Option<String>)>, String> {
     let endpoint = env.aws.endpoint_url.clone().unwrap_or_default();
-    let url = reqwest::Url::parse(&endpoint)
-        .map_err(|e| StepError::fatal(format!("endpoint_url {endpoint}: {e}"), "fix [aws] in the environment file"))?;
+    let url = reqwest::Url::parse(&endpoint).map_err(|e| format!("endpoint_url {endpoint} in [aws]: {e}"))?;
     let addr = env
         .dial(url.host_str().unwrap_or_default(), url.port_or_known_default().unwrap_or(80))
-        .map_err(|why| StepError::fatal(why, "see [address_map]"))?;
+        .map_err(|why| format!("{why} (see [address_map])"))?;
     let body: serde_json::Value = reqwest::Client::new()
         .post(format!("http://{addr}/"))
         .header("X-Amz-Target", "AmazonEC2ContainerServiceV20141113.DescribeTasks")
@@ -35,10 +33,10 @@ pub(crate) async fn describe_tasks(
         .send()
         .await
         .and_then(|r| r.error_for_status())
-        .map_err(|e| StepError::retryable(format!("ecs:DescribeTasks (emulator): {e}")))?
+        .map_err(|e| format!("ecs:DescribeTasks (emulator): {e}"))?
         .json()
         .await
-        .map_err(|e| StepError::retryable(format!("ecs:DescribeTasks (emulator): {e}")))?;
+        .map_err(|e| format!("ecs:DescribeTasks (emulator): {e}"))?;
     Ok(body["tasks"]
         .as_array()
         .map(Vec::as_slice)

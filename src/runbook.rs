@@ -289,75 +289,66 @@ impl Scope<'_> {
             if error.is_some() {
                 return None;
             }
-            let bad = |why: String| RunbookError::BadReference {
-                path: self.path.to_path_buf(),
-                step: step.to_string(),
-                field: field.to_string(),
-                reference: format!("${{{reference}}}"),
-                why,
-            };
-            if reference.starts_with("steps.") {
-                match split_step_reference(reference) {
-                    None => error = Some(bad("write ${steps.<step id>.<output>}".into())),
-                    Some((from, output)) => {
-                        if let Err(why) = check_step_reference(graph, self.kinds, self.registry, step, from, output) {
-                            error = Some(bad(why));
-                        }
-                    }
-                }
-                return None; // kept for run time
-            }
-            if let Some(name) = reference.strip_prefix("env.") {
-                let value = match name {
-                    "name" => Some(self.env.name.clone()),
-                    "account_id" => Some(self.env.account_id.clone()),
-                    "region" => Some(self.env.region.clone()),
-                    _ => self.env.vars.get(name).cloned(),
-                };
-                if value.is_none() {
-                    error = Some(RunbookError::MissingVar {
-                        path: self.path.to_path_buf(),
-                        step: step.to_string(),
-                        field: field.to_string(),
-                        var: name.to_string(),
-                        where_to_define: format!("[vars] in {}", self.env.path.display()),
-                    });
-                }
-                return value;
-            }
-            if !reference.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || reference.is_empty() {
-                error = Some(bad("write ${name} (a runbook var), ${env.name} or ${steps.<id>.<output>}".into()));
-                return None;
-            }
-            let value = self.overrides.get(reference).or_else(|| self.runbook_vars.get(reference)).cloned();
-            match value {
-                None => {
-                    error = Some(RunbookError::MissingVar {
-                        path: self.path.to_path_buf(),
-                        step: step.to_string(),
-                        field: field.to_string(),
-                        var: reference.to_string(),
-                        where_to_define: format!("[vars] in {}", self.path.display()),
-                    });
-                    None
-                }
-                // A runbook var may itself use ${env.x}; resolve it, bounded.
-                Some(v) if depth < 8 => match self.resolve_text(step, field, &v, graph, depth + 1) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        error = Some(e);
-                        None
-                    }
-                },
-                Some(_) => {
-                    error = Some(bad("variables refer to each other in a loop".into()));
-                    None
-                }
-            }
+            self.resolve_reference(step, field, reference, graph, depth).unwrap_or_else(|e| {
+                error = Some(e);
+                None
+            })
         });
         match error {
             Some(e) => Err(e),
             None => Ok(resolved),
+        }
+    }
+
+    /// The value of one `${reference}`; `None` keeps it as written (`${steps.…}`, checked here
+    /// and filled at run time).
+    fn resolve_reference(
+        &self,
+        step: &str,
+        field: &str,
+        reference: &str,
+        graph: &Graph,
+        depth: usize,
+    ) -> Result<Option<String>, RunbookError> {
+        let bad = |why: String| RunbookError::BadReference {
+            path: self.path.to_path_buf(),
+            step: step.to_string(),
+            field: field.to_string(),
+            reference: format!("${{{reference}}}"),
+            why,
+        };
+        let missing = |var: &str, file: &Path| RunbookError::MissingVar {
+            path: self.path.to_path_buf(),
+            step: step.to_string(),
+            field: field.to_string(),
+            var: var.to_string(),
+            where_to_define: format!("[vars] in {}", file.display()),
+        };
+        if reference.starts_with("steps.") {
+            let Some((from, output)) = split_step_reference(reference) else {
+                return Err(bad("write ${steps.<step id>.<output>}".into()));
+            };
+            check_step_reference(graph, self.kinds, self.registry, step, from, output).map_err(bad)?;
+            return Ok(None);
+        }
+        if let Some(name) = reference.strip_prefix("env.") {
+            let value = match name {
+                "name" => Some(self.env.name.clone()),
+                "account_id" => Some(self.env.account_id.clone()),
+                "region" => Some(self.env.region.clone()),
+                _ => self.env.vars.get(name).cloned(),
+            };
+            return value.map(Some).ok_or_else(|| missing(name, &self.env.path));
+        }
+        if reference.is_empty() || !reference.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(bad("write ${name} (a runbook var), ${env.name} or ${steps.<id>.<output>}".into()));
+        }
+        let value = self.overrides.get(reference).or_else(|| self.runbook_vars.get(reference));
+        match value {
+            None => Err(missing(reference, self.path)),
+            // A runbook var may itself use ${env.x}; resolve it, bounded.
+            Some(v) if depth < 8 => self.resolve_text(step, field, v, graph, depth + 1).map(Some),
+            Some(_) => Err(bad("variables refer to each other in a loop".into())),
         }
     }
 }

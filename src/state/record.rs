@@ -113,19 +113,7 @@ fn apply(tx: &Transaction<'_>, run: Option<i64>, event: &Event, now: i64) -> rus
             end_attempt(tx, run, step, *attempt, now, "retryable_error", Some(error))?;
         }
         Event::StepDone { step, attempt, outcome, outputs, .. } => {
-            let state = match outcome {
-                DoneOutcome::Satisfied => StepState::Satisfied,
-                DoneOutcome::Applied => StepState::Applied,
-            };
-            end_attempt(tx, run, step, *attempt, now, state.as_str(), None)?;
-            end_step(tx, run, step, now, state, None, None)?;
-            tx.execute("DELETE FROM outputs WHERE run_id = ?1 AND step = ?2", params![run, step])?;
-            for (name, value) in outputs {
-                tx.execute(
-                    "INSERT INTO outputs (run_id, step, name, value) VALUES (?1, ?2, ?3, ?4)",
-                    params![run, step, name, value],
-                )?;
-            }
+            done(tx, run, step, *attempt, *outcome, outputs, now)?
         }
         Event::StepFailed { step, attempt, error, fix, .. } => {
             end_attempt(tx, run, step, *attempt, now, StepState::Failed.as_str(), Some(error))?;
@@ -156,6 +144,31 @@ fn apply(tx: &Transaction<'_>, run: Option<i64>, event: &Event, now: i64) -> rus
         | Event::ApprovalAnswered { .. }
         | Event::LockTakenOver { .. }
         | Event::LockBroken { .. } => {}
+    }
+    Ok(())
+}
+
+fn done(
+    tx: &Transaction<'_>,
+    run: i64,
+    step: &str,
+    attempt: u32,
+    outcome: DoneOutcome,
+    outputs: &crate::event::Outputs,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let state = match outcome {
+        DoneOutcome::Satisfied => StepState::Satisfied,
+        DoneOutcome::Applied => StepState::Applied,
+    };
+    end_attempt(tx, run, step, attempt, now, state.as_str(), None)?;
+    end_step(tx, run, step, now, state, None, None)?;
+    tx.execute("DELETE FROM outputs WHERE run_id = ?1 AND step = ?2", params![run, step])?;
+    for (name, value) in outputs {
+        tx.execute(
+            "INSERT INTO outputs (run_id, step, name, value) VALUES (?1, ?2, ?3, ?4)",
+            params![run, step, name, value],
+        )?;
     }
     Ok(())
 }

@@ -265,7 +265,7 @@ impl StepContext {
 
     /// Asks the run's [`Approver`] to approve `summary`; the answer is recorded.
     pub(crate) async fn approve(&self, summary: &str) -> bool {
-        self.services.approver.approve(self, summary).await
+        self.services.approver.approve(&self.recorder, &self.step, summary).await
     }
 
     /// A test-only crash point: with `RUNBOOK_CRASH_AT=<step>:<name>` the process kills itself

@@ -276,7 +276,7 @@ async fn task_ip(cx: &StepContext, nats: &NatsTask) -> Result<String, StepError>
         return Err(StepError::retryable(format!("service {} has no running task", nats.service)));
     }
     let tasks = if cx.env.aws.emulator_credentials.is_some() {
-        crate::emulator::describe_tasks(&cx.env, &nats.cluster, &arns).await?
+        crate::emulator::describe_tasks(&cx.env, &nats.cluster, &arns).await.map_err(StepError::retryable)?
     } else {
         let described = ecs
             .describe_tasks()
