@@ -1,6 +1,12 @@
 //! Workarounds for the AWS emulator (moto) of the local ring, in one place, each saying what
 //! moto does differently. Nothing here is ever used against AWS: callers check that the
-//! environment is an emulator's (`[aws.emulator_credentials]`).
+//! environment is an emulator's (`[aws.emulator_credentials]`) or that the runbook named the
+//! ring's registry (`push_registry`).
+//!
+//! Beside these, two differences are handled where they occur, because AWS needs the same
+//! code path: moto answers a tag clash in ECR with `ImageAlreadyExistsException` where ECR says
+//! `ImageTagAlreadyExistsException` (`steps/image.rs` accepts both), and moto reads
+//! SecureStrings undecrypted as `kms:alias/aws/ssm:<value>` (every read decrypts).
 
 use crate::environment::Environment;
 
@@ -57,4 +63,30 @@ pub(crate) async fn describe_tasks(
             )
         })
         .collect())
+}
+
+/// The image manifest that the ring's registry holds for `repository:tag`. moto's ECR is not a
+/// registry (`/v2/` is 404): the image is pushed to the ring's registry and ECR learns the tag
+/// by `PutImage` of this very manifest.
+pub(crate) async fn registry_manifest(
+    env: &Environment,
+    registry: &str,
+    repository: &str,
+    tag: &str,
+    media_type: &str,
+) -> Result<String, String> {
+    let (host, port) =
+        registry.rsplit_once(':').and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?))).unwrap_or((registry, 80));
+    let addr = env.dial(host, port).map_err(|why| format!("{why} (see [address_map])"))?;
+    let url = format!("http://{addr}/v2/{repository}/manifests/{tag}");
+    reqwest::Client::new()
+        .get(&url)
+        .header("Accept", media_type)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| format!("GET {url}: {e}"))?
+        .text()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))
 }

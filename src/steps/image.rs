@@ -240,21 +240,12 @@ impl Params {
         })
     }
 
-    /// Tells moto's ECR about the tag with the manifest the ring's registry holds.
+    /// Tells moto's ECR about the tag with the manifest the ring's registry holds (moto's ECR
+    /// is not a registry: see `emulator::registry_manifest`).
     async fn put_image_in_ecr(&self, cx: &StepContext, tag: &str) -> Result<(), StepError> {
-        let (host, port) = self.push_registry.rsplit_once(':').and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?))).unwrap_or((&self.push_registry, 80));
-        let addr = cx.env.dial(host, port).map_err(|why| StepError::fatal(why, "see [address_map]"))?;
-        let url = format!("http://{addr}/v2/{}/manifests/{tag}", self.repository);
-        let manifest = reqwest::Client::new()
-            .get(&url)
-            .header("Accept", MANIFEST_V2)
-            .send()
+        let manifest = crate::emulator::registry_manifest(&cx.env, &self.push_registry, &self.repository, tag, MANIFEST_V2)
             .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| StepError::retryable(format!("GET {url}: {e}")))?
-            .text()
-            .await
-            .map_err(|e| StepError::retryable(format!("GET {url}: {e}")))?;
+            .map_err(StepError::retryable)?;
         let put = cx
             .cloud
             .ecr

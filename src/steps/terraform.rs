@@ -354,9 +354,15 @@ impl Step for Params {
         if !self.selected(cx) && !self.select(cx).await? {
             return Ok(missing());
         }
-        // Not `output` beside the plan: on a workspace whose state is new it initialises the
-        // state and takes the lock the plan needs.
-        let plan = match self.plan(cx, false).await {
+        // `output` beside the plan: a converged re-run then costs one plan. Neither takes the
+        // state lock, except where the workspace's state is new: then `output` initialises it
+        // under the lock, the plan may fail on that lock, and is made again, alone.
+        let (plan, outputs) = tokio::join!(self.plan(cx, false), self.outputs(cx));
+        let plan = match plan {
+            Err(StepError::Fatal { message, .. }) if message.contains("failed to lock") => self.plan(cx, false).await,
+            other => other,
+        };
+        let plan = match plan {
             // Selected here once, but gone from the backend since (a new state bucket).
             Err(StepError::Fatal { message, .. }) if message.contains("does not exist") && message.contains("workspace") => {
                 return Ok(missing());
@@ -364,7 +370,10 @@ impl Step for Params {
             other => other?,
         };
         match plan {
-            None => Ok(Probe::Satisfied(self.outputs(cx).await?)),
+            None => Ok(Probe::Satisfied(match outputs {
+                Ok(outputs) => outputs,
+                Err(_) => self.outputs(cx).await?,
+            })),
             Some(plan) => {
                 let what = format!("workspace {}: {}", self.workspace, plan.summary);
                 *lock(&self.saved) = Some(plan);

@@ -112,10 +112,11 @@ async fn a_change_is_planned_once_applied_as_planned_and_verified_from_the_apply
     let Probe::Absent(what) = step.probe(&cx).await.unwrap() else { panic!("expected changes") };
     assert_eq!(what, "workspace armitage: Plan: 3 to add, 0 to change, 0 to destroy.");
     assert_eq!(stage.plan_files(), 1, "the probe's plan is kept for the apply");
+    assert_eq!(stage.calls().iter().filter(|c| *c == "plan").count(), 1);
     step.apply(&cx).await.unwrap();
     let outputs = satisfied(step.verify(&cx).await.unwrap());
     assert_eq!(outputs, Outputs::from([("alb_dns_name".to_string(), "alb.local".to_string())]), "sensitive ones left out");
-    assert_eq!(stage.calls(), ["plan", "apply"], "one plan, one apply, no plan or output after it");
+    assert_eq!(stage.calls(), ["apply"], "the probe's plan applied; no plan or output after it");
     assert_eq!(stage.plan_files(), 0, "the plan file is removed");
 }
 
@@ -126,7 +127,9 @@ async fn a_converged_probe_costs_one_plan_and_leaves_no_plan_file() {
     let (step, cx) = (stage.step(), stage.cx());
     let outputs = satisfied(step.probe(&cx).await.unwrap());
     assert_eq!(outputs["alb_dns_name"], "alb.local");
-    assert_eq!(stage.calls(), ["plan", "output"]);
+    let mut calls = stage.calls();
+    calls.sort();
+    assert_eq!(calls, ["output", "plan"], "one plan, its outputs read beside it");
     assert_eq!(stage.plan_files(), 0);
 }
 
@@ -135,10 +138,11 @@ async fn a_stale_saved_plan_is_planned_again_under_the_lock() {
     let stage = Stage::new("stale").await;
     let (step, cx) = (stage.step(), stage.cx());
     assert!(matches!(step.probe(&cx).await.unwrap(), Probe::Absent(_)));
+    stage.calls();
     std::fs::write(stage.dir.join("tf/stale"), "").unwrap();
     step.apply(&cx).await.unwrap();
     satisfied(step.verify(&cx).await.unwrap());
-    assert_eq!(stage.calls(), ["plan", "apply", "plan", "apply"]);
+    assert_eq!(stage.calls(), ["apply", "plan", "apply"]);
     assert_eq!(stage.plan_files(), 0);
 }
 
@@ -152,6 +156,6 @@ async fn a_plan_that_is_not_approved_is_removed_and_nothing_is_applied() {
     let err = step.apply(&cx).await.unwrap_err();
     assert!(matches!(err, StepError::AwaitingApproval { ref summary } if summary.starts_with("Plan: 3 to add")), "{err:?}");
     drop(step);
-    assert_eq!(stage.calls(), ["plan"]);
+    assert!(!stage.calls().contains(&"apply".to_string()));
     assert_eq!(stage.plan_files(), 0);
 }
