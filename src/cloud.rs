@@ -22,6 +22,11 @@ pub(crate) struct Cloud {
 pub(crate) enum CloudError {
     #[error("cannot reach AWS ({endpoint}) as environment {env}: {message}; {fix}")]
     Unreachable { env: String, endpoint: String, message: String, fix: String },
+    #[error(
+        "AWS kept throttling or failing sts:GetCallerIdentity for environment {env}: {message}; nothing was \
+         changed; try again in a minute"
+    )]
+    Busy { env: String, message: String },
     #[error("AWS refused the credentials for environment {env}: {message}; {fix}")]
     Credentials { env: String, message: String, fix: String },
     #[error(
@@ -29,6 +34,17 @@ pub(crate) enum CloudError {
          nothing was changed. Use the credentials (AWS_PROFILE) of account {expected}"
     )]
     WrongAccount { env: String, expected: String, found: String },
+}
+
+/// AWS error codes worth another attempt: throttling and the service's own failures (5xx:
+/// `InternalFailure`, `InternalError`, `ServiceUnavailable`, …).
+pub(crate) fn transient_aws_code(code: &str) -> bool {
+    code.contains("Throttl")
+        || code == "RequestLimitExceeded"
+        || code == "TooManyRequestsException"
+        || code == "SlowDown"
+        || code.starts_with("Internal")
+        || code.starts_with("ServiceUnavailable")
 }
 
 impl Cloud {
@@ -77,6 +93,29 @@ impl Cloud {
         }
     }
 
+    /// `sts:GetCallerIdentity`, asked again after 1 s and 2 s while AWS throttles or fails.
+    async fn caller_identity(
+        &self,
+    ) -> Result<
+        aws_sdk_sts::operation::get_caller_identity::GetCallerIdentityOutput,
+        aws_sdk_sts::error::SdkError<aws_sdk_sts::operation::get_caller_identity::GetCallerIdentityError>,
+    > {
+        use aws_sdk_sts::error::ProvideErrorMetadata;
+        let mut pause = std::time::Duration::from_secs(1);
+        loop {
+            match self.sts.get_caller_identity().send().await {
+                Err(e)
+                    if pause <= std::time::Duration::from_secs(2)
+                        && e.as_service_error().is_some_and(|s| transient_aws_code(s.code().unwrap_or_default())) =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// `sts:GetCallerIdentity`: the endpoint answers, the credentials work, and they are for
     /// the environment's account.
     pub(crate) async fn preflight(&self, env: &Environment) -> Result<(), CloudError> {
@@ -86,9 +125,12 @@ impl Cloud {
         } else {
             "check the network and the AWS credential chain (aws sts get-caller-identity)".to_string()
         };
-        let identity = self.sts.get_caller_identity().send().await.map_err(|e| {
-            use aws_sdk_sts::error::SdkError;
+        let identity = self.caller_identity().await.map_err(|e| {
+            use aws_sdk_sts::error::{ProvideErrorMetadata, SdkError};
             match &e {
+                SdkError::ServiceError(s) if transient_aws_code(s.err().code().unwrap_or_default()) => {
+                    CloudError::Busy { env: env.name.clone(), message: error_chain(&e) }
+                }
                 SdkError::ServiceError(_) => CloudError::Credentials {
                     env: env.name.clone(),
                     message: error_chain(&e),

@@ -37,6 +37,12 @@ pub(crate) enum CliError {
     Cloud(#[from] CloudError),
     #[error("{0}")]
     Usage(String),
+    #[error(
+        "run {run} holds the run lock and is alive (pid {pid} on {host}, heartbeat {heartbeat_age_s}s ago); \
+         breaking it would let a second deploy run beside it. Wait for it; if you are sure: runbook \
+         unlock --force --run {run} --yes (run {run} then stops before its next change)"
+    )]
+    LiveHolder { run: String, host: String, pid: i64, heartbeat_age_s: i64 },
     /// After the run was recorded: not bad input, a failure of the run.
     #[error("run {run}: {source}; `runbook status` shows where it stopped")]
     Recorded { run: i64, source: StateError },
@@ -71,10 +77,11 @@ pub(crate) struct Globals {
 pub(crate) fn parse_vars(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
     pairs
         .iter()
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| CliError::Usage(format!("--var {pair}: write --var NAME=VALUE")))
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(CliError::Usage(format!(
+                "--var {pair}: write --var NAME=VALUE (NAME is a variable of the runbook)"
+            ))),
         })
         .collect()
 }
@@ -151,7 +158,7 @@ fn reopen(g: &Globals, db: &StateDb, run: Option<i64>) -> Result<(RunRow, Runboo
 }
 
 pub(crate) async fn resume(g: &Globals, run: Option<i64>) -> Result<Outcome, CliError> {
-    let mut db = StateDb::open(&g.state)?;
+    let mut db = StateDb::open_existing(&g.state, false)?;
     let (row, book, env, notes) = reopen(g, &db, run)?;
     if row.status == RunState::Done {
         return Ok(Outcome::NothingToResume { run: row.id, runbook: row.runbook });
@@ -165,7 +172,7 @@ pub(crate) async fn resume(g: &Globals, run: Option<i64>) -> Result<Outcome, Cli
 }
 
 pub(crate) async fn retry(g: &Globals, step: &str, downstream: bool, run: Option<i64>) -> Result<Outcome, CliError> {
-    let mut db = StateDb::open(&g.state)?;
+    let mut db = StateDb::open_existing(&g.state, false)?;
     let (row, book, env, notes) = reopen(g, &db, run)?;
     book.step(step)?;
     let mut reset = BTreeSet::from([step.to_string()]);
@@ -194,44 +201,54 @@ pub(crate) fn skip(g: &Globals, step: &str, reason: &str, run: Option<i64>) -> R
     if reason.trim().is_empty() {
         return Err(CliError::Usage("--reason must say why the step is skipped; it goes into the audit log".into()));
     }
-    let mut db = StateDb::open(&g.state)?;
+    let mut db = StateDb::open_existing(&g.state, false)?;
     let (row, book, _, _) = reopen(g, &db, run)?;
     book.step(step)?;
     let me = Holder::me(&host());
-    db.acquire_lock(&me)?;
-    let recorded = db.record(
-        Some(row.id),
-        &Event::StepSkipped { step: step.to_string(), reason: reason.to_string(), operator: operator() },
-    );
+    let taken_over = db.acquire_lock(&me)?;
+    let takeover = taken_over.map(|h| Event::LockTakenOver { previous_host: h.host, previous_pid: h.pid });
+    let skipped = Event::StepSkipped { step: step.to_string(), reason: reason.to_string(), operator: operator() };
+    let recorded = takeover.iter().chain([&skipped]).try_for_each(|event| db.record(Some(row.id), event));
     let released = db.release_lock(&me);
     recorded.and(released).map_err(|source| CliError::Recorded { run: row.id, source })?;
     Ok(Outcome::Skipped { run: row.id, step: step.to_string(), reason: reason.to_string() })
 }
 
-pub(crate) fn unlock(g: &Globals, force: bool) -> Result<Outcome, CliError> {
+/// Breaks the run lock. A live holder's lease is broken only when the operator names its run
+/// and confirms (`--run N --yes`); the holder then stops before its next side effect.
+pub(crate) fn unlock(g: &Globals, force: bool, run: Option<i64>, yes: bool) -> Result<Outcome, CliError> {
     if !force {
         return Err(CliError::Usage(
             "unlock breaks another run's lock; make sure that run is dead, then pass --force".into(),
         ));
     }
     let mut db = StateDb::open(&g.state)?;
+    let Some(lease) = db.lease(&host())? else { return Ok(Outcome::Unlocked(None)) };
+    if lease.alive && !(yes && run.is_some() && run == lease.run) {
+        return Err(CliError::LiveHolder {
+            run: lease.run.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            host: lease.holder.host,
+            pid: lease.holder.pid,
+            heartbeat_age_s: lease.heartbeat_age_s,
+        });
+    }
     let holder = db.break_lock()?;
     if let Some(h) = &holder {
-        db.record(
-            None,
-            &Event::LockBroken { previous_host: h.host.clone(), previous_pid: h.pid, operator: operator() },
-        )?;
+        let event = Event::LockBroken { previous_host: h.host.clone(), previous_pid: h.pid, operator: operator() };
+        // With its run, when that run is in this DB.
+        let run = lease.run.filter(|r| db.run(*r).is_ok());
+        db.record(run, &event)?;
     }
     Ok(Outcome::Unlocked(holder))
 }
 
 pub(crate) fn status(g: &Globals, run: Option<i64>) -> Result<Outcome, CliError> {
-    let db = StateDb::open(&g.state)?;
+    let db = StateDb::open_existing(&g.state, true)?;
     Ok(Outcome::Status(crate::status::view(&db, run, &host())?))
 }
 
 pub(crate) fn logs(g: &Globals, step: &str, attempt: Option<i64>, run: Option<i64>) -> Result<Outcome, CliError> {
-    let db = StateDb::open(&g.state)?;
+    let db = StateDb::open_existing(&g.state, true)?;
     let row = db.run_or_latest(run)?;
     let attempts = db.attempts(row.id, step)?;
     let have: Vec<String> = attempts.iter().map(|a| a.attempt.to_string()).collect();
@@ -319,13 +336,18 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
     }
     let holder = me.clone();
     state.call(move |db| db.lock_run(&holder, run)).await.map_err(|source| CliError::Recorded { run, source })?;
-    let (beat, holder) = (state.clone(), me.clone());
+    let (beat, holder, stopper) = (state.clone(), me.clone(), recorder.clone());
     let heartbeat = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
         loop {
             tick.tick().await;
             let holder = holder.clone();
-            let _ = beat.call(move |db| db.heartbeat(&holder)).await;
+            // A lease someone broke or took: stop before the next side effect (each intent
+            // checks the lease too, in the transaction that records it).
+            if let Err(e @ StateError::LeaseLost { .. }) = beat.call(move |db| db.heartbeat(&holder)).await {
+                stopper.stop(e.to_string());
+                return;
+            }
         }
     });
     let services = Services {

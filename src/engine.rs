@@ -152,7 +152,7 @@ async fn run_step(
             })
             .await;
         let result = match &typed {
-            Ok(step) => one_attempt(&cx, step.as_ref()).await,
+            Ok(step) => one_attempt(&cx, step.as_ref(), in_doubt).await,
             // Preconditions: the inputs from upstream steps are missing or do not type-check.
             Err(why) => Err(StepError::fatal(
                 format!("preconditions: {why}"),
@@ -210,16 +210,25 @@ async fn run_step(
     }
 }
 
-async fn one_attempt(cx: &StepContext, step: &dyn AnyStep) -> Result<(DoneOutcome, Outputs), StepError> {
+/// One attempt of the step contract. A step `in_doubt` (its process died after the intent) that
+/// the probe finds satisfied must still pass its verify before it counts: the probe alone
+/// cannot tell a finished apply from one that stopped half-way.
+async fn one_attempt(
+    cx: &StepContext,
+    step: &dyn AnyStep,
+    in_doubt: bool,
+) -> Result<(DoneOutcome, Outputs), StepError> {
     match probe_and_report(cx, step).await? {
-        Probe::Satisfied(outputs) => Ok((DoneOutcome::Satisfied, outputs)),
+        Probe::Satisfied(outputs) if !in_doubt => Ok((DoneOutcome::Satisfied, outputs)),
+        Probe::Satisfied(_) => Ok((DoneOutcome::Satisfied, converge(cx, step).await?)),
         Probe::Conflict(why) => Err(conflict(cx, why)),
         Probe::Absent(what) => {
             cx.recorder.emit(Event::StepIntent { step: cx.step.clone(), attempt: cx.attempt, action: what }).await;
             if let Some(error) = cx.recorder.write_error() {
                 return Err(StepError::fatal(
                     format!("cannot record the intent, so nothing was applied: {error}"),
-                    "fix the state DB (disk space, permissions), then: runbook resume",
+                    "fix the cause (the state DB's disk or permissions, or who holds the run lock: runbook status), \
+                     then: runbook resume",
                 ));
             }
             cx.checkpoint("intent");

@@ -14,28 +14,33 @@ pub(crate) enum HealthRule {
     Finn,
 }
 
-/// The health verdict: ok, and one line that says why.
-pub(crate) fn judge(rule: HealthRule, body: &serde_json::Value) -> (bool, String) {
+/// The health verdict: ok, and one line that says why. A non-2xx answer is never healthy,
+/// whatever its body says; for Dixie, every component it reports must be up too (a top-level
+/// `healthy` beside an unhealthy PostgreSQL is not healthy).
+pub(crate) fn judge(rule: HealthRule, http_status: u16, body: &serde_json::Value) -> (bool, String) {
     let status = body["status"].as_str().unwrap_or("missing");
-    match rule {
-        HealthRule::Finn => (status == "healthy", format!("status {status}")),
-        HealthRule::Dixie => {
-            let circuit = body["services"]["loa_finn"]["circuit_state"].as_str().unwrap_or("missing");
-            let mut notes = vec![format!("status {status}"), format!("finn circuit {circuit}")];
-            if let Some(infra) = body["infrastructure"].as_object() {
-                for (name, component) in infra {
-                    let s = component["status"].as_str().unwrap_or("missing");
-                    if s != "healthy" && s != "connected" {
-                        notes.push(format!("{name} {s}"));
-                    }
+    let http_ok = (200..300).contains(&http_status);
+    let mut notes = vec![format!("HTTP {http_status}"), format!("status {status}")];
+    let mut ok = http_ok && status == "healthy";
+    if rule == HealthRule::Dixie {
+        let circuit = body["services"]["loa_finn"]["circuit_state"].as_str().unwrap_or("missing");
+        notes.push(format!("finn circuit {circuit}"));
+        ok &= circuit.eq_ignore_ascii_case("closed");
+        if let Some(infra) = body["infrastructure"].as_object() {
+            for (name, component) in infra {
+                let s = component["status"].as_str().unwrap_or("missing");
+                // NATS says `connected` (001) or `healthy` (002, 003): both are up.
+                if s != "healthy" && s != "connected" {
+                    notes.push(format!("{name} {s}"));
+                    ok = false;
                 }
             }
-            if let Some(error) = body["services"]["loa_finn"]["error"].as_str() {
-                notes.push(format!("finn error: {error}"));
-            }
-            (status == "healthy" && circuit == "closed", notes.join(", "))
+        }
+        if let Some(error) = body["services"]["loa_finn"]["error"].as_str() {
+            notes.push(format!("finn error: {error}"));
         }
     }
+    (ok, notes.join(", "))
 }
 
 #[cfg(test)]
@@ -46,24 +51,49 @@ mod tests {
     fn http_200_with_an_unhealthy_body_is_not_healthy() {
         let body = serde_json::json!({"status": "unhealthy", "services": {"loa_finn": {"status": "unreachable", "circuit_state": "open", "error": "ECONNREFUSED"}},
             "infrastructure": {"postgresql": {"status": "healthy"}, "nats": {"status": "unreachable"}}});
-        let (ok, why) = judge(HealthRule::Dixie, &body);
+        let (ok, why) = judge(HealthRule::Dixie, 200, &body);
         assert!(!ok);
-        assert_eq!(why, "status unhealthy, finn circuit open, nats unreachable, finn error: ECONNREFUSED");
+        assert_eq!(why, "HTTP 200, status unhealthy, finn circuit open, nats unreachable, finn error: ECONNREFUSED");
     }
 
     #[test]
     fn healthy_with_a_closed_circuit_is_healthy() {
         let healthy = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}}});
-        assert_eq!(judge(HealthRule::Dixie, &healthy), (true, "status healthy, finn circuit closed".to_string()));
+        assert_eq!(
+            judge(HealthRule::Dixie, 200, &healthy),
+            (true, "HTTP 200, status healthy, finn circuit closed".to_string())
+        );
+        let upper = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "CLOSED"}}});
+        assert!(judge(HealthRule::Dixie, 200, &upper).0, "circuit state compared in either case");
     }
 
     #[test]
     fn finn_is_judged_by_its_status_alone() {
+        let degraded = judge(HealthRule::Finn, 200, &serde_json::json!({"status": "degraded"}));
+        assert_eq!(degraded, (false, "HTTP 200, status degraded".into()));
+        assert!(judge(HealthRule::Finn, 200, &serde_json::json!({"status": "healthy"})).0);
+        assert_eq!(judge(HealthRule::Finn, 200, &serde_json::json!({})).1, "HTTP 200, status missing");
+    }
+
+    #[test]
+    fn a_healthy_body_with_an_error_status_is_not_healthy() {
+        let healthy = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}}});
+        let verdict = judge(HealthRule::Dixie, 503, &healthy);
+        assert_eq!(verdict, (false, "HTTP 503, status healthy, finn circuit closed".to_string()));
+        assert!(!judge(HealthRule::Finn, 500, &serde_json::json!({"status": "healthy"})).0);
+    }
+
+    #[test]
+    fn every_component_dixie_reports_must_be_up() {
+        let body = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}},
+            "infrastructure": {"postgresql": {"status": "unhealthy"}, "redis": {"status": "healthy"}, "nats": {"status": "disconnected"}}});
+        let verdict = judge(HealthRule::Dixie, 200, &body);
         assert_eq!(
-            judge(HealthRule::Finn, &serde_json::json!({"status": "degraded"})),
-            (false, "status degraded".into())
+            verdict,
+            (false, "HTTP 200, status healthy, finn circuit closed, nats disconnected, postgresql unhealthy".into())
         );
-        assert!(judge(HealthRule::Finn, &serde_json::json!({"status": "healthy"})).0);
-        assert_eq!(judge(HealthRule::Finn, &serde_json::json!({})).1, "status missing");
+        let up = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}},
+            "infrastructure": {"postgresql": {"status": "healthy"}, "nats": {"status": "connected"}}});
+        assert!(judge(HealthRule::Dixie, 200, &up).0);
     }
 }

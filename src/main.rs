@@ -124,10 +124,17 @@ enum Command {
         #[arg(long, default_value = "local")]
         env: String,
     },
-    /// Break a stale run lock (recorded in the audit log).
+    /// Break a stale run lock (recorded in the audit log). A live holder's lock only with
+    /// --run N --yes, naming its run.
     Unlock {
         #[arg(long)]
         force: bool,
+        /// The run whose lock to break, when its process is alive.
+        #[arg(long)]
+        run: Option<i64>,
+        /// Confirms breaking a live run's lock.
+        #[arg(long)]
+        yes: bool,
     },
     /// The local rehearsal ring of real services on loopback.
     Ring {
@@ -191,7 +198,7 @@ async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
         Command::Graph { runbook, format, env } => {
             commands::graph(g, &runbook, &env, matches!(format, GraphFormat::Mermaid))
         }
-        Command::Unlock { force } => commands::unlock(g, force),
+        Command::Unlock { force, run, yes } => commands::unlock(g, force, run, yes),
         Command::Ring { action } => {
             let name = match action {
                 RingAction::Setup => "setup",

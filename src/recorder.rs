@@ -36,6 +36,11 @@ impl Recorder {
         let _ = self.report.send(event);
     }
 
+    /// Stops the run at its next decision, as a failed write does: the lease was lost.
+    pub(crate) fn stop(&self, why: String) {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(why);
+    }
+
     pub(crate) fn write_error(&self) -> Option<String> {
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -29,7 +29,7 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
                 r.stdout = status_table(view);
             }
             if let Some(error) = write_error {
-                r.stderr = format!("error: the state DB could not be written: {error}\n");
+                r.stderr = format!("error: the run stopped: {error}\n");
             } else if *status == RunState::Interrupted {
                 r.stderr =
                     format!("interrupted: run {run} is recorded as interrupted; `runbook resume` continues it\n");
@@ -114,9 +114,11 @@ fn exit_code(outcome: &Outcome) -> i32 {
 /// The message and exit code of a command that did not get to an outcome.
 pub(crate) fn error(err: &CliError) -> Rendered {
     let code = match err {
-        CliError::State(StateError::Locked { .. }) => 3,
+        CliError::State(StateError::Locked { .. }) | CliError::LiveHolder { .. } => 3,
         // The state DB failed after it was opened: not the operator's input.
         CliError::State(StateError::Sql { .. } | StateError::Write { .. }) | CliError::Recorded { .. } => 1,
+        // Not the operator's input either: AWS was busy; nothing was recorded.
+        CliError::Cloud(crate::cloud::CloudError::Busy { .. }) => 1,
         _ => 2,
     };
     Rendered { stdout: String::new(), stderr: format!("error: {}\n", error_chain(err)), code }

@@ -134,6 +134,21 @@ impl Runbook {
         if overrides.get("image_tag").is_some_and(|v| v == "latest") {
             return Err(RunbookError::LatestTag { where_: "--var image_tag".into() });
         }
+        if let Some(var) = overrides.keys().find(|k| !parsed.vars.contains_key(*k)) {
+            return Err(RunbookError::Invalid {
+                path,
+                message: format!(
+                    "--var {var}: this runbook has no variable `{var}`; its variables: {}",
+                    parsed.vars.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        if parsed.steps.is_empty() {
+            return Err(RunbookError::Invalid {
+                path,
+                message: "the runbook has no steps; add [[steps]] entries".into(),
+            });
+        }
         let graph = check_shape(registry, &path, &parsed.steps)?;
         let kinds: BTreeMap<String, String> = parsed.steps.iter().map(|s| (s.id.clone(), s.kind.clone())).collect();
         let scope = Scope { path: &path, env, runbook_vars: &parsed.vars, overrides, kinds: &kinds, registry };
@@ -177,6 +192,17 @@ impl Runbook {
 
 /// Unique ids, known kinds, needs that exist, no cycle: the graph.
 fn check_shape(registry: &[Kind], path: &Path, steps: &[StepFile]) -> Result<Graph, RunbookError> {
+    if let Some(step) = steps.iter().find(|s| !valid_id(&s.id)) {
+        let shown: String = step.id.chars().take(40).collect();
+        return Err(RunbookError::Invalid {
+            path: path.to_path_buf(),
+            message: format!(
+                "step id {shown:?}{} is not an id: use 1-64 letters, digits, `.`, `_` or `-`, starting with a letter or digit \
+                 (it is typed in `runbook logs`, `retry` and `skip`)",
+                if step.id.chars().count() > 40 { "…" } else { "" }
+            ),
+        });
+    }
     let ids: BTreeSet<&str> = steps.iter().map(|s| s.id.as_str()).collect();
     if ids.len() != steps.len() {
         let mut seen = BTreeSet::new();
@@ -373,6 +399,13 @@ fn check_step_reference(
         return Err(format!("step {from} has no output `{output}`; it has: {}", outputs.join(", ")));
     }
     Ok(())
+}
+
+/// A step id an operator can type: `T2.1`, `deploy-dixie`.
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// `steps.T2.2.image_tag` → (`T2.2`, `image_tag`): the output name is after the last dot.

@@ -671,9 +671,10 @@ fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
         .expect_text(&format!("pid {}", std::process::id()))
         .expect_text("runbook unlock --force");
     assert_eq!(runs_in(&state), 0);
+    scratch.runbook().run(&["unlock", "--force"]).expect_code(3).expect_text("run 7 holds the run lock and is alive");
     scratch
         .runbook()
-        .run(&["unlock", "--force"])
+        .run(&["unlock", "--force", "--run", "7", "--yes"])
         .expect_code(0)
         .expect_text(&format!("broke the run lock held by pid {}", std::process::id()));
     let conn = rusqlite::Connection::open(&state).unwrap();
@@ -681,6 +682,53 @@ fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
         conn.query_row("SELECT payload FROM events WHERE kind = 'lock_broken'", [], |r| r.get(0)).unwrap();
     assert!(audit.contains("test-operator"), "{audit}");
     assert!(ecr_repository("dixie-armitage").is_none(), "the ring was changed");
+}
+
+/// A lock row as another process would leave it.
+fn insert_lease(state: &Path, run: i64, pid: i64, heartbeat_at: i64) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let conn = rusqlite::Connection::open(state).unwrap();
+    conn.execute(
+        "INSERT INTO run_lock (id, run_id, host, pid, acquired_at, heartbeat_at) VALUES (1, ?1, ?2, ?3, 0, ?4)",
+        rusqlite::params![run, host, pid, heartbeat_at],
+    )
+    .unwrap();
+}
+
+#[test]
+fn unlock_breaks_a_dead_holders_lock_but_a_live_one_only_when_its_run_is_named_and_confirmed() {
+    // No ring: the state DB alone.
+    let scratch = Scratch::new("unlock");
+    let state = scratch.state();
+    scratch.runbook().run(&["unlock", "--force"]).expect_code(0).expect_text("no run lock is held");
+    let me = i64::from(std::process::id());
+    insert_lease(&state, 7, me, 0);
+    for args in [
+        &["unlock", "--force"][..],
+        &["unlock", "--force", "--run", "7"],
+        &["unlock", "--force", "--run", "8", "--yes"],
+    ] {
+        scratch
+            .runbook()
+            .run(args)
+            .expect_code(3)
+            .expect_text(&format!("run 7 holds the run lock and is alive (pid {me} on"))
+            .expect_text("runbook unlock --force --run 7 --yes");
+    }
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    let held: i64 = conn.query_row("SELECT count(*) FROM run_lock", [], |r| r.get(0)).unwrap();
+    assert_eq!(held, 1, "the live holder keeps its lock");
+    scratch.runbook().run(&["unlock", "--force", "--run", "7", "--yes"]).expect_code(0);
+    // A holder whose process is gone: broken without naming it.
+    insert_lease(&state, 9, 999_999_999, 0);
+    scratch
+        .runbook()
+        .run(&["unlock", "--force"])
+        .expect_code(0)
+        .expect_text("broke the run lock held by pid 999999999");
+    let broken: i64 =
+        conn.query_row("SELECT count(*) FROM events WHERE kind = 'lock_broken'", [], |r| r.get(0)).unwrap();
+    assert_eq!(broken, 2, "each break is recorded");
 }
 
 #[test]

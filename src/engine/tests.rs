@@ -35,6 +35,8 @@ struct Script {
     needs_approval: bool,
     /// Where the process "dies" (the step waits forever there).
     hang: Option<Hang>,
+    /// Another operator breaks the run lock while this step applies.
+    break_lease: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,6 +157,10 @@ impl Step for Fake {
         }
         seen(&self.world, &cx.step, |s| s.effects += 1);
         cx.log("created the thing").await;
+        if script.break_lease {
+            let other = rusqlite::Connection::open(cx.work_dir.join("state.db")).unwrap();
+            other.execute("DELETE FROM run_lock", []).unwrap();
+        }
         if script.hang == Some(Hang::AfterEffect) {
             hang(&self.world).await;
         }
@@ -266,7 +272,10 @@ impl Harness {
 
     /// Runs (or resumes) the run as `drive` does; `None` when the process "died".
     async fn run_until(&self, cancel: impl Future<Output = ()>) -> Option<(RunState, Vec<Event>)> {
-        let db = self.db();
+        let mut db = self.db();
+        let me = crate::state::Holder::me("here");
+        db.acquire_lock(&me).unwrap();
+        db.lock_run(&me, self.run).unwrap();
         let progress = db.progress(self.run).unwrap();
         let state = StateHandle::spawn(db);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -559,4 +568,38 @@ async fn plan_probes_read_only_and_waits_for_missing_inputs() {
     assert_eq!(lines[1].verdict, PlanVerdict::AfterUpstream);
     assert_eq!(lines[1].detail, "probed once a exist");
     assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 0, 0], "plan applies nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_doubt_step_that_the_probe_finds_done_must_still_pass_its_verify() {
+    let h = Harness::new("settle", CHAIN, Approver::Withheld).await;
+    h.script("b", Script { hang: Some(Hang::AfterEffect), ..Script::default() });
+    assert!(h.run_until(std::future::pending()).await.is_none());
+    // The effect is there (the probe says satisfied), but what it should have become is not.
+    h.script("b", Script { never_converges: true, ..Script::default() });
+    let (status, _) = h.run().await;
+    assert_eq!(status, RunState::Failed);
+    let row = h.step_row("b");
+    assert_eq!(row.state, StepState::Failed);
+    assert!(row.last_error.unwrap().starts_with("applied, but not converged within 10s"));
+    assert_eq!(h.seen("b", |s| s.effects), 1, "settling never applies again");
+    // Once it verifies, the resumed step counts as done.
+    h.script("b", Script::default());
+    assert_eq!(h.run().await.0, RunState::Done);
+    assert_eq!(h.step_row("b").state, StepState::Satisfied);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_lock_was_broken_applies_nothing_more() {
+    let h = Harness::new("lease", CHAIN, Approver::Withheld).await;
+    h.script("a", Script { break_lease: true, ..Script::default() });
+    let (status, _) = h.run().await;
+    assert_eq!(status, RunState::Failed);
+    assert_eq!(h.seen("a", |s| s.effects), 1);
+    assert_eq!(h.seen("b", |s| s.effects), 0, "no side effect after the lease was lost");
+    let row = h.step_row("b");
+    assert_eq!(row.state, StepState::Failed);
+    let error = row.last_error.unwrap();
+    assert!(error.contains("no longer holds the run lock") && error.contains("nobody holds it"), "{error}");
+    assert_eq!(h.step_row("c").state, StepState::Blocked);
 }

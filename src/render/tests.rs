@@ -136,10 +136,7 @@ fn run_outcomes_map_to_exit_codes() {
     assert_eq!(interrupted.code, 130);
     assert_eq!(interrupted.stderr, "interrupted: run 1 is recorded as interrupted; `runbook resume` continues it\n");
     let unwritable = outcome(&run(RunState::Done, Some("disk full")), false);
-    assert_eq!(
-        (unwritable.code, unwritable.stderr.as_str()),
-        (1, "error: the state DB could not be written: disk full\n")
-    );
+    assert_eq!((unwritable.code, unwritable.stderr.as_str()), (1, "error: the run stopped: disk full\n"));
 }
 
 #[test]

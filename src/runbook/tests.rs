@@ -207,3 +207,60 @@ fn step_outputs_fill_references_at_run_time() {
         BTreeMap::from([("T2.1".to_string(), BTreeMap::from([("repository_uri".to_string(), "r".to_string())]))]);
     assert!(t22.typed(book.registry, &outputs).is_ok());
 }
+
+#[test]
+fn values_sent_to_apis_paths_and_urls_are_checked_before_anything_runs() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("name = \"${service}\"", "name = \"\"", "name = \"\" is not an ECR repository name"),
+        ("name = \"${service}\"", "name = \"Dixie Armitage\"", "is not an ECR repository name"),
+        ("name = \"${service}\"", "name = \"dixie--armitage\"", "is not an ECR repository name"),
+        (
+            "keep_last_images = 10",
+            "keep_last_images = 0",
+            "keep_last_images = 0: the lifecycle policy keeps 1 to 1000 images",
+        ),
+        (
+            "health_url = \"${env.dixie_health_url}\"",
+            "health_url = \"not a url\"",
+            "health_url = \"not a url\" is not an http",
+        ),
+        ("dixie_health_url = \"${env.dixie_health_url}\"", "dixie_health_url = \"ftp:/bad\"", "is not an http"),
+    ];
+    for (from, to, says) in cases {
+        let text = sprint2().replacen(from, to, 1);
+        assert_ne!(text, sprint2(), "{from} is in the runbook");
+        let err = refused(&text);
+        assert!(err.contains(says), "{to}: expected {says:?} in {err}");
+    }
+}
+
+#[test]
+fn step_ids_that_cannot_be_typed_are_refused_without_printing_them_raw() {
+    // TOML escapes: a NUL, an ANSI colour sequence, nothing at all.
+    for id in [r#""T2\u00001""#, r#""\u001b[31mT2.1""#, r#""""#] {
+        let text =
+            sprint2().replace(r#"id = "T2.1""#, &format!("id = {id}")).replace(r#"["T2.1"]"#, &format!("[{id}]"));
+        let err = refused(&text);
+        assert!(err.contains("is not an id"), "{err}");
+        assert!(!err.contains('\u{1b}') && !err.contains('\u{0}'), "printed raw: {err:?}");
+    }
+    let long = "x".repeat(100_000);
+    let text = sprint2()
+        .replace(r#"id = "T2.3""#, &format!(r#"id = "{long}""#))
+        .replace(r#""T2.4", "T2.3""#, &format!(r#""T2.4", "{long}""#));
+    let err = refused(&text);
+    assert!(err.contains("is not an id") && err.len() < 400, "{} bytes", err.len());
+}
+
+#[test]
+fn an_empty_runbook_and_unknown_variables_are_refused() {
+    let empty = "name = \"sprint-2\"\nsteps = []\n";
+    assert!(refused(empty).contains("the runbook has no steps"));
+    let err = load_with(&sprint2(), &env("local"), &[("nonexistent", "1")]).err().unwrap().to_string();
+    assert!(
+        err.contains(
+            "--var nonexistent: this runbook has no variable `nonexistent`; its variables: image_tag, service"
+        ),
+        "{err}"
+    );
+}

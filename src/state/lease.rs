@@ -30,6 +30,14 @@ impl Holder {
     }
 }
 
+/// The lease as `unlock` and `status` see it.
+pub(crate) struct LeaseView {
+    pub(crate) holder: Holder,
+    pub(crate) run: Option<i64>,
+    pub(crate) alive: bool,
+    pub(crate) heartbeat_age_s: i64,
+}
+
 struct Lease {
     run: Option<i64>,
     holder: Holder,
@@ -88,6 +96,17 @@ impl StateDb {
         Ok(taken_over)
     }
 
+    /// The current lease, if any, and whether its holder is alive as seen from `our_host`.
+    pub(crate) fn lease(&self, our_host: &str) -> Result<Option<LeaseView>, StateError> {
+        let now = now_ms();
+        Ok(read_lease(&self.conn).map_err(|e| self.sql_err(e))?.map(|l| LeaseView {
+            alive: alive(our_host, &l.holder, l.heartbeat, now),
+            run: l.run,
+            heartbeat_age_s: (now - l.heartbeat) / 1000,
+            holder: l.holder,
+        }))
+    }
+
     /// Whether a live process holds the lock for `run` (a run marked running may have died).
     pub(crate) fn run_is_live(&self, run: i64, our_host: &str) -> Result<bool, StateError> {
         Ok(read_lease(&self.conn)
@@ -95,21 +114,36 @@ impl StateDb {
             .is_some_and(|l| l.run == Some(run) && alive(our_host, &l.holder, l.heartbeat, now_ms())))
     }
 
+    /// Ties the lease to `run`; from now on every intent is recorded only while it is ours.
     pub(crate) fn lock_run(&mut self, me: &Holder, run: i64) -> Result<(), StateError> {
-        self.conn
+        let updated = self
+            .conn
             .execute("UPDATE run_lock SET run_id = ?2 WHERE pid = ?1 AND host = ?3", params![me.pid, run, me.host])
-            .map(drop)
-            .map_err(|e| self.sql_err(e))
+            .map_err(|e| self.sql_err(e))?;
+        self.lease_kept(updated)?;
+        self.holder = Some(me.clone());
+        Ok(())
     }
 
+    /// Beats; `Err(LeaseLost)` when someone broke or took the lease.
     pub(crate) fn heartbeat(&mut self, me: &Holder) -> Result<(), StateError> {
-        self.conn
+        let updated = self
+            .conn
             .execute(
                 "UPDATE run_lock SET heartbeat_at = ?2 WHERE pid = ?1 AND host = ?3",
                 params![me.pid, now_ms(), me.host],
             )
-            .map(drop)
-            .map_err(|e| self.sql_err(e))
+            .map_err(|e| self.sql_err(e))?;
+        self.lease_kept(updated)
+    }
+
+    /// An update of our lease row that matched nothing: the lease is someone else's now.
+    fn lease_kept(&self, updated: usize) -> Result<(), StateError> {
+        if updated > 0 {
+            return Ok(());
+        }
+        let now = describe(read_lease(&self.conn).map_err(|e| self.sql_err(e))?);
+        Err(StateError::LeaseLost { path: self.path.clone(), now })
     }
 
     pub(crate) fn release_lock(&mut self, me: &Holder) -> Result<(), StateError> {
@@ -132,6 +166,27 @@ impl StateDb {
         tx.execute("DELETE FROM run_lock", []).map_err(|e| sql_err(&path, e))?;
         tx.commit().map_err(|e| sql_err(&path, e))?;
         Ok(holder)
+    }
+}
+
+/// `Ok(())` when `me` still holds the lease; `Err(Ok(who holds it now))` when not.
+pub(super) fn still_held(conn: &rusqlite::Connection, me: &Holder) -> Result<(), Result<String, rusqlite::Error>> {
+    match read_lease(conn).map_err(Err)? {
+        Some(l) if l.holder.pid == me.pid && l.holder.host == me.host => Ok(()),
+        other => Err(Ok(describe(other))),
+    }
+}
+
+fn describe(lease: Option<Lease>) -> String {
+    match lease {
+        None => "the lock was broken: nobody holds it".to_string(),
+        Some(l) => format!(
+            "held by pid {} on {}{} since {}",
+            l.holder.pid,
+            l.holder.host,
+            l.run.map(|r| format!(" for run {r}")).unwrap_or_default(),
+            format_utc(l.since)
+        ),
     }
 }
 

@@ -47,17 +47,32 @@ pub(crate) enum StateError {
         path.display()
     )]
     Locked { path: PathBuf, run: String, host: String, pid: i64, since: String, heartbeat_age_s: i64 },
+    #[error(
+        "no state DB at {}: nothing has run with this --state yet; `runbook run <runbook>` starts a run \
+         (or point --state / RUNBOOK_STATE at the DB you meant)",
+        path.display()
+    )]
+    Missing { path: PathBuf },
     #[error("no run found in {}{}", path.display(), if what.is_empty() { String::new() } else { format!(" {what}") })]
     NoRun { path: PathBuf, what: String },
     #[error("state DB {}: {source}", path.display())]
     Sql { path: PathBuf, source: rusqlite::Error },
     #[error("cannot write the state DB {}: {message}", path.display())]
     Write { path: PathBuf, message: String },
+    #[error(
+        "this run no longer holds the run lock of {} ({now}); nothing more is changed. See who \
+         holds it: runbook status",
+        path.display()
+    )]
+    LeaseLost { path: PathBuf, now: String },
 }
 
 pub(crate) struct StateDb {
     conn: Connection,
     path: PathBuf,
+    /// The lease this connection's run holds, once it holds one: every intent is recorded only
+    /// while the lease is still its own.
+    holder: Option<Holder>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -142,7 +157,34 @@ impl StateDb {
         if version < supported {
             schema::migrate(&mut conn).map_err(|e| sql_err(path, e))?;
         }
-        Ok(StateDb { conn, path: path.to_path_buf() })
+        Ok(StateDb { conn, path: path.to_path_buf(), holder: None })
+    }
+
+    /// Opens an existing state DB without creating it; for commands that only read, read-only
+    /// (a DB of an older schema is upgraded first, once).
+    pub(crate) fn open_existing(path: &Path, read_only: bool) -> Result<Self, StateError> {
+        if !path.is_file() {
+            return Err(StateError::Missing { path: path.to_path_buf() });
+        }
+        if !read_only {
+            return Self::open(path);
+        }
+        let open_err = |message: String| StateError::Open { path: path.to_path_buf(), message };
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(e.to_string()))?;
+        let version: i64 =
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| open_err(e.to_string()))?;
+        let supported = schema::MIGRATIONS.len() as i64;
+        match version.cmp(&supported) {
+            std::cmp::Ordering::Greater => {
+                Err(StateError::NewerSchema { path: path.to_path_buf(), found: version, supported })
+            }
+            std::cmp::Ordering::Less => Self::open(path),
+            std::cmp::Ordering::Equal => {
+                conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| open_err(e.to_string()))?;
+                Ok(StateDb { conn, path: path.to_path_buf(), holder: None })
+            }
+        }
     }
 
     fn tx(&mut self) -> Result<rusqlite::Transaction<'_>, StateError> {

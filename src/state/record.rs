@@ -24,8 +24,17 @@ impl StateDb {
     /// Appends several events in one transaction (one fsync): a group commit.
     pub(crate) fn record_all(&mut self, events: &[(Option<i64>, &Event)]) -> Result<(), StateError> {
         let path = self.path.clone();
+        let holder = self.holder.clone();
         let tx = self.tx()?;
         let now = now_ms();
+        // An intent comes before a side effect: only while the lease is still ours, checked in
+        // the transaction that records it.
+        if let Some(me) = holder.filter(|_| events.iter().any(|(_, e)| matches!(e, Event::StepIntent { .. }))) {
+            super::lease::still_held(&tx, &me).map_err(|e| match e {
+                Ok(now) => StateError::LeaseLost { path: path.clone(), now },
+                Err(e) => sql_err(&path, e),
+            })?;
+        }
         for (run, event) in events {
             if !event.is_ephemeral() {
                 apply(&tx, *run, event, now).map_err(|e| sql_err(&path, e))?;

@@ -237,3 +237,20 @@ async fn queued_events_are_committed_in_order_before_a_durable_one() {
     assert_eq!(attempt.log, expected);
     assert!(failed.lock().unwrap().is_none());
 }
+
+#[test]
+fn reading_commands_do_not_create_a_state_db_and_open_it_read_only() {
+    let dir = std::env::temp_dir().join(format!("runbook-state-ro-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("state.db");
+    assert!(matches!(StateDb::open_existing(&path, true), Err(StateError::Missing { .. })));
+    assert!(matches!(StateDb::open_existing(&path, false), Err(StateError::Missing { .. })));
+    assert!(!path.exists() && !dir.exists(), "nothing created");
+    let mut db = StateDb::open(&path).unwrap();
+    let run = new_run(&mut db);
+    drop(db);
+    let ro = StateDb::open_existing(&path, true).unwrap();
+    assert_eq!(ro.run(run).unwrap().status, RunState::Running);
+    assert!(ro.conn.execute("DELETE FROM run_lock", []).is_err(), "read-only");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

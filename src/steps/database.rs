@@ -163,7 +163,9 @@ impl Params {
         let (client, connection) = config.connect(NoTls).await.map_err(|e| {
             let text = crate::error_chain::error_chain(&e);
             let target = format!("{user}@{}:{}/{database} (dialled {addr})", instance.host, instance.port);
-            if e.code().is_some() {
+            // The server is starting, stopping or failing over (57P0x, 08xxx): try again.
+            let transient = e.code().is_some_and(|c| c.code().starts_with("57P0") || c.code().starts_with("08"));
+            if e.code().is_some() && !transient {
                 StepError::fatal(
                     format!("PostgreSQL refused {target}: {text}"),
                     "check the password at the place the environment names, and that the role may log in",

@@ -103,9 +103,39 @@ impl Params {
 
 }
 
+/// ECR's rule for repository names: 2–256 characters of lower-case letters and digits,
+/// separated by single `.`, `_`, `-` or `/`.
+pub(super) fn check_repository_name(field: &str, name: &str) -> Result<(), String> {
+    let separator = |c: char| matches!(c, '.' | '_' | '-' | '/');
+    let ok = (2..=256).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || separator(c))
+        && !name.starts_with(separator)
+        && !name.ends_with(separator)
+        && !name.chars().zip(name.chars().skip(1)).any(|(a, b)| separator(a) && separator(b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} = {name:?} is not an ECR repository name: 2-256 lower-case letters and digits, separated by \
+             single `.`, `_`, `-` or `/`"
+        ))
+    }
+}
+
 impl Step for Params {
     const KIND: &'static str = "ecr_repository";
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["repository_uri", "repository_arn", "registry_id"]);
+
+    fn validate(&self) -> Result<(), String> {
+        check_repository_name("name", &self.name)?;
+        if !(1..=1000).contains(&self.keep_last_images) {
+            return Err(format!(
+                "keep_last_images = {}: the lifecycle policy keeps 1 to 1000 images (ECR's countNumber)",
+                self.keep_last_images
+            ));
+        }
+        Ok(())
+    }
 
     fn converge_within(&self) -> Duration {
         Duration::from_secs(30)

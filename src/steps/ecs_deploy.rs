@@ -214,6 +214,10 @@ impl Step for Params {
     const KIND: &'static str = "ecs_deploy";
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["deployment_id", "deployment_started_at", "health"]);
 
+    fn validate(&self) -> Result<(), String> {
+        reach::check_http_url("health_url", &self.health_url)
+    }
+
     fn converge_within(&self) -> Duration {
         Duration::from_secs(self.wait_seconds)
     }
@@ -243,8 +247,8 @@ impl Step for Params {
             return Ok(Probe::Absent(format!("deployment {} of {} in progress: {}", svc.primary_id, self.service, svc.running)));
         }
         let (ok, summary, uptime) = match reach::get_json(&cx.env, &self.health_url).await {
-            Ok((_, body, _)) => {
-                let (ok, summary) = judge(self.health, &body);
+            Ok((code, body, _)) => {
+                let (ok, summary) = judge(self.health, code, &body);
                 (ok, summary, body["uptime_seconds"].as_f64())
             }
             Err(e) => (false, e, None),

@@ -272,6 +272,10 @@ impl Step for Params {
     const KIND: &'static str = "image";
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["image_tag", "image_uri", "image_digest", "config_digest"]);
 
+    fn validate(&self) -> Result<(), String> {
+        super::ecr_repository::check_repository_name("repository", &self.repository)
+    }
+
     /// Scan on push takes a minute or two on ECR.
     fn converge_within(&self) -> Duration {
         Duration::from_secs(300)

@@ -81,7 +81,7 @@ impl StepError {
                 let e = service.err();
                 let code = e.code().unwrap_or("Unknown");
                 let message = format!("{what}: {code}: {}", e.message().unwrap_or("no message"));
-                if code.contains("Throttl") || code == "RequestLimitExceeded" || code == "ServiceUnavailable" {
+                if crate::cloud::transient_aws_code(code) {
                     StepError::retryable(message)
                 } else if code.contains("AccessDenied")
                     || code.contains("UnrecognizedClient")

@@ -47,6 +47,14 @@ fn parse(url: &str) -> Option<Url<'_>> {
     Some(Url { scheme, user, password, host, port, path })
 }
 
+/// Checks, before anything runs, that `url` is an `http(s)://host[:port]/…` URL.
+pub(crate) fn check_http_url(field: &str, url: &str) -> Result<(), String> {
+    let ok = parse(url).is_some_and(|u| {
+        matches!(u.scheme, "http" | "https") && !u.host.is_empty() && !u.host.starts_with(':') && !u.host.contains(' ')
+    });
+    if ok { Ok(()) } else { Err(format!("{field} = {url:?} is not an http:// or https:// URL")) }
+}
+
 /// GET `url` and parse its JSON body, whatever the status (Dixie answers 200 when unhealthy).
 pub(crate) async fn get_json(env: &Environment, url: &str) -> Result<(u16, serde_json::Value, Duration), String> {
     let parsed = parse(url).ok_or_else(|| format!("not a URL: {url}"))?;
@@ -177,6 +185,15 @@ pub(crate) async fn nats_ping(env: &Environment, url: &str) -> Result<Duration, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_http_urls_with_a_host_pass_the_check() {
+        assert!(check_http_url("health_url", "https://dixie-armitage.arrakis.community/api/health").is_ok());
+        assert!(check_http_url("health_url", "http://127.0.0.1:3001/api/health").is_ok());
+        for bad in ["not a url", "ftp:/bad", "ftp://host/x", "http://", "http://:80/x"] {
+            assert!(check_http_url("health_url", bad).unwrap_err().contains("is not an http"), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_the_urls_of_the_plan() {

@@ -198,10 +198,18 @@ impl Params {
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(StepError::fatal(
-                failures.join("; "),
-                "fix the value's source (the database role, ElastiCache, the NATS task), then: runbook retry this step",
-            ))
+            let message = failures.join("; ");
+            // A server that is not answering yet (refused, reset, timed out, shutting down) may
+            // answer in a moment: the verify waits for it; a wrong value fails at once.
+            let transient = ["Connection refused", "connection reset", "did not answer", "timed out", "shutting down"];
+            if failures.iter().all(|f| transient.iter().any(|t| f.contains(t))) {
+                Err(StepError::retryable(message))
+            } else {
+                Err(StepError::fatal(
+                    message,
+                    "fix the value's source (the database role, ElastiCache, the NATS task), then: runbook retry this step",
+                ))
+            }
         }
     }
 }

@@ -83,8 +83,8 @@ impl Params {
         let dixie = reach::get_json(&cx.env, &self.dixie_health_url).await;
         match &dixie {
             Ok((code, body, took)) => {
-                let (ok, why) = judge(HealthRule::Dixie, body);
-                check("dixie health", Ok(format!("HTTP {code}, {why}, {} ms", took.as_millis())), ok);
+                let (ok, why) = judge(HealthRule::Dixie, *code, body);
+                check("dixie health", Ok(format!("{why}, {} ms", took.as_millis())), ok);
                 let redis = body["infrastructure"]["redis"]["status"].as_str().unwrap_or("absent").to_string();
                 check("redis", Ok(format!("dixie reports redis {redis}")), redis == "healthy");
             }
@@ -95,8 +95,8 @@ impl Params {
         }
         match reach::get_json(&cx.env, &self.finn_health_url).await {
             Ok((code, body, took)) => {
-                let (ok, why) = judge(HealthRule::Finn, &body);
-                check("finn health", Ok(format!("HTTP {code}, {why}, {} ms", took.as_millis())), ok);
+                let (ok, why) = judge(HealthRule::Finn, code, &body);
+                check("finn health", Ok(format!("{why}, {} ms", took.as_millis())), ok);
             }
             Err(e) => check("finn health", Err(e), false),
         }
@@ -165,6 +165,11 @@ impl Params {
 impl Step for Params {
     const KIND: &'static str = "validate";
     const OUTPUTS: Option<&'static [&'static str]> = None;
+
+    fn validate(&self) -> Result<(), String> {
+        reach::check_http_url("dixie_health_url", &self.dixie_health_url)?;
+        reach::check_http_url("finn_health_url", &self.finn_health_url)
+    }
 
     fn converge_within(&self) -> Duration {
         Duration::from_secs(self.wait_seconds)
