@@ -20,7 +20,9 @@ pub(crate) enum HealthRule {
 pub(crate) fn judge(rule: HealthRule, http_status: u16, body: &serde_json::Value) -> (bool, String) {
     let status = body["status"].as_str().unwrap_or("missing");
     let http_ok = (200..300).contains(&http_status);
-    let mut notes = vec![format!("HTTP {http_status}"), format!("status {status}")];
+    // The HTTP status is named when it is not a success (Dixie answers 200 when unhealthy).
+    let mut notes: Vec<String> = (!http_ok).then(|| format!("HTTP {http_status}")).into_iter().collect();
+    notes.push(format!("status {status}"));
     let mut ok = http_ok && status == "healthy";
     if rule == HealthRule::Dixie {
         let circuit = body["services"]["loa_finn"]["circuit_state"].as_str().unwrap_or("missing");
@@ -53,16 +55,13 @@ mod tests {
             "infrastructure": {"postgresql": {"status": "healthy"}, "nats": {"status": "unreachable"}}});
         let (ok, why) = judge(HealthRule::Dixie, 200, &body);
         assert!(!ok);
-        assert_eq!(why, "HTTP 200, status unhealthy, finn circuit open, nats unreachable, finn error: ECONNREFUSED");
+        assert_eq!(why, "status unhealthy, finn circuit open, nats unreachable, finn error: ECONNREFUSED");
     }
 
     #[test]
     fn healthy_with_a_closed_circuit_is_healthy() {
         let healthy = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}}});
-        assert_eq!(
-            judge(HealthRule::Dixie, 200, &healthy),
-            (true, "HTTP 200, status healthy, finn circuit closed".to_string())
-        );
+        assert_eq!(judge(HealthRule::Dixie, 200, &healthy), (true, "status healthy, finn circuit closed".to_string()));
         let upper = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "CLOSED"}}});
         assert!(judge(HealthRule::Dixie, 200, &upper).0, "circuit state compared in either case");
     }
@@ -70,9 +69,9 @@ mod tests {
     #[test]
     fn finn_is_judged_by_its_status_alone() {
         let degraded = judge(HealthRule::Finn, 200, &serde_json::json!({"status": "degraded"}));
-        assert_eq!(degraded, (false, "HTTP 200, status degraded".into()));
+        assert_eq!(degraded, (false, "status degraded".into()));
         assert!(judge(HealthRule::Finn, 200, &serde_json::json!({"status": "healthy"})).0);
-        assert_eq!(judge(HealthRule::Finn, 200, &serde_json::json!({})).1, "HTTP 200, status missing");
+        assert_eq!(judge(HealthRule::Finn, 200, &serde_json::json!({})).1, "status missing");
     }
 
     #[test]
@@ -90,7 +89,7 @@ mod tests {
         let verdict = judge(HealthRule::Dixie, 200, &body);
         assert_eq!(
             verdict,
-            (false, "HTTP 200, status healthy, finn circuit closed, nats disconnected, postgresql unhealthy".into())
+            (false, "status healthy, finn circuit closed, nats disconnected, postgresql unhealthy".into())
         );
         let up = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}},
             "infrastructure": {"postgresql": {"status": "healthy"}, "nats": {"status": "connected"}}});

@@ -49,6 +49,12 @@ fn bool_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error
     }
 }
 
+/// The health verdict with its HTTP status in front (the verdict names it only when it is not
+/// a success).
+fn with_status(code: u16, why: &str) -> String {
+    if why.starts_with("HTTP ") { why.to_string() } else { format!("HTTP {code}, {why}") }
+}
+
 fn two_minutes() -> u64 {
     120
 }
@@ -84,7 +90,7 @@ impl Params {
         match &dixie {
             Ok((code, body, took)) => {
                 let (ok, why) = judge(HealthRule::Dixie, *code, body);
-                check("dixie health", Ok(format!("{why}, {} ms", took.as_millis())), ok);
+                check("dixie health", Ok(format!("{}, {} ms", with_status(*code, &why), took.as_millis())), ok);
                 let redis = body["infrastructure"]["redis"]["status"].as_str().unwrap_or("absent").to_string();
                 check("redis", Ok(format!("dixie reports redis {redis}")), redis == "healthy");
             }
@@ -96,7 +102,7 @@ impl Params {
         match reach::get_json(&cx.env, &self.finn_health_url).await {
             Ok((code, body, took)) => {
                 let (ok, why) = judge(HealthRule::Finn, code, &body);
-                check("finn health", Ok(format!("{why}, {} ms", took.as_millis())), ok);
+                check("finn health", Ok(format!("{}, {} ms", with_status(code, &why), took.as_millis())), ok);
             }
             Err(e) => check("finn health", Err(e), false),
         }
