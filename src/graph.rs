@@ -235,4 +235,20 @@ mod tests {
     fn topological_order_respects_needs() {
         assert_eq!(sprint2().topological(), ["T2.1", "T2.3", "T2.2", "T2.4", "T2.5"]);
     }
+
+    #[test]
+    fn dot_and_mermaid_renderings() {
+        let titles: BTreeMap<String, String> = [
+            ("T2.1", "Create ECR repository"),
+            ("T2.2", "Build and push \"Docker\" image"),
+            ("T2.3", "Create database on RDS"),
+            ("T2.4", "Initialize terraform and apply"),
+            ("T2.5", "Seed SSM parameters"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let g = sprint2();
+        insta::assert_snapshot!(format!("{}\n{}", g.to_dot("sprint-2", &titles), g.to_mermaid(&titles)));
+    }
 }

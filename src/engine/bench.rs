@@ -2,19 +2,14 @@
 //! real engine and a real state file with `synchronous=FULL`. Run by `scripts/bench-engine`
 //! (an ignored test, so that `cargo test` stays fast); it prints its figures.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use super::*;
 use crate::approval::Approver;
-use crate::cloud::Cloud;
-use crate::environment::Environment;
 use crate::event::RunState;
-use crate::project::{NamedFile, sha256_hex};
-use crate::state::{NewRun, StateDb, StateHandle, commits};
+use crate::state::{StateDb, StateHandle, commits};
 use crate::steps::{Kind, Step};
 
 /// Absent until applied, then satisfied: the whole contract (probe, intent, apply, verify,
@@ -59,34 +54,8 @@ async fn measure(shape: &str, steps: usize, satisfied: bool) -> String {
             "[[steps]]\nid = \"s{i}\"\ntitle = \"noop\"\nkind = \"noop\"\nneeds = [{needs}]\nparams = {{ satisfied = {satisfied} }}\n"
         ));
     }
-    let env: Environment = toml::from_str(
-        "name = \"bench\"\naccount_id = \"0\"\nregion = \"us-east-1\"\nloopback_only = true\n[aws]\nendpoint_url = \"http://127.0.0.1:9\"\n",
-    )
-    .unwrap();
-    let file = NamedFile { path: dir.join("bench.toml"), hash: sha256_hex(text.as_bytes()), text };
-    let runbook = Runbook::from_file(NOOP, file, "bench", &env, &BTreeMap::new()).unwrap();
-    let cloud = Cloud::connect(&env).await;
-    let services = Arc::new(Services {
-        env: Arc::new(env),
-        cloud: Arc::new(cloud),
-        project: Arc::new(dir.clone()),
-        work_dir: Arc::new(dir.clone()),
-        approver: Approver::Withheld,
-    });
-    let mut db = StateDb::open(&dir.join("state.db")).unwrap();
-    let ids: Vec<String> = runbook.steps.iter().map(|s| s.id.clone()).collect();
-    let vars = BTreeMap::new();
-    let new = NewRun {
-        runbook: "bench",
-        env: "bench",
-        runbook_hash: "h",
-        inputs_hash: "i",
-        vars: &vars,
-        operator: "bench",
-        host: "here",
-        steps: &ids,
-    };
-    let run = db.create_run(&new).unwrap();
+    let (runbook, services, run) = super::tests::prepare(&dir, NOOP, "bench", text, Approver::Withheld).await;
+    let db = StateDb::open(&dir.join("state.db")).unwrap();
     let state = StateHandle::spawn(db);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });

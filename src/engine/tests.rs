@@ -4,7 +4,7 @@
 //! and a kill at each point of the step contract followed by a resume.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -222,39 +222,50 @@ fn runbook_text(world: &str, steps: &[(&str, &[&str], &str)]) -> String {
     text
 }
 
+/// A runbook named `name` of `registry`'s kinds, the services its steps get, and a run of it
+/// recorded in `dir/state.db`: where the engine's tests and its benchmark start.
+pub(super) async fn prepare(
+    dir: &Path,
+    registry: &'static [Kind],
+    name: &str,
+    text: String,
+    approver: Approver,
+) -> (Runbook, Arc<Services>, i64) {
+    let env = environment();
+    let file = NamedFile { path: dir.join(format!("{name}.toml")), hash: sha256_hex(text.as_bytes()), text };
+    let runbook = Runbook::from_file(registry, file, name, &env, &BTreeMap::new()).unwrap();
+    let cloud = Cloud::connect(&env).await;
+    let services = Arc::new(Services {
+        env: Arc::new(env),
+        cloud: Arc::new(cloud),
+        project: Arc::new(dir.to_path_buf()),
+        work_dir: Arc::new(dir.to_path_buf()),
+        approver,
+    });
+    let mut db = StateDb::open(&dir.join("state.db")).unwrap();
+    let ids: Vec<String> = runbook.steps.iter().map(|s| s.id.clone()).collect();
+    let vars = BTreeMap::new();
+    let new = NewRun {
+        runbook: name,
+        env: "test",
+        runbook_hash: "h",
+        inputs_hash: "i",
+        vars: &vars,
+        operator: "tester",
+        host: "here",
+        steps: &ids,
+    };
+    let run = db.create_run(&new).unwrap();
+    (runbook, services, run)
+}
+
 impl Harness {
     async fn new(world: &str, steps: &[(&str, &[&str], &str)], approver: Approver) -> Self {
         let world = format!("{world}-{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("runbook-engine-{world}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let env = environment();
-        let text = runbook_text(&world, steps);
-        let file = NamedFile { path: dir.join("fakes.toml"), hash: sha256_hex(text.as_bytes()), text };
-        let runbook = Runbook::from_file(FAKE_KINDS, file, "fakes", &env, &BTreeMap::new()).unwrap();
-        let cloud = Cloud::connect(&env).await;
-        let services = Arc::new(Services {
-            env: Arc::new(env),
-            cloud: Arc::new(cloud),
-            project: Arc::new(dir.clone()),
-            work_dir: Arc::new(dir.clone()),
-            approver,
-        });
-        let mut db = StateDb::open(&dir.join("state.db")).unwrap();
-        let ids: Vec<String> = runbook.steps.iter().map(|s| s.id.clone()).collect();
-        let vars = BTreeMap::new();
-        let run = db
-            .create_run(&NewRun {
-                runbook: "fakes",
-                env: "test",
-                runbook_hash: "h",
-                inputs_hash: "i",
-                vars: &vars,
-                operator: "tester",
-                host: "here",
-                steps: &ids,
-            })
-            .unwrap();
+        let (runbook, services, run) = prepare(&dir, FAKE_KINDS, "fakes", runbook_text(&world, steps), approver).await;
         Harness { world, dir, runbook: Arc::new(runbook), services, run }
     }
 

@@ -132,6 +132,22 @@ pub(crate) trait Step: DeserializeOwned + Debug + Send + Sync + 'static {
     }
 }
 
+/// The verify of a kind that proves more than its probe shows (a login, a PING): the probe, then
+/// `prove` once the probe is satisfied.
+pub(super) async fn probe_then_prove<F>(
+    probe: Result<Probe, StepError>,
+    prove: impl FnOnce() -> F,
+) -> Result<Probe, StepError>
+where
+    F: Future<Output = Result<(), StepError>>,
+{
+    let probe = probe?;
+    if matches!(probe, Probe::Satisfied(_)) {
+        prove().await?;
+    }
+    Ok(probe)
+}
+
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A [`Step`] of any kind, as the engine holds it.

@@ -224,11 +224,7 @@ impl Step for Params {
 
     /// The probe, then the proof that the result works (only after an apply).
     async fn verify(&self, cx: &StepContext) -> Result<Probe, StepError> {
-        let probe = self.probe(cx).await?;
-        if matches!(probe, Probe::Satisfied(_)) {
-            self.prove(cx).await?;
-        }
-        Ok(probe)
+        super::probe_then_prove(Step::probe(self, cx).await, || self.prove(cx)).await
     }
 
     async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
