@@ -108,6 +108,7 @@ pub(crate) async fn run(
 ) -> Result<Outcome, CliError> {
     let env = Environment::load(&g.project, env)?;
     let book = Runbook::load(&g.project, runbook, &env, &vars)?;
+    book.check_files(&g.project)?;
     let mut db = StateDb::open(&g.state)?;
     let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
@@ -163,6 +164,7 @@ pub(crate) async fn resume(g: &Globals, run: Option<i64>) -> Result<Outcome, Cli
     if row.status == RunState::Done {
         return Ok(Outcome::NothingToResume { run: row.id, runbook: row.runbook });
     }
+    book.check_files(&g.project)?;
     let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
     let (cloud, mut preface) = lock_and_connect(&mut db, &env, &me).await?;
@@ -175,6 +177,7 @@ pub(crate) async fn retry(g: &Globals, step: &str, downstream: bool, run: Option
     let mut db = StateDb::open_existing(&g.state, false)?;
     let (row, book, env, notes) = reopen(g, &db, run)?;
     book.step(step)?;
+    book.check_files(&g.project)?;
     let mut reset = BTreeSet::from([step.to_string()]);
     if downstream {
         reset.extend(book.graph.downstream(step));

@@ -181,6 +181,24 @@ impl Runbook {
         })
     }
 
+    /// Checks the files the steps will read (build contexts, terraform folders) in `project`:
+    /// for commands that are about to run them, before anything is recorded.
+    pub(crate) fn check_files(&self, project: &Path) -> Result<(), RunbookError> {
+        for step in &self.steps {
+            let kind = steps::find(self.registry, &step.kind).expect("kinds were checked");
+            let typed = kind.parse(&with_placeholders(&step.params));
+            if let Err(message) = typed.and_then(|t| t.check_files(project)) {
+                return Err(RunbookError::Params {
+                    path: self.path.clone(),
+                    step: step.id.clone(),
+                    kind: step.kind.clone(),
+                    message,
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn step(&self, id: &str) -> Result<&Step, RunbookError> {
         self.steps.iter().find(|s| s.id == id).ok_or_else(|| RunbookError::UnknownStep {
             step: id.to_string(),

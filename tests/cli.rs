@@ -590,6 +590,27 @@ fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
             says: &["image_tag = \"latest\" is refused", "IMMUTABLE"],
         },
         Case {
+            name: "build context outside the app",
+            edit: |t| t.replace("context = \"${env.app_dir}\"", "context = \"../../etc\""),
+            args: &["run", "sprint-2"],
+            code: 2,
+            says: &["step T2.2 (image)", "context = \"../../etc\"", "Dockerfile does not exist"],
+        },
+        Case {
+            name: "keep no images",
+            edit: |t| t.replace("keep_last_images = 10", "keep_last_images = 0"),
+            args: &["run", "sprint-2"],
+            code: 2,
+            says: &["step T2.1 (ecr_repository)", "keep_last_images = 0"],
+        },
+        Case {
+            name: "unknown --var",
+            edit: |t| t.to_string(),
+            args: &["run", "sprint-2", "--var", "nonexistent=1"],
+            code: 2,
+            says: &["--var nonexistent: this runbook has no variable `nonexistent`"],
+        },
+        Case {
             name: "malformed --var",
             edit: |t| t.to_string(),
             args: &["run", "sprint-2", "--var", "image_tag"],

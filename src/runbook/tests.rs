@@ -264,3 +264,19 @@ fn an_empty_runbook_and_unknown_variables_are_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn files_a_step_will_read_are_checked_before_a_run() {
+    let book = load_with(&sprint2(), &env("local"), &[]).unwrap();
+    book.check_files(&project()).unwrap();
+    let outside = sprint2().replace(r#"context = "${env.app_dir}""#, r#"context = "../../etc""#);
+    let err = load_with(&outside, &env("local"), &[]).unwrap().check_files(&project()).unwrap_err().to_string();
+    assert!(
+        err.contains(r#"step T2.2 (image): params: context = "../../etc": "#)
+            && err.contains("Dockerfile does not exist"),
+        "{err}"
+    );
+    let no_tf = sprint2().replace(r#"dir = "${env.app_dir}/deploy/terraform""#, r#"dir = "${env.app_dir}""#);
+    let err = load_with(&no_tf, &env("local"), &[]).unwrap().check_files(&project()).unwrap_err().to_string();
+    assert!(err.contains("step T2.4 (terraform)") && err.contains("holds no *.tf file"), "{err}");
+}

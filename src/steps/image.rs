@@ -276,6 +276,20 @@ impl Step for Params {
         super::ecr_repository::check_repository_name("repository", &self.repository)
     }
 
+    /// The build context holds the Dockerfile (a context such as `../../etc` does not).
+    fn check_files(&self, project: &Path) -> Result<(), String> {
+        let dockerfile = project.join(&self.context).join(&self.dockerfile);
+        if dockerfile.is_file() {
+            Ok(())
+        } else {
+            Err(format!(
+                "context = {:?}: {} does not exist; point `context` at the app's checkout",
+                self.context.display().to_string(),
+                dockerfile.display()
+            ))
+        }
+    }
+
     /// Scan on push takes a minute or two on ECR.
     fn converge_within(&self) -> Duration {
         Duration::from_secs(300)

@@ -116,6 +116,12 @@ pub(crate) trait Step: DeserializeOwned + Debug + Send + Sync + 'static {
         Ok(())
     }
 
+    /// Checks the files the step will read (a build context, a terraform folder), before a run
+    /// starts; relative paths start at the project folder.
+    fn check_files(&self, _project: &std::path::Path) -> Result<(), String> {
+        Ok(())
+    }
+
     /// How long `verify` may take to come true after an apply.
     fn converge_within(&self) -> Duration;
 
@@ -152,6 +158,7 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A [`Step`] of any kind, as the engine holds it.
 pub(crate) trait AnyStep: Debug + Send + Sync {
+    fn check_files(&self, project: &std::path::Path) -> Result<(), String>;
     fn converge_within(&self) -> Duration;
     fn probe<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>>;
     fn apply<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>>;
@@ -159,6 +166,9 @@ pub(crate) trait AnyStep: Debug + Send + Sync {
 }
 
 impl<S: Step> AnyStep for S {
+    fn check_files(&self, project: &std::path::Path) -> Result<(), String> {
+        Step::check_files(self, project)
+    }
     fn converge_within(&self) -> Duration {
         Step::converge_within(self)
     }

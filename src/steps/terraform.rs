@@ -13,7 +13,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -76,6 +78,33 @@ impl Drop for SavedPlan {
     }
 }
 
+/// terraform's output of one command, removed when dropped.
+struct OutputFile(PathBuf);
+
+impl Drop for OutputFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The `Lock Info:` block terraform prints when the state lock is held.
+struct LockInfo {
+    id: String,
+    who: String,
+    operation: String,
+    created: String,
+}
+
+impl LockInfo {
+    fn parse(text: &str) -> Option<Self> {
+        let after = &text[text.find("Lock Info:")?..];
+        let field = |name: &str| {
+            after.lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string())).unwrap_or_else(|| "?".into())
+        };
+        Some(LockInfo { id: field("ID:"), who: field("Who:"), operation: field("Operation:"), created: field("Created:") })
+    }
+}
+
 /// How an apply of a saved plan ended.
 enum Applied {
     Done(Outputs),
@@ -123,19 +152,56 @@ impl Params {
         cmd
     }
 
-    /// Runs terraform to the end; `Err` names the command and the tail of what it said.
+    /// Runs terraform to the end; `Err` names the command and what it said.
+    ///
+    /// Every command runs in its own process group with its output going to a private file,
+    /// not a pipe: if runbook dies (kill -9, Ctrl-C) terraform finishes and releases the state
+    /// lock it may hold, instead of dying of a closed pipe with the lock held.
     async fn run(&self, cx: &StepContext, args: &[&str]) -> Result<(i32, String), StepError> {
-        let out = self.command(cx, args).output().await.map_err(|e| {
-            StepError::fatal(format!("cannot run {}: {e}", self.binary), "install terraform (the ring's setup checks /usr/local/bin/terraform)")
-        })?;
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        Ok((out.status.code().unwrap_or(-1), text))
+        static CALLS: AtomicU64 = AtomicU64::new(0);
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let out = OutputFile(cx.work_dir.join(format!("{}-{}-{n}.out", std::process::id(), cx.step)));
+        let private = |e: std::io::Error| {
+            StepError::fatal(format!("cannot write {}: {e}", out.0.display()), "check the state DB's folder (its work/ holds terraform's output)")
+        };
+        let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&out.0).map_err(private)?;
+        let err = file.try_clone().map_err(private)?;
+        let status = self
+            .command(cx, args)
+            .stdout(file)
+            .stderr(err)
+            .process_group(0)
+            .kill_on_drop(false)
+            .status()
+            .await
+            .map_err(|e| StepError::fatal(format!("cannot run {}: {e}", self.binary), "install terraform (the ring's setup checks /usr/local/bin/terraform)"))?;
+        let text = std::fs::read(&out.0).map(|b| String::from_utf8_lossy(&b).into_owned()).map_err(private)?;
+        Ok((status.code().unwrap_or(-1), text))
     }
 
+    /// A failed command, classified: throttling and AWS 5xx are retryable; a state lock held by
+    /// someone else says whose and how to release it. The first error line leads the message,
+    /// so that the status table shows it.
     fn failed(&self, what: &str, text: &str) -> StepError {
-        let tail: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let tail = tail[tail.len().saturating_sub(12)..].join("\n    ");
-        StepError::Fatal { message: format!("terraform {what} in {} failed:\n    {tail}", self.dir.display()), fix: Some("read the error above; `runbook logs` has the whole output".into()) }
+        let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
+        let first = lines.iter().find(|l| l.contains("Error")).or(lines.first()).map(|l| l.trim()).unwrap_or("no output");
+        let tail = lines[lines.len().saturating_sub(12)..].join("\n    ");
+        let message = format!("terraform {what} in {} failed: {first}\n    {tail}", self.dir.display());
+        let transient = ["Throttling", "Rate exceeded", "TooManyRequests", "StatusCode: 500", "StatusCode: 502", "StatusCode: 503", "InternalError", "ServiceUnavailable"];
+        if transient.iter().any(|t| text.contains(t)) {
+            return StepError::retryable(message);
+        }
+        if let Some(lock) = LockInfo::parse(text) {
+            return StepError::fatal(
+                message,
+                format!(
+                    "terraform's state lock {} is held by {} ({}, since {}); wait for it, or if that run is dead: \
+                     terraform -chdir={} force-unlock {}, then: runbook retry this step",
+                    lock.id, lock.who, lock.operation, lock.created, self.dir.display(), lock.id
+                ),
+            );
+        }
+        StepError::Fatal { message, fix: Some("read the error above; `runbook logs` has the whole output".into()) }
     }
 
     fn var_args(&self) -> Vec<String> {
@@ -250,8 +316,11 @@ impl Params {
     async fn apply_plan(&self, cx: &StepContext, plan_file: &Path) -> Result<Applied, StepError> {
         let plan = plan_file.to_string_lossy();
         let log_path = plan_file.with_extension("apply.jsonl");
-        let log = std::fs::File::create(&log_path).map_err(|e| StepError::fatal(format!("cannot write {}: {e}", log_path.display()), "check the temp folder"))?;
-        let err = log.try_clone().map_err(|e| StepError::fatal(e.to_string(), "check the temp folder"))?;
+        let private = |e: std::io::Error| {
+            StepError::fatal(format!("cannot write {}: {e}", log_path.display()), "check the state DB's folder (its work/ holds terraform's output)")
+        };
+        let log = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&log_path).map_err(private)?;
+        let err = log.try_clone().map_err(private)?;
         let mut child = self
             .command(cx, &["apply", "-input=false", "-no-color", "-json", "-lock-timeout=300s", &plan])
             .stdout(log)
@@ -340,6 +409,21 @@ impl Step for Params {
     fn validate(&self) -> Result<(), String> {
         match self.vars.get("image_tag") {
             Some(tag) => ImageTag::parse(tag).map(drop).map_err(|e| format!("vars.image_tag: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    fn check_files(&self, project: &Path) -> Result<(), String> {
+        let dir = project.join(&self.dir);
+        let has_tf = std::fs::read_dir(&dir)
+            .map_err(|e| format!("dir = {:?}: {} cannot be read: {e}", self.dir.display().to_string(), dir.display()))?
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "tf"));
+        if !has_tf {
+            return Err(format!("dir = {:?}: {} holds no *.tf file", self.dir.display().to_string(), dir.display()));
+        }
+        match self.var_files.iter().find(|f| !dir.join(f).is_file()) {
+            Some(f) => Err(format!("var_files: {} does not exist", dir.join(f).display())),
             None => Ok(()),
         }
     }

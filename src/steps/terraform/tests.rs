@@ -159,3 +159,20 @@ async fn a_plan_that_is_not_approved_is_removed_and_nothing_is_applied() {
     assert!(!stage.calls().contains(&"apply".to_string()));
     assert_eq!(stage.plan_files(), 0);
 }
+
+#[test]
+fn terraform_failures_lead_with_their_error_and_say_how_to_go_on() {
+    let step: Params = toml::from_str("dir = \"tf\"\nworkspace = \"armitage\"\n").unwrap();
+    let locked = "\nError: Error acquiring the state lock\n\nError message: operation error S3: PutObject, StatusCode: 412, PreconditionFailed\nLock Info:\n  ID:        dc541196-df5d\n  Path:      b/env:/armitage/t.tfstate\n  Operation: OperationTypeApply\n  Who:       ana@laptop\n  Version:   1.11.4\n  Created:   2026-11-30 23:12:20 +0000 UTC\n";
+    let StepError::Fatal { message, fix } = step.failed("plan", locked) else { panic!("a held lock is not retried blindly") };
+    assert!(message.starts_with("terraform plan in tf failed: Error: Error acquiring the state lock\n"), "{message}");
+    let fix = fix.unwrap();
+    assert!(fix.contains("lock dc541196-df5d is held by ana@laptop (OperationTypeApply, since 2026-11-30 23:12:20 +0000 UTC)"), "{fix}");
+    assert!(fix.contains("terraform -chdir=tf force-unlock dc541196-df5d"), "{fix}");
+    let throttled = "Error: reading ECS Service: operation error ECS: DescribeServices, https response error StatusCode: 400, api error ThrottlingException: Rate exceeded";
+    assert!(matches!(step.failed("plan", throttled), StepError::Retryable { .. }));
+    let broken = "Error: creating ALB: StatusCode: 503, ServiceUnavailable";
+    assert!(matches!(step.failed("apply", broken), StepError::Retryable { .. }));
+    let typo = "Error: Reference to undeclared input variable";
+    assert!(matches!(step.failed("plan", typo), StepError::Fatal { .. }));
+}
