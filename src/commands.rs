@@ -43,6 +43,9 @@ pub(crate) enum CliError {
          unlock --force --run {run} --yes (run {run} then stops before its next change)"
     )]
     LiveHolder { run: String, host: String, pid: i64, heartbeat_age_s: i64 },
+    /// A step's maintenance action failed (releasing its tool's lock).
+    #[error("{error}{}", error.fix().map(|f| format!("\n    fix: {f}")).unwrap_or_default())]
+    Step { error: crate::steps::StepError },
     /// After the run was recorded: not bad input, a failure of the run.
     #[error("run {run}: {source}; `runbook status` shows where it stopped")]
     Recorded { run: i64, source: StateError },
@@ -64,6 +67,7 @@ pub(crate) enum Outcome {
     Graph(String),
     Skipped { run: i64, step: String, reason: String },
     Unlocked(Option<Holder>),
+    StateLockReleased { run: i64, step: String, lock_id: String },
     Ring(i32),
 }
 
@@ -243,6 +247,51 @@ pub(crate) fn unlock(g: &Globals, force: bool, run: Option<i64>, yes: bool) -> R
         db.record(run, &event)?;
     }
     Ok(Outcome::Unlocked(holder))
+}
+
+/// Releases the terraform state lock `lock_id` that a dead run left in `step`'s workspace, on
+/// the operator's explicit command, under runbook's own run lock (never beside a live run), and
+/// records who did it.
+pub(crate) async fn release_state_lock(
+    g: &Globals,
+    step: &str,
+    lock_id: &str,
+    run: Option<i64>,
+) -> Result<Outcome, CliError> {
+    let mut db = StateDb::open_existing(&g.state, false)?;
+    let (row, book, env, _) = reopen(g, &db, run)?;
+    let typed = book.step(step)?.typed_without_inputs(book.registry).map_err(|message| {
+        CliError::from(RunbookError::Params {
+            path: book.path.clone(),
+            step: step.to_string(),
+            kind: String::new(),
+            message,
+        })
+    })?;
+    let work = work_dir(&g.state)?;
+    let me = Holder::me(&host());
+    db.acquire_lock(&me)?;
+    let services = Arc::new(Services {
+        env: Arc::new(env.clone()),
+        cloud: Arc::new(Cloud::connect(&env).await),
+        project: Arc::new(g.project.clone()),
+        work_dir: Arc::new(work),
+        approver: Approver::Withheld,
+    });
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let cx = crate::steps::StepContext::new(&services, step, 0, Recorder::new(None, tx));
+    let released = typed.release_lock(&cx, lock_id).await;
+    let recorded = match &released {
+        Ok(()) => db.record(
+            Some(row.id),
+            &Event::StateLockReleased { step: step.to_string(), lock_id: lock_id.to_string(), operator: operator() },
+        ),
+        Err(_) => Ok(()),
+    };
+    let _ = db.release_lock(&me);
+    released.map_err(|error| CliError::Step { error })?;
+    recorded.map_err(|source| CliError::Recorded { run: row.id, source })?;
+    Ok(Outcome::StateLockReleased { run: row.id, step: step.to_string(), lock_id: lock_id.to_string() })
 }
 
 pub(crate) fn status(g: &Globals, run: Option<i64>) -> Result<Outcome, CliError> {

@@ -110,6 +110,12 @@ pub(crate) enum Event {
         previous_pid: i64,
         operator: String,
     },
+    /// An operator released a lock a step's tool left (terraform's state lock).
+    StateLockReleased {
+        step: String,
+        lock_id: String,
+        operator: String,
+    },
     RunFinished {
         run: i64,
         status: RunState,
@@ -222,6 +228,7 @@ impl Event {
             Event::StepReset { .. } => "step_reset",
             Event::LockTakenOver { .. } => "lock_taken_over",
             Event::LockBroken { .. } => "lock_broken",
+            Event::StateLockReleased { .. } => "state_lock_released",
             Event::RunFinished { .. } => "run_finished",
         }
     }
@@ -240,7 +247,8 @@ impl Event {
             | Event::StepFailed { step, .. }
             | Event::StepBlocked { step, .. }
             | Event::StepSkipped { step, .. }
-            | Event::StepReset { step, .. } => Some(step),
+            | Event::StepReset { step, .. }
+            | Event::StateLockReleased { step, .. } => Some(step),
             _ => None,
         }
     }

@@ -135,6 +135,12 @@ enum Command {
         /// Confirms breaking a live run's lock.
         #[arg(long)]
         yes: bool,
+        /// Instead: release the terraform state lock a dead run left in this step's workspace.
+        #[arg(long, value_name = "STEP", requires = "lock_id", conflicts_with_all = ["force", "yes"])]
+        terraform: Option<String>,
+        /// The lock's ID, as the step's error shows it.
+        #[arg(long, value_name = "ID", requires = "terraform")]
+        lock_id: Option<String>,
     },
     /// The local rehearsal ring of real services on loopback.
     Ring {
@@ -198,7 +204,10 @@ async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
         Command::Graph { runbook, format, env } => {
             commands::graph(g, &runbook, &env, matches!(format, GraphFormat::Mermaid))
         }
-        Command::Unlock { force, run, yes } => commands::unlock(g, force, run, yes),
+        Command::Unlock { terraform: Some(step), lock_id, run, .. } => {
+            commands::release_state_lock(g, &step, lock_id.as_deref().unwrap_or_default(), run).await
+        }
+        Command::Unlock { force, run, yes, .. } => commands::unlock(g, force, run, yes),
         Command::Ring { action } => {
             let name = match action {
                 RingAction::Setup => "setup",

@@ -90,6 +90,16 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
                 (false, None) => "no run lock is held\n".to_string(),
             };
         }
+        Outcome::StateLockReleased { run, step, lock_id } => {
+            r.stdout = if json {
+                format!("{}\n", serde_json::json!({ "run": run, "step": step, "released_state_lock": lock_id }))
+            } else {
+                format!(
+                    "released terraform's state lock {lock_id} of {step} (run {run}; recorded in the audit log); \
+                     `runbook retry {step}` continues\n"
+                )
+            };
+        }
         Outcome::Ring(_) => {}
     }
     r
@@ -116,7 +126,9 @@ pub(crate) fn error(err: &CliError) -> Rendered {
     let code = match err {
         CliError::State(StateError::Locked { .. }) | CliError::LiveHolder { .. } => 3,
         // The state DB failed after it was opened: not the operator's input.
-        CliError::State(StateError::Sql { .. } | StateError::Write { .. }) | CliError::Recorded { .. } => 1,
+        CliError::State(StateError::Sql { .. } | StateError::Write { .. })
+        | CliError::Recorded { .. }
+        | CliError::Step { .. } => 1,
         // Not the operator's input either: AWS was busy; nothing was recorded.
         CliError::Cloud(crate::cloud::CloudError::Busy { .. }) => 1,
         _ => 2,

@@ -114,6 +114,9 @@ fn describe(event: &Event) -> Option<String> {
         Event::LockBroken { previous_host, previous_pid, operator } => {
             format!("{operator} broke the run lock held by {previous_pid} on {previous_host}")
         }
+        Event::StateLockReleased { step, lock_id, operator } => {
+            format!("{operator} released the state lock {lock_id} of {step}")
+        }
         Event::RunFinished { run, status, duration_ms } => {
             format!("run {run} {} in {}", status.as_str(), format_duration(*duration_ms as i64))
         }

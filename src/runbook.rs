@@ -255,6 +255,15 @@ fn check_shape(registry: &[Kind], path: &Path, steps: &[StepFile]) -> Result<Gra
 }
 
 impl Step {
+    /// The typed params with upstream outputs as placeholders: for maintenance that needs the
+    /// step's own settings, not its inputs (releasing its tool's lock).
+    pub(crate) fn typed_without_inputs(&self, registry: &[Kind]) -> Result<Box<dyn AnyStep>, String> {
+        match steps::find(registry, &self.kind) {
+            Some(kind) => kind.parse(&with_placeholders(&self.params)),
+            None => Err(format!("unknown kind `{}`", self.kind)),
+        }
+    }
+
     /// The typed params, with `${steps.X.y}` replaced by the outputs of finished steps.
     pub(crate) fn typed(
         &self,

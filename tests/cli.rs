@@ -750,6 +750,16 @@ fn unlock_breaks_a_dead_holders_lock_but_a_live_one_only_when_its_run_is_named_a
     let broken: i64 =
         conn.query_row("SELECT count(*) FROM events WHERE kind = 'lock_broken'", [], |r| r.get(0)).unwrap();
     assert_eq!(broken, 2, "each break is recorded");
+    // terraform's own lock is released only by naming its step and id.
+    scratch.runbook().run(&["unlock", "--terraform", "T2.4"]).expect_code(2).expect_text("--lock-id");
+    let elsewhere = scratch.dir.join("nothing-ran-here.db");
+    scratch
+        .runbook()
+        .env("RUNBOOK_STATE", elsewhere.to_str().unwrap())
+        .run(&["unlock", "--terraform", "T2.4", "--lock-id", "dc541196"])
+        .expect_code(2)
+        .expect_text("no state DB at");
+    assert!(!elsewhere.exists(), "no state DB created");
 }
 
 #[test]

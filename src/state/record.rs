@@ -152,7 +152,8 @@ fn apply(tx: &Transaction<'_>, run: Option<i64>, event: &Event, now: i64) -> rus
         | Event::ApprovalRequested { .. }
         | Event::ApprovalAnswered { .. }
         | Event::LockTakenOver { .. }
-        | Event::LockBroken { .. } => {}
+        | Event::LockBroken { .. }
+        | Event::StateLockReleased { .. } => {}
     }
     Ok(())
 }

@@ -254,3 +254,36 @@ fn reading_commands_do_not_create_a_state_db_and_open_it_read_only() {
     assert!(ro.conn.execute("DELETE FROM run_lock", []).is_err(), "read-only");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn runs_racing_for_a_new_state_db_have_exactly_one_winner_and_the_others_are_told_who() {
+    for round in 0..5 {
+        let dir = std::env::temp_dir().join(format!("runbook-state-racing-{round}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("state.db");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let racers: Vec<_> = (0..6)
+            .map(|i| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    // Six machines (other hosts: alive while they beat) open a new file at once.
+                    let me = Holder { host: format!("host-{i}"), pid: 100 + i, pid_started: None };
+                    barrier.wait();
+                    let mut db = StateDb::open(&path).map_err(|e| e.to_string())?;
+                    db.acquire_lock(&me).map(|_| i).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        let results: Vec<Result<i64, String>> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+        let winners: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        let winner = format!("host-{}", winners[0]);
+        for loser in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                loser.starts_with("another run holds the lock") && loser.contains(&winner),
+                "round {round}: {loser}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

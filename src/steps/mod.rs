@@ -69,6 +69,14 @@ impl StepError {
         StepError::Retryable { message: message.into() }
     }
 
+    /// What the operator should do, when the error says.
+    pub(crate) fn fix(&self) -> Option<&str> {
+        match self {
+            StepError::Fatal { fix, .. } => fix.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Classifies an AWS SDK error: transport trouble and throttling are retryable, a service
     /// answer such as AccessDenied is not.
     pub(crate) fn from_sdk<E, R>(what: &str, err: SdkError<E, R>) -> Self
@@ -136,6 +144,18 @@ pub(crate) trait Step: DeserializeOwned + Debug + Send + Sync + 'static {
     fn verify(&self, cx: &StepContext) -> impl Future<Output = Result<Probe, StepError>> + Send {
         self.probe(cx)
     }
+
+    /// Releases a lock this kind's tool left behind (terraform's state lock of a dead run), on
+    /// an operator's explicit command. Kinds that take no such lock refuse.
+    fn release_lock(&self, _cx: &StepContext, _lock_id: &str) -> impl Future<Output = Result<(), StepError>> + Send {
+        let kind = Self::KIND;
+        async move {
+            Err(StepError::fatal(
+                format!("a step of kind {kind} holds no lock of its own"),
+                "name the terraform step whose state lock is held",
+            ))
+        }
+    }
 }
 
 /// The verify of a kind that proves more than its probe shows (a login, a PING): the probe, then
@@ -163,6 +183,7 @@ pub(crate) trait AnyStep: Debug + Send + Sync {
     fn probe<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>>;
     fn apply<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>>;
     fn verify<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>>;
+    fn release_lock<'a>(&'a self, cx: &'a StepContext, lock_id: &'a str) -> BoxFuture<'a, Result<(), StepError>>;
 }
 
 impl<S: Step> AnyStep for S {
@@ -180,6 +201,9 @@ impl<S: Step> AnyStep for S {
     }
     fn verify<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>> {
         Box::pin(Step::verify(self, cx))
+    }
+    fn release_lock<'a>(&'a self, cx: &'a StepContext, lock_id: &'a str) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(Step::release_lock(self, cx, lock_id))
     }
 }
 

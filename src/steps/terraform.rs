@@ -182,7 +182,7 @@ impl Params {
     /// A failed command, classified: throttling and AWS 5xx are retryable; a state lock held by
     /// someone else says whose and how to release it. The first error line leads the message,
     /// so that the status table shows it.
-    fn failed(&self, what: &str, text: &str) -> StepError {
+    fn failed(&self, cx: &StepContext, what: &str, text: &str) -> StepError {
         let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
         let first = lines.iter().find(|l| l.contains("Error")).or(lines.first()).map(|l| l.trim()).unwrap_or("no output");
         let tail = lines[lines.len().saturating_sub(12)..].join("\n    ");
@@ -196,8 +196,8 @@ impl Params {
                 message,
                 format!(
                     "terraform's state lock {} is held by {} ({}, since {}); wait for it, or if that run is dead: \
-                     terraform -chdir={} force-unlock {}, then: runbook retry this step",
-                    lock.id, lock.who, lock.operation, lock.created, self.dir.display(), lock.id
+                     runbook unlock --terraform {} --lock-id {} (recorded), then: runbook retry {}",
+                    lock.id, lock.who, lock.operation, lock.created, cx.step, lock.id, cx.step
                 ),
             );
         }
@@ -235,7 +235,7 @@ impl Params {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, text) = self.run(cx, &args).await?;
         if code != 0 {
-            return Err(self.failed("init", &text));
+            return Err(self.failed(cx, "init", &text));
         }
         let _ = std::fs::write(&marker, fingerprint);
         Ok(())
@@ -252,7 +252,7 @@ impl Params {
         match code {
             0 => Ok(true),
             _ if text.contains("doesn't exist") || text.contains("does not exist") => Ok(false),
-            _ => Err(self.failed("workspace select", &text)),
+            _ => Err(self.failed(cx, "workspace select", &text)),
         }
     }
 
@@ -282,14 +282,14 @@ impl Params {
                     .to_string();
                 Ok(Some(saved))
             }
-            _ => Err(self.failed("plan", &text)),
+            _ => Err(self.failed(cx, "plan", &text)),
         }
     }
 
     async fn outputs(&self, cx: &StepContext) -> Result<Outputs, StepError> {
         let (code, text) = self.run(cx, &["output", "-json", "-no-color"]).await?;
         if code != 0 {
-            return Err(self.failed("output", &text));
+            return Err(self.failed(cx, "output", &text));
         }
         let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
         Ok(plain_outputs(&all))
@@ -303,7 +303,7 @@ impl Params {
         cx.log(format!("creating workspace {}", self.workspace)).await;
         let (code, text) = self.run(cx, &["workspace", "new", "-no-color", &self.workspace]).await?;
         if code != 0 {
-            return Err(self.failed("workspace new", &text));
+            return Err(self.failed(cx, "workspace new", &text));
         }
         Ok(())
     }
@@ -347,7 +347,7 @@ impl Params {
                     return match (status.success(), seen.stale) {
                         (true, _) => Ok(Applied::Done(seen.outputs)),
                         (false, true) => Ok(Applied::Stale),
-                        (false, false) => Err(self.failed("apply", &seen.errors.join("\n"))),
+                        (false, false) => Err(self.failed(cx, "apply", &seen.errors.join("\n"))),
                     };
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -498,6 +498,25 @@ impl Step for Params {
             }
         }
         Err(StepError::retryable(format!("terraform's state in workspace {} kept changing under the plan", self.workspace)))
+    }
+
+    /// `terraform force-unlock -force ID` in the step's folder and workspace: the operator's
+    /// explicit release of a state lock that a dead run left.
+    async fn release_lock(&self, cx: &StepContext, lock_id: &str) -> Result<(), StepError> {
+        let valid = !lock_id.is_empty() && lock_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !valid {
+            return Err(StepError::fatal(format!("{lock_id:?} is not a terraform lock id"), "copy the ID from the step's error"));
+        }
+        self.init(cx).await?;
+        if !self.selected(cx) && !self.select(cx).await? {
+            return Err(StepError::fatal(format!("workspace {} does not exist", self.workspace), "check the step"));
+        }
+        let (code, text) = self.run(cx, &["force-unlock", "-force", lock_id]).await?;
+        if code != 0 {
+            return Err(self.failed(cx, "force-unlock", &text));
+        }
+        cx.log(format!("released terraform's state lock {lock_id} in workspace {}", self.workspace)).await;
+        Ok(())
     }
 
     /// The apply's own outputs; the probe again only when this attempt did not apply.

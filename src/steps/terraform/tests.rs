@@ -33,6 +33,7 @@ case "$1" in
     echo '{"type":"outputs","@message":"Outputs: 2","outputs":{"alb_dns_name":{"sensitive":false,"type":"string","value":"alb.local"},"db_password":{"sensitive":true,"type":"string","value":"hunter2"}}}'
     exit 0 ;;
   output) echo '{"alb_dns_name":{"sensitive":false,"value":"alb.local"}}'; exit 0 ;;
+  force-unlock) exit 0 ;;
 esac
 exit 3
 "#;
@@ -160,19 +161,32 @@ async fn a_plan_that_is_not_approved_is_removed_and_nothing_is_applied() {
     assert_eq!(stage.plan_files(), 0);
 }
 
-#[test]
-fn terraform_failures_lead_with_their_error_and_say_how_to_go_on() {
+#[tokio::test]
+async fn terraform_failures_lead_with_their_error_and_say_how_to_go_on() {
+    let stage = Stage::new("failures").await;
+    let cx = stage.cx();
     let step: Params = toml::from_str("dir = \"tf\"\nworkspace = \"armitage\"\n").unwrap();
     let locked = "\nError: Error acquiring the state lock\n\nError message: operation error S3: PutObject, StatusCode: 412, PreconditionFailed\nLock Info:\n  ID:        dc541196-df5d\n  Path:      b/env:/armitage/t.tfstate\n  Operation: OperationTypeApply\n  Who:       ana@laptop\n  Version:   1.11.4\n  Created:   2026-11-30 23:12:20 +0000 UTC\n";
-    let StepError::Fatal { message, fix } = step.failed("plan", locked) else { panic!("a held lock is not retried blindly") };
+    let StepError::Fatal { message, fix } = step.failed(&cx, "plan", locked) else { panic!("a held lock is not retried blindly") };
     assert!(message.starts_with("terraform plan in tf failed: Error: Error acquiring the state lock\n"), "{message}");
     let fix = fix.unwrap();
     assert!(fix.contains("lock dc541196-df5d is held by ana@laptop (OperationTypeApply, since 2026-11-30 23:12:20 +0000 UTC)"), "{fix}");
-    assert!(fix.contains("terraform -chdir=tf force-unlock dc541196-df5d"), "{fix}");
+    assert!(fix.contains("runbook unlock --terraform T2.4 --lock-id dc541196-df5d (recorded), then: runbook retry T2.4"), "{fix}");
     let throttled = "Error: reading ECS Service: operation error ECS: DescribeServices, https response error StatusCode: 400, api error ThrottlingException: Rate exceeded";
-    assert!(matches!(step.failed("plan", throttled), StepError::Retryable { .. }));
+    assert!(matches!(step.failed(&cx, "plan", throttled), StepError::Retryable { .. }));
     let broken = "Error: creating ALB: StatusCode: 503, ServiceUnavailable";
-    assert!(matches!(step.failed("apply", broken), StepError::Retryable { .. }));
+    assert!(matches!(step.failed(&cx, "apply", broken), StepError::Retryable { .. }));
     let typo = "Error: Reference to undeclared input variable";
-    assert!(matches!(step.failed("plan", typo), StepError::Fatal { .. }));
+    assert!(matches!(step.failed(&cx, "plan", typo), StepError::Fatal { .. }));
+}
+
+#[tokio::test]
+async fn an_operator_releases_a_state_lock_by_its_id_and_nothing_else() {
+    let stage = Stage::new("unlock").await;
+    let (step, cx) = (stage.step(), stage.cx());
+    step.release_lock(&cx, "dc541196-df5d").await.unwrap();
+    assert_eq!(stage.calls(), ["force-unlock"]);
+    let err = step.release_lock(&cx, "x; rm -rf /").await.unwrap_err();
+    assert!(err.to_string().contains("is not a terraform lock id"), "{err}");
+    assert!(stage.calls().is_empty(), "nothing run for a bad id");
 }
