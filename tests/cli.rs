@@ -1182,3 +1182,95 @@ fn critical_scan_findings_fail_the_image_step_and_name_them() {
     let states = step_states(&rb.status());
     assert_eq!((states["T2.2"].as_str(), states["T2.4"].as_str()), ("failed", "blocked"));
 }
+
+/// `ring/faultproxy.py` in front of the ring's moto, answering chosen calls with AWS's own
+/// errors; stopped when dropped.
+struct FaultProxy {
+    child: std::process::Child,
+    url: String,
+}
+
+impl FaultProxy {
+    fn start(scratch: &Scratch, rules: serde_json::Value) -> Self {
+        use std::io::BufRead;
+        let path = scratch.dir.join("faults.json");
+        std::fs::write(&path, rules.to_string()).unwrap();
+        let mut child = Command::new("python3")
+            .arg(project().join("ring/faultproxy.py"))
+            .args(["--upstream", MOTO, "--rules"])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start ring/faultproxy.py");
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let port = first.trim().strip_prefix("port=").expect("faultproxy prints its port").to_string();
+        FaultProxy { child, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// How many faults each rule served.
+    fn served(&self) -> Vec<u64> {
+        let out = Command::new("curl").args(["-sf", &format!("{}/__faults", self.url)]).output().unwrap();
+        let rules: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        rules.iter().map(|r| r["served"].as_u64().unwrap()).collect()
+    }
+
+    /// An environment `faulty` like `local`, with every AWS call through this proxy.
+    fn environment(&self, project: &Path) {
+        let local = std::fs::read_to_string(project.join("runbooks/environments/local.toml")).unwrap();
+        let faulty = local.replace("name = \"local\"", "name = \"faulty\"").replace(MOTO, &self.url);
+        std::fs::write(project.join("runbooks/environments/faulty.toml"), faulty).unwrap();
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn aws_throttling_server_errors_and_resets_get_the_right_verdict() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("faults");
+    let project_dir = scratch.foundation_project();
+    let rb = scratch.runbook().project(&project_dir);
+
+    // STS keeps throttling (query XML): after the SDK's and runbook's own retries, the
+    // preflight says AWS is busy, not that the credentials are bad; nothing is recorded.
+    let proxy =
+        FaultProxy::start(&scratch, serde_json::json!([{"op": "GetCallerIdentity", "fault": "throttle", "times": 50}]));
+    proxy.environment(&project_dir);
+    rb.run(&["run", "sprint-2", "--env", "faulty"])
+        .expect_code(1)
+        .expect_text("AWS kept throttling or failing sts:GetCallerIdentity")
+        .expect_text("Throttling");
+    assert_eq!(runs_in(&scratch.state()), 0);
+    assert!(proxy.served()[0] >= 9, "asked 3 times, each with the SDK's 3 attempts: {:?}", proxy.served());
+    drop(proxy);
+
+    // ECR answers 500 InternalFailure (JSON) and RDS resets the connection (query) more often
+    // than the SDK retries: runbook retries the step, and it goes through.
+    let proxy = FaultProxy::start(
+        &scratch,
+        serde_json::json!([
+            {"op": "DescribeRepositories", "fault": "500", "times": 4},
+            {"op": "DescribeDBInstances", "fault": "reset", "times": 4},
+        ]),
+    );
+    proxy.environment(&project_dir);
+    let ran = rb.run(&["run", "sprint-2", "--env", "faulty"]);
+    ran.expect_code(0)
+        .expect_text("T2.1 retryable error")
+        .expect_text("InternalFailure")
+        .expect_text("T2.3 retryable error");
+    assert_eq!(proxy.served(), [4, 4]);
+    let attempts: BTreeMap<String, i64> = rb.status()["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["step"].as_str().unwrap().to_string(), s["attempts"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(attempts, BTreeMap::from([("T2.1".to_string(), 2), ("T2.3".to_string(), 2)]));
+}

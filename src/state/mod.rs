@@ -138,14 +138,35 @@ pub(crate) struct Progress {
 }
 
 impl StateDb {
-    /// Opens (creating with mode 0600 if absent) and migrates the state DB.
+    /// Opens (creating with mode 0600 if absent) and migrates the state DB. Processes opening a
+    /// new file at the same moment take turns: SQLite answers "database is locked" without
+    /// waiting where waiting could deadlock (a reader upgrading while another switches the file
+    /// to WAL), so the opening is tried again for up to 5 s.
     pub(crate) fn open(path: &Path) -> Result<Self, StateError> {
+        let started = std::time::Instant::now();
+        loop {
+            match Self::open_once(path) {
+                Err(
+                    StateError::Open { message, .. }
+                    | StateError::Sql { source: rusqlite::Error::SqliteFailure(_, Some(message)), .. },
+                ) if message.contains("locked") && started.elapsed() < std::time::Duration::from_secs(5) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, StateError> {
         let open_err = |message: String| StateError::Open { path: path.to_path_buf(), message };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         }
         OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(|e| open_err(e.to_string()))?;
         let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        // Before anything else: another process creating the same new file holds it locked for
+        // a moment (its switch to WAL, its migrations); wait for it rather than fail.
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| open_err(e.to_string()))?;
         // Read before any write: a file that is not a database fails here, untouched.
         let version: i64 =
             conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| open_err(e.to_string()))?;
