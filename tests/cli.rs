@@ -1274,3 +1274,44 @@ fn aws_throttling_server_errors_and_resets_get_the_right_verdict() {
         .collect();
     assert_eq!(attempts, BTreeMap::from([("T2.1".to_string(), 2), ("T2.3".to_string(), 2)]));
 }
+
+/// Terraform processes of this project still running (orphans of a killed runbook finish on
+/// their own; none may be left behind for good).
+fn terraform_processes() -> usize {
+    let out = Command::new("pgrep").args(["-f", "terraform (plan|apply)"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn a_second_kill_during_the_resumed_terraform_apply_leaves_no_state_lock_behind() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("crash5");
+    let project = impatient_project(&scratch);
+    let rb = || scratch.runbook().project(&project);
+
+    // Killed while terraform applies; then the resume is killed as soon as its own apply
+    // starts (it waits for the first one's lock).
+    let killed = rb().env("RUNBOOK_CRASH_AT", "T2.4:mid-apply").run(&["run", "sprint-2", "--yes"]);
+    assert_eq!(killed.code, None, "killed by a signal:\n{}", killed.text());
+    let killed = rb().env("RUNBOOK_CRASH_AT", "T2.4:apply-started").run(&["resume", "--yes"]);
+    assert_eq!(killed.code, None, "killed by a signal:\n{}", killed.text());
+
+    // The orphans finish and release the lock; the next resume does not wait out a lock.
+    let started = std::time::Instant::now();
+    let resumed = rb().run(&["resume", "--yes"]);
+    resumed.expect_code(0);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(200),
+        "took {:?}:\n{}",
+        started.elapsed(),
+        resumed.text()
+    );
+    all_done(&rb().status());
+    let objects = moto_api("GET", "/runbook-terraform-state?list-type=2");
+    assert!(!objects.contains(".tflock"), "a terraform state lock was left:\n{objects}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while terraform_processes() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(terraform_processes(), 0, "terraform processes left running");
+}

@@ -166,15 +166,18 @@ impl Params {
         };
         let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&out.0).map_err(private)?;
         let err = file.try_clone().map_err(private)?;
-        let status = self
+        let mut child = self
             .command(cx, args)
             .stdout(file)
             .stderr(err)
             .process_group(0)
             .kill_on_drop(false)
-            .status()
-            .await
+            .spawn()
             .map_err(|e| StepError::fatal(format!("cannot run {}: {e}", self.binary), "install terraform (the ring's setup checks /usr/local/bin/terraform)"))?;
+        // Test crash points: `T2.4:plan-started` (the probe's), `T2.4:locked-plan-started`, ….
+        let locked = args.iter().any(|a| a.starts_with("-lock-timeout"));
+        cx.checkpoint(&format!("{}{}-started", if locked { "locked-" } else { "" }, args[0]));
+        let status = child.wait().await.map_err(|e| StepError::retryable(format!("terraform {}: {e}", args[0])))?;
         let text = std::fs::read(&out.0).map(|b| String::from_utf8_lossy(&b).into_owned()).map_err(private)?;
         Ok((status.code().unwrap_or(-1), text))
     }
@@ -329,6 +332,7 @@ impl Params {
             .kill_on_drop(false)
             .spawn()
             .map_err(|e| StepError::fatal(format!("cannot run {}: {e}", self.binary), "install terraform"))?;
+        cx.checkpoint("apply-started");
         let mut reader = BufReader::new(tokio::fs::File::open(&log_path).await.map_err(|e| StepError::retryable(e.to_string()))?);
         let mut seen = Seen::default();
         let mut line = String::new();
