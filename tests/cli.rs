@@ -1315,3 +1315,30 @@ fn a_second_kill_during_the_resumed_terraform_apply_leaves_no_state_lock_behind(
     }
     assert_eq!(terraform_processes(), 0, "terraform processes left running");
 }
+
+#[test]
+fn lock_takeovers_and_breaks_are_recorded_with_their_run() {
+    // No ring: a run recorded by hand, as a killed `runbook run` would leave it.
+    let scratch = Scratch::new("audit");
+    let state = scratch.state();
+    scratch.runbook().run(&["unlock", "--force"]).expect_code(0);
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    conn.execute_batch(
+        "INSERT INTO runs (id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, status)
+         VALUES (5, 'sprint-2', 'local', 'h', 'i', '{}', 'ana', 'laptop', 0, 'running');
+         INSERT INTO steps (run_id, step, state) VALUES (5, 'T2.3', 'failed');",
+    )
+    .unwrap();
+    // A dead holder of run 5: `skip` takes its lease over, and says so in run 5's audit.
+    insert_lease(&state, 5, 999_999_999, 0);
+    scratch.runbook().run(&["skip", "T2.3", "--reason", "made by hand"]).expect_code(0);
+    let takeover: Option<i64> =
+        conn.query_row("SELECT run_id FROM events WHERE kind = 'lock_taken_over'", [], |r| r.get(0)).unwrap();
+    assert_eq!(takeover, Some(5));
+    // A live holder of run 5, broken by naming it: recorded with run 5.
+    insert_lease(&state, 5, i64::from(std::process::id()), 0);
+    scratch.runbook().run(&["unlock", "--force", "--run", "5", "--yes"]).expect_code(0);
+    let broken: Option<i64> =
+        conn.query_row("SELECT run_id FROM events WHERE kind = 'lock_broken'", [], |r| r.get(0)).unwrap();
+    assert_eq!(broken, Some(5));
+}
