@@ -437,6 +437,9 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
 fn work_dir(state: &Path) -> Result<PathBuf, CliError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let dir = state.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("work");
+    // Absolute: steps run tools in other folders (terraform writes its plan here from its own).
+    let dir = std::path::absolute(&dir)
+        .map_err(|e| CliError::Usage(format!("cannot prepare the private folder {}: {e}", dir.display())))?;
     let fail = |e: std::io::Error| CliError::Usage(format!("cannot prepare the private folder {}: {e}", dir.display()));
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(fail)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
@@ -472,4 +475,28 @@ pub(crate) fn ring(project: &Path, action: &str) -> Result<Outcome, CliError> {
         .status()
         .map_err(|e| CliError::Usage(format!("cannot run {}: {e}", script.display())))?;
     Ok(Outcome::Ring(status.code().unwrap_or(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_private_work_folder_is_absolute_and_private_whatever_the_state_path() {
+        use std::os::unix::fs::PermissionsExt;
+        // The default --state is relative (state/runbook.db); terraform runs elsewhere.
+        let relative = PathBuf::from(format!("target/runbook-work-test-{}/runbook.db", std::process::id()));
+        let dir = work_dir(&relative).unwrap();
+        assert!(dir.is_absolute(), "{}", dir.display());
+        assert!(dir.ends_with(format!("target/runbook-work-test-{}/work", std::process::id())), "{}", dir.display());
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        // Files of processes that are gone are swept; ours stay.
+        std::fs::write(dir.join("999999999-T2.4.tfplan"), "secret").unwrap();
+        let mine = dir.join(format!("{}-T2.4.tfplan", std::process::id()));
+        std::fs::write(&mine, "ours").unwrap();
+        work_dir(&relative).unwrap();
+        assert!(!dir.join("999999999-T2.4.tfplan").exists());
+        assert!(mine.exists());
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
 }

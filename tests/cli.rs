@@ -118,7 +118,18 @@ impl Scratch {
     }
 
     fn runbook(&self) -> Runbook {
-        Runbook { state: self.state(), project: project(), env: Vec::new() }
+        Runbook { state: self.state(), project: project(), env: Vec::new(), cwd: None }
+    }
+
+    /// As the README runs it: from a folder, with the default relative `state/runbook.db`
+    /// (the same file as `state()`).
+    fn runbook_from_its_folder(&self) -> Runbook {
+        Runbook {
+            state: PathBuf::from("state/runbook.db"),
+            project: project(),
+            env: Vec::new(),
+            cwd: Some(self.dir.clone()),
+        }
     }
 }
 
@@ -135,6 +146,8 @@ struct Runbook {
     state: PathBuf,
     project: PathBuf,
     env: Vec<(String, String)>,
+    /// Run from this folder (with a relative state path, as the README's command does).
+    cwd: Option<PathBuf>,
 }
 
 struct Ran {
@@ -171,7 +184,11 @@ impl Runbook {
     }
 
     fn run(&self, args: &[&str]) -> Ran {
-        let out: Output = Command::new(env!("CARGO_BIN_EXE_runbook"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_runbook"));
+        if let Some(cwd) = &self.cwd {
+            command.current_dir(cwd);
+        }
+        let out: Output = command
             .args(args)
             .env("RUNBOOK_STATE", &self.state)
             .env("RUNBOOK_PROJECT", &self.project)
@@ -907,7 +924,9 @@ fn all_done(status: &serde_json::Value) {
 fn sprint_2_goes_green_on_a_fresh_ring_and_a_rerun_changes_nothing() {
     let Some(_ring) = fresh_ring() else { return };
     let scratch = Scratch::new("sprint2");
-    let rb = scratch.runbook().project(&impatient_project(&scratch));
+    // With the default, relative state path: terraform, run in its own folder, still finds the
+    // private work folder beside the state DB.
+    let rb = scratch.runbook_from_its_folder().project(&impatient_project(&scratch));
 
     let first = rb.run(&["run", "sprint-2", "--yes"]);
     first.expect_code(0).expect_text("Apply complete!").expect_text("T2.8 ok");
