@@ -93,15 +93,20 @@ pub(crate) fn parse_vars(pairs: &[String]) -> Result<BTreeMap<String, String>, C
 /// Takes the lock and proves the cloud before anything is written; releases the lock again
 /// if the cloud is not there.
 async fn lock_and_connect(db: &mut StateDb, env: &Environment, me: &Holder) -> Result<(Cloud, Vec<Event>), CliError> {
-    let taken_over = db.acquire_lock(me)?;
+    let takeover = take_lock(db, me)?;
     let cloud = Cloud::connect(env).await;
     if let Err(e) = cloud.preflight(env).await {
         let _ = db.release_lock(me);
         return Err(e.into());
     }
-    let notes =
-        taken_over.map(|h| Event::LockTakenOver { previous_host: h.host, previous_pid: h.pid }).into_iter().collect();
-    Ok((cloud, notes))
+    Ok((cloud, takeover.into_iter().collect()))
+}
+
+/// Takes the run lock for `me`; a dead holder's lease that was taken over comes back as the
+/// event that records it.
+fn take_lock(db: &mut StateDb, me: &Holder) -> Result<Option<Event>, StateError> {
+    let taken_over = db.acquire_lock(me)?;
+    Ok(taken_over.map(|h| Event::LockTakenOver { previous_host: h.host, previous_pid: h.pid }))
 }
 
 pub(crate) async fn run(
@@ -212,8 +217,7 @@ pub(crate) fn skip(g: &Globals, step: &str, reason: &str, run: Option<i64>) -> R
     let (row, book, _, _) = reopen(g, &db, run)?;
     book.step(step)?;
     let me = Holder::me(&host());
-    let taken_over = db.acquire_lock(&me)?;
-    let takeover = taken_over.map(|h| Event::LockTakenOver { previous_host: h.host, previous_pid: h.pid });
+    let takeover = take_lock(&mut db, &me)?;
     let skipped = Event::StepSkipped { step: step.to_string(), reason: reason.to_string(), operator: operator() };
     let recorded = takeover.iter().chain([&skipped]).try_for_each(|event| db.record(Some(row.id), event));
     let released = db.release_lock(&me);
@@ -239,14 +243,18 @@ pub(crate) fn unlock(g: &Globals, force: bool, run: Option<i64>, yes: bool) -> R
             heartbeat_age_s: lease.heartbeat_age_s,
         });
     }
-    let holder = db.break_lock()?;
-    if let Some(h) = &holder {
-        let event = Event::LockBroken { previous_host: h.host.clone(), previous_pid: h.pid, operator: operator() };
-        // With its run, when that run is in this DB.
-        let run = lease.run.filter(|r| db.run(*r).is_ok());
-        db.record(run, &event)?;
+    if !db.break_lock(&lease.holder)? {
+        return Err(CliError::Usage(
+            "the run lock changed hands while it was being broken; nothing was broken. Look again: runbook status"
+                .into(),
+        ));
     }
-    Ok(Outcome::Unlocked(holder))
+    let h = &lease.holder;
+    let event = Event::LockBroken { previous_host: h.host.clone(), previous_pid: h.pid, operator: operator() };
+    // With its run, when that run is in this DB.
+    let run = lease.run.filter(|r| db.run(*r).is_ok());
+    db.record(run, &event)?;
+    Ok(Outcome::Unlocked(Some(lease.holder)))
 }
 
 /// Releases the terraform state lock `lock_id` that a dead run left in `step`'s workspace, on
@@ -270,7 +278,7 @@ pub(crate) async fn release_state_lock(
     })?;
     let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
-    db.acquire_lock(&me)?;
+    let takeover = take_lock(&mut db, &me)?;
     let services = Arc::new(Services {
         env: Arc::new(env.clone()),
         cloud: Arc::new(Cloud::connect(&env).await),
@@ -281,13 +289,12 @@ pub(crate) async fn release_state_lock(
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let cx = crate::steps::StepContext::new(&services, step, 0, Recorder::new(None, tx));
     let released = typed.release_lock(&cx, lock_id).await;
-    let recorded = match &released {
-        Ok(()) => db.record(
-            Some(row.id),
-            &Event::StateLockReleased { step: step.to_string(), lock_id: lock_id.to_string(), operator: operator() },
-        ),
-        Err(_) => Ok(()),
-    };
+    let released_event =
+        Event::StateLockReleased { step: step.to_string(), lock_id: lock_id.to_string(), operator: operator() };
+    let recorded = takeover
+        .iter()
+        .chain(released.is_ok().then_some(&released_event))
+        .try_for_each(|event| db.record(Some(row.id), event));
     let _ = db.release_lock(&me);
     released.map_err(|error| CliError::Step { error })?;
     recorded.map_err(|source| CliError::Recorded { run: row.id, source })?;

@@ -153,19 +153,13 @@ impl StateDb {
             .map_err(|e| self.sql_err(e))
     }
 
-    /// Removes whatever lock there is; returns its holder, for the audit record.
-    pub(crate) fn break_lock(&mut self) -> Result<Option<Holder>, StateError> {
-        let path = self.path.clone();
-        let tx = self.tx()?;
-        let holder = tx
-            .query_row("SELECT host, pid, pid_started FROM run_lock WHERE id = 1", [], |r| {
-                Ok(Holder { host: r.get(0)?, pid: r.get(1)?, pid_started: r.get(2)? })
-            })
-            .optional()
-            .map_err(|e| sql_err(&path, e))?;
-        tx.execute("DELETE FROM run_lock", []).map_err(|e| sql_err(&path, e))?;
-        tx.commit().map_err(|e| sql_err(&path, e))?;
-        Ok(holder)
+    /// Removes the lease of `seen` (as `lease` showed it); `false` when the lock changed hands
+    /// in between, so that a lease nobody looked at is never broken.
+    pub(crate) fn break_lock(&mut self, seen: &Holder) -> Result<bool, StateError> {
+        self.conn
+            .execute("DELETE FROM run_lock WHERE host = ?1 AND pid = ?2", params![seen.host, seen.pid])
+            .map(|deleted| deleted > 0)
+            .map_err(|e| self.sql_err(e))
     }
 }
 

@@ -287,3 +287,17 @@ fn runs_racing_for_a_new_state_db_have_exactly_one_winner_and_the_others_are_tol
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[test]
+fn breaking_a_lock_breaks_only_the_lease_that_was_looked_at() {
+    let (_, mut db) = temp_db("break");
+    let seen = Holder { host: "there".into(), pid: 7, pid_started: None };
+    db.acquire_lock(&seen).unwrap();
+    // Between `unlock` looking and breaking, the lease changed hands.
+    db.conn.execute("UPDATE run_lock SET host = 'elsewhere', pid = 8", []).unwrap();
+    assert!(!db.break_lock(&seen).unwrap(), "the new holder's lease stays");
+    assert_eq!(db.lease("here").unwrap().map(|l| l.holder.pid), Some(8));
+    let now = db.lease("here").unwrap().unwrap().holder;
+    assert!(db.break_lock(&now).unwrap());
+    assert!(db.lease("here").unwrap().is_none());
+}
