@@ -27,7 +27,7 @@ impl Recorder {
         if let Some((state, run)) = &self.state {
             if event.is_durable() {
                 if let Err(e) = state.record(*run, event.clone()).await {
-                    self.failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+                    self.stop(e.to_string());
                 }
             } else if !event.is_ephemeral() {
                 state.record_later(*run, event.clone(), self.failed.clone());

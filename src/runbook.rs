@@ -185,9 +185,7 @@ impl Runbook {
     /// for commands that are about to run them, before anything is recorded.
     pub(crate) fn check_files(&self, project: &Path) -> Result<(), RunbookError> {
         for step in &self.steps {
-            let kind = steps::find(self.registry, &step.kind).expect("kinds were checked");
-            let typed = kind.parse(&with_placeholders(&step.params));
-            if let Err(message) = typed.and_then(|t| t.check_files(project)) {
+            if let Err(message) = step.typed_without_inputs(self.registry).and_then(|t| t.check_files(project)) {
                 return Err(RunbookError::Params {
                     path: self.path.clone(),
                     step: step.id.clone(),
@@ -258,8 +256,12 @@ impl Step {
     /// The typed params with upstream outputs as placeholders: for maintenance that needs the
     /// step's own settings, not its inputs (releasing its tool's lock).
     pub(crate) fn typed_without_inputs(&self, registry: &[Kind]) -> Result<Box<dyn AnyStep>, String> {
+        self.parse(registry, &with_placeholders(&self.params))
+    }
+
+    fn parse(&self, registry: &[Kind], params: &toml::Value) -> Result<Box<dyn AnyStep>, String> {
         match steps::find(registry, &self.kind) {
-            Some(kind) => kind.parse(&with_placeholders(&self.params)),
+            Some(kind) => kind.parse(params),
             None => Err(format!("unknown kind `{}`", self.kind)),
         }
     }
@@ -290,10 +292,7 @@ impl Step {
                 missing.join(", ")
             ));
         }
-        match steps::find(registry, &self.kind) {
-            Some(kind) => kind.parse(&params),
-            None => Err(format!("unknown kind `{}`", self.kind)),
-        }
+        self.parse(registry, &params)
     }
 }
 

@@ -78,6 +78,10 @@ impl Drop for SavedPlan {
     }
 }
 
+fn private_file_error(path: &Path, e: std::io::Error) -> StepError {
+    StepError::fatal(format!("cannot write {}: {e}", path.display()), "check the state DB's folder (its work/ holds terraform's output)")
+}
+
 /// terraform's output of one command, removed when dropped.
 struct OutputFile(PathBuf);
 
@@ -161,25 +165,40 @@ impl Params {
         static CALLS: AtomicU64 = AtomicU64::new(0);
         let n = CALLS.fetch_add(1, Ordering::Relaxed);
         let out = OutputFile(cx.work_dir.join(format!("{}-{}-{n}.out", std::process::id(), cx.step)));
-        let private = |e: std::io::Error| {
-            StepError::fatal(format!("cannot write {}: {e}", out.0.display()), "check the state DB's folder (its work/ holds terraform's output)")
-        };
-        let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&out.0).map_err(private)?;
-        let err = file.try_clone().map_err(private)?;
-        let mut child = self
-            .command(cx, args)
+        let mut child = self.spawn_detached(cx, args, &out.0)?;
+        // Test crash points: `T2.4:plan-started` (the probe's), `T2.4:locked-plan-started`, ….
+        let locked = args.iter().any(|a| a.starts_with("-lock-timeout"));
+        cx.checkpoint(&format!("{}{}-started", if locked { "locked-" } else { "" }, args[0]));
+        let status = child.wait().await.map_err(|e| StepError::retryable(format!("terraform {}: {e}", args[0])))?;
+        let text = std::fs::read(&out.0)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|e| private_file_error(&out.0, e))?;
+        Ok((status.code().unwrap_or(-1), text))
+    }
+
+    /// Starts terraform in its own process group, its stdout and stderr going to `out` (a new
+    /// 0600 file in the private work folder), and not killed when runbook stops waiting.
+    fn spawn_detached(&self, cx: &StepContext, args: &[&str], out: &Path) -> Result<tokio::process::Child, StepError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(out)
+            .map_err(|e| private_file_error(out, e))?;
+        let err = file.try_clone().map_err(|e| private_file_error(out, e))?;
+        self.command(cx, args)
             .stdout(file)
             .stderr(err)
             .process_group(0)
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| StepError::fatal(format!("cannot run {}: {e}", self.binary), "install terraform (the ring's setup checks /usr/local/bin/terraform)"))?;
-        // Test crash points: `T2.4:plan-started` (the probe's), `T2.4:locked-plan-started`, ….
-        let locked = args.iter().any(|a| a.starts_with("-lock-timeout"));
-        cx.checkpoint(&format!("{}{}-started", if locked { "locked-" } else { "" }, args[0]));
-        let status = child.wait().await.map_err(|e| StepError::retryable(format!("terraform {}: {e}", args[0])))?;
-        let text = std::fs::read(&out.0).map(|b| String::from_utf8_lossy(&b).into_owned()).map_err(private)?;
-        Ok((status.code().unwrap_or(-1), text))
+            .map_err(|e| {
+                StepError::fatal(
+                    format!("cannot run {}: {e}", self.binary),
+                    "install terraform (the ring's setup checks /usr/local/bin/terraform)",
+                )
+            })
     }
 
     /// A failed command, classified: throttling and AWS 5xx are retryable; a state lock held by
@@ -318,22 +337,12 @@ impl Params {
     /// instead of dying mid-write with the lock held; the resumed run waits for that lock.
     async fn apply_plan(&self, cx: &StepContext, plan_file: &Path) -> Result<Applied, StepError> {
         let plan = plan_file.to_string_lossy();
-        let log_path = plan_file.with_extension("apply.jsonl");
-        let private = |e: std::io::Error| {
-            StepError::fatal(format!("cannot write {}: {e}", log_path.display()), "check the state DB's folder (its work/ holds terraform's output)")
-        };
-        let log = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&log_path).map_err(private)?;
-        let err = log.try_clone().map_err(private)?;
-        let mut child = self
-            .command(cx, &["apply", "-input=false", "-no-color", "-json", "-lock-timeout=300s", &plan])
-            .stdout(log)
-            .stderr(err)
-            .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| StepError::fatal(format!("cannot run {}: {e}", self.binary), "install terraform"))?;
+        let log = OutputFile(plan_file.with_extension("apply.jsonl"));
+        let log_path = &log.0;
+        let mut child =
+            self.spawn_detached(cx, &["apply", "-input=false", "-no-color", "-json", "-lock-timeout=300s", &plan], log_path)?;
         cx.checkpoint("apply-started");
-        let mut reader = BufReader::new(tokio::fs::File::open(&log_path).await.map_err(|e| StepError::retryable(e.to_string()))?);
+        let mut reader = BufReader::new(tokio::fs::File::open(log_path).await.map_err(|e| StepError::retryable(e.to_string()))?);
         let mut seen = Seen::default();
         let mut line = String::new();
         loop {
@@ -347,7 +356,6 @@ impl Params {
                     for l in rest.lines() {
                         self.show(cx, l, &mut seen).await;
                     }
-                    let _ = std::fs::remove_file(&log_path);
                     return match (status.success(), seen.stale) {
                         (true, _) => Ok(Applied::Done(seen.outputs)),
                         (false, true) => Ok(Applied::Stale),
