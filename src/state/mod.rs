@@ -164,18 +164,10 @@ impl StateDb {
         }
         OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(|e| open_err(e.to_string()))?;
         let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        // Before anything else: another process creating the same new file holds it locked for
-        // a moment (its switch to WAL, its migrations); wait for it rather than fail.
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| open_err(e.to_string()))?;
         // Read before any write: a file that is not a database fails here, untouched.
-        let version: i64 =
-            conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| open_err(e.to_string()))?;
-        let supported = schema::MIGRATIONS.len() as i64;
-        if version > supported {
-            return Err(StateError::NewerSchema { path: path.to_path_buf(), found: version, supported });
-        }
+        let version = schema_version(&conn, path)?;
         conn.execute_batch(schema::PRAGMAS).map_err(|e| open_err(e.to_string()))?;
-        if version < supported {
+        if version < schema::MIGRATIONS.len() as i64 {
             schema::migrate(&mut conn).map_err(|e| sql_err(path, e))?;
         }
         Ok(StateDb { conn, path: path.to_path_buf(), holder: None })
@@ -193,19 +185,10 @@ impl StateDb {
         let open_err = |message: String| StateError::Open { path: path.to_path_buf(), message };
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(e.to_string()))?;
-        let version: i64 =
-            conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| open_err(e.to_string()))?;
-        let supported = schema::MIGRATIONS.len() as i64;
-        match version.cmp(&supported) {
-            std::cmp::Ordering::Greater => {
-                Err(StateError::NewerSchema { path: path.to_path_buf(), found: version, supported })
-            }
-            std::cmp::Ordering::Less => Self::open(path),
-            std::cmp::Ordering::Equal => {
-                conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| open_err(e.to_string()))?;
-                Ok(StateDb { conn, path: path.to_path_buf(), holder: None })
-            }
+        if schema_version(&conn, path)? < schema::MIGRATIONS.len() as i64 {
+            return Self::open(path);
         }
+        Ok(StateDb { conn, path: path.to_path_buf(), holder: None })
     }
 
     fn tx(&mut self) -> Result<rusqlite::Transaction<'_>, StateError> {
@@ -216,6 +199,20 @@ impl StateDb {
     fn sql_err(&self, source: rusqlite::Error) -> StateError {
         sql_err(&self.path, source)
     }
+}
+
+/// The schema version of a just-opened file, after setting the busy timeout (another process
+/// creating the same new file holds it locked for a moment: wait rather than fail); a file
+/// that is not a database, or of a newer schema, is refused here.
+fn schema_version(conn: &Connection, path: &Path) -> Result<i64, StateError> {
+    let open_err = |e: rusqlite::Error| StateError::Open { path: path.to_path_buf(), message: e.to_string() };
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
+    let supported = schema::MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StateError::NewerSchema { path: path.to_path_buf(), found: version, supported });
+    }
+    Ok(version)
 }
 
 fn sql_err(path: &Path, source: rusqlite::Error) -> StateError {
