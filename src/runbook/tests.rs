@@ -280,3 +280,12 @@ fn files_a_step_will_read_are_checked_before_a_run() {
     let err = load_with(&no_tf, &env("local"), &[]).unwrap().check_files(&project()).unwrap_err().to_string();
     assert!(err.contains("step T2.4 (terraform)") && err.contains("holds no *.tf file"), "{err}");
 }
+
+#[test]
+fn sql_identifiers_and_param_sources_are_checked_before_anything_runs() {
+    let err = refused(&sprint2().replace(r#"database = "dixie""#, r#"database = "dixie; DROP TABLE x""#));
+    assert!(err.contains("step T2.3 (database)") && err.contains("is not a plain PostgreSQL identifier"), "{err}");
+    let two_sources = sprint2().replace(r#"generate = "hex32" }"#, r#"generate = "hex32", value = "x" }"#);
+    let err = refused(&two_sources);
+    assert!(err.contains("step T2.5 (ssm_params)") && err.contains("give exactly one of"), "{err}");
+}

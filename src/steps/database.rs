@@ -73,21 +73,6 @@ struct Found {
 }
 
 impl Params {
-    fn check_names(&self) -> Result<(), StepError> {
-        for (what, name) in [("database", &self.database), ("role", &self.role)] {
-            let ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                && name.len() < 64;
-            if !ok {
-                return Err(StepError::fatal(
-                    format!("{what} name `{name}` is not a plain PostgreSQL identifier"),
-                    "use lower-case letters, digits and _ (starting with a letter)",
-                ));
-            }
-        }
-        Ok(())
-    }
-
     async fn instance(&self, cx: &StepContext) -> Result<Instance, StepError> {
         let out = cx
             .cloud
@@ -214,7 +199,6 @@ impl Params {
 
     /// The instance, an admin session on it, and what the admin sees.
     async fn survey(&self, cx: &StepContext) -> Result<Survey, StepError> {
-        self.check_names()?;
         let instance = self.instance(cx).await?;
         let admin_user = self.admin_user.clone().unwrap_or_else(|| instance.master_user.clone());
         let admin_password = self.admin_password(cx).await?;
@@ -250,6 +234,23 @@ impl Params {
 impl Step for Params {
     const KIND: &'static str = "database";
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["host", "port", "database", "user", "password_param"]);
+
+    /// The database and role go into SQL as identifiers: plain ones only (checked whenever the
+    /// step is typed, so before any run and before any SQL).
+    fn validate(&self) -> Result<(), String> {
+        for (what, name) in [("database", &self.database), ("role", &self.role)] {
+            let ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                && name.len() < 64;
+            if !ok {
+                return Err(format!(
+                    "{what} = {name:?} is not a plain PostgreSQL identifier: use lower-case letters, digits and _ \
+                     (starting with a letter or _), under 64 characters"
+                ));
+            }
+        }
+        Ok(())
+    }
 
     fn converge_within(&self) -> Duration {
         Duration::from_secs(30)

@@ -83,19 +83,6 @@ impl Params {
         format!("{}/{key}", self.prefix.trim_end_matches('/'))
     }
 
-    fn validate(&self) -> Result<(), StepError> {
-        for (key, spec) in &self.params {
-            let sources = [spec.value.is_some(), spec.generate.is_some(), spec.nats_task_of.is_some()];
-            if sources.iter().filter(|s| **s).count() != 1 {
-                return Err(StepError::fatal(
-                    format!("param {key}: give exactly one of `value`, `generate`, `nats_task_of`"),
-                    "fix the runbook",
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Live values, decrypted, by key (absent keys are missing).
     async fn live(&self, cx: &StepContext) -> Result<BTreeMap<String, Secret<String>>, StepError> {
         let names: Vec<String> = self.params.keys().map(|k| self.name(k)).collect();
@@ -146,7 +133,6 @@ impl Params {
 
     /// The keys to write, each with its value; an empty list means satisfied.
     async fn changes(&self, cx: &StepContext) -> Result<Vec<(String, Secret<String>, &'static str)>, StepError> {
-        self.validate()?;
         let live = self.live(cx).await?;
         let mut changes = Vec::new();
         for (key, spec) in &self.params {
@@ -217,6 +203,16 @@ impl Params {
 impl Step for Params {
     const KIND: &'static str = "ssm_params";
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["prefix", "names"]);
+
+    fn validate(&self) -> Result<(), String> {
+        for (key, spec) in &self.params {
+            let sources = [spec.value.is_some(), spec.generate.is_some(), spec.nats_task_of.is_some()];
+            if sources.iter().filter(|s| **s).count() != 1 {
+                return Err(format!("params.{key}: give exactly one of `value`, `generate`, `nats_task_of`"));
+            }
+        }
+        Ok(())
+    }
 
     fn converge_within(&self) -> Duration {
         Duration::from_secs(120)
