@@ -289,6 +289,7 @@ impl Step for Params {
                 .send()
                 .await
                 .map_err(|e| StepError::from_sdk(&format!("ssm:PutParameter {}", set.name), e))?;
+            cx.checkpoint("after-set-param");
         }
         let svc = self.service(cx).await?;
         match self.stale(&self.newest_input(cx).await?, &svc) {
@@ -303,6 +304,7 @@ impl Step for Params {
                     .send()
                     .await
                     .map_err(|e| StepError::from_sdk("ecs:UpdateService", e))?;
+                cx.checkpoint("after-force");
             }
             None => {
                 cx.log(format!("deployment {} started after every input; waiting for it, not restarting", svc.primary_id)).await;
