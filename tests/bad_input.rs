@@ -1,0 +1,413 @@
+//! The bad-input corpus (`tests/bad_input.toml`) through the real binary, without the ring:
+//! every case edits a copy of the project's runbook or environment (or the command line, or the
+//! state DB), runs `runbook`, and expects the exit code of bad input, a message that names the
+//! problem and the fix, and nothing recorded. Validation happens before any AWS call, so this
+//! runs in the plain `cargo test` tier.
+//!
+//! A case marked `known_failing = "why"` is a bug that is not fixed yet: it must still fail, so
+//! that the day it is fixed the test says to drop the mark. All failures are reported together.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+const RUNBOOK: &str = "runbooks/sprint-2.toml";
+const ENV: &str = "runbooks/environments/local.toml";
+/// The ring's moto, in the local environment.
+const MOTO: &str = "127.0.0.1:4566";
+/// The discard port: nothing answers there. An edited environment points its AWS endpoint here,
+/// so that bad input the binary wrongly accepts cannot change the ring if it is up.
+const NOWHERE: &str = "127.0.0.1:9";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Corpus {
+    case: Vec<Case>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    /// `runbook`, `env`, or a path in the project (a new file, or one to rewrite with `write`).
+    #[serde(default = "runbook_file")]
+    file: String,
+    /// Exact `[old, new]` pairs, each applied to the first occurrence of `old`.
+    #[serde(default)]
+    replace: Vec<(String, String)>,
+    #[serde(default)]
+    append: String,
+    /// The whole new content of `file`.
+    write: Option<String>,
+    #[serde(default = "run_sprint_2")]
+    args: Vec<String>,
+    code: i32,
+    /// Substrings of stderr: what is wrong, where, and the fix.
+    says: Vec<String>,
+    /// The state DB before the command.
+    #[serde(default)]
+    state: StateSetup,
+    /// Why the binary gets this case wrong today: the case must then still fail, and fail as
+    /// `now_code` and `now_says` describe (what the binary does today).
+    known_failing: Option<String>,
+    now_code: Option<i32>,
+    now_says: Option<String>,
+}
+
+fn runbook_file() -> String {
+    "runbook".into()
+}
+
+fn run_sprint_2() -> Vec<String> {
+    vec!["run".into(), "sprint-2".into()]
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StateSetup {
+    /// No state DB; it must not exist afterwards.
+    #[default]
+    None,
+    /// A state DB holding one finished run of sprint-2 (run 1).
+    FinishedRun,
+    /// A state DB the binary created, without runs.
+    NoRuns,
+    /// A file that is not SQLite.
+    Garbage,
+    /// A SQLite file of a newer schema (`user_version = 42`).
+    NewerSchema,
+    /// `RUNBOOK_STATE` names a directory.
+    Directory,
+}
+
+fn project() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn resolve(file: &str) -> &str {
+    match file {
+        "runbook" => RUNBOOK,
+        "env" => ENV,
+        other => other,
+    }
+}
+
+/// A temporary folder for the whole corpus, removed unless the test failed.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The binary with the environment the ring tests use, and no way to reach a real account.
+fn runbook(project: &Path, state: &Path, args: &[String]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_runbook"))
+        .args(args)
+        .arg("--project")
+        .arg(project)
+        .env("RUNBOOK_STATE", state)
+        .env("RUNBOOK_OPERATOR", "test-operator")
+        .env_remove("RUNBOOK_PROJECT")
+        .env_remove("RUNBOOK_CRASH_AT")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", state.with_file_name("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", state.with_file_name("no-aws-credentials"))
+        .output()
+        .expect("run the runbook binary")
+}
+
+/// A copy of the project's runbooks and environments in `root`, with the app fixture linked
+/// (build contexts and terraform folders are checked before a run).
+fn project_copy(root: &Path) {
+    let envs = root.join("runbooks/environments");
+    std::fs::create_dir_all(&envs).unwrap();
+    std::os::unix::fs::symlink(project().join("fixtures"), root.join("fixtures")).unwrap();
+    for (from, to) in
+        [(project().join("runbooks"), root.join("runbooks")), (project().join("runbooks/environments"), envs)]
+    {
+        for entry in std::fs::read_dir(from).unwrap().flatten() {
+            if entry.path().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+}
+
+/// Points every environment of the copy away from the ring (see [`NOWHERE`]).
+fn away_from_the_ring(root: &Path) {
+    for entry in std::fs::read_dir(root.join("runbooks/environments")).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if text.contains(MOTO) {
+            std::fs::write(entry.path(), text.replace(MOTO, NOWHERE)).unwrap();
+        }
+    }
+}
+
+/// A state DB with one finished run of sprint-2, made once: the binary creates the schema, the
+/// run is written as the engine leaves a finished one.
+fn finished_run_db(dir: &Path) -> &'static [u8] {
+    static DB: OnceLock<Vec<u8>> = OnceLock::new();
+    DB.get_or_init(|| {
+        let path = dir.join("template/finished.db");
+        let made = runbook(&project(), &path, &["unlock".into(), "--force".into()]);
+        assert!(made.status.success(), "create a state DB: {}", String::from_utf8_lossy(&made.stderr));
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO runs (id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, \
+             ended_at, status) VALUES (1, 'sprint-2', 'local', '', '', '{}', 'test-operator', 'test-host', \
+             1700000000000, 1700000060000, 'done');",
+        )
+        .unwrap();
+        for step in ["T2.1", "T2.2", "T2.3", "T2.4", "T2.5", "T2.6", "T2.7", "T2.8"] {
+            conn.execute(
+                "INSERT INTO steps (run_id, step, state, attempts, started_at, ended_at, duration_ms) \
+                 VALUES (1, ?1, 'applied', 1, 1700000000000, 1700000001000, 1000)",
+                [step],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO attempts (run_id, step, attempt, started_at, intent_at, action, ended_at, outcome, \
+                 duration_ms, log) VALUES (1, ?1, 1, 1700000000000, 1700000000500, 'apply', 1700000001000, \
+                 'applied', 1000, 'done\n')",
+                [step],
+            )
+            .unwrap();
+        }
+        drop(conn);
+        let status = runbook(&project(), &path, &["status".into()]);
+        let out = String::from_utf8_lossy(&status.stdout);
+        assert!(status.status.success() && out.contains("done"), "the finished run reads back: {out}");
+        std::fs::read(&path).unwrap()
+    })
+}
+
+fn no_runs_db(dir: &Path) -> &'static [u8] {
+    static DB: OnceLock<Vec<u8>> = OnceLock::new();
+    DB.get_or_init(|| {
+        let path = dir.join("template/empty.db");
+        let made = runbook(&project(), &path, &["unlock".into(), "--force".into()]);
+        assert!(made.status.success(), "create a state DB: {}", String::from_utf8_lossy(&made.stderr));
+        std::fs::read(&path).unwrap()
+    })
+}
+
+fn newer_schema_db(dir: &Path) -> &'static [u8] {
+    static DB: OnceLock<Vec<u8>> = OnceLock::new();
+    DB.get_or_init(|| {
+        let path = dir.join("template/newer.db");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE future (x); PRAGMA user_version = 42;").unwrap();
+        drop(conn);
+        std::fs::read(&path).unwrap()
+    })
+}
+
+/// What the state path holds: `None` when nothing is there, the bytes of a file, or the
+/// entries of a directory.
+#[derive(Debug, PartialEq, Eq)]
+enum Held {
+    Nothing,
+    File(Vec<u8>),
+    Directory(BTreeSet<String>),
+}
+
+fn held(path: &Path) -> Held {
+    if path.is_dir() {
+        let names =
+            std::fs::read_dir(path).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+        Held::Directory(names)
+    } else {
+        std::fs::read(path).map(Held::File).unwrap_or(Held::Nothing)
+    }
+}
+
+impl Held {
+    fn describe(&self) -> String {
+        match self {
+            Held::Nothing => "no state DB".into(),
+            Held::File(bytes) => format!("a {}-byte file", bytes.len()),
+            Held::Directory(names) => format!("a directory holding {names:?}"),
+        }
+    }
+}
+
+/// Prepares the case's folder; returns the project and the state path, or why the case itself
+/// is broken.
+fn prepare(case: &Case, dir: &Path, templates: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let root = dir.join("project");
+    project_copy(&root);
+    let target = root.join(resolve(&case.file));
+    let pristine = std::fs::read_to_string(&target).ok();
+    let mut text = match (&case.write, &pristine) {
+        (Some(text), _) => text.clone(),
+        (None, Some(text)) => text.clone(),
+        (None, None) if case.replace.is_empty() => String::new(),
+        (None, None) => return Err(format!("{} does not exist, so nothing can be replaced in it", case.file)),
+    };
+    for (old, new) in &case.replace {
+        if !text.contains(old.as_str()) {
+            return Err(format!("{old:?} is not in {}: the edit would do nothing", case.file));
+        }
+        text = text.replacen(old.as_str(), new, 1);
+    }
+    text.push_str(&case.append);
+    if pristine.as_deref() == Some(text.as_str()) && case.file != "runbook" {
+        return Err(format!("the edit leaves {} as it was", case.file));
+    }
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::write(&target, text).unwrap();
+    away_from_the_ring(&root);
+
+    let state = dir.join("state/runbook.db");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    match case.state {
+        StateSetup::None => {}
+        StateSetup::FinishedRun => std::fs::write(&state, finished_run_db(templates)).unwrap(),
+        StateSetup::NoRuns => std::fs::write(&state, no_runs_db(templates)).unwrap(),
+        StateSetup::NewerSchema => std::fs::write(&state, newer_schema_db(templates)).unwrap(),
+        StateSetup::Garbage => {
+            std::fs::write(&state, "this is not sqlite, it is a shopping list\n".repeat(100)).unwrap();
+        }
+        StateSetup::Directory => std::fs::create_dir_all(&state).unwrap(),
+    }
+    Ok((root, state))
+}
+
+/// What one case did.
+struct Verdict {
+    /// The ways it went wrong; empty: as expected.
+    wrong: Vec<String>,
+    code: Option<i32>,
+    stderr: String,
+}
+
+/// Runs one case.
+fn check(case: &Case, dir: &Path, templates: &Path) -> Result<Verdict, String> {
+    let (root, state) = prepare(case, dir, templates).map_err(|why| format!("bad case: {why}"))?;
+    let before = held(&state);
+    let ran = runbook(&root, &state, &case.args);
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    let mut wrong = Vec::new();
+    if ran.status.code() != Some(case.code) {
+        wrong.push(format!("exit code: expected {}, got {:?}", case.code, ran.status.code()));
+    }
+    let missing: Vec<&String> = case.says.iter().filter(|s| !stderr.contains(s.as_str())).collect();
+    if !missing.is_empty() {
+        wrong.push(format!("stderr lacks {missing:?}"));
+    }
+    let after = held(&state);
+    if after != before {
+        wrong.push(format!("state changed: expected {}, got {}", before.describe(), after.describe()));
+    }
+    Ok(Verdict { wrong, code: ran.status.code(), stderr: stderr.into_owned() })
+}
+
+/// What is wrong with the case's outcome, for the report; `None`: as the corpus says.
+fn judge(case: &Case, verdict: Result<Verdict, String>) -> Option<String> {
+    let verdict = match verdict {
+        Ok(verdict) => verdict,
+        Err(why) => return Some(why),
+    };
+    let stderr = || format!("stderr was: {}", verdict.stderr.trim_end().replace('\n', "\n        "));
+    let Some(why) = &case.known_failing else {
+        return (!verdict.wrong.is_empty()).then(|| format!("{}\n    {}", verdict.wrong.join("\n    "), stderr()));
+    };
+    if verdict.wrong.is_empty() {
+        return Some(format!("marked known_failing ({why}), but the binary now gets it right: remove the mark"));
+    }
+    let (Some(code), Some(says)) = (case.now_code, &case.now_says) else {
+        return Some("bad case: a known_failing case says how it fails today with now_code and now_says".into());
+    };
+    let same = verdict.code == Some(code) && verdict.stderr.contains(says.as_str());
+    (!same).then(|| {
+        format!(
+            "known_failing, but it fails differently now: expected exit code {code} and {says:?}, got {:?}\n    {}",
+            verdict.code,
+            stderr()
+        )
+    })
+}
+
+#[test]
+fn every_bad_input_is_refused_with_exit_code_2_a_message_that_names_it_and_its_fix_and_nothing_recorded() {
+    let started = std::time::Instant::now();
+    let path = project().join("tests/bad_input.toml");
+    let corpus: Corpus =
+        toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let scratch = Scratch(std::env::temp_dir().join(format!("runbook-bad-input-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&scratch.0);
+    let templates = scratch.0.join("templates");
+
+    let mut names = BTreeSet::new();
+    for case in &corpus.case {
+        assert!(names.insert(case.name.as_str()), "two cases are named {:?}", case.name);
+        assert!(!case.says.is_empty(), "{}: `says` names nothing to look for", case.name);
+    }
+
+    // The unedited copy passes validation and reaches the preflight, which finds no AWS at
+    // NOWHERE: the copy is sound, and a case that is refused is refused for its edit.
+    let control = Case {
+        name: "control".into(),
+        file: "runbook".into(),
+        replace: Vec::new(),
+        append: String::new(),
+        write: None,
+        args: run_sprint_2(),
+        code: 2,
+        says: vec![format!("cannot reach AWS (http://{NOWHERE})")],
+        state: StateSetup::None,
+        known_failing: None,
+        now_code: None,
+        now_says: None,
+    };
+    let dir = scratch.0.join("control");
+    let (root, state) = prepare(&control, &dir, &templates).unwrap();
+    let ran = runbook(&root, &state, &control.args);
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert!(
+        ran.status.code() == Some(2) && stderr.contains(&control.says[0]) && state.is_file(),
+        "the unedited project copy should pass validation and stop at the preflight: {stderr}"
+    );
+
+    // Cases run side by side: a refusal takes milliseconds, but bad input the binary accepts
+    // waits a second for the absent AWS.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(case) = corpus.case.get(i) else { break };
+                    let verdict = check(case, &scratch.0.join(format!("case-{i}")), &templates);
+                    if let Some(report) = judge(case, verdict) {
+                        failures.lock().unwrap().push((i, format!("{}:\n    {report}", case.name)));
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort();
+    let failures: Vec<String> = failures.into_iter().map(|(_, f)| f).collect();
+    let known = corpus.case.iter().filter(|c| c.known_failing.is_some()).count();
+    let elapsed = started.elapsed();
+    eprintln!("{} bad-input cases ({known} known failing) in {:.1}s", corpus.case.len(), elapsed.as_secs_f64());
+    assert!(corpus.case.len() >= 85, "the corpus has {} cases", corpus.case.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        corpus.case.len(),
+        failures.join("\n\n")
+    );
+}
