@@ -73,8 +73,7 @@ impl Environment {
     pub(crate) fn load(project: &Path, name: &str) -> Result<Self, EnvError> {
         let file = Named::Environment.read(project, name)?;
         let path = file.path.clone();
-        let mut env: Environment =
-            toml::from_str(&file.text).map_err(|e| EnvError::Parse { path: path.clone(), message: e.to_string() })?;
+        let mut env: Environment = file.parse().map_err(|message| EnvError::Parse { path: path.clone(), message })?;
         env.path = file.path;
         env.hash = file.hash;
         if env.name != name {

@@ -1,9 +1,11 @@
 //! The project folder's named files: `runbooks/<name>.toml` and
 //! `runbooks/environments/<name>.toml`, found by name, read once, with their sha256 (a resumed
-//! run says when a file changed since the run began). Reads only.
+//! run says when a file changed since the run began), and parsed as TOML with messages that say
+//! how to correct them. Reads only.
 
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 /// A named TOML file, read.
@@ -67,6 +69,66 @@ impl Named {
         let text = std::fs::read_to_string(&path).map_err(|source| LookupError::Read { path: path.clone(), source })?;
         let hash = sha256_hex(text.as_bytes());
         Ok(NamedFile { path, text, hash })
+    }
+}
+
+impl NamedFile {
+    /// The file as `T`, or toml's account of what is wrong and where, with the fix.
+    pub(crate) fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        // Parsed as a plain table first: a syntax error then has its own fix.
+        let (error, fix) = match toml::from_str::<toml::Table>(&self.text) {
+            Err(e) => {
+                let fix = self.syntax_fix(&e);
+                (e, Some(fix))
+            }
+            Ok(_) => match toml::from_str::<T>(&self.text) {
+                Ok(parsed) => return Ok(parsed),
+                Err(e) => {
+                    let fix = self.data_fix(&e);
+                    (e, fix)
+                }
+            },
+        };
+        let message = error.to_string();
+        Err(match fix {
+            Some(fix) => format!("{}\n    fix: {fix}", message.trim_end()),
+            None => message.trim_end().to_string(),
+        })
+    }
+
+    fn syntax_fix(&self, error: &toml::de::Error) -> String {
+        let span = error.span().and_then(|s| self.text.get(s)).unwrap_or_default();
+        if error.message() == "duplicate key" && !span.is_empty() {
+            match self.line_at(error) {
+                Some((_, line)) if line.trim_start().starts_with('[') => {
+                    format!("the table [{span}] appears twice; merge the two into one")
+                }
+                _ => format!("`{span}` is set twice in the same table; keep one"),
+            }
+        } else {
+            "this is not valid TOML; correct it where shown (text values in double quotes, tables as [name] or \
+             [[name]], one `key = value` per line)"
+                .into()
+        }
+    }
+
+    fn data_fix(&self, error: &toml::de::Error) -> Option<String> {
+        let field = error.message().strip_prefix("missing field `")?.strip_suffix('`')?;
+        Some(match self.line_at(error) {
+            Some((number, line)) if line.trim_start().starts_with('[') => {
+                format!("add `{field} = …` to the {} table at line {number}", line.trim())
+            }
+            _ => format!("add `{field} = …` at the top of the file, before any [table]"),
+        })
+    }
+
+    /// The number and text of the line where `error` points.
+    fn line_at(&self, error: &toml::de::Error) -> Option<(usize, &str)> {
+        let start = error.span()?.start;
+        let before = self.text.get(..start)?;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = self.text[line_start..].lines().next().unwrap_or_default();
+        Some((before.matches('\n').count() + 1, line))
     }
 }
 

@@ -123,8 +123,8 @@ impl Runbook {
         overrides: &BTreeMap<String, String>,
     ) -> Result<Self, RunbookError> {
         let path = file.path.clone();
-        let parsed: RunbookFile = toml::from_str(&file.text)
-            .map_err(|e| RunbookError::Parse { path: path.clone(), message: e.to_string() })?;
+        let parsed: RunbookFile =
+            file.parse().map_err(|message| RunbookError::Parse { path: path.clone(), message })?;
         if parsed.name != name {
             return Err(RunbookError::Invalid {
                 path,

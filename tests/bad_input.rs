@@ -106,9 +106,15 @@ impl Drop for Scratch {
     }
 }
 
+/// The binary under test; `RUNBOOK_BAD_INPUT_BIN` runs the corpus against another build (an
+/// older commit's, to see a case fail before its fix).
+fn binary() -> PathBuf {
+    std::env::var_os("RUNBOOK_BAD_INPUT_BIN").map_or_else(|| env!("CARGO_BIN_EXE_runbook").into(), PathBuf::from)
+}
+
 /// The binary with the environment the ring tests use, and no way to reach a real account.
 fn runbook(project: &Path, state: &Path, args: &[String]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_runbook"))
+    Command::new(binary())
         .args(args)
         .arg("--project")
         .arg(project)
