@@ -161,7 +161,7 @@ impl Runbook {
                 path: path.clone(),
                 step: step.id.clone(),
                 kind: step.kind.clone(),
-                message,
+                message: with_fix(message),
             })?;
             steps.push(Step { id: step.id, title: step.title, kind: step.kind, needs: step.needs, params });
         }
@@ -425,6 +425,22 @@ fn check_step_reference(
         return Err(format!("step {from} has no output `{output}`; it has: {}", outputs.join(", ")));
     }
     Ok(())
+}
+
+/// A params error with its fix where serde's message has none: a missing field says what to add
+/// where (serde writes `missing field `x`` and, for a nested table, `in `params.KEY``).
+fn with_fix(message: String) -> String {
+    let (first, within) = match message.split_once('\n') {
+        Some((first, rest)) => (first, rest.trim().strip_prefix("in `").and_then(|r| r.strip_suffix('`'))),
+        None => (message.as_str(), None),
+    };
+    let Some(field) = first.strip_prefix("missing field `").and_then(|r| r.strip_suffix('`')) else {
+        return message;
+    };
+    match within {
+        Some(table) => format!("missing field `{field}` in `{table}`; add `{field} = …` to {table}"),
+        None => format!("missing field `{field}`; add `{field} = …` to the step's [steps.params]"),
+    }
 }
 
 /// A step id an operator can type: `T2.1`, `deploy-dixie`.
