@@ -35,8 +35,12 @@ pub(crate) enum RunbookError {
     MissingVar { path: PathBuf, step: String, field: String, var: String, where_to_define: String },
     #[error("{}: step {step}, field `{field}`: bad reference `{reference}`: {why}", path.display())]
     BadReference { path: PathBuf, step: String, field: String, reference: String, why: String },
-    #[error("{}: step {step} needs `{need}`, which is not a step of this runbook", path.display())]
-    UnknownNeed { path: PathBuf, step: String, need: String },
+    #[error(
+        "{}: step {step} needs `{need}`, which is not a step of this runbook; steps: {}",
+        path.display(),
+        known.join(", ")
+    )]
+    UnknownNeed { path: PathBuf, step: String, need: String, known: Vec<String> },
     #[error("{}: dependency cycle: {}; remove one of these `needs`", path.display(), members.join(" → "))]
     Cycle { path: PathBuf, members: Vec<String> },
     #[error(
@@ -242,6 +246,7 @@ fn check_shape(registry: &[Kind], path: &Path, steps: &[StepFile]) -> Result<Gra
                 path: path.to_path_buf(),
                 step: step.id.clone(),
                 need: need.clone(),
+                known: steps.iter().map(|s| s.id.clone()).collect(),
             });
         }
     }
@@ -413,8 +418,20 @@ fn check_step_reference(
     from: &str,
     output: &str,
 ) -> Result<(), String> {
+    let outputs_of = |kind: &str| match steps::find(registry, kind).and_then(|k| k.outputs) {
+        Some(outputs) => format!("it has: {}", outputs.join(", ")),
+        None => format!("a {kind} step's outputs are known when it runs"),
+    };
     let Some(kind) = kinds.get(from) else {
-        return Err(format!("there is no step `{from}`"));
+        // `${steps.T2.4}`: the step without an output, split at its id's last dot.
+        if let Some(kind) = kinds.get(&format!("{from}.{output}")) {
+            return Err(format!(
+                "name one of the step's outputs: ${{steps.{from}.{output}.<output>}}; {}",
+                outputs_of(kind)
+            ));
+        }
+        let known: Vec<&str> = kinds.keys().map(String::as_str).collect();
+        return Err(format!("there is no step `{from}`; steps: {}", known.join(", ")));
     };
     if !graph.upstream(step).contains(from) {
         return Err(format!("{step} does not need {from}; add \"{from}\" to its `needs`"));
@@ -422,7 +439,7 @@ fn check_step_reference(
     if let Some(outputs) = steps::find(registry, kind).and_then(|k| k.outputs)
         && !outputs.contains(&output)
     {
-        return Err(format!("step {from} has no output `{output}`; it has: {}", outputs.join(", ")));
+        return Err(format!("step {from} has no output `{output}`; {}", outputs_of(kind)));
     }
     Ok(())
 }

@@ -155,7 +155,11 @@ fn duplicate_ids_unknown_needs_and_a_wrong_name_are_refused() {
     let err = refused(&sprint2().replace("id = \"T2.3\"", "id = \"T2.1\"").replace("\"T2.4\", \"T2.3\"", "\"T2.4\""));
     assert!(err.contains("step id `T2.1` appears twice"), "{err}");
     let err = refused(&sprint2().replace("needs = [\"T2.1\"]", "needs = [\"T2.0\"]"));
-    assert_eq!(err, "runbooks/sprint-2.toml: step T2.2 needs `T2.0`, which is not a step of this runbook");
+    assert_eq!(
+        err,
+        "runbooks/sprint-2.toml: step T2.2 needs `T2.0`, which is not a step of this runbook; steps: T2.1, T2.2, \
+         T2.3, T2.4, T2.5, T2.6, T2.7, T2.8"
+    );
     let err = refused(&sprint2().replace("name = \"sprint-2\"", "name = \"sprint-3\""));
     assert!(err.contains("the file says name = \"sprint-3\" but is named sprint-2.toml"), "{err}");
 }
