@@ -341,6 +341,17 @@ impl Scope<'_> {
         graph: &Graph,
         depth: usize,
     ) -> Result<String, RunbookError> {
+        // `substitute` keeps an unclosed `${` as written; here it is a mistake.
+        if let Some(start) = text.rfind("${").filter(|&start| !text[start..].contains('}')) {
+            let open: String = text[start..].chars().take(40).collect();
+            return Err(RunbookError::BadReference {
+                path: self.path.to_path_buf(),
+                step: step.to_string(),
+                field: field.to_string(),
+                reference: open,
+                why: "it is not closed; end it with `}`".into(),
+            });
+        }
         let mut error = None;
         let resolved = substitute(text, |reference| {
             if error.is_some() {
