@@ -6,6 +6,9 @@
 # (agent killed) is stopped by the pid in its $RING_DIR/agent/SERVICE.json.
 # Never touches a process it has no pidfile for. Keeps all data (pg cluster,
 # secrets, TLS, registry storage), so the next up.sh finds the same ring.
+#
+# ring/down.sh NAME...: stop only those components (a service lost mid-run, for the
+# tests and for rehearsing an outage); ring/up.sh starts them again.
 set -euo pipefail
 
 # shellcheck source=ring/lib.sh
@@ -27,9 +30,16 @@ stop_pid() { # NAME PID: TERM, wait up to 10 s, then KILL
   sleep 0.2
 }
 
+for wanted in "$@"; do
+  [[ " ${COMPONENTS[*]} " == *" $wanted "* ]] \
+    || { printf 'down: ERROR: no ring component named `%s`; the components are: %s\n' "$wanted" "${COMPONENTS[*]}" >&2; exit 2; }
+done
+only=" $* "
+
 stopped=0
 for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
   name=${COMPONENTS[$i]}
+  [ $# -eq 0 ] || [[ "$only" == *" $name "* ]] || continue
   pidfile=$(pidfile_of "$name")
   if ! pid=$(live_pid "$name"); then
     if [ -e "$pidfile" ]; then
@@ -57,6 +67,10 @@ for (( i=${#COMPONENTS[@]}-1; i>=0; i-- )); do
   say "$name: stopped (pid $pid)"
   stopped=$((stopped + 1))
 done
+if [ $# -gt 0 ]; then
+  say "stopped $stopped of: $*; ring/up.sh starts what is missing"
+  exit 0
+fi
 # Stand-ins the agent did not stop (it was killed or crashed): by their recorded pids only.
 while read -r svc spid _port; do
   if standin_alive "$spid"; then

@@ -1504,3 +1504,99 @@ fn every_step_killed_half_way_through_its_apply_is_finished_once_on_resume() {
 fn every_step_killed_after_its_apply_before_its_verify_is_verified_on_resume() {
     every_step_killed_at("crash-applied", |step| mutating_step(step).then_some("applied"));
 }
+
+/// Stops ring components for the length of a test (a service lost mid-run); `ring/up.sh`
+/// starts them again when dropped, so that a failing test leaves the ring whole.
+struct Outage;
+
+impl Outage {
+    fn of(components: &[&str]) -> Self {
+        let out = Command::new("bash").arg(project().join("ring/down.sh")).args(components).output().unwrap();
+        assert!(out.status.success(), "ring/down.sh {components:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+        Outage
+    }
+
+    fn end(self) {}
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        let out = Command::new("bash").arg(project().join("ring/up.sh")).output().unwrap();
+        assert!(
+            out.status.success() || std::thread::panicking(),
+            "ring/up.sh after the outage:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn postgresql_and_dockerd_lost_fail_their_steps_naming_them_and_resume_finishes_once_they_are_back() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("lost-pg-docker");
+    let project = impatient_project(&scratch);
+    let rb = || scratch.runbook().project(&project);
+
+    let outage = Outage::of(&["postgres", "dockerd"]);
+    let failed = rb().run(&["run", "sprint-2", "--yes"]);
+    failed
+        .expect_code(1)
+        .expect_text("T2.2 FAILED: cannot reach the Docker daemon")
+        .expect_text("start dockerd")
+        .expect_text("T2.3 FAILED: cannot connect to arrakis_admin@")
+        .expect_text("Connection refused")
+        .expect_text("runbook retry T2.3");
+    let status = rb().status();
+    assert_eq!(
+        step_states(&status),
+        states(&[
+            ("T2.1", "applied"),
+            ("T2.2", "failed"),
+            ("T2.3", "failed"),
+            ("T2.4", "blocked"),
+            ("T2.5", "blocked"),
+            ("T2.6", "blocked"),
+            ("T2.7", "blocked"),
+            ("T2.8", "blocked"),
+        ])
+    );
+    assert!(aws_images("dixie-armitage") == 0, "an image was pushed without dockerd");
+    outage.end();
+
+    assert_eq!(admin("SELECT count(*) FROM pg_database WHERE datname = 'dixie'"), ["0"]);
+    rb().run(&["resume", "--yes"]).expect_code(0);
+    all_done(&rb().status());
+    let (password, _) = ssm_get(DB_PASSWORD_PARAM).unwrap();
+    pg_query("dixie", &password, "dixie", "SELECT 1").expect("dixie logs in after the resume");
+}
+
+#[test]
+fn redis_and_nats_lost_after_a_deploy_fail_the_redeploy_naming_them_and_resume_finishes_once_they_are_back() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("lost-redis-nats");
+    let project = impatient_project(&scratch);
+    let path = project.join("runbooks/environments/local.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("deploy_wait_seconds = \"40\""));
+    std::fs::write(&path, text.replace("deploy_wait_seconds = \"40\"", "deploy_wait_seconds = \"8\"")).unwrap();
+    let rb = || scratch.runbook().project(&project);
+    rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
+    let deployment = primary_deployment("dixie-armitage");
+
+    let outage = Outage::of(&["redis", "nats"]);
+    let failed = rb().run(&["run", "sprint-2", "--yes"]);
+    failed
+        .expect_code(1)
+        .expect_text("T2.6 FAILED: applied, but not converged within 8s")
+        .expect_text("redis unreachable")
+        .expect_text("nats unreachable")
+        .expect_text("not restarting");
+    assert_eq!(primary_deployment("dixie-armitage"), deployment, "Dixie was restarted into the outage");
+    let status = rb().status();
+    assert_eq!(step_states(&status)["T2.6"], "failed");
+    assert_eq!(step_states(&status)["T2.7"], "blocked");
+    outage.end();
+
+    rb().run(&["resume", "--yes"]).expect_code(0);
+    all_done(&rb().status());
+}
