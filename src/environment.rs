@@ -82,6 +82,9 @@ impl Environment {
                 message: format!("the file says name = \"{}\" but is named {name}.toml; make them agree", env.name),
             });
         }
+        if let Err(message) = env.check_values() {
+            return Err(EnvError::Invalid { path, message });
+        }
         if env.aws.emulator_credentials.is_some() && !env.loopback_only {
             return Err(EnvError::Invalid {
                 path,
@@ -99,6 +102,34 @@ impl Environment {
             }
         }
         Ok(env)
+    }
+
+    /// The account, region and endpoint as AWS writes them: a typo here would otherwise show up
+    /// only as a failed preflight, or as calls to the wrong place.
+    fn check_values(&self) -> Result<(), String> {
+        if self.account_id.len() != 12 || !self.account_id.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!(
+                "account_id = {:?} is not an AWS account ID: write its 12 digits, in quotes",
+                self.account_id
+            ));
+        }
+        let parts: Vec<&str> = self.region.split('-').collect();
+        let region_ok = parts.len() >= 3
+            && parts.iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
+            && parts.last().is_some_and(|p| p.chars().all(|c| c.is_ascii_digit()));
+        if !region_ok {
+            return Err(format!("region = {:?} is not an AWS region: write its code, e.g. us-east-1", self.region));
+        }
+        if let Some(url) = &self.aws.endpoint_url {
+            let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or_default();
+            if host.is_empty() || host.starts_with([':', '/']) || host.contains(char::is_whitespace) {
+                return Err(format!(
+                    "[aws] endpoint_url = {url:?} is not an http:// or https:// URL; write it as \
+                     http://host:port (the ring's moto: http://127.0.0.1:4566)"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Where to dial `host:port` from here: the address map first; on a loopback-only
