@@ -272,8 +272,15 @@ impl Step for Params {
     const KIND: &'static str = "image";
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["image_tag", "image_uri", "image_digest", "config_digest"]);
 
+    /// The repository is ECR's; the severities are the ones ECR's scan reports (a typo would
+    /// never match, and the scan would never fail the step).
     fn validate(&self) -> Result<(), String> {
-        super::ecr_repository::check_repository_name("repository", &self.repository)
+        super::ecr_repository::check_repository_name("repository", &self.repository)?;
+        const SEVERITIES: [&str; 6] = ["CRITICAL", "HIGH", "MEDIUM", "LOW", "INFORMATIONAL", "UNDEFINED"];
+        match self.fail_on.iter().find(|s| !SEVERITIES.contains(&s.as_str())) {
+            Some(s) => Err(format!("fail_on: {s:?} is not a severity of ECR's scan; use {}", SEVERITIES.join(", "))),
+            None => Ok(()),
+        }
     }
 
     /// The build context holds the Dockerfile (a context such as `../../etc` does not).
