@@ -174,7 +174,14 @@ impl Step for Params {
 
     fn validate(&self) -> Result<(), String> {
         reach::check_http_url("dixie_health_url", &self.dixie_health_url)?;
-        reach::check_http_url("finn_health_url", &self.finn_health_url)
+        reach::check_http_url("finn_health_url", &self.finn_health_url)?;
+        if self.migrations < 0 {
+            return Err(format!("migrations = {}: the count of applied migrations is 0 or more", self.migrations));
+        }
+        if self.wait_seconds == 0 {
+            return Err("wait_seconds = 0 leaves no time for the checks to pass; give 1 or more seconds".into());
+        }
+        Ok(())
     }
 
     fn converge_within(&self) -> Duration {
