@@ -41,12 +41,32 @@ fn postgres() -> String {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "SecretSourceFile")]
 pub(crate) enum SecretSource {
     /// An SSM SecureString, read with decryption.
     Ssm(String),
     /// An environment variable of the runbook process.
     Env(String),
+}
+
+/// A [`SecretSource`] as written: `{ ssm = "/name" }` or `{ env = "VARIABLE" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SecretSourceFile {
+    ssm: Option<String>,
+    env: Option<String>,
+}
+
+impl TryFrom<SecretSourceFile> for SecretSource {
+    type Error = String;
+
+    fn try_from(file: SecretSourceFile) -> Result<Self, String> {
+        match (file.ssm, file.env) {
+            (Some(name), None) => Ok(SecretSource::Ssm(name)),
+            (None, Some(var)) => Ok(SecretSource::Env(var)),
+            _ => Err("give exactly one of `ssm = \"/parameter/name\"` or `env = \"VARIABLE\"`".into()),
+        }
+    }
 }
 
 /// The instance as the RDS API describes it.
@@ -236,8 +256,25 @@ impl Step for Params {
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["host", "port", "database", "user", "password_param"]);
 
     /// The database and role go into SQL as identifiers: plain ones only (checked whenever the
-    /// step is typed, so before any run and before any SQL).
+    /// step is typed, so before any run and before any SQL). The instance and the parameters are
+    /// names RDS and SSM would refuse only after earlier steps acted.
     fn validate(&self) -> Result<(), String> {
+        let instance = &self.instance;
+        let instance_ok = (1..=63).contains(&instance.len())
+            && instance.starts_with(|c: char| c.is_ascii_alphabetic())
+            && instance.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !instance.ends_with('-')
+            && !instance.contains("--");
+        if !instance_ok {
+            return Err(format!(
+                "instance = {instance:?} is not an RDS instance identifier: 1-63 letters, digits and hyphens, starting \
+                 with a letter (e.g. arrakis-staging-postgres)"
+            ));
+        }
+        super::ssm_params::check_parameter_name("password_param", &self.password_param)?;
+        if let SecretSource::Ssm(name) = &self.admin_password {
+            super::ssm_params::check_parameter_name("admin_password.ssm", name)?;
+        }
         for (what, name) in [("database", &self.database), ("role", &self.role)] {
             let ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
                 && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')

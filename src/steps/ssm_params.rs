@@ -200,12 +200,45 @@ impl Params {
     }
 }
 
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
+}
+
+/// An SSM parameter name as SSM accepts it: `DB_PASSWORD`, or a path `/dixie/armitage/DB_PASSWORD`
+/// (a name with a `/` starts with one), of letters, digits, `_`, `.` and `-`.
+pub(super) fn check_parameter_name(field: &str, name: &str) -> Result<(), String> {
+    let path = name.strip_prefix('/').unwrap_or(name);
+    let ok = (1..=1011).contains(&name.len())
+        && (name.starts_with('/') || !name.contains('/'))
+        && path.split('/').all(|part| !part.is_empty() && part.chars().all(name_char));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} = {name:?} is not an SSM parameter name: letters, digits, `_`, `.` and `-`, as a path that \
+             starts with / (e.g. /runbook/armitage/dixie/DB_PASSWORD)"
+        ))
+    }
+}
+
 impl Step for Params {
     const KIND: &'static str = "ssm_params";
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["prefix", "names"]);
 
     fn validate(&self) -> Result<(), String> {
+        let prefix = self.prefix.trim_end_matches('/');
+        if !prefix.starts_with('/') || check_parameter_name("prefix", prefix).is_err() {
+            return Err(format!(
+                "prefix = {:?} is not an SSM parameter path: write /name/name, with letters, digits, `_`, `.` and `-`",
+                self.prefix
+            ));
+        }
         for (key, spec) in &self.params {
+            if key.is_empty() || !key.chars().all(name_char) || key.contains('/') {
+                return Err(format!(
+                    "params.{key:?} is not an SSM parameter name under the prefix: use letters, digits, `_`, `.` and `-`"
+                ));
+            }
             let sources = [spec.value.is_some(), spec.generate.is_some(), spec.nats_task_of.is_some()];
             if sources.iter().filter(|s| **s).count() != 1 {
                 return Err(format!("params.{key}: give exactly one of `value`, `generate`, `nats_task_of`"));
