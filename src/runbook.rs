@@ -416,7 +416,9 @@ impl Scope<'_> {
             None => Err(missing(reference, self.path)),
             // A runbook var may itself use ${env.x}; resolve it, bounded.
             Some(v) if depth < 8 => self.resolve_text(step, field, v, graph, depth + 1).map(Some),
-            Some(_) => Err(bad("variables refer to each other in a loop".into())),
+            Some(_) => Err(bad(
+                "variables refer to each other in a loop; give one of them a value that does not refer back".into(),
+            )),
         }
     }
 }
@@ -456,8 +458,12 @@ fn check_step_reference(
 }
 
 /// A params error with its fix where serde's message has none: a missing field says what to add
-/// where (serde writes `missing field `x`` and, for a nested table, `in `params.KEY``).
+/// where (serde writes `missing field `x`` and, for a nested table, `in `params.KEY``), params
+/// that are not a table say how to write one.
 fn with_fix(message: String) -> String {
+    if message.starts_with("invalid type: ") && message.ends_with("expected struct Params") {
+        return format!("{message}; write the params as a table: [steps.params] followed by `key = value` lines");
+    }
     let (first, within) = match message.split_once('\n') {
         Some((first, rest)) => (first, rest.trim().strip_prefix("in `").and_then(|r| r.strip_suffix('`'))),
         None => (message.as_str(), None),
