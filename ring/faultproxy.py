@@ -7,7 +7,8 @@ with the errors the real services send, in each protocol's own format, and forwa
 It listens on a free loopback port and prints `port=N` on its first line. RULES.json is a list
 of {"op": "GetCallerIdentity", "fault": "throttle" | "500" | "reset" | "delay", "times": N,
 "seconds": S}: the first `times` calls of that operation get the fault (`op` is the X-Amz-Target
-operation of JSON protocols, the Action of query protocols, or "METHOD /path" for S3).
+operation of JSON protocols, the Action of query protocols, or "METHOD /path" for S3; an `op`
+ending in `*` matches every operation it starts, as "GET /bucket/*").
 GET /__faults answers how many faults each rule served. Only loopback is ever dialled.
 """
 import argparse
@@ -61,7 +62,9 @@ def error_body(protocol, service, fault):
 def take(op):
     with LOCK:
         for rule in RULES:
-            if rule["op"] == op and rule["served"] < rule.get("times", 1):
+            name = rule["op"]
+            matches = op.startswith(name[:-1]) if name.endswith("*") else op == name
+            if matches and rule["served"] < rule.get("times", 1):
                 rule["served"] += 1
                 return rule
     return None

@@ -1600,3 +1600,52 @@ fn redis_and_nats_lost_after_a_deploy_fail_the_redeploy_naming_them_and_resume_f
     rb().run(&["resume", "--yes"]).expect_code(0);
     all_done(&rb().status());
 }
+
+#[test]
+fn ssm_ecs_elbv2_and_s3_faults_are_retried_and_a_lasting_s3_outage_fails_terraform_saying_why() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("faults2");
+    let project = impatient_project(&scratch);
+    let rb = || scratch.runbook().project(&project);
+
+    // Faults in each protocol, fewer than the retries: runbook's own calls (SSM JSON, ECS JSON)
+    // and terraform's (ELBv2 query XML, S3 XML for its state and lock file); the sprint finishes.
+    let proxy = FaultProxy::start(
+        &scratch,
+        serde_json::json!([
+            {"op": "GetParameters", "fault": "throttle", "times": 3},
+            {"op": "PutParameter", "fault": "500", "times": 3},
+            {"op": "UpdateService", "fault": "reset", "times": 2},
+            {"op": "DescribeServices", "fault": "delay", "seconds": 2, "times": 2},
+            {"op": "DescribeLoadBalancers", "fault": "throttle", "times": 2},
+            {"op": "CreateTargetGroup", "fault": "500", "times": 1},
+            {"op": "PUT /runbook-terraform-state/*", "fault": "500", "times": 2},
+            {"op": "GET /runbook-terraform-state/*", "fault": "throttle", "times": 2},
+        ]),
+    );
+    proxy.environment(&project);
+    let ran = rb().run(&["run", "sprint-2", "--env", "faulty", "--yes"]);
+    ran.expect_code(0);
+    assert_eq!(proxy.served(), [3, 3, 2, 2, 2, 1, 2, 2], "every fault was served");
+    all_done(&rb().status());
+    drop(proxy);
+
+    // S3 keeps failing: terraform gives up, runbook retries it as transient, then fails the step
+    // with terraform's first error line; nothing after T2.4 runs.
+    let proxy = FaultProxy::start(
+        &scratch,
+        serde_json::json!([{"op": "GET /runbook-terraform-state/*", "fault": "500", "times": 100000}]),
+    );
+    proxy.environment(&project);
+    let failed = rb().run(&["run", "sprint-2", "--env", "faulty", "--yes"]);
+    failed.expect_code(1).expect_text("T2.4 retryable error").expect_text("InternalError");
+    let status = rb().status();
+    let row = status["steps"].as_array().unwrap().iter().find(|s| s["step"] == "T2.4").unwrap();
+    assert_eq!(row["state"], "failed");
+    let error = row["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("failed: Error") && error.contains("gave up after"), "{row}");
+    assert_eq!(step_states(&status)["T2.5"], "blocked");
+    drop(proxy);
+    rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
+    all_done(&rb().status());
+}
