@@ -1649,3 +1649,69 @@ fn ssm_ecs_elbv2_and_s3_faults_are_retried_and_a_lasting_s3_outage_fails_terrafo
     rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
     all_done(&rb().status());
 }
+
+/// A tmpfs mounted at `dir`, remounted read-only by `seal`; unmounted when dropped. `None` when
+/// this machine does not let the tests mount (not root, no CAP_SYS_ADMIN) and the ring tier is
+/// not demanded.
+struct ReadOnlyMount(PathBuf);
+
+impl ReadOnlyMount {
+    fn new(dir: &Path) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"]).arg(dir).output();
+        if !mounted.as_ref().is_ok_and(|o| o.status.success()) {
+            assert!(std::env::var_os("RUNBOOK_RING").is_none(), "cannot mount a tmpfs: {mounted:?}");
+            eprintln!("skipped: cannot mount a tmpfs here (bash scripts/test runs as root and does)");
+            return None;
+        }
+        Some(ReadOnlyMount(dir.to_path_buf()))
+    }
+
+    fn seal(&self) {
+        let out = Command::new("mount").args(["-o", "remount,ro"]).arg(&self.0).output().unwrap();
+        assert!(out.status.success(), "remount ro: {out:?}");
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn status_and_logs_read_a_state_db_on_a_read_only_filesystem_and_run_refuses_saying_why() {
+    let scratch = Scratch::new("rofs");
+    let Some(mount) = ReadOnlyMount::new(&scratch.dir.join("ro")) else { return };
+    let state = mount.0.join("runbook.db");
+    let rb = || scratch.runbook().env("RUNBOOK_STATE", state.to_str().unwrap());
+    // A run as a killed `runbook run` leaves it, checkpointed as a clean exit leaves the file.
+    rb().run(&["unlock", "--force"]).expect_code(0);
+    {
+        let conn = rusqlite::Connection::open(&state).unwrap();
+        conn.execute_batch(
+            "INSERT INTO runs (id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, status)
+             VALUES (1, 'sprint-2', 'local', 'h', 'i', '{}', 'ana', 'laptop', 0, 'failed');
+             INSERT INTO steps (run_id, step, state) VALUES (1, 'T2.3', 'failed');
+             PRAGMA wal_checkpoint(TRUNCATE);",
+        )
+        .unwrap();
+    }
+    for leftover in ["runbook.db-wal", "runbook.db-shm"] {
+        let _ = std::fs::remove_file(mount.0.join(leftover));
+    }
+    let before = std::fs::read(&state).unwrap();
+    mount.seal();
+
+    let status = rb().run(&["status"]);
+    status.expect_code(0).expect_text("run 1: sprint-2 on local").expect_text("T2.3");
+    rb().run(&["status", "--json"]).expect_code(0).expect_text("\"T2.3\"");
+    rb().run(&["logs", "T2.3"]).expect_code(2).expect_text("run 1 has no attempt at all of step T2.3");
+    for args in [&["run", "sprint-2"][..], &["resume"], &["skip", "T2.3", "--reason", "r"], &["unlock", "--force"]] {
+        rb().run(args)
+            .expect_code(2)
+            .expect_text("is on a read-only filesystem")
+            .expect_text("copy it (with any -wal file beside it) to a writable folder");
+    }
+    assert_eq!(std::fs::read(&state).unwrap(), before, "the state DB changed");
+}

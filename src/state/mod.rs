@@ -53,6 +53,13 @@ pub(crate) enum StateError {
         path.display()
     )]
     Missing { path: PathBuf },
+    #[error(
+        "the state DB {} is on a read-only filesystem, and {why}; `status`, `logs` and `graph` read it \
+         where it is, but to change anything copy it (with any -wal file beside it) to a writable folder \
+         and point --state (or RUNBOOK_STATE) there",
+        path.display()
+    )]
+    ReadOnlyFs { path: PathBuf, why: &'static str },
     #[error("no run found in {}{}", path.display(), if what.is_empty() { String::new() } else { format!(" {what}") })]
     NoRun { path: PathBuf, what: String },
     #[error("state DB {}: {source}", path.display())]
@@ -159,6 +166,9 @@ impl StateDb {
 
     fn open_once(path: &Path) -> Result<Self, StateError> {
         let open_err = |message: String| StateError::Open { path: path.to_path_buf(), message };
+        if on_read_only_fs(path) {
+            return Err(StateError::ReadOnlyFs { path: path.to_path_buf(), why: "this command records what it does" });
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
         }
@@ -184,8 +194,19 @@ impl StateDb {
         }
         let open_err = |message: String| StateError::Open { path: path.to_path_buf(), message };
         let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(e.to_string()))?;
+        let read_only_fs = on_read_only_fs(path);
+        let conn = if read_only_fs {
+            open_immutable(path, flags)?
+        } else {
+            Connection::open_with_flags(path, flags).map_err(|e| open_err(e.to_string()))?
+        };
         if schema_version(&conn, path)? < schema::MIGRATIONS.len() as i64 {
+            if read_only_fs {
+                return Err(StateError::ReadOnlyFs {
+                    path: path.to_path_buf(),
+                    why: "its older schema must be upgraded",
+                });
+            }
             return Self::open(path);
         }
         Ok(StateDb { conn, path: path.to_path_buf(), holder: None })
@@ -199,6 +220,48 @@ impl StateDb {
     fn sql_err(&self, source: rusqlite::Error) -> StateError {
         sql_err(&self.path, source)
     }
+}
+
+/// Whether `path`'s folder is on a filesystem mounted read-only (a snapshot, a read-only
+/// share, a rescue mount): SQLite cannot make the shared-memory file of a WAL database there.
+fn on_read_only_fs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Ok(dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: statvfs(3) fills the zeroed struct we own from a NUL-terminated path.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        libc::statvfs(dir.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_RDONLY != 0
+    }
+}
+
+/// A state DB on a read-only filesystem, read as the immutable file it is there. Its WAL, if
+/// one was left beside it, would be ignored, so that case is refused rather than shown stale.
+fn open_immutable(path: &Path, flags: rusqlite::OpenFlags) -> Result<Connection, StateError> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let mut shm = path.as_os_str().to_owned();
+    shm.push("-shm");
+    let open_err = |e: rusqlite::Error| StateError::Open { path: path.to_path_buf(), message: e.to_string() };
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        if Path::new(&shm).exists() {
+            // SQLite reads a WAL through its existing shared-memory file.
+            return Connection::open_with_flags(path, flags).map_err(open_err);
+        }
+        return Err(StateError::ReadOnlyFs {
+            path: path.to_path_buf(),
+            why: "its last changes are in a -wal file that cannot be read without writing beside it",
+        });
+    }
+    let mut uri = String::from("file:");
+    for byte in path.as_os_str().as_encoded_bytes() {
+        match byte {
+            b'%' | b'?' | b'#' | 0x80.. => uri.push_str(&format!("%{byte:02X}")),
+            _ => uri.push(*byte as char),
+        }
+    }
+    uri.push_str("?immutable=1");
+    Connection::open_with_flags(&uri, flags | rusqlite::OpenFlags::SQLITE_OPEN_URI).map_err(open_err)
 }
 
 /// The schema version of a just-opened file, after setting the busy timeout (another process
