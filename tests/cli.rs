@@ -1715,3 +1715,56 @@ fn status_and_logs_read_a_state_db_on_a_read_only_filesystem_and_run_refuses_say
     }
     assert_eq!(std::fs::read(&state).unwrap(), before, "the state DB changed");
 }
+
+#[test]
+fn a_state_lock_left_by_a_dead_run_is_named_in_seconds_and_released_by_the_operator_on_record() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("deadlock");
+    let project = impatient_project(&scratch);
+    let rb = || scratch.runbook().project(&project);
+    rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
+    // Something for T2.4 to apply again: an alarm deleted by hand.
+    block_on(async {
+        let cw = aws_sdk_cloudwatch::Client::new(&aws().await);
+        cw.delete_alarms().alarm_names("dixie-armitage-cpu-high").send().await.unwrap();
+    });
+    // The lock file an apply on this host leaves in S3 when it is killed together with runbook
+    // (kill -9 of its process group, a reboot): nothing on this host will ever release it.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap().trim().to_string();
+    let id = "6a1f0c2e-0d1b-4c8e-9a31-5d2f7e8b9c10";
+    let info = serde_json::json!({
+        "ID": id, "Operation": "OperationTypeApply", "Info": "", "Who": format!("{user}@{host}"),
+        "Version": "1.11.4", "Created": "2026-11-30T23:12:20.000000000Z",
+        "Path": "runbook-terraform-state/env:/armitage/dixie/terraform.tfstate",
+    });
+    let put = "import boto3, sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', \
+               aws_access_key_id='test', aws_secret_access_key='test').put_object(Bucket='runbook-terraform-state', \
+               Key='env:/armitage/dixie/terraform.tfstate.tflock', Body=sys.argv[2].encode())";
+    let out = Command::new("python3").args(["-c", put, MOTO, &info.to_string()]).output().unwrap();
+    assert!(out.status.success(), "put the lock file: {out:?}");
+
+    let started = std::time::Instant::now();
+    let failed = rb().run(&["run", "sprint-2", "--yes"]);
+    failed
+        .expect_code(1)
+        .expect_text("T2.4 FAILED")
+        .expect_text("Error acquiring the state lock")
+        .expect_text("its holder is gone")
+        .expect_text(&format!("release it with runbook unlock --terraform T2.4 --lock-id {id}"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(150),
+        "a dead holder's lock was waited for ({:?})",
+        started.elapsed()
+    );
+    rb().run(&["unlock", "--terraform", "T2.4", "--lock-id", id]).expect_code(0).expect_text(id);
+    let objects = moto_api("GET", "/runbook-terraform-state?list-type=2");
+    assert!(!objects.contains(".tflock"), "the lock is still there:\n{objects}");
+    let conn = rusqlite::Connection::open(scratch.state()).unwrap();
+    let released: String = conn
+        .query_row("SELECT payload FROM events WHERE kind = 'state_lock_released'", [], |r| r.get(0))
+        .expect("the release is in the audit log");
+    assert!(released.contains(id) && released.contains("test-operator"), "{released}");
+    rb().run(&["resume", "--yes"]).expect_code(0).expect_text("Apply complete!");
+    all_done(&rb().status());
+}

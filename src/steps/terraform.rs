@@ -99,7 +99,60 @@ struct LockInfo {
     created: String,
 }
 
+/// Who holds terraform's state lock, as far as this host can tell.
+#[derive(Debug, PartialEq)]
+enum Holder {
+    /// Taken on this host, and no terraform process works in the step's folder any more: a run
+    /// killed together with its terraform (a reboot, `kill -9` of the group) left it.
+    Gone { who: String },
+    /// Terraform processes on this host still work in the folder (a killed run's orphan
+    /// finishing its apply): they release the lock when done.
+    Working { pids: Vec<u32> },
+    /// Taken on another host: only its owner can say whether it is still working.
+    Elsewhere { who: String },
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Holder::Gone { who } => {
+                write!(f, "its holder is gone: {who} is this host, and no terraform process here works in the step's folder")
+            }
+            Holder::Working { pids } => {
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                write!(f, "terraform (pid {}) on this host still works in the folder and holds it", pids.join(", "))
+            }
+            Holder::Elsewhere { who } => write!(f, "it was taken on another host ({who})"),
+        }
+    }
+}
+
 impl LockInfo {
+    fn holder(&self, host: &str, working: &[u32]) -> Holder {
+        let lock_host = self.who.rsplit_once('@').map_or("", |(_, h)| h);
+        if lock_host != host {
+            return Holder::Elsewhere { who: self.who.clone() };
+        }
+        if !working.is_empty() {
+            return Holder::Working { pids: working.to_vec() };
+        }
+        Holder::Gone { who: self.who.clone() }
+    }
+
+    fn fix(&self, holder: &Holder, step: &str) -> String {
+        let release = format!("runbook unlock --terraform {step} --lock-id {} (recorded)", self.id);
+        let what = format!("terraform's state lock {} ({}, since {})", self.id, self.operation, self.created);
+        match holder {
+            Holder::Gone { .. } => format!("{what} was left by a dead run: release it with {release}, then: runbook retry {step}"),
+            Holder::Working { .. } => {
+                format!("{what} is released when that terraform finishes: wait for it, then: runbook retry {step}")
+            }
+            Holder::Elsewhere { who } => format!(
+                "{what} is held by {who}: ask them, or if that run is dead: {release}, then: runbook retry {step}"
+            ),
+        }
+    }
+
     fn parse(text: &str) -> Option<Self> {
         let after = &text[text.find("Lock Info:")?..];
         let field = |name: &str| {
@@ -107,6 +160,45 @@ impl LockInfo {
         };
         Some(LockInfo { id: field("ID:"), who: field("Who:"), operation: field("Operation:"), created: field("Created:") })
     }
+}
+
+/// `text` without terminal colour codes (`force-unlock` has no `-no-color`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\x1b[") {
+        out.push_str(&rest[..at]);
+        let code = &rest[at + 2..];
+        let end = code.find(|c: char| !(c.is_ascii_digit() || c == ';')).unwrap_or(code.len());
+        rest = if code[end..].starts_with('m') { &code[end + 1..] } else { &code[end..] };
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Terraform processes on this host whose working folder is `dir` (`/proc/<pid>/comm` is
+/// `terraform` and `/proc/<pid>/cwd` is `dir`).
+fn terraform_working_in(dir: &Path) -> Vec<u32> {
+    let Ok(dir) = dir.canonicalize() else { return Vec::new() };
+    let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut pids: Vec<u32> = procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "terraform")
+                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// How long a command that takes the state lock waits for it: long while a terraform of an
+/// earlier (killed) run still works in the folder and will release it; briefly otherwise, so
+/// that a lock whose holder is gone is reported in seconds, not after five minutes.
+fn lock_timeout(dir: &Path) -> (&'static str, Vec<u32>) {
+    let working = terraform_working_in(dir);
+    (if working.is_empty() { "-lock-timeout=20s" } else { "-lock-timeout=300s" }, working)
 }
 
 /// How an apply of a saved plan ended.
@@ -171,7 +263,7 @@ impl Params {
         cx.checkpoint(&format!("{}{}-started", if locked { "locked-" } else { "" }, args[0]));
         let status = child.wait().await.map_err(|e| StepError::retryable(format!("terraform {}: {e}", args[0])))?;
         let text = std::fs::read(&out.0)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map(|b| without_colours(&String::from_utf8_lossy(&b)))
             .map_err(|e| private_file_error(&out.0, e))?;
         Ok((status.code().unwrap_or(-1), text))
     }
@@ -214,14 +306,8 @@ impl Params {
             return StepError::retryable(message);
         }
         if let Some(lock) = LockInfo::parse(text) {
-            return StepError::fatal(
-                message,
-                format!(
-                    "terraform's state lock {} is held by {} ({}, since {}); wait for it, or if that run is dead: \
-                     runbook unlock --terraform {} --lock-id {} (recorded), then: runbook retry {}",
-                    lock.id, lock.who, lock.operation, lock.created, cx.step, lock.id, cx.step
-                ),
-            );
+            let holder = lock.holder(&crate::identity::host(), &terraform_working_in(&self.dir(cx)));
+            return StepError::fatal(format!("{message}\n    {holder}"), lock.fix(&holder, &cx.step));
         }
         StepError::Fatal { message, fix: Some("read the error above; `runbook logs` has the whole output".into()) }
     }
@@ -268,6 +354,19 @@ impl Params {
         std::fs::read_to_string(self.dir(cx).join(".terraform").join("environment")).is_ok_and(|w| w.trim() == self.workspace)
     }
 
+    /// The lock wait of a command about to take the state lock, said in the log when it will
+    /// be long.
+    async fn lock_timeout(&self, cx: &StepContext) -> &'static str {
+        let (timeout, working) = lock_timeout(&self.dir(cx));
+        if !working.is_empty() {
+            cx.log(format!(
+                "terraform (pid {working:?}) of an earlier run still works here; waiting up to 300 s for it to release the state lock"
+            ))
+            .await;
+        }
+        timeout
+    }
+
     /// Selects the workspace; `false` when it does not exist yet.
     async fn select(&self, cx: &StepContext) -> Result<bool, StepError> {
         let (code, text) = self.run(cx, &["workspace", "select", "-no-color", &self.workspace]).await?;
@@ -285,7 +384,7 @@ impl Params {
     async fn plan(&self, cx: &StepContext, locked: bool) -> Result<Option<SavedPlan>, StepError> {
         let path = cx.work_dir.join(format!("{}-{}.tfplan", std::process::id(), cx.step));
         let mut args = vec!["plan".to_string(), "-input=false".into(), "-no-color".into(), "-detailed-exitcode".into()];
-        args.push(if locked { "-lock-timeout=300s".into() } else { "-lock=false".into() });
+        args.push(if locked { self.lock_timeout(cx).await.into() } else { "-lock=false".into() });
         args.push(format!("-out={}", path.display()));
         args.extend(self.var_args());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -340,7 +439,7 @@ impl Params {
         let log = OutputFile(plan_file.with_extension("apply.jsonl"));
         let log_path = &log.0;
         let mut child =
-            self.spawn_detached(cx, &["apply", "-input=false", "-no-color", "-json", "-lock-timeout=300s", &plan], log_path)?;
+            self.spawn_detached(cx, &["apply", "-input=false", "-no-color", "-json", self.lock_timeout(cx).await, &plan], log_path)?;
         cx.checkpoint("apply-started");
         let mut reader = BufReader::new(tokio::fs::File::open(log_path).await.map_err(|e| StepError::retryable(e.to_string()))?);
         let mut seen = Seen::default();

@@ -34,6 +34,7 @@ case "$1" in
     exit 0 ;;
   output) echo '{"alb_dns_name":{"sensitive":false,"value":"alb.local"}}'; exit 0 ;;
   force-unlock) exit 0 ;;
+  sleep) sleep 30 ;;
 esac
 exit 3
 "#;
@@ -169,8 +170,9 @@ async fn terraform_failures_lead_with_their_error_and_say_how_to_go_on() {
     let locked = "\nError: Error acquiring the state lock\n\nError message: operation error S3: PutObject, StatusCode: 412, PreconditionFailed\nLock Info:\n  ID:        dc541196-df5d\n  Path:      b/env:/armitage/t.tfstate\n  Operation: OperationTypeApply\n  Who:       ana@laptop\n  Version:   1.11.4\n  Created:   2026-11-30 23:12:20 +0000 UTC\n";
     let StepError::Fatal { message, fix } = step.failed(&cx, "plan", locked) else { panic!("a held lock is not retried blindly") };
     assert!(message.starts_with("terraform plan in tf failed: Error: Error acquiring the state lock\n"), "{message}");
+    assert!(message.contains("it was taken on another host (ana@laptop)"), "{message}");
     let fix = fix.unwrap();
-    assert!(fix.contains("lock dc541196-df5d is held by ana@laptop (OperationTypeApply, since 2026-11-30 23:12:20 +0000 UTC)"), "{fix}");
+    assert!(fix.contains("lock dc541196-df5d (OperationTypeApply, since 2026-11-30 23:12:20 +0000 UTC) is held by ana@laptop"), "{fix}");
     assert!(fix.contains("runbook unlock --terraform T2.4 --lock-id dc541196-df5d (recorded), then: runbook retry T2.4"), "{fix}");
     let throttled = "Error: reading ECS Service: operation error ECS: DescribeServices, https response error StatusCode: 400, api error ThrottlingException: Rate exceeded";
     assert!(matches!(step.failed(&cx, "plan", throttled), StepError::Retryable { .. }));
@@ -189,4 +191,40 @@ async fn an_operator_releases_a_state_lock_by_its_id_and_nothing_else() {
     let err = step.release_lock(&cx, "x; rm -rf /").await.unwrap_err();
     assert!(err.to_string().contains("is not a terraform lock id"), "{err}");
     assert!(stage.calls().is_empty(), "nothing run for a bad id");
+}
+
+#[test]
+fn a_state_lock_taken_on_this_host_is_gone_when_no_terraform_works_in_the_folder() {
+    let lock = LockInfo::parse("Lock Info:\n  ID:        0f3e\n  Operation: OperationTypeApply\n  Who:       root@vm\n  Created:   then\n")
+        .unwrap();
+    assert_eq!(lock.holder("vm", &[]), Holder::Gone { who: "root@vm".into() });
+    assert_eq!(lock.holder("vm", &[42]), Holder::Working { pids: vec![42] });
+    assert_eq!(lock.holder("ci", &[]), Holder::Elsewhere { who: "root@vm".into() });
+    let gone = lock.fix(&lock.holder("vm", &[]), "T2.4");
+    assert!(gone.contains("was left by a dead run: release it with runbook unlock --terraform T2.4 --lock-id 0f3e"), "{gone}");
+    let working = lock.fix(&lock.holder("vm", &[42]), "T2.4");
+    assert!(working.contains("wait for it, then: runbook retry T2.4") && !working.contains("unlock"), "{working}");
+}
+
+#[tokio::test]
+async fn terraform_still_working_in_the_folder_is_found_and_waited_for() {
+    let stage = Stage::new("working").await;
+    let dir = stage.dir.join("tf");
+    assert_eq!(lock_timeout(&dir), ("-lock-timeout=20s", vec![]), "nothing works there yet");
+    let mut orphan =
+        std::process::Command::new(stage.dir.join("terraform")).arg("sleep").current_dir(&dir).spawn().unwrap();
+    let found = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        terraform_working_in(&dir) == [orphan.id()]
+    });
+    orphan.kill().unwrap();
+    orphan.wait().unwrap();
+    assert!(found, "the running stand-in terraform was not found");
+    assert!(terraform_working_in(&stage.dir).is_empty(), "only the step's own folder counts");
+}
+
+#[test]
+fn colour_codes_are_taken_out_of_terraform_output() {
+    assert_eq!(without_colours("\x1b[31mFailed\x1b[0m\x1b[0m to lock\x1b[1;4m!"), "Failed to lock!");
+    assert_eq!(without_colours("plain [31m text"), "plain [31m text");
 }
