@@ -9,7 +9,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_ssm::types::ParameterType;
 use serde::Deserialize;
 
 use super::{Probe, Step, StepContext, StepError, reach};
@@ -50,7 +49,7 @@ pub(crate) struct SetParam {
     name: String,
     value: String,
     #[serde(rename = "type")]
-    kind: String,
+    kind: super::ssm_params::Kind,
 }
 
 struct Service {
@@ -215,6 +214,9 @@ impl Step for Params {
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["deployment_id", "deployment_started_at", "health"]);
 
     fn validate(&self) -> Result<(), String> {
+        if self.wait_seconds == 0 {
+            return Err("wait_seconds = 0 leaves no time for the deployment to become stable; give 1 or more seconds".into());
+        }
         reach::check_http_url("health_url", &self.health_url)
     }
 
@@ -284,7 +286,7 @@ impl Step for Params {
                 .put_parameter()
                 .name(&set.name)
                 .value(&set.value)
-                .r#type(ParameterType::from(set.kind.as_str()))
+                .r#type(set.kind.parameter_type())
                 .overwrite(true)
                 .send()
                 .await

@@ -243,10 +243,15 @@ pub(crate) fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u
     #[serde(untagged)]
     enum Either {
         Number(u64),
+        Negative(i64),
+        Fraction(f64),
         Text(String),
     }
+    let refused = |what: String| serde::de::Error::custom(format!("expected a whole number of at least 0, got {what}"));
     match <Either as serde::Deserialize>::deserialize(d)? {
         Either::Number(n) => Ok(n),
+        Either::Negative(n) => Err(refused(n.to_string())),
+        Either::Fraction(n) => Err(refused(n.to_string())),
         Either::Text(t) => {
             t.trim().parse().map_err(|_| serde::de::Error::custom(format!("expected a whole number, got {t:?}")))
         }

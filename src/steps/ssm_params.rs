@@ -66,6 +66,15 @@ pub(crate) enum Kind {
     SecureString,
 }
 
+impl Kind {
+    pub(crate) fn parameter_type(self) -> ParameterType {
+        match self {
+            Kind::String => ParameterType::String,
+            Kind::SecureString => ParameterType::SecureString,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Generate {
@@ -278,10 +287,7 @@ impl Step for Params {
                 .put_parameter()
                 .name(&name)
                 .value(value.expose())
-                .r#type(match spec.kind {
-                    Kind::String => ParameterType::String,
-                    Kind::SecureString => ParameterType::SecureString,
-                })
+                .r#type(spec.kind.parameter_type())
                 .overwrite(true)
                 .send()
                 .await

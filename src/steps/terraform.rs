@@ -162,6 +162,22 @@ impl LockInfo {
     }
 }
 
+/// The files beside a missing one that end like it (`.tfvars`, `.tfbackend`), for the message.
+fn files_like(missing: &Path) -> String {
+    let suffix = missing.file_name().and_then(|n| n.to_str()).and_then(|n| n.split_once('.')).map_or("", |(_, s)| s);
+    let mut names: Vec<String> = missing
+        .parent()
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !suffix.is_empty() && n.ends_with(&format!(".{suffix}")))
+        .collect();
+    names.sort();
+    if names.is_empty() { "no such file".into() } else { names.join(", ") }
+}
+
 /// `text` without terminal colour codes (`force-unlock` has no `-no-color`).
 fn without_colours(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -526,17 +542,29 @@ impl Step for Params {
 
     fn check_files(&self, project: &Path) -> Result<(), String> {
         let dir = project.join(&self.dir);
+        let named = self.dir.display().to_string();
+        let point = "point `dir` at the terraform root module (the folder holding its *.tf files), relative to the project folder";
         let has_tf = std::fs::read_dir(&dir)
-            .map_err(|e| format!("dir = {:?}: {} cannot be read: {e}", self.dir.display().to_string(), dir.display()))?
+            .map_err(|e| format!("dir = {named:?}: {} cannot be read: {e}; {point}", dir.display()))?
             .flatten()
             .any(|e| e.path().extension().is_some_and(|x| x == "tf"));
         if !has_tf {
-            return Err(format!("dir = {:?}: {} holds no *.tf file", self.dir.display().to_string(), dir.display()));
+            return Err(format!("dir = {named:?}: {} holds no *.tf file; {point}", dir.display()));
         }
-        match self.var_files.iter().find(|f| !dir.join(f).is_file()) {
-            Some(f) => Err(format!("var_files: {} does not exist", dir.join(f).display())),
-            None => Ok(()),
+        let missing = |field: &str, f: &str| {
+            format!(
+                "{field}: {} does not exist; {field} are relative to `dir` ({named}); there: {}",
+                dir.join(f).display(),
+                files_like(&dir.join(f))
+            )
+        };
+        if let Some(f) = self.var_files.iter().find(|f| !dir.join(f).is_file()) {
+            return Err(missing("var_files", f));
         }
+        if !self.backend_config_file.is_empty() && !dir.join(&self.backend_config_file).is_file() {
+            return Err(missing("backend_config_file", &self.backend_config_file).replace(" are relative", " is relative"));
+        }
+        Ok(())
     }
 
     fn converge_within(&self) -> Duration {
