@@ -268,7 +268,18 @@ pub(crate) async fn release_state_lock(
 ) -> Result<Outcome, CliError> {
     let mut db = StateDb::open_existing(&g.state, false)?;
     let (row, book, env, _) = reopen(g, &db, run)?;
-    let typed = book.step(step)?.typed_without_inputs(book.registry).map_err(|message| {
+    let holds_lock = |kind: &str| crate::steps::find(book.registry, kind).is_some_and(|k| k.holds_lock);
+    let named = book.step(step)?;
+    if !holds_lock(&named.kind) {
+        let lockers: Vec<&str> = book.steps.iter().filter(|s| holds_lock(&s.kind)).map(|s| s.id.as_str()).collect();
+        return Err(CliError::Usage(format!(
+            "step {step} is of kind {}, whose tool takes no lock of its own; `unlock --terraform` names a step \
+             that does: {}",
+            named.kind,
+            if lockers.is_empty() { "none in this runbook".to_string() } else { lockers.join(", ") }
+        )));
+    }
+    let typed = named.typed_without_inputs(book.registry).map_err(|message| {
         CliError::from(RunbookError::Params {
             path: book.path.clone(),
             step: step.to_string(),
@@ -309,6 +320,14 @@ pub(crate) fn status(g: &Globals, run: Option<i64>) -> Result<Outcome, CliError>
 pub(crate) fn logs(g: &Globals, step: &str, attempt: Option<i64>, run: Option<i64>) -> Result<Outcome, CliError> {
     let db = StateDb::open_existing(&g.state, true)?;
     let row = db.run_or_latest(run)?;
+    let steps: Vec<String> = db.steps(row.id)?.into_iter().map(|s| s.step).collect();
+    if !steps.iter().any(|s| s == step) {
+        return Err(CliError::Usage(format!(
+            "run {} has no step {step}; its steps: {}",
+            row.id,
+            if steps.is_empty() { "none".into() } else { steps.join(", ") }
+        )));
+    }
     let attempts = db.attempts(row.id, step)?;
     let have: Vec<String> = attempts.iter().map(|a| a.attempt.to_string()).collect();
     let chosen: Vec<AttemptRow> = match attempt {
@@ -342,6 +361,7 @@ pub(crate) async fn plan(
 ) -> Result<Outcome, CliError> {
     let env = Environment::load(&g.project, env)?;
     let book = Runbook::load(&g.project, runbook, &env, &vars)?;
+    book.check_files(&g.project)?;
     let cloud = Cloud::connect(&env).await;
     cloud.preflight(&env).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

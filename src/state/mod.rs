@@ -60,7 +60,12 @@ pub(crate) enum StateError {
         path.display()
     )]
     ReadOnlyFs { path: PathBuf, why: &'static str },
-    #[error("no run found in {}{}", path.display(), if what.is_empty() { String::new() } else { format!(" {what}") })]
+    #[error(
+        "no run found in {}{}; `runbook status` shows the last run and its id, `runbook run <runbook>` starts one \
+         (or point --state / RUNBOOK_STATE at the DB you meant)",
+        path.display(),
+        if what.is_empty() { String::new() } else { format!(" {what}") }
+    )]
     NoRun { path: PathBuf, what: String },
     #[error("state DB {}: {source}", path.display())]
     Sql { path: PathBuf, source: rusqlite::Error },

@@ -118,6 +118,9 @@ pub(crate) trait Step: DeserializeOwned + Debug + Send + Sync + 'static {
     /// The outputs it produces, for checking `${steps.X.name}` before a run; `None` when
     /// they are only known at run time (terraform's are the module's).
     const OUTPUTS: Option<&'static [&'static str]>;
+    /// Whether its tool takes a lock of its own that a dead run can leave (terraform's state
+    /// lock), which `release_lock` releases.
+    const HOLDS_LOCK: bool = false;
 
     /// Checks beyond the types, before anything runs (with `${steps.…}` as placeholders).
     fn validate(&self) -> Result<(), String> {
@@ -212,12 +215,13 @@ impl<S: Step> AnyStep for S {
 pub(crate) struct Kind {
     pub(crate) name: &'static str,
     pub(crate) outputs: Option<&'static [&'static str]>,
+    pub(crate) holds_lock: bool,
     parse: fn(&toml::Value) -> Result<Box<dyn AnyStep>, String>,
 }
 
 impl Kind {
     pub(crate) const fn of<S: Step>() -> Self {
-        Kind { name: S::KIND, outputs: S::OUTPUTS, parse: parse_as::<S> }
+        Kind { name: S::KIND, outputs: S::OUTPUTS, holds_lock: S::HOLDS_LOCK, parse: parse_as::<S> }
     }
 
     /// The typed step, or what is wrong with the params.

@@ -531,6 +531,7 @@ struct Seen {
 impl Step for Params {
     const KIND: &'static str = "terraform";
     const OUTPUTS: Option<&'static [&'static str]> = None;
+    const HOLDS_LOCK: bool = true;
 
     /// A tag passed as a terraform variable is a tag like any other: never `latest`.
     fn validate(&self) -> Result<(), String> {
