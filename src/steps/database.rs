@@ -94,13 +94,7 @@ struct Found {
 
 impl Params {
     async fn instance(&self, cx: &StepContext) -> Result<Instance, StepError> {
-        let out = cx
-            .cloud
-            .rds
-            .describe_db_instances()
-            .db_instance_identifier(&self.instance)
-            .send()
-            .await;
+        let out = cx.cloud.rds.describe_db_instances().db_instance_identifier(&self.instance).send().await;
         let out = match out {
             Ok(out) => out,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => {
@@ -227,25 +221,28 @@ impl Params {
         Ok(Survey { instance, admin_user, admin_password, admin, found })
     }
 
-
-
     /// Logs in as the role and creates and drops a table: the sprint plan's acceptance.
     async fn prove(&self, cx: &StepContext) -> Result<(), StepError> {
         let instance = self.instance(cx).await?;
-        let password = cx.parameter(&self.password_param).await?.ok_or_else(|| {
-            StepError::fatal(format!("SSM {} vanished", self.password_param), "run the step again")
-        })?;
+        let password = cx
+            .parameter(&self.password_param)
+            .await?
+            .ok_or_else(|| StepError::fatal(format!("SSM {} vanished", self.password_param), "run the step again"))?;
         let client = self.connect(cx, &instance, &self.role, &password, &self.database).await?;
         let table = format!("runbook_verify_{}", std::process::id());
-        client
-            .batch_execute(&format!("CREATE TABLE \"{table}\" (id int); DROP TABLE \"{table}\";"))
-            .await
-            .map_err(|e| {
+        client.batch_execute(&format!("CREATE TABLE \"{table}\" (id int); DROP TABLE \"{table}\";")).await.map_err(
+            |e| {
                 StepError::fatal(
-                    format!("role {} cannot create a table in {}: {}", self.role, self.database, crate::error_chain::error_chain(&e)),
+                    format!(
+                        "role {} cannot create a table in {}: {}",
+                        self.role,
+                        self.database,
+                        crate::error_chain::error_chain(&e)
+                    ),
                     "check the grants on schema public",
                 )
-            })?;
+            },
+        )?;
         cx.log(format!("verified: {} logged in to {} and created and dropped a table", self.role, self.database)).await;
         Ok(())
     }
@@ -366,15 +363,18 @@ impl Step for Params {
         let ddl = |sql: String| {
             let admin = &admin;
             async move {
-                admin
-                    .batch_execute(&sql)
-                    .await
-                    .map_err(|e| StepError::Fatal { message: format!("SQL failed: {}", crate::error_chain::error_chain(&e)), fix: None })
+                admin.batch_execute(&sql).await.map_err(|e| StepError::Fatal {
+                    message: format!("SQL failed: {}", crate::error_chain::error_chain(&e)),
+                    fix: None,
+                })
             }
         };
         if !found.role {
-            cx.log(format!("CREATE ROLE {} LOGIN (password from SSM {}, sent as a SCRAM verifier)", self.role, self.password_param))
-                .await;
+            cx.log(format!(
+                "CREATE ROLE {} LOGIN (password from SSM {}, sent as a SCRAM verifier)",
+                self.role, self.password_param
+            ))
+            .await;
             let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
             ddl(format!("CREATE ROLE \"{}\" LOGIN PASSWORD '{verifier}'", self.role)).await?;
         }
@@ -389,10 +389,9 @@ impl Step for Params {
 
         let in_db = self.connect(cx, &instance, &admin_user, &admin_password, &self.database).await?;
         cx.log(format!("GRANT ALL ON SCHEMA public TO {} (in {})", self.role, self.database)).await;
-        in_db
-            .batch_execute(&format!("GRANT ALL ON SCHEMA public TO \"{}\"", self.role))
-            .await
-            .map_err(|e| StepError::Fatal { message: format!("SQL failed: {}", crate::error_chain::error_chain(&e)), fix: None })?;
+        in_db.batch_execute(&format!("GRANT ALL ON SCHEMA public TO \"{}\"", self.role)).await.map_err(|e| {
+            StepError::Fatal { message: format!("SQL failed: {}", crate::error_chain::error_chain(&e)), fix: None }
+        })?;
         Ok(())
     }
 }
@@ -419,7 +418,9 @@ async fn create_password(cx: &StepContext, name: &str, role: &str) -> Result<Sec
         }
         Err(e) if e.as_service_error().is_some_and(|s| s.is_parameter_already_exists()) => {
             cx.log(format!("SSM {name} appeared meanwhile; using it")).await;
-            cx.parameter(name).await?.ok_or_else(|| StepError::retryable(format!("SSM {name} exists but cannot be read")))
+            cx.parameter(name)
+                .await?
+                .ok_or_else(|| StepError::retryable(format!("SSM {name} exists but cannot be read")))
         }
         Err(e) => Err(StepError::from_sdk(&format!("ssm:PutParameter {name}"), e)),
     }

@@ -99,8 +99,6 @@ impl Params {
             policy,
         }))
     }
-
-
 }
 
 /// ECR's rule for repository names: 2–256 characters of lower-case letters and digits,

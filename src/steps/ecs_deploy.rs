@@ -86,12 +86,14 @@ impl Params {
                 "the terraform step creates it: runbook status",
             )
         })?;
-        let primary = svc.deployments().iter().find(|d| d.status() == Some("PRIMARY")).ok_or_else(|| {
-            StepError::retryable(format!("service {} has no PRIMARY deployment yet", self.service))
-        })?;
+        let primary =
+            svc.deployments().iter().find(|d| d.status() == Some("PRIMARY")).ok_or_else(|| {
+                StepError::retryable(format!("service {} has no PRIMARY deployment yet", self.service))
+            })?;
         let rollout = primary.rollout_state().map(|r| r.as_str().to_string()).unwrap_or_default();
         let failed = (rollout == "FAILED").then(|| {
-            let events: Vec<String> = svc.events().iter().take(5).filter_map(|e| e.message().map(String::from)).collect();
+            let events: Vec<String> =
+                svc.events().iter().take(5).filter_map(|e| e.message().map(String::from)).collect();
             format!(
                 "deployment {} of {} FAILED (circuit breaker rollback?): {}; service events: {}",
                 primary.id().unwrap_or("?"),
@@ -126,7 +128,8 @@ impl Params {
                 .await
                 .map_err(|e| StepError::from_sdk("ecr:DescribeImages", e))?;
             if let Some(pushed) = images.image_details().first().and_then(|i| i.image_pushed_at()) {
-                let when = SystemTime::UNIX_EPOCH + Duration::from_millis(pushed.to_millis().unwrap_or(0).max(0) as u64);
+                let when =
+                    SystemTime::UNIX_EPOCH + Duration::from_millis(pushed.to_millis().unwrap_or(0).max(0) as u64);
                 if newest.as_ref().is_none_or(|(t, _)| when > *t) {
                     newest = Some((when, format!("image {}:{}", self.image_repository, self.image_tag)));
                 }
@@ -143,7 +146,12 @@ impl Params {
         let ssm = &cx.cloud.ssm;
         for input in &self.inputs {
             if input.ends_with('/') {
-                let mut pages = ssm.get_parameters_by_path().path(input.trim_end_matches('/')).recursive(true).into_paginator().send();
+                let mut pages = ssm
+                    .get_parameters_by_path()
+                    .path(input.trim_end_matches('/'))
+                    .recursive(true)
+                    .into_paginator()
+                    .send();
                 while let Some(page) = pages.next().await {
                     let page = page.map_err(|e| StepError::from_sdk("ssm:GetParametersByPath", e))?;
                     for p in page.parameters() {
@@ -205,8 +213,6 @@ impl Params {
             _ => None,
         }
     }
-
-
 }
 
 impl Step for Params {
@@ -215,7 +221,9 @@ impl Step for Params {
 
     fn validate(&self) -> Result<(), String> {
         if self.wait_seconds == 0 {
-            return Err("wait_seconds = 0 leaves no time for the deployment to become stable; give 1 or more seconds".into());
+            return Err(
+                "wait_seconds = 0 leaves no time for the deployment to become stable; give 1 or more seconds".into()
+            );
         }
         reach::check_http_url("health_url", &self.health_url)
     }
@@ -239,14 +247,20 @@ impl Step for Params {
             }
         }
         if let Some(why) = &svc.failed {
-            return Err(StepError::fatal(why.clone(), "read the service events and the task logs (CloudWatch), fix, then: runbook retry this step"));
+            return Err(StepError::fatal(
+                why.clone(),
+                "read the service events and the task logs (CloudWatch), fix, then: runbook retry this step",
+            ));
         }
         let newest = self.newest_input(cx).await?;
         if let Some(why) = self.stale(&newest, &svc) {
             return Ok(Probe::Absent(why));
         }
         if !svc.stable {
-            return Ok(Probe::Absent(format!("deployment {} of {} in progress: {}", svc.primary_id, self.service, svc.running)));
+            return Ok(Probe::Absent(format!(
+                "deployment {} of {} in progress: {}",
+                svc.primary_id, self.service, svc.running
+            )));
         }
         let (ok, summary, uptime) = match reach::get_json(&cx.env, &self.health_url).await {
             Ok((code, body, _)) => {
@@ -309,7 +323,11 @@ impl Step for Params {
                 cx.checkpoint("after-force");
             }
             None => {
-                cx.log(format!("deployment {} started after every input; waiting for it, not restarting", svc.primary_id)).await;
+                cx.log(format!(
+                    "deployment {} started after every input; waiting for it, not restarting",
+                    svc.primary_id
+                ))
+                .await;
             }
         }
         Ok(())

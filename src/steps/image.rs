@@ -6,8 +6,8 @@
 //! manifest carries. On the ring, moto's ECR is not a registry: the image goes to the ring's
 //! registry and ECR learns the tag through `PutImage` of the very same manifest.
 
-use std::time::Duration;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
@@ -74,7 +74,9 @@ impl Params {
             .args(["rev-parse", "--short", "HEAD"])
             .output()
             .await
-            .map_err(|e| StepError::fatal(format!("cannot run git in {}: {e}", dir.display()), "pass --var image_tag=<sha>"))?;
+            .map_err(|e| {
+                StepError::fatal(format!("cannot run git in {}: {e}", dir.display()), "pass --var image_tag=<sha>")
+            })?;
         let sha = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() || sha.is_empty() {
             return Err(StepError::fatal(
@@ -93,7 +95,12 @@ impl Params {
             let path = if Path::new(path).is_absolute() { PathBuf::from(path) } else { cx.project.join(path) };
             Docker::connect_with_unix(&path.to_string_lossy(), 120, bollard::API_DEFAULT_VERSION)
         };
-        connected.map_err(|e| StepError::fatal(format!("cannot reach the Docker daemon: {e}"), "start dockerd (on the ring: runbook ring up)"))
+        connected.map_err(|e| {
+            StepError::fatal(
+                format!("cannot reach the Docker daemon: {e}"),
+                "start dockerd (on the ring: runbook ring up)",
+            )
+        })
     }
 
     async fn pushed(&self, cx: &StepContext, tag: &str) -> Result<Option<Pushed>, StepError> {
@@ -108,10 +115,8 @@ impl Params {
             .await
             .map_err(|e| StepError::from_sdk("ecr:BatchGetImage", e))?;
         let Some(image) = got.images().first() else { return Ok(None) };
-        let manifest: serde_json::Value = image
-            .image_manifest()
-            .and_then(|m| serde_json::from_str(m).ok())
-            .unwrap_or_default();
+        let manifest: serde_json::Value =
+            image.image_manifest().and_then(|m| serde_json::from_str(m).ok()).unwrap_or_default();
         Ok(Some(Pushed {
             image_digest: image.image_id().and_then(|i| i.image_digest()).unwrap_or_default().to_string(),
             config_digest: manifest["config"]["digest"].as_str().unwrap_or_default().to_string(),
@@ -138,7 +143,8 @@ impl Params {
             Err(e) if e.as_service_error().is_some_and(|s| s.is_scan_not_found_exception()) => return Ok(None),
             Err(e) => return Err(StepError::from_sdk("ecr:DescribeImageScanFindings", e)),
         };
-        let status = found.image_scan_status().and_then(|s| s.status()).map(|s| s.as_str().to_string()).unwrap_or_default();
+        let status =
+            found.image_scan_status().and_then(|s| s.status()).map(|s| s.as_str().to_string()).unwrap_or_default();
         if status != "COMPLETE" {
             return Ok(None);
         }
@@ -169,27 +175,34 @@ impl Params {
         ])
     }
 
-
-
     async fn build(&self, cx: &StepContext, docker: &Docker, tag: &str) -> Result<String, StepError> {
         let dir = cx.project.join(&self.context);
         let local = format!("{}:{tag}", self.repository);
         cx.log(format!("building {local} from {}/{}", dir.display(), self.dockerfile)).await;
-        let context = tar_directory(&dir).map_err(|e| StepError::fatal(format!("cannot read the build context {}: {e}", dir.display()), "check `context` in the runbook"))?;
+        let context = tar_directory(&dir).map_err(|e| {
+            StepError::fatal(
+                format!("cannot read the build context {}: {e}", dir.display()),
+                "check `context` in the runbook",
+            )
+        })?;
         let options = BuildImageOptionsBuilder::default().dockerfile(&self.dockerfile).t(&local).rm(true).build();
         let mut stream = docker.build_image(options, None, Some(bollard::body_full(context.into())));
         while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| StepError::fatal(format!("docker build of {local} failed: {e}"), "fix the Dockerfile"))?;
+            let info = item
+                .map_err(|e| StepError::fatal(format!("docker build of {local} failed: {e}"), "fix the Dockerfile"))?;
             if let Some(detail) = info.error_detail {
-                return Err(StepError::fatal(format!("docker build of {local} failed: {}", detail.message.unwrap_or_default()), "fix the Dockerfile"));
+                return Err(StepError::fatal(
+                    format!("docker build of {local} failed: {}", detail.message.unwrap_or_default()),
+                    "fix the Dockerfile",
+                ));
             }
             if let Some(line) = info.stream.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
                 cx.log(format!("build: {line}")).await;
             }
         }
-        self.local(docker, tag)
-            .await
-            .ok_or_else(|| StepError::fatal(format!("docker build of {local} produced no image"), "read `runbook logs` of this step"))
+        self.local(docker, tag).await.ok_or_else(|| {
+            StepError::fatal(format!("docker build of {local} produced no image"), "read `runbook logs` of this step")
+        })
     }
 
     async fn push(&self, cx: &StepContext, docker: &Docker, tag: &str) -> Result<(), StepError> {
@@ -202,14 +215,20 @@ impl Params {
         docker
             .tag_image(&local, Some(TagImageOptionsBuilder::default().repo(&target).tag(tag).build()))
             .await
-            .map_err(|e| StepError::fatal(format!("docker tag {local} {target}:{tag}: {e}"), "check the Docker daemon"))?;
+            .map_err(|e| {
+                StepError::fatal(format!("docker tag {local} {target}:{tag}: {e}"), "check the Docker daemon")
+            })?;
         cx.log(format!("pushing {target}:{tag}")).await;
         // With the tag as an option: without one, dockerd 20.10 pushes every tag of the repo.
-        let mut stream = docker.push_image(&target, Some(PushImageOptionsBuilder::default().tag(tag).build()), credentials);
+        let mut stream =
+            docker.push_image(&target, Some(PushImageOptionsBuilder::default().tag(tag).build()), credentials);
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| StepError::retryable(format!("docker push {target}:{tag}: {e}")))?;
             if let Some(detail) = info.error_detail {
-                return Err(StepError::retryable(format!("docker push {target}:{tag}: {}", detail.message.unwrap_or_default())));
+                return Err(StepError::retryable(format!(
+                    "docker push {target}:{tag}: {}",
+                    detail.message.unwrap_or_default()
+                )));
             }
             if let Some(status) = info.status.filter(|s| s.contains("digest:")) {
                 cx.log(format!("push: {status}")).await;
@@ -229,9 +248,13 @@ impl Params {
             .send()
             .await
             .map_err(|e| StepError::from_sdk("ecr:GetAuthorizationToken", e))?;
-        let data = token.authorization_data().first().ok_or_else(|| StepError::retryable("ECR returned no authorization data"))?;
+        let data = token
+            .authorization_data()
+            .first()
+            .ok_or_else(|| StepError::retryable("ECR returned no authorization data"))?;
         let decoded = data.authorization_token().and_then(base64_decode).unwrap_or_default();
-        let (username, password) = decoded.split_once(':').ok_or_else(|| StepError::retryable("ECR authorization token is malformed"))?;
+        let (username, password) =
+            decoded.split_once(':').ok_or_else(|| StepError::retryable("ECR authorization token is malformed"))?;
         Ok(DockerCredentials {
             username: Some(username.to_string()),
             password: Some(password.to_string()),
@@ -243,9 +266,10 @@ impl Params {
     /// Tells moto's ECR about the tag with the manifest the ring's registry holds (moto's ECR
     /// is not a registry: see `emulator::registry_manifest`).
     async fn put_image_in_ecr(&self, cx: &StepContext, tag: &str) -> Result<(), StepError> {
-        let manifest = crate::emulator::registry_manifest(&cx.env, &self.push_registry, &self.repository, tag, MANIFEST_V2)
-            .await
-            .map_err(StepError::retryable)?;
+        let manifest =
+            crate::emulator::registry_manifest(&cx.env, &self.push_registry, &self.repository, tag, MANIFEST_V2)
+                .await
+                .map_err(StepError::retryable)?;
         let put = cx
             .cloud
             .ecr
@@ -262,7 +286,13 @@ impl Params {
                 Ok(())
             }
             // Real ECR says ImageTagAlreadyExists, moto ImageAlreadyExists; the verify compares digests.
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_image_tag_already_exists_exception() || s.is_image_already_exists_exception()) => Ok(()),
+            Err(e)
+                if e.as_service_error().is_some_and(|s| {
+                    s.is_image_tag_already_exists_exception() || s.is_image_already_exists_exception()
+                }) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(StepError::from_sdk("ecr:PutImage", e)),
         }
     }
@@ -305,12 +335,23 @@ impl Step for Params {
     async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
         let tag = self.tag(cx).await?;
         let Some(pushed) = self.pushed(cx, &tag).await? else {
-            return Ok(Probe::Absent(format!("build {}:{tag} from {} and push it", self.repository, self.context.display())));
+            return Ok(Probe::Absent(format!(
+                "build {}:{tag} from {} and push it",
+                self.repository,
+                self.context.display()
+            )));
         };
         let docker = self.docker(cx)?;
         match self.local(&docker, &tag).await {
-            None => return Ok(Probe::Absent(format!("{}:{tag} is in ECR; build it here to compare digests", self.repository))),
-            Some(id) if id != pushed.config_digest => return Ok(Probe::Conflict(differs(&self.repository, &tag, &pushed, &id))),
+            None => {
+                return Ok(Probe::Absent(format!(
+                    "{}:{tag} is in ECR; build it here to compare digests",
+                    self.repository
+                )));
+            }
+            Some(id) if id != pushed.config_digest => {
+                return Ok(Probe::Conflict(differs(&self.repository, &tag, &pushed, &id)));
+            }
             Some(_) => {}
         }
         match self.scan(cx, &tag).await? {
@@ -356,7 +397,13 @@ impl Step for Params {
             {
                 Ok(_) => cx.log(format!("started the image scan of {local}")).await,
                 // scanOnPush started it already, or the daemon refuses a second one: wait for it.
-                Err(e) => cx.log(format!("ecr:StartImageScan: {} (waiting for the scan on push)", crate::error_chain::error_chain(&e))).await,
+                Err(e) => {
+                    cx.log(format!(
+                        "ecr:StartImageScan: {} (waiting for the scan on push)",
+                        crate::error_chain::error_chain(&e)
+                    ))
+                    .await
+                }
             }
         }
         Ok(())

@@ -7,8 +7,8 @@
 //! verify proves the values work: DATABASE_URL logs in, REDIS_URL answers PING over TLS,
 //! NATS_URL answers PING.
 
-use std::time::Duration;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use aws_sdk_ssm::types::ParameterType;
 use serde::Deserialize;
@@ -128,10 +128,15 @@ impl Params {
         let mut rest = template.as_str();
         while let Some(start) = rest.find("{ssm:") {
             out.push_str(&rest[..start]);
-            let end = rest[start..].find('}').ok_or_else(|| StepError::fatal(format!("unclosed {{ssm:…}} in {template}"), "fix the runbook"))?;
+            let end = rest[start..]
+                .find('}')
+                .ok_or_else(|| StepError::fatal(format!("unclosed {{ssm:…}} in {template}"), "fix the runbook"))?;
             let name = &rest[start + 5..start + end];
             let value = cx.parameter(name).await?.ok_or_else(|| {
-                StepError::fatal(format!("SSM {name} (used in a template) does not exist"), "run the step that creates it first")
+                StepError::fatal(
+                    format!("SSM {name} (used in a template) does not exist"),
+                    "run the step that creates it first",
+                )
             })?;
             out.push_str(value.expose());
             rest = &rest[start + end + 1..];
@@ -149,7 +154,11 @@ impl Params {
             match self.desired(cx, spec).await? {
                 Desired::KeepIfSet if current.is_some() => {}
                 Desired::KeepIfSet => {
-                    changes.push((key.clone(), Secret::random_hex32(), if live.contains_key(key) { "replace PLACEHOLDER with a generated secret" } else { "generate" }));
+                    changes.push((
+                        key.clone(),
+                        Secret::random_hex32(),
+                        if live.contains_key(key) { "replace PLACEHOLDER with a generated secret" } else { "generate" },
+                    ));
                 }
                 Desired::Exactly(value) if current == Some(&value) => {}
                 Desired::Exactly(value) => {
@@ -164,8 +173,6 @@ impl Params {
         }
         Ok(changes)
     }
-
-
 
     /// The values work: DATABASE_URL logs in, REDIS_URL and NATS_URL answer.
     async fn prove(&self, cx: &StepContext) -> Result<(), StepError> {
@@ -343,5 +350,7 @@ async fn task_ip(cx: &StepContext, nats: &NatsTask) -> Result<String, StepError>
     tasks
         .into_iter()
         .find_map(|(g, status, ip)| (g == group && status == "RUNNING").then_some(ip).flatten())
-        .ok_or_else(|| StepError::retryable(format!("no RUNNING task of service {} has a private IPv4 address", nats.service)))
+        .ok_or_else(|| {
+            StepError::retryable(format!("no RUNNING task of service {} has a private IPv4 address", nats.service))
+        })
 }

@@ -11,9 +11,9 @@
 //! path.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -79,7 +79,10 @@ impl Drop for SavedPlan {
 }
 
 fn private_file_error(path: &Path, e: std::io::Error) -> StepError {
-    StepError::fatal(format!("cannot write {}: {e}", path.display()), "check the state DB's folder (its work/ holds terraform's output)")
+    StepError::fatal(
+        format!("cannot write {}: {e}", path.display()),
+        "check the state DB's folder (its work/ holds terraform's output)",
+    )
 }
 
 /// terraform's output of one command, removed when dropped.
@@ -116,7 +119,10 @@ impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Holder::Gone { who } => {
-                write!(f, "its holder is gone: {who} is this host, and no terraform process here works in the step's folder")
+                write!(
+                    f,
+                    "its holder is gone: {who} is this host, and no terraform process here works in the step's folder"
+                )
             }
             Holder::Working { pids } => {
                 let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
@@ -143,7 +149,9 @@ impl LockInfo {
         let release = format!("runbook unlock --terraform {step} --lock-id {} (recorded)", self.id);
         let what = format!("terraform's state lock {} ({}, since {})", self.id, self.operation, self.created);
         match holder {
-            Holder::Gone { .. } => format!("{what} was left by a dead run: release it with {release}, then: runbook retry {step}"),
+            Holder::Gone { .. } => {
+                format!("{what} was left by a dead run: release it with {release}, then: runbook retry {step}")
+            }
             Holder::Working { .. } => {
                 format!("{what} is released when that terraform finishes: wait for it, then: runbook retry {step}")
             }
@@ -156,9 +164,17 @@ impl LockInfo {
     fn parse(text: &str) -> Option<Self> {
         let after = &text[text.find("Lock Info:")?..];
         let field = |name: &str| {
-            after.lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string())).unwrap_or_else(|| "?".into())
+            after
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| "?".into())
         };
-        Some(LockInfo { id: field("ID:"), who: field("Who:"), operation: field("Operation:"), created: field("Created:") })
+        Some(LockInfo {
+            id: field("ID:"),
+            who: field("Who:"),
+            operation: field("Operation:"),
+            created: field("Created:"),
+        })
     }
 }
 
@@ -295,18 +311,12 @@ impl Params {
             .open(out)
             .map_err(|e| private_file_error(out, e))?;
         let err = file.try_clone().map_err(|e| private_file_error(out, e))?;
-        self.command(cx, args)
-            .stdout(file)
-            .stderr(err)
-            .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
-            .map_err(|e| {
-                StepError::fatal(
-                    format!("cannot run {}: {e}", self.binary),
-                    "install terraform (the ring's setup checks /usr/local/bin/terraform)",
-                )
-            })
+        self.command(cx, args).stdout(file).stderr(err).process_group(0).kill_on_drop(false).spawn().map_err(|e| {
+            StepError::fatal(
+                format!("cannot run {}: {e}", self.binary),
+                "install terraform (the ring's setup checks /usr/local/bin/terraform)",
+            )
+        })
     }
 
     /// A failed command, classified: throttling and AWS 5xx are retryable; a state lock held by
@@ -314,10 +324,20 @@ impl Params {
     /// so that the status table shows it.
     fn failed(&self, cx: &StepContext, what: &str, text: &str) -> StepError {
         let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.trim().is_empty()).collect();
-        let first = lines.iter().find(|l| l.contains("Error")).or(lines.first()).map(|l| l.trim()).unwrap_or("no output");
+        let first =
+            lines.iter().find(|l| l.contains("Error")).or(lines.first()).map(|l| l.trim()).unwrap_or("no output");
         let tail = lines[lines.len().saturating_sub(12)..].join("\n    ");
         let message = format!("terraform {what} in {} failed: {first}\n    {tail}", self.dir.display());
-        let transient = ["Throttling", "Rate exceeded", "TooManyRequests", "StatusCode: 500", "StatusCode: 502", "StatusCode: 503", "InternalError", "ServiceUnavailable"];
+        let transient = [
+            "Throttling",
+            "Rate exceeded",
+            "TooManyRequests",
+            "StatusCode: 500",
+            "StatusCode: 502",
+            "StatusCode: 503",
+            "InternalError",
+            "ServiceUnavailable",
+        ];
         if transient.iter().any(|t| text.contains(t)) {
             return StepError::retryable(message);
         }
@@ -367,7 +387,8 @@ impl Params {
 
     /// Whether `workspace` is the one selected here, from terraform's own record of it.
     fn selected(&self, cx: &StepContext) -> bool {
-        std::fs::read_to_string(self.dir(cx).join(".terraform").join("environment")).is_ok_and(|w| w.trim() == self.workspace)
+        std::fs::read_to_string(self.dir(cx).join(".terraform").join("environment"))
+            .is_ok_and(|w| w.trim() == self.workspace)
     }
 
     /// The lock wait of a command about to take the state lock, said in the log when it will
@@ -454,17 +475,23 @@ impl Params {
         let plan = plan_file.to_string_lossy();
         let log = OutputFile(plan_file.with_extension("apply.jsonl"));
         let log_path = &log.0;
-        let mut child =
-            self.spawn_detached(cx, &["apply", "-input=false", "-no-color", "-json", self.lock_timeout(cx).await, &plan], log_path)?;
+        let mut child = self.spawn_detached(
+            cx,
+            &["apply", "-input=false", "-no-color", "-json", self.lock_timeout(cx).await, &plan],
+            log_path,
+        )?;
         cx.checkpoint("apply-started");
-        let mut reader = BufReader::new(tokio::fs::File::open(log_path).await.map_err(|e| StepError::retryable(e.to_string()))?);
+        let mut reader =
+            BufReader::new(tokio::fs::File::open(log_path).await.map_err(|e| StepError::retryable(e.to_string()))?);
         let mut seen = Seen::default();
         let mut line = String::new();
         loop {
             line.clear();
             let read = reader.read_line(&mut line).await.map_err(|e| StepError::retryable(e.to_string()))?;
             if read == 0 {
-                if let Some(status) = child.try_wait().map_err(|e| StepError::retryable(format!("terraform apply: {e}")))? {
+                if let Some(status) =
+                    child.try_wait().map_err(|e| StepError::retryable(format!("terraform apply: {e}")))?
+                {
                     // Drain what was written after the last read, then stop.
                     let mut rest = String::new();
                     while reader.read_line(&mut rest).await.map_err(|e| StepError::retryable(e.to_string()))? > 0 {}
@@ -563,7 +590,9 @@ impl Step for Params {
             return Err(missing("var_files", f));
         }
         if !self.backend_config_file.is_empty() && !dir.join(&self.backend_config_file).is_file() {
-            return Err(missing("backend_config_file", &self.backend_config_file).replace(" are relative", " is relative"));
+            return Err(
+                missing("backend_config_file", &self.backend_config_file).replace(" are relative", " is relative")
+            );
         }
         Ok(())
     }
@@ -588,7 +617,9 @@ impl Step for Params {
         };
         let plan = match plan {
             // Selected here once, but gone from the backend since (a new state bucket).
-            Err(StepError::Fatal { message, .. }) if message.contains("does not exist") && message.contains("workspace") => {
+            Err(StepError::Fatal { message, .. })
+                if message.contains("does not exist") && message.contains("workspace") =>
+            {
                 return Ok(missing());
             }
             other => other?,
@@ -625,7 +656,8 @@ impl Step for Params {
                 },
             };
             cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.summary)).await;
-            let summary = format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.summary);
+            let summary =
+                format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.summary);
             if !cx.approve(&summary).await {
                 return Err(StepError::AwaitingApproval { summary: plan.summary.clone() });
             }
@@ -634,10 +666,15 @@ impl Step for Params {
                     *lock(&self.applied) = Some(outputs);
                     return Ok(());
                 }
-                Applied::Stale => cx.log("the saved plan is stale (the state changed since it was made): planning again").await,
+                Applied::Stale => {
+                    cx.log("the saved plan is stale (the state changed since it was made): planning again").await
+                }
             }
         }
-        Err(StepError::retryable(format!("terraform's state in workspace {} kept changing under the plan", self.workspace)))
+        Err(StepError::retryable(format!(
+            "terraform's state in workspace {} kept changing under the plan",
+            self.workspace
+        )))
     }
 
     /// `terraform force-unlock -force ID` in the step's folder and workspace: the operator's
@@ -645,7 +682,10 @@ impl Step for Params {
     async fn release_lock(&self, cx: &StepContext, lock_id: &str) -> Result<(), StepError> {
         let valid = !lock_id.is_empty() && lock_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         if !valid {
-            return Err(StepError::fatal(format!("{lock_id:?} is not a terraform lock id"), "copy the ID from the step's error"));
+            return Err(StepError::fatal(
+                format!("{lock_id:?} is not a terraform lock id"),
+                "copy the ID from the step's error",
+            ));
         }
         self.init(cx).await?;
         if !self.selected(cx) && !self.select(cx).await? {

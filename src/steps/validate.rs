@@ -79,9 +79,17 @@ impl Params {
         let alias = self.alias(cx).await?;
         let want = self.alb_dns_name.trim_end_matches('.').to_ascii_lowercase();
         let matches = alias.as_deref().is_some_and(|a| a.trim_end_matches('.').to_ascii_lowercase().ends_with(&want));
-        check("dns record", alias.map(|a| format!("{} A alias → {a}", self.record)).ok_or_else(|| format!("no A record {}", self.record)), matches);
+        check(
+            "dns record",
+            alias
+                .map(|a| format!("{} A alias → {a}", self.record))
+                .ok_or_else(|| format!("no A record {}", self.record)),
+            matches,
+        );
         if self.dns_lookup {
-            let resolved = tokio::net::lookup_host((self.record.as_str(), 443)).await.map(|a| a.map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", "));
+            let resolved = tokio::net::lookup_host((self.record.as_str(), 443))
+                .await
+                .map(|a| a.map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", "));
             let found = resolved.as_ref().is_ok_and(|r| !r.is_empty());
             check("dns lookup", resolved.map_err(|e| format!("{}: {e}", self.record)), found);
         }
@@ -112,7 +120,11 @@ impl Params {
             None => Err(format!("{} does not exist", self.database_url_param)),
         };
         let count = migrations.as_ref().ok().copied();
-        check("migrations", migrations.map(|n| format!("{n} rows in _migrations (want {})", self.migrations)), count == Some(self.migrations));
+        check(
+            "migrations",
+            migrations.map(|n| format!("{n} rows in _migrations (want {})", self.migrations)),
+            count == Some(self.migrations),
+        );
 
         let alarms = cx
             .cloud
@@ -131,7 +143,11 @@ impl Params {
         let total = alarms.metric_alarms().len();
         check(
             "alarms",
-            Ok(if firing.is_empty() { format!("{total} alarms, none in ALARM") } else { format!("in ALARM: {}", firing.join(", ")) }),
+            Ok(if firing.is_empty() {
+                format!("{total} alarms, none in ALARM")
+            } else {
+                format!("in ALARM: {}", firing.join(", "))
+            }),
             firing.is_empty(),
         );
         Ok(checks)
@@ -139,10 +155,18 @@ impl Params {
 
     async fn alias(&self, cx: &StepContext) -> Result<Option<String>, StepError> {
         let route53 = &cx.cloud.route53;
-        let zones = route53.list_hosted_zones_by_name().dns_name(&self.zone).send().await.map_err(|e| StepError::from_sdk("route53:ListHostedZonesByName", e))?;
+        let zones = route53
+            .list_hosted_zones_by_name()
+            .dns_name(&self.zone)
+            .send()
+            .await
+            .map_err(|e| StepError::from_sdk("route53:ListHostedZonesByName", e))?;
         let want_zone = format!("{}.", self.zone.trim_end_matches('.'));
         let Some(zone) = zones.hosted_zones().iter().find(|z| z.name() == want_zone) else {
-            return Err(StepError::fatal(format!("hosted zone {} not found", self.zone), "check the zone name in the runbook"));
+            return Err(StepError::fatal(
+                format!("hosted zone {} not found", self.zone),
+                "check the zone name in the runbook",
+            ));
         };
         let records = route53
             .list_resource_record_sets()
@@ -162,10 +186,11 @@ impl Params {
     }
 
     fn table(checks: &[Check]) -> Vec<String> {
-        checks.iter().map(|c| format!("{:<13} {:<4} {}", c.name, if c.pass { "pass" } else { "FAIL" }, c.value)).collect()
+        checks
+            .iter()
+            .map(|c| format!("{:<13} {:<4} {}", c.name, if c.pass { "pass" } else { "FAIL" }, c.value))
+            .collect()
     }
-
-
 }
 
 impl Step for Params {
@@ -195,10 +220,14 @@ impl Step for Params {
                 cx.log(line).await;
             }
             return Ok(Probe::Satisfied(
-                checks.into_iter().map(|c| (c.name.replace(' ', "_"), format!("pass: {}", c.value))).collect::<Outputs>(),
+                checks
+                    .into_iter()
+                    .map(|c| (c.name.replace(' ', "_"), format!("pass: {}", c.value)))
+                    .collect::<Outputs>(),
             ));
         }
-        let failing: Vec<String> = checks.iter().filter(|c| !c.pass).map(|c| format!("{}: {}", c.name, c.value)).collect();
+        let failing: Vec<String> =
+            checks.iter().filter(|c| !c.pass).map(|c| format!("{}: {}", c.name, c.value)).collect();
         Ok(Probe::Absent(format!("checks failing: {}", failing.join("; "))))
     }
 

@@ -117,7 +117,11 @@ async fn a_change_is_planned_once_applied_as_planned_and_verified_from_the_apply
     assert_eq!(stage.calls().iter().filter(|c| *c == "plan").count(), 1);
     step.apply(&cx).await.unwrap();
     let outputs = satisfied(step.verify(&cx).await.unwrap());
-    assert_eq!(outputs, Outputs::from([("alb_dns_name".to_string(), "alb.local".to_string())]), "sensitive ones left out");
+    assert_eq!(
+        outputs,
+        Outputs::from([("alb_dns_name".to_string(), "alb.local".to_string())]),
+        "sensitive ones left out"
+    );
     assert_eq!(stage.calls(), ["apply"], "the probe's plan applied; no plan or output after it");
     assert_eq!(stage.plan_files(), 0, "the plan file is removed");
 }
@@ -156,7 +160,10 @@ async fn a_plan_that_is_not_approved_is_removed_and_nothing_is_applied() {
     let (step, cx) = (stage.step(), stage.cx());
     assert!(matches!(step.probe(&cx).await.unwrap(), Probe::Absent(_)));
     let err = step.apply(&cx).await.unwrap_err();
-    assert!(matches!(err, StepError::AwaitingApproval { ref summary } if summary.starts_with("Plan: 3 to add")), "{err:?}");
+    assert!(
+        matches!(err, StepError::AwaitingApproval { ref summary } if summary.starts_with("Plan: 3 to add")),
+        "{err:?}"
+    );
     drop(step);
     assert!(!stage.calls().contains(&"apply".to_string()));
     assert_eq!(stage.plan_files(), 0);
@@ -168,12 +175,22 @@ async fn terraform_failures_lead_with_their_error_and_say_how_to_go_on() {
     let cx = stage.cx();
     let step: Params = toml::from_str("dir = \"tf\"\nworkspace = \"armitage\"\n").unwrap();
     let locked = "\nError: Error acquiring the state lock\n\nError message: operation error S3: PutObject, StatusCode: 412, PreconditionFailed\nLock Info:\n  ID:        dc541196-df5d\n  Path:      b/env:/armitage/t.tfstate\n  Operation: OperationTypeApply\n  Who:       ana@laptop\n  Version:   1.11.4\n  Created:   2026-11-30 23:12:20 +0000 UTC\n";
-    let StepError::Fatal { message, fix } = step.failed(&cx, "plan", locked) else { panic!("a held lock is not retried blindly") };
+    let StepError::Fatal { message, fix } = step.failed(&cx, "plan", locked) else {
+        panic!("a held lock is not retried blindly")
+    };
     assert!(message.starts_with("terraform plan in tf failed: Error: Error acquiring the state lock\n"), "{message}");
     assert!(message.contains("it was taken on another host (ana@laptop)"), "{message}");
     let fix = fix.unwrap();
-    assert!(fix.contains("lock dc541196-df5d (OperationTypeApply, since 2026-11-30 23:12:20 +0000 UTC) is held by ana@laptop"), "{fix}");
-    assert!(fix.contains("runbook unlock --terraform T2.4 --lock-id dc541196-df5d (recorded), then: runbook retry T2.4"), "{fix}");
+    assert!(
+        fix.contains(
+            "lock dc541196-df5d (OperationTypeApply, since 2026-11-30 23:12:20 +0000 UTC) is held by ana@laptop"
+        ),
+        "{fix}"
+    );
+    assert!(
+        fix.contains("runbook unlock --terraform T2.4 --lock-id dc541196-df5d (recorded), then: runbook retry T2.4"),
+        "{fix}"
+    );
     let throttled = "Error: reading ECS Service: operation error ECS: DescribeServices, https response error StatusCode: 400, api error ThrottlingException: Rate exceeded";
     assert!(matches!(step.failed(&cx, "plan", throttled), StepError::Retryable { .. }));
     let broken = "Error: creating ALB: StatusCode: 503, ServiceUnavailable";
@@ -195,13 +212,18 @@ async fn an_operator_releases_a_state_lock_by_its_id_and_nothing_else() {
 
 #[test]
 fn a_state_lock_taken_on_this_host_is_gone_when_no_terraform_works_in_the_folder() {
-    let lock = LockInfo::parse("Lock Info:\n  ID:        0f3e\n  Operation: OperationTypeApply\n  Who:       root@vm\n  Created:   then\n")
-        .unwrap();
+    let lock = LockInfo::parse(
+        "Lock Info:\n  ID:        0f3e\n  Operation: OperationTypeApply\n  Who:       root@vm\n  Created:   then\n",
+    )
+    .unwrap();
     assert_eq!(lock.holder("vm", &[]), Holder::Gone { who: "root@vm".into() });
     assert_eq!(lock.holder("vm", &[42]), Holder::Working { pids: vec![42] });
     assert_eq!(lock.holder("ci", &[]), Holder::Elsewhere { who: "root@vm".into() });
     let gone = lock.fix(&lock.holder("vm", &[]), "T2.4");
-    assert!(gone.contains("was left by a dead run: release it with runbook unlock --terraform T2.4 --lock-id 0f3e"), "{gone}");
+    assert!(
+        gone.contains("was left by a dead run: release it with runbook unlock --terraform T2.4 --lock-id 0f3e"),
+        "{gone}"
+    );
     let working = lock.fix(&lock.holder("vm", &[42]), "T2.4");
     assert!(working.contains("wait for it, then: runbook retry T2.4") && !working.contains("unlock"), "{working}");
 }
