@@ -27,10 +27,14 @@ ECS_AGENT_PORT=18900
 AGENT_DIR="$RING_DIR/agent"
 FINN_STANDIN_PORT=13000
 DIXIE_STANDIN_PORT=13001
+# The GitHub stand-in (ring/standins/github.py, T3.2): its repository state and its one token.
+GITHUB_PORT=18700
+GITHUB_STATE="$RING_DIR/github/state.json"
+GITHUB_TOKEN_FILE="$SECRETS/github-token"
 
 # Start order; down.sh stops in reverse. ecs-agent is started by up.sh after seeding
 # (it runs the stand-ins of the ECS services, ring/standins/), so it comes last.
-COMPONENTS=(moto postgres redis nats dockerd registry ecs-agent)
+COMPONENTS=(moto postgres redis nats dockerd registry github ecs-agent)
 
 address_of() {
   case $1 in
@@ -40,6 +44,7 @@ address_of() {
     nats)     echo "nats://127.0.0.1:$NATS_PORT" ;;
     dockerd)  echo "unix://$DOCKER_SOCK" ;;
     registry) echo "http://127.0.0.1:$REGISTRY_PORT" ;;
+    github)   echo "http://127.0.0.1:$GITHUB_PORT" ;;
     ecs-agent) echo "http://127.0.0.1:$ECS_AGENT_PORT/state" ;;
   esac
 }
@@ -50,7 +55,7 @@ cmdline_word() {
   case $1 in
     moto) echo moto_server ;; postgres) echo postgres ;; redis) echo redis-server ;;
     nats) echo nats-server ;; dockerd) echo dockerd ;; registry) echo docker-registry ;;
-    ecs-agent) echo ecs_agent.py ;;
+    github) echo standins/github.py ;; ecs-agent) echo ecs_agent.py ;;
   esac
 }
 
@@ -84,6 +89,7 @@ answers() {
     nats)     curl -sf -m 2 -o /dev/null "http://127.0.0.1:$NATS_MON_PORT/healthz" ;;
     dockerd)  [ -S "$DOCKER_SOCK" ] && curl -sf -m 3 -o /dev/null --unix-socket "$DOCKER_SOCK" http://docker/_ping ;;
     registry) curl -sf -m 2 -o /dev/null "http://127.0.0.1:$REGISTRY_PORT/v2/" ;;
+    github)   curl -sf -m 2 -o /dev/null "http://127.0.0.1:$GITHUB_PORT/__ring/healthz" ;;
     # 200 only while its poll loop has ticked within the last 5 s
     ecs-agent) curl -sf -m 2 -o /dev/null "http://127.0.0.1:$ECS_AGENT_PORT/healthz" ;;
   esac
@@ -96,7 +102,7 @@ port_of() {
   case $1 in
     moto) echo $MOTO_PORT ;; postgres) echo $PG_PORT ;; redis) echo $REDIS_TLS_PORT ;;
     nats) echo $NATS_PORT ;; registry) echo $REGISTRY_PORT ;; dockerd) echo "" ;;
-    ecs-agent) echo $ECS_AGENT_PORT ;;
+    github) echo $GITHUB_PORT ;; ecs-agent) echo $ECS_AGENT_PORT ;;
   esac
 }
 
@@ -141,8 +147,9 @@ ring_lock() { # WHO
 }
 
 # What the sprint created outside moto: PostgreSQL database and role `dixie`, the
-# registry's `dixie-armitage`, Redis's keys. Forgotten whenever moto's account starts over
-# (reset.sh; up.sh when it starts a new moto), so the ring stays one consistent account.
+# registry's `dixie-armitage`, Redis's keys, the GitHub stand-in's merges (back to its seed:
+# PRs #52-#55 open). Forgotten whenever moto's account starts over (reset.sh; up.sh when it
+# starts a new moto), so the ring stays one consistent "before the sprint".
 # Returns 1 with FORGET_WHY set when a part fails.
 forget_sprint() {
   local pg_err out
@@ -163,5 +170,12 @@ SQL
   if [ -f "$TLS/ca.crt" ]; then
     out=$(timeout 5 redis-cli --tls --cacert "$TLS/ca.crt" -h 127.0.0.1 -p "$REDIS_TLS_PORT" flushall 2>&1) \
       && [ "$out" = OK ] || { FORGET_WHY="Redis FLUSHALL failed: $out (is the ring up? ring/status.sh)"; return 1; }
+  fi
+
+  if live_pid github >/dev/null; then
+    out=$(curl -sS -m 5 -X POST "http://127.0.0.1:$GITHUB_PORT/__ring/reset" 2>&1) \
+      || { FORGET_WHY="the GitHub stand-in's reset failed: $out (see $LOGS/github.log)"; return 1; }
+  else
+    rm -f "$GITHUB_STATE"  # seeded again when it starts
   fi
 }

@@ -2,7 +2,8 @@
 # ring/reset.sh: put a running ring back in its fresh, just-seeded state.
 #
 # Without restarting anything: moto reset + seed, drop PostgreSQL database and
-# role `dixie`, forget the registry repository `dixie-armitage`, flush Redis.
+# role `dixie`, forget the registry repository `dixie-armitage`, flush Redis, the GitHub
+# stand-in back to its seed (PRs #52-#55 open) and its token into moto's SSM again.
 # ecs-agent keeps running: reset waits for its first complete poll after the seed,
 # which stops the stand-ins of services that are gone (dixie-armitage) and starts
 # the seeded loa-finn-armitage's new deployment, and for that Finn to answer.
@@ -22,6 +23,7 @@ moto_job=$!
 forget_sprint || { wait "$moto_job" || true; die "$FORGET_WHY"; }
 
 wait "$moto_job" || die "moto reset or seed failed (see above and $LOGS/moto.log)"
+python3 "$REPO/ring/github_token.py" --quiet || die "ring/github_token.py failed (see above and $LOGS/moto.log)"
 
 agent_note=""
 if live_pid ecs-agent >/dev/null; then
@@ -46,4 +48,4 @@ PY
 else
   printf 'reset: WARNING: ecs-agent is not running, so no stand-in task runs: ring/up.sh starts it\n' >&2
 fi
-printf 'reset: ring is fresh (moto reset and seeded, dixie db/role dropped, registry repo dixie-armitage removed, redis flushed%s) in %s s\n' "$agent_note" "$(elapsed "$START")"
+printf 'reset: ring is fresh (moto reset and seeded, dixie db/role dropped, registry repo dixie-armitage removed, redis flushed, github PRs open again%s) in %s s\n' "$agent_note" "$(elapsed "$START")"

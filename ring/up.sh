@@ -4,9 +4,11 @@
 # Components: moto (AWS APIs), PostgreSQL 15 (RDS), redis-server with TLS
 # (ElastiCache), nats-server, dockerd and docker-registry (build and ECR push),
 # and after seeding ecs-agent (ring/ecs_agent.py: runs the stand-in tasks of the
-# ECS services dixie-armitage and loa-finn-armitage, ring/standins/).
+# ECS services dixie-armitage and loa-finn-armitage, ring/standins/), and github
+# (ring/standins/github.py: the GitHub REST endpoints T3.2 uses, one repository).
 # A component whose pidfile names a live process that answers is left alone.
-# Then seeds moto (ring/seed.py), writes $RING_DIR/ring.env and prints a table.
+# Then seeds moto (ring/seed.py), puts the GitHub stand-in's token into moto's SSM
+# (ring/github_token.py), writes $RING_DIR/ring.env and prints a table.
 set -euo pipefail
 
 # shellcheck source=ring/lib.sh
@@ -31,7 +33,7 @@ for need in "$MOTO_BIN" redis-server redis-cli nats-server dockerd docker /usr/b
     || die "${need:-moto_server} is not installed: run ring/setup.sh first"
 done
 
-mkdir -p "$RING_DIR" "$PIDS" "$LOGS" "$TLS" "$RING_DIR/redis" "$RING_DIR/registry" "$AGENT_DIR"
+mkdir -p "$RING_DIR" "$PIDS" "$LOGS" "$TLS" "$RING_DIR/redis" "$RING_DIR/registry" "$AGENT_DIR" "$(dirname "$GITHUB_STATE")"
 chmod 0755 "$RING_DIR"
 install -d -m 0700 "$SECRETS"
 
@@ -42,6 +44,13 @@ if [ ! -s "$PG_ADMIN_PASSWORD_FILE" ]; then
 fi
 chmod 0600 "$PG_ADMIN_PASSWORD_FILE"
 PG_ADMIN_PASSWORD=$(tr -d '[:space:]' <"$PG_ADMIN_PASSWORD_FILE")
+
+# The one token the GitHub stand-in accepts (GitHub's classic format, ghp_ + 36 characters).
+if [ ! -s "$GITHUB_TOKEN_FILE" ]; then
+  (umask 077; printf 'ghp_%s\n' "$(openssl rand -hex 18)" >"$GITHUB_TOKEN_FILE")
+  say "generated the GitHub stand-in's token in $GITHUB_TOKEN_FILE"
+fi
+chmod 0600 "$GITHUB_TOKEN_FILE"
 
 if [ ! -s "$TLS/ca.crt" ] || [ ! -s "$TLS/server.crt" ] || [ ! -s "$TLS/server.key" ]; then
   say "generating the ring's CA and a server certificate for 127.0.0.1/localhost in $TLS"
@@ -106,6 +115,11 @@ http:
     X-Content-Type-Options: [nosniff]
 EOF
   spawn registry /usr/bin/docker-registry serve "$RING_DIR/registry.yml"
+}
+
+start_github() {
+  spawn github python3 "$REPO/ring/standins/github.py" --port "$GITHUB_PORT" \
+    --state "$GITHUB_STATE" --token-file "$GITHUB_TOKEN_FILE"
 }
 
 start_dockerd() {
@@ -265,6 +279,7 @@ fi
 # --- seed moto ------------------------------------------------------------------
 say "seeding moto with the Armitage account's pre-sprint resources"
 python3 "$REPO/ring/seed.py" | sed 's/^/up: /' || die "ring/seed.py failed (see above and $LOGS/moto.log)"
+python3 "$REPO/ring/github_token.py" | sed 's/^/up: /' || die "ring/github_token.py failed (see above and $LOGS/moto.log)"
 
 # --- ecs-agent: the ring's ECS, runs a stand-in per service deployment -------------
 if pid=$(live_pid ecs-agent) && answers ecs-agent; then
@@ -320,6 +335,8 @@ export RING_REDIS_URL='rediss://127.0.0.1:$REDIS_TLS_PORT'
 export RING_REDIS_CA_CERT='$TLS/ca.crt'
 export RING_NATS_URL='nats://127.0.0.1:$NATS_PORT'
 export RING_NATS_MONITOR_URL='http://127.0.0.1:$NATS_MON_PORT'
+export RING_GITHUB_URL='http://127.0.0.1:$GITHUB_PORT'
+export RING_GITHUB_TOKEN_FILE='$GITHUB_TOKEN_FILE'
 export TF_CLI_CONFIG_FILE='$RING_DIR/terraformrc'
 EOF
 chmod 0644 "$tmp"
