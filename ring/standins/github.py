@@ -19,13 +19,14 @@ Every API call needs `Authorization: Bearer <token>` (or `token <token>`) matchi
 `--token-file` (re-read on each request) and a User-Agent, as GitHub does.
 
 Test controls, no token, loopback only (POST bodies are JSON):
-  POST /__ring/push        {pr, conclusion?, seconds?}   a new commit on the PR's head branch
+  POST /__ring/push        {pr, conclusion?, seconds?, before_merge?}  a new commit on the PR's head
+                           branch (before_merge: when the next merge request of that PR arrives)
   POST /__ring/check       {pr | ref, name, conclusion?, status?}  set one check on that head
   POST /__ring/next-checks {branch, conclusions: {name: c}, seconds?}  for the branch's next commits
   POST /__ring/mergeable   {pr, mergeable: true|false|null, state?, null_reads?}
   POST /__ring/fault       {status, count?, method?, path?}  the next matching API calls fail
   POST /__ring/reset       back to the seed
-  GET  /__ring/log         every mutating API request served: {requests: [{method, path, status}]}
+  GET  /__ring/log         every mutating API request: {requests: [{method, path, status, sha?, base?, head?}]}
   GET  /__ring/healthz     200
 
 State is kept in `--state` (JSON, written atomically after every change), so a restart keeps
@@ -55,6 +56,8 @@ log = logging.getLogger("github")
 OWNER, REPO = "0xHoneyJar", "loa-dixie"
 CHECKS = ["build", "test", "lint"]
 DOCS = "https://docs.github.com/rest"
+# Body fields /__ring/log keeps of a mutating request (which SHA a merge was pinned to, ...).
+LOGGED_FIELDS = ("sha", "merge_method", "base", "head")
 
 
 def now() -> float:
@@ -253,7 +256,19 @@ class Repo:
             "base": {"label": f"{OWNER}:{pr['base']}", "ref": pr["base"], "sha": base_sha},
         }
 
+    def push(self, pr: dict, conclusions: dict, seconds: float | None) -> str:
+        """A new commit on the PR's head branch; its checks start over."""
+        old = pr["head_sha"]
+        tree = dict(self.d["commits"][old]["tree"])
+        tree[f"{pr['head']}:pushes"] = str(int(tree.get(f"{pr['head']}:pushes", "0")) + 1)
+        sha = self.commit([old], f"Push to {pr['head']}", tree, conclusions, seconds)
+        self.advance(pr["head"], sha)
+        return sha
+
     def merge_pull(self, pr: dict, body: dict) -> tuple[int, dict]:
+        if pr.get("push_before_merge"):
+            planned = pr.pop("push_before_merge")
+            self.push(pr, planned["conclusions"], planned["seconds"])
         method = body.get("merge_method", "merge")
         if method not in ("merge", "squash", "rebase"):
             return 422, {"message": "Validation Failed",
@@ -391,7 +406,8 @@ class Handler(BaseHTTPRequestHandler):
                     code, obj = self.api(method, path, body)
         if method != "GET":  # refused ones too: "nothing was merged" counts every attempt
             with repo.lock:
-                repo.d["log"].append({"method": method, "path": path, "status": code, "at": now()})
+                repo.d["log"].append({"method": method, "path": path, "status": code, "at": now(),
+                                      **{k: body[k] for k in LOGGED_FIELDS if k in body}})
                 repo.save()
         log.info("%s %s -> %d", method, path, code)
         self.reply(code, obj)
@@ -492,12 +508,13 @@ class Handler(BaseHTTPRequestHandler):
         if pr is None:
             return 404, {"message": f"no PR {body.get('pr')!r}"}
         if what == "push":
-            old = pr["head_sha"]
-            tree = dict(r.d["commits"][old]["tree"])
-            tree[f"{pr['head']}:pushes"] = str(int(tree.get(f"{pr['head']}:pushes", "0")) + 1)
             conclusions = {n: body["conclusion"] for n in CHECKS} if "conclusion" in body else {}
-            sha = r.commit([old], f"Push to {pr['head']}", tree, conclusions, body.get("seconds"))
-            r.advance(pr["head"], sha)
+            if body.get("before_merge"):  # lands after the caller read the head, before its merge
+                pr["push_before_merge"] = {"conclusions": conclusions, "seconds": body.get("seconds")}
+                r.save()
+                return 200, {"old": pr["head_sha"], "sha": None}
+            old = pr["head_sha"]
+            sha = r.push(pr, conclusions, body.get("seconds"))
             r.save()
             return 200, {"old": old, "sha": sha}
         if what == "mergeable":
