@@ -34,7 +34,7 @@ macro_rules! kinds {
     };
 }
 
-kinds![ecr_repository, database, image, terraform, ssm_params, ecs_deploy, validate];
+kinds![ecr_repository, database, image, terraform, ssm_params, ecs_deploy, validate, pull_request];
 
 /// What a probe found.
 #[derive(Debug)]
