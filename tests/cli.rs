@@ -1297,7 +1297,7 @@ fn aws_throttling_server_errors_and_resets_get_the_right_verdict() {
 /// Terraform processes of this project still running (orphans of a killed runbook finish on
 /// their own; none may be left behind for good).
 fn terraform_processes() -> usize {
-    let out = Command::new("pgrep").args(["-f", "terraform (plan|apply)"]).output().unwrap();
+    let out = Command::new("pgrep").args(["-f", "terraform (plan|apply)|terraform-provider"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
