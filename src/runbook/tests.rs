@@ -61,7 +61,10 @@ fn sprint_2_loads_against_both_environments_in_the_plans_order() {
 #[test]
 fn every_kind_is_registered_once() {
     let names: Vec<&str> = steps::KINDS.iter().map(|k| k.name).collect();
-    assert_eq!(names, ["ecr_repository", "database", "image", "terraform", "ssm_params", "ecs_deploy", "validate"]);
+    assert_eq!(
+        names,
+        ["ecr_repository", "database", "image", "terraform", "ssm_params", "ecs_deploy", "validate", "pull_request"]
+    );
     assert_eq!(
         steps::find(steps::KINDS, "terraform").map(|k| k.outputs),
         Some(None),
@@ -86,7 +89,7 @@ fn an_unknown_kind_lists_the_known_ones() {
     assert_eq!(
         err,
         "runbooks/sprint-2.toml: step T2.3: unknown kind `databse`; known kinds: ecr_repository, database, image, \
-         terraform, ssm_params, ecs_deploy, validate"
+         terraform, ssm_params, ecs_deploy, validate, pull_request"
     );
 }
 
