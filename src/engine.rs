@@ -170,6 +170,7 @@ async fn run_step(
                         outcome,
                         outputs: outputs.clone(),
                         duration_ms: elapsed,
+                        warnings: cx.warnings(),
                     })
                     .await;
                 return Some(outputs);

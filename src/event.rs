@@ -79,6 +79,9 @@ pub(crate) enum Event {
         outcome: DoneOutcome,
         outputs: Outputs,
         duration_ms: u64,
+        /// What the step's policy tolerated (a component it may do without), said, not failed.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
     },
     StepFailed {
         step: String,

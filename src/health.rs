@@ -2,6 +2,8 @@
 //! comes from the body: used by the redeploy steps (T2.6, T2.7, later T3.3) and the
 //! validation (T2.8). Pure: no I/O.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 /// How to read the service's health body.
@@ -14,46 +16,166 @@ pub(crate) enum HealthRule {
     Finn,
 }
 
-/// The health verdict: ok, and one line that says why. A non-2xx answer is never healthy,
-/// whatever its body says; for Dixie, every component it reports must be up too (a top-level
-/// `healthy` beside an unhealthy PostgreSQL is not healthy).
-pub(crate) fn judge(rule: HealthRule, http_status: u16, body: &serde_json::Value) -> (bool, String) {
+/// What a step accepts of a service's health: its rule, and the components it may do without,
+/// each with why (sprint 2 tolerates NATS: 002 calls it expected in staging until sprint 3's
+/// T3.1 adds the security-group rule). Written `health = "dixie"` (nothing tolerated) or
+/// `health = { rule = "dixie", tolerate = { nats = "sprint-3 T3.1 adds the rule" } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "PolicyFile")]
+pub(crate) struct HealthPolicy {
+    pub(crate) rule: HealthRule,
+    pub(crate) tolerate: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PolicyFile {
+    Rule(HealthRule),
+    Full {
+        rule: HealthRule,
+        #[serde(default)]
+        tolerate: BTreeMap<String, String>,
+    },
+}
+
+impl From<PolicyFile> for HealthPolicy {
+    fn from(file: PolicyFile) -> Self {
+        match file {
+            PolicyFile::Rule(rule) => HealthPolicy { rule, tolerate: BTreeMap::new() },
+            PolicyFile::Full { rule, tolerate } => HealthPolicy { rule, tolerate },
+        }
+    }
+}
+
+impl HealthPolicy {
+    pub(crate) fn strict(rule: HealthRule) -> Self {
+        HealthPolicy { rule, tolerate: BTreeMap::new() }
+    }
+
+    /// Only components Dixie reports can be tolerated, and only under the Dixie rule.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.rule != HealthRule::Dixie && !self.tolerate.is_empty() {
+            return Err("health.tolerate: only the dixie rule reports components that can be tolerated".into());
+        }
+        match self.tolerate.keys().find(|k| !COMPONENTS.contains(&k.as_str())) {
+            Some(k) => {
+                Err(format!("health.tolerate: unknown component `{k}`; Dixie reports {}", COMPONENTS.join(", ")))
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// The infrastructure components Dixie's health body reports.
+const COMPONENTS: [&str; 3] = ["postgresql", "redis", "nats"];
+
+/// A health verdict: ok, one line that says why, and what the policy tolerated.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Verdict {
+    pub(crate) ok: bool,
+    pub(crate) summary: String,
+    pub(crate) warnings: Vec<String>,
+}
+
+/// The health verdict. A non-2xx answer is never healthy, whatever its body says; for Dixie,
+/// every component it reports must be up too (a top-level `healthy` beside an unhealthy
+/// PostgreSQL is not healthy), except those the policy tolerates: a body `degraded` only for
+/// want of them passes, with a warning each.
+pub(crate) fn judge(policy: &HealthPolicy, http_status: u16, body: &serde_json::Value) -> Verdict {
     let status = body["status"].as_str().unwrap_or("missing");
     let http_ok = (200..300).contains(&http_status);
     // The HTTP status is named when it is not a success (Dixie answers 200 when unhealthy).
     let mut notes: Vec<String> = (!http_ok).then(|| format!("HTTP {http_status}")).into_iter().collect();
     notes.push(format!("status {status}"));
-    let mut ok = http_ok && status == "healthy";
-    if rule == HealthRule::Dixie {
+    let mut warnings = Vec::new();
+    let mut ok = http_ok;
+    if policy.rule == HealthRule::Dixie {
         let circuit = body["services"]["loa_finn"]["circuit_state"].as_str().unwrap_or("missing");
         notes.push(format!("finn circuit {circuit}"));
         ok &= circuit.eq_ignore_ascii_case("closed");
+        let mut failing_untolerated = false;
         if let Some(infra) = body["infrastructure"].as_object() {
             for (name, component) in infra {
                 let s = component["status"].as_str().unwrap_or("missing");
                 // NATS says `connected` (001) or `healthy` (002, 003): both are up.
-                if s != "healthy" && s != "connected" {
-                    notes.push(format!("{name} {s}"));
-                    ok = false;
+                if s == "healthy" || s == "connected" {
+                    continue;
+                }
+                notes.push(format!("{name} {s}"));
+                match policy.tolerate.get(name) {
+                    Some(why) => warnings.push(format!("{name} {s}: {why}")),
+                    None => failing_untolerated = true,
                 }
             }
         }
+        let degraded_by_tolerated = status == "degraded" && !warnings.is_empty() && !failing_untolerated;
+        ok &= !failing_untolerated && (status == "healthy" || degraded_by_tolerated);
         if let Some(error) = body["services"]["loa_finn"]["error"].as_str() {
             notes.push(format!("finn error: {error}"));
         }
+    } else {
+        ok &= status == "healthy";
     }
-    (ok, notes.join(", "))
+    Verdict { ok, summary: notes.join(", "), warnings: if ok { warnings } else { Vec::new() } }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The verdict of a policy that tolerates nothing, as (ok, summary).
+    fn strict(rule: HealthRule, http_status: u16, body: &serde_json::Value) -> (bool, String) {
+        let verdict = judge(&HealthPolicy::strict(rule), http_status, body);
+        assert!(verdict.warnings.is_empty(), "nothing tolerated, nothing warned");
+        (verdict.ok, verdict.summary)
+    }
+
+    fn sprint_2() -> HealthPolicy {
+        toml::from_str::<toml::Table>("h = { rule = \"dixie\", tolerate = { nats = \"sprint-3 T3.1 adds the rule\" } }")
+            .unwrap()["h"]
+            .clone()
+            .try_into()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_tolerated_component_down_passes_with_a_warning_and_nothing_else_does() {
+        let degraded = serde_json::json!({"status": "degraded", "services": {"loa_finn": {"circuit_state": "closed"}},
+            "infrastructure": {"postgresql": {"status": "healthy"}, "redis": {"status": "healthy"}, "nats": {"status": "unreachable"}}});
+        let verdict = judge(&sprint_2(), 200, &degraded);
+        assert!(verdict.ok, "{verdict:?}");
+        assert_eq!(verdict.warnings, ["nats unreachable: sprint-3 T3.1 adds the rule"]);
+        assert!(!strict(HealthRule::Dixie, 200, &degraded).0, "sprint 3 tolerates nothing");
+        let also_redis = serde_json::json!({"status": "degraded", "services": {"loa_finn": {"circuit_state": "closed"}},
+            "infrastructure": {"redis": {"status": "unreachable"}, "nats": {"status": "unreachable"}}});
+        let verdict = judge(&sprint_2(), 200, &also_redis);
+        assert_eq!((verdict.ok, verdict.warnings.len()), (false, 0), "redis is not tolerated: {verdict:?}");
+        let unhealthy = serde_json::json!({"status": "unhealthy", "services": {"loa_finn": {"circuit_state": "closed"}},
+            "infrastructure": {"nats": {"status": "unreachable"}}});
+        assert!(!judge(&sprint_2(), 200, &unhealthy).ok, "only `degraded` can be excused");
+        assert!(!judge(&sprint_2(), 503, &degraded).ok, "an error status is never excused");
+        let healthy = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}},
+            "infrastructure": {"nats": {"status": "connected"}}});
+        assert_eq!(judge(&sprint_2(), 200, &healthy).warnings, Vec::<String>::new(), "no warning when nats is up");
+    }
+
+    #[test]
+    fn a_policy_tolerates_only_components_dixie_reports() {
+        assert_eq!(sprint_2().check(), Ok(()));
+        let typo = HealthPolicy { rule: HealthRule::Dixie, tolerate: BTreeMap::from([("natz".into(), "x".into())]) };
+        assert_eq!(
+            typo.check().unwrap_err(),
+            "health.tolerate: unknown component `natz`; Dixie reports postgresql, redis, nats"
+        );
+        let finn = HealthPolicy { rule: HealthRule::Finn, tolerate: BTreeMap::from([("nats".into(), "x".into())]) };
+        assert!(finn.check().is_err());
+    }
+
     #[test]
     fn http_200_with_an_unhealthy_body_is_not_healthy() {
         let body = serde_json::json!({"status": "unhealthy", "services": {"loa_finn": {"status": "unreachable", "circuit_state": "open", "error": "ECONNREFUSED"}},
             "infrastructure": {"postgresql": {"status": "healthy"}, "nats": {"status": "unreachable"}}});
-        let (ok, why) = judge(HealthRule::Dixie, 200, &body);
+        let (ok, why) = strict(HealthRule::Dixie, 200, &body);
         assert!(!ok);
         assert_eq!(why, "status unhealthy, finn circuit open, nats unreachable, finn error: ECONNREFUSED");
     }
@@ -61,38 +183,38 @@ mod tests {
     #[test]
     fn healthy_with_a_closed_circuit_is_healthy() {
         let healthy = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}}});
-        assert_eq!(judge(HealthRule::Dixie, 200, &healthy), (true, "status healthy, finn circuit closed".to_string()));
+        assert_eq!(strict(HealthRule::Dixie, 200, &healthy), (true, "status healthy, finn circuit closed".to_string()));
         let upper = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "CLOSED"}}});
-        assert!(judge(HealthRule::Dixie, 200, &upper).0, "circuit state compared in either case");
+        assert!(strict(HealthRule::Dixie, 200, &upper).0, "circuit state compared in either case");
     }
 
     #[test]
     fn finn_is_judged_by_its_status_alone() {
-        let degraded = judge(HealthRule::Finn, 200, &serde_json::json!({"status": "degraded"}));
+        let degraded = strict(HealthRule::Finn, 200, &serde_json::json!({"status": "degraded"}));
         assert_eq!(degraded, (false, "status degraded".into()));
-        assert!(judge(HealthRule::Finn, 200, &serde_json::json!({"status": "healthy"})).0);
-        assert_eq!(judge(HealthRule::Finn, 200, &serde_json::json!({})).1, "status missing");
+        assert!(strict(HealthRule::Finn, 200, &serde_json::json!({"status": "healthy"})).0);
+        assert_eq!(strict(HealthRule::Finn, 200, &serde_json::json!({})).1, "status missing");
     }
 
     #[test]
     fn a_healthy_body_with_an_error_status_is_not_healthy() {
         let healthy = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}}});
-        let verdict = judge(HealthRule::Dixie, 503, &healthy);
+        let verdict = strict(HealthRule::Dixie, 503, &healthy);
         assert_eq!(verdict, (false, "HTTP 503, status healthy, finn circuit closed".to_string()));
-        assert!(!judge(HealthRule::Finn, 500, &serde_json::json!({"status": "healthy"})).0);
+        assert!(!strict(HealthRule::Finn, 500, &serde_json::json!({"status": "healthy"})).0);
     }
 
     #[test]
     fn every_component_dixie_reports_must_be_up() {
         let body = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}},
             "infrastructure": {"postgresql": {"status": "unhealthy"}, "redis": {"status": "healthy"}, "nats": {"status": "disconnected"}}});
-        let verdict = judge(HealthRule::Dixie, 200, &body);
+        let verdict = strict(HealthRule::Dixie, 200, &body);
         assert_eq!(
             verdict,
             (false, "status healthy, finn circuit closed, nats disconnected, postgresql unhealthy".into())
         );
         let up = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}},
             "infrastructure": {"postgresql": {"status": "healthy"}, "nats": {"status": "connected"}}});
-        assert!(judge(HealthRule::Dixie, 200, &up).0);
+        assert!(strict(HealthRule::Dixie, 200, &up).0);
     }
 }

@@ -168,6 +168,9 @@ pub(crate) fn status_table(view: &StatusView) -> String {
         let in_doubt = row.in_doubt && row.state == StepState::Running && run.status != RunState::Running;
         let state = if in_doubt { "in-doubt" } else { row.state.as_str() };
         let mut note = row.last_error.as_deref().map(first_line).unwrap_or_default();
+        if matches!(row.state, StepState::Applied | StepState::Satisfied) && !row.warnings.is_empty() {
+            note = first_line(&format!("warning: {}", row.warnings.join("; ")));
+        }
         if let Some(next) = &step.next {
             if !note.is_empty() {
                 note.push_str(" — ");

@@ -93,14 +93,19 @@ fn describe(event: &Event) -> Option<String> {
         Event::StepRetrying { step, error, delay_ms, .. } => {
             format!("{step} retryable error, again in {}: {error}", format_duration(*delay_ms as i64))
         }
-        Event::StepDone { step, outcome, duration_ms, .. } => match outcome {
-            DoneOutcome::Satisfied => {
-                format!("{step} ok: already satisfied ({})", format_duration(*duration_ms as i64))
-            }
-            DoneOutcome::Applied => {
-                format!("{step} ok: applied and verified ({})", format_duration(*duration_ms as i64))
-            }
-        },
+        Event::StepDone { step, outcome, duration_ms, warnings, .. } => {
+            let what = match outcome {
+                DoneOutcome::Satisfied => "already satisfied",
+                DoneOutcome::Applied => "applied and verified",
+            };
+            // Each warning was logged as it was seen; the count says it is kept.
+            let warned = match warnings.len() {
+                0 => String::new(),
+                1 => ", 1 warning".into(),
+                n => format!(", {n} warnings"),
+            };
+            format!("{step} ok: {what} ({}{warned})", format_duration(*duration_ms as i64))
+        }
         Event::StepFailed { step, error, fix, .. } => match fix {
             Some(fix) => format!("{step} FAILED: {error}\n    fix: {fix}"),
             None => format!("{step} FAILED: {error}"),

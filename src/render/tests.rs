@@ -23,6 +23,7 @@ fn row(step: &str, state: StepState, attempts: i64, duration_ms: Option<i64>, er
         last_error: error.map(String::from),
         fix: None,
         in_doubt: false,
+        warnings: Vec::new(),
     }
 }
 
@@ -79,6 +80,18 @@ fn status_table_of_a_run_whose_process_died_shows_the_step_in_doubt() {
     v.steps[2].next = Some("in doubt (interrupted after its intent): runbook resume settles it by its probe".into());
     v.next = "its process died: runbook resume (settles in-doubt steps by their probes)".into();
     insta::assert_snapshot!(status_table(&v));
+}
+
+#[test]
+fn a_done_step_with_a_tolerated_failure_shows_its_warning_in_the_table_and_the_json() {
+    let mut v = view(RunState::Done);
+    v.steps.truncate(2);
+    v.steps[1].row.warnings = vec!["nats unreachable: sprint-3 T3.1 adds the rule".into()];
+    v.next = "nothing: every step is done".into();
+    insta::assert_snapshot!(status_table(&v));
+    let json: serde_json::Value = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["steps"][1]["warnings"][0], "nats unreachable: sprint-3 T3.1 adds the rule");
+    assert!(json["steps"][0].get("warnings").is_none(), "no empty list for a step without warnings");
 }
 
 #[test]

@@ -112,6 +112,9 @@ pub(crate) struct StepRow {
     pub(crate) fix: Option<String>,
     /// The last attempt recorded an intent and no outcome: the side effect may have happened.
     pub(crate) in_doubt: bool,
+    /// What its policy tolerated when it was last done.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

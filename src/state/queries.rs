@@ -59,7 +59,9 @@ impl StateDb {
             .prepare(
                 "SELECT s.step, s.state, s.attempts, s.duration_ms, s.last_error, s.fix,
                         EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = s.run_id AND a.step = s.step
-                                AND a.attempt = s.attempts AND a.intent_at IS NOT NULL AND a.outcome IS NULL)
+                                AND a.attempt = s.attempts AND a.intent_at IS NOT NULL AND a.outcome IS NULL),
+                        (SELECT e.payload FROM events e WHERE e.run_id = s.run_id AND e.step = s.step
+                                AND e.kind = 'step_done' ORDER BY e.id DESC LIMIT 1)
                  FROM steps s WHERE s.run_id = ?1 ORDER BY rowid",
             )
             .map_err(|e| self.sql_err(e))?;
@@ -72,6 +74,7 @@ impl StateDb {
                 last_error: r.get(4)?,
                 fix: r.get(5)?,
                 in_doubt: r.get(6)?,
+                warnings: done_warnings(r.get::<_, Option<String>>(7)?.as_deref()),
             })
         })
         .and_then(|rows| rows.collect())
@@ -152,4 +155,15 @@ impl StateDb {
             )
             .unwrap();
     }
+}
+
+/// The warnings of a `step_done` event's payload (none for an older run, or when it had none).
+fn done_warnings(payload: Option<&str>) -> Vec<String> {
+    payload
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        .and_then(|v| v["warnings"].as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|w| w.as_str().map(String::from))
+        .collect()
 }

@@ -48,11 +48,13 @@ fn intent_without_outcome_is_in_doubt() {
             outcome: DoneOutcome::Applied,
             outputs: Outputs::from([("uri".into(), "x".into())]),
             duration_ms: 1,
+            warnings: vec!["nats unreachable: sprint-3 T3.1 adds the rule".into()],
         },
     )
     .unwrap();
     let row = &db.steps(run).unwrap()[0];
     assert_eq!((row.state, row.in_doubt), (StepState::Applied, false));
+    assert_eq!(row.warnings, ["nats unreachable: sprint-3 T3.1 adds the rule"], "kept with the outcome");
     assert_eq!(db.outputs(run).unwrap()["T2.1"]["uri"], "x");
     assert!(db.progress(run).unwrap().finished.contains("T2.1"));
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::{Probe, Step, StepContext, StepError, reach};
 use crate::event::Outputs;
-use crate::health::{HealthRule, judge};
+use crate::health::{HealthPolicy, judge};
 use crate::image_tag::ImageTag;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -33,7 +33,7 @@ pub(crate) struct Params {
     #[serde(default)]
     set_param: Option<SetParam>,
     health_url: String,
-    health: HealthRule,
+    health: HealthPolicy,
     /// How long the deployment may take to become stable and healthy.
     #[serde(default = "fifteen_minutes", deserialize_with = "super::number_or_text")]
     pub(super) wait_seconds: u64,
@@ -225,6 +225,7 @@ impl Step for Params {
                 "wait_seconds = 0 leaves no time for the deployment to become stable; give 1 or more seconds".into()
             );
         }
+        self.health.check()?;
         reach::check_http_url("health_url", &self.health_url)
     }
 
@@ -264,8 +265,11 @@ impl Step for Params {
         }
         let (ok, summary, uptime) = match reach::get_json(&cx.env, &self.health_url).await {
             Ok((code, body, _)) => {
-                let (ok, summary) = judge(self.health, code, &body);
-                (ok, summary, body["uptime_seconds"].as_f64())
+                let verdict = judge(&self.health, code, &body);
+                for warning in verdict.warnings {
+                    cx.warn(warning).await;
+                }
+                (verdict.ok, verdict.summary, body["uptime_seconds"].as_f64())
             }
             Err(e) => (false, e, None),
         };

@@ -283,6 +283,8 @@ pub(crate) struct StepContext {
     pub(crate) work_dir: Arc<PathBuf>,
     pub(crate) recorder: Recorder,
     services: Arc<Services>,
+    /// What this attempt tolerated, said once each (see `warn`).
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl StepContext {
@@ -295,6 +297,7 @@ impl StepContext {
             project: services.project.clone(),
             work_dir: services.work_dir.clone(),
             recorder,
+            warnings: std::sync::Mutex::default(),
             services: services.clone(),
         }
     }
@@ -329,6 +332,27 @@ impl StepContext {
 
     /// A test-only crash point: with `RUNBOOK_CRASH_AT=<step>:<name>` the process kills itself
     /// here with SIGKILL, as a power cut or `kill -9` would, to prove that resume settles it.
+    /// Something the step's policy tolerates but an operator should see (Dixie degraded for
+    /// want of NATS, which sprint 3 fixes): logged once, and kept with the step's outcome, shown
+    /// by `status` and `--json`.
+    pub(crate) async fn warn(&self, message: String) {
+        let new = {
+            let mut seen = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+            let new = !seen.contains(&message);
+            if new {
+                seen.push(message.clone());
+            }
+            new
+        };
+        if new {
+            self.log(format!("warning: {message}")).await;
+        }
+    }
+
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        self.warnings.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub(crate) fn checkpoint(&self, name: &str) {
         crate::crash::kill_if_asked(&self.step, name);
     }

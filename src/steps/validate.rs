@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::{Probe, Step, StepContext, StepError, reach};
 use crate::event::Outputs;
-use crate::health::{HealthRule, judge};
+use crate::health::{HealthPolicy, HealthRule, judge};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +24,9 @@ pub(crate) struct Params {
     #[serde(default, deserialize_with = "bool_or_text")]
     dns_lookup: bool,
     dixie_health_url: String,
+    /// What Dixie's health may lack (default: nothing).
+    #[serde(default = "strict_dixie")]
+    dixie_health: HealthPolicy,
     finn_health_url: String,
     /// SSM parameter with the DATABASE_URL to count `_migrations` with.
     database_url_param: String,
@@ -31,6 +34,10 @@ pub(crate) struct Params {
     alarm_prefix: String,
     #[serde(default = "two_minutes", deserialize_with = "super::number_or_text")]
     pub(super) wait_seconds: u64,
+}
+
+fn strict_dixie() -> HealthPolicy {
+    HealthPolicy::strict(HealthRule::Dixie)
 }
 
 /// `true`, or `"true"` as a `${env.x}` reference gives it.
@@ -97,8 +104,12 @@ impl Params {
         let dixie = reach::get_json(&cx.env, &self.dixie_health_url).await;
         match &dixie {
             Ok((code, body, took)) => {
-                let (ok, why) = judge(HealthRule::Dixie, *code, body);
-                check("dixie health", Ok(format!("{}, {} ms", with_status(*code, &why), took.as_millis())), ok);
+                let verdict = judge(&self.dixie_health, *code, body);
+                for warning in verdict.warnings {
+                    cx.warn(warning).await;
+                }
+                let seen = format!("{}, {} ms", with_status(*code, &verdict.summary), took.as_millis());
+                check("dixie health", Ok(seen), verdict.ok);
                 let redis = body["infrastructure"]["redis"]["status"].as_str().unwrap_or("absent").to_string();
                 check("redis", Ok(format!("dixie reports redis {redis}")), redis == "healthy");
             }
@@ -109,8 +120,9 @@ impl Params {
         }
         match reach::get_json(&cx.env, &self.finn_health_url).await {
             Ok((code, body, took)) => {
-                let (ok, why) = judge(HealthRule::Finn, code, &body);
-                check("finn health", Ok(format!("{}, {} ms", with_status(code, &why), took.as_millis())), ok);
+                let verdict = judge(&HealthPolicy::strict(HealthRule::Finn), code, &body);
+                let seen = format!("{}, {} ms", with_status(code, &verdict.summary), took.as_millis());
+                check("finn health", Ok(seen), verdict.ok);
             }
             Err(e) => check("finn health", Err(e), false),
         }
@@ -199,6 +211,7 @@ impl Step for Params {
 
     fn validate(&self) -> Result<(), String> {
         reach::check_http_url("dixie_health_url", &self.dixie_health_url)?;
+        self.dixie_health.check()?;
         reach::check_http_url("finn_health_url", &self.finn_health_url)?;
         if self.migrations < 0 {
             return Err(format!("migrations = {}: the count of applied migrations is 0 or more", self.migrations));
