@@ -26,6 +26,7 @@ Stand-ins log to $RING_DIR/logs/<service>.log. On TERM it stops its stand-ins an
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
 import logging
 import os
@@ -143,6 +144,7 @@ class Agent:
         self.ecs = session.client("ecs", endpoint_url=ENDPOINT, config=cfg)
         self.ssm = session.client("ssm", endpoint_url=ENDPOINT, config=cfg)
         self.sm = session.client("secretsmanager", endpoint_url=ENDPOINT, config=cfg)
+        self.ec2 = session.client("ec2", endpoint_url=ENDPOINT, config=cfg)
         self.tasks: dict[str, Task] = {}
         self.retry_at: dict[str, tuple] = {}     # service -> (deployment key, monotonic time of next attempt)
         self.crashes: dict[str, int] = {}        # consecutive quick deaths, for the back-off
@@ -259,7 +261,7 @@ class Agent:
                   f"new deployment (was {task.key[0]})" if task.key[0] != key[0] else
                   f"new task definition (was {task.key[1]})")
         try:
-            env, image = self.task_env(name, td, dep)
+            env, image = self.task_env(name, td, dep, svc)
         except MissingSecret as e:
             self.retry_at[name] = (key, time.monotonic() + SECRET_RETRY_S)
             self.note(name, f"{name}: cannot start a task of deployment {key[0]}: {e} (ECS would fail the task "
@@ -274,7 +276,7 @@ class Agent:
         self.start(name, key, dep, env, image, reason)
 
     # --- the task's environment --------------------------------------------------
-    def task_env(self, name: str, td_arn: str, dep: dict) -> tuple[dict, str]:
+    def task_env(self, name: str, td_arn: str, dep: dict, svc: dict) -> tuple[dict, str]:
         spec = SERVICES[name]
         td = self.ecs.describe_task_definition(taskDefinition=td_arn)["taskDefinition"]
         containers = td.get("containerDefinitions") or []
@@ -322,9 +324,24 @@ class Agent:
             "RING_DEPLOYMENT_ID": dep["id"],
             "RING_TASK_ENV_NAMES": ",".join(task_names),
         })
+        env.update(self.task_network(svc))
         if name == "dixie-armitage":
             env["DIXIE_MIGRATIONS_DIR"] = str(REPO / "fixtures" / "dixie" / "migrations")
         return env, image
+
+    def task_network(self, svc: dict) -> dict:
+        """The task's security groups and a private address in its first subnet, for the
+        stand-in's security-group checks (moto runs no task for a service, so it has no ENI)."""
+        vpc = (svc.get("networkConfiguration") or {}).get("awsvpcConfiguration") or {}
+        address = ""
+        if vpc.get("subnets"):
+            subnet = self.ec2.describe_subnets(SubnetIds=vpc["subnets"][:1])["Subnets"][0]
+            address = str(ipaddress.ip_network(subnet["CidrBlock"]).network_address + 10)
+        return {
+            "RING_TASK_SECURITY_GROUPS": ",".join(vpc.get("securityGroups") or []),
+            "RING_TASK_ADDRESS": address,
+            "RING_EC2_ENDPOINT": ENDPOINT,
+        }
 
     # --- processes -----------------------------------------------------------------
     def start(self, name: str, key: tuple[str, str], dep: dict, env: dict, image: str, reason: str) -> None:

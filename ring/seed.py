@@ -33,6 +33,7 @@ CLUSTER = "arrakis-staging-cluster"
 ZONE = "arrakis.community"
 FINN = "loa-finn-armitage"
 NATS = "arrakis-staging-nats"
+VPC_CIDR = "10.1.0.0/16"
 ALB = "arrakis-staging-alb"
 RDS = "arrakis-staging-postgres"
 ADMIN_PASSWORD_PARAM = "/arrakis/staging/rds/master-password"
@@ -67,7 +68,7 @@ class Seeder:
             self.note(False, "vpc")
         else:
             self.vpc_id = self.ec2.create_vpc(
-                CidrBlock="10.1.0.0/16",
+                CidrBlock=VPC_CIDR,
                 TagSpecifications=[{"ResourceType": "vpc", "Tags": [{"Key": "Name", "Value": "arrakis-staging-vpc"}]}],
             )["Vpc"]["VpcId"]
             self.note(True, "vpc")
@@ -124,6 +125,15 @@ class Seeder:
             [{"IpProtocol": "tcp", "FromPort": 4222, "ToPort": 4222, "UserIdGroupPairs": [{"GroupId": self.tasks_sg}]}],
         )
         self.dixie_sg = self.security_group("dixie-armitage-sg", "Dixie armitage tasks")
+        # RDS and Redis admit the VPC's range, as Armitage's did (sprint 2 reached both there).
+        self.rds_sg = self.security_group(
+            "arrakis-staging-rds-sg", "arrakis staging RDS",
+            [{"IpProtocol": "tcp", "FromPort": 5432, "ToPort": 5432, "IpRanges": [{"CidrIp": VPC_CIDR}]}],
+        )
+        self.redis_sg = self.security_group(
+            "arrakis-staging-redis-sg", "arrakis staging Redis",
+            [{"IpProtocol": "tcp", "FromPort": 6379, "ToPort": 6379, "IpRanges": [{"CidrIp": VPC_CIDR}]}],
+        )
 
     # --- certificate, ALB, DNS -----------------------------------------------
     def certificate(self) -> None:
@@ -260,6 +270,7 @@ class Seeder:
                 DBInstanceClass="db.t3.micro", AllocatedStorage=20,
                 MasterUsername="arrakis_admin", MasterUserPassword=self.admin_password, Port=5432,
                 DBSubnetGroupName="arrakis-staging-db", PubliclyAccessible=False,
+                VpcSecurityGroupIds=[self.rds_sg],
             )
             self.note(True, "rds")
 

@@ -24,6 +24,7 @@ import concurrent.futures
 import datetime
 import hashlib
 import http.client
+import ipaddress
 import json
 import logging
 import os
@@ -110,11 +111,76 @@ def redact_url(url: str) -> str:
     return url
 
 
+# --- security groups -----------------------------------------------------------------
+class Firewall:
+    """The security groups between this task and what it dials, as AWS enforces them: a
+    connection to PostgreSQL (5432), Redis (6379) or NATS (4222) is allowed only when the
+    target's group has an inbound rule for that port naming one of the task's groups, or a CIDR
+    that holds the task's address. Asked of the ring's EC2 (moto) at each check, so a rule added
+    or revoked takes effect on the next connection, as on AWS. Without the agent's network
+    facts (a stand-in started by hand) nothing is enforced."""
+
+    TARGETS = {5432: "arrakis-staging-rds-sg", 6379: "arrakis-staging-redis-sg", 4222: "arrakis-staging-nats-sg"}
+
+    def __init__(self) -> None:
+        self.groups = {g for g in os.environ.get("RING_TASK_SECURITY_GROUPS", "").split(",") if g}
+        self.address = os.environ.get("RING_TASK_ADDRESS", "")
+        self.endpoint = os.environ.get("RING_EC2_ENDPOINT", "")
+        self.ec2 = None
+
+    def client(self):
+        if self.ec2 is None:
+            import boto3
+            from botocore.config import Config
+
+            self.ec2 = boto3.client(
+                "ec2", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+                config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2,
+                              user_agent_extra="ring-standin-dixie"))
+        return self.ec2
+
+    def check(self, port: int) -> None:
+        """Raises ConnectionError, as the connect timeout AWS would give, when blocked."""
+        target = self.TARGETS.get(port)
+        if not target or not self.endpoint or not self.groups:
+            return
+        found = self.client().describe_security_groups(
+            Filters=[{"Name": "group-name", "Values": [target]}])["SecurityGroups"]
+        if not found:
+            raise ConnectionError(f"timed out: security group {target} does not exist")
+        for perm in found[0].get("IpPermissions", []):
+            proto = perm.get("IpProtocol")
+            if proto not in ("tcp", "-1", "6"):
+                continue
+            if proto != "-1" and not (perm.get("FromPort", 0) <= port <= perm.get("ToPort", 65535)):
+                continue
+            if any(p.get("GroupId") in self.groups for p in perm.get("UserIdGroupPairs", [])):
+                return
+            if self.address and any(
+                    ipaddress.ip_address(self.address) in ipaddress.ip_network(r["CidrIp"], strict=False)
+                    for r in perm.get("IpRanges", [])):
+                return
+        raise ConnectionError(
+            f"timed out: security group {found[0]['GroupId']} ({target}) has no inbound rule for tcp/{port} "
+            f"from {', '.join(sorted(self.groups))} or {self.address}")
+
+
+FIREWALL = Firewall()
+
+
+def dial_through(url: str, service_port: int) -> tuple[urllib.parse.SplitResult, str, int]:
+    """`dial`, after the security groups allow a connection to the service's port."""
+    parts = dial(url)
+    FIREWALL.check(parts[0].port or service_port)
+    return parts
+
+
 # --- PostgreSQL ------------------------------------------------------------------
 def pg_connect(timeout: float = 2.0):
     import psycopg  # psycopg[binary], installed by ring/setup.sh
 
-    u, ip, port = dial(ENV["DATABASE_URL"])
+    u, ip, port = dial_through(ENV["DATABASE_URL"], 5432)
     if u.scheme.lower() not in ("postgres", "postgresql"):
         raise ValueError(f"DATABASE_URL scheme {u.scheme!r} is not postgres")
     q = dict(urllib.parse.parse_qsl(u.query))
@@ -228,7 +294,7 @@ def short(e: BaseException) -> str:
 def check_redis() -> dict:
     t0 = time.monotonic()
     try:
-        u, ip, port = dial(ENV["REDIS_URL"])
+        u, ip, port = dial_through(ENV["REDIS_URL"], 6379)
         scheme = u.scheme.lower()
         if scheme not in ("redis", "rediss"):
             raise ValueError(f"REDIS_URL scheme {scheme!r}")
@@ -270,7 +336,7 @@ def check_nats() -> dict:
         if "://" not in url:
             url = "nats://" + url
         try:
-            u, ip, port = dial(url)
+            u, ip, port = dial_through(url, 4222)
             with socket.create_connection((ip, port), timeout=CHECK_TIMEOUT) as sock:
                 f = sock.makefile("rb")
                 info = f.readline()
