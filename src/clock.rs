@@ -29,6 +29,38 @@ pub(crate) fn format_utc_ms(ms: i64) -> String {
     format!("{}.{:03}Z", seconds.trim_end_matches('Z'), ms.rem_euclid(1000))
 }
 
+/// Unix milliseconds of `2026-11-25T22:04:53Z` or `2026-11-25T22:04:53.123Z` (what
+/// `format_utc` and `format_utc_ms` write); `None` for anything else.
+pub(crate) fn parse_utc(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(r)?;
+        part.bytes().all(|c| c.is_ascii_digit()).then(|| part.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (digits(0..4)?, digits(5..7)?, digits(8..10)?);
+    let (hour, minute, second) = (digits(11..13)?, digits(14..16)?, digits(17..19)?);
+    let millis = match &text[19..] {
+        "Z" => 0,
+        rest if rest.len() == 5 && rest.starts_with('.') && rest.ends_with('Z') => digits(20..23)?,
+        _ => return None,
+    };
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hour * 3600 + minute * 60 + second) * 1000) + millis)
+}
+
 /// `1.2s`, `3m04s`, `1h02m`.
 pub(crate) fn format_duration(ms: i64) -> String {
     let ms = ms.max(0);
@@ -52,5 +84,16 @@ mod tests {
         assert_eq!(format_utc_ms(1_795_644_293_042), "2026-11-25T22:04:53.042Z");
         assert_eq!(format_duration(1234), "1.2s");
         assert_eq!(format_duration(184_000), "3m04s");
+    }
+
+    #[test]
+    fn parses_what_it_formats_and_nothing_else() {
+        for ms in [0, 1_795_644_293_000, 1_795_644_293_042, 951_782_400_000 /* 2000-02-29 */] {
+            assert_eq!(parse_utc(&format_utc_ms(ms)), Some(ms));
+            assert_eq!(parse_utc(&format_utc(ms)), Some(ms - ms % 1000));
+        }
+        for bad in ["", "2026-11-25", "2026-13-01T00:00:00Z", "2026-11-25T22:04:53+01:00", "2026-11-25 22:04:53Z"] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use crate::secret::Secret;
 
 pub(crate) struct Cloud {
     pub(crate) cloudwatch: aws_sdk_cloudwatch::Client,
+    pub(crate) ec2: aws_sdk_ec2::Client,
     pub(crate) ecr: aws_sdk_ecr::Client,
     pub(crate) ecs: aws_sdk_ecs::Client,
     pub(crate) route53: aws_sdk_route53::Client,
@@ -68,6 +69,7 @@ impl Cloud {
         let config = loader.load().await;
         Cloud {
             cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
+            ec2: aws_sdk_ec2::Client::new(&config),
             ecr: aws_sdk_ecr::Client::new(&config),
             ecs: aws_sdk_ecs::Client::new(&config),
             route53: aws_sdk_route53::Client::new(&config),

@@ -63,7 +63,17 @@ fn every_kind_is_registered_once() {
     let names: Vec<&str> = steps::KINDS.iter().map(|k| k.name).collect();
     assert_eq!(
         names,
-        ["ecr_repository", "database", "image", "terraform", "ssm_params", "ecs_deploy", "validate", "pull_request"]
+        [
+            "ecr_repository",
+            "database",
+            "image",
+            "terraform",
+            "ssm_params",
+            "ecs_deploy",
+            "validate",
+            "pull_request",
+            "security_group_ingress"
+        ]
     );
     assert_eq!(
         steps::find(steps::KINDS, "terraform").map(|k| k.outputs),
@@ -89,7 +99,7 @@ fn an_unknown_kind_lists_the_known_ones() {
     assert_eq!(
         err,
         "runbooks/sprint-2.toml: step T2.3: unknown kind `databse`; known kinds: ecr_repository, database, image, \
-         terraform, ssm_params, ecs_deploy, validate, pull_request"
+         terraform, ssm_params, ecs_deploy, validate, pull_request, security_group_ingress"
     );
 }
 

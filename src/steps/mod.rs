@@ -34,7 +34,17 @@ macro_rules! kinds {
     };
 }
 
-kinds![ecr_repository, database, image, terraform, ssm_params, ecs_deploy, validate, pull_request];
+kinds![
+    ecr_repository,
+    database,
+    image,
+    terraform,
+    ssm_params,
+    ecs_deploy,
+    validate,
+    pull_request,
+    security_group_ingress
+];
 
 /// What a probe found.
 #[derive(Debug)]

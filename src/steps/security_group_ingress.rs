@@ -1,0 +1,237 @@
+//! `security_group_ingress` (T3.1): one inbound rule of a security group that another team
+//! manages, admitting a source group on one TCP port (the NATS group admits Dixie's on 4222).
+//!
+//! The probe looks for a rule with that source and port (DescribeSecurityGroupRules); the apply
+//! authorizes it with the seed's description and a `runbook:created-at` tag, so that a redeploy
+//! downstream can tell the rule is newer than the running deployment. `InvalidPermission.Duplicate`
+//! counts as done only once the verify (the probe) has found the matching rule.
+
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{
+    Filter, IpPermission, ResourceType, SecurityGroupRule, Tag, TagSpecification, UserIdGroupPair,
+};
+use serde::Deserialize;
+
+use super::{Probe, Step, StepContext, StepError};
+use crate::event::Outputs;
+
+/// The tag that records when runbook created a rule (RFC 3339, UTC).
+const CREATED_AT: &str = "runbook:created-at";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Params {
+    /// The group that gets the rule: an id (`sg-…`, as on Armitage) or a name in the account
+    /// (on the ring, where ids change with every reset).
+    group: String,
+    /// The group admitted (Dixie's task group, made by sprint 2's terraform): an id or a name.
+    source_group: String,
+    port: u16,
+    description: String,
+}
+
+fn is_group_id(s: &str) -> bool {
+    s.strip_prefix("sg-").is_some_and(|h| (8..=17).contains(&h.len()) && h.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// A group's id: as given (`sg-…`), or looked up by name (exactly one must match).
+async fn group_id(cx: &StepContext, field: &str, group: &str) -> Result<String, StepError> {
+    if is_group_id(group) {
+        return Ok(group.to_string());
+    }
+    let found = cx
+        .cloud
+        .ec2
+        .describe_security_groups()
+        .filters(Filter::builder().name("group-name").values(group).build())
+        .send()
+        .await
+        .map_err(|e| StepError::from_sdk("ec2:DescribeSecurityGroups", e))?;
+    let ids: Vec<&str> = found.security_groups().iter().filter_map(|g| g.group_id()).collect();
+    match ids.as_slice() {
+        [id] => Ok(id.to_string()),
+        [] => Err(StepError::fatal(
+            format!("{field}: no security group named {group}"),
+            format!("check `{field}` (an sg- id, or the group's name) and the environment"),
+        )),
+        many => Err(StepError::fatal(
+            format!("{field}: {} security groups are named {group}: {}", many.len(), many.join(", ")),
+            format!("give `{field}` as the group's id instead of its name"),
+        )),
+    }
+}
+
+impl Params {
+    /// The group's id and its source's: as given, or looked up by name.
+    async fn group_ids(&self, cx: &StepContext) -> Result<(String, String), StepError> {
+        Ok((group_id(cx, "group", &self.group).await?, group_id(cx, "source_group", &self.source_group).await?))
+    }
+
+    /// The inbound rule of `group` for this port from the source group, if there is one.
+    async fn rule(&self, cx: &StepContext, group: &str, source: &str) -> Result<Option<SecurityGroupRule>, StepError> {
+        let mut pages = cx
+            .cloud
+            .ec2
+            .describe_security_group_rules()
+            .filters(Filter::builder().name("group-id").values(group).build())
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| StepError::from_sdk("ec2:DescribeSecurityGroupRules", e))?;
+            if let Some(rule) = page.security_group_rules().iter().find(|r| self.admits(r, source)) {
+                return Ok(Some(rule.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// An inbound TCP (or all-traffic) rule covering the port, naming the source group.
+    fn admits(&self, rule: &SecurityGroupRule, source: &str) -> bool {
+        let port = i32::from(self.port);
+        let protocol = rule.ip_protocol().unwrap_or_default();
+        let covers = protocol == "-1"
+            || ((protocol == "tcp" || protocol == "6")
+                && rule.from_port().unwrap_or(-1) <= port
+                && port <= rule.to_port().unwrap_or(-1));
+        rule.is_egress() == Some(false)
+            && covers
+            && rule.referenced_group_info().and_then(|g| g.group_id()) == Some(source)
+    }
+
+    fn outputs(group: &str, rule: &SecurityGroupRule) -> Outputs {
+        let created_at = rule.tags().iter().find(|t| t.key() == Some(CREATED_AT)).and_then(|t| t.value());
+        Outputs::from([
+            ("group_id".to_string(), group.to_string()),
+            ("rule_id".to_string(), rule.security_group_rule_id().unwrap_or_default().to_string()),
+            // Empty when the rule was made by someone else: its age is unknown.
+            ("created_at".to_string(), created_at.unwrap_or_default().to_string()),
+        ])
+    }
+}
+
+impl Step for Params {
+    const KIND: &'static str = "security_group_ingress";
+    const OUTPUTS: Option<&'static [&'static str]> = Some(&["group_id", "rule_id", "created_at"]);
+
+    fn validate(&self) -> Result<(), String> {
+        if self.group.trim().is_empty() {
+            return Err("group is empty: give the group's id (sg-…) or its name".into());
+        }
+        for (field, value) in [("group", &self.group), ("source_group", &self.source_group)] {
+            if value.starts_with("sg-") && !is_group_id(value) {
+                return Err(format!("{field} = {value:?} is not a security group id (sg- and 8 or 17 hex digits)"));
+            }
+        }
+        if self.port == 0 {
+            return Err("port = 0: give the TCP port the source connects to".into());
+        }
+        // EC2's rule for descriptions: up to 255 characters of a-z A-Z 0-9 spaces ._-:/()#,@[]+=&;{}!$*
+        let allowed = |c: char| c.is_ascii_alphanumeric() || " ._-:/()#,@[]+=&;{}!$*".contains(c);
+        if self.description.len() > 255 || !self.description.chars().all(allowed) {
+            return Err(format!(
+                "description = {:?}: EC2 takes up to 255 characters of letters, digits, spaces and ._-:/()#,@[]+=&;{{}}!$*",
+                self.description
+            ));
+        }
+        Ok(())
+    }
+
+    fn converge_within(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+
+    async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
+        let (group, source) = self.group_ids(cx).await?;
+        Ok(match self.rule(cx, &group, &source).await? {
+            Some(rule) => Probe::Satisfied(Self::outputs(&group, &rule)),
+            None => Probe::Absent(format!(
+                "allow tcp/{} into {} ({group}) from {} ({source})",
+                self.port, self.group, self.source_group
+            )),
+        })
+    }
+
+    async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
+        let (group, source) = self.group_ids(cx).await?;
+        let now = crate::clock::format_utc_ms(crate::clock::now_ms());
+        cx.log(format!("authorizing tcp/{} into {group} from {source} ({})", self.port, self.description)).await;
+        let permission = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(i32::from(self.port))
+            .to_port(i32::from(self.port))
+            .user_id_group_pairs(UserIdGroupPair::builder().group_id(&source).description(&self.description).build())
+            .build();
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::SecurityGroupRule)
+            .tags(Tag::builder().key(CREATED_AT).value(&now).build())
+            .build();
+        let sent = cx
+            .cloud
+            .ec2
+            .authorize_security_group_ingress()
+            .group_id(&group)
+            .ip_permissions(permission)
+            .tag_specifications(tags)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => {}
+            // The rule exists (made meanwhile, or by hand): done only if the verify finds it.
+            Err(e) if e.as_service_error().and_then(|s| s.meta().code()) == Some("InvalidPermission.Duplicate") => {
+                cx.log("the rule exists already; the verify checks that it admits the source on the port").await;
+            }
+            Err(e) => return Err(StepError::from_sdk("ec2:AuthorizeSecurityGroupIngress", e)),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(toml_text: &str) -> Result<Params, String> {
+        let p: Params = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        p.validate().map(|()| p)
+    }
+
+    #[test]
+    fn group_ids_and_descriptions_are_checked_as_ec2_would() {
+        let ok = "group = \"arrakis-staging-nats-sg\"\nsource_group = \"sg-0790b2636abe2498e\"\nport = 4222\n\
+                  description = \"NATS client from Dixie\"\n";
+        assert!(params(ok).is_ok());
+        assert!(params(&ok.replace("sg-0790b2636abe2498e", "dixie-armitage-tasks")).is_ok(), "a name is looked up");
+        let err = params(&ok.replace("sg-0790b2636abe2498e", "sg-dixie")).unwrap_err();
+        assert!(err.contains("source_group = \"sg-dixie\" is not a security group id"), "{err}");
+        let err = params(&ok.replace("NATS client from Dixie", "NATS <- Dixie")).unwrap_err();
+        assert!(err.contains("EC2 takes up to 255 characters"), "{err}");
+        assert!(params(&ok.replace("4222", "0")).unwrap_err().contains("port = 0"));
+        assert!(is_group_id("sg-0df20023c098de62b") && is_group_id("sg-1234abcd") && !is_group_id("sg-xyz"));
+    }
+
+    #[test]
+    fn a_rule_admits_the_source_only_inbound_on_the_port() {
+        let p = params(
+            "group = \"g\"\nsource_group = \"sg-0790b2636abe2498e\"\nport = 4222\ndescription = \"NATS client from Dixie\"\n",
+        )
+        .unwrap();
+        let from = |group: &str| aws_sdk_ec2::types::ReferencedSecurityGroup::builder().group_id(group).build();
+        let rule = |egress: bool, protocol: &str, ports: (i32, i32), group: &str| {
+            SecurityGroupRule::builder()
+                .is_egress(egress)
+                .ip_protocol(protocol)
+                .from_port(ports.0)
+                .to_port(ports.1)
+                .referenced_group_info(from(group))
+                .build()
+        };
+        let admits = |r: &SecurityGroupRule| p.admits(r, "sg-0790b2636abe2498e");
+        assert!(admits(&rule(false, "tcp", (4222, 4222), "sg-0790b2636abe2498e")));
+        assert!(admits(&rule(false, "-1", (-1, -1), "sg-0790b2636abe2498e")), "all traffic admits it too");
+        assert!(!admits(&rule(true, "tcp", (4222, 4222), "sg-0790b2636abe2498e")), "egress is not ingress");
+        assert!(!admits(&rule(false, "tcp", (3000, 3000), "sg-0790b2636abe2498e")), "another port");
+        assert!(!admits(&rule(false, "udp", (4222, 4222), "sg-0790b2636abe2498e")), "another protocol");
+        assert!(!admits(&rule(false, "tcp", (4222, 4222), "sg-1485a827ba225a81f")), "another source");
+    }
+}
