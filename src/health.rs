@@ -25,6 +25,12 @@ pub(crate) enum HealthRule {
 pub(crate) struct HealthPolicy {
     pub(crate) rule: HealthRule,
     pub(crate) tolerate: BTreeMap<String, String>,
+    /// Dixie's governance must report `healthy` too (sprint 3: it needs NATS).
+    pub(crate) governance: bool,
+    /// Finn's latency as Dixie sees it: the median of `latency_samples` bodies a second apart
+    /// must be under this (sprint 3: 50 ms).
+    pub(crate) finn_latency_ms: Option<u64>,
+    pub(crate) latency_samples: u32,
 }
 
 #[derive(Deserialize)]
@@ -35,27 +41,45 @@ enum PolicyFile {
         rule: HealthRule,
         #[serde(default)]
         tolerate: BTreeMap<String, String>,
+        #[serde(default)]
+        governance: bool,
+        #[serde(default)]
+        finn_latency_ms: Option<u64>,
+        #[serde(default = "five")]
+        latency_samples: u32,
     },
+}
+
+fn five() -> u32 {
+    5
 }
 
 impl From<PolicyFile> for HealthPolicy {
     fn from(file: PolicyFile) -> Self {
         match file {
-            PolicyFile::Rule(rule) => HealthPolicy { rule, tolerate: BTreeMap::new() },
-            PolicyFile::Full { rule, tolerate } => HealthPolicy { rule, tolerate },
+            PolicyFile::Rule(rule) => HealthPolicy::strict(rule),
+            PolicyFile::Full { rule, tolerate, governance, finn_latency_ms, latency_samples } => {
+                HealthPolicy { rule, tolerate, governance, finn_latency_ms, latency_samples }
+            }
         }
     }
 }
 
 impl HealthPolicy {
     pub(crate) fn strict(rule: HealthRule) -> Self {
-        HealthPolicy { rule, tolerate: BTreeMap::new() }
+        HealthPolicy { rule, tolerate: BTreeMap::new(), governance: false, finn_latency_ms: None, latency_samples: 5 }
     }
 
     /// Only components Dixie reports can be tolerated, and only under the Dixie rule.
     pub(crate) fn check(&self) -> Result<(), String> {
-        if self.rule != HealthRule::Dixie && !self.tolerate.is_empty() {
-            return Err("health.tolerate: only the dixie rule reports components that can be tolerated".into());
+        let dixie_only = !self.tolerate.is_empty() || self.governance || self.finn_latency_ms.is_some();
+        if self.rule != HealthRule::Dixie && dixie_only {
+            return Err(
+                "health: tolerate, governance and finn_latency_ms read Dixie's body: use rule = \"dixie\"".into()
+            );
+        }
+        if self.finn_latency_ms.is_some() && !(1..=60).contains(&self.latency_samples) {
+            return Err(format!("health.latency_samples = {}: take 1 to 60 samples", self.latency_samples));
         }
         match self.tolerate.keys().find(|k| !COMPONENTS.contains(&k.as_str())) {
             Some(k) => {
@@ -106,6 +130,13 @@ pub(crate) fn judge(policy: &HealthPolicy, http_status: u16, body: &serde_json::
                     Some(why) => warnings.push(format!("{name} {s}: {why}")),
                     None => failing_untolerated = true,
                 }
+            }
+        }
+        if policy.governance {
+            let governance = body["governance"]["health"].as_str().unwrap_or("missing");
+            if governance != "healthy" {
+                notes.push(format!("governance {governance}"));
+                failing_untolerated = true;
             }
         }
         let degraded_by_tolerated = status == "degraded" && !warnings.is_empty() && !failing_untolerated;
@@ -162,12 +193,18 @@ mod tests {
     #[test]
     fn a_policy_tolerates_only_components_dixie_reports() {
         assert_eq!(sprint_2().check(), Ok(()));
-        let typo = HealthPolicy { rule: HealthRule::Dixie, tolerate: BTreeMap::from([("natz".into(), "x".into())]) };
+        let typo = HealthPolicy {
+            tolerate: BTreeMap::from([("natz".into(), "x".into())]),
+            ..HealthPolicy::strict(HealthRule::Dixie)
+        };
         assert_eq!(
             typo.check().unwrap_err(),
             "health.tolerate: unknown component `natz`; Dixie reports postgresql, redis, nats"
         );
-        let finn = HealthPolicy { rule: HealthRule::Finn, tolerate: BTreeMap::from([("nats".into(), "x".into())]) };
+        let finn = HealthPolicy {
+            tolerate: BTreeMap::from([("nats".into(), "x".into())]),
+            ..HealthPolicy::strict(HealthRule::Finn)
+        };
         assert!(finn.check().is_err());
     }
 
@@ -216,5 +253,23 @@ mod tests {
         let up = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}},
             "infrastructure": {"postgresql": {"status": "healthy"}, "nats": {"status": "connected"}}});
         assert!(strict(HealthRule::Dixie, 200, &up).0);
+    }
+
+    #[test]
+    fn sprint_3_asks_for_governance_too() {
+        let policy: HealthPolicy =
+            toml::from_str::<toml::Table>("h = { rule = \"dixie\", governance = true, finn_latency_ms = 50 }").unwrap()
+                ["h"]
+                .clone()
+                .try_into()
+                .unwrap();
+        assert_eq!((policy.finn_latency_ms, policy.latency_samples), (Some(50), 5));
+        let body = |governance: &str| {
+            serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "closed"}},
+                "infrastructure": {"nats": {"status": "connected"}}, "governance": {"health": governance}})
+        };
+        assert!(judge(&policy, 200, &body("healthy")).ok);
+        let verdict = judge(&policy, 200, &body("degraded"));
+        assert!(!verdict.ok && verdict.summary.ends_with("governance degraded"), "{verdict:?}");
     }
 }

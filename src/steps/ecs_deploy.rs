@@ -7,6 +7,7 @@
 //! changed restarts nothing. With `set_param` (T2.7) it first writes one parameter of the
 //! service (Finn's DIXIE_BASE_URL): the redeploy then proves the service read it.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
@@ -32,11 +33,27 @@ pub(crate) struct Params {
     image_repository: String,
     #[serde(default)]
     set_param: Option<SetParam>,
+    /// Other inputs the deployment must postdate, by name: RFC 3339 times (an empty one is
+    /// unknown and ignored), e.g. when T3.1 created the NATS rule.
+    #[serde(default)]
+    changed_at: BTreeMap<String, String>,
     health_url: String,
     health: HealthPolicy,
+    /// The service's CloudWatch alarms: none in ALARM, and at least as many as the terraform
+    /// folder declares.
+    #[serde(default)]
+    alarms: Option<Alarms>,
     /// How long the deployment may take to become stable and healthy.
     #[serde(default = "fifteen_minutes", deserialize_with = "super::number_or_text")]
     pub(super) wait_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Alarms {
+    prefix: String,
+    /// The terraform folder whose `aws_cloudwatch_metric_alarm` resources must all exist.
+    declared_in: String,
 }
 
 fn fifteen_minutes() -> u64 {
@@ -135,6 +152,14 @@ impl Params {
                 }
             }
         }
+        for (name, when) in &self.changed_at {
+            if let Some(ms) = crate::clock::parse_utc(when) {
+                let when = SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+                if newest.as_ref().is_none_or(|(t, _)| when > *t) {
+                    newest = Some((when, name.clone()));
+                }
+            }
+        }
         let mut consider = |name: Option<&str>, when: Option<&aws_sdk_ssm::primitives::DateTime>| {
             if let (Some(name), Some(when)) = (name, when) {
                 let when = SystemTime::UNIX_EPOCH + Duration::from_millis(when.to_millis().unwrap_or(0).max(0) as u64);
@@ -215,6 +240,88 @@ impl Params {
     }
 }
 
+impl Params {
+    /// Finn's latency as Dixie reports it, sampled `latency_samples` times a second apart:
+    /// (median, samples). A sample without a latency fails the step's wait, naming it.
+    async fn finn_latency(&self, cx: &StepContext) -> Result<(u64, Vec<u64>), StepError> {
+        let mut samples = Vec::new();
+        for n in 0..self.health.latency_samples {
+            if n > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let (_, body, _) = reach::get_json(&cx.env, &self.health_url).await.map_err(StepError::retryable)?;
+            let latency = body["services"]["loa_finn"]["latency_ms"].as_f64().ok_or_else(|| {
+                StepError::retryable(format!("{} reports no services.loa_finn.latency_ms", self.health_url))
+            })?;
+            samples.push(latency.round().max(0.0) as u64);
+        }
+        let mut sorted = samples.clone();
+        sorted.sort_unstable();
+        Ok((sorted[sorted.len() / 2], samples))
+    }
+}
+
+impl Alarms {
+    /// (ok, what was seen): none in ALARM, and no fewer than the terraform folder declares.
+    async fn check(&self, cx: &StepContext) -> Result<(bool, String), StepError> {
+        let declared = declared_alarms(&cx.project.join(&self.declared_in))
+            .map_err(|e| StepError::fatal(e, "point alarms.declared_in at the terraform folder"))?;
+        let found = cx
+            .cloud
+            .cloudwatch
+            .describe_alarms()
+            .alarm_name_prefix(&self.prefix)
+            .send()
+            .await
+            .map_err(|e| StepError::from_sdk("cloudwatch:DescribeAlarms", e))?;
+        let firing: Vec<&str> = found
+            .metric_alarms()
+            .iter()
+            .filter(|a| a.state_value().map(|s| s.as_str()) == Some("ALARM"))
+            .map(|a| a.alarm_name().unwrap_or("?"))
+            .collect();
+        let total = found.metric_alarms().len();
+        Ok(if !firing.is_empty() {
+            (false, format!("in ALARM: {}", firing.join(", ")))
+        } else if total < declared {
+            (false, format!("{total} alarms named {}*, terraform declares {declared}", self.prefix))
+        } else {
+            (true, format!("{total} alarms ({declared} declared), none in ALARM"))
+        })
+    }
+}
+
+/// The passed checks of a full validation, one line each, as T2.8 prints them.
+fn check_table(body: &serde_json::Value, outputs: &Outputs) -> Vec<String> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("absent").to_string();
+    let mut rows = vec![("status".to_string(), text(&body["status"]))];
+    for component in ["postgresql", "redis", "nats"] {
+        rows.push((component.to_string(), text(&body["infrastructure"][component]["status"])));
+    }
+    rows.push(("finn circuit".into(), text(&body["services"]["loa_finn"]["circuit_state"])));
+    if let Some(latency) = outputs.get("finn_latency") {
+        rows.push(("finn latency".into(), latency.clone()));
+    }
+    rows.push(("governance".into(), text(&body["governance"]["health"])));
+    if let Some(alarms) = outputs.get("alarms") {
+        rows.push(("alarms".into(), alarms.clone()));
+    }
+    rows.into_iter().map(|(check, seen)| format!("{check:<14} pass {seen}")).collect()
+}
+
+/// How many `aws_cloudwatch_metric_alarm` resources the folder's `*.tf` files declare.
+fn declared_alarms(dir: &std::path::Path) -> Result<usize, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("alarms.declared_in: {}: {e}", dir.display()))?;
+    let mut count = 0;
+    for entry in entries.flatten() {
+        if entry.path().extension().is_some_and(|x| x == "tf") {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            count += text.matches("resource \"aws_cloudwatch_metric_alarm\"").count();
+        }
+    }
+    Ok(count)
+}
+
 impl Step for Params {
     const KIND: &'static str = "ecs_deploy";
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["deployment_id", "deployment_started_at", "health"]);
@@ -263,16 +370,17 @@ impl Step for Params {
                 svc.primary_id, self.service, svc.running
             )));
         }
-        let (ok, summary, uptime) = match reach::get_json(&cx.env, &self.health_url).await {
+        let (ok, summary, body) = match reach::get_json(&cx.env, &self.health_url).await {
             Ok((code, body, _)) => {
                 let verdict = judge(&self.health, code, &body);
                 for warning in verdict.warnings {
                     cx.warn(warning).await;
                 }
-                (verdict.ok, verdict.summary, body["uptime_seconds"].as_f64())
+                (verdict.ok, verdict.summary, body)
             }
-            Err(e) => (false, e, None),
+            Err(e) => (false, e, serde_json::Value::Null),
         };
+        let uptime = body["uptime_seconds"].as_f64();
         if !ok {
             return Ok(Probe::Absent(format!("{} is not healthy yet: {summary}", self.health_url)));
         }
@@ -289,11 +397,32 @@ impl Step for Params {
                 )));
             }
         }
-        Ok(Probe::Satisfied(Outputs::from([
+        let mut outputs = Outputs::from([
             ("deployment_id".to_string(), svc.primary_id),
             ("deployment_started_at".to_string(), utc(svc.primary_started)),
             ("health".to_string(), summary),
-        ])))
+        ]);
+        if let Some(limit) = self.health.finn_latency_ms {
+            let (median, samples) = self.finn_latency(cx).await?;
+            let seen = format!("median {median} ms of {samples:?} ms, 1 s apart (want < {limit} ms)");
+            if median >= limit {
+                return Ok(Probe::Absent(format!("finn latency {seen}")));
+            }
+            outputs.insert("finn_latency".into(), seen);
+        }
+        if let Some(alarms) = &self.alarms {
+            let (ok, seen) = alarms.check(cx).await?;
+            if !ok {
+                return Ok(Probe::Absent(seen));
+            }
+            outputs.insert("alarms".into(), seen);
+        }
+        if self.health.governance || self.health.finn_latency_ms.is_some() || self.alarms.is_some() {
+            for line in check_table(&body, &outputs) {
+                cx.log(line).await;
+            }
+        }
+        Ok(Probe::Satisfied(outputs))
     }
 
     async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
