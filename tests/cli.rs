@@ -1775,3 +1775,165 @@ fn a_state_lock_left_by_a_dead_run_is_named_in_seconds_and_released_by_the_opera
     rb().run(&["resume", "--yes"]).expect_code(0).expect_text("Apply complete!");
     all_done(&rb().status());
 }
+
+const GITHUB: &str = "http://127.0.0.1:18700";
+
+/// A control call to the ring's GitHub stand-in (`/__ring/…`, no token).
+fn github_ring(method: &str, what: &str, body: serde_json::Value) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-sf", "-X", method, "-H", "Content-Type: application/json", "--data-binary", &body.to_string()])
+        .arg(format!("{GITHUB}/__ring/{what}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "github stand-in {method} /__ring/{what}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// The merges the GitHub stand-in served: (PR number or "sync", status).
+fn github_merges() -> Vec<(String, u64)> {
+    let log = github_ring("GET", "log", serde_json::Value::Null);
+    log["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            let path = r["path"].as_str()?;
+            let what = if path.ends_with("/merge") {
+                path.rsplit('/').nth(1)?.to_string()
+            } else if path.ends_with("/merges") {
+                "sync".to_string()
+            } else {
+                return None;
+            };
+            Some((what, r["status"].as_u64()?))
+        })
+        .collect()
+}
+
+/// Dixie's health body as the stand-in serves it.
+fn dixie_health() -> serde_json::Value {
+    let out = Command::new("curl").args(["-sf", "http://127.0.0.1:13001/api/health"]).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn sprint_3_takes_dixie_from_degraded_to_healthy_with_one_redeploy_and_a_rerun_changes_nothing() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("sprint3");
+    let project = impatient_project(&scratch);
+    let rb = || scratch.runbook().project(&project);
+    rb().run(&["run", "sprint-2", "--yes"])
+        .expect_code(0)
+        .expect_text("warning: nats unreachable: sprint-3 T3.1 adds the rule");
+    // As Armitage was after sprint 2: degraded, for want of NATS, because of a security group.
+    let before = dixie_health();
+    assert_eq!(
+        (before["status"].as_str(), before["infrastructure"]["nats"]["status"].as_str()),
+        (Some("degraded"), Some("unreachable"))
+    );
+    assert!(
+        before["infrastructure"]["nats"]["error"].as_str().unwrap().contains("has no inbound rule for tcp/4222"),
+        "{before}"
+    );
+    let deployed = primary_deployment("dixie-armitage");
+
+    let ran = rb().run(&["run", "sprint-3", "--yes"]);
+    ran.expect_code(0)
+        .expect_text("authorizing tcp/4222 into")
+        .expect_text("PR #54 is left unmerged")
+        .expect_text("forcing a new deployment")
+        .expect_text("nats           pass connected")
+        .expect_text("governance     pass healthy")
+        .expect_text("finn latency   pass median")
+        .expect_text("alarms         pass 7 alarms (7 declared), none in ALARM");
+    all_done(&rb().status());
+    let after = dixie_health();
+    assert_eq!(after["status"], "healthy", "{after}");
+    let redeployed = primary_deployment("dixie-armitage");
+    assert_ne!(redeployed, deployed, "Dixie was not redeployed after the rule");
+    let merges = github_merges();
+    let merged: Vec<&str> = merges.iter().filter(|(_, status)| *status == 200).map(|(pr, _)| pr.as_str()).collect();
+    assert_eq!(merged, ["55", "53", "52"], "{merges:?}");
+    assert!(merges.iter().any(|(what, status)| what == "sync" && *status == 201), "{merges:?}");
+
+    // The re-run: nothing to do, and nothing done — no AWS write, no merge, no deployment.
+    let mut again = None;
+    let actions = aws_actions_during(|| again = Some(rb().run(&["run", "sprint-3", "--yes"])));
+    again.unwrap().expect_code(0);
+    for step in rb().status()["steps"].as_array().unwrap() {
+        assert_eq!(step["state"], "satisfied", "{step}");
+    }
+    let mutating: Vec<_> = actions.iter().filter(|a| is_mutating(a)).collect();
+    assert!(mutating.is_empty(), "mutating AWS calls on a converged sprint-3 re-run: {mutating:?}");
+    assert_eq!(github_merges(), merges, "the re-run merged something");
+    assert_eq!(primary_deployment("dixie-armitage"), redeployed, "the re-run redeployed Dixie");
+}
+
+#[test]
+fn a_red_check_merges_nothing_without_the_nats_rule_t3_3_names_nats_and_a_slow_finn_fails_it() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("sprint3-faults");
+    let project = impatient_project(&scratch);
+    let path = project.join("runbooks/environments/local.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for old in ["nats_security_group = \"arrakis-staging-nats-sg\"", "deploy_wait_seconds = \"40\""] {
+        assert!(text.contains(old), "{old}");
+    }
+    let broken = text
+        .replace("nats_security_group = \"arrakis-staging-nats-sg\"", "nats_security_group = \"no-such-sg\"")
+        .replace("deploy_wait_seconds = \"40\"", "deploy_wait_seconds = \"10\"");
+    std::fs::write(&path, broken).unwrap();
+    let rb = || scratch.runbook().project(&project);
+    rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
+
+    // A red check on the second PR: nothing is merged, not even the first.
+    github_ring("POST", "check", serde_json::json!({"pr": 53, "name": "build", "conclusion": "failure"}));
+    let failed = rb().run(&["run", "sprint-3", "--yes"]);
+    failed
+        .expect_code(1)
+        .expect_text("T3.1 FAILED: group: no security group named no-such-sg")
+        .expect_text("PR #53")
+        .expect_text("build");
+    assert_eq!(github_merges(), Vec::<(String, u64)>::new(), "a merge happened despite the red check");
+
+    // Without T3.1 (skipped, with a reason), T3.3 names NATS; #54 is never merged.
+    rb().run(&["skip", "T3.1", "--reason", "rehearsing T3.3 without the NATS rule"]).expect_code(0);
+    github_ring("POST", "check", serde_json::json!({"pr": 53, "name": "build", "conclusion": "success"}));
+    let resumed = rb().run(&["resume", "--yes"]);
+    resumed.expect_code(1).expect_text("T3.2 ok").expect_text("T3.3 FAILED").expect_text("nats unreachable");
+    let merged: Vec<String> =
+        github_merges().into_iter().filter(|(_, status)| *status == 200).map(|(pr, _)| pr).collect();
+    assert_eq!(merged, ["55", "53", "52"]);
+
+    // The rule in place but Finn slow (180 ms): T3.3 fails naming the latency and its samples.
+    block_on(async {
+        let ec2 = aws_sdk_ec2::Client::new(&aws().await);
+        let id = |name: &'static str| {
+            let ec2 = ec2.clone();
+            async move {
+                let found = ec2
+                    .describe_security_groups()
+                    .filters(aws_sdk_ec2::types::Filter::builder().name("group-name").values(name).build())
+                    .send()
+                    .await
+                    .unwrap();
+                found.security_groups()[0].group_id().unwrap().to_string()
+            }
+        };
+        let (nats, dixie) = (id("arrakis-staging-nats-sg").await, id("dixie-armitage-tasks").await);
+        let pair = aws_sdk_ec2::types::UserIdGroupPair::builder().group_id(dixie).build();
+        let permission = aws_sdk_ec2::types::IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(4222)
+            .to_port(4222)
+            .user_id_group_pairs(pair)
+            .build();
+        ec2.authorize_security_group_ingress().group_id(nats).ip_permissions(permission).send().await.unwrap();
+    });
+    let delay_file = self::project().join(".ring/finn-delay-ms");
+    std::fs::write(&delay_file, "180").unwrap();
+    let slow = rb().run(&["retry", "T3.3", "--yes"]);
+    let _ = std::fs::remove_file(&delay_file);
+    slow.expect_code(1).expect_text("finn latency median 18").expect_text("want < 50 ms");
+    rb().run(&["retry", "T3.3", "--yes"]).expect_code(0).expect_text("nats           pass connected");
+}

@@ -6,7 +6,8 @@ Listens on 127.0.0.1:PORT. GET /health -> 200 {"status": "healthy", "version",
 It reads its environment once at start (as a task does; DIXIE_BASE_URL included when
 set) and logs it; GET /debug/config lists the names of the task's variables and the
 values of the non-secret ones, so a rehearsal can see what the running task picked up.
-It dials nothing.
+It dials nothing. $RUNBOOK_RING_DIR/finn-delay-ms, when present, slows /health by that many
+milliseconds (a rehearsal of a slow Finn; Dixie then reports the latency).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import sys
 import time
 import urllib.parse
+from pathlib import Path
 
 from serve import JsonHandler, serve
 
@@ -24,12 +26,22 @@ log = logging.getLogger("finn")
 STARTED = time.monotonic()
 STARTED_AT = datetime.datetime.now(datetime.timezone.utc)
 VERSION = os.environ.get("FINN_VERSION") or "unknown"
+RING_DIR = Path(os.environ.get("RUNBOOK_RING_DIR") or Path(__file__).resolve().parents[2] / ".ring")
 # Values shown by /debug/config; every other variable shows its name only.
 NON_SECRET = {"DIXIE_BASE_URL", "NODE_ENV", "LOG_LEVEL", "PORT", "FINN_VERSION"}
 # The variables the task got from its definition and SSM (the ECS agent names them).
 TASK_ENV = sorted({n for n in os.environ.get("RING_TASK_ENV_NAMES", "").split(",") if n}
                   | {n for n in NON_SECRET if n in os.environ})
 CONFIG = {n: os.environ.get(n) for n in TASK_ENV}
+
+
+def slowness() -> float:
+    """Seconds to wait before answering /health: a rehearsal of a slow Finn. The ring's
+    tests write milliseconds to $RUNBOOK_RING_DIR/finn-delay-ms; absent means none."""
+    try:
+        return max(0.0, float((RING_DIR / "finn-delay-ms").read_text().strip()) / 1000.0)
+    except (OSError, ValueError):
+        return 0.0
 
 
 def iso(t: datetime.datetime) -> str:
@@ -42,6 +54,7 @@ class Handler(JsonHandler):
     def do_GET(self) -> None:  # noqa: N802
         path = urllib.parse.urlsplit(self.path).path.rstrip("/")
         if path == "/health":
+            time.sleep(slowness())
             self.send_json(200, {
                 "status": "healthy",
                 "version": VERSION,

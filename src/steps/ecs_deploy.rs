@@ -7,7 +7,6 @@
 //! changed restarts nothing. With `set_param` (T2.7) it first writes one parameter of the
 //! service (Finn's DIXIE_BASE_URL): the redeploy then proves the service read it.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
@@ -33,10 +32,11 @@ pub(crate) struct Params {
     image_repository: String,
     #[serde(default)]
     set_param: Option<SetParam>,
-    /// Other inputs the deployment must postdate, by name: RFC 3339 times (an empty one is
-    /// unknown and ignored), e.g. when T3.1 created the NATS rule.
+    /// Security-group rules the deployment must postdate (when runbook created them, from
+    /// their tag; a rule that is missing or untagged is no input), e.g. T3.1's NATS rule. Read
+    /// from EC2, not from T3.1's outputs, so that T3.3 can run when T3.1 was skipped.
     #[serde(default)]
-    changed_at: BTreeMap<String, String>,
+    rules: Vec<super::security_group_ingress::Ingress>,
     health_url: String,
     health: HealthPolicy,
     /// The service's CloudWatch alarms: none in ALARM, and at least as many as the terraform
@@ -152,11 +152,11 @@ impl Params {
                 }
             }
         }
-        for (name, when) in &self.changed_at {
-            if let Some(ms) = crate::clock::parse_utc(when) {
+        for rule in &self.rules {
+            if let Some(ms) = rule.created_at(cx).await? {
                 let when = SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
                 if newest.as_ref().is_none_or(|(t, _)| when > *t) {
-                    newest = Some((when, name.clone()));
+                    newest = Some((when, rule.name()));
                 }
             }
         }
@@ -333,6 +333,9 @@ impl Step for Params {
             );
         }
         self.health.check()?;
+        for rule in &self.rules {
+            rule.check().map_err(|e| format!("rules: {e}"))?;
+        }
         reach::check_http_url("health_url", &self.health_url)
     }
 

@@ -37,8 +37,18 @@ fn is_group_id(s: &str) -> bool {
 
 /// A group's id: as given (`sg-…`), or looked up by name (exactly one must match).
 async fn group_id(cx: &StepContext, field: &str, group: &str) -> Result<String, StepError> {
+    lookup(cx, field, group).await?.ok_or_else(|| {
+        StepError::fatal(
+            format!("{field}: no security group named {group}"),
+            format!("check `{field}` (an sg- id, or the group's name) and the environment"),
+        )
+    })
+}
+
+/// `group_id`, with `None` for a name no group has.
+async fn lookup(cx: &StepContext, field: &str, group: &str) -> Result<Option<String>, StepError> {
     if is_group_id(group) {
-        return Ok(group.to_string());
+        return Ok(Some(group.to_string()));
     }
     let found = cx
         .cloud
@@ -50,11 +60,8 @@ async fn group_id(cx: &StepContext, field: &str, group: &str) -> Result<String, 
         .map_err(|e| StepError::from_sdk("ec2:DescribeSecurityGroups", e))?;
     let ids: Vec<&str> = found.security_groups().iter().filter_map(|g| g.group_id()).collect();
     match ids.as_slice() {
-        [id] => Ok(id.to_string()),
-        [] => Err(StepError::fatal(
-            format!("{field}: no security group named {group}"),
-            format!("check `{field}` (an sg- id, or the group's name) and the environment"),
-        )),
+        [id] => Ok(Some(id.to_string())),
+        [] => Ok(None),
         many => Err(StepError::fatal(
             format!("{field}: {} security groups are named {group}: {}", many.len(), many.join(", ")),
             format!("give `{field}` as the group's id instead of its name"),
@@ -62,7 +69,17 @@ async fn group_id(cx: &StepContext, field: &str, group: &str) -> Result<String, 
     }
 }
 
-impl Params {
+/// One inbound rule, as a redeploy downstream refers to it (`ecs_deploy`'s `rules`): the
+/// group, the source group admitted, the TCP port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Ingress {
+    group: String,
+    source_group: String,
+    port: u16,
+}
+
+impl Ingress {
     /// The group's id and its source's: as given, or looked up by name.
     async fn group_ids(&self, cx: &StepContext) -> Result<(String, String), StepError> {
         Ok((group_id(cx, "group", &self.group).await?, group_id(cx, "source_group", &self.source_group).await?))
@@ -99,22 +116,7 @@ impl Params {
             && rule.referenced_group_info().and_then(|g| g.group_id()) == Some(source)
     }
 
-    fn outputs(group: &str, rule: &SecurityGroupRule) -> Outputs {
-        let created_at = rule.tags().iter().find(|t| t.key() == Some(CREATED_AT)).and_then(|t| t.value());
-        Outputs::from([
-            ("group_id".to_string(), group.to_string()),
-            ("rule_id".to_string(), rule.security_group_rule_id().unwrap_or_default().to_string()),
-            // Empty when the rule was made by someone else: its age is unknown.
-            ("created_at".to_string(), created_at.unwrap_or_default().to_string()),
-        ])
-    }
-}
-
-impl Step for Params {
-    const KIND: &'static str = "security_group_ingress";
-    const OUTPUTS: Option<&'static [&'static str]> = Some(&["group_id", "rule_id", "created_at"]);
-
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self.group.trim().is_empty() {
             return Err("group is empty: give the group's id (sg-…) or its name".into());
         }
@@ -126,6 +128,50 @@ impl Step for Params {
         if self.port == 0 {
             return Err("port = 0: give the TCP port the source connects to".into());
         }
+        Ok(())
+    }
+
+    /// `tcp/4222 into arrakis-staging-nats-sg from dixie-armitage-tasks`.
+    pub(crate) fn name(&self) -> String {
+        format!("the rule tcp/{} into {} from {}", self.port, self.group, self.source_group)
+    }
+
+    /// When runbook created the rule (its tag), if the rule exists and says so. A group that
+    /// does not exist has no rule.
+    pub(crate) async fn created_at(&self, cx: &StepContext) -> Result<Option<i64>, StepError> {
+        let group = lookup(cx, "group", &self.group).await?;
+        let source = lookup(cx, "source_group", &self.source_group).await?;
+        let (Some(group), Some(source)) = (group, source) else { return Ok(None) };
+        let rule = self.rule(cx, &group, &source).await?;
+        Ok(rule.as_ref().and_then(created_tag).and_then(crate::clock::parse_utc))
+    }
+}
+
+fn created_tag(rule: &SecurityGroupRule) -> Option<&str> {
+    rule.tags().iter().find(|t| t.key() == Some(CREATED_AT)).and_then(|t| t.value())
+}
+
+impl Params {
+    fn ingress(&self) -> Ingress {
+        Ingress { group: self.group.clone(), source_group: self.source_group.clone(), port: self.port }
+    }
+
+    fn outputs(group: &str, rule: &SecurityGroupRule) -> Outputs {
+        Outputs::from([
+            ("group_id".to_string(), group.to_string()),
+            ("rule_id".to_string(), rule.security_group_rule_id().unwrap_or_default().to_string()),
+            // Empty when the rule was made by someone else: its age is unknown.
+            ("created_at".to_string(), created_tag(rule).unwrap_or_default().to_string()),
+        ])
+    }
+}
+
+impl Step for Params {
+    const KIND: &'static str = "security_group_ingress";
+    const OUTPUTS: Option<&'static [&'static str]> = Some(&["group_id", "rule_id", "created_at"]);
+
+    fn validate(&self) -> Result<(), String> {
+        self.ingress().check()?;
         // EC2's rule for descriptions: up to 255 characters of a-z A-Z 0-9 spaces ._-:/()#,@[]+=&;{}!$*
         let allowed = |c: char| c.is_ascii_alphanumeric() || " ._-:/()#,@[]+=&;{}!$*".contains(c);
         if self.description.len() > 255 || !self.description.chars().all(allowed) {
@@ -142,8 +188,9 @@ impl Step for Params {
     }
 
     async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
-        let (group, source) = self.group_ids(cx).await?;
-        Ok(match self.rule(cx, &group, &source).await? {
+        let ingress = self.ingress();
+        let (group, source) = ingress.group_ids(cx).await?;
+        Ok(match ingress.rule(cx, &group, &source).await? {
             Some(rule) => Probe::Satisfied(Self::outputs(&group, &rule)),
             None => Probe::Absent(format!(
                 "allow tcp/{} into {} ({group}) from {} ({source})",
@@ -153,7 +200,7 @@ impl Step for Params {
     }
 
     async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
-        let (group, source) = self.group_ids(cx).await?;
+        let (group, source) = self.ingress().group_ids(cx).await?;
         let now = crate::clock::format_utc_ms(crate::clock::now_ms());
         cx.log(format!("authorizing tcp/{} into {group} from {source} ({})", self.port, self.description)).await;
         let permission = IpPermission::builder()
@@ -226,7 +273,7 @@ mod tests {
                 .referenced_group_info(from(group))
                 .build()
         };
-        let admits = |r: &SecurityGroupRule| p.admits(r, "sg-0790b2636abe2498e");
+        let admits = |r: &SecurityGroupRule| p.ingress().admits(r, "sg-0790b2636abe2498e");
         assert!(admits(&rule(false, "tcp", (4222, 4222), "sg-0790b2636abe2498e")));
         assert!(admits(&rule(false, "-1", (-1, -1), "sg-0790b2636abe2498e")), "all traffic admits it too");
         assert!(!admits(&rule(true, "tcp", (4222, 4222), "sg-0790b2636abe2498e")), "egress is not ingress");
