@@ -317,6 +317,21 @@ class Seeder:
         )
         self.note(True, f"svc {name}")
 
+    def restart_nats(self) -> str:
+        """Stop the NATS service's running task and start another, as ECS does when a task
+        dies: the new task has a new private address (001's risk note), so a NATS_URL written
+        before names no task any more. Returns the new address."""
+        self.vpc()
+        self.security_groups()
+        ecs = self.c("ecs")
+        running = ecs.list_tasks(cluster=CLUSTER, desiredStatus="RUNNING")["taskArns"]
+        old = [t for t in (ecs.describe_tasks(cluster=CLUSTER, tasks=running)["tasks"] if running else [])
+               if t.get("group") == f"service:{NATS}" and t.get("lastStatus") == "RUNNING"]
+        for task in old:
+            ecs.stop_task(cluster=CLUSTER, task=task["taskArn"], reason="ring: NATS task restarted")
+        self.tasks()
+        return ", ".join(nats_addresses(ecs)) or "none"
+
     def tasks(self) -> None:
         """One RUNNING task per service, as on the real cluster (T2.5 reads the NATS task's IP).
 
@@ -388,6 +403,14 @@ class Seeder:
         self.state_bucket()
 
 
+def nats_addresses(ecs) -> list[str]:
+    """The private addresses of the NATS service's RUNNING tasks."""
+    running = ecs.list_tasks(cluster=CLUSTER, desiredStatus="RUNNING")["taskArns"]
+    tasks = ecs.describe_tasks(cluster=CLUSTER, tasks=running)["tasks"] if running else []
+    return [d["value"] for t in tasks if t.get("group") == f"service:{NATS}" and t.get("lastStatus") == "RUNNING"
+            for a in t.get("attachments", []) for d in a.get("details", []) if d.get("name") == "privateIPv4Address"]
+
+
 def self_signed(cn: str) -> tuple[bytes, bytes]:
     """A self-signed certificate for ACM import (moto's ELBv2 wants a known cert ARN)."""
     from cryptography import x509
@@ -418,6 +441,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print created/present lists as JSON")
     ap.add_argument("--reset", action="store_true",
                     help="POST /moto-api/reset first (overlapped with building the clients)")
+    ap.add_argument("--restart-nats", action="store_true",
+                    help="only restart the NATS service's task (it comes back with a new address)")
     args = ap.parse_args()
     lock = None
     if os.environ.get("RING_LOCK_HELD") != "1":  # up.sh/reset.sh already hold it for us
@@ -441,6 +466,9 @@ def main() -> None:
         resetter = threading.Thread(target=reset)
         resetter.start()
     seeder = Seeder()
+    if args.restart_nats:
+        print(f"seed: NATS task restarted; its address is now {seeder.restart_nats()}")
+        return
     if resetter:
         resetter.join()
         if reset_error:

@@ -1867,6 +1867,19 @@ fn sprint_3_takes_dixie_from_degraded_to_healthy_with_one_redeploy_and_a_rerun_c
     assert!(mutating.is_empty(), "mutating AWS calls on a converged sprint-3 re-run: {mutating:?}");
     assert_eq!(github_merges(), merges, "the re-run merged something");
     assert_eq!(primary_deployment("dixie-armitage"), redeployed, "the re-run redeployed Dixie");
+
+    // The NATS task restarts elsewhere: T3.3 names the stale NATS_URL at once; sprint-2's T2.5
+    // rewrites it and T2.6 redeploys, and T3.3 passes again.
+    let restarted =
+        Command::new("python3").arg(self::project().join("ring/seed.py")).arg("--restart-nats").output().unwrap();
+    assert!(restarted.status.success(), "{restarted:?}");
+    rb().run(&["retry", "T3.3", "--yes"])
+        .expect_code(1)
+        .expect_text("/dixie/armitage/NATS_URL names")
+        .expect_text("(the task restarted)")
+        .expect_text("runbook run sprint-2, then: runbook retry T3.3");
+    rb().run(&["run", "sprint-2", "--yes"]).expect_code(0).expect_text("update (differs): /dixie/armitage/NATS_URL");
+    rb().run(&["run", "sprint-3", "--yes"]).expect_code(0).expect_text("nats url       pass");
 }
 
 #[test]

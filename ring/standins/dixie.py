@@ -169,6 +169,45 @@ class Firewall:
 FIREWALL = Firewall()
 
 
+class NatsTasks:
+    """The addresses of the NATS service's RUNNING tasks, from the ring's ECS (moto): a
+    NATS_URL naming an address no task has any more (the task restarted elsewhere) reaches
+    nothing, as on AWS. Only known with the agent's facts; cached for a second."""
+
+    def __init__(self) -> None:
+        self.endpoint = os.environ.get("RING_EC2_ENDPOINT", "")
+        self.cluster = os.environ.get("RING_CLUSTER", "arrakis-staging-cluster")
+        self.service = os.environ.get("RING_NATS_SERVICE", "arrakis-staging-nats")
+        self.ecs = None
+        self.cached: tuple[float, set[str]] = (0.0, set())
+
+    def addresses(self) -> set[str] | None:
+        if not self.endpoint:
+            return None
+        if time.monotonic() - self.cached[0] < 1.0:
+            return self.cached[1]
+        if self.ecs is None:
+            import boto3
+            from botocore.config import Config
+
+            self.ecs = boto3.client(
+                "ecs", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+                config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2,
+                              user_agent_extra="ring-standin-dixie"))
+        running = self.ecs.list_tasks(cluster=self.cluster, desiredStatus="RUNNING")["taskArns"]
+        tasks = self.ecs.describe_tasks(cluster=self.cluster, tasks=running)["tasks"] if running else []
+        found = {d["value"] for t in tasks
+                 if t.get("group") == f"service:{self.service}" and t.get("lastStatus") == "RUNNING"
+                 for a in t.get("attachments", []) for d in a.get("details", [])
+                 if d.get("name") == "privateIPv4Address"}
+        self.cached = (time.monotonic(), found)
+        return found
+
+
+NATS_TASKS = NatsTasks()
+
+
 def dial_through(url: str, service_port: int) -> tuple[urllib.parse.SplitResult, str, int]:
     """`dial`, after the security groups allow a connection to the service's port."""
     parts = dial(url)
@@ -337,6 +376,10 @@ def check_nats() -> dict:
             url = "nats://" + url
         try:
             u, ip, port = dial_through(url, 4222)
+            live = NATS_TASKS.addresses()
+            if live is not None and u.hostname not in live:
+                raise ConnectionError(f"timed out: {u.hostname} is no running NATS task (running: "
+                                      f"{', '.join(sorted(live)) or 'none'}); NATS_URL is stale")
             with socket.create_connection((ip, port), timeout=CHECK_TIMEOUT) as sock:
                 f = sock.makefile("rb")
                 info = f.readline()

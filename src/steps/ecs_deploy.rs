@@ -39,6 +39,10 @@ pub(crate) struct Params {
     rules: Vec<super::security_group_ingress::Ingress>,
     health_url: String,
     health: HealthPolicy,
+    /// A parameter holding a NATS URL that must name a RUNNING task of the NATS service (its
+    /// address changes when the task restarts; sprint-2's T2.5 writes it).
+    #[serde(default)]
+    nats_url: Option<NatsUrl>,
     /// The service's CloudWatch alarms: none in ALARM, and at least as many as the terraform
     /// folder declares.
     #[serde(default)]
@@ -46,6 +50,13 @@ pub(crate) struct Params {
     /// How long the deployment may take to become stable and healthy.
     #[serde(default = "fifteen_minutes", deserialize_with = "super::number_or_text")]
     pub(super) wait_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NatsUrl {
+    param: String,
+    task_of: super::ssm_params::NatsTask,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +272,25 @@ impl Params {
     }
 }
 
+impl NatsUrl {
+    /// `Err(why)` when the URL names no running NATS task, with the address it has now.
+    async fn check(&self, cx: &StepContext) -> Result<Result<String, String>, StepError> {
+        let Some(url) = cx.parameter(&self.param).await? else {
+            return Ok(Err(format!("{} does not exist", self.param)));
+        };
+        let live = super::ssm_params::task_ip(cx, &self.task_of).await?;
+        let named = reach::host_of(url.expose()).unwrap_or_default();
+        Ok(if named == live {
+            Ok(format!("{} names the running task {live}", self.param))
+        } else {
+            Err(format!(
+                "{} names {named}, but the running task of {} is at {live} (the task restarted)",
+                self.param, self.task_of.service
+            ))
+        })
+    }
+}
+
 impl Alarms {
     /// (ok, what was seen): none in ALARM, and no fewer than the terraform folder declares.
     async fn check(&self, cx: &StepContext) -> Result<(bool, String), StepError> {
@@ -303,6 +333,9 @@ fn check_table(body: &serde_json::Value, outputs: &Outputs) -> Vec<String> {
         rows.push(("finn latency".into(), latency.clone()));
     }
     rows.push(("governance".into(), text(&body["governance"]["health"])));
+    if let Some(nats_url) = outputs.get("nats_url") {
+        rows.push(("nats url".into(), nats_url.clone()));
+    }
     if let Some(alarms) = outputs.get("alarms") {
         rows.push(("alarms".into(), alarms.clone()));
     }
@@ -373,6 +406,23 @@ impl Step for Params {
                 svc.primary_id, self.service, svc.running
             )));
         }
+        // Before the health: a stale NATS_URL is not something waiting fixes.
+        let mut nats_seen = None;
+        if let Some(nats) = &self.nats_url {
+            match nats.check(cx).await? {
+                Ok(seen) => nats_seen = Some(seen),
+                Err(why) => {
+                    return Err(StepError::fatal(
+                        why,
+                        format!(
+                            "sprint-2's T2.5 writes the new address and its T2.6 redeploys Dixie: runbook run \
+                             sprint-2, then: runbook retry {}",
+                            cx.step
+                        ),
+                    ));
+                }
+            }
+        }
         let (ok, summary, body) = match reach::get_json(&cx.env, &self.health_url).await {
             Ok((code, body, _)) => {
                 let verdict = judge(&self.health, code, &body);
@@ -405,6 +455,9 @@ impl Step for Params {
             ("deployment_started_at".to_string(), utc(svc.primary_started)),
             ("health".to_string(), summary),
         ]);
+        if let Some(seen) = nats_seen {
+            outputs.insert("nats_url".into(), seen);
+        }
         if let Some(limit) = self.health.finn_latency_ms {
             let (median, samples) = self.finn_latency(cx).await?;
             let seen = format!("median {median} ms of {samples:?} ms, 1 s apart (want < {limit} ms)");

@@ -228,8 +228,9 @@ impl GitHub {
             403 => Err(StepError::fatal(
                 format!("{what}: GitHub refused it (403 {})", answer.message()),
                 format!(
-                    "the token needs read and write access to the contents and pull requests of {} (checks and \
-                     commit statuses: read); give it that, then retry",
+                    "the token needs read and write access to the contents and pull requests of {} (and to \
+                     workflows: these PRs change .github/workflows; a classic token's `workflow` scope), checks and \
+                     commit statuses: read; give it that, then retry",
                     self.repo
                 ),
             )),

@@ -23,6 +23,11 @@ struct Url<'a> {
     path: &'a str,
 }
 
+/// The host a URL names (`nats://10.1.2.3:4222` → `10.1.2.3`).
+pub(crate) fn host_of(url: &str) -> Option<String> {
+    parse(url).map(|u| u.host.to_string())
+}
+
 fn parse(url: &str) -> Option<Url<'_>> {
     let (scheme, rest) = url.split_once("://")?;
     let (authority, path) = match rest.find('/') {

@@ -50,8 +50,8 @@ pub(crate) struct Spec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NatsTask {
-    cluster: String,
-    service: String,
+    pub(super) cluster: String,
+    pub(super) service: String,
     #[serde(default = "nats_port")]
     port: u16,
 }
@@ -307,7 +307,7 @@ impl Step for Params {
 
 /// The private IPv4 of a RUNNING task of the service. `list-tasks --service-name` is not
 /// trusted (moto ignores the filter): tasks are checked by their `group`.
-async fn task_ip(cx: &StepContext, nats: &NatsTask) -> Result<String, StepError> {
+pub(super) async fn task_ip(cx: &StepContext, nats: &NatsTask) -> Result<String, StepError> {
     let ecs = &cx.cloud.ecs;
     let listed = ecs
         .list_tasks()
