@@ -52,16 +52,26 @@ if [ ! -s "$GITHUB_TOKEN_FILE" ]; then
 fi
 chmod 0600 "$GITHUB_TOKEN_FILE"
 
+# The server certificate names loopback and, for PostgreSQL, moto's RDS endpoint names (RDS's
+# own certificates name the instance endpoint; clients verify it, not the address dialled).
+RING_SERVER_NAMES="IP:127.0.0.1,DNS:localhost,DNS:*.aaaaaaaaaa.us-east-1.rds.amazonaws.com"
+if [ -s "$TLS/server.crt" ] && ! openssl x509 -in "$TLS/server.crt" -noout -ext subjectAltName 2>/dev/null \
+    | grep -q 'rds.amazonaws.com'; then
+  say "the ring's server certificate does not name the RDS endpoint: making a new one"
+  rm -f "$TLS/server.crt" "$TLS/server.key"
+fi
 if [ ! -s "$TLS/ca.crt" ] || [ ! -s "$TLS/server.crt" ] || [ ! -s "$TLS/server.key" ]; then
-  say "generating the ring's CA and a server certificate for 127.0.0.1/localhost in $TLS"
+  say "generating the ring's CA (if absent) and a server certificate for $RING_SERVER_NAMES in $TLS"
   (
     umask 077; cd "$TLS"
-    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-      -keyout ca.key -out ca.crt -days 3650 -subj "/CN=runbook rehearsal ring CA" \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    if [ ! -s ca.crt ] || [ ! -s ca.key ]; then
+      openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout ca.key -out ca.crt -days 3650 -subj "/CN=runbook rehearsal ring CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    fi
     openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
       -keyout server.key -out server.csr -subj "/CN=localhost" 2>/dev/null
-    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+    printf '%s\n' "subjectAltName=$RING_SERVER_NAMES" "basicConstraints=critical,CA:FALSE" \
       "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >server.ext
     openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 825 \
       -extfile server.ext -out server.crt 2>/dev/null
@@ -152,6 +162,11 @@ listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$PGSOCK'
 password_encryption = 'scram-sha-256'
+# TLS only over TCP (pg_hba: hostssl), like RDS with rds.force_ssl=1
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_min_protocol_version = 'TLSv1.2'
 # a rehearsal ring: durability traded for speed
 fsync = off
 synchronous_commit = off
@@ -160,12 +175,16 @@ EOF
 )
   [ "$(cat "$PGDATA/ring.conf" 2>/dev/null)" = "$conf" ] || printf '%s\n' "$conf" >"$PGDATA/ring.conf"
   cat >"$PGDATA/pg_hba.conf" <<'EOF'
-# written by ring/up.sh: peer for the postgres OS user on the socket, passwords elsewhere
-local   all   postgres                 peer
-local   all   all                      scram-sha-256
-host    all   all       127.0.0.1/32   scram-sha-256
-host    all   all       ::1/128        scram-sha-256
+# written by ring/up.sh: peer for the postgres OS user on the socket; over TCP, TLS and a
+# password only (no `host` line: a connection without TLS is refused, as RDS with force_ssl)
+local     all   postgres                 peer
+local     all   all                      scram-sha-256
+hostssl   all   all       127.0.0.1/32   scram-sha-256
+hostssl   all   all       ::1/128        scram-sha-256
 EOF
+  # PostgreSQL reads its key only if its own user owns it, private.
+  install -o postgres -g postgres -m 0600 "$TLS/server.key" "$PGDATA/server.key"
+  install -o postgres -g postgres -m 0644 "$TLS/server.crt" "$PGDATA/server.crt"
   chown postgres:postgres "$PGDATA/ring.conf" "$PGDATA/pg_hba.conf"
   touch "$LOGS/postgres.log"; chown postgres:postgres "$LOGS/postgres.log"
   if ! setsid runuser -u postgres -- "$PGBIN/pg_ctl" -D "$PGDATA" -l "$LOGS/postgres.log" \

@@ -135,9 +135,11 @@ RDS_PORT=$(aws rds describe-db-instances --endpoint-url "$AWS_ENDPOINT_URL" \
 echo "RDS endpoint: ${RDS_ENDPOINT}:${RDS_PORT}"
 # 2. Connect direct. RING: moto's endpoint name does not resolve; the ring's PostgreSQL
 #    stands in for it on 127.0.0.1:15432 (runbook's [address_map] does the same).
-PGHOST=127.0.0.1 PGPORT=15432 PGUSER=arrakis_admin PGDATABASE=postgres
+PGHOST=localhost PGHOSTADDR=127.0.0.1 PGPORT=15432 PGUSER=arrakis_admin PGDATABASE=postgres
+# The ring's PostgreSQL takes TLS only, like RDS with force_ssl.
+PGSSLMODE=verify-full PGSSLROOTCERT="$RING_DIR/tls/ca.crt"
 PGPASSWORD=$(cat "$RING_DIR/secrets/pg-admin-password")
-export PGHOST PGPORT PGUSER PGDATABASE PGPASSWORD
+export PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGSSLMODE PGSSLROOTCERT
 DB_PASSWORD=$(openssl rand -hex 24) # <generated-password>
 # 3. Create database + user.
 psql -X -v ON_ERROR_STOP=1 <<SQL

@@ -17,6 +17,7 @@ mod graph;
 mod health;
 mod identity;
 mod image_tag;
+mod pg_tls;
 mod project;
 mod recorder;
 mod render;

@@ -282,29 +282,24 @@ fn pg_admin_password() -> String {
 }
 
 /// One query on the ring's PostgreSQL; `Err` carries the server's message.
+/// A query as `user`, over TLS as the ring's PostgreSQL demands (verified against the ring's
+/// CA and the name `localhost`), with psql: rows as `a|b`.
 fn pg_query(user: &str, password: &str, db: &str, sql: &str) -> Result<Vec<String>, String> {
-    block_on(async {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(15432)
-            .user(user)
-            .password(password)
-            .dbname(db)
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        tokio::spawn(conn);
-        let rows = client.simple_query(sql).await.map_err(|e| format!("{e:?}"))?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => {
-                    Some((0..r.len()).map(|i| r.get(i).unwrap_or("NULL").to_string()).collect::<Vec<_>>().join("|"))
-                }
-                _ => None,
-            })
-            .collect())
-    })
+    let ca = project().join(".ring/tls/ca.crt");
+    let conninfo = format!(
+        "host=localhost hostaddr=127.0.0.1 port=15432 user={user} dbname={db} sslmode=verify-full sslrootcert={}",
+        ca.display()
+    );
+    let out = Command::new("psql")
+        .args([&conninfo, "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .map_err(|e| format!("psql: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect())
 }
 
 fn admin(sql: &str) -> Vec<String> {
@@ -1949,4 +1944,28 @@ fn a_red_check_merges_nothing_without_the_nats_rule_t3_3_names_nats_and_a_slow_f
     let _ = std::fs::remove_file(&delay_file);
     slow.expect_code(1).expect_text("finn latency median 18").expect_text("want < 50 ms");
     rb().run(&["retry", "T3.3", "--yes"]).expect_code(0).expect_text("nats           pass connected");
+}
+
+#[test]
+fn postgresql_takes_tls_only_and_a_certificate_runbook_cannot_verify_fails_t2_3_saying_so() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("pg-tls");
+    // Without TLS the ring's PostgreSQL refuses, as RDS with rds.force_ssl=1 does.
+    let plain = Command::new("psql")
+        .args(["host=127.0.0.1 port=15432 user=arrakis_admin dbname=postgres sslmode=disable", "-X", "-c", "SELECT 1"])
+        .env("PGPASSWORD", pg_admin_password())
+        .output()
+        .unwrap();
+    assert!(!plain.status.success() && String::from_utf8_lossy(&plain.stderr).contains("no encryption"), "{plain:?}");
+
+    // Checked against the system's roots instead of the ring's CA: T2.3 says it is TLS, and
+    // names the setting; nothing is created.
+    let project = scratch.project_copy();
+    let path = project.join("runbooks/environments/local.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("pg_ca_file = \".ring/tls/ca.crt\""));
+    std::fs::write(&path, text.replace("pg_ca_file = \".ring/tls/ca.crt\"", "pg_ca_file = \"\"")).unwrap();
+    let failed = scratch.runbook().project(&project).run(&["run", "sprint-2", "--yes"]);
+    failed.expect_code(1).expect_text("T2.3 FAILED").expect_text("over TLS").expect_text("check ca_file");
+    assert_eq!(admin("SELECT count(*) FROM pg_database WHERE datname = 'dixie'"), ["0"]);
 }

@@ -112,6 +112,18 @@ def redact_url(url: str) -> str:
 
 
 # --- security groups -----------------------------------------------------------------
+def ring_client(service: str, endpoint: str):
+    """A boto3 client of the ring's moto, quick to give up, marked as this stand-in's."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        service, endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2,
+                      user_agent_extra="ring-standin-dixie"))
+
+
 class Firewall:
     """The security groups between this task and what it dials, as AWS enforces them: a
     connection to PostgreSQL (5432), Redis (6379) or NATS (4222) is allowed only when the
@@ -130,14 +142,7 @@ class Firewall:
 
     def client(self):
         if self.ec2 is None:
-            import boto3
-            from botocore.config import Config
-
-            self.ec2 = boto3.client(
-                "ec2", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                aws_secret_access_key="testing",
-                config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2,
-                              user_agent_extra="ring-standin-dixie"))
+            self.ec2 = ring_client("ec2", self.endpoint)
         return self.ec2
 
     def check(self, port: int) -> None:
@@ -187,14 +192,7 @@ class NatsTasks:
         if time.monotonic() - self.cached[0] < 1.0:
             return self.cached[1]
         if self.ecs is None:
-            import boto3
-            from botocore.config import Config
-
-            self.ecs = boto3.client(
-                "ecs", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                aws_secret_access_key="testing",
-                config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2,
-                              user_agent_extra="ring-standin-dixie"))
+            self.ecs = ring_client("ecs", self.endpoint)
         running = self.ecs.list_tasks(cluster=self.cluster, desiredStatus="RUNNING")["taskArns"]
         tasks = self.ecs.describe_tasks(cluster=self.cluster, tasks=running)["tasks"] if running else []
         found = {d["value"] for t in tasks
@@ -223,15 +221,15 @@ def pg_connect(timeout: float = 2.0):
     if u.scheme.lower() not in ("postgres", "postgresql"):
         raise ValueError(f"DATABASE_URL scheme {u.scheme!r} is not postgres")
     q = dict(urllib.parse.parse_qsl(u.query))
-    sslmode = q.pop("sslmode", "prefer")
-    if sslmode in ("require", "verify-ca", "verify-full"):
-        sslmode = "prefer"  # the ring's PostgreSQL has no TLS (a documented gap)
     kwargs = {k: v for k, v in q.items() if k in ("application_name", "options")}
+    # The ring's PostgreSQL takes TLS only (as RDS with force_ssl): verified against the ring's
+    # CA and the URL's host name (hostaddr is the address the map dials).
     return psycopg.connect(
-        host=ip, port=port, dbname=urllib.parse.unquote(u.path.lstrip("/")) or None,
+        host=u.hostname, hostaddr=ip, port=port, dbname=urllib.parse.unquote(u.path.lstrip("/")) or None,
         user=urllib.parse.unquote(u.username or "") or None,
         password=urllib.parse.unquote(u.password or "") or None,
-        sslmode=sslmode, connect_timeout=max(2, int(timeout)), autocommit=True,
+        sslmode="verify-full", sslrootcert=REDIS_CA or "system",
+        connect_timeout=max(2, int(timeout)), autocommit=True,
         **({"application_name": "dixie-ring-standin"} | kwargs),
     )
 

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::{Probe, Step, StepContext, StepError};
 use crate::event::Outputs;
@@ -34,6 +34,10 @@ pub(crate) struct Params {
     admin_user: Option<String>,
     #[serde(default = "postgres")]
     admin_database: String,
+    /// The CA bundle the server's certificate is checked against (RDS's global bundle; the
+    /// ring's CA); empty: the system's roots. Connections are TLS only, the host name verified.
+    #[serde(default)]
+    ca_file: String,
 }
 
 fn postgres() -> String {
@@ -159,20 +163,29 @@ impl Params {
             .dbname(database)
             .application_name("runbook")
             .connect_timeout(std::time::Duration::from_secs(10));
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| {
-            let text = crate::error_chain::error_chain(&e);
-            let target = format!("{user}@{}:{}/{database} (dialled {addr})", instance.host, instance.port);
-            // The server is starting, stopping or failing over (57P0x, 08xxx): try again.
-            let transient = e.code().is_some_and(|c| c.code().starts_with("57P0") || c.code().starts_with("08"));
-            if e.code().is_some() && !transient {
-                StepError::fatal(
-                    format!("PostgreSQL refused {target}: {text}"),
-                    "check the password at the place the environment names, and that the role may log in",
-                )
-            } else {
-                StepError::retryable(format!("cannot connect to {target}: {text}"))
-            }
-        })?;
+        let ca = (!self.ca_file.is_empty()).then(|| cx.project.join(&self.ca_file));
+        let target = format!("{user}@{}:{}/{database} (dialled {addr})", instance.host, instance.port);
+        let (client, connection) =
+            crate::pg_tls::connect(config, &instance.host, ca.as_deref()).await.map_err(|text| {
+                if text.contains("TLS") || text.contains("certificate") || text.contains("CA file") {
+                    return StepError::fatal(
+                        format!("cannot connect to {target} over TLS: {text}"),
+                        "check ca_file (the environment's pg_ca_file: RDS's global bundle, or the ring's CA) and that \
+                     the server's certificate names its host",
+                    );
+                }
+                // The server is starting, stopping or failing over (57P0x, 08xxx): try again.
+                let refused =
+                    ["password authentication failed", "does not exist", "permission denied", "not permitted"];
+                if refused.iter().any(|r| text.contains(r)) {
+                    StepError::fatal(
+                        format!("PostgreSQL refused {target}: {text}"),
+                        "check the password at the place the environment names, and that the role may log in",
+                    )
+                } else {
+                    StepError::retryable(format!("cannot connect to {target}: {text}"))
+                }
+            })?;
         tokio::spawn(connection);
         Ok(client)
     }

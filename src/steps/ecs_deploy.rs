@@ -296,21 +296,7 @@ impl Alarms {
     async fn check(&self, cx: &StepContext) -> Result<(bool, String), StepError> {
         let declared = declared_alarms(&cx.project.join(&self.declared_in))
             .map_err(|e| StepError::fatal(e, "point alarms.declared_in at the terraform folder"))?;
-        let found = cx
-            .cloud
-            .cloudwatch
-            .describe_alarms()
-            .alarm_name_prefix(&self.prefix)
-            .send()
-            .await
-            .map_err(|e| StepError::from_sdk("cloudwatch:DescribeAlarms", e))?;
-        let firing: Vec<&str> = found
-            .metric_alarms()
-            .iter()
-            .filter(|a| a.state_value().map(|s| s.as_str()) == Some("ALARM"))
-            .map(|a| a.alarm_name().unwrap_or("?"))
-            .collect();
-        let total = found.metric_alarms().len();
+        let (total, firing) = super::validate::alarms(cx, &self.prefix).await?;
         Ok(if !firing.is_empty() {
             (false, format!("in ALARM: {}", firing.join(", ")))
         } else if total < declared {

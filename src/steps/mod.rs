@@ -272,6 +272,23 @@ pub(crate) fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u
     }
 }
 
+/// Services for a kind's tests without the ring: a loopback-only environment with no AWS
+/// endpoint, `project` as the project folder, `work_dir` as the private folder, and approvals
+/// answered yes by `ana`.
+#[cfg(test)]
+pub(crate) async fn test_services(project: &std::path::Path, work_dir: &std::path::Path) -> Arc<Services> {
+    let env: Environment =
+        toml::from_str("name = \"t\"\naccount_id = \"0\"\nregion = \"us-east-1\"\nloopback_only = true\n").unwrap();
+    let cloud = Cloud::connect(&env).await;
+    Arc::new(Services {
+        env: Arc::new(env),
+        cloud: Arc::new(cloud),
+        project: Arc::new(project.to_path_buf()),
+        work_dir: Arc::new(work_dir.to_path_buf()),
+        approver: Approver::Answer { operator: "ana".into(), yes: true },
+    })
+}
+
 /// What every step of a run may use, chosen at the edge and handed to the engine as one.
 pub(crate) struct Services {
     pub(crate) env: Arc<Environment>,

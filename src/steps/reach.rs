@@ -80,7 +80,12 @@ pub(crate) async fn get_json(env: &Environment, url: &str) -> Result<(u16, serde
 
 /// Logs in with a `postgresql://` URL (its password is a secret) and runs `query`, which
 /// must return one bigint; returns it.
-pub(crate) async fn postgres_count(env: &Environment, url: &Secret<String>, query: &str) -> Result<i64, String> {
+pub(crate) async fn postgres_count(
+    env: &Environment,
+    url: &Secret<String>,
+    query: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<i64, String> {
     let parsed = parse(url.expose())
         .filter(|u| u.scheme.starts_with("postgres"))
         .ok_or("DATABASE_URL is not a postgresql:// URL")?;
@@ -100,10 +105,9 @@ pub(crate) async fn postgres_count(env: &Environment, url: &Secret<String>, quer
         parsed.port.unwrap_or(5432),
         parsed.path
     );
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+    let (client, connection) = crate::pg_tls::connect(config, parsed.host, ca_file)
         .await
-        .map_err(|e| format!("cannot log in as {target}: {}", crate::error_chain::error_chain(&e)))?;
+        .map_err(|e| format!("cannot log in as {target}: {e}"))?;
     tokio::spawn(connection);
     let row =
         client.query_one(query, &[]).await.map_err(|e| format!("{target}: {}", crate::error_chain::error_chain(&e)))?;
@@ -120,27 +124,7 @@ pub(crate) async fn redis_ping(
         .filter(|u| u.scheme == "rediss")
         .ok_or("REDIS_URL is not a rediss:// URL (ElastiCache is TLS-only)")?;
     let addr = env.dial(parsed.host, parsed.port.unwrap_or(6379))?;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            use rustls::pki_types::pem::PemObject;
-            for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("CA file {}: {e}", path.display()))?
-            {
-                roots.add(cert.map_err(|e| format!("CA file {}: {e}", path.display()))?).map_err(|e| e.to_string())?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = crate::pg_tls::client_config(ca_file)?;
     // The certificate names the host the URL names (on the ring: 127.0.0.1).
     let name = rustls::pki_types::ServerName::try_from(parsed.host.to_string()).map_err(|e| e.to_string())?;
     let started = Instant::now();

@@ -29,6 +29,9 @@ pub(crate) struct Params {
     /// the system's roots (ElastiCache).
     #[serde(default)]
     redis_ca_file: String,
+    /// The CA bundle DATABASE_URL's server is checked against (TLS only); empty: system roots.
+    #[serde(default)]
+    pg_ca_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,7 +182,8 @@ impl Params {
         let live = self.live(cx).await?;
         let mut failures = Vec::new();
         if let Some(url) = live.get("DATABASE_URL") {
-            match reach::postgres_count(&cx.env, url, "SELECT 1::bigint").await {
+            let ca = (!self.pg_ca_file.is_empty()).then(|| cx.project.join(&self.pg_ca_file));
+            match reach::postgres_count(&cx.env, url, "SELECT 1::bigint", ca.as_deref()).await {
                 Ok(_) => cx.log("verified: DATABASE_URL logs in").await,
                 Err(e) => failures.push(format!("DATABASE_URL does not log in: {e}")),
             }

@@ -30,10 +30,32 @@ pub(crate) struct Params {
     finn_health_url: String,
     /// SSM parameter with the DATABASE_URL to count `_migrations` with.
     database_url_param: String,
+    /// The CA bundle its server is checked against (TLS only); empty: system roots.
+    #[serde(default)]
+    pg_ca_file: String,
     migrations: i64,
     alarm_prefix: String,
     #[serde(default = "two_minutes", deserialize_with = "super::number_or_text")]
     pub(super) wait_seconds: u64,
+}
+
+/// The CloudWatch alarms named `prefix…`: how many, and the names of those in ALARM.
+pub(super) async fn alarms(cx: &StepContext, prefix: &str) -> Result<(usize, Vec<String>), StepError> {
+    let found = cx
+        .cloud
+        .cloudwatch
+        .describe_alarms()
+        .alarm_name_prefix(prefix)
+        .send()
+        .await
+        .map_err(|e| StepError::from_sdk("cloudwatch:DescribeAlarms", e))?;
+    let firing = found
+        .metric_alarms()
+        .iter()
+        .filter(|a| a.state_value().map(|s| s.as_str()) == Some("ALARM"))
+        .map(|a| a.alarm_name().unwrap_or("?").to_string())
+        .collect();
+    Ok((found.metric_alarms().len(), firing))
 }
 
 fn strict_dixie() -> HealthPolicy {
@@ -128,7 +150,10 @@ impl Params {
         }
 
         let migrations = match cx.parameter(&self.database_url_param).await? {
-            Some(url) => reach::postgres_count(&cx.env, &url, "SELECT count(*) FROM _migrations").await,
+            Some(url) => {
+                let ca = (!self.pg_ca_file.is_empty()).then(|| cx.project.join(&self.pg_ca_file));
+                reach::postgres_count(&cx.env, &url, "SELECT count(*) FROM _migrations", ca.as_deref()).await
+            }
             None => Err(format!("{} does not exist", self.database_url_param)),
         };
         let count = migrations.as_ref().ok().copied();
@@ -138,21 +163,7 @@ impl Params {
             count == Some(self.migrations),
         );
 
-        let alarms = cx
-            .cloud
-            .cloudwatch
-            .describe_alarms()
-            .alarm_name_prefix(&self.alarm_prefix)
-            .send()
-            .await
-            .map_err(|e| StepError::from_sdk("cloudwatch:DescribeAlarms", e))?;
-        let firing: Vec<String> = alarms
-            .metric_alarms()
-            .iter()
-            .filter(|a| a.state_value().map(|s| s.as_str()) == Some("ALARM"))
-            .map(|a| a.alarm_name().unwrap_or("?").to_string())
-            .collect();
-        let total = alarms.metric_alarms().len();
+        let (total, firing) = alarms(cx, &self.alarm_prefix).await?;
         check(
             "alarms",
             Ok(if firing.is_empty() {

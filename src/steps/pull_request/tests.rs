@@ -13,9 +13,6 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::*;
-use crate::approval::Approver;
-use crate::cloud::Cloud;
-use crate::environment::Environment;
 use crate::event::Event;
 use crate::recorder::Recorder;
 use crate::steps::{AnyStep, KINDS, Services, find};
@@ -59,16 +56,7 @@ impl Hub {
         let mut first = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
         let port = first.trim().strip_prefix("port=").unwrap_or_else(|| panic!("the stand-in said {first:?}"));
-        let env: Environment =
-            toml::from_str("name = \"t\"\naccount_id = \"0\"\nregion = \"us-east-1\"\nloopback_only = true\n").unwrap();
-        let cloud = Cloud::connect(&env).await;
-        let services = Arc::new(Services {
-            env: Arc::new(env),
-            cloud: Arc::new(cloud),
-            project: Arc::new(dir.clone()),
-            work_dir: Arc::new(dir.clone()),
-            approver: Approver::Answer { operator: "ana".into(), yes: true },
-        });
+        let services = crate::steps::test_services(&dir, &dir).await;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         Hub {
             dir,

@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use super::*;
 use crate::approval::Approver;
-use crate::cloud::Cloud;
-use crate::environment::Environment;
 use crate::recorder::Recorder;
 use crate::steps::{KINDS, Services, find};
 
@@ -54,16 +52,7 @@ impl Stage {
         let binary = dir.join("terraform");
         std::fs::write(&binary, FAKE_TERRAFORM).unwrap();
         std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let env: Environment =
-            toml::from_str("name = \"t\"\naccount_id = \"0\"\nregion = \"us-east-1\"\nloopback_only = true\n").unwrap();
-        let cloud = Cloud::connect(&env).await;
-        let services = Arc::new(Services {
-            env: Arc::new(env),
-            cloud: Arc::new(cloud),
-            project: Arc::new(dir.clone()),
-            work_dir: Arc::new(dir.join("work")),
-            approver: Approver::Answer { operator: "ana".into(), yes: true },
-        });
+        let services = crate::steps::test_services(&dir, &dir.join("work")).await;
         Stage { dir, services }
     }
 
