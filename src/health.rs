@@ -20,8 +20,7 @@ pub(crate) enum HealthRule {
 /// each with why (sprint 2 tolerates NATS: 002 calls it expected in staging until sprint 3's
 /// T3.1 adds the security-group rule). Written `health = "dixie"` (nothing tolerated) or
 /// `health = { rule = "dixie", tolerate = { nats = "sprint-3 T3.1 adds the rule" } }`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "PolicyFile")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HealthPolicy {
     pub(crate) rule: HealthRule,
     pub(crate) tolerate: BTreeMap<String, String>,
@@ -33,36 +32,49 @@ pub(crate) struct HealthPolicy {
     pub(crate) latency_samples: u32,
 }
 
+/// The table form, read on its own so that its errors name the field (an untagged enum would
+/// only say that nothing matched).
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum PolicyFile {
-    Rule(HealthRule),
-    Full {
-        rule: HealthRule,
-        #[serde(default)]
-        tolerate: BTreeMap<String, String>,
-        #[serde(default)]
-        governance: bool,
-        #[serde(default)]
-        finn_latency_ms: Option<u64>,
-        #[serde(default = "five")]
-        latency_samples: u32,
-    },
+#[serde(deny_unknown_fields)]
+struct PolicyTable {
+    rule: HealthRule,
+    #[serde(default)]
+    tolerate: BTreeMap<String, String>,
+    #[serde(default)]
+    governance: bool,
+    #[serde(default)]
+    finn_latency_ms: Option<u64>,
+    #[serde(default = "five")]
+    latency_samples: u32,
+}
+
+impl<'de> Deserialize<'de> for HealthPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(rule) => HealthRule::deserialize(toml::Value::String(rule))
+                .map(HealthPolicy::strict)
+                .map_err(|e| D::Error::custom(e.to_string().trim())),
+            table @ toml::Value::Table(_) => {
+                let t = PolicyTable::deserialize(table).map_err(|e| D::Error::custom(e.to_string().trim()))?;
+                Ok(HealthPolicy {
+                    rule: t.rule,
+                    tolerate: t.tolerate,
+                    governance: t.governance,
+                    finn_latency_ms: t.finn_latency_ms,
+                    latency_samples: t.latency_samples,
+                })
+            }
+            other => Err(D::Error::custom(format!(
+                "expected a rule (\"dixie\" or \"finn\") or a table {{ rule, tolerate, governance, finn_latency_ms }}, got {}",
+                other.type_str()
+            ))),
+        }
+    }
 }
 
 fn five() -> u32 {
     5
-}
-
-impl From<PolicyFile> for HealthPolicy {
-    fn from(file: PolicyFile) -> Self {
-        match file {
-            PolicyFile::Rule(rule) => HealthPolicy::strict(rule),
-            PolicyFile::Full { rule, tolerate, governance, finn_latency_ms, latency_samples } => {
-                HealthPolicy { rule, tolerate, governance, finn_latency_ms, latency_samples }
-            }
-        }
-    }
 }
 
 impl HealthPolicy {
