@@ -268,6 +268,13 @@ mod tests {
     }
 
     #[test]
+    fn a_half_open_circuit_is_not_closed_and_is_named() {
+        let body = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "half_open"}},
+            "infrastructure": {"nats": {"status": "connected"}}});
+        assert_eq!(strict(HealthRule::Dixie, 200, &body), (false, "status healthy, finn circuit half_open".to_string()));
+    }
+
+    #[test]
     fn sprint_3_asks_for_governance_too() {
         let policy: HealthPolicy =
             toml::from_str::<toml::Table>("h = { rule = \"dixie\", governance = true, finn_latency_ms = 50 }").unwrap()
