@@ -271,7 +271,10 @@ mod tests {
     fn a_half_open_circuit_is_not_closed_and_is_named() {
         let body = serde_json::json!({"status": "healthy", "services": {"loa_finn": {"circuit_state": "half_open"}},
             "infrastructure": {"nats": {"status": "connected"}}});
-        assert_eq!(strict(HealthRule::Dixie, 200, &body), (false, "status healthy, finn circuit half_open".to_string()));
+        assert_eq!(
+            strict(HealthRule::Dixie, 200, &body),
+            (false, "status healthy, finn circuit half_open".to_string())
+        );
     }
 
     #[test]
