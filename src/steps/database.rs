@@ -163,7 +163,7 @@ impl Params {
             .dbname(database)
             .application_name("runbook")
             .connect_timeout(std::time::Duration::from_secs(10));
-        let ca = (!self.ca_file.is_empty()).then(|| cx.project.join(&self.ca_file));
+        let ca = cx.project_file(&self.ca_file);
         let target = format!("{user}@{}:{}/{database} (dialled {addr})", instance.host, instance.port);
         let (client, connection) =
             crate::pg_tls::connect(config, &instance.host, ca.as_deref()).await.map_err(|text| {

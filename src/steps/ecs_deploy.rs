@@ -156,27 +156,19 @@ impl Params {
                 .await
                 .map_err(|e| StepError::from_sdk("ecr:DescribeImages", e))?;
             if let Some(pushed) = images.image_details().first().and_then(|i| i.image_pushed_at()) {
-                let when =
-                    SystemTime::UNIX_EPOCH + Duration::from_millis(pushed.to_millis().unwrap_or(0).max(0) as u64);
-                if newest.as_ref().is_none_or(|(t, _)| when > *t) {
-                    newest = Some((when, format!("image {}:{}", self.image_repository, self.image_tag)));
-                }
+                offer(&mut newest, pushed.to_millis().unwrap_or(0), || {
+                    format!("image {}:{}", self.image_repository, self.image_tag)
+                });
             }
         }
         for rule in &self.rules {
             if let Some(ms) = rule.created_at(cx).await? {
-                let when = SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-                if newest.as_ref().is_none_or(|(t, _)| when > *t) {
-                    newest = Some((when, rule.name()));
-                }
+                offer(&mut newest, ms, || rule.name());
             }
         }
         let mut consider = |name: Option<&str>, when: Option<&aws_sdk_ssm::primitives::DateTime>| {
             if let (Some(name), Some(when)) = (name, when) {
-                let when = SystemTime::UNIX_EPOCH + Duration::from_millis(when.to_millis().unwrap_or(0).max(0) as u64);
-                if newest.as_ref().is_none_or(|(t, _)| when > *t) {
-                    newest = Some((when, name.to_string()));
-                }
+                offer(&mut newest, when.to_millis().unwrap_or(0), || name.to_string());
             }
         };
         let ssm = &cx.cloud.ssm;
@@ -249,9 +241,7 @@ impl Params {
             _ => None,
         }
     }
-}
 
-impl Params {
     /// Finn's latency as Dixie reports it, sampled `latency_samples` times a second apart:
     /// (median, samples). A sample without a latency fails the step's wait, naming it.
     async fn finn_latency(&self, cx: &StepContext) -> Result<(u64, Vec<u64>), StepError> {
@@ -304,6 +294,14 @@ impl Alarms {
         } else {
             (true, format!("{total} alarms ({declared} declared), none in ALARM"))
         })
+    }
+}
+
+/// Keeps in `newest` the later of it and the input `name` changed at unix `ms`.
+fn offer(newest: &mut Option<(SystemTime, String)>, ms: i64, name: impl FnOnce() -> String) {
+    let when = SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    if newest.as_ref().is_none_or(|(t, _)| when > *t) {
+        *newest = Some((when, name()));
     }
 }
 

@@ -334,6 +334,12 @@ impl StepContext {
         self.recorder.emit(Event::StepLog { step: self.step.clone(), attempt: self.attempt, line: line.into() }).await;
     }
 
+    /// A file a param names relative to the project folder; `None` when the param is empty
+    /// (CA files: empty means the system's roots).
+    pub(crate) fn project_file(&self, relative: &str) -> Option<PathBuf> {
+        (!relative.is_empty()).then(|| self.project.join(relative))
+    }
+
     /// An SSM parameter's decrypted value, or `None` when it does not exist.
     pub(crate) async fn parameter(&self, name: &str) -> Result<Option<Secret<String>>, StepError> {
         self.cloud.read_parameter(name).await.map_err(|e| StepError::from_sdk(&format!("ssm:GetParameter {name}"), e))

@@ -182,14 +182,14 @@ impl Params {
         let live = self.live(cx).await?;
         let mut failures = Vec::new();
         if let Some(url) = live.get("DATABASE_URL") {
-            let ca = (!self.pg_ca_file.is_empty()).then(|| cx.project.join(&self.pg_ca_file));
+            let ca = cx.project_file(&self.pg_ca_file);
             match reach::postgres_count(&cx.env, url, "SELECT 1::bigint", ca.as_deref()).await {
                 Ok(_) => cx.log("verified: DATABASE_URL logs in").await,
                 Err(e) => failures.push(format!("DATABASE_URL does not log in: {e}")),
             }
         }
         if let Some(url) = live.get("REDIS_URL") {
-            let ca = (!self.redis_ca_file.is_empty()).then(|| cx.project.join(&self.redis_ca_file));
+            let ca = cx.project_file(&self.redis_ca_file);
             match reach::redis_ping(&cx.env, url.expose(), ca.as_deref()).await {
                 Ok(t) => cx.log(format!("verified: REDIS_URL answers PING over TLS in {} ms", t.as_millis())).await,
                 Err(e) => failures.push(format!("REDIS_URL: {e}")),

@@ -151,7 +151,7 @@ impl Params {
 
         let migrations = match cx.parameter(&self.database_url_param).await? {
             Some(url) => {
-                let ca = (!self.pg_ca_file.is_empty()).then(|| cx.project.join(&self.pg_ca_file));
+                let ca = cx.project_file(&self.pg_ca_file);
                 reach::postgres_count(&cx.env, &url, "SELECT count(*) FROM _migrations", ca.as_deref()).await
             }
             None => Err(format!("{} does not exist", self.database_url_param)),
