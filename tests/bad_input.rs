@@ -157,14 +157,19 @@ fn away_from_the_ring(root: &Path) {
     }
 }
 
+/// A new state DB at `path`, its schema made by the binary itself (`unlock --force` creates it).
+fn new_state_db(path: &Path) {
+    let made = runbook(&project(), path, &["unlock".into(), "--force".into()]);
+    assert!(made.status.success(), "create a state DB: {}", String::from_utf8_lossy(&made.stderr));
+}
+
 /// A state DB with one finished run of sprint-2, made once: the binary creates the schema, the
 /// run is written as the engine leaves a finished one.
 fn finished_run_db(dir: &Path) -> &'static [u8] {
     static DB: OnceLock<Vec<u8>> = OnceLock::new();
     DB.get_or_init(|| {
         let path = dir.join("template/finished.db");
-        let made = runbook(&project(), &path, &["unlock".into(), "--force".into()]);
-        assert!(made.status.success(), "create a state DB: {}", String::from_utf8_lossy(&made.stderr));
+        new_state_db(&path);
         let conn = rusqlite::Connection::open(&path).unwrap();
         conn.execute_batch(
             "INSERT INTO runs (id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, \
@@ -199,8 +204,7 @@ fn no_runs_db(dir: &Path) -> &'static [u8] {
     static DB: OnceLock<Vec<u8>> = OnceLock::new();
     DB.get_or_init(|| {
         let path = dir.join("template/empty.db");
-        let made = runbook(&project(), &path, &["unlock".into(), "--force".into()]);
-        assert!(made.status.success(), "create a state DB: {}", String::from_utf8_lossy(&made.stderr));
+        new_state_db(&path);
         std::fs::read(&path).unwrap()
     })
 }

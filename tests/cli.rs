@@ -1368,17 +1368,26 @@ fn lock_takeovers_and_breaks_are_recorded_with_their_run() {
 /// crash point names exactly one moment of the run.
 const CHAIN: [&str; 8] = ["T2.1", "T2.3", "T2.2", "T2.4", "T2.5", "T2.6", "T2.7", "T2.8"];
 
+/// Replaces each `(old, new)` in the file at `path`; every `old` must be there, so that an edit
+/// cannot silently do nothing when the file changes.
+fn edit_file(path: &Path, edits: &[(&str, &str)]) {
+    let mut text = std::fs::read_to_string(path).unwrap();
+    for (old, new) in edits {
+        assert!(text.contains(old), "{} no longer holds {old:?}", path.display());
+        text = text.replace(old, new);
+    }
+    std::fs::write(path, text).unwrap();
+}
+
 fn chained_project(scratch: &Scratch) -> PathBuf {
     let root = impatient_project(scratch);
-    let path = root.join("runbooks/sprint-2.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    for old in ["kind = \"database\"", "needs = [\"T2.1\"]\n[steps.params]\nrepository"] {
-        assert!(text.contains(old), "sprint-2.toml changed: {old:?}");
-    }
-    let text = text
-        .replace("kind = \"database\"", "kind = \"database\"\nneeds = [\"T2.1\"]")
-        .replace("needs = [\"T2.1\"]\n[steps.params]\nrepository", "needs = [\"T2.3\"]\n[steps.params]\nrepository");
-    std::fs::write(&path, text).unwrap();
+    edit_file(
+        &root.join("runbooks/sprint-2.toml"),
+        &[
+            ("kind = \"database\"", "kind = \"database\"\nneeds = [\"T2.1\"]"),
+            ("needs = [\"T2.1\"]\n[steps.params]\nrepository", "needs = [\"T2.3\"]\n[steps.params]\nrepository"),
+        ],
+    );
     root
 }
 
@@ -1577,10 +1586,10 @@ fn redis_and_nats_lost_after_a_deploy_fail_the_redeploy_naming_them_and_resume_f
     let Some(_ring) = fresh_ring() else { return };
     let scratch = Scratch::new("lost-redis-nats");
     let project = impatient_project(&scratch);
-    let path = project.join("runbooks/environments/local.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("deploy_wait_seconds = \"40\""));
-    std::fs::write(&path, text.replace("deploy_wait_seconds = \"40\"", "deploy_wait_seconds = \"8\"")).unwrap();
+    edit_file(
+        &project.join("runbooks/environments/local.toml"),
+        &[("deploy_wait_seconds = \"40\"", "deploy_wait_seconds = \"8\"")],
+    );
     let rb = || scratch.runbook().project(&project);
     rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
     let deployment = primary_deployment("dixie-armitage");
@@ -1882,15 +1891,13 @@ fn a_red_check_merges_nothing_without_the_nats_rule_t3_3_names_nats_and_a_slow_f
     let Some(_ring) = fresh_ring() else { return };
     let scratch = Scratch::new("sprint3-faults");
     let project = impatient_project(&scratch);
-    let path = project.join("runbooks/environments/local.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    for old in ["nats_security_group = \"arrakis-staging-nats-sg\"", "deploy_wait_seconds = \"40\""] {
-        assert!(text.contains(old), "{old}");
-    }
-    let broken = text
-        .replace("nats_security_group = \"arrakis-staging-nats-sg\"", "nats_security_group = \"no-such-sg\"")
-        .replace("deploy_wait_seconds = \"40\"", "deploy_wait_seconds = \"10\"");
-    std::fs::write(&path, broken).unwrap();
+    edit_file(
+        &project.join("runbooks/environments/local.toml"),
+        &[
+            ("nats_security_group = \"arrakis-staging-nats-sg\"", "nats_security_group = \"no-such-sg\""),
+            ("deploy_wait_seconds = \"40\"", "deploy_wait_seconds = \"10\""),
+        ],
+    );
     let rb = || scratch.runbook().project(&project);
     rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
 
@@ -1961,10 +1968,10 @@ fn postgresql_takes_tls_only_and_a_certificate_runbook_cannot_verify_fails_t2_3_
     // Checked against the system's roots instead of the ring's CA: T2.3 says it is TLS, and
     // names the setting; nothing is created.
     let project = scratch.project_copy();
-    let path = project.join("runbooks/environments/local.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains("pg_ca_file = \".ring/tls/ca.crt\""));
-    std::fs::write(&path, text.replace("pg_ca_file = \".ring/tls/ca.crt\"", "pg_ca_file = \"\"")).unwrap();
+    edit_file(
+        &project.join("runbooks/environments/local.toml"),
+        &[("pg_ca_file = \".ring/tls/ca.crt\"", "pg_ca_file = \"\"")],
+    );
     let failed = scratch.runbook().project(&project).run(&["run", "sprint-2", "--yes"]);
     failed.expect_code(1).expect_text("T2.3 FAILED").expect_text("over TLS").expect_text("check ca_file");
     assert_eq!(admin("SELECT count(*) FROM pg_database WHERE datname = 'dixie'"), ["0"]);
