@@ -54,8 +54,8 @@ pub(crate) enum StateError {
     )]
     Missing { path: PathBuf },
     #[error(
-        "the state DB {} is on a read-only filesystem, and {why}; `status`, `logs` and `graph` read it \
-         where it is, but to change anything copy it (with any -wal file beside it) to a writable folder \
+        "the state DB {} is on a read-only filesystem, and {why}; `status` and `logs` read it where \
+         it is, but to change anything copy it (with any -wal file beside it) to a writable folder \
          and point --state (or RUNBOOK_STATE) there",
         path.display()
     )]
