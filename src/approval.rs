@@ -58,6 +58,7 @@ impl Approver {
                 step: step.to_string(),
                 summary: summary.to_string(),
                 operator: operator.clone(),
+                host: crate::identity::host(),
                 via: via.to_string(),
                 approved: yes,
             })

@@ -69,6 +69,8 @@ pub(crate) enum Outcome {
     Unlocked(Option<Holder>),
     StateLockReleased { run: i64, step: String, lock_id: String },
     Ring(i32),
+    History(crate::history::HistoryView),
+    Audit(crate::history::AuditView),
 }
 
 pub(crate) struct Globals {
@@ -106,7 +108,12 @@ async fn lock_and_connect(db: &mut StateDb, env: &Environment, me: &Holder) -> R
 /// event that records it.
 fn take_lock(db: &mut StateDb, me: &Holder) -> Result<Option<Event>, StateError> {
     let taken_over = db.acquire_lock(me)?;
-    Ok(taken_over.map(|h| Event::LockTakenOver { previous_host: h.host, previous_pid: h.pid }))
+    Ok(taken_over.map(|h| Event::LockTakenOver {
+        previous_host: h.host,
+        previous_pid: h.pid,
+        operator: operator(),
+        host: me.host.clone(),
+    }))
 }
 
 pub(crate) async fn run(
@@ -196,7 +203,12 @@ pub(crate) async fn retry(g: &Globals, step: &str, downstream: bool, run: Option
     let (cloud, mut preface) = lock_and_connect(&mut db, &env, &me).await?;
     preface.extend(notes);
     for id in book.graph.topological().into_iter().filter(|id| reset.contains(id)) {
-        preface.push(Event::StepReset { step: id, reason: format!("runbook retry {step}"), operator: operator() });
+        preface.push(Event::StepReset {
+            step: id,
+            reason: format!("runbook retry {step}"),
+            operator: operator(),
+            host: me.host.clone(),
+        });
     }
     // The resets are recorded first, then progress is read back from the DB.
     let recorded = |db: &mut StateDb, preface: &[Event]| -> Result<Progress, StateError> {
@@ -218,7 +230,12 @@ pub(crate) fn skip(g: &Globals, step: &str, reason: &str, run: Option<i64>) -> R
     book.step(step)?;
     let me = Holder::me(&host());
     let takeover = take_lock(&mut db, &me)?;
-    let skipped = Event::StepSkipped { step: step.to_string(), reason: reason.to_string(), operator: operator() };
+    let skipped = Event::StepSkipped {
+        step: step.to_string(),
+        reason: reason.to_string(),
+        operator: operator(),
+        host: me.host.clone(),
+    };
     let recorded = takeover.iter().chain([&skipped]).try_for_each(|event| db.record(Some(row.id), event));
     let released = db.release_lock(&me);
     recorded.and(released).map_err(|source| CliError::Recorded { run: row.id, source })?;
@@ -250,7 +267,8 @@ pub(crate) fn unlock(g: &Globals, force: bool, run: Option<i64>, yes: bool) -> R
         ));
     }
     let h = &lease.holder;
-    let event = Event::LockBroken { previous_host: h.host.clone(), previous_pid: h.pid, operator: operator() };
+    let event =
+        Event::LockBroken { previous_host: h.host.clone(), previous_pid: h.pid, operator: operator(), host: host() };
     // With its run, when that run is in this DB.
     let run = lease.run.filter(|r| db.run(*r).is_ok());
     db.record(run, &event)?;
@@ -300,8 +318,12 @@ pub(crate) async fn release_state_lock(
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let cx = crate::steps::StepContext::new(&services, step, 0, Recorder::new(None, tx));
     let released = typed.release_lock(&cx, lock_id).await;
-    let released_event =
-        Event::StateLockReleased { step: step.to_string(), lock_id: lock_id.to_string(), operator: operator() };
+    let released_event = Event::StateLockReleased {
+        step: step.to_string(),
+        lock_id: lock_id.to_string(),
+        operator: operator(),
+        host: me.host.clone(),
+    };
     let recorded = takeover
         .iter()
         .chain(released.is_ok().then_some(&released_event))
@@ -502,6 +524,27 @@ pub(crate) fn ring(project: &Path, action: &str) -> Result<Outcome, CliError> {
         .status()
         .map_err(|e| CliError::Usage(format!("cannot run {}: {e}", script.display())))?;
     Ok(Outcome::Ring(status.code().unwrap_or(1)))
+}
+
+/// `runbook history`: runs newest first, read-only.
+pub(crate) fn history(
+    g: &Globals,
+    runbook: Option<&str>,
+    env: Option<&str>,
+    limit: Option<u32>,
+) -> Result<Outcome, CliError> {
+    let limit = limit.unwrap_or(crate::history::DEFAULT_LIMIT);
+    if limit == 0 {
+        return Err(CliError::Usage("--limit 0 lists nothing: give 1 or more (default 20)".into()));
+    }
+    let db = StateDb::open_existing(&g.state, true)?;
+    Ok(Outcome::History(crate::history::history(&db, runbook, env, limit, &host())?))
+}
+
+/// `runbook audit`: the operator decisions of a run (default: the latest) or of all runs.
+pub(crate) fn audit(g: &Globals, run: Option<i64>, all: bool) -> Result<Outcome, CliError> {
+    let db = StateDb::open_existing(&g.state, true)?;
+    Ok(Outcome::Audit(crate::history::audit(&db, run, all)?))
 }
 
 #[cfg(test)]

@@ -70,6 +70,8 @@ pub(crate) enum Event {
         step: String,
         summary: String,
         operator: String,
+        /// The operator's host (absent from payloads recorded before it was kept).
+        host: String,
         via: String,
         approved: bool,
     },
@@ -98,26 +100,33 @@ pub(crate) enum Event {
         step: String,
         reason: String,
         operator: String,
+        host: String,
     },
     StepReset {
         step: String,
         reason: String,
         operator: String,
+        host: String,
     },
     LockTakenOver {
         previous_host: String,
         previous_pid: i64,
+        /// Who took it over, from where.
+        operator: String,
+        host: String,
     },
     LockBroken {
         previous_host: String,
         previous_pid: i64,
         operator: String,
+        host: String,
     },
     /// An operator released a lock a step's tool left (terraform's state lock).
     StateLockReleased {
         step: String,
         lock_id: String,
         operator: String,
+        host: String,
     },
     RunFinished {
         run: i64,

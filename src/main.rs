@@ -15,6 +15,7 @@ mod error_chain;
 mod event;
 mod graph;
 mod health;
+mod history;
 mod identity;
 mod image_tag;
 mod pg_tls;
@@ -143,6 +144,27 @@ enum Command {
         #[arg(long, value_name = "ID", requires = "terraform")]
         lock_id: Option<String>,
     },
+    /// The runs in the state DB, newest first: who ran what, where, when, how it ended.
+    History {
+        /// Only runs of this runbook.
+        #[arg(long)]
+        runbook: Option<String>,
+        /// Only runs on this environment.
+        #[arg(long)]
+        env: Option<String>,
+        /// How many runs to list (default 20).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Every operator decision of the last (or given) run, with time, operator and host:
+    /// approvals with the plan approved, skips, retries, lock takeovers and breaks, terraform
+    /// state-lock releases, rollbacks and their acknowledgements.
+    Audit {
+        run: Option<i64>,
+        /// The decisions of every run in the state DB.
+        #[arg(long, conflicts_with = "run")]
+        all: bool,
+    },
     /// The local rehearsal ring of real services on loopback.
     Ring {
         #[arg(value_enum)]
@@ -209,6 +231,8 @@ async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
             commands::release_state_lock(g, &step, lock_id.as_deref().unwrap_or_default(), run).await
         }
         Command::Unlock { force, run, yes, .. } => commands::unlock(g, force, run, yes),
+        Command::History { runbook, env, limit } => commands::history(g, runbook.as_deref(), env.as_deref(), limit),
+        Command::Audit { run, all } => commands::audit(g, run, all),
         Command::Ring { action } => {
             let name = match action {
                 RingAction::Setup => "setup",

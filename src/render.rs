@@ -101,6 +101,20 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
             };
         }
         Outcome::Ring(_) => {}
+        Outcome::History(view) => {
+            r.stdout = if json {
+                format!("{}\n", serde_json::to_string_pretty(view).unwrap_or_default())
+            } else {
+                oncall::history_table(view)
+            };
+        }
+        Outcome::Audit(view) => {
+            r.stdout = if json {
+                format!("{}\n", serde_json::to_string_pretty(view).unwrap_or_default())
+            } else {
+                oncall::audit_table(view)
+            };
+        }
     }
     r
 }
@@ -193,6 +207,8 @@ fn first_line(text: &str) -> String {
         line.to_string()
     }
 }
+
+mod oncall;
 
 #[cfg(test)]
 mod tests;

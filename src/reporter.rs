@@ -84,10 +84,10 @@ fn describe(event: &Event) -> Option<String> {
                 "{step} needs approval: {summary}\n    type yes to apply, anything else to stop (the run stays resumable): "
             )
         }
-        Event::ApprovalAnswered { step, summary, operator, via, approved: true } => {
+        Event::ApprovalAnswered { step, summary, operator, via, approved: true, .. } => {
             format!("{step} approved by {via} ({operator}): {summary}")
         }
-        Event::ApprovalAnswered { step, summary, operator, via, approved: false } => {
+        Event::ApprovalAnswered { step, summary, operator, via, approved: false, .. } => {
             format!("{step} not approved by {operator} at {via}: {summary}")
         }
         Event::StepRetrying { step, error, delay_ms, .. } => {
@@ -111,15 +111,15 @@ fn describe(event: &Event) -> Option<String> {
             None => format!("{step} FAILED: {error}"),
         },
         Event::StepBlocked { step, by } => format!("{step} not started: waits for {by}"),
-        Event::StepSkipped { step, reason, operator } => format!("{step} skipped by {operator}: {reason}"),
-        Event::StepReset { step, reason, operator } => format!("{step} reset by {operator}: {reason}"),
-        Event::LockTakenOver { previous_host, previous_pid } => {
+        Event::StepSkipped { step, reason, operator, .. } => format!("{step} skipped by {operator}: {reason}"),
+        Event::StepReset { step, reason, operator, .. } => format!("{step} reset by {operator}: {reason}"),
+        Event::LockTakenOver { previous_host, previous_pid, .. } => {
             format!("took over the run lock of dead process {previous_pid} on {previous_host}")
         }
-        Event::LockBroken { previous_host, previous_pid, operator } => {
+        Event::LockBroken { previous_host, previous_pid, operator, .. } => {
             format!("{operator} broke the run lock held by {previous_pid} on {previous_host}")
         }
-        Event::StateLockReleased { step, lock_id, operator } => {
+        Event::StateLockReleased { step, lock_id, operator, .. } => {
             format!("{operator} released the state lock {lock_id} of {step}")
         }
         Event::RunFinished { run, status, duration_ms } => {

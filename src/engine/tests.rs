@@ -356,7 +356,10 @@ async fn a_chain_runs_in_order_passes_outputs_and_a_rerun_changes_nothing() {
     // Every step reset (as `retry --downstream a` would) is probed again and found satisfied.
     for id in ["a", "b", "c"] {
         h.db()
-            .record(Some(h.run), &Event::StepReset { step: id.into(), reason: "test".into(), operator: "t".into() })
+            .record(
+                Some(h.run),
+                &Event::StepReset { step: id.into(), reason: "test".into(), operator: "t".into(), host: "h".into() },
+            )
             .unwrap();
     }
     let (status, _) = h.run().await;

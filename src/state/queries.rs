@@ -167,3 +167,116 @@ fn done_warnings(payload: Option<&str>) -> Vec<String> {
         .filter_map(|w| w.as_str().map(String::from))
         .collect()
 }
+
+/// A run as `runbook history` lists it: the run, and its first failed step with that step's
+/// last error, if any.
+#[derive(Debug, Clone)]
+pub(crate) struct HistoryRow {
+    pub(crate) run: RunRow,
+    pub(crate) failed_step: Option<(String, Option<String>)>,
+}
+
+/// The ids of `history`'s runs: ?1 runbook, ?2 environment (NULL: any), ?3 how many.
+const HISTORY_SQL: &str = "SELECT id FROM runs WHERE (?1 IS NULL OR runbook = ?1) AND (?2 IS NULL OR env = ?2) \
+                           ORDER BY id DESC LIMIT ?3";
+
+/// One recorded event, as the audit reads it: the payload is the event's JSON.
+#[derive(Debug, Clone)]
+pub(crate) struct EventRow {
+    pub(crate) run: Option<i64>,
+    pub(crate) at: i64,
+    pub(crate) kind: String,
+    pub(crate) payload: serde_json::Value,
+}
+
+impl StateDb {
+    /// Runs newest first, optionally of one runbook and one environment, at most `limit`.
+    /// Run ids grow with `started_at` (a run is inserted when it starts), so newest first is
+    /// the primary key backwards: SQLite walks it and stops after `limit` matches, with no
+    /// index on `started_at` and no sort. Plain SQL, so that a PostgreSQL store can say the same.
+    pub(crate) fn history(
+        &self,
+        runbook: Option<&str>,
+        env: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<HistoryRow>, StateError> {
+        let mut stmt = self.conn.prepare(HISTORY_SQL).map_err(|e| self.sql_err(e))?;
+        let ids: Vec<i64> = stmt
+            .query_map(params![runbook, env, limit], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sql_err(e))?;
+        ids.into_iter()
+            .map(|id| {
+                let run = self.run(id)?;
+                let failed_step = if run.status == RunState::Failed { self.first_failed_step(id)? } else { None };
+                Ok(HistoryRow { run, failed_step })
+            })
+            .collect()
+    }
+
+    /// The first failed step of `run` (by id) and its last error.
+    fn first_failed_step(&self, run: i64) -> Result<Option<(String, Option<String>)>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT step, last_error FROM steps WHERE run_id = ?1 AND state = ?2 ORDER BY step LIMIT 1",
+                params![run, StepState::Failed.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.sql_err(e))
+    }
+
+    /// The events of the given kinds, oldest first: of one run, or of every run (and those
+    /// recorded with no run) when `run` is `None`. Payloads that are not JSON read as null.
+    pub(crate) fn events_by_kind(&self, run: Option<i64>, kinds: &[&str]) -> Result<Vec<EventRow>, StateError> {
+        if kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let marks: Vec<String> = (0..kinds.len()).map(|i| format!("?{}", i + 2)).collect();
+        let sql = format!(
+            "SELECT run_id, at, kind, payload FROM events WHERE (?1 IS NULL OR run_id = ?1) AND kind IN ({})
+             ORDER BY id",
+            marks.join(", ")
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.sql_err(e))?;
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&run];
+        values.extend(kinds.iter().map(|k| k as &dyn rusqlite::ToSql));
+        stmt.query_map(values.as_slice(), |r| {
+            Ok(EventRow {
+                run: r.get(0)?,
+                at: r.get(1)?,
+                kind: r.get(2)?,
+                payload: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(serde_json::Value::Null),
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.sql_err(e))
+    }
+}
+
+#[cfg(test)]
+impl StateDb {
+    /// Appends an event as an older runbook wrote it (for tests of reading old payloads).
+    pub(crate) fn append_raw_event_for_tests(&self, run: Option<i64>, at: i64, kind: &str, payload: &str) {
+        self.conn
+            .execute(
+                "INSERT INTO events (run_id, at, step, kind, payload) VALUES (?1, ?2, NULL, ?3, ?4)",
+                params![run, at, kind, payload],
+            )
+            .unwrap();
+    }
+}
+
+#[cfg(test)]
+impl StateDb {
+    /// SQLite's plan for `history`'s query, one detail a line.
+    pub(crate) fn history_query_plan_for_tests(&self) -> String {
+        let mut stmt = self.conn.prepare(&format!("EXPLAIN QUERY PLAN {HISTORY_SQL}")).unwrap();
+        let rows = stmt
+            .query_map(params![Some("sprint-2"), None::<String>, 20], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        rows.join("\n")
+    }
+}

@@ -134,7 +134,7 @@ fn apply(tx: &Transaction<'_>, run: Option<i64>, event: &Event, now: i64) -> rus
                 params![run, step, format!("waits for {by}"), StepState::Blocked.as_str()],
             )?;
         }
-        Event::StepSkipped { step, reason, operator } => {
+        Event::StepSkipped { step, reason, operator, .. } => {
             end_step(tx, run, step, now, StepState::Skipped, Some(&format!("skipped by {operator}: {reason}")), None)?;
         }
         Event::StepReset { step, .. } => {

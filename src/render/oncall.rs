@@ -1,0 +1,188 @@
+//! The on-call commands' text: `history`'s table of runs and `audit`'s table of decisions.
+//! Their JSON is the views themselves (`history.rs`).
+
+use crate::clock::{format_duration, format_utc};
+use crate::event::RunState;
+use crate::history::{AuditView, HistoryView};
+
+pub(crate) fn history_table(view: &HistoryView) -> String {
+    if view.runs.is_empty() {
+        let of = view.runbook.as_deref().map(|r| format!(" of {r}")).unwrap_or_default();
+        let on = view.env.as_deref().map(|e| format!(" on {e}")).unwrap_or_default();
+        return format!("no runs{of}{on} in this state DB; `runbook run <runbook>` starts one\n");
+    }
+    let who: Vec<String> = view.runs.iter().map(|r| format!("{}@{}", r.operator, r.host)).collect();
+    let width = |header: &str, cells: &mut dyn Iterator<Item = usize>| cells.max().unwrap_or(0).max(header.len());
+    let (runbook_w, env_w, who_w) = (
+        width("RUNBOOK", &mut view.runs.iter().map(|r| r.runbook.len())),
+        width("ENV", &mut view.runs.iter().map(|r| r.env.len())),
+        width("OPERATOR@HOST", &mut who.iter().map(String::len)),
+    );
+    let mut out = format!(
+        "{:>5}  {:<runbook_w$}  {:<env_w$}  {:<who_w$}  {:<20}  {:>8}  {:<11}  FAILED STEP\n",
+        "RUN", "RUNBOOK", "ENV", "OPERATOR@HOST", "STARTED (UTC)", "DURATION", "STATUS"
+    );
+    for (line, who) in view.runs.iter().zip(&who) {
+        let duration = line.duration_ms.map(format_duration).unwrap_or_else(|| "-".into());
+        let failed = match (&line.failed_step, line.awaiting_approval) {
+            (Some(step), true) => format!("{step} (awaiting approval: runbook resume --yes)"),
+            (Some(step), false) => match &line.error {
+                Some(error) => super::first_line(&format!("{step}: {error}")),
+                None => step.clone(),
+            },
+            (None, _) if line.status == RunState::Died => "its process died: runbook resume".into(),
+            (None, _) => String::new(),
+        };
+        out.push_str(
+            format!(
+                "{:>5}  {:<runbook_w$}  {:<env_w$}  {who:<who_w$}  {:<20}  {duration:>8}  {:<11}  {failed}",
+                line.run,
+                line.runbook,
+                line.env,
+                format_utc(line.started_at),
+                line.status.as_str(),
+            )
+            .trim_end(),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+pub(crate) fn audit_table(view: &AuditView) -> String {
+    let mut out = match &view.run {
+        Some(run) => format!(
+            "audit of run {}: {} on {} (started {} by {}@{})\n",
+            run.id,
+            run.runbook,
+            run.env,
+            format_utc(run.started_at),
+            run.operator,
+            run.host
+        ),
+        None => "audit of every run in this state DB\n".to_string(),
+    };
+    if view.decisions.is_empty() {
+        out.push_str(
+            "no operator decisions recorded: every change ran as planned, nothing was skipped, retried or unlocked\n",
+        );
+        return out;
+    }
+    let who: Vec<String> = view.decisions.iter().map(|d| format!("{}@{}", d.operator, d.host)).collect();
+    let who_w = who.iter().map(String::len).max().unwrap_or(0).max("OPERATOR@HOST".len());
+    out.push_str(&format!("{:>5}  {:<20}  {:<who_w$}  DECISION\n", "RUN", "TIME (UTC)", "OPERATOR@HOST"));
+    for (d, who) in view.decisions.iter().zip(&who) {
+        let run = d.run.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
+        out.push_str(&format!(
+            "{run:>5}  {:<20}  {who:<who_w$}  {}\n",
+            format_utc(d.at),
+            super::first_line(&d.decision)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::{AuditedRun, Decision, HistoryLine};
+
+    const T0: i64 = 1_795_644_293_000;
+
+    fn line(run: i64, status: RunState) -> HistoryLine {
+        HistoryLine {
+            run,
+            runbook: "sprint-2".into(),
+            env: "local".into(),
+            operator: "ana".into(),
+            host: "laptop".into(),
+            started_at: T0 + run * 3_600_000,
+            started: String::new(),
+            duration_ms: Some(184_000),
+            status,
+            failed_step: None,
+            error: None,
+            awaiting_approval: false,
+        }
+    }
+
+    #[test]
+    fn history_lists_one_line_a_run_with_what_failed() {
+        let mut failed = line(11, RunState::Failed);
+        failed.failed_step = Some("T2.5".into());
+        failed.error = Some("REDIS_URL: connect 127.0.0.1:6380: Connection refused".into());
+        let mut approval = line(12, RunState::Failed);
+        approval.env = "armitage".into();
+        approval.operator = "oncall-bo".into();
+        approval.failed_step = Some("T2.4".into());
+        approval.error = Some("awaiting approval: Plan: 35 to add, 0 to change, 0 to destroy".into());
+        approval.awaiting_approval = true;
+        let mut died = line(13, RunState::Died);
+        died.duration_ms = None;
+        let mut running = line(14, RunState::Running);
+        running.runbook = "rollback".into();
+        running.duration_ms = None;
+        let view = HistoryView {
+            runbook: None,
+            env: None,
+            runs: vec![running, died, approval, failed, line(10, RunState::Done)],
+        };
+        insta::assert_snapshot!(history_table(&view));
+    }
+
+    #[test]
+    fn an_empty_history_says_what_was_asked_and_how_to_start() {
+        let view = HistoryView { runbook: Some("sprint-3".into()), env: Some("armitage".into()), runs: Vec::new() };
+        assert_eq!(
+            history_table(&view),
+            "no runs of sprint-3 on armitage in this state DB; `runbook run <runbook>` starts one\n"
+        );
+    }
+
+    fn decision(at: i64, operator: &str, host: &str, decision: &str) -> Decision {
+        Decision {
+            run: Some(7),
+            at,
+            time: String::new(),
+            kind: String::new(),
+            step: None,
+            operator: operator.into(),
+            host: host.into(),
+            decision: decision.into(),
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn audit_lists_each_decision_with_time_operator_and_host() {
+        let mut unowned = decision(T0 + 900_000, "bo", "?", "broke the run lock held by process 4242 on ci-7");
+        unowned.run = None;
+        let view = AuditView {
+            run: Some(AuditedRun {
+                id: 7,
+                runbook: "sprint-2".into(),
+                env: "local".into(),
+                operator: "ana".into(),
+                host: "laptop".into(),
+                started_at: T0,
+            }),
+            decisions: vec![
+                decision(
+                    T0 + 60_000,
+                    "ana",
+                    "laptop",
+                    "approved T2.4 via --yes: Plan: 35 to add, 0 to change, 0 to destroy",
+                ),
+                decision(T0 + 300_000, "ana", "laptop", "reset T2.5 to run again (runbook retry T2.5)"),
+                decision(T0 + 600_000, "oncall-bo", "bastion-2", "skipped T2.7: Finn is redeployed by its own team"),
+                decision(T0 + 700_000, "oncall-bo", "bastion-2", "released terraform's state lock 5f1c-… of T2.4"),
+                unowned,
+            ],
+        };
+        insta::assert_snapshot!(audit_table(&view));
+        let quiet = AuditView { decisions: Vec::new(), ..view };
+        assert!(audit_table(&quiet).ends_with(
+            "no operator decisions recorded: every change ran as planned, nothing was skipped, retried or unlocked\n"
+        ));
+    }
+}
