@@ -80,66 +80,78 @@ pub(crate) struct SetParam {
     kind: super::ssm_params::Kind,
 }
 
-struct Service {
-    primary_id: String,
-    primary_started: SystemTime,
-    stable: bool,
-    failed: Option<String>,
-    running: String,
-    task_definition: String,
+/// An ECS service as its deployment steps see it.
+pub(super) struct Service {
+    pub(super) arn: String,
+    pub(super) primary_id: String,
+    pub(super) primary_started: SystemTime,
+    pub(super) stable: bool,
+    pub(super) failed: Option<String>,
+    /// "1/1 running": the primary deployment's running and desired tasks.
+    pub(super) running: String,
+    pub(super) running_count: i32,
+    pub(super) desired: i32,
+    pub(super) task_definition: String,
 }
 
 fn to_system_time(t: &aws_sdk_ecs::primitives::DateTime) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(t.to_millis().unwrap_or(0).max(0) as u64)
 }
 
-fn utc(t: SystemTime) -> String {
+pub(super) fn utc(t: SystemTime) -> String {
     crate::clock::format_utc(t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+}
+
+/// The ACTIVE service `name` of `cluster` and its PRIMARY deployment.
+pub(super) async fn describe_service(cx: &StepContext, cluster: &str, name: &str) -> Result<Service, StepError> {
+    let out = cx
+        .cloud
+        .ecs
+        .describe_services()
+        .cluster(cluster)
+        .services(name)
+        .send()
+        .await
+        .map_err(|e| StepError::from_sdk("ecs:DescribeServices", e))?;
+    let svc = out.services().iter().find(|s| s.status() == Some("ACTIVE")).ok_or_else(|| {
+        StepError::fatal(
+            format!("ECS service {name} is not active in cluster {cluster}"),
+            "the terraform step creates it: runbook status",
+        )
+    })?;
+    let primary = svc
+        .deployments()
+        .iter()
+        .find(|d| d.status() == Some("PRIMARY"))
+        .ok_or_else(|| StepError::retryable(format!("service {name} has no PRIMARY deployment yet")))?;
+    let rollout = primary.rollout_state().map(|r| r.as_str().to_string()).unwrap_or_default();
+    let failed = (rollout == "FAILED").then(|| {
+        let events: Vec<String> = svc.events().iter().take(5).filter_map(|e| e.message().map(String::from)).collect();
+        format!(
+            "deployment {} of {name} FAILED (circuit breaker rollback?): {}; service events: {}",
+            primary.id().unwrap_or("?"),
+            primary.rollout_state_reason().unwrap_or("no reason"),
+            events.join(" | ")
+        )
+    });
+    let (running, desired) = (primary.running_count(), primary.desired_count());
+    Ok(Service {
+        arn: svc.service_arn().unwrap_or_default().to_string(),
+        primary_id: primary.id().unwrap_or_default().to_string(),
+        primary_started: primary.created_at().map(to_system_time).unwrap_or(SystemTime::UNIX_EPOCH),
+        stable: rollout == "COMPLETED" || (svc.deployments().len() == 1 && desired > 0 && running == desired),
+        failed,
+        running: format!("{running}/{desired} running"),
+        running_count: running,
+        desired,
+        // The service's, not the deployment's: moto keeps a deployment's old one.
+        task_definition: svc.task_definition().unwrap_or_default().to_string(),
+    })
 }
 
 impl Params {
     async fn service(&self, cx: &StepContext) -> Result<Service, StepError> {
-        let out = cx
-            .cloud
-            .ecs
-            .describe_services()
-            .cluster(&self.cluster)
-            .services(&self.service)
-            .send()
-            .await
-            .map_err(|e| StepError::from_sdk("ecs:DescribeServices", e))?;
-        let svc = out.services().iter().find(|s| s.status() == Some("ACTIVE")).ok_or_else(|| {
-            StepError::fatal(
-                format!("ECS service {} is not active in cluster {}", self.service, self.cluster),
-                "the terraform step creates it: runbook status",
-            )
-        })?;
-        let primary =
-            svc.deployments().iter().find(|d| d.status() == Some("PRIMARY")).ok_or_else(|| {
-                StepError::retryable(format!("service {} has no PRIMARY deployment yet", self.service))
-            })?;
-        let rollout = primary.rollout_state().map(|r| r.as_str().to_string()).unwrap_or_default();
-        let failed = (rollout == "FAILED").then(|| {
-            let events: Vec<String> =
-                svc.events().iter().take(5).filter_map(|e| e.message().map(String::from)).collect();
-            format!(
-                "deployment {} of {} FAILED (circuit breaker rollback?): {}; service events: {}",
-                primary.id().unwrap_or("?"),
-                self.service,
-                primary.rollout_state_reason().unwrap_or("no reason"),
-                events.join(" | ")
-            )
-        });
-        let (running, desired) = (primary.running_count(), primary.desired_count());
-        Ok(Service {
-            primary_id: primary.id().unwrap_or_default().to_string(),
-            primary_started: primary.created_at().map(to_system_time).unwrap_or(SystemTime::UNIX_EPOCH),
-            stable: rollout == "COMPLETED" || (svc.deployments().len() == 1 && desired > 0 && running == desired),
-            failed,
-            running: format!("{running}/{desired} running"),
-            // The service's, not the deployment's: moto keeps a deployment's old one.
-            task_definition: svc.task_definition().unwrap_or_default().to_string(),
-        })
+        describe_service(cx, &self.cluster, &self.service).await
     }
 
     /// The newest `LastModifiedDate` among the inputs, with its parameter's name.

@@ -9,6 +9,11 @@
 //! Non-sensitive outputs become the step's outputs. Plan files hold secrets (terraform's state
 //! has what it refreshed): they live in the run's private work folder and are removed on every
 //! path.
+//!
+//! A plan that would move an ECS service off the revision a rollback put it on (the rollback's
+//! marker tag is on the service, and its target still runs) names that rollback in its summary,
+//! and is not applied, even with `--yes`, until the operator acknowledges that rollback's run
+//! (`--ack-rollback RUN`): otherwise the next deploy would undo a rollback without a word.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
@@ -22,8 +27,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use super::ecs_rollback::{MARKER_TAG, Marker, family_revision};
 use super::{Probe, Step, StepContext, StepError};
-use crate::event::Outputs;
+use crate::event::{Event, Outputs};
 use crate::image_tag::ImageTag;
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +76,8 @@ fn terraform() -> String {
 struct SavedPlan {
     path: PathBuf,
     summary: String,
+    /// The rollback this plan would undo: the service's name and the rollback's marker.
+    undoes: Option<(String, Marker)>,
 }
 
 impl Drop for SavedPlan {
@@ -427,7 +435,7 @@ impl Params {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let result = self.run(cx, &args).await;
         // From here the file is ours to remove, whatever terraform said.
-        let mut saved = SavedPlan { path, summary: String::new() };
+        let mut saved = SavedPlan { path, summary: String::new(), undoes: None };
         let (code, text) = result?;
         match code {
             0 => Ok(None),
@@ -438,10 +446,64 @@ impl Params {
                     .unwrap_or("changes pending")
                     .trim()
                     .to_string();
+                saved.undoes = undone_rollback(&self.plan_json(cx, &saved.path).await?);
+                if let Some((service, marker)) = &saved.undoes {
+                    saved.summary = format!(
+                        "{}; it puts {service} forward again, undoing {}",
+                        saved.summary,
+                        marker.describe(service)
+                    );
+                }
                 Ok(Some(saved))
             }
             _ => Err(self.failed(cx, "plan", &text)),
         }
+    }
+
+    /// `terraform show -json PLAN`, read from a pipe (it holds secrets in clear: never written
+    /// to a file, never logged).
+    async fn plan_json(&self, cx: &StepContext, plan: &Path) -> Result<serde_json::Value, StepError> {
+        let plan = plan.to_string_lossy();
+        let out = self
+            .command(cx, &["show", "-json", "-no-color", &plan])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|e| StepError::retryable(format!("terraform show: {e}")))?;
+        if !out.status.success() {
+            return Err(self.failed(cx, "show", &String::from_utf8_lossy(&out.stderr)));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| StepError::retryable(format!("terraform show -json gave no JSON plan: {e}")))
+    }
+
+    /// Stops a plan that undoes a rollback unless the operator acknowledged that rollback's
+    /// run; an acknowledgement is recorded.
+    async fn check_rollback(&self, cx: &StepContext, plan: &SavedPlan) -> Result<(), StepError> {
+        let Some((service, marker)) = &plan.undoes else { return Ok(()) };
+        if cx.acknowledged_rollback() != Some(marker.run) {
+            return Err(StepError::AwaitingApproval {
+                summary: plan.summary.clone(),
+                fix: Some(format!(
+                    "this deploy would undo the rollback without a word; if its cause is fixed, acknowledge \
+                     it: runbook resume --yes --ack-rollback {} (runbook logs {} shows the plan)",
+                    marker.run, cx.step
+                )),
+            });
+        }
+        cx.log(format!("acknowledged: this apply undoes {}", marker.describe(service))).await;
+        cx.recorder
+            .emit(Event::RollbackAcknowledged {
+                step: cx.step.clone(),
+                rollback_run: marker.run,
+                service: service.clone(),
+                summary: plan.summary.clone(),
+                operator: crate::identity::operator(),
+                host: crate::identity::host(),
+            })
+            .await;
+        Ok(())
     }
 
     async fn outputs(&self, cx: &StepContext) -> Result<Outputs, StepError> {
@@ -656,10 +718,11 @@ impl Step for Params {
                 },
             };
             cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.summary)).await;
+            self.check_rollback(cx, &plan).await?;
             let summary =
                 format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.summary);
             if !cx.approve(&summary).await {
-                return Err(StepError::AwaitingApproval { summary: plan.summary.clone() });
+                return Err(StepError::AwaitingApproval { summary: plan.summary.clone(), fix: None });
             }
             match self.apply_plan(cx, &plan.path).await? {
                 Applied::Done(outputs) => {
@@ -707,6 +770,24 @@ impl Step for Params {
             None => Step::probe(self, cx).await,
         }
     }
+}
+
+/// The ECS service a plan would move off the revision a rollback put it on, with that
+/// rollback's marker: the service's task definition changes (or becomes unknown), its marker tag
+/// is there, and the marker's target is what the service runs.
+fn undone_rollback(plan: &serde_json::Value) -> Option<(String, Marker)> {
+    let changes = plan["resource_changes"].as_array()?;
+    changes.iter().filter(|c| c["type"] == "aws_ecs_service").find_map(|c| {
+        let change = &c["change"];
+        let before = &change["before"];
+        let running = before["task_definition"].as_str()?;
+        let moves = change["after_unknown"]["task_definition"] == true
+            || change["after"]["task_definition"].as_str().is_some_and(|after| after != running);
+        let tag = before["tags_all"][MARKER_TAG].as_str().or_else(|| before["tags"][MARKER_TAG].as_str())?;
+        let marker = Marker::parse(tag)?;
+        let (_, revision) = family_revision(running)?;
+        (moves && marker.to == revision).then(|| (before["name"].as_str().unwrap_or("?").to_string(), marker))
+    })
 }
 
 #[cfg(test)]

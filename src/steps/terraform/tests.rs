@@ -31,6 +31,7 @@ case "$1" in
     echo '{"type":"outputs","@message":"Outputs: 2","outputs":{"alb_dns_name":{"sensitive":false,"type":"string","value":"alb.local"},"db_password":{"sensitive":true,"type":"string","value":"hunter2"}}}'
     exit 0 ;;
   output) echo '{"alb_dns_name":{"sensitive":false,"value":"alb.local"}}'; exit 0 ;;
+  show) if [ -f show.json ]; then cat show.json; else echo '{"resource_changes":[]}'; fi; exit 0 ;;
   force-unlock) exit 0 ;;
   sleep) sleep 30 ;;
 esac
@@ -103,7 +104,9 @@ async fn a_change_is_planned_once_applied_as_planned_and_verified_from_the_apply
     let Probe::Absent(what) = step.probe(&cx).await.unwrap() else { panic!("expected changes") };
     assert_eq!(what, "workspace armitage: Plan: 3 to add, 0 to change, 0 to destroy.");
     assert_eq!(stage.plan_files(), 1, "the probe's plan is kept for the apply");
-    assert_eq!(stage.calls().iter().filter(|c| *c == "plan").count(), 1);
+    let calls = stage.calls();
+    assert_eq!(calls.iter().filter(|c| *c == "plan").count(), 1);
+    assert_eq!(calls.iter().filter(|c| *c == "show").count(), 1, "the plan read as JSON, from a pipe");
     step.apply(&cx).await.unwrap();
     let outputs = satisfied(step.verify(&cx).await.unwrap());
     assert_eq!(
@@ -137,7 +140,7 @@ async fn a_stale_saved_plan_is_planned_again_under_the_lock() {
     std::fs::write(stage.dir.join("tf/stale"), "").unwrap();
     step.apply(&cx).await.unwrap();
     satisfied(step.verify(&cx).await.unwrap());
-    assert_eq!(stage.calls(), ["apply", "plan", "apply"]);
+    assert_eq!(stage.calls(), ["apply", "plan", "show", "apply"]);
     assert_eq!(stage.plan_files(), 0);
 }
 
@@ -150,7 +153,7 @@ async fn a_plan_that_is_not_approved_is_removed_and_nothing_is_applied() {
     assert!(matches!(step.probe(&cx).await.unwrap(), Probe::Absent(_)));
     let err = step.apply(&cx).await.unwrap_err();
     assert!(
-        matches!(err, StepError::AwaitingApproval { ref summary } if summary.starts_with("Plan: 3 to add")),
+        matches!(err, StepError::AwaitingApproval { ref summary, .. } if summary.starts_with("Plan: 3 to add")),
         "{err:?}"
     );
     drop(step);
@@ -238,4 +241,86 @@ async fn terraform_still_working_in_the_folder_is_found_and_waited_for() {
 fn colour_codes_are_taken_out_of_terraform_output() {
     assert_eq!(without_colours("\x1b[31mFailed\x1b[0m\x1b[0m to lock\x1b[1;4m!"), "Failed to lock!");
     assert_eq!(without_colours("plain [31m text"), "plain [31m text");
+}
+
+fn service_change(before_td: &str, after: serde_json::Value, tag: Option<&str>) -> serde_json::Value {
+    let mut tags = serde_json::json!({"Service": "dixie"});
+    if let Some(tag) = tag {
+        tags["runbook:rollback"] = tag.into();
+    }
+    serde_json::json!({"resource_changes": [
+        {"type": "aws_ecs_task_definition", "change": {"actions": ["no-op"], "before": {}, "after": {}}},
+        {"type": "aws_ecs_service", "change": {
+            "actions": ["update"],
+            "before": {"name": "dixie-armitage", "task_definition": before_td, "tags_all": tags},
+            "after": after,
+            "after_unknown": {},
+        }},
+    ]})
+}
+
+#[test]
+fn a_plan_that_moves_a_rolled_back_service_names_the_rollback() {
+    let td = |r: u32| format!("arn:aws:ecs:us-east-1:1:task-definition/dixie-armitage:{r}");
+    let marker = "run=7 from=2 to=1 desired=1 by=ana@laptop at=2026-12-01T05:00:00Z";
+    let plan = service_change(&td(1), serde_json::json!({"task_definition": td(2)}), Some(marker));
+    let (service, found) = undone_rollback(&plan).expect("the rollback is named");
+    assert_eq!(service, "dixie-armitage");
+    assert_eq!((found.run, found.from, found.to), (7, 2, 1));
+    // A new task definition (known only after the apply) moves it too.
+    let mut unknown = service_change(&td(1), serde_json::json!({}), Some(marker));
+    unknown["resource_changes"][1]["change"]["after_unknown"] = serde_json::json!({"task_definition": true});
+    assert!(undone_rollback(&unknown).is_some());
+    // Not: no marker; a plan that leaves the task definition alone; a marker whose target no
+    // longer runs (the service was put forward since).
+    assert!(undone_rollback(&service_change(&td(1), serde_json::json!({"task_definition": td(2)}), None)).is_none());
+    assert!(
+        undone_rollback(&service_change(&td(1), serde_json::json!({"task_definition": td(1)}), Some(marker))).is_none()
+    );
+    assert!(
+        undone_rollback(&service_change(&td(3), serde_json::json!({"task_definition": td(4)}), Some(marker))).is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_plan_that_undoes_a_rollback_waits_for_its_acknowledgement_even_with_yes() {
+    let mut stage = Stage::new("rolled-back").await;
+    let td = |r: u32| format!("arn:aws:ecs:us-east-1:1:task-definition/dixie-armitage:{r}");
+    let marker = "run=7 from=2 to=1 desired=1 by=ana@laptop at=2026-12-01T05:00:00Z";
+    let plan = service_change(&td(1), serde_json::json!({"task_definition": td(2)}), Some(marker));
+    std::fs::write(stage.dir.join("tf/show.json"), plan.to_string()).unwrap();
+    let (step, cx) = (stage.step(), stage.cx());
+    let Probe::Absent(what) = step.probe(&cx).await.unwrap() else { panic!("expected changes") };
+    assert!(
+        what.ends_with(
+            "undoing rollback run 7 of dixie-armitage to revision 1 (from 2) by ana@laptop at 2026-12-01T05:00:00Z"
+        ),
+        "{what}"
+    );
+    // The approver says yes (as --yes does): not enough.
+    let err = step.apply(&cx).await.unwrap_err();
+    assert!(matches!(err, StepError::AwaitingApproval { .. }), "{err:?}");
+    assert!(err.fix().unwrap().contains("runbook resume --yes --ack-rollback 7"), "{err:?}");
+    assert!(!stage.calls().contains(&"apply".to_string()));
+    drop((step, cx));
+    // Another run's acknowledgement is not this one's.
+    Arc::get_mut(&mut stage.services).unwrap().acknowledged_rollback = Some(8);
+    let (step, cx) = (stage.step(), stage.cx());
+    step.probe(&cx).await.unwrap();
+    assert!(matches!(step.apply(&cx).await, Err(StepError::AwaitingApproval { .. })));
+    drop((step, cx));
+    Arc::get_mut(&mut stage.services).unwrap().acknowledged_rollback = Some(7);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cx = StepContext::new(&stage.services, "T2.4", 1, Recorder::new(None, tx));
+    let step = stage.step();
+    step.probe(&cx).await.unwrap();
+    step.apply(&cx).await.unwrap();
+    assert!(stage.calls().contains(&"apply".to_string()));
+    let mut acknowledged = None;
+    while let Ok(event) = rx.try_recv() {
+        if let Event::RollbackAcknowledged { rollback_run, service, operator, .. } = event {
+            acknowledged = Some((rollback_run, service, operator));
+        }
+    }
+    assert_eq!(acknowledged, Some((7, "dixie-armitage".to_string(), crate::identity::operator())));
 }
