@@ -13,6 +13,8 @@ pub(crate) struct Cloud {
     pub(crate) ec2: aws_sdk_ec2::Client,
     pub(crate) ecr: aws_sdk_ecr::Client,
     pub(crate) ecs: aws_sdk_ecs::Client,
+    /// CloudWatch Logs: read only, by `runbook diagnose` (ERROR lines of the service's group).
+    pub(crate) logs: aws_sdk_cloudwatchlogs::Client,
     pub(crate) route53: aws_sdk_route53::Client,
     pub(crate) rds: aws_sdk_rds::Client,
     pub(crate) ssm: aws_sdk_ssm::Client,
@@ -72,6 +74,7 @@ impl Cloud {
             ec2: aws_sdk_ec2::Client::new(&config),
             ecr: aws_sdk_ecr::Client::new(&config),
             ecs: aws_sdk_ecs::Client::new(&config),
+            logs: aws_sdk_cloudwatchlogs::Client::new(&config),
             route53: aws_sdk_route53::Client::new(&config),
             rds: aws_sdk_rds::Client::new(&config),
             ssm: aws_sdk_ssm::Client::new(&config),

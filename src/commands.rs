@@ -69,6 +69,7 @@ pub(crate) enum Outcome {
     Unlocked(Option<Holder>),
     StateLockReleased { run: i64, step: String, lock_id: String },
     Ring(i32),
+    Diagnosis { env: String, findings: Vec<crate::steps::Finding>, elapsed_ms: u64 },
     History(crate::history::HistoryView),
     Audit(crate::history::AuditView),
 }
@@ -545,6 +546,28 @@ pub(crate) fn history(
 pub(crate) fn audit(g: &Globals, run: Option<i64>, all: bool) -> Result<Outcome, CliError> {
     let db = StateDb::open_existing(&g.state, true)?;
     Ok(Outcome::Audit(crate::history::audit(&db, run, all)?))
+}
+
+/// `runbook diagnose`: every check of `runbooks/diagnose.toml` at once, read-only. It takes no
+/// run lock and opens no state DB, so it works while a deploy holds the lock; the runbook is
+/// validated like any other (unknown keys, missing vars: exit 2).
+pub(crate) async fn diagnose(g: &Globals, env: &str, vars: BTreeMap<String, String>) -> Result<Outcome, CliError> {
+    let env = Environment::load(&g.project, env)?;
+    let book = Runbook::load(&g.project, "diagnose", &env, &vars)?;
+    let cloud = Cloud::connect(&env).await;
+    cloud.preflight(&env).await?;
+    let started = std::time::Instant::now();
+    let name = env.name.clone();
+    let services = Arc::new(Services {
+        env: Arc::new(env),
+        cloud: Arc::new(cloud),
+        project: Arc::new(g.project.clone()),
+        // The checks only read: no plan or log file is ever written there.
+        work_dir: Arc::new(std::env::temp_dir()),
+        approver: Approver::Withheld,
+    });
+    let findings = crate::steps::diagnose_all(&book, services).await.map_err(CliError::Usage)?;
+    Ok(Outcome::Diagnosis { env: name, findings, elapsed_ms: started.elapsed().as_millis() as u64 })
 }
 
 #[cfg(test)]

@@ -165,6 +165,15 @@ enum Command {
         #[arg(long, conflicts_with = "run")]
         all: bool,
     },
+    /// Read-only: run every check of runbooks/diagnose.toml (002's troubleshooting) at once and
+    /// print each verdict, the value seen and the next action; exit 1 when one fails. Takes no
+    /// run lock and writes nothing, so it works while a deploy runs.
+    Diagnose {
+        #[arg(long, default_value = "local")]
+        env: String,
+        #[arg(long = "var", value_name = "NAME=VALUE")]
+        vars: Vec<String>,
+    },
     /// The local rehearsal ring of real services on loopback.
     Ring {
         #[arg(value_enum)]
@@ -233,6 +242,7 @@ async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
         Command::Unlock { force, run, yes, .. } => commands::unlock(g, force, run, yes),
         Command::History { runbook, env, limit } => commands::history(g, runbook.as_deref(), env.as_deref(), limit),
         Command::Audit { run, all } => commands::audit(g, run, all),
+        Command::Diagnose { env, vars } => commands::diagnose(g, &env, commands::parse_vars(&vars)?).await,
         Command::Ring { action } => {
             let name = match action {
                 RingAction::Setup => "setup",

@@ -101,6 +101,9 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
             };
         }
         Outcome::Ring(_) => {}
+        Outcome::Diagnosis { env, findings, elapsed_ms } => {
+            r.stdout = diagnosis::render(env, findings, *elapsed_ms, json);
+        }
         Outcome::History(view) => {
             r.stdout = if json {
                 format!("{}\n", serde_json::to_string_pretty(view).unwrap_or_default())
@@ -131,6 +134,7 @@ fn exit_code(outcome: &Outcome) -> i32 {
             i32::from(lines.iter().any(|l| matches!(l.verdict, PlanVerdict::Conflict | PlanVerdict::Error)))
         }
         Outcome::Ring(code) => *code,
+        Outcome::Diagnosis { findings, .. } => diagnosis::exit_code(findings),
         _ => 0,
     }
 }
@@ -208,6 +212,7 @@ fn first_line(text: &str) -> String {
     }
 }
 
+mod diagnosis;
 mod oncall;
 
 #[cfg(test)]

@@ -43,8 +43,11 @@ kinds![
     ecs_deploy,
     validate,
     pull_request,
-    security_group_ingress
+    security_group_ingress,
+    diagnose
 ];
+
+pub(crate) use diagnose::{Finding, Verdict, diagnose_all};
 
 /// What a probe found.
 #[derive(Debug)]

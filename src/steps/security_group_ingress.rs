@@ -131,6 +131,20 @@ impl Ingress {
         Ok(())
     }
 
+    /// The group's id and its source's, `None` for a name no group has (`diagnose`).
+    pub(crate) async fn lookup_ids(&self, cx: &StepContext) -> Result<(Option<String>, Option<String>), StepError> {
+        Ok((lookup(cx, "group", &self.group).await?, lookup(cx, "source_group", &self.source_group).await?))
+    }
+
+    /// The id of the rule of `group` admitting `source` on the port, if there is one (`diagnose`).
+    pub(crate) async fn find(&self, cx: &StepContext, group: &str, source: &str) -> Result<Option<String>, StepError> {
+        Ok(self.rule(cx, group, source).await?.map(|r| r.security_group_rule_id().unwrap_or("no id").to_string()))
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `tcp/4222 into arrakis-staging-nats-sg from dixie-armitage-tasks`.
     pub(crate) fn name(&self) -> String {
         format!("the rule tcp/{} into {} from {}", self.port, self.group, self.source_group)
