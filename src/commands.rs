@@ -59,19 +59,50 @@ impl From<RunbookError> for CliError {
 
 /// What a command did, for `main.rs` to render as text or JSON.
 pub(crate) enum Outcome {
-    Run { run: i64, status: RunState, view: Option<StatusView>, write_error: Option<String> },
-    NothingToResume { run: i64, runbook: String },
+    Run {
+        run: i64,
+        status: RunState,
+        view: Option<StatusView>,
+        write_error: Option<String>,
+        /// The webhook could not be told (the run's outcome stands).
+        notify_error: Option<String>,
+    },
+    NothingToResume {
+        run: i64,
+        runbook: String,
+    },
     Plan(Vec<PlanLine>),
     Status(StatusView),
-    Logs { run: i64, step: String, attempts: Vec<AttemptRow> },
+    Logs {
+        run: i64,
+        step: String,
+        attempts: Vec<AttemptRow>,
+    },
     Graph(String),
-    Skipped { run: i64, step: String, reason: String },
+    Skipped {
+        run: i64,
+        step: String,
+        reason: String,
+    },
     Unlocked(Option<Holder>),
-    StateLockReleased { run: i64, step: String, lock_id: String },
+    StateLockReleased {
+        run: i64,
+        step: String,
+        lock_id: String,
+    },
     Ring(i32),
-    Diagnosis { env: String, findings: Vec<crate::steps::Finding>, elapsed_ms: u64 },
+    Diagnosis {
+        env: String,
+        findings: Vec<crate::steps::Finding>,
+        elapsed_ms: u64,
+    },
     History(crate::history::HistoryView),
     Audit(crate::history::AuditView),
+    /// `watch` has printed its polls; the last verdict gives `--once` its exit code.
+    Watch {
+        verdict: Option<crate::watch::Verdict>,
+        once: bool,
+    },
 }
 
 pub(crate) struct Globals {
@@ -452,9 +483,11 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
             }
         }
     });
+    // Kept beside the engine's: the webhook is told once the run has ended.
+    let (env, cloud) = (Arc::new(env), Arc::new(cloud));
     let services = Services {
-        env: Arc::new(env),
-        cloud: Arc::new(cloud),
+        env: env.clone(),
+        cloud: cloud.clone(),
         project: Arc::new(g.project.clone()),
         work_dir: Arc::new(work),
         approver: g.approver.clone(),
@@ -479,7 +512,8 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
         })
         .await
         .ok();
-    Ok(Outcome::Run { run, status, view, write_error })
+    let notify_error = crate::notify::after_run(&env, &cloud, run, status, view.as_ref()).await;
+    Ok(Outcome::Run { run, status, view, write_error, notify_error })
 }
 
 /// The private folder beside the state DB for files that may hold secrets (terraform plans
@@ -546,6 +580,37 @@ pub(crate) fn history(
 pub(crate) fn audit(g: &Globals, run: Option<i64>, all: bool) -> Result<Outcome, CliError> {
     let db = StateDb::open_existing(&g.state, true)?;
     Ok(Outcome::Audit(crate::history::audit(&db, run, all)?))
+}
+
+/// `runbook watch`: polls Dixie's and Finn's health every `interval` until Ctrl-C, or once.
+/// Read-only; each poll's transitions go to the environment's webhook.
+pub(crate) async fn watch(g: &Globals, env: &str, interval: Option<&str>, once: bool) -> Result<Outcome, CliError> {
+    use crate::watch::{DEFAULT_INTERVAL, Printer, Targets, parse_interval};
+    let env = Environment::load(&g.project, env)?;
+    let targets = Targets::of(&env).map_err(CliError::Usage)?;
+    let interval = interval.map(parse_interval).transpose().map_err(CliError::Usage)?.unwrap_or(DEFAULT_INTERVAL);
+    let mut printer = Printer {
+        out: std::io::stdout(),
+        err: std::io::stderr(),
+        json: g.mode == Mode::Json,
+        env: env.name.clone(),
+        notifier: None,
+        notify_failed: false,
+    };
+    // One poll has no transition to tell.
+    if !once && let Some(settings) = &env.notify {
+        let cloud = match settings.webhook {
+            crate::notify::WebhookSource::Ssm(_) => Some(Cloud::connect(&env).await),
+            crate::notify::WebhookSource::Env(_) => None,
+        };
+        match crate::notify::Notifier::resolve(&env, cloud.as_ref()).await {
+            Ok(notifier) => printer.notifier = notifier,
+            Err(e) => printer.notify_failed(&e),
+        }
+    }
+    let max_polls = once.then_some(1);
+    let verdict = crate::watch::watch(&env, &targets, interval, max_polls, shutdown_signal(), &mut printer).await;
+    Ok(Outcome::Watch { verdict, once })
 }
 
 /// `runbook diagnose`: every check of `runbooks/diagnose.toml` at once, read-only. It takes no

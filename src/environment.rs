@@ -34,6 +34,10 @@ pub(crate) struct Environment {
     /// `"host:port"` (a leading `*.` matches any subdomain, `*` any host) → `"127.0.0.1:port"`.
     #[serde(default)]
     pub(crate) address_map: BTreeMap<String, String>,
+    /// Where to post when a run fails, stops for approval or is done, and on `watch`
+    /// transitions: a webhook whose URL lives in SSM or the process environment.
+    #[serde(default)]
+    pub(crate) notify: Option<crate::notify::NotifySettings>,
     #[serde(skip)]
     pub(crate) path: PathBuf,
     /// sha256 of the file as it was read.
@@ -73,6 +77,10 @@ impl Environment {
     pub(crate) fn load(project: &Path, name: &str) -> Result<Self, EnvError> {
         let file = Named::Environment.read(project, name)?;
         let path = file.path.clone();
+        // Before the parse, whose errors quote the line: [notify] may hold a secret URL.
+        if let Some(message) = crate::notify::check_table(&file.text) {
+            return Err(EnvError::Invalid { path, message });
+        }
         let mut env: Environment = file.parse().map_err(|message| EnvError::Parse { path: path.clone(), message })?;
         env.path = file.path;
         env.hash = file.hash;
@@ -194,6 +202,7 @@ mod tests {
             aws: AwsSettings::default(),
             vars: BTreeMap::new(),
             address_map: BTreeMap::from([("*.rds.amazonaws.com:5432".to_string(), "127.0.0.1:15432".to_string())]),
+            notify: None,
             path: PathBuf::from("local.toml"),
             hash: String::new(),
         }

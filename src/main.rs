@@ -18,6 +18,7 @@ mod health;
 mod history;
 mod identity;
 mod image_tag;
+mod notify;
 mod pg_tls;
 mod project;
 mod recorder;
@@ -28,6 +29,7 @@ mod secret;
 mod state;
 mod status;
 mod steps;
+mod watch;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -174,6 +176,21 @@ enum Command {
         #[arg(long = "var", value_name = "NAME=VALUE")]
         vars: Vec<String>,
     },
+    /// Poll Dixie's and Finn's health (002 Monitoring): a line a poll, an EVENT line a
+    /// transition (posted to the environment's webhook), until Ctrl-C.
+    #[command(after_help = "Exit codes with --once: 0 healthy, 1 degraded (warn), 4 unhealthy or unreachable \
+                            (alert), 2 bad input. Without --once, Ctrl-C ends it with 0.")]
+    Watch {
+        /// Environment file in runbooks/environments/ (default: the local ring).
+        #[arg(long, default_value = "local")]
+        env: String,
+        /// Time between polls: 30s (default, 002's), 500ms, 2m.
+        #[arg(long)]
+        interval: Option<String>,
+        /// One poll; the exit code is the verdict.
+        #[arg(long)]
+        once: bool,
+    },
     /// The local rehearsal ring of real services on loopback.
     Ring {
         #[arg(value_enum)]
@@ -242,6 +259,7 @@ async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
         Command::Unlock { force, run, yes, .. } => commands::unlock(g, force, run, yes),
         Command::History { runbook, env, limit } => commands::history(g, runbook.as_deref(), env.as_deref(), limit),
         Command::Audit { run, all } => commands::audit(g, run, all),
+        Command::Watch { env, interval, once } => commands::watch(g, &env, interval.as_deref(), once).await,
         Command::Diagnose { env, vars } => commands::diagnose(g, &env, commands::parse_vars(&vars)?).await,
         Command::Ring { action } => {
             let name = match action {

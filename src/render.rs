@@ -24,7 +24,7 @@ pub(crate) struct Rendered {
 pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
     let mut r = Rendered { code: exit_code(outcome), ..Rendered::default() };
     match outcome {
-        Outcome::Run { run, status, view, write_error } => {
+        Outcome::Run { run, status, view, write_error, notify_error } => {
             if let (false, Some(view)) = (json, view) {
                 r.stdout = status_table(view);
             }
@@ -33,6 +33,9 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
             } else if *status == RunState::Interrupted {
                 r.stderr =
                     format!("interrupted: run {run} is recorded as interrupted; `runbook resume` continues it\n");
+            }
+            if let Some(error) = notify_error {
+                r.stderr.push_str(&format!("notification failed: {error}\n"));
             }
         }
         Outcome::NothingToResume { run, runbook } => {
@@ -111,6 +114,7 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
                 oncall::history_table(view)
             };
         }
+        Outcome::Watch { .. } => {}
         Outcome::Audit(view) => {
             r.stdout = if json {
                 format!("{}\n", serde_json::to_string_pretty(view).unwrap_or_default())
@@ -134,6 +138,7 @@ fn exit_code(outcome: &Outcome) -> i32 {
             i32::from(lines.iter().any(|l| matches!(l.verdict, PlanVerdict::Conflict | PlanVerdict::Error)))
         }
         Outcome::Ring(code) => *code,
+        Outcome::Watch { verdict, once: true } => verdict.map(|v| v.exit_code()).unwrap_or(130),
         Outcome::Diagnosis { findings, .. } => diagnosis::exit_code(findings),
         _ => 0,
     }
@@ -213,7 +218,7 @@ fn first_line(text: &str) -> String {
 }
 
 mod diagnosis;
-mod oncall;
+pub(crate) mod oncall;
 
 #[cfg(test)]
 mod tests;

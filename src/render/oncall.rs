@@ -4,6 +4,7 @@
 use crate::clock::{format_duration, format_utc};
 use crate::event::RunState;
 use crate::history::{AuditView, HistoryView};
+use crate::watch::{Poll, Transition};
 
 pub(crate) fn history_table(view: &HistoryView) -> String {
     if view.runs.is_empty() {
@@ -82,6 +83,35 @@ pub(crate) fn audit_table(view: &AuditView) -> String {
     out
 }
 
+/// One poll as a line, then a line per transition; or, with `json`, one object each.
+pub(crate) fn watch_lines(poll: &Poll, transitions: &[Transition], json: bool) -> String {
+    if json {
+        let mut out = format!("{}\n", serde_json::json!({ "type": "poll", "poll": poll }));
+        for t in transitions {
+            out.push_str(&format!(
+                "{}\n",
+                serde_json::json!({ "type": "transition", "at": poll.at, "time": poll.time, "transition": t })
+            ));
+        }
+        return out;
+    }
+    let mut line = format!("{}  {:<9}  dixie {}", format_utc(poll.at), poll.verdict.as_str(), poll.dixie);
+    for (name, status) in &poll.components {
+        line.push_str(&format!("  {name} {status}"));
+    }
+    let latency = poll.finn_latency_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "? ms".into());
+    let circuit = poll.finn_circuit.as_deref().unwrap_or("?");
+    line.push_str(&format!("  finn {latency} circuit {circuit}  finn /health {}", poll.finn));
+    if !poll.reasons.is_empty() {
+        line.push_str(&format!("  — {}", poll.reasons.join("; ")));
+    }
+    let mut out = format!("{line}\n");
+    for t in transitions {
+        out.push_str(&format!("{}  EVENT      {}\n", format_utc(poll.at), t.what));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +167,22 @@ mod tests {
             history_table(&view),
             "no runs of sprint-3 on armitage in this state DB; `runbook run <runbook>` starts one\n"
         );
+    }
+
+    #[test]
+    fn a_failed_notification_is_said_once_and_changes_no_exit_code() {
+        for (status, code) in [(RunState::Done, 0), (RunState::Failed, 1)] {
+            let run = crate::commands::Outcome::Run {
+                run: 3,
+                status,
+                view: None,
+                write_error: None,
+                notify_error: Some("POST to the webhook: connection refused (tried 3 times)".into()),
+            };
+            let r = super::super::outcome(&run, false);
+            assert_eq!(r.code, code);
+            assert_eq!(r.stderr, "notification failed: POST to the webhook: connection refused (tried 3 times)\n");
+        }
     }
 
     fn decision(at: i64, operator: &str, host: &str, decision: &str) -> Decision {

@@ -142,6 +142,7 @@ fn run_outcomes_map_to_exit_codes() {
         status,
         view: None,
         write_error: write_error.map(String::from),
+        notify_error: None,
     };
     assert_eq!(outcome(&run(RunState::Done, None), false).code, 0);
     assert_eq!(outcome(&run(RunState::Failed, None), false).code, 1);

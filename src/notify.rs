@@ -1,0 +1,275 @@
+//! Webhook notifications: an environment may name a Slack-compatible webhook in its file
+//! (`[notify] webhook = { ssm = "/runbook/armitage/SLACK_WEBHOOK" }` or `{ env = "VAR" }`);
+//! runbook posts `{"text": "…"}` when a run fails, stops awaiting approval or is done, and on
+//! each `watch` transition.
+//!
+//! The URL is a secret (whoever has it can post to the channel): it is read from its home (an
+//! SSM SecureString or the process environment) when it is needed, held as a `Secret`, and never
+//! stored, logged or printed; no error message carries it. A webhook that fails is tried three
+//! times and never fails a run or changes its exit code.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::clock::format_duration;
+use crate::cloud::Cloud;
+use crate::environment::Environment;
+use crate::event::{RunState, StepState};
+use crate::secret::Secret;
+use crate::status::StatusView;
+
+/// An environment's `[notify]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NotifySettings {
+    pub(crate) webhook: WebhookSource,
+}
+
+/// Where the webhook's URL lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WebhookSource {
+    /// An SSM SecureString parameter, read with decryption.
+    Ssm(String),
+    /// An environment variable of the runbook process.
+    Env(String),
+}
+
+/// The table form, read on its own so that its errors name the field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceTable {
+    ssm: Option<String>,
+    env: Option<String>,
+}
+
+const SOURCE_FORMS: &str = "write webhook = { ssm = \"/runbook/<env>/SLACK_WEBHOOK\" } (a SecureString) or \
+                            webhook = { env = \"RUNBOOK_WEBHOOK_URL\" }";
+
+impl<'de> Deserialize<'de> for WebhookSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let table = match toml::Value::deserialize(d)? {
+            toml::Value::String(_) => {
+                return Err(D::Error::custom(format!(
+                    "[notify] webhook is a secret URL and must not be written in the file; {SOURCE_FORMS}"
+                )));
+            }
+            table @ toml::Value::Table(_) => table,
+            other => {
+                return Err(D::Error::custom(format!(
+                    "[notify] webhook: expected a table, got {}; {SOURCE_FORMS}",
+                    other.type_str()
+                )));
+            }
+        };
+        let t = SourceTable::deserialize(table)
+            .map_err(|e| D::Error::custom(format!("[notify] webhook: {}; {SOURCE_FORMS}", e.to_string().trim())))?;
+        match (t.ssm, t.env) {
+            (Some(name), None) => {
+                let ok = name.starts_with('/')
+                    && name.len() > 1
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+                if !ok {
+                    return Err(D::Error::custom(format!(
+                        "[notify] webhook.ssm = {name:?} is not an SSM parameter name: write its full path, \
+                         e.g. \"/runbook/armitage/SLACK_WEBHOOK\""
+                    )));
+                }
+                Ok(WebhookSource::Ssm(name))
+            }
+            (None, Some(var)) => {
+                let ok = var.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ok {
+                    return Err(D::Error::custom(format!(
+                        "[notify] webhook.env = {var:?} is not an environment variable name: letters, digits \
+                         and _, e.g. \"RUNBOOK_WEBHOOK_URL\""
+                    )));
+                }
+                Ok(WebhookSource::Env(var))
+            }
+            (Some(_), Some(_)) => {
+                Err(D::Error::custom(format!("[notify] webhook names both ssm and env: keep one; {SOURCE_FORMS}")))
+            }
+            (None, None) => Err(D::Error::custom(format!("[notify] webhook names no source; {SOURCE_FORMS}"))),
+        }
+    }
+}
+
+/// The `[notify]` table of an environment file's text, checked on its own: its errors must
+/// not quote the file (a URL written there by mistake is a secret). None when it is fine, is
+/// absent, or the file is not TOML (the full parse says so).
+pub(crate) fn check_table(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let notify = table.get("notify")?.clone();
+    NotifySettings::deserialize(notify).err().map(|e| {
+        let message = e.to_string();
+        let message = message.trim();
+        if message.starts_with("[notify]") { message.to_string() } else { format!("[notify]: {message}") }
+    })
+}
+
+/// A webhook, ready to post to.
+pub(crate) struct Notifier {
+    url: Secret<String>,
+    /// Where its host is dialled (the environment's address map; loopback on the ring).
+    host: String,
+    addr: SocketAddr,
+    /// The pauses between the three tries.
+    backoff: [Duration; 2],
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Notifier {
+    /// The environment's webhook, or None when it names none. The URL is read from its home
+    /// now; an error says what failed without the URL.
+    pub(crate) async fn resolve(env: &Environment, cloud: Option<&Cloud>) -> Result<Option<Notifier>, String> {
+        let Some(settings) = &env.notify else { return Ok(None) };
+        let url = match &settings.webhook {
+            WebhookSource::Env(var) => match std::env::var(var) {
+                Ok(url) if !url.trim().is_empty() => Secret::new(url.trim().to_string()),
+                _ => {
+                    return Err(format!(
+                        "the webhook URL is read from ${var} ([notify] of {}), which is not set",
+                        env.path.display()
+                    ));
+                }
+            },
+            WebhookSource::Ssm(name) => {
+                let cloud = match cloud {
+                    Some(cloud) => cloud,
+                    None => return Err(format!("the webhook URL is in SSM {name}, and AWS is not connected")),
+                };
+                match cloud.read_parameter(name).await {
+                    Ok(Some(url)) if url.expose().trim() != "PLACEHOLDER" => {
+                        Secret::new(url.expose().trim().to_string())
+                    }
+                    Ok(_) => {
+                        return Err(format!(
+                            "SSM parameter {name} ([notify] of {}) does not exist or is PLACEHOLDER; put the \
+                             webhook URL there as a SecureString",
+                            env.path.display()
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "cannot read SSM parameter {name}: {}",
+                            crate::error_chain::error_chain(&e)
+                        ));
+                    }
+                }
+            }
+        };
+        Notifier::new(env, url).map(Some)
+    }
+
+    fn new(env: &Environment, url: Secret<String>) -> Result<Notifier, String> {
+        let parsed = reqwest::Url::parse(url.expose())
+            .map_err(|e| format!("the webhook URL is not a URL ({e}); it must be http:// or https://"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err("the webhook URL is not http:// or https://".into());
+        }
+        let host = parsed.host_str().ok_or("the webhook URL names no host")?.to_string();
+        let port = parsed.port_or_known_default().unwrap_or(443);
+        let addr = env.dial(&host, port).map_err(|e| format!("the webhook's host: {e}"))?;
+        Ok(Notifier { url, host, addr, backoff: [Duration::from_millis(500), Duration::from_secs(1)] })
+    }
+
+    /// Posts `{"text": text}`, trying three times; the error names the last failure, never
+    /// the URL.
+    pub(crate) async fn send(&self, text: &str) -> Result<(), String> {
+        let client = reqwest::Client::builder()
+            .resolve(&self.host, self.addr)
+            .timeout(TIMEOUT)
+            .build()
+            .map_err(|e| self.redact(&e.without_url().to_string()))?;
+        let body = serde_json::json!({ "text": text });
+        let mut last = String::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(self.backoff[attempt - 1]).await;
+            }
+            match client.post(self.url.expose()).json(&body).send().await {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) => last = format!("the webhook answered HTTP {}", response.status().as_u16()),
+                Err(e) => last = format!("POST to the webhook: {}", crate::error_chain::error_chain(&e.without_url())),
+            }
+        }
+        Err(format!("{} (tried 3 times)", self.redact(&last)))
+    }
+
+    /// Belt and braces: nothing that leaves here carries the URL or its path.
+    fn redact(&self, text: &str) -> String {
+        let mut text = text.replace(self.url.expose().as_str(), "***");
+        if let Ok(url) = reqwest::Url::parse(self.url.expose()) {
+            let path = url.path();
+            if path.len() > 1 {
+                text = text.replace(path, "/***");
+            }
+        }
+        text
+    }
+}
+
+/// What to post when a run ends: failed, stopped awaiting approval, or done. Nothing for an
+/// interrupted run (the operator who pressed Ctrl-C knows).
+pub(crate) fn run_message(run: i64, status: RunState, view: Option<&StatusView>) -> Option<String> {
+    let (what, who) = match view {
+        Some(v) => (
+            format!("run {run} of {} on {}", v.run.runbook, v.run.env),
+            format!(" ({}@{})", v.run.operator, v.run.host),
+        ),
+        None => (format!("run {run}"), String::new()),
+    };
+    let failed = view.and_then(|v| v.steps.iter().find(|s| s.row.state == StepState::Failed));
+    match status {
+        RunState::Done => {
+            let took = view
+                .and_then(|v| v.run.ended_at.map(|end| format!(" in {}", format_duration(end - v.run.started_at))))
+                .unwrap_or_default();
+            Some(format!("runbook: {what} is done{took}{who}"))
+        }
+        RunState::Failed | RunState::Died | RunState::Running => {
+            let Some(step) = failed else {
+                return Some(format!("runbook: {what} failed{who}; runbook status shows where"));
+            };
+            let error = step.row.last_error.as_deref().unwrap_or("failed");
+            let error = error.lines().next().unwrap_or_default();
+            if let Some(summary) = error.strip_prefix("awaiting approval: ") {
+                return Some(format!(
+                    "runbook: {what} stopped awaiting approval at {}: {summary}{who}; review the plan, then: \
+                     runbook resume --yes",
+                    step.row.step
+                ));
+            }
+            let next = step.next.as_deref().map(|n| format!("; next: {n}")).unwrap_or_default();
+            Some(format!("runbook: {what} FAILED at {}: {error}{who}{next}", step.row.step))
+        }
+        RunState::Interrupted => None,
+    }
+}
+
+/// Posts the end of a run, when the environment names a webhook. Returns what failed, for
+/// the operator's terminal; the run's outcome is not changed by it.
+pub(crate) async fn after_run(
+    env: &Environment,
+    cloud: &Cloud,
+    run: i64,
+    status: RunState,
+    view: Option<&StatusView>,
+) -> Option<String> {
+    env.notify.as_ref()?;
+    let text = run_message(run, status, view)?;
+    let sent = match Notifier::resolve(env, Some(cloud)).await {
+        Ok(Some(notifier)) => notifier.send(&text).await,
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    sent.err()
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,222 @@
+//! Verdicts and transitions from health bodies, and the loop against stand-ins on loopback
+//! whose answers change between polls, with the webhook told of each transition.
+
+use serde_json::json;
+
+use super::*;
+use crate::notify::tests::{Loopback, environment};
+
+fn dixie(status: &str, circuit: &str, latency: u64, infra: Value) -> Answer {
+    Ok((
+        200,
+        json!({"status": status, "services": {"loa_finn": {"status": "healthy", "latency_ms": latency, "circuit_state": circuit}},
+               "infrastructure": infra}),
+    ))
+}
+
+fn infra(redis: &str, nats: &str) -> Value {
+    json!({"postgresql": {"status": "healthy"}, "redis": {"status": redis}, "nats": {"status": nats}})
+}
+
+fn finn_ok() -> Answer {
+    Ok((200, json!({"status": "healthy"})))
+}
+
+#[test]
+fn verdicts_follow_002s_status_logic_and_name_the_cause() {
+    let healthy = assess(0, dixie("healthy", "closed", 12, infra("healthy", "connected")), finn_ok());
+    assert_eq!((healthy.verdict, healthy.reasons.len()), (Verdict::Healthy, 0), "{healthy:?}");
+    assert_eq!(healthy.finn_latency_ms, Some(12));
+
+    // Sprint 2 on the ring: NATS has no rule yet. watch tolerates nothing.
+    let nats = assess(0, dixie("degraded", "closed", 12, infra("healthy", "unreachable")), finn_ok());
+    assert_eq!(nats.verdict, Verdict::Degraded);
+    assert_eq!(nats.reasons, ["dixie: status degraded, finn circuit closed, nats unreachable"]);
+
+    let open = assess(0, dixie("unhealthy", "OPEN", 0, infra("healthy", "connected")), finn_ok());
+    assert_eq!((open.verdict, open.finn_circuit.as_deref()), (Verdict::Unhealthy, Some("open")));
+
+    let slow = assess(0, dixie("healthy", "closed", 640, infra("healthy", "connected")), finn_ok());
+    assert_eq!(slow.verdict, Verdict::Degraded);
+    assert_eq!(slow.reasons, ["finn latency 640 ms, over 500 ms"]);
+
+    let gone = assess(0, Err("GET http://d/api/health: connection refused".into()), finn_ok());
+    assert_eq!((gone.verdict, gone.dixie.as_str()), (Verdict::Unhealthy, "unreachable"));
+    assert_eq!(gone.reasons, ["dixie unreachable: GET http://d/api/health: connection refused"]);
+
+    let error = assess(0, Ok((503, json!({"status": "healthy"}))), finn_ok());
+    assert_eq!(error.verdict, Verdict::Unhealthy, "an error status is never healthy");
+
+    let finn_down = assess(0, dixie("healthy", "closed", 12, infra("healthy", "connected")), Err("refused".into()));
+    assert_eq!((finn_down.verdict, finn_down.finn.as_str()), (Verdict::Unhealthy, "unreachable"));
+    assert_eq!([Verdict::Healthy, Verdict::Degraded, Verdict::Unhealthy].map(Verdict::exit_code), [0, 1, 4]);
+}
+
+#[test]
+fn transitions_name_each_change_and_only_changes() {
+    let at = |d: Answer, f: Answer| assess(0, d, f);
+    let healthy = at(dixie("healthy", "closed", 12, infra("healthy", "connected")), finn_ok());
+    assert_eq!(transitions(&healthy, &healthy), []);
+    let redis_down = at(dixie("degraded", "closed", 12, infra("unreachable", "connected")), finn_ok());
+    let what = |a: &Poll, b: &Poll| transitions(a, b).into_iter().map(|t| t.what).collect::<Vec<_>>();
+    assert_eq!(what(&healthy, &redis_down), ["dixie healthy → degraded", "redis healthy → unreachable"]);
+    assert_eq!(what(&redis_down, &healthy), ["dixie degraded → healthy", "redis unreachable → healthy"]);
+    let open = at(dixie("unhealthy", "OPEN", 0, infra("healthy", "connected")), Err("refused".into()));
+    assert_eq!(
+        what(&healthy, &open),
+        ["dixie healthy → unhealthy", "finn circuit closed → open", "finn healthy → unreachable"]
+    );
+    let slow = at(dixie("healthy", "closed", 640, infra("healthy", "connected")), finn_ok());
+    assert_eq!(what(&healthy, &slow), ["finn latency 12 ms → 640 ms (over 500 ms)"]);
+    assert_eq!(what(&slow, &healthy), ["finn latency 640 ms → 12 ms (back under 500 ms)"]);
+    let slower = at(dixie("healthy", "closed", 900, infra("healthy", "connected")), finn_ok());
+    assert_eq!(what(&slow, &slower), Vec::<String>::new(), "still over: no new event");
+    let unreachable = at(Err("refused".into()), finn_ok());
+    assert_eq!(
+        what(&healthy, &unreachable),
+        [
+            "dixie healthy → unreachable",
+            "nats connected → absent",
+            "postgresql healthy → absent",
+            "redis healthy → absent",
+            "finn circuit closed → unknown",
+        ]
+    );
+}
+
+#[test]
+fn intervals_read_as_operators_write_them() {
+    assert_eq!(parse_interval("30s"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_interval("500ms"), Ok(Duration::from_millis(500)));
+    assert_eq!(parse_interval("2m"), Ok(Duration::from_secs(120)));
+    assert_eq!(parse_interval("45"), Ok(Duration::from_secs(45)));
+    assert!(parse_interval("10ms").unwrap_err().contains("at most every 100 ms"));
+    assert!(parse_interval("soon").unwrap_err().contains("write e.g. 30s"));
+    assert!(parse_interval("5h").is_err());
+}
+
+#[test]
+fn an_environment_without_health_urls_is_told_what_to_add() {
+    let env = environment("[vars]\ndixie_health_url = \"http://d/api/health\"").unwrap();
+    let err = Targets::of(&env).err().unwrap();
+    assert!(err.contains("names no finn_health_url; add it under [vars]"), "{err}");
+    let env = environment("[vars]\ndixie_health_url = \"ftp://d\"\nfinn_health_url = \"http://f/health\"").unwrap();
+    assert!(Targets::of(&env).err().unwrap().contains("is not an http:// or https:// URL"));
+}
+
+/// A poll line per poll, EVENT lines for transitions, and one webhook post per poll with
+/// transitions, against stand-ins whose answers change between polls.
+#[tokio::test]
+async fn the_loop_prints_each_poll_and_posts_each_transition() {
+    let standins = Loopback::start().await;
+    let hook = Loopback::start().await;
+    let env = environment(&format!(
+        "[vars]\ndixie_health_url = \"{}\"\nfinn_health_url = \"{}\"",
+        standins.url("/api/health"),
+        standins.url("/health")
+    ))
+    .unwrap();
+    let targets = Targets::of(&env).unwrap();
+    let body = |redis: &str| {
+        json!({"status": if redis == "healthy" { "healthy" } else { "degraded" },
+               "services": {"loa_finn": {"latency_ms": 9, "circuit_state": "closed"}},
+               "infrastructure": {"redis": {"status": redis}}})
+        .to_string()
+    };
+    standins.answer("/health", 200, r#"{"status": "healthy"}"#);
+    standins.answer("/api/health", 200, &body("healthy"));
+
+    struct Script<'a> {
+        printer: Printer<Vec<u8>, Vec<u8>>,
+        standins: &'a Loopback,
+        next: Vec<String>,
+    }
+    impl Sink for Script<'_> {
+        async fn seen(&mut self, poll: &Poll, transitions: &[Transition]) {
+            self.printer.seen(poll, transitions).await;
+            if let Some(body) = self.next.pop() {
+                self.standins.answer("/api/health", 200, &body);
+            }
+        }
+    }
+    let hook_env = environment("").unwrap();
+    let notifier = crate::notify::tests::notifier_for(&hook_env, &hook.url("/hook/secret"));
+    let mut script = Script {
+        printer: Printer {
+            out: Vec::new(),
+            err: Vec::new(),
+            json: false,
+            env: "test".into(),
+            notifier: Some(notifier),
+            notify_failed: false,
+        },
+        standins: &standins,
+        // Popped: poll 1 sees healthy, 2 redis unreachable, 3 unreachable again, 4 healthy.
+        next: vec![body("healthy"), body("unreachable"), body("unreachable")],
+    };
+    let verdict = watch(&env, &targets, Duration::from_millis(100), Some(4), std::future::pending(), &mut script).await;
+    assert_eq!(verdict, Some(Verdict::Healthy));
+    let out = String::from_utf8(script.printer.out.clone()).unwrap();
+    let lines: Vec<&str> = out.lines().map(|l| l.split_once("  ").unwrap().1).collect();
+    assert_eq!(
+        lines,
+        [
+            "healthy    dixie healthy  redis healthy  finn 9 ms circuit closed  finn /health healthy",
+            "degraded   dixie degraded  redis unreachable  finn 9 ms circuit closed  finn /health healthy  — dixie: \
+             status degraded, finn circuit closed, redis unreachable",
+            "EVENT      dixie healthy → degraded",
+            "EVENT      redis healthy → unreachable",
+            "degraded   dixie degraded  redis unreachable  finn 9 ms circuit closed  finn /health healthy  — dixie: \
+             status degraded, finn circuit closed, redis unreachable",
+            "healthy    dixie healthy  redis healthy  finn 9 ms circuit closed  finn /health healthy",
+            "EVENT      dixie degraded → healthy",
+            "EVENT      redis unreachable → healthy",
+        ]
+    );
+    let posts = hook.texts("/hook/secret");
+    assert_eq!(posts.len(), 2, "{posts:?}");
+    assert!(
+        posts[0].starts_with("runbook watch (test, ")
+            && posts[0].ends_with("): dixie healthy → degraded; redis healthy → unreachable; now degraded"),
+        "{posts:?}"
+    );
+    assert!(posts[1].ends_with("): dixie degraded → healthy; redis unreachable → healthy; now healthy"), "{posts:?}");
+    assert!(script.printer.err.is_empty());
+}
+
+#[tokio::test]
+async fn a_dead_webhook_is_said_once_and_watching_goes_on() {
+    let standins = Loopback::start().await;
+    let env = environment(&format!(
+        "[vars]\ndixie_health_url = \"{}\"\nfinn_health_url = \"{}\"",
+        standins.url("/api/health"),
+        standins.url("/health")
+    ))
+    .unwrap();
+    standins.answer("/health", 200, r#"{"status": "healthy"}"#);
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut printer = Printer {
+        out: Vec::new(),
+        err: Vec::new(),
+        json: true,
+        env: "test".into(),
+        notifier: Some(crate::notify::tests::notifier_for(&env, &format!("http://127.0.0.1:{dead}/hook/secret"))),
+        notify_failed: false,
+    };
+    // Each poll flips Finn's circuit: a transition every poll after the first.
+    let poll = |circuit: &str| assess(0, dixie("healthy", circuit, 5, json!({})), finn_ok());
+    let (closed, open) = (poll("closed"), poll("open"));
+    for (before, now) in [(&closed, &open), (&open, &closed), (&closed, &open)] {
+        printer.seen(now, &transitions(before, now)).await;
+    }
+    let err = String::from_utf8(printer.err.clone()).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("notification failed: POST to the webhook: ") && !err.contains("secret"), "{err}");
+    let out = String::from_utf8(printer.out).unwrap();
+    let kinds: Vec<String> =
+        out.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, ["poll", "transition", "poll", "transition", "poll", "transition"]);
+}
