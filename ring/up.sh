@@ -86,7 +86,15 @@ declare -A STATE=() PID_OF=() LAUNCHED=()
 spawn() { # NAME CMD...: start in its own session, log to logs/NAME.log, record pid
   local name=$1; shift
   : >"$LOGS/$name.log"
-  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
+  # Without any descriptor this script inherited (a caller's `flock .ring/user.lock`, the
+  # ring lock on 9): a long-lived component holding one would hold that lock for ever.
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      [ "$fd" -gt 2 ] && eval "exec $fd>&-"
+    done
+    exec setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null
+  ) &
   LAUNCHED[$name]=$!
   [ "$name" = dockerd ] || echo "$!" >"$(pidfile_of "$name")"
 }

@@ -110,6 +110,8 @@ pub(crate) struct Globals {
     pub(crate) state: PathBuf,
     pub(crate) mode: Mode,
     pub(crate) approver: Approver,
+    /// `--ack-rollback RUN`: the rollback run this run may undo.
+    pub(crate) acknowledged_rollback: Option<i64>,
 }
 
 pub(crate) fn parse_vars(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
@@ -346,6 +348,8 @@ pub(crate) async fn release_state_lock(
         project: Arc::new(g.project.clone()),
         work_dir: Arc::new(work),
         approver: Approver::Withheld,
+        run: Some(row.id),
+        acknowledged_rollback: None,
     });
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let cx = crate::steps::StepContext::new(&services, step, 0, Recorder::new(None, tx));
@@ -426,6 +430,8 @@ pub(crate) async fn plan(
         project: Arc::new(g.project.clone()),
         work_dir: Arc::new(work_dir(&g.state)?),
         approver: Approver::Withheld,
+        run: None,
+        acknowledged_rollback: None,
     });
     let lines = crate::engine::plan(&book, services, Recorder::new(None, tx)).await;
     let _ = reporter.await;
@@ -491,6 +497,8 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
         project: Arc::new(g.project.clone()),
         work_dir: Arc::new(work),
         approver: g.approver.clone(),
+        run: Some(run),
+        acknowledged_rollback: g.acknowledged_rollback,
     };
     let engine = Engine {
         runbook: Arc::new(book),
@@ -630,6 +638,8 @@ pub(crate) async fn diagnose(g: &Globals, env: &str, vars: BTreeMap<String, Stri
         // The checks only read: no plan or log file is ever written there.
         work_dir: Arc::new(std::env::temp_dir()),
         approver: Approver::Withheld,
+        run: None,
+        acknowledged_rollback: None,
     });
     let findings = crate::steps::diagnose_all(&book, services).await.map_err(CliError::Usage)?;
     Ok(Outcome::Diagnosis { env: name, findings, elapsed_ms: started.elapsed().as_millis() as u64 })

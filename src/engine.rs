@@ -196,9 +196,9 @@ async fn run_step(
                         Some(format!("once the cause is fixed: runbook retry {id}")),
                     ),
                     StepError::Fatal { message, fix } => (message, fix),
-                    StepError::AwaitingApproval { summary } => (
+                    StepError::AwaitingApproval { summary, fix } => (
                         format!("awaiting approval: {summary}"),
-                        Some("review the plan (runbook logs), then: runbook resume --yes".to_string()),
+                        fix.or_else(|| Some("review the plan (runbook logs), then: runbook resume --yes".to_string())),
                     ),
                 };
                 shared

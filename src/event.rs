@@ -128,6 +128,25 @@ pub(crate) enum Event {
         operator: String,
         host: String,
     },
+    /// A rollback step put a service back on an earlier task definition, and marked the service
+    /// so that a later plan that undoes it names it.
+    RollbackMarked {
+        step: String,
+        service: String,
+        from_revision: String,
+        to_revision: String,
+        operator: String,
+        host: String,
+    },
+    /// An operator let a plan undo a rollback (`--ack-rollback RUN`).
+    RollbackAcknowledged {
+        step: String,
+        rollback_run: i64,
+        service: String,
+        summary: String,
+        operator: String,
+        host: String,
+    },
     RunFinished {
         run: i64,
         status: RunState,
@@ -241,6 +260,8 @@ impl Event {
             Event::LockTakenOver { .. } => "lock_taken_over",
             Event::LockBroken { .. } => "lock_broken",
             Event::StateLockReleased { .. } => "state_lock_released",
+            Event::RollbackMarked { .. } => "rollback_marked",
+            Event::RollbackAcknowledged { .. } => "rollback_acknowledged",
             Event::RunFinished { .. } => "run_finished",
         }
     }
@@ -260,7 +281,9 @@ impl Event {
             | Event::StepBlocked { step, .. }
             | Event::StepSkipped { step, .. }
             | Event::StepReset { step, .. }
-            | Event::StateLockReleased { step, .. } => Some(step),
+            | Event::StateLockReleased { step, .. }
+            | Event::RollbackMarked { step, .. }
+            | Event::RollbackAcknowledged { step, .. } => Some(step),
             _ => None,
         }
     }

@@ -75,6 +75,10 @@ enum Command {
         /// Approve changes that ask for approval without prompting.
         #[arg(long)]
         yes: bool,
+        /// Acknowledge that this run undoes the rollback of run RUN (a terraform plan that
+        /// would put the rolled-back service forward again stops for it, even with --yes).
+        #[arg(long, value_name = "RUN")]
+        ack_rollback: Option<i64>,
     },
     /// Read-only: run every probe and say what would change.
     Plan {
@@ -90,6 +94,10 @@ enum Command {
         /// Approve changes that ask for approval without prompting.
         #[arg(long)]
         yes: bool,
+        /// Acknowledge that this run undoes the rollback of run RUN (a terraform plan that
+        /// would put the rolled-back service forward again stops for it, even with --yes).
+        #[arg(long, value_name = "RUN")]
+        ack_rollback: Option<i64>,
     },
     /// Per-step state, attempts, durations and last error of the last (or given) run.
     Status { run: Option<i64> },
@@ -111,6 +119,10 @@ enum Command {
         /// Approve changes that ask for approval without prompting.
         #[arg(long)]
         yes: bool,
+        /// Acknowledge that this run undoes the rollback of run RUN (a terraform plan that
+        /// would put the rolled-back service forward again stops for it, even with --yes).
+        #[arg(long, value_name = "RUN")]
+        ack_rollback: Option<i64>,
     },
     /// Mark a step done without running it; the reason goes into the audit log.
     Skip {
@@ -229,7 +241,13 @@ fn main() {
     let mode = Mode::detect(cli.json);
     let interactive = mode == Mode::Tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
     let approver = Approver::choose(yes, interactive, &identity::operator());
-    let globals = Globals { project, state: cli.state.clone(), mode, approver };
+    let acknowledged_rollback = match cli.command {
+        Command::Run { ack_rollback, .. }
+        | Command::Resume { ack_rollback, .. }
+        | Command::Retry { ack_rollback, .. } => ack_rollback,
+        _ => None,
+    };
+    let globals = Globals { project, state: cli.state.clone(), mode, approver, acknowledged_rollback };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
     let rendered = match runtime.block_on(dispatch(&globals, cli.command)) {
         Ok(outcome) => render::outcome(&outcome, mode == Mode::Json),

@@ -122,6 +122,12 @@ fn describe(event: &Event) -> Option<String> {
         Event::StateLockReleased { step, lock_id, operator, .. } => {
             format!("{operator} released the state lock {lock_id} of {step}")
         }
+        Event::RollbackMarked { step, service, from_revision, to_revision, operator, .. } => {
+            format!("{step}: {operator} rolls {service} back from revision {from_revision} to {to_revision}")
+        }
+        Event::RollbackAcknowledged { step, rollback_run, service, operator, .. } => {
+            format!("{step}: {operator} acknowledged undoing the rollback of {service} by run {rollback_run}")
+        }
         Event::RunFinished { run, status, duration_ms } => {
             format!("run {run} {} in {}", status.as_str(), format_duration(*duration_ms as i64))
         }

@@ -150,7 +150,7 @@ impl Step for Fake {
     async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         let script = seen(&self.world, &cx.step, |s| s.script.clone());
         if script.needs_approval && !cx.approve("Plan: 1 to add").await {
-            return Err(StepError::AwaitingApproval { summary: "Plan: 1 to add".into() });
+            return Err(StepError::AwaitingApproval { summary: "Plan: 1 to add".into(), fix: None });
         }
         if script.hang == Some(Hang::BeforeEffect) {
             hang(&self.world).await;
@@ -241,6 +241,8 @@ pub(super) async fn prepare(
         project: Arc::new(dir.to_path_buf()),
         work_dir: Arc::new(dir.to_path_buf()),
         approver,
+        run: None,
+        acknowledged_rollback: None,
     });
     let mut db = StateDb::open(&dir.join("state.db")).unwrap();
     let ids: Vec<String> = runbook.steps.iter().map(|s| s.id.clone()).collect();

@@ -153,7 +153,9 @@ fn apply(tx: &Transaction<'_>, run: Option<i64>, event: &Event, now: i64) -> rus
         | Event::ApprovalAnswered { .. }
         | Event::LockTakenOver { .. }
         | Event::LockBroken { .. }
-        | Event::StateLockReleased { .. } => {}
+        | Event::StateLockReleased { .. }
+        | Event::RollbackMarked { .. }
+        | Event::RollbackAcknowledged { .. } => {}
     }
     Ok(())
 }

@@ -401,7 +401,10 @@ impl Step for Params {
             .update_service()
             .cluster(&self.cluster)
             .service(&self.service)
-            .task_definition(format!("{}:{}", seen.family, seen.target));
+            .task_definition(format!("{}:{}", seen.family, seen.target))
+            // ECS starts a deployment for a new task definition anyway; moto only for a forced
+            // one (docs/ring.md), and the verify waits for the deployment's own task.
+            .force_new_deployment(true);
         if self.emergency {
             self.scale_to_zero(cx).await?;
             update = update.desired_count(marker.desired);

@@ -44,6 +44,7 @@ kinds![
     validate,
     pull_request,
     security_group_ingress,
+    ecs_rollback,
     diagnose
 ];
 
@@ -68,9 +69,10 @@ pub(crate) enum StepError {
     /// Will fail the same way again until someone changes something.
     #[error("{message}")]
     Fatal { message: String, fix: Option<String> },
-    /// A change that needs an operator's yes, and did not get one.
+    /// A change that needs an operator's yes, and did not get one; `fix` when `--yes` alone
+    /// is not enough (a plan that undoes a rollback needs it acknowledged).
     #[error("awaiting approval: {summary}")]
-    AwaitingApproval { summary: String },
+    AwaitingApproval { summary: String, fix: Option<String> },
 }
 
 impl StepError {
@@ -85,8 +87,8 @@ impl StepError {
     /// What the operator should do, when the error says.
     pub(crate) fn fix(&self) -> Option<&str> {
         match self {
-            StepError::Fatal { fix, .. } => fix.as_deref(),
-            _ => None,
+            StepError::Fatal { fix, .. } | StepError::AwaitingApproval { fix, .. } => fix.as_deref(),
+            StepError::Retryable { .. } => None,
         }
     }
 
@@ -289,6 +291,8 @@ pub(crate) async fn test_services(project: &std::path::Path, work_dir: &std::pat
         project: Arc::new(project.to_path_buf()),
         work_dir: Arc::new(work_dir.to_path_buf()),
         approver: Approver::Answer { operator: "ana".into(), yes: true },
+        run: None,
+        acknowledged_rollback: None,
     })
 }
 
@@ -301,6 +305,11 @@ pub(crate) struct Services {
     /// A private folder (0700) for files that may hold secrets: plans, apply logs.
     pub(crate) work_dir: Arc<PathBuf>,
     pub(crate) approver: Approver,
+    /// The run being recorded (`None` for `plan`): named in what a step leaves in the cloud
+    /// for later runs to see (a rollback's marker).
+    pub(crate) run: Option<i64>,
+    /// The rollback run the operator acknowledged undoing (`--ack-rollback RUN`).
+    pub(crate) acknowledged_rollback: Option<i64>,
 }
 
 /// What a running step may use: the environment, the cloud clients, and its log.
@@ -359,6 +368,16 @@ impl StepContext {
                 limit_ms: 0,
             })
             .await;
+    }
+
+    /// The run being recorded, `None` in `plan`.
+    pub(crate) fn run(&self) -> Option<i64> {
+        self.services.run
+    }
+
+    /// The rollback run whose undoing the operator acknowledged (`--ack-rollback`).
+    pub(crate) fn acknowledged_rollback(&self) -> Option<i64> {
+        self.services.acknowledged_rollback
     }
 
     /// Asks the run's [`Approver`] to approve `summary`; the answer is recorded.
