@@ -230,8 +230,11 @@ pub(crate) async fn get(env: &Environment, url: &str) -> Answer {
     let host = parsed.host_str().ok_or_else(|| format!("{url} names no host"))?.to_string();
     let addr = env.dial(&host, parsed.port_or_known_default().unwrap_or(443))?;
     let client = reqwest::Client::builder().resolve(&host, addr).timeout(TIMEOUT).build().map_err(|e| e.to_string())?;
-    let response =
-        client.get(url).send().await.map_err(|e| format!("GET {url}: {}", crate::error_chain::error_chain(&e)))?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {}", crate::error_chain::error_chain(&e.without_url())))?;
     let status = response.status().as_u16();
     let body = response.text().await.map_err(|e| format!("GET {url}: {e}"))?;
     let json = serde_json::from_str(&body).map_err(|_| {

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 
+#[path = "cli/oncall.rs"]
+mod oncall;
+
 const MOTO: &str = "http://127.0.0.1:4566";
 const ADMIN_PASSWORD_PARAM: &str = "/arrakis/staging/rds/master-password";
 const DB_PASSWORD_PARAM: &str = "/runbook/armitage/dixie/DB_PASSWORD";

@@ -1,5 +1,6 @@
-//! The on-call commands' text: `history`'s table of runs and `audit`'s table of decisions.
-//! Their JSON is the views themselves (`history.rs`).
+//! The on-call commands' text: `history`'s table of runs, `audit`'s table of decisions, and
+//! `watch`'s lines (a poll, its transitions). Their JSON is the views themselves (`history.rs`,
+//! `watch.rs`).
 
 use crate::clock::{format_duration, format_utc};
 use crate::event::RunState;
