@@ -17,6 +17,13 @@ Environment of a stand-in: the task definition container's `environment` + its
 PORT, RING_ADDRESS_MAP, RING_REDIS_CA, DIXIE_MIGRATIONS_DIR, DIXIE_VERSION/FINN_VERSION
 (the image tag), RING_SERVICE, RING_DEPLOYMENT_ID, RING_TASK_ENV_NAMES.
 
+Logs, as the awslogs driver ships them: when the task definition's container has a
+logConfiguration with logDriver awslogs, every line the stand-in prints goes to moto's CloudWatch
+Logs, group `awslogs-group`, stream `<awslogs-stream-prefix>/<container>/<task id>`, in batches
+about once a second (PutLogEvents; CreateLogStream first). A group that does not exist is not
+created (the real driver fails the task unless `awslogs-create-group` is "true"): the lines wait
+in the task's log file until it exists (sprint 2's terraform creates /ecs/dixie-armitage).
+
 Writes $RING_DIR/agent/<service>.json while a stand-in runs (removed when it stops) and
 $RING_DIR/agent/poll.json after every poll; serves GET /healthz and /state on
 127.0.0.1:18900; logs every decision to stdout (up.sh sends it to logs/ecs-agent.log).
@@ -35,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -52,6 +60,8 @@ CLUSTER = "arrakis-staging-cluster"
 STATUS_PORT = int(os.environ.get("RING_ECS_AGENT_PORT", "18900"))
 POLL_S = 0.5
 SECRET_RETRY_S = 5.0
+SHIP_S = 1.0
+SHIP_BATCH = 500
 STOP_WAIT_S = 5.0
 ADDRESS_MAP = os.environ.get("RING_ADDRESS_MAP") or str(REPO / "runbooks" / "environments" / "local.toml")
 
@@ -145,6 +155,7 @@ class Agent:
         self.ssm = session.client("ssm", endpoint_url=ENDPOINT, config=cfg)
         self.sm = session.client("secretsmanager", endpoint_url=ENDPOINT, config=cfg)
         self.ec2 = session.client("ec2", endpoint_url=ENDPOINT, config=cfg)
+        self.logs = session.client("logs", endpoint_url=ENDPOINT, config=cfg)
         self.tasks: dict[str, Task] = {}
         self.retry_at: dict[str, tuple] = {}     # service -> (deployment key, monotonic time of next attempt)
         self.crashes: dict[str, int] = {}        # consecutive quick deaths, for the back-off
@@ -155,6 +166,7 @@ class Agent:
         self.last_poll: dict = {}
         self.heartbeat = time.monotonic()
         self.lock = threading.Lock()
+        self.shipper: Shipper | None = None
 
     # --- logging without repeating the same line every half second ---------------
     def note(self, subject: str, msg: str, level: int = logging.INFO) -> None:
@@ -261,7 +273,7 @@ class Agent:
                   f"new deployment (was {task.key[0]})" if task.key[0] != key[0] else
                   f"new task definition (was {task.key[1]})")
         try:
-            env, image = self.task_env(name, td, dep, svc)
+            env, image, logcfg = self.task_env(name, td, dep, svc)
         except MissingSecret as e:
             self.retry_at[name] = (key, time.monotonic() + SECRET_RETRY_S)
             self.note(name, f"{name}: cannot start a task of deployment {key[0]}: {e} (ECS would fail the task "
@@ -273,10 +285,10 @@ class Agent:
         self.replacing.pop(name, None)
         if task:
             self.stop(name, reason)
-        self.start(name, key, dep, env, image, reason)
+        self.start(name, key, dep, env, image, reason, logcfg)
 
     # --- the task's environment --------------------------------------------------
-    def task_env(self, name: str, td_arn: str, dep: dict, svc: dict) -> tuple[dict, str]:
+    def task_env(self, name: str, td_arn: str, dep: dict, svc: dict) -> tuple[dict, str, dict | None]:
         spec = SERVICES[name]
         td = self.ecs.describe_task_definition(taskDefinition=td_arn)["taskDefinition"]
         containers = td.get("containerDefinitions") or []
@@ -327,7 +339,7 @@ class Agent:
         env.update(self.task_network(svc))
         if name == "dixie-armitage":
             env["DIXIE_MIGRATIONS_DIR"] = str(REPO / "fixtures" / "dixie" / "migrations")
-        return env, image
+        return env, image, awslogs(c)
 
     def task_network(self, svc: dict) -> dict:
         """The task's security groups and a private address in its first subnet, for the
@@ -344,7 +356,8 @@ class Agent:
         }
 
     # --- processes -----------------------------------------------------------------
-    def start(self, name: str, key: tuple[str, str], dep: dict, env: dict, image: str, reason: str) -> None:
+    def start(self, name: str, key: tuple[str, str], dep: dict, env: dict, image: str, reason: str,
+              logcfg: dict | None) -> None:
         spec = SERVICES[name]
         base = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
         base.update(PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
@@ -353,6 +366,7 @@ class Agent:
         with open(logfile, "ab") as out:
             out.write(f"--- {utc()} ecs-agent: new task of {name}, deployment {key[0]}, {key[1]}\n".encode())
             out.flush()
+            offset = out.tell()
             proc = subprocess.Popen(
                 [sys.executable, str(REPO / "ring" / "standins" / spec["script"])],
                 env=base, cwd="/", stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -367,6 +381,9 @@ class Agent:
             "started_at": utc(),
             "port": spec["port"],
             "log": str(logfile),
+            # Shipped to CloudWatch Logs from this offset on (see Shipper).
+            "log_offset": offset,
+            "awslogs": logcfg and logcfg | {"stream": f"{logcfg['prefix']}/{logcfg['container']}/{uuid.uuid4().hex}"},
         }
         self.tasks[name] = Task(name, key, proc.pid, proc, record)
         write_json(AGENT_DIR / f"{name}.json", record)
@@ -396,6 +413,11 @@ class Agent:
                     pass
                 if task.proc:
                     task.proc.wait(timeout=5)
+        if self.shipper:  # its last lines, as the awslogs driver flushes them when a container stops
+            try:
+                self.shipper.ship(task, persist=False)
+            except (BotoCoreError, ClientError, OSError) as e:
+                log.warning("%s: shipping the last lines failed: %s", name, e)
         log.info("%s: stopped stand-in pid %d in %.2f s (%s)", name, task.pid, time.monotonic() - t0, reason)
 
     def stop_all(self, reason: str) -> None:
@@ -426,6 +448,80 @@ class Agent:
             "heartbeat_age_s": round(time.monotonic() - self.heartbeat, 3),
             "tasks": {n: t.record | {"running": t.running()} for n, t in list(self.tasks.items())},
         }
+
+
+def awslogs(container: dict) -> dict | None:
+    """The container's awslogs options, or None when it logs elsewhere (or nowhere)."""
+    cfg = container.get("logConfiguration") or {}
+    opts = cfg.get("options") or {}
+    if cfg.get("logDriver") != "awslogs" or not opts.get("awslogs-group"):
+        return None
+    return {"group": opts["awslogs-group"], "prefix": opts.get("awslogs-stream-prefix") or "ecs",
+            "container": container.get("name") or "app", "region": opts.get("awslogs-region") or REGION,
+            "create_group": str(opts.get("awslogs-create-group", "")).lower() == "true"}
+
+
+class Shipper:
+    """Sends each running stand-in's new output lines to its awslogs stream, about once a second.
+    Reads the task's log file from the offset it had when the task started (kept in the task's
+    record, so an agent restart neither loses nor repeats lines); only whole lines are sent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.streams: set[tuple[str, str]] = set()
+
+    def ensure_stream(self, cfg: dict) -> bool:
+        key = (cfg["group"], cfg["stream"])
+        if key in self.streams:
+            return True
+        logs = self.agent.logs
+        try:
+            logs.create_log_stream(logGroupName=cfg["group"], logStreamName=cfg["stream"])
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code == "ResourceNotFoundException" and cfg["create_group"]:
+                logs.create_log_group(logGroupName=cfg["group"])
+                logs.create_log_stream(logGroupName=cfg["group"], logStreamName=cfg["stream"])
+            elif code == "ResourceNotFoundException":
+                self.agent.note(f"logs:{key}", f"log group {cfg['group']} does not exist: lines of stream "
+                                f"{cfg['stream']} wait until it does", logging.WARNING)
+                return False
+            elif code != "ResourceAlreadyExistsException":
+                raise
+        self.streams.add(key)
+        log.info("shipping stand-in output to CloudWatch Logs %s, stream %s", cfg["group"], cfg["stream"])
+        return True
+
+    def ship(self, task: Task, persist: bool = True) -> None:
+        rec = task.record
+        cfg = rec.get("awslogs")
+        if not cfg or not self.ensure_stream(cfg):
+            return
+        offset = int(rec.get("log_offset") or 0)
+        with open(rec["log"], "rb") as f:
+            f.seek(offset)
+            data = f.read(1 << 20)
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        now = int(time.time() * 1000)
+        lines = [ln.decode("utf-8", "replace") for ln in data[:end].split(b"\n") if ln.strip()]
+        for i in range(0, len(lines), SHIP_BATCH):
+            events = [{"timestamp": now, "message": ln} for ln in lines[i:i + SHIP_BATCH]]
+            self.agent.logs.put_log_events(logGroupName=cfg["group"], logStreamName=cfg["stream"], logEvents=events)
+        rec["log_offset"] = offset + end + 1
+        if persist:
+            write_json(AGENT_DIR / f"{task.service}.json", rec)
+
+    def run(self) -> None:
+        while not self.agent.stopping.wait(SHIP_S):
+            with self.agent.lock:
+                for task in list(self.agent.tasks.values()):
+                    try:
+                        self.ship(task)
+                    except (BotoCoreError, ClientError, OSError) as e:
+                        self.agent.note(f"logs:{task.service}", f"{task.service}: shipping logs failed "
+                                        f"({type(e).__name__}: {e}); retrying", logging.WARNING)
 
 
 def serve_status(agent: Agent) -> ThreadingHTTPServer:
@@ -473,6 +569,8 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    agent.shipper = Shipper(agent)
+    threading.Thread(target=agent.shipper.run, name="shipper", daemon=True).start()
     agent.run()
     server.shutdown()
     (AGENT_DIR / "poll.json").unlink(missing_ok=True)

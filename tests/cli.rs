@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 
+#[path = "cli/diagnose.rs"]
+mod diagnose;
 #[path = "cli/oncall.rs"]
 mod oncall;
 
@@ -333,7 +335,9 @@ fn moto_api(method: &str, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The AWS API actions moto received while `f` ran, from moto's own request recorder.
+/// The AWS API actions moto received while `f` ran, from moto's own request recorder; not the
+/// ring's own machinery (the ECS agent, which ships the tasks' logs, and the stand-in tasks),
+/// whose boto3 user agents say `ring-ecs-agent` and `ring-standin-…`.
 fn aws_actions_during(f: impl FnOnce()) -> Vec<String> {
     moto_api("POST", "/moto-api/recorder/reset-recording");
     moto_api("POST", "/moto-api/recorder/start-recording");
@@ -343,10 +347,14 @@ fn aws_actions_during(f: impl FnOnce()) -> Vec<String> {
     recording
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|line| {
+        .filter_map(|line| {
             let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            let agent = entry["headers"]["User-Agent"].as_str().unwrap_or_default();
+            if agent.contains("ring-ecs-agent") || agent.contains("ring-standin") {
+                return None;
+            }
             if let Some(target) = entry["headers"].get("X-Amz-Target").and_then(|t| t.as_str()) {
-                return target.rsplit('.').next().unwrap().to_string();
+                return Some(target.rsplit('.').next().unwrap().to_string());
             }
             let mut body = entry["body"].as_str().unwrap_or("").to_string();
             if entry["body_encoded"].as_bool() == Some(true) {
@@ -362,10 +370,12 @@ fn aws_actions_during(f: impl FnOnce()) -> Vec<String> {
                     });
                 body = String::from_utf8_lossy(&decoded.unwrap().stdout).into_owned();
             }
-            body.split('&')
-                .find_map(|kv| kv.strip_prefix("Action="))
-                .map(String::from)
-                .unwrap_or_else(|| format!("{} {}", entry["method"], entry["url"]))
+            Some(
+                body.split('&')
+                    .find_map(|kv| kv.strip_prefix("Action="))
+                    .map(String::from)
+                    .unwrap_or_else(|| format!("{} {}", entry["method"], entry["url"])),
+            )
         })
         .collect()
 }
@@ -378,7 +388,8 @@ fn is_mutating(action: &str) -> bool {
         let method = rest.split('"').next().unwrap_or_default();
         return !matches!(method, "GET" | "HEAD");
     }
-    !["Describe", "Get", "List", "BatchGet"].iter().any(|p| action.starts_with(p))
+    // FilterLogEvents (CloudWatch Logs) reads too.
+    !["Describe", "Get", "List", "BatchGet", "Filter"].iter().any(|p| action.starts_with(p))
 }
 
 /// Everything the state DB holds, as text, to compare before and after.

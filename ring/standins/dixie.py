@@ -16,6 +16,9 @@ ECS would start a new task. A checksum mismatch is not retried.
 
 GET /api/health: always HTTP 200; body computed from live checks at request time.
 GET /api/health/migrations: the _migrations rows.
+POST /__ring/errors {"count": N, "message": "..."}: a rehearsal control (not Dixie's): print N
+ERROR lines (default 3) on stdout, as a crashing request handler would; the ring's ECS agent
+ships them to CloudWatch Logs, where `runbook diagnose` finds them.
 """
 
 from __future__ import annotations
@@ -553,6 +556,23 @@ class Handler(JsonHandler):
             self.send_json(404, {"error": "not found"})
 
     do_HEAD = do_GET
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = urllib.parse.urlsplit(self.path).path.rstrip("/")
+        if path != "/__ring/errors":
+            self.send_json(404, {"error": "not found"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            asked = json.loads(self.rfile.read(length) or b"{}")
+            count = max(1, min(100, int(asked.get("count", 3))))
+            message = str(asked.get("message") or "rehearsed failure")
+        except (ValueError, AttributeError, TypeError) as e:
+            self.send_json(400, {"error": f"want a JSON object {{count, message}}: {e}"})
+            return
+        for i in range(count):
+            log.error("%s (%d of %d)", message, i + 1, count)
+        self.send_json(200, {"logged": count})
 
 
 
