@@ -133,10 +133,11 @@ fn history_lists_runs_newest_first_with_status_and_failed_step() {
 }
 
 #[test]
-fn the_history_query_walks_the_primary_key_without_a_sort() {
+fn history_walks_the_primary_key_and_audit_reads_one_runs_events_by_index() {
     let db = populated("plan");
-    let plan = db.history_query_plan_for_tests();
-    assert!(!plan.contains("TEMP B-TREE"), "history would sort every run: {plan}");
+    let (history, audit) = db.query_plans_for_tests();
+    assert!(!history.contains("TEMP B-TREE"), "history would sort every run: {history}");
+    assert!(audit.contains("USING INDEX events_by_run_kind"), "audit would read every event: {audit}");
 }
 
 #[test]

@@ -232,15 +232,12 @@ impl StateDb {
         if kinds.is_empty() {
             return Ok(Vec::new());
         }
-        let marks: Vec<String> = (0..kinds.len()).map(|i| format!("?{}", i + 2)).collect();
-        let sql = format!(
-            "SELECT run_id, at, kind, payload FROM events WHERE (?1 IS NULL OR run_id = ?1) AND kind IN ({})
-             ORDER BY id",
-            marks.join(", ")
-        );
-        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.sql_err(e))?;
-        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&run];
-        values.extend(kinds.iter().map(|k| k as &dyn rusqlite::ToSql));
+        let mut stmt =
+            self.conn.prepare(&events_by_kind_sql(run.is_some(), kinds.len())).map_err(|e| self.sql_err(e))?;
+        let mut values: Vec<&dyn rusqlite::ToSql> = kinds.iter().map(|k| k as &dyn rusqlite::ToSql).collect();
+        if let Some(run) = &run {
+            values.push(run);
+        }
         stmt.query_map(values.as_slice(), |r| {
             Ok(EventRow {
                 run: r.get(0)?,
@@ -267,16 +264,30 @@ impl StateDb {
     }
 }
 
+/// The events of `kinds` kinds (?1…?n), of the run ?n+1 when `of_run`. Two statements rather
+/// than `?n IS NULL OR run_id = ?n`, which no index can serve.
+fn events_by_kind_sql(of_run: bool, kinds: usize) -> String {
+    let marks: Vec<String> = (1..=kinds).map(|i| format!("?{i}")).collect();
+    let run = if of_run { format!("run_id = ?{} AND ", kinds + 1) } else { String::new() };
+    format!("SELECT run_id, at, kind, payload FROM events WHERE {run}kind IN ({}) ORDER BY id", marks.join(", "))
+}
+
 #[cfg(test)]
 impl StateDb {
-    /// SQLite's plan for `history`'s query, one detail a line.
-    pub(crate) fn history_query_plan_for_tests(&self) -> String {
-        let mut stmt = self.conn.prepare(&format!("EXPLAIN QUERY PLAN {HISTORY_SQL}")).unwrap();
-        let rows = stmt
-            .query_map(params![Some("sprint-2"), None::<String>, 20], |r| r.get::<_, String>(3))
-            .unwrap()
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .unwrap();
-        rows.join("\n")
+    /// SQLite's plans for `history`'s query and for the audit of one run, one detail a line.
+    pub(crate) fn query_plans_for_tests(&self) -> (String, String) {
+        let plan = |sql: &str, values: &[&dyn rusqlite::ToSql]| -> String {
+            let mut stmt = self.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = stmt
+                .query_map(values, |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .unwrap();
+            rows.join("\n")
+        };
+        (
+            plan(HISTORY_SQL, params![Some("sprint-2"), None::<String>, 20]),
+            plan(&events_by_kind_sql(true, 2), params!["step_skipped", "step_reset", 1]),
+        )
     }
 }

@@ -133,6 +133,12 @@ DROP TABLE attempts;
 ALTER TABLE attempts_v2 RENAME TO attempts;
 ALTER TABLE run_lock ADD COLUMN pid_started INTEGER;
 "#,
+    // 3: a run's events by kind, for `audit` (its decisions) and `status` (each step's last
+    // `step_done`), which otherwise read every event of every run: 0.25 s and 1.8 s on a
+    // state DB of 5,000 runs and a million events.
+    r#"
+CREATE INDEX events_by_run_kind ON events (run_id, kind);
+"#,
 ];
 
 /// Runs the migrations after `user_version`. Tables are rebuilt with foreign keys off (they
