@@ -6,10 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 
+// tests/cli.rs is the crate root: its submodules live in tests/cli/ only by #[path].
 #[path = "cli/diagnose.rs"]
 mod diagnose;
 #[path = "cli/oncall.rs"]
 mod oncall;
+#[path = "cli/rollback.rs"]
+mod rollback;
 
 const MOTO: &str = "http://127.0.0.1:4566";
 const ADMIN_PASSWORD_PARAM: &str = "/arrakis/staging/rds/master-password";

@@ -340,7 +340,7 @@ impl Step for Params {
         if let Some(why) = &svc.failed {
             return Err(StepError::fatal(
                 why.clone(),
-                "read the service events and the task logs (CloudWatch): runbook run diagnose; choose another \
+                "read the service events and the task logs (CloudWatch): runbook diagnose; choose another \
                  revision with --var revision=N",
             ));
         }

@@ -9,16 +9,12 @@ use super::*;
 fn dixie_service() -> (String, i32, Option<String>) {
     block_on(async {
         let ecs = aws_sdk_ecs::Client::new(&aws().await);
-        let out = ecs
-            .describe_services()
-            .cluster("arrakis-staging-cluster")
-            .services("dixie-armitage")
-            .send()
-            .await
-            .unwrap();
+        let out =
+            ecs.describe_services().cluster("arrakis-staging-cluster").services("dixie-armitage").send().await.unwrap();
         let svc = &out.services()[0];
         let tags = ecs.list_tags_for_resource().resource_arn(svc.service_arn().unwrap()).send().await.unwrap();
-        let marker = tags.tags().iter().find(|t| t.key() == Some("runbook:rollback")).map(|t| t.value().unwrap().into());
+        let marker =
+            tags.tags().iter().find(|t| t.key() == Some("runbook:rollback")).map(|t| t.value().unwrap().into());
         let revision = svc.task_definition().unwrap().rsplit('/').next().unwrap().to_string();
         (revision, svc.desired_count(), marker)
     })
@@ -75,7 +71,9 @@ fn a_rollback_runs_the_old_revision_a_rerun_does_nothing_and_the_next_deploy_wai
     // The next deploy would put revision 2 back: it stops, naming the rollback, even with --yes.
     let undo = rb().run(&["run", "sprint-2", "--yes", "--var", "image_tag=second"]);
     undo.expect_code(1)
-        .expect_text(&format!("undoing rollback run {rollback_run} of dixie-armitage to revision 1 (from 2) by test-operator@"))
+        .expect_text(&format!(
+            "undoing rollback run {rollback_run} of dixie-armitage to revision 1 (from 2) by test-operator@"
+        ))
         .expect_text(&format!("runbook resume --yes --ack-rollback {rollback_run}"));
     assert_eq!(dixie_service().0, "dixie-armitage:1", "nothing applied");
     // Acknowledging another run is not acknowledging this one.
