@@ -1,5 +1,5 @@
 //! On call, on the ring: a webhook receiver on loopback gets exactly the posts of a run that
-//! fails and of one that is done, a dead receiver fails nothing; `history` and `audit` after a
+//! fails, stops awaiting approval or is done, a dead receiver fails nothing; `history` and `audit` after a
 //! skip, a retry, a lock takeover and a forced unlock; `watch --once` before sprint 2 (Dixie
 //! not deployed: unhealthy), after it (degraded: NATS has no rule yet) and with Redis stopped.
 
@@ -73,6 +73,7 @@ fn json(ran: &Ran) -> serde_json::Value {
 #[test]
 fn a_webhook_hears_each_failure_and_the_end_and_history_and_audit_show_every_decision() {
     let Some(_ring) = fresh_ring() else { return };
+    let started = std::time::Instant::now();
     let scratch = Scratch::new("oncall-audit");
     let project = scratch.foundation_project();
     with_webhook(&project);
@@ -162,6 +163,7 @@ fn a_webhook_hears_each_failure_and_the_end_and_history_and_audit_show_every_dec
         .expect_code(2)
         .expect_text("no state DB at");
     assert!(!missing.exists());
+    eprintln!("after the ring's reset, the test took {:?}", started.elapsed());
 }
 
 fn host() -> String {
@@ -178,8 +180,9 @@ fn watch_once(rb: &Runbook) -> (Option<i32>, serde_json::Value) {
 }
 
 #[test]
-fn sprint_2_posts_done_and_watch_once_judges_the_ring_before_after_and_without_redis() {
+fn sprint_2_posts_its_stop_for_approval_and_its_end_and_watch_once_judges_the_ring_before_after_and_without_redis() {
     let Some(_ring) = fresh_ring() else { return };
+    let whole = std::time::Instant::now();
     let scratch = Scratch::new("oncall-watch");
     let project = impatient_project(&scratch);
     with_webhook(&project);
@@ -194,12 +197,26 @@ fn sprint_2_posts_done_and_watch_once_judges_the_ring_before_after_and_without_r
     );
     assert_eq!(poll["finn"], "healthy", "{poll}");
 
+    // Without --yes and without a terminal, T2.4's plan waits for an operator: that is posted.
     let started = std::time::Instant::now();
-    rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
+    rb().run(&["run", "sprint-2"]).expect_code(1).expect_text("awaiting approval");
+    let waiting = json(&rb().run(&["history", "--json"]));
+    assert_eq!(
+        (waiting["runs"][0]["failed_step"].as_str(), waiting["runs"][0]["awaiting_approval"].as_bool()),
+        (Some("T2.4"), Some(true))
+    );
+    rb().run(&["history"]).expect_code(0).expect_text("T2.4 (awaiting approval: runbook resume --yes)");
+    rb().run(&["resume", "--yes"]).expect_code(0);
     eprintln!("sprint-2 took {:?}", started.elapsed());
     let texts = hook.texts();
-    assert_eq!(texts.len(), 1, "{texts:#?}");
-    assert!(texts[0].starts_with("runbook: run 1 of sprint-2 on local is done in "), "{}", texts[0]);
+    assert_eq!(texts.len(), 2, "{texts:#?}");
+    assert!(
+        texts[0].starts_with("runbook: run 1 of sprint-2 on local stopped awaiting approval at T2.4: ")
+            && texts[0].ends_with("review the plan, then: runbook resume --yes"),
+        "{}",
+        texts[0]
+    );
+    assert!(texts[1].starts_with("runbook: run 1 of sprint-2 on local is done in "), "{}", texts[1]);
     // --yes approved T2.4's plan: the audit shows what was approved, how and by whom.
     let audit = json(&rb().run(&["audit", "--json"]));
     let approval = audit["decisions"]
@@ -232,6 +249,7 @@ fn sprint_2_posts_done_and_watch_once_judges_the_ring_before_after_and_without_r
     outage.end();
     let (_, poll) = watch_once(&rb());
     assert_eq!(poll["components"]["redis"], "healthy", "Redis is back: {poll}");
-    assert_eq!(hook.texts().len(), 1, "--once tells the webhook nothing");
+    assert_eq!(hook.texts().len(), 2, "--once tells the webhook nothing");
     rb().run(&["watch", "--interval", "5ms"]).expect_code(2).expect_text("at most every 100 ms");
+    eprintln!("after the ring's reset, the test took {:?}", whole.elapsed());
 }
