@@ -71,7 +71,7 @@ fn json(ran: &Ran) -> serde_json::Value {
 }
 
 #[test]
-fn a_webhook_hears_each_failure_and_the_end_and_history_and_audit_show_every_decision() {
+fn a_webhook_from_the_environment_or_ssm_hears_each_failure_and_the_end_and_history_and_audit_show_every_decision() {
     let Some(_ring) = fresh_ring() else { return };
     let started = std::time::Instant::now();
     let scratch = Scratch::new("oncall-audit");
@@ -163,6 +163,21 @@ fn a_webhook_hears_each_failure_and_the_end_and_history_and_audit_show_every_dec
         .expect_code(2)
         .expect_text("no state DB at");
     assert!(!missing.exists());
+
+    // The webhook's URL from SSM (as on Armitage): a missing parameter is said, then it is read.
+    edit_file(
+        &project.join("runbooks/environments/local.toml"),
+        &[("{ env = \"RUNBOOK_TEST_WEBHOOK\" }", "{ ssm = \"/runbook/ring/SLACK_WEBHOOK\" }")],
+    );
+    let unset = rb().run(&["run", "sprint-2"]);
+    unset.expect_code(0).expect_text("notification failed: SSM parameter /runbook/ring/SLACK_WEBHOOK");
+    ssm_put("/runbook/ring/SLACK_WEBHOOK", &hook.url);
+    let read = rb().run(&["run", "sprint-2"]);
+    read.expect_code(0);
+    assert!(!read.text().contains("secret-token"), "{}", read.text());
+    let texts = hook.texts();
+    assert_eq!(texts.len(), 4, "{texts:#?}");
+    assert!(texts[3].starts_with("runbook: run 4 of sprint-2 on local is done in "), "{}", texts[3]);
     eprintln!("after the ring's reset, the test took {:?}", started.elapsed());
 }
 
