@@ -178,6 +178,16 @@ fn a_webhook_from_the_environment_or_ssm_hears_each_failure_and_the_end_and_hist
     let texts = hook.texts();
     assert_eq!(texts.len(), 4, "{texts:#?}");
     assert!(texts[3].starts_with("runbook: run 4 of sprint-2 on local is done in "), "{}", texts[3]);
+    // The URL is nowhere at rest: not in the state DB, its WAL, nor the private work folder.
+    let state_dir = scratch.state().parent().unwrap().to_path_buf();
+    let mut files = vec![state_dir.clone()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().flatten().map(|e| e.path()));
+        } else if let Some(bytes) = db_dump(&path) {
+            assert!(!String::from_utf8_lossy(&bytes).contains("secret-token"), "the webhook URL in {}", path.display());
+        }
+    }
     eprintln!("after the ring's reset, the test took {:?}", started.elapsed());
 }
 
