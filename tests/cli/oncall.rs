@@ -1,7 +1,8 @@
 //! On call, on the ring: a webhook receiver on loopback gets exactly the posts of a run that
 //! fails, stops awaiting approval or is done, a dead receiver fails nothing; `history` and `audit` after a
 //! skip, a retry, a lock takeover and a forced unlock; `watch --once` before sprint 2 (Dixie
-//! not deployed: unhealthy), after it (degraded: NATS has no rule yet) and with Redis stopped.
+//! not deployed: unhealthy), after it (degraded: NATS has no rule yet) and with Redis stopped;
+//! and, without the ring, a webhook written in the environment file is bad input, never quoted.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -277,4 +278,29 @@ fn sprint_2_posts_its_stop_for_approval_and_its_end_and_watch_once_judges_the_ri
     assert_eq!(hook.texts().len(), 2, "--once tells the webhook nothing");
     rb().run(&["watch", "--interval", "5ms"]).expect_code(2).expect_text("at most every 100 ms");
     eprintln!("after the ring's reset, the test took {:?}", whole.elapsed());
+}
+
+#[test]
+fn a_webhook_written_in_the_file_or_named_twice_is_bad_input_and_never_quoted() {
+    // No ring: refused while the environment is read, before anything else.
+    let scratch = Scratch::new("oncall-notify-input");
+    let project = scratch.project_copy();
+    let env = project.join("runbooks/environments/local.toml");
+    let original = std::fs::read_to_string(&env).unwrap();
+    for (table, says) in [
+        ("webhook = \"https://hooks.slack.com/services/T0/B0/secret-token\"", "must not be written in the file"),
+        ("webhook = { env = \"A\", ssm = \"/runbook/ring/SLACK_WEBHOOK\" }", "names both ssm and env: keep one"),
+        (
+            "webhook = { env = \"A\", url = \"https://hooks.slack.com/services/T0/B0/secret-token\" }",
+            "unknown field `url`",
+        ),
+    ] {
+        std::fs::write(&env, format!("{original}\n[notify]\n{table}\n")).unwrap();
+        for args in [&["run", "sprint-2"][..], &["watch", "--once"]] {
+            let ran = scratch.runbook().project(&project).run(args);
+            ran.expect_code(2).expect_text(says).expect_text("local.toml");
+            assert!(!ran.text().contains("secret-token"), "{args:?}: {}", ran.text());
+        }
+    }
+    assert!(!scratch.state().exists(), "nothing was recorded");
 }
