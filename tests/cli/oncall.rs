@@ -1,8 +1,9 @@
 //! On call, on the ring: a webhook receiver on loopback gets exactly the posts of a run that
-//! fails, stops awaiting approval or is done, a dead receiver fails nothing; `history` and `audit` after a
-//! skip, a retry, a lock takeover and a forced unlock; `watch --once` before sprint 2 (Dixie
-//! not deployed: unhealthy), after it (degraded: NATS has no rule yet) and with Redis stopped;
-//! and, without the ring, a webhook written in the environment file is bad input, never quoted.
+//! fails, stops awaiting approval or is done, a dead receiver fails nothing; `history` and
+//! `audit` after a skip, a retry, a lock takeover and a forced unlock; `watch --once` before
+//! sprint 2 (Dixie not deployed: unhealthy), after it (degraded: NATS has no rule yet) and with
+//! Redis stopped; and, without the ring, a webhook written in the environment file is bad
+//! input, never quoted.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
