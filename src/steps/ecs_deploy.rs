@@ -89,7 +89,8 @@ pub(super) struct Service {
     pub(super) failed: Option<String>,
     /// "1/1 running": the primary deployment's running and desired tasks.
     pub(super) running: String,
-    pub(super) running_count: i32,
+    /// The service's running tasks, of every deployment.
+    pub(super) tasks_running: i32,
     pub(super) desired: i32,
     pub(super) task_definition: String,
 }
@@ -142,7 +143,7 @@ pub(super) async fn describe_service(cx: &StepContext, cluster: &str, name: &str
         stable: rollout == "COMPLETED" || (svc.deployments().len() == 1 && desired > 0 && running == desired),
         failed,
         running: format!("{running}/{desired} running"),
-        running_count: running,
+        tasks_running: svc.running_count(),
         desired,
         // The service's, not the deployment's: moto keeps a deployment's old one.
         task_definition: svc.task_definition().unwrap_or_default().to_string(),

@@ -289,17 +289,17 @@ impl Params {
         let started = tokio::time::Instant::now();
         loop {
             let svc = describe_service(cx, &self.cluster, &self.service).await?;
-            if svc.running_count == 0 {
+            if svc.tasks_running == 0 {
                 cx.log(format!("{}: no task running", self.service)).await;
                 return Ok(());
             }
             if started.elapsed() >= Duration::from_secs(self.wait_seconds) {
                 return Err(StepError::retryable(format!(
-                    "{} still has {} after {} s at desired 0",
-                    self.service, svc.running, self.wait_seconds
+                    "{} still has {} task(s) running after {} s at desired 0",
+                    self.service, svc.tasks_running, self.wait_seconds
                 )));
             }
-            cx.progress(&format!("waiting for {} to stop: {}", self.service, svc.running)).await;
+            cx.progress(&format!("waiting for {} to stop: {} running", self.service, svc.tasks_running)).await;
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }

@@ -40,6 +40,10 @@ fn a_rollback_runs_the_old_revision_a_rerun_does_nothing_and_the_next_deploy_wai
     // A second image (the same build under another tag): revision 2 of the task definition.
     rb().run(&["run", "sprint-2", "--yes", "--var", "image_tag=second"]).expect_code(0);
     assert_eq!(dixie_service().0, "dixie-armitage:2");
+    // moto calls a deployment stable at once; the verify then tells the new task from the old by
+    // its uptime, with 2 s of slack for clock skew. A task deployed under 2 s before the rollback
+    // would pass for new (on ECS the rollout state says IN_PROGRESS instead): wait them out.
+    std::thread::sleep(std::time::Duration::from_secs(3));
 
     let started = std::time::Instant::now();
     let rolled = rb().run(&["run", "rollback", "--yes"]);
