@@ -48,20 +48,8 @@ fn fifteen_minutes() -> u64 {
     900
 }
 
-/// `true`/`false`, as TOML or as the text a `${var}` gives.
 fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Bool(bool),
-        Text(String),
-    }
-    match Either::deserialize(d)? {
-        Either::Bool(b) => Ok(b),
-        Either::Text(t) if t == "true" => Ok(true),
-        Either::Text(t) if t == "false" || t.is_empty() => Ok(false),
-        Either::Text(t) => Err(serde::de::Error::custom(format!("expected true or false, got {t:?}"))),
-    }
+    super::flag(d, "emergency")
 }
 
 /// What a rollback left on the service: which run moved it from which revision to which, who
@@ -493,6 +481,6 @@ mod tests {
         let bad: Result<Params, _> = toml::from_str(
             "cluster = \"c\"\nservice = \"s\"\nemergency = \"yes\"\nhealth_url = \"http://x/\"\nhealth = \"dixie\"\n",
         );
-        assert!(bad.unwrap_err().to_string().contains("expected true or false, got \"yes\""));
+        assert!(bad.unwrap_err().to_string().contains("emergency: expected true or false, got \"yes\""));
     }
 }

@@ -277,6 +277,22 @@ pub(crate) fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u
     }
 }
 
+/// `true`/`false`, as TOML or as the text a `${env.x}` reference gives; errors name `field`.
+pub(super) fn flag<'de, D: serde::Deserializer<'de>>(d: D, field: &str) -> Result<bool, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Bool(bool),
+        Text(String),
+    }
+    match <Either as serde::Deserialize>::deserialize(d)? {
+        Either::Bool(b) => Ok(b),
+        Either::Text(t) if t == "true" => Ok(true),
+        Either::Text(t) if t == "false" => Ok(false),
+        Either::Text(t) => Err(serde::de::Error::custom(format!("{field}: expected true or false, got {t:?}"))),
+    }
+}
+
 /// Services for a kind's tests without the ring: a loopback-only environment with no AWS
 /// endpoint, `project` as the project folder, `work_dir` as the private folder, and approvals
 /// answered yes by `ana`.

@@ -62,20 +62,8 @@ fn strict_dixie() -> HealthPolicy {
     HealthPolicy::strict(HealthRule::Dixie)
 }
 
-/// `true`, or `"true"` as a `${env.x}` reference gives it.
 fn bool_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Either {
-        Bool(bool),
-        Text(String),
-    }
-    match Either::deserialize(d)? {
-        Either::Bool(b) => Ok(b),
-        Either::Text(t) if t == "true" => Ok(true),
-        Either::Text(t) if t == "false" => Ok(false),
-        Either::Text(t) => Err(serde::de::Error::custom(format!("dns_lookup: expected true or false, got {t:?}"))),
-    }
+    super::flag(d, "dns_lookup")
 }
 
 /// The health verdict with its HTTP status in front (the verdict names it only when it is not
