@@ -1,8 +1,9 @@
 //! On call, on the ring: a webhook receiver on loopback gets exactly the posts of a run that
 //! fails, stops awaiting approval or is done, a dead receiver fails nothing; `history` and
 //! `audit` after a skip, a retry, a lock takeover and a forced unlock; `watch --once` before
-//! sprint 2 (Dixie not deployed: unhealthy), after it (degraded: NATS has no rule yet) and with
-//! Redis stopped; and, without the ring, a webhook written in the environment file is bad
+//! sprint 2 (Dixie not deployed: unhealthy), after it (degraded: NATS has no rule yet), with
+//! Redis stopped, after sprint 3 (healthy) and with Finn stopped (circuit open: unhealthy); and,
+//! without the ring, a webhook written in the environment file is bad
 //! input, never quoted.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -207,7 +208,7 @@ fn watch_once(rb: &Runbook) -> (Option<i32>, serde_json::Value) {
 }
 
 #[test]
-fn sprint_2_posts_its_stop_for_approval_and_its_end_and_watch_once_judges_the_ring_before_after_and_without_redis() {
+fn sprint_2_posts_its_approval_stop_and_its_end_and_watch_once_judges_five_ring_states() {
     let Some(_ring) = fresh_ring() else { return };
     let whole = std::time::Instant::now();
     let scratch = Scratch::new("oncall-watch");
@@ -277,6 +278,23 @@ fn sprint_2_posts_its_stop_for_approval_and_its_end_and_watch_once_judges_the_ri
     let (_, poll) = watch_once(&rb());
     assert_eq!(poll["components"]["redis"], "healthy", "Redis is back: {poll}");
     assert_eq!(hook.texts().len(), 2, "--once tells the webhook nothing");
+
+    // Sprint 3 adds the NATS rule: healthy, exit 0.
+    rb().run(&["run", "sprint-3", "--yes"]).expect_code(0);
+    let (code, poll) = watch_once(&rb());
+    assert_eq!((code, poll["verdict"].as_str()), (Some(0), Some("healthy")), "{poll}");
+    assert_eq!(poll["components"]["nats"], "connected", "{poll}");
+
+    // Finn gone: Dixie's circuit opens after three failed checks (each poll makes Dixie check
+    // Finn once): unhealthy, exit 4, the circuit named.
+    ecs_scale("loa-finn-armitage", 0);
+    let opened = (0..20).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let (code, poll) = watch_once(&rb());
+        (poll["finn_circuit"] == "open").then_some((code, poll))
+    });
+    let (code, poll) = opened.expect("Dixie's Finn circuit opens within 10 s of Finn stopping");
+    assert_eq!((code, poll["verdict"].as_str()), (Some(4), Some("unhealthy")), "{poll}");
     rb().run(&["watch", "--interval", "5ms"]).expect_code(2).expect_text("at most every 100 ms");
     eprintln!("after the ring's reset, the test took {:?}", whole.elapsed());
 }
