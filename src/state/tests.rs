@@ -460,13 +460,24 @@ fn runs_racing_for_a_new_state_db_have_exactly_one_winner_and_the_others_are_tol
 }
 
 fn race_for_the_lease(round: usize, path: &Path) {
+    // Six machines (other hosts: alive while they beat) open a new state DB at once.
+    let winner = one_winner(round, path, "host");
+    // The winner's machine dies: its lease goes stale, and six others race to take it over.
+    let mut db = StateDb::open(path).unwrap();
+    db.execute_for_tests(&format!("UPDATE run_lock SET heartbeat_at = 0 WHERE host = '{winner}'")).unwrap();
+    let heir = one_winner(round, path, "heir");
+    assert_ne!(heir, winner);
+}
+
+/// Six threads, hosts `{prefix}-0` to `{prefix}-5`, take the lease at once: one wins, and the
+/// others are told who holds it. The winner's host.
+fn one_winner(round: usize, path: &Path, prefix: &str) -> String {
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
     let racers: Vec<_> = (0..6)
         .map(|i| {
             let (path, barrier) = (path.to_path_buf(), barrier.clone());
+            let me = Holder { host: format!("{prefix}-{i}"), pid: 100 + i, pid_started: None };
             std::thread::spawn(move || {
-                // Six machines (other hosts: alive while they beat) open a new file at once.
-                let me = Holder { host: format!("host-{i}"), pid: 100 + i, pid_started: None };
                 barrier.wait();
                 let mut db = StateDb::open(&path).map_err(|e| e.to_string())?;
                 db.acquire_lock(&me).map(|_| i).map_err(|e| e.to_string())
@@ -475,11 +486,15 @@ fn race_for_the_lease(round: usize, path: &Path) {
         .collect();
     let results: Vec<Result<i64, String>> = racers.into_iter().map(|r| r.join().unwrap()).collect();
     let winners: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
-    assert_eq!(winners.len(), 1, "round {round}: {results:?}");
-    let winner = format!("host-{}", winners[0]);
+    assert_eq!(winners.len(), 1, "round {round}, {prefix}: {results:?}");
+    let winner = format!("{prefix}-{}", winners[0]);
     for loser in results.iter().filter_map(|r| r.as_ref().err()) {
-        assert!(loser.starts_with("another run holds the lock") && loser.contains(&winner), "round {round}: {loser}");
+        assert!(
+            loser.starts_with("another run holds the lock") && loser.contains(&winner),
+            "round {round}, {prefix}: {loser}"
+        );
     }
+    winner
 }
 
 #[test]
