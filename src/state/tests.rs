@@ -564,3 +564,35 @@ fn a_sqlite_history_is_copied_into_an_empty_postgres_one_keeping_ids_and_order()
         other => panic!("expected CopyTarget, got {:?}", other.map(|c| c.runs)),
     }
 }
+
+/// What one durable event costs on each backend (`cargo test --bins -- --ignored --nocapture
+/// durable_record_cost`): the intent's commit, which a step waits for before its side effect.
+#[test]
+#[ignore]
+fn durable_record_cost() {
+    each_backend("cost", |location| {
+        let mut db = StateDb::open(location).unwrap();
+        let run = new_run(&mut db);
+        let me = Holder::me("here");
+        db.acquire_lock(&me).unwrap();
+        db.lock_run(&me, run).unwrap();
+        let step = || "T2.1".to_string();
+        let n = 200;
+        let started = std::time::Instant::now();
+        for attempt in 1..=n {
+            db.record(Some(run), &Event::StepStarted { step: step(), attempt, title: "t".into(), in_doubt: false })
+                .unwrap();
+            db.record(Some(run), &Event::StepIntent { step: step(), attempt, action: "a".into() }).unwrap();
+        }
+        let per = started.elapsed() / (2 * n);
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            db.steps(run).unwrap();
+        }
+        let read = started.elapsed() / n;
+        eprintln!(
+            "{}: {per:?} a committed event (intents with the lease check), {read:?} a steps() read",
+            db.path.display()
+        );
+    });
+}
