@@ -596,3 +596,16 @@ fn durable_record_cost() {
         );
     });
 }
+
+#[test]
+fn every_postgres_session_waits_for_the_flush_whatever_the_server_default() {
+    let Some(base) = pg_test_url() else { return };
+    let location = pg::Location::parse(&base).unwrap();
+    for read_only in [false, true] {
+        let mut conn = pg::PgConn::connect(&location, read_only).unwrap();
+        // The ring's server says `synchronous_commit = off` in its configuration.
+        assert_eq!(conn.text_for_tests("SHOW synchronous_commit").unwrap(), "on");
+        let expected = if read_only { "on" } else { "off" };
+        assert_eq!(conn.text_for_tests("SHOW default_transaction_read_only").unwrap(), expected);
+    }
+}

@@ -288,6 +288,12 @@ impl PgConn {
         wait(self.client.execute(sql, &[]))
     }
 
+    /// The first column of the first row of `sql`, as text (tests read settings).
+    #[cfg(test)]
+    pub(in crate::state) fn text_for_tests(&mut self, sql: &str) -> PgResult<String> {
+        Ok(wait(self.client.query_one(sql, &[]))?.get(0))
+    }
+
     /// Runs several statements (tests set up schemas).
     #[cfg(test)]
     pub(in crate::state) fn batch_for_tests(&mut self, sql: &str) -> PgResult<()> {
