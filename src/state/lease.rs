@@ -71,7 +71,7 @@ impl StateDb {
         let conn = match &mut self.backend {
             Backend::Sqlite(conn) => conn,
             Backend::Postgres(pg) => {
-                return pg.acquire_lock(&path, me, now, |current| may_take(&path, me, current, now));
+                return pg.acquire_lock(&path, me, |current, now| may_take(&path, me, current, now));
             }
         };
         let tx = immediate(conn, &path)?;
@@ -87,6 +87,16 @@ impl StateDb {
         Ok(taken_over)
     }
 
+    /// The clock leases are stamped and judged by: this machine's for a SQLite file, the
+    /// server's for PostgreSQL, so that operators' machines whose clocks disagree by more than
+    /// the stale period still agree on whether a lease is stale.
+    fn lease_clock(&self) -> Result<i64, StateError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(now_ms()),
+            Backend::Postgres(pg) => pg.server_now_ms().map_err(|e| self.pg_err(e)),
+        }
+    }
+
     /// The lease row, from either store.
     fn current_lease(&self) -> Result<Option<Lease>, StateError> {
         match &self.backend {
@@ -97,7 +107,7 @@ impl StateDb {
 
     /// The current lease, if any, and whether its holder is alive as seen from `our_host`.
     pub(crate) fn lease(&self, our_host: &str) -> Result<Option<LeaseView>, StateError> {
-        let now = now_ms();
+        let now = self.lease_clock()?;
         Ok(self.current_lease()?.map(|l| LeaseView {
             alive: alive(our_host, &l.holder, l.heartbeat, now),
             run: l.run,
@@ -108,9 +118,8 @@ impl StateDb {
 
     /// Whether a live process holds the lock for `run` (a run marked running may have died).
     pub(crate) fn run_is_live(&self, run: i64, our_host: &str) -> Result<bool, StateError> {
-        Ok(self
-            .current_lease()?
-            .is_some_and(|l| l.run == Some(run) && alive(our_host, &l.holder, l.heartbeat, now_ms())))
+        let now = self.lease_clock()?;
+        Ok(self.current_lease()?.is_some_and(|l| l.run == Some(run) && alive(our_host, &l.holder, l.heartbeat, now)))
     }
 
     /// Ties the lease to `run`; from now on every intent is recorded only while it is ours.
@@ -135,7 +144,7 @@ impl StateDb {
                     params![me.pid, now_ms(), me.host],
                 )
                 .map_err(|e| sql_err(&self.path, e))?,
-            Backend::Postgres(pg) => pg.heartbeat(me, now_ms()).map_err(|e| super::pg::pg_err(&self.path, e))? as usize,
+            Backend::Postgres(pg) => pg.heartbeat(me).map_err(|e| super::pg::pg_err(&self.path, e))? as usize,
         };
         self.lease_kept(updated)
     }

@@ -15,6 +15,9 @@ use crate::state::{AttemptRow, NewRun, RunRow, StateError, StepRow};
 
 type PgResult<T> = Result<T, tokio_postgres::Error>;
 
+/// The server's time in ms since the epoch (the lease's clock).
+const SERVER_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
 pub(in crate::state) fn pg_err(path: &Path, e: tokio_postgres::Error) -> StateError {
     StateError::Postgres { path: path.to_path_buf(), message: crate::error_chain::error_chain(&e) }
 }
@@ -213,18 +216,23 @@ impl PgConn {
         read_lease(&self.client, "")
     }
 
-    /// Takes the lease for `me` if `decide` (given the current lease, row-locked) allows it; a
-    /// lease that comes or goes while we look is looked at again.
+    /// The server's clock, in ms since the epoch: leases are stamped and judged by it.
+    pub(in crate::state) fn server_now_ms(&self) -> PgResult<i64> {
+        Ok(wait(self.client.query_one(&format!("SELECT {SERVER_NOW}"), &[]))?.get(0))
+    }
+
+    /// Takes the lease for `me` if `decide` (given the current lease, row-locked, and the
+    /// server's time) allows it; a lease that comes or goes while we look is looked at again.
     pub(in crate::state) fn acquire_lock(
         &mut self,
         path: &Path,
         me: &Holder,
-        now: i64,
-        decide: impl Fn(Option<Lease>) -> Result<Option<Holder>, StateError>,
+        decide: impl Fn(Option<Lease>, i64) -> Result<Option<Holder>, StateError>,
     ) -> Result<Option<Holder>, StateError> {
         let e = |e| pg_err(path, e);
         loop {
             let tx = wait(self.client.transaction()).map_err(e)?;
+            let now: i64 = wait(tx.query_one(&format!("SELECT {SERVER_NOW}"), &[])).map_err(e)?.get(0);
             // Nobody holds it: the insert takes it. Another process inserting at the same moment
             // makes this one wait for its commit, then do nothing.
             let inserted = wait(tx.execute(
@@ -235,13 +243,13 @@ impl PgConn {
             .map_err(e)?;
             if inserted == 1 {
                 wait(tx.commit()).map_err(e)?;
-                return decide(None);
+                return decide(None, now);
             }
             let Some(current) = read_lease(&tx, " FOR UPDATE").map_err(e)? else {
                 // Released between the insert and the look: try again.
                 continue;
             };
-            let taken_over = decide(Some(current))?;
+            let taken_over = decide(Some(current), now)?;
             wait(tx.execute(
                 "UPDATE run_lock SET run_id = NULL, host = $1, pid = $2, pid_started = $3, acquired_at = $4,
                  heartbeat_at = $4 WHERE id = 1",
@@ -260,13 +268,11 @@ impl PgConn {
         )
     }
 
-    pub(in crate::state) fn heartbeat(&mut self, me: &Holder, now: i64) -> PgResult<u64> {
-        wait(
-            self.client.execute(
-                "UPDATE run_lock SET heartbeat_at = $2 WHERE pid = $1 AND host = $3",
-                &[&me.pid, &now, &me.host],
-            ),
-        )
+    pub(in crate::state) fn heartbeat(&mut self, me: &Holder) -> PgResult<u64> {
+        wait(self.client.execute(
+            &format!("UPDATE run_lock SET heartbeat_at = {SERVER_NOW} WHERE pid = $1 AND host = $2"),
+            &[&me.pid, &me.host],
+        ))
     }
 
     pub(in crate::state) fn release_lock(&mut self, me: &Holder) -> PgResult<u64> {
