@@ -387,3 +387,5 @@ fn state_column<T>(parse: fn(&str) -> Option<T>, row: &rusqlite::Row<'_>, index:
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) use tests::PgSchema;

@@ -28,13 +28,14 @@ fn pg_test_url() -> Option<String> {
 }
 
 /// A schema of its own in the test database, dropped when the test ends.
-struct PgSchema {
+pub(crate) struct PgSchema {
     url: String,
     name: String,
 }
 
 impl PgSchema {
-    fn fresh(test: &str) -> Option<PgSchema> {
+    /// `None` (and a line saying the variant is skipped) when no PostgreSQL is there.
+    pub(crate) fn fresh(test: &str) -> Option<PgSchema> {
         let Some(base) = pg_test_url() else {
             eprintln!("skipped the PostgreSQL variant of {test}: no RUNBOOK_PG_TEST_URL and the ring is not up");
             return None;
@@ -45,7 +46,7 @@ impl PgSchema {
         Some(PgSchema { url: format!("{base}{sep}options=-csearch_path%3D{name}"), name })
     }
 
-    fn location(&self) -> PathBuf {
+    pub(crate) fn location(&self) -> PathBuf {
         PathBuf::from(&self.url)
     }
 }
