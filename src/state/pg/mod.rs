@@ -25,6 +25,8 @@ pub(super) use store::pg_err;
 /// One connection to the state database, and the thread that drives it.
 pub(super) struct PgConn {
     client: tokio_postgres::Client,
+    /// Statements of the event transactions, prepared once (see `store::Writer`).
+    statements: std::collections::HashMap<&'static str, tokio_postgres::Statement>,
 }
 
 impl PgConn {
@@ -79,7 +81,7 @@ impl PgConn {
             "SET synchronous_commit = on; SET client_min_messages = warning;"
         };
         wait(client.batch_execute(session)).map_err(|e| e.to_string())?;
-        Ok(PgConn { client })
+        Ok(PgConn { client, statements: std::collections::HashMap::new() })
     }
 
     /// The schema version (0: nothing has run here).

@@ -2,10 +2,11 @@
 //! `lease`, in PostgreSQL's dialect. Decisions (who may take the lease, what a lease row means)
 //! stay in `lease.rs`, shared by both stores.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use tokio_postgres::{GenericClient, Row, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, Row, Statement, Transaction};
 
 use super::{PgConn, wait};
 use crate::event::{DoneOutcome, Event, Outputs, RunState, StepState};
@@ -77,7 +78,7 @@ impl PgConn {
         }
         for (run, event) in events {
             if !event.is_ephemeral() {
-                apply(&tx, *run, event, now).map_err(e)?;
+                apply(&mut Writer { tx: &tx, statements: &mut self.statements }, *run, event, now).map_err(e)?;
             }
         }
         wait(tx.commit()).map_err(e)
@@ -326,91 +327,110 @@ fn parse_state<T>(parse: fn(&str) -> Option<T>, row: &Row, index: usize) -> Resu
     parse(text).ok_or_else(|| format!("unknown state {text:?} in column {index}"))
 }
 
-fn apply(tx: &Transaction<'_>, run: Option<i64>, event: &Event, now: i64) -> PgResult<()> {
-    wait(tx.execute(
+/// The statements of an event transaction, each prepared once per connection: one round trip
+/// a statement instead of two.
+struct Writer<'a, 't> {
+    tx: &'a Transaction<'t>,
+    statements: &'a mut HashMap<&'static str, Statement>,
+}
+
+impl Writer<'_, '_> {
+    fn exec(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> PgResult<()> {
+        let statement = match self.statements.get(sql) {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = wait(self.tx.prepare(sql))?;
+                self.statements.insert(sql, statement.clone());
+                statement
+            }
+        };
+        wait(self.tx.execute(&statement, params)).map(drop)
+    }
+}
+
+fn apply(w: &mut Writer<'_, '_>, run: Option<i64>, event: &Event, now: i64) -> PgResult<()> {
+    w.exec(
         "INSERT INTO events (run_id, at, step, kind, payload) VALUES ($1, $2, $3, $4, $5)",
         &[&run, &now, &event.step(), &event.kind(), &serde_json::to_string(event).unwrap_or_default()],
-    ))?;
+    )?;
     let Some(run) = run else { return Ok(()) };
-    let exec =
-        |sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]| wait(tx.execute(sql, params)).map(drop);
     match event {
         Event::RunStarted { .. } => {
-            exec("UPDATE runs SET status = $2, ended_at = NULL WHERE id = $1", &[&run, &RunState::Running.as_str()])?;
+            w.exec("UPDATE runs SET status = $2, ended_at = NULL WHERE id = $1", &[&run, &RunState::Running.as_str()])?;
         }
         Event::StepStarted { step, attempt, .. } => {
             let attempt = i64::from(*attempt);
             // As SQLite's INSERT OR REPLACE: a new row, whatever an older one held.
-            exec(
+            w.exec(
                 "INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (run_id, step, attempt) DO UPDATE SET started_at = excluded.started_at,
                  intent_at = NULL, action = NULL, ended_at = NULL, outcome = NULL, error = NULL,
                  duration_ms = NULL, log = ''",
                 &[&run, step, &attempt, &now],
             )?;
-            exec(
+            w.exec(
                 "UPDATE steps SET state = $5, attempts = $3, started_at = COALESCE(started_at, $4),
                  ended_at = NULL WHERE run_id = $1 AND step = $2",
                 &[&run, step, &attempt, &now, &StepState::Running.as_str()],
             )?;
         }
         Event::StepIntent { step, attempt, action } => {
-            exec(
+            w.exec(
                 "UPDATE attempts SET intent_at = $4, action = $5 WHERE run_id = $1 AND step = $2 AND attempt = $3",
                 &[&run, step, &i64::from(*attempt), &now, action],
             )?;
         }
         Event::StepLog { step, attempt, line } => {
-            exec(
+            w.exec(
                 "UPDATE attempts SET log = log || $4 || chr(10) WHERE run_id = $1 AND step = $2 AND attempt = $3",
                 &[&run, step, &i64::from(*attempt), line],
             )?;
         }
         Event::StepRetrying { step, attempt, error, .. } => {
-            end_attempt(tx, run, step, *attempt, now, "retryable_error", Some(error))?;
+            end_attempt(w, run, step, *attempt, now, "retryable_error", Some(error))?;
         }
         Event::StepDone { step, attempt, outcome, outputs, .. } => {
             let state = match outcome {
                 DoneOutcome::Satisfied => StepState::Satisfied,
                 DoneOutcome::Applied => StepState::Applied,
             };
-            end_attempt(tx, run, step, *attempt, now, state.as_str(), None)?;
-            end_step(tx, run, step, now, state, None, None)?;
-            exec("DELETE FROM outputs WHERE run_id = $1 AND step = $2", &[&run, step])?;
+            end_attempt(w, run, step, *attempt, now, state.as_str(), None)?;
+            end_step(w, run, step, now, state, None, None)?;
+            w.exec("DELETE FROM outputs WHERE run_id = $1 AND step = $2", &[&run, step])?;
             for (name, value) in outputs {
-                exec(
+                w.exec(
                     "INSERT INTO outputs (run_id, step, name, value) VALUES ($1, $2, $3, $4)",
                     &[&run, step, name, value],
                 )?;
             }
         }
         Event::StepFailed { step, attempt, error, fix, .. } => {
-            end_attempt(tx, run, step, *attempt, now, StepState::Failed.as_str(), Some(error))?;
-            end_step(tx, run, step, now, StepState::Failed, Some(error), fix.as_deref())?;
+            end_attempt(w, run, step, *attempt, now, StepState::Failed.as_str(), Some(error))?;
+            end_step(w, run, step, now, StepState::Failed, Some(error), fix.as_deref())?;
         }
         Event::StepBlocked { step, by } => {
-            exec(
+            w.exec(
                 "UPDATE steps SET state = $4, last_error = $3 WHERE run_id = $1 AND step = $2",
                 &[&run, step, &format!("waits for {by}"), &StepState::Blocked.as_str()],
             )?;
         }
         Event::StepSkipped { step, reason, operator, .. } => {
             let why = format!("skipped by {operator}: {reason}");
-            end_step(tx, run, step, now, StepState::Skipped, Some(&why), None)?;
+            end_step(w, run, step, now, StepState::Skipped, Some(&why), None)?;
         }
         Event::StepReset { step, .. } => {
-            exec(
+            w.exec(
                 "UPDATE steps SET state = $3, ended_at = NULL, last_error = NULL, fix = NULL
                  WHERE run_id = $1 AND step = $2",
                 &[&run, step, &StepState::Pending.as_str()],
             )?;
-            exec("DELETE FROM outputs WHERE run_id = $1 AND step = $2", &[&run, step])?;
+            w.exec("DELETE FROM outputs WHERE run_id = $1 AND step = $2", &[&run, step])?;
         }
         Event::RunFinished { status, .. } => {
-            exec("UPDATE runs SET status = $2, ended_at = $3 WHERE id = $1", &[&run, &status.as_str(), &now])?;
+            w.exec("UPDATE runs SET status = $2, ended_at = $3 WHERE id = $1", &[&run, &status.as_str(), &now])?;
             if *status == RunState::Interrupted {
                 // Attempts cut short before their intent did nothing: close them.
-                exec(
+                w.exec(
                     "UPDATE attempts SET outcome = 'interrupted', ended_at = $2
                      WHERE run_id = $1 AND outcome IS NULL AND intent_at IS NULL",
                     &[&run, &now],
@@ -432,7 +452,7 @@ fn apply(tx: &Transaction<'_>, run: Option<i64>, event: &Event, now: i64) -> PgR
 }
 
 fn end_attempt(
-    tx: &Transaction<'_>,
+    w: &mut Writer<'_, '_>,
     run: i64,
     step: &str,
     attempt: u32,
@@ -440,16 +460,15 @@ fn end_attempt(
     outcome: &str,
     error: Option<&str>,
 ) -> PgResult<()> {
-    wait(tx.execute(
+    w.exec(
         "UPDATE attempts SET outcome = $4, error = $5, ended_at = $6, duration_ms = $6 - started_at
          WHERE run_id = $1 AND step = $2 AND attempt = $3",
         &[&run, &step, &i64::from(attempt), &outcome, &error, &now],
-    ))
-    .map(drop)
+    )
 }
 
 fn end_step(
-    tx: &Transaction<'_>,
+    w: &mut Writer<'_, '_>,
     run: i64,
     step: &str,
     now: i64,
@@ -457,10 +476,9 @@ fn end_step(
     error: Option<&str>,
     fix: Option<&str>,
 ) -> PgResult<()> {
-    wait(tx.execute(
+    w.exec(
         "UPDATE steps SET state = $3, ended_at = $4, duration_ms = $4 - COALESCE(started_at, $4),
          last_error = $5, fix = $6 WHERE run_id = $1 AND step = $2",
         &[&run, &step, &state.as_str(), &now, &error, &fix],
-    ))
-    .map(drop)
+    )
 }
