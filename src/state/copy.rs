@@ -25,11 +25,11 @@ pub(crate) struct Copied {
 
 /// Copies the SQLite state DB at `from` into the PostgreSQL state DB at `to`.
 pub(crate) fn copy(from: &Path, to: &Path) -> Result<Copied, StateError> {
-    if !super::is_url(to) {
-        return Err(StateError::CopyUsage("--to must be a postgres:// URL (the target state DB)"));
-    }
     if super::is_url(from) {
         return Err(StateError::CopyUsage("--from must be a SQLite state DB file"));
+    }
+    if !super::is_url(to) {
+        return Err(StateError::CopyUsage("--to must be a postgres:// URL (the target state DB)"));
     }
     let source = StateDb::open_existing(from, true)?;
     let mut target = StateDb::open(to)?;

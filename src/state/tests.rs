@@ -610,3 +610,12 @@ fn every_postgres_session_waits_for_the_flush_whatever_the_server_default() {
         assert_eq!(conn.text_for_tests("SHOW default_transaction_read_only").unwrap(), expected);
     }
 }
+
+#[test]
+fn state_copy_takes_a_sqlite_file_to_a_postgres_url_only_and_never_repeats_a_url() {
+    let secret_url = Path::new("postgres://u:hunter2@db.example.com/x");
+    let err = copy(secret_url, secret_url).err().unwrap().to_string();
+    assert!(err.contains("--from must be a SQLite state DB file") && !err.contains("hunter2"), "{err}");
+    let err = copy(Path::new("state/runbook.db"), Path::new("other.db")).err().unwrap().to_string();
+    assert!(err.contains("--to must be a postgres:// URL"), "{err}");
+}
