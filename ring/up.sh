@@ -297,6 +297,14 @@ done
 
 ensure_pg_admin
 
+# The database for runbook's own state in PostgreSQL (`--state postgres://…`): its tests
+# create a schema each in it. Never dropped by a reset: it is not the sprint's.
+if [ "$(pg_psql_socket -c "SELECT 1 FROM pg_database WHERE datname = 'runbook_state'")" != 1 ]; then
+  pg_psql_socket -c "CREATE DATABASE runbook_state OWNER arrakis_admin" >/dev/null \
+    || die "could not create database runbook_state, see $LOGS/postgres.log"
+  say "postgres: created database runbook_state"
+fi
+
 # A new moto is a new, empty account: forget what the sprint made outside it too.
 if [ "${STATE[moto]:-}" = started ]; then
   forget_sprint || die "$FORGET_WHY"

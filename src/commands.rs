@@ -98,6 +98,7 @@ pub(crate) enum Outcome {
     },
     History(crate::history::HistoryView),
     Audit(crate::history::AuditView),
+    StateCopied(crate::state::Copied),
     /// `watch` has printed its polls; the last verdict gives `--once` its exit code.
     Watch {
         verdict: Option<crate::watch::Verdict>,
@@ -524,11 +525,22 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
     Ok(Outcome::Run { run, status, view, write_error, notify_error })
 }
 
+/// `runbook state copy --from FILE.db --to postgres://…`.
+pub(crate) fn state_copy(from: &Path, to: &Path) -> Result<Outcome, CliError> {
+    Ok(Outcome::StateCopied(crate::state::copy(from, to)?))
+}
+
 /// The private folder beside the state DB for files that may hold secrets (terraform plans
 /// and apply logs): created 0700; files left by processes that are gone are removed.
 fn work_dir(state: &Path) -> Result<PathBuf, CliError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let dir = state.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("work");
+    // A state DB in PostgreSQL has no folder of its own: the default state folder holds it.
+    let folder = if crate::state::is_url(state) {
+        Path::new("state")
+    } else {
+        state.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+    };
+    let dir = folder.join("work");
     // Absolute: steps run tools in other folders (terraform writes its plan here from its own).
     let dir = std::path::absolute(&dir)
         .map_err(|e| CliError::Usage(format!("cannot prepare the private folder {}: {e}", dir.display())))?;

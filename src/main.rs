@@ -48,8 +48,10 @@ use crate::reporter::Mode;
 )]
 #[command(after_help = "Exit codes: 0 done, 1 a step failed, 2 bad input, 3 locked by another run, 130 interrupted.")]
 struct Cli {
-    /// The state DB.
-    #[arg(long, global = true, env = "RUNBOOK_STATE", default_value = "state/runbook.db")]
+    /// The state DB: a SQLite file, or a PostgreSQL URL
+    /// (postgres://user@host:port/database?sslmode=verify-full&sslrootcert=ca.pem), its
+    /// password in PGPASSWORD or ~/.pgpass.
+    #[arg(long, global = true, env = "RUNBOOK_STATE", hide_env_values = true, default_value = "state/runbook.db")]
     state: PathBuf,
     /// The project folder holding runbooks/ and ring/.
     #[arg(long, global = true, env = "RUNBOOK_PROJECT", default_value = ".")]
@@ -203,10 +205,29 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// The state DB itself: `state copy` moves a SQLite history into PostgreSQL.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
     /// The local rehearsal ring of real services on loopback.
     Ring {
         #[arg(value_enum)]
         action: RingAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateAction {
+    /// Copy every run, step, attempt, output and event of a SQLite state DB into an empty
+    /// PostgreSQL one, keeping ids and order, in one transaction.
+    Copy {
+        /// The SQLite state DB file.
+        #[arg(long, value_name = "FILE.db")]
+        from: PathBuf,
+        /// The PostgreSQL state DB: postgres://user@host:port/database?sslmode=verify-full
+        #[arg(long, value_name = "URL")]
+        to: PathBuf,
     },
 }
 
@@ -279,6 +300,7 @@ async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
         Command::Audit { run, all } => commands::audit(g, run, all),
         Command::Watch { env, interval, once } => commands::watch(g, &env, interval.as_deref(), once).await,
         Command::Diagnose { env, vars } => commands::diagnose(g, &env, commands::parse_vars(&vars)?).await,
+        Command::State { action: StateAction::Copy { from, to } } => commands::state_copy(&from, &to),
         Command::Ring { action } => {
             let name = match action {
                 RingAction::Setup => "setup",

@@ -115,6 +115,22 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
             };
         }
         Outcome::Watch { .. } => {}
+        Outcome::StateCopied(c) => {
+            r.stdout = if json {
+                format!("{}\n", serde_json::to_string(c).unwrap_or_default())
+            } else {
+                format!(
+                    "copied {} runs, {} steps, {} attempts, {} outputs and {} events from {} to {}\n",
+                    c.runs,
+                    c.steps,
+                    c.attempts,
+                    c.outputs,
+                    c.events,
+                    c.from.display(),
+                    c.to.display()
+                )
+            };
+        }
         Outcome::Audit(view) => {
             r.stdout = if json {
                 format!("{}\n", serde_json::to_string_pretty(view).unwrap_or_default())
@@ -149,7 +165,13 @@ pub(crate) fn error(err: &CliError) -> Rendered {
     let code = match err {
         CliError::State(StateError::Locked { .. }) | CliError::LiveHolder { .. } => 3,
         // The state DB failed after it was opened: not the operator's input.
-        CliError::State(StateError::Sql { .. } | StateError::Write { .. })
+        // A state database that cannot be reached is not the operator's input either.
+        CliError::State(
+            StateError::Sql { .. }
+            | StateError::Postgres { .. }
+            | StateError::Connect { .. }
+            | StateError::Write { .. },
+        )
         | CliError::Recorded { .. }
         | CliError::Step { .. } => 1,
         // Not the operator's input either: AWS was busy; nothing was recorded.

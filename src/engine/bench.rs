@@ -54,8 +54,9 @@ async fn measure(shape: &str, steps: usize, satisfied: bool) -> String {
             "[[steps]]\nid = \"s{i}\"\ntitle = \"noop\"\nkind = \"noop\"\nneeds = [{needs}]\nparams = {{ satisfied = {satisfied} }}\n"
         ));
     }
-    let (runbook, services, run) = super::tests::prepare(&dir, NOOP, "bench", text, Approver::Withheld).await;
-    let db = StateDb::open(&dir.join("state.db")).unwrap();
+    let state = dir.join("state.db");
+    let (runbook, services, run) = super::tests::prepare(&dir, &state, NOOP, "bench", text, Approver::Withheld).await;
+    let db = StateDb::open(&state).unwrap();
     let state = StateHandle::spawn(db);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });

@@ -188,6 +188,9 @@ static FAKE_KINDS: &[Kind] = &[Kind::of::<Fake>()];
 struct Harness {
     world: String,
     dir: PathBuf,
+    /// The state DB: `dir/state.db`, or a PostgreSQL schema of the test's own.
+    state: PathBuf,
+    _schema: Option<crate::state::PgSchema>,
     runbook: Arc<Runbook>,
     services: Arc<Services>,
     run: i64,
@@ -223,9 +226,10 @@ fn runbook_text(world: &str, steps: &[(&str, &[&str], &str)]) -> String {
 }
 
 /// A runbook named `name` of `registry`'s kinds, the services its steps get, and a run of it
-/// recorded in `dir/state.db`: where the engine's tests and its benchmark start.
+/// recorded in the state DB at `state`: where the engine's tests and its benchmark start.
 pub(super) async fn prepare(
     dir: &Path,
+    state: &Path,
     registry: &'static [Kind],
     name: &str,
     text: String,
@@ -244,7 +248,7 @@ pub(super) async fn prepare(
         run: None,
         acknowledged_rollback: None,
     });
-    let mut db = StateDb::open(&dir.join("state.db")).unwrap();
+    let mut db = StateDb::open(state).unwrap();
     let ids: Vec<String> = runbook.steps.iter().map(|s| s.id.clone()).collect();
     let vars = BTreeMap::new();
     let new = NewRun {
@@ -263,12 +267,29 @@ pub(super) async fn prepare(
 
 impl Harness {
     async fn new(world: &str, steps: &[(&str, &[&str], &str)], approver: Approver) -> Self {
+        Self::on(world, steps, approver, None).await
+    }
+
+    /// The same world with its state in PostgreSQL; `None` when no PostgreSQL is there.
+    async fn on_postgres(world: &str, steps: &[(&str, &[&str], &str)], approver: Approver) -> Option<Self> {
+        let schema = crate::state::PgSchema::fresh(&format!("engine_{world}"))?;
+        Some(Self::on(world, steps, approver, Some(schema)).await)
+    }
+
+    async fn on(
+        world: &str,
+        steps: &[(&str, &[&str], &str)],
+        approver: Approver,
+        schema: Option<crate::state::PgSchema>,
+    ) -> Self {
         let world = format!("{world}-{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("runbook-engine-{world}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (runbook, services, run) = prepare(&dir, FAKE_KINDS, "fakes", runbook_text(&world, steps), approver).await;
-        Harness { world, dir, runbook: Arc::new(runbook), services, run }
+        let state = schema.as_ref().map(|s| s.location()).unwrap_or_else(|| dir.join("state.db"));
+        let (runbook, services, run) =
+            prepare(&dir, &state, FAKE_KINDS, "fakes", runbook_text(&world, steps), approver).await;
+        Harness { world, dir, state, _schema: schema, runbook: Arc::new(runbook), services, run }
     }
 
     fn script(&self, step: &str, script: Script) {
@@ -280,7 +301,7 @@ impl Harness {
     }
 
     fn db(&self) -> StateDb {
-        StateDb::open(&self.dir.join("state.db")).unwrap()
+        StateDb::open(&self.state).unwrap()
     }
 
     /// Runs (or resumes) the run as `drive` does; `None` when the process "died".
@@ -342,7 +363,13 @@ const CHAIN: &[(&str, &[&str], &str)] =
 
 #[tokio::test(start_paused = true)]
 async fn a_chain_runs_in_order_passes_outputs_and_a_rerun_changes_nothing() {
-    let h = Harness::new("chain", CHAIN, Approver::Withheld).await;
+    chain_and_rerun(Harness::new("chain", CHAIN, Approver::Withheld).await).await;
+    if let Some(h) = Harness::on_postgres("chain-pg", CHAIN, Approver::Withheld).await {
+        chain_and_rerun(h).await;
+    }
+}
+
+async fn chain_and_rerun(h: Harness) {
     let (status, events) = h.run().await;
     assert_eq!(status, RunState::Done);
     assert_eq!(h.states(), pairs(&[("a", StepState::Applied), ("b", StepState::Applied), ("c", StepState::Applied)]));
@@ -526,7 +553,15 @@ async fn a_state_db_that_cannot_record_the_intent_stops_before_the_side_effect()
 /// Kills the process at `hang` during step b of a chain, then resumes: b's side effect
 /// happens once, b is settled (in doubt when the intent was recorded), and the run finishes.
 async fn kill_then_resume(name: &str, hang: Hang, effects_before_resume: u32, outcome: StepState) {
-    let h = Harness::new(name, CHAIN, Approver::Withheld).await;
+    kill_then_resume_on(Harness::new(name, CHAIN, Approver::Withheld).await, hang, effects_before_resume, outcome)
+        .await;
+    let postgres = Harness::on_postgres(&format!("{name}-pg"), CHAIN, Approver::Withheld).await;
+    if let Some(h) = postgres {
+        kill_then_resume_on(h, hang, effects_before_resume, outcome).await;
+    }
+}
+
+async fn kill_then_resume_on(h: Harness, hang: Hang, effects_before_resume: u32, outcome: StepState) {
     h.script("b", Script { hang: Some(hang), ..Script::default() });
     assert!(h.run_until(std::future::pending()).await.is_none(), "the run was killed");
     assert_eq!(h.seen("b", |s| s.effects), effects_before_resume);

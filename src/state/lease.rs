@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{StateDb, StateError, sql_err};
+use super::{Backend, StateDb, StateError, immediate, sql_err};
 use crate::clock::{format_utc, now_ms};
 
 /// A lease whose holder has not beaten for this long, on another host, may be taken over.
@@ -38,11 +38,12 @@ pub(crate) struct LeaseView {
     pub(crate) heartbeat_age_s: i64,
 }
 
-struct Lease {
-    run: Option<i64>,
-    holder: Holder,
-    since: i64,
-    heartbeat: i64,
+/// The lease row, as either store reads it.
+pub(super) struct Lease {
+    pub(super) run: Option<i64>,
+    pub(super) holder: Holder,
+    pub(super) since: i64,
+    pub(super) heartbeat: i64,
 }
 
 fn read_lease(conn: &rusqlite::Connection) -> rusqlite::Result<Option<Lease>> {
@@ -67,25 +68,15 @@ impl StateDb {
     pub(crate) fn acquire_lock(&mut self, me: &Holder) -> Result<Option<Holder>, StateError> {
         let path = self.path.clone();
         let now = now_ms();
-        let tx = self.tx()?;
+        let conn = match &mut self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(pg) => {
+                return pg.acquire_lock(&path, me, |current, now| may_take(&path, me, current, now));
+            }
+        };
+        let tx = immediate(conn, &path)?;
         let current = read_lease(&tx).map_err(|e| sql_err(&path, e))?;
-        let mut taken_over = None;
-        if let Some(lease) = current {
-            let same = lease.holder.pid == me.pid && lease.holder.host == me.host;
-            if !same && alive(&me.host, &lease.holder, lease.heartbeat, now) {
-                return Err(StateError::Locked {
-                    path,
-                    run: lease.run.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
-                    host: lease.holder.host,
-                    pid: lease.holder.pid,
-                    since: format_utc(lease.since),
-                    heartbeat_age_s: (now - lease.heartbeat) / 1000,
-                });
-            }
-            if !same {
-                taken_over = Some(lease.holder);
-            }
-        }
+        let taken_over = may_take(&path, me, current, now)?;
         tx.execute(
             "INSERT OR REPLACE INTO run_lock (id, run_id, host, pid, pid_started, acquired_at, heartbeat_at)
              VALUES (1, NULL, ?1, ?2, ?3, ?4, ?4)",
@@ -96,10 +87,28 @@ impl StateDb {
         Ok(taken_over)
     }
 
+    /// The clock leases are stamped and judged by: this machine's for a SQLite file, the
+    /// server's for PostgreSQL, so that operators' machines whose clocks disagree by more than
+    /// the stale period still agree on whether a lease is stale.
+    fn lease_clock(&self) -> Result<i64, StateError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(now_ms()),
+            Backend::Postgres(pg) => pg.server_now_ms().map_err(|e| self.pg_err(e)),
+        }
+    }
+
+    /// The lease row, from either store.
+    fn current_lease(&self) -> Result<Option<Lease>, StateError> {
+        match &self.backend {
+            Backend::Sqlite(conn) => read_lease(conn).map_err(|e| self.sql_err(e)),
+            Backend::Postgres(pg) => pg.lease().map_err(|e| self.pg_err(e)),
+        }
+    }
+
     /// The current lease, if any, and whether its holder is alive as seen from `our_host`.
     pub(crate) fn lease(&self, our_host: &str) -> Result<Option<LeaseView>, StateError> {
-        let now = now_ms();
-        Ok(read_lease(&self.conn).map_err(|e| self.sql_err(e))?.map(|l| LeaseView {
+        let now = self.lease_clock()?;
+        Ok(self.current_lease()?.map(|l| LeaseView {
             alive: alive(our_host, &l.holder, l.heartbeat, now),
             run: l.run,
             heartbeat_age_s: (now - l.heartbeat) / 1000,
@@ -109,17 +118,18 @@ impl StateDb {
 
     /// Whether a live process holds the lock for `run` (a run marked running may have died).
     pub(crate) fn run_is_live(&self, run: i64, our_host: &str) -> Result<bool, StateError> {
-        Ok(read_lease(&self.conn)
-            .map_err(|e| self.sql_err(e))?
-            .is_some_and(|l| l.run == Some(run) && alive(our_host, &l.holder, l.heartbeat, now_ms())))
+        let now = self.lease_clock()?;
+        Ok(self.current_lease()?.is_some_and(|l| l.run == Some(run) && alive(our_host, &l.holder, l.heartbeat, now)))
     }
 
     /// Ties the lease to `run`; from now on every intent is recorded only while it is ours.
     pub(crate) fn lock_run(&mut self, me: &Holder, run: i64) -> Result<(), StateError> {
-        let updated = self
-            .conn
-            .execute("UPDATE run_lock SET run_id = ?2 WHERE pid = ?1 AND host = ?3", params![me.pid, run, me.host])
-            .map_err(|e| self.sql_err(e))?;
+        let updated = match &mut self.backend {
+            Backend::Sqlite(conn) => conn
+                .execute("UPDATE run_lock SET run_id = ?2 WHERE pid = ?1 AND host = ?3", params![me.pid, run, me.host])
+                .map_err(|e| sql_err(&self.path, e))?,
+            Backend::Postgres(pg) => pg.lock_run(me, run).map_err(|e| super::pg::pg_err(&self.path, e))? as usize,
+        };
         self.lease_kept(updated)?;
         self.holder = Some(me.clone());
         Ok(())
@@ -127,13 +137,15 @@ impl StateDb {
 
     /// Beats; `Err(LeaseLost)` when someone broke or took the lease.
     pub(crate) fn heartbeat(&mut self, me: &Holder) -> Result<(), StateError> {
-        let updated = self
-            .conn
-            .execute(
-                "UPDATE run_lock SET heartbeat_at = ?2 WHERE pid = ?1 AND host = ?3",
-                params![me.pid, now_ms(), me.host],
-            )
-            .map_err(|e| self.sql_err(e))?;
+        let updated = match &mut self.backend {
+            Backend::Sqlite(conn) => conn
+                .execute(
+                    "UPDATE run_lock SET heartbeat_at = ?2 WHERE pid = ?1 AND host = ?3",
+                    params![me.pid, now_ms(), me.host],
+                )
+                .map_err(|e| sql_err(&self.path, e))?,
+            Backend::Postgres(pg) => pg.heartbeat(me).map_err(|e| super::pg::pg_err(&self.path, e))? as usize,
+        };
         self.lease_kept(updated)
     }
 
@@ -142,25 +154,54 @@ impl StateDb {
         if updated > 0 {
             return Ok(());
         }
-        let now = describe(read_lease(&self.conn).map_err(|e| self.sql_err(e))?);
+        let now = describe(self.current_lease()?);
         Err(StateError::LeaseLost { path: self.path.clone(), now })
     }
 
     pub(crate) fn release_lock(&mut self, me: &Holder) -> Result<(), StateError> {
-        self.conn
-            .execute("DELETE FROM run_lock WHERE pid = ?1 AND host = ?2", params![me.pid, me.host])
-            .map(drop)
-            .map_err(|e| self.sql_err(e))
+        match &mut self.backend {
+            Backend::Sqlite(conn) => conn
+                .execute("DELETE FROM run_lock WHERE pid = ?1 AND host = ?2", params![me.pid, me.host])
+                .map(drop)
+                .map_err(|e| sql_err(&self.path, e)),
+            Backend::Postgres(pg) => pg.release_lock(me).map(drop).map_err(|e| super::pg::pg_err(&self.path, e)),
+        }
     }
 
     /// Removes the lease of `seen` (as `lease` showed it); `false` when the lock changed hands
     /// in between, so that a lease nobody looked at is never broken.
     pub(crate) fn break_lock(&mut self, seen: &Holder) -> Result<bool, StateError> {
-        self.conn
-            .execute("DELETE FROM run_lock WHERE host = ?1 AND pid = ?2", params![seen.host, seen.pid])
-            .map(|deleted| deleted > 0)
-            .map_err(|e| self.sql_err(e))
+        match &mut self.backend {
+            Backend::Sqlite(conn) => conn
+                .execute("DELETE FROM run_lock WHERE host = ?1 AND pid = ?2", params![seen.host, seen.pid])
+                .map(|deleted| deleted > 0)
+                .map_err(|e| sql_err(&self.path, e)),
+            Backend::Postgres(pg) => {
+                pg.break_lock(seen).map(|deleted| deleted > 0).map_err(|e| super::pg::pg_err(&self.path, e))
+            }
+        }
     }
+}
+
+/// Whether `me` may take the lease from `current` (nobody, itself, or a dead holder, which is
+/// returned so that the takeover is recorded); a live holder's lease is refused.
+fn may_take(path: &Path, me: &Holder, current: Option<Lease>, now: i64) -> Result<Option<Holder>, StateError> {
+    let Some(lease) = current else { return Ok(None) };
+    let same = lease.holder.pid == me.pid && lease.holder.host == me.host;
+    if same {
+        return Ok(None);
+    }
+    if alive(&me.host, &lease.holder, lease.heartbeat, now) {
+        return Err(StateError::Locked {
+            path: path.to_path_buf(),
+            run: lease.run.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+            host: lease.holder.host,
+            pid: lease.holder.pid,
+            since: format_utc(lease.since),
+            heartbeat_age_s: (now - lease.heartbeat) / 1000,
+        });
+    }
+    Ok(Some(lease.holder))
 }
 
 /// `Ok(())` when `me` still holds the lease; `Err(Ok(who holds it now))` when not.
@@ -171,7 +212,7 @@ pub(super) fn still_held(conn: &rusqlite::Connection, me: &Holder) -> Result<(),
     }
 }
 
-fn describe(lease: Option<Lease>) -> String {
+pub(super) fn describe(lease: Option<Lease>) -> String {
     match lease {
         None => "the lock was broken: nobody holds it".to_string(),
         Some(l) => format!(

@@ -5,9 +5,14 @@
 //! Split by concern: `schema` (pragmas, migrations), `record` (events and the tables they
 //! change), `queries` (what commands read), `lease` (the run lock), `owner` (the owner thread
 //! and its group commits). This module must not know about steps or the cloud.
+//!
+//! Two backends behind the same methods: a SQLite file (the default), or a PostgreSQL
+//! database when the state is a `postgres://` URL (`pg`: one history and one lock for a team).
 
+mod copy;
 mod lease;
 mod owner;
+mod pg;
 mod queries;
 mod record;
 mod schema;
@@ -20,8 +25,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, TransactionBehavior};
 use serde::Serialize;
 
+pub(crate) use copy::{Copied, copy};
 pub(crate) use lease::{Holder, process_alive};
 pub(crate) use owner::{StateHandle, WriteError};
+pub(crate) use pg::is_url;
 #[cfg(test)]
 pub(crate) use record::commits;
 
@@ -69,8 +76,21 @@ pub(crate) enum StateError {
     NoRun { path: PathBuf, what: String },
     #[error("state DB {}: {source}", path.display())]
     Sql { path: PathBuf, source: rusqlite::Error },
+    /// A PostgreSQL state DB answered with an error (the path is its URL without password).
+    #[error("state DB {}: {message}", path.display())]
+    Postgres { path: PathBuf, message: String },
+    #[error(
+        "cannot connect to the state DB {}: {message}; check the URL given to --state (or \
+         RUNBOOK_STATE), that the server is up, and the password (PGPASSWORD or ~/.pgpass)",
+        path.display()
+    )]
+    Connect { path: PathBuf, message: String },
     #[error("cannot write the state DB {}: {message}", path.display())]
     Write { path: PathBuf, message: String },
+    #[error("cannot copy into {}: {why}", to.display())]
+    CopyTarget { to: PathBuf, why: &'static str },
+    #[error("cannot copy: {0}")]
+    CopyUsage(&'static str),
     #[error(
         "this run no longer holds the run lock of {} ({now}); nothing more is changed. See who \
          holds it: runbook status",
@@ -80,7 +100,8 @@ pub(crate) enum StateError {
 }
 
 pub(crate) struct StateDb {
-    conn: Connection,
+    backend: Backend,
+    /// The SQLite file, or the PostgreSQL URL without its password: what messages name.
     path: PathBuf,
     /// The lease this connection's run holds, once it holds one: every intent is recorded only
     /// while the lease is still its own.
@@ -152,12 +173,21 @@ pub(crate) struct Progress {
     pub(crate) in_doubt: BTreeSet<String>,
 }
 
+/// Where the state lives.
+enum Backend {
+    Sqlite(Connection),
+    Postgres(pg::PgConn),
+}
+
 impl StateDb {
     /// Opens (creating with mode 0600 if absent) and migrates the state DB. Processes opening a
     /// new file at the same moment take turns: SQLite answers "database is locked" without
     /// waiting where waiting could deadlock (a reader upgrading while another switches the file
     /// to WAL), so the opening is tried again for up to 5 s.
     pub(crate) fn open(path: &Path) -> Result<Self, StateError> {
+        if is_url(path) {
+            return Self::open_postgres(path, false, true);
+        }
         let started = std::time::Instant::now();
         loop {
             match Self::open_once(path) {
@@ -188,12 +218,43 @@ impl StateDb {
         if version < schema::MIGRATIONS.len() as i64 {
             schema::migrate(&mut conn).map_err(|e| sql_err(path, e))?;
         }
-        Ok(StateDb { conn, path: path.to_path_buf(), holder: None })
+        Ok(StateDb { backend: Backend::Sqlite(conn), path: path.to_path_buf(), holder: None })
+    }
+
+    /// Opens a PostgreSQL state DB: migrated (under the migration lock) when `create`, and
+    /// when not and it has no schema yet, [`StateError::Missing`].
+    fn open_postgres(url: &Path, read_only: bool, create: bool) -> Result<Self, StateError> {
+        let location = pg::Location::parse(&url.to_string_lossy())
+            .map_err(|message| StateError::Open { path: PathBuf::from("postgres://…"), message })?;
+        let path = location.shown.clone();
+        let mut conn = pg::PgConn::connect(&location, read_only)
+            .map_err(|message| StateError::Connect { path: path.clone(), message })?;
+        let supported = schema::MIGRATIONS.len() as i64;
+        let version = conn.version().map_err(|e| pg::pg_err(&path, e))?;
+        if version > supported {
+            return Err(StateError::NewerSchema { path, found: version, supported });
+        }
+        if version == 0 && !create {
+            return Err(StateError::Missing { path });
+        }
+        if version < supported {
+            // An older schema is upgraded once, even by a reading command, on a writable session.
+            if read_only {
+                return Self::open_postgres(url, false, create);
+            }
+            if let pg::Opened::Newer(found) = conn.migrate().map_err(|e| pg::pg_err(&path, e))? {
+                return Err(StateError::NewerSchema { path, found, supported });
+            }
+        }
+        Ok(StateDb { backend: Backend::Postgres(conn), path, holder: None })
     }
 
     /// Opens an existing state DB without creating it; for commands that only read, read-only
     /// (a DB of an older schema is upgraded first, once).
     pub(crate) fn open_existing(path: &Path, read_only: bool) -> Result<Self, StateError> {
+        if is_url(path) {
+            return Self::open_postgres(path, read_only, false);
+        }
         if !path.is_file() {
             return Err(StateError::Missing { path: path.to_path_buf() });
         }
@@ -217,17 +278,39 @@ impl StateDb {
             }
             return Self::open(path);
         }
-        Ok(StateDb { conn, path: path.to_path_buf(), holder: None })
-    }
-
-    fn tx(&mut self) -> Result<rusqlite::Transaction<'_>, StateError> {
-        let path = self.path.clone();
-        self.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| sql_err(&path, e))
+        Ok(StateDb { backend: Backend::Sqlite(conn), path: path.to_path_buf(), holder: None })
     }
 
     fn sql_err(&self, source: rusqlite::Error) -> StateError {
         sql_err(&self.path, source)
     }
+
+    fn pg_err(&self, source: tokio_postgres::Error) -> StateError {
+        pg::pg_err(&self.path, source)
+    }
+
+    /// The SQLite connection (tests of SQLite's own behaviour).
+    #[cfg(test)]
+    pub(crate) fn sqlite(&self) -> &Connection {
+        match &self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(_) => panic!("a SQLite state DB was expected, not {}", self.path.display()),
+        }
+    }
+
+    /// Runs one statement of SQL that both dialects speak, behind the store's back (tests).
+    #[cfg(test)]
+    pub(crate) fn execute_for_tests(&mut self, sql: &str) -> Result<u64, String> {
+        match &mut self.backend {
+            Backend::Sqlite(conn) => conn.execute(sql, []).map(|n| n as u64).map_err(|e| e.to_string()),
+            Backend::Postgres(pg) => pg.execute_for_tests(sql).map_err(|e| crate::error_chain::error_chain(&e)),
+        }
+    }
+}
+
+/// A write transaction on SQLite: `BEGIN IMMEDIATE`.
+fn immediate<'c>(conn: &'c mut Connection, path: &Path) -> Result<rusqlite::Transaction<'c>, StateError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| sql_err(path, e))
 }
 
 /// Whether `path`'s folder is on a filesystem mounted read-only (a snapshot, a read-only
@@ -304,3 +387,5 @@ fn state_column<T>(parse: fn(&str) -> Option<T>, row: &rusqlite::Row<'_>, index:
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+pub(crate) use tests::PgSchema;

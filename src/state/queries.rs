@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{AttemptRow, Progress, RunRow, StateDb, StateError, StepRow, state_column};
+use super::{AttemptRow, Backend, Progress, RunRow, StateDb, StateError, StepRow, state_column};
 use crate::event::{Outputs, RunState, StepState};
 
 impl StateDb {
@@ -18,8 +18,12 @@ impl StateDb {
     }
 
     pub(crate) fn latest_run(&self) -> Result<RunRow, StateError> {
-        let id: Option<i64> =
-            self.conn.query_row("SELECT max(id) FROM runs", [], |r| r.get(0)).map_err(|e| self.sql_err(e))?;
+        let id: Option<i64> = match &self.backend {
+            Backend::Sqlite(conn) => {
+                conn.query_row("SELECT max(id) FROM runs", [], |r| r.get(0)).map_err(|e| self.sql_err(e))?
+            }
+            Backend::Postgres(pg) => pg.latest_run_id().map_err(|e| self.pg_err(e))?,
+        };
         match id {
             Some(id) => self.run(id),
             None => Err(StateError::NoRun { path: self.path.clone(), what: String::new() }),
@@ -27,35 +31,49 @@ impl StateDb {
     }
 
     pub(crate) fn run(&self, id: i64) -> Result<RunRow, StateError> {
-        self.conn
-            .query_row(
-                "SELECT id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host,
+        let conn = match &self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(pg) => {
+                return pg
+                    .run(id)
+                    .map_err(|e| self.pg_err(e))?
+                    .ok_or_else(|| StateError::NoRun { path: self.path.clone(), what: format!("with id {id}") })?
+                    .map_err(|message| self.corrupt(message));
+            }
+        };
+        conn.query_row(
+            "SELECT id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host,
                         started_at, ended_at, status FROM runs WHERE id = ?1",
-                params![id],
-                |r| {
-                    Ok(RunRow {
-                        id: r.get(0)?,
-                        runbook: r.get(1)?,
-                        env: r.get(2)?,
-                        runbook_hash: r.get(3)?,
-                        inputs_hash: r.get(4)?,
-                        vars: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
-                        operator: r.get(6)?,
-                        host: r.get(7)?,
-                        started_at: r.get(8)?,
-                        ended_at: r.get(9)?,
-                        status: state_column(RunState::parse, r, 10)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.sql_err(e))?
-            .ok_or_else(|| StateError::NoRun { path: self.path.clone(), what: format!("with id {id}") })
+            params![id],
+            |r| {
+                Ok(RunRow {
+                    id: r.get(0)?,
+                    runbook: r.get(1)?,
+                    env: r.get(2)?,
+                    runbook_hash: r.get(3)?,
+                    inputs_hash: r.get(4)?,
+                    vars: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+                    operator: r.get(6)?,
+                    host: r.get(7)?,
+                    started_at: r.get(8)?,
+                    ended_at: r.get(9)?,
+                    status: state_column(RunState::parse, r, 10)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(|e| self.sql_err(e))?
+        .ok_or_else(|| StateError::NoRun { path: self.path.clone(), what: format!("with id {id}") })
     }
 
     pub(crate) fn steps(&self, run: i64) -> Result<Vec<StepRow>, StateError> {
-        let mut stmt = self
-            .conn
+        let conn = match &self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(pg) => {
+                return pg.steps(run).map_err(|e| self.pg_err(e))?.map_err(|message| self.corrupt(message));
+            }
+        };
+        let mut stmt = conn
             .prepare(
                 "SELECT s.step, s.state, s.attempts, s.duration_ms, s.last_error, s.fix,
                         EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = s.run_id AND a.step = s.step
@@ -82,8 +100,11 @@ impl StateDb {
     }
 
     pub(crate) fn attempts(&self, run: i64, step: &str) -> Result<Vec<AttemptRow>, StateError> {
-        let mut stmt = self
-            .conn
+        let conn = match &self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(pg) => return pg.attempts(run, step).map_err(|e| self.pg_err(e)),
+        };
+        let mut stmt = conn
             .prepare(
                 "SELECT attempt, started_at, intent_at, action, outcome, error, duration_ms, log
                  FROM attempts WHERE run_id = ?1 AND step = ?2 ORDER BY attempt",
@@ -107,10 +128,12 @@ impl StateDb {
 
     /// Outputs of every step of `run` that finished, by step.
     pub(crate) fn outputs(&self, run: i64) -> Result<BTreeMap<String, Outputs>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT step, name, value FROM outputs WHERE run_id = ?1")
-            .map_err(|e| self.sql_err(e))?;
+        let conn = match &self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(pg) => return pg.outputs(run).map_err(|e| self.pg_err(e)),
+        };
+        let mut stmt =
+            conn.prepare("SELECT step, name, value FROM outputs WHERE run_id = ?1").map_err(|e| self.sql_err(e))?;
         let mut out: BTreeMap<String, Outputs> = BTreeMap::new();
         let rows = stmt
             .query_map(params![run], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
@@ -140,15 +163,19 @@ impl StateDb {
     /// The payloads of `run`'s events of one kind, oldest first.
     #[cfg(test)]
     pub(crate) fn events_of_kind(&self, run: i64, kind: &str) -> Vec<String> {
+        if let Backend::Postgres(pg) = &self.backend {
+            let rows = pg.events_by_kind(Some(run), &[kind]).unwrap();
+            return rows.into_iter().map(|r| r.payload.to_string()).collect();
+        }
         let mut stmt =
-            self.conn.prepare("SELECT payload FROM events WHERE run_id = ?1 AND kind = ?2 ORDER BY id").unwrap();
+            self.sqlite().prepare("SELECT payload FROM events WHERE run_id = ?1 AND kind = ?2 ORDER BY id").unwrap();
         stmt.query_map(params![run, kind], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
     }
 
     /// Makes every write of an intent fail, as a full disk would (for tests).
     #[cfg(test)]
     pub(crate) fn fail_intents_for_tests(&self) {
-        self.conn
+        self.sqlite()
             .execute_batch(
                 "CREATE TRIGGER fail_intents BEFORE UPDATE OF intent_at ON attempts
                  BEGIN SELECT RAISE(ABORT, 'database or disk is full (injected)'); END;",
@@ -157,8 +184,15 @@ impl StateDb {
     }
 }
 
+impl StateDb {
+    /// A row the store cannot read back (a state outside its enum).
+    fn corrupt(&self, message: String) -> StateError {
+        StateError::Postgres { path: self.path.clone(), message }
+    }
+}
+
 /// The warnings of a `step_done` event's payload (none for an older run, or when it had none).
-fn done_warnings(payload: Option<&str>) -> Vec<String> {
+pub(super) fn done_warnings(payload: Option<&str>) -> Vec<String> {
     payload
         .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
         .and_then(|v| v["warnings"].as_array().cloned())
@@ -200,11 +234,15 @@ impl StateDb {
         env: Option<&str>,
         limit: u32,
     ) -> Result<Vec<HistoryRow>, StateError> {
-        let mut stmt = self.conn.prepare(HISTORY_SQL).map_err(|e| self.sql_err(e))?;
-        let ids: Vec<i64> = stmt
-            .query_map(params![runbook, env, limit], |r| r.get(0))
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.sql_err(e))?;
+        let ids: Vec<i64> = match &self.backend {
+            Backend::Sqlite(conn) => {
+                let mut stmt = conn.prepare(HISTORY_SQL).map_err(|e| self.sql_err(e))?;
+                stmt.query_map(params![runbook, env, limit], |r| r.get(0))
+                    .and_then(|rows| rows.collect())
+                    .map_err(|e| self.sql_err(e))?
+            }
+            Backend::Postgres(pg) => pg.history_ids(runbook, env, limit).map_err(|e| self.pg_err(e))?,
+        };
         ids.into_iter()
             .map(|id| {
                 let run = self.run(id)?;
@@ -216,14 +254,17 @@ impl StateDb {
 
     /// The first failed step of `run` (by id) and its last error.
     fn first_failed_step(&self, run: i64) -> Result<Option<(String, Option<String>)>, StateError> {
-        self.conn
-            .query_row(
-                "SELECT step, last_error FROM steps WHERE run_id = ?1 AND state = ?2 ORDER BY step LIMIT 1",
-                params![run, StepState::Failed.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.sql_err(e))
+        let conn = match &self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(pg) => return pg.first_failed_step(run).map_err(|e| self.pg_err(e)),
+        };
+        conn.query_row(
+            "SELECT step, last_error FROM steps WHERE run_id = ?1 AND state = ?2 ORDER BY step LIMIT 1",
+            params![run, StepState::Failed.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| self.sql_err(e))
     }
 
     /// The events of the given kinds, oldest first: of one run, or of every run (and those
@@ -232,8 +273,11 @@ impl StateDb {
         if kinds.is_empty() {
             return Ok(Vec::new());
         }
-        let mut stmt =
-            self.conn.prepare(&events_by_kind_sql(run.is_some(), kinds.len())).map_err(|e| self.sql_err(e))?;
+        let conn = match &self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(pg) => return pg.events_by_kind(run, kinds).map_err(|e| self.pg_err(e)),
+        };
+        let mut stmt = conn.prepare(&events_by_kind_sql(run.is_some(), kinds.len())).map_err(|e| self.sql_err(e))?;
         let mut values: Vec<&dyn rusqlite::ToSql> = kinds.iter().map(|k| k as &dyn rusqlite::ToSql).collect();
         if let Some(run) = &run {
             values.push(run);
@@ -255,7 +299,7 @@ impl StateDb {
 impl StateDb {
     /// Appends an event as an older runbook wrote it (for tests of reading old payloads).
     pub(crate) fn append_raw_event_for_tests(&self, run: Option<i64>, at: i64, kind: &str, payload: &str) {
-        self.conn
+        self.sqlite()
             .execute(
                 "INSERT INTO events (run_id, at, step, kind, payload) VALUES (?1, ?2, NULL, ?3, ?4)",
                 params![run, at, kind, payload],
@@ -277,7 +321,7 @@ impl StateDb {
     /// SQLite's plans for `history`'s query and for the audit of one run, one detail a line.
     pub(crate) fn query_plans_for_tests(&self) -> (String, String) {
         let plan = |sql: &str, values: &[&dyn rusqlite::ToSql]| -> String {
-            let mut stmt = self.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let mut stmt = self.sqlite().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let rows = stmt
                 .query_map(values, |r| r.get::<_, String>(3))
                 .unwrap()

@@ -3,16 +3,20 @@
 
 use rusqlite::{Transaction, params};
 
-use super::{NewRun, StateDb, StateError, sql_err};
+use super::{Backend, NewRun, StateDb, StateError, immediate, sql_err};
 use crate::clock::now_ms;
 use crate::event::{DoneOutcome, Event, RunState, StepState};
 
 impl StateDb {
     pub(crate) fn create_run(&mut self, run: &NewRun<'_>) -> Result<i64, StateError> {
-        let path = self.path.clone();
-        let tx = self.tx()?;
-        let id = insert_run(&tx, run).map_err(|e| sql_err(&path, e))?;
-        tx.commit().map_err(|e| sql_err(&path, e))?;
+        let path = &self.path;
+        let conn = match &mut self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(pg) => return pg.create_run(path, run, now_ms()),
+        };
+        let tx = immediate(conn, path)?;
+        let id = insert_run(&tx, run).map_err(|e| sql_err(path, e))?;
+        tx.commit().map_err(|e| sql_err(path, e))?;
         Ok(id)
     }
 
@@ -25,8 +29,17 @@ impl StateDb {
     pub(crate) fn record_all(&mut self, events: &[(Option<i64>, &Event)]) -> Result<(), StateError> {
         let path = self.path.clone();
         let holder = self.holder.clone();
-        let tx = self.tx()?;
         let now = now_ms();
+        let conn = match &mut self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(pg) => {
+                pg.record_all(&path, events, holder.as_ref(), now)?;
+                #[cfg(test)]
+                COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
+            }
+        };
+        let tx = immediate(conn, &path)?;
         // An intent comes before a side effect: only while the lease is still ours, checked in
         // the transaction that records it.
         if let Some(me) = holder.filter(|_| events.iter().any(|(_, e)| matches!(e, Event::StepIntent { .. }))) {

@@ -1,6 +1,82 @@
 use super::*;
 use crate::event::{DoneOutcome, Event, ProbeResult};
 
+/// A PostgreSQL server for the PostgreSQL variants: `RUNBOOK_PG_TEST_URL` (a database the
+/// tests may create schemas in), or the ring's `runbook_state` database as its admin when the
+/// ring is up in this checkout. `None` (the variant is skipped, and says so) when neither, unless
+/// `RUNBOOK_RING` demands the ring.
+fn pg_test_url() -> Option<String> {
+    if let Some(url) = std::env::var("RUNBOOK_PG_TEST_URL").ok().filter(|u| !u.is_empty()) {
+        return Some(url);
+    }
+    let ring = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ring");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 15432));
+    let up = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_ok();
+    let password = std::fs::read_to_string(ring.join("secrets/pg-admin-password")).ok().filter(|_| up);
+    let Some(password) = password else {
+        assert!(
+            std::env::var_os("RUNBOOK_RING").is_none(),
+            "RUNBOOK_RING is set but the ring's PostgreSQL is not up: bash ring/up.sh (or set RUNBOOK_PG_TEST_URL)"
+        );
+        return None;
+    };
+    let password: String = password.trim().bytes().map(|b| format!("%{b:02X}")).collect();
+    Some(format!(
+        "postgres://arrakis_admin:{password}@127.0.0.1:15432/runbook_state?sslmode=verify-full&sslrootcert={}",
+        ring.join("tls/ca.crt").display()
+    ))
+}
+
+/// A schema of its own in the test database, dropped when the test ends.
+pub(crate) struct PgSchema {
+    url: String,
+    name: String,
+}
+
+impl PgSchema {
+    /// `None` (and a line saying the variant is skipped) when no PostgreSQL is there.
+    pub(crate) fn fresh(test: &str) -> Option<PgSchema> {
+        let Some(base) = pg_test_url() else {
+            eprintln!("skipped the PostgreSQL variant of {test}: no RUNBOOK_PG_TEST_URL and the ring is not up");
+            return None;
+        };
+        let name = format!("t_{test}_{}", std::process::id()).replace(['-', '.'], "_");
+        admin(&base, &format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name};"));
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Some(PgSchema { url: format!("{base}{sep}options=-csearch_path%3D{name}"), name })
+    }
+
+    pub(crate) fn location(&self) -> PathBuf {
+        PathBuf::from(&self.url)
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        if let Some(base) = pg_test_url() {
+            admin(&base, &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+        }
+    }
+}
+
+fn admin(url: &str, sql: &str) {
+    let location = pg::Location::parse(url).unwrap();
+    let mut conn =
+        pg::PgConn::connect(&location, false).unwrap_or_else(|e| panic!("{}: {e}", location.shown.display()));
+    conn.batch_for_tests(sql).unwrap();
+}
+
+/// Runs `test` on a new SQLite file, then on a new PostgreSQL schema when a server is there.
+fn each_backend(name: &str, test: impl Fn(&Path)) {
+    let dir = std::env::temp_dir().join(format!("runbook-state-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    test(&dir.join("state.db"));
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(schema) = PgSchema::fresh(name) {
+        test(&schema.location());
+    }
+}
+
 pub(crate) fn temp_db(name: &str) -> (PathBuf, StateDb) {
     let dir = std::env::temp_dir().join(format!("runbook-state-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -26,7 +102,11 @@ fn new_run(db: &mut StateDb) -> i64 {
 
 #[test]
 fn intent_without_outcome_is_in_doubt() {
-    let (_, mut db) = temp_db("doubt");
+    each_backend("doubt", intent_without_outcome_is_in_doubt_on);
+}
+
+fn intent_without_outcome_is_in_doubt_on(location: &Path) {
+    let mut db = StateDb::open(location).unwrap();
     let run = new_run(&mut db);
     let step = "T2.1".to_string();
     db.record(Some(run), &Event::StepStarted { step: step.clone(), attempt: 1, title: "t".into(), in_doubt: false })
@@ -61,30 +141,67 @@ fn intent_without_outcome_is_in_doubt() {
 
 #[test]
 fn events_cannot_be_rewritten() {
-    let (_, mut db) = temp_db("append");
-    let run = new_run(&mut db);
-    db.record(Some(run), &Event::InputsChanged { what: "x".into() }).unwrap();
-    assert!(db.conn.execute("DELETE FROM events", []).is_err());
-    assert!(db.conn.execute("UPDATE events SET kind = 'y'", []).is_err());
+    each_backend("append", |location| {
+        let mut db = StateDb::open(location).unwrap();
+        let run = new_run(&mut db);
+        db.record(Some(run), &Event::InputsChanged { what: "x".into() }).unwrap();
+        let err = db.execute_for_tests("DELETE FROM events").unwrap_err();
+        assert!(err.contains("events are append-only"), "{err}");
+        let err = db.execute_for_tests("UPDATE events SET kind = 'y'").unwrap_err();
+        assert!(err.contains("events are append-only"), "{err}");
+        if is_url(location) {
+            let err = db.execute_for_tests("TRUNCATE events CASCADE").unwrap_err();
+            assert!(err.contains("events are append-only"), "{err}");
+        }
+        assert_eq!(db.events_of_kind(run, "inputs_changed").len(), 1, "still there");
+    });
 }
 
 #[test]
 fn states_outside_their_enum_are_refused_by_the_database() {
-    let (_, mut db) = temp_db("check");
-    let run = new_run(&mut db);
-    let err = db.conn.execute("UPDATE steps SET state = 'sort of done' WHERE run_id = ?1", [run]).unwrap_err();
-    assert!(err.to_string().contains("CHECK constraint failed"), "{err}");
-    assert!(db.conn.execute("UPDATE runs SET status = 'maybe'", []).is_err());
-    for state in StepState::ALL {
-        db.conn.execute("UPDATE steps SET state = ?1", [state.as_str()]).unwrap();
-        assert_eq!(db.steps(run).unwrap()[0].state, *state);
+    each_backend("check", |location| {
+        let mut db = StateDb::open(location).unwrap();
+        let run = new_run(&mut db);
+        let err =
+            db.execute_for_tests(&format!("UPDATE steps SET state = 'sort of done' WHERE run_id = {run}")).unwrap_err();
+        assert!(err.contains("CHECK constraint failed") || err.contains("violates check constraint"), "{err}");
+        assert!(db.execute_for_tests("UPDATE runs SET status = 'maybe'").is_err());
+        assert!(db.execute_for_tests("UPDATE steps SET attempts = -1").is_err());
+        for state in StepState::ALL {
+            db.execute_for_tests(&format!("UPDATE steps SET state = '{}'", state.as_str())).unwrap();
+            assert_eq!(db.steps(run).unwrap()[0].state, *state);
+        }
+    });
+}
+
+#[test]
+fn a_newer_postgres_schema_is_refused_and_left_alone() {
+    let Some(schema) = PgSchema::fresh("newer_pg") else { return };
+    let mut db = StateDb::open(&schema.location()).unwrap();
+    new_run(&mut db);
+    db.execute_for_tests("INSERT INTO runbook_schema (version) VALUES (99)").unwrap();
+    drop(db);
+    for open in [StateDb::open(&schema.location()), StateDb::open_existing(&schema.location(), true)] {
+        match open {
+            Err(e @ StateError::NewerSchema { found: 99, .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("has schema version 99, newer than this runbook understands (3)"), "{text}");
+                let shown = pg::Location::parse(&schema.url).unwrap().shown;
+                assert!(text.contains(&shown.display().to_string()), "{text}");
+            }
+            other => panic!("expected NewerSchema, got {:?}", other.err()),
+        }
     }
+    // Nothing was migrated nor changed: the run is there, the versions are 1, 2, 3 and 99.
+    let location = pg::Location::parse(&schema.url).unwrap();
+    let conn = pg::PgConn::connect(&location, true).unwrap();
+    assert_eq!(conn.version().unwrap(), 99);
 }
 
 #[test]
 fn a_newer_schema_is_refused_and_left_alone() {
     let (path, db) = temp_db("newer");
-    db.conn.pragma_update(None, "user_version", 99).unwrap();
+    db.sqlite().pragma_update(None, "user_version", 99).unwrap();
     drop(db);
     let before = std::fs::read(&path).unwrap();
     match StateDb::open(&path) {
@@ -119,7 +236,7 @@ fn a_version_one_db_is_upgraded_in_place_keeping_its_rows_and_order() {
     let path = dir.join("state.db");
     version_one_db(&path);
     let db = StateDb::open(&path).unwrap();
-    let version: i64 = db.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    let version: i64 = db.sqlite().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert_eq!(version, schema::MIGRATIONS.len() as i64);
     let run = db.run(1).unwrap();
     assert_eq!((run.status, run.ended_at), (RunState::Failed, Some(20)));
@@ -130,9 +247,9 @@ fn a_version_one_db_is_upgraded_in_place_keeping_its_rows_and_order() {
     assert_eq!(db.attempts(1, "T2.1").unwrap()[0].log, "log line\n");
     assert_eq!(db.outputs(1).unwrap()["T2.1"]["uri"], "x");
     // The append-only triggers survive, and the foreign keys are checked again.
-    assert!(db.conn.execute("DELETE FROM events", []).is_err());
-    assert!(db.conn.execute("INSERT INTO steps (run_id, step, state) VALUES (42, 'x', 'pending')", []).is_err());
-    assert!(db.conn.execute("UPDATE steps SET state = 'bogus'", []).is_err());
+    assert!(db.sqlite().execute("DELETE FROM events", []).is_err());
+    assert!(db.sqlite().execute("INSERT INTO steps (run_id, step, state) VALUES (42, 'x', 'pending')", []).is_err());
+    assert!(db.sqlite().execute("UPDATE steps SET state = 'bogus'", []).is_err());
     drop(db);
     // Opening again runs nothing.
     StateDb::open(&path).unwrap();
@@ -141,58 +258,95 @@ fn a_version_one_db_is_upgraded_in_place_keeping_its_rows_and_order() {
 
 #[test]
 fn two_processes_opening_a_new_db_at_once_migrate_it_once() {
-    let dir = std::env::temp_dir().join(format!("runbook-state-race-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let path = dir.join("state.db");
-    let threads: Vec<_> = (0..4)
-        .map(|_| {
-            let path = path.clone();
-            std::thread::spawn(move || StateDb::open(&path).map(drop).map_err(|e| e.to_string()))
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap().unwrap();
-    }
-    std::fs::remove_dir_all(&dir).unwrap();
+    each_backend("race", |location| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let location = location.to_path_buf();
+                std::thread::spawn(move || StateDb::open(&location).map(drop).map_err(|e| e.to_string()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        if is_url(location) {
+            let mut db = StateDb::open(location).unwrap();
+            let versions = db.execute_for_tests("UPDATE runbook_schema SET version = version").unwrap();
+            assert_eq!(versions, schema::MIGRATIONS.len() as u64, "each migration once");
+        }
+    });
 }
 
 #[test]
 fn a_live_holder_keeps_the_lock_and_a_dead_one_loses_it() {
-    let (_, mut db) = temp_db("lock");
-    let me = Holder::me("h");
-    assert_eq!(db.acquire_lock(&me).unwrap(), None);
-    // Another live process on this host (pid 1 always exists) holds it: refused.
-    db.conn.execute("UPDATE run_lock SET pid = 1, pid_started = ?1", [lease::process_start(1)]).unwrap();
-    assert!(matches!(db.acquire_lock(&me), Err(StateError::Locked { pid: 1, .. })));
-    // A pid that does not exist: taken over.
-    db.conn.execute("UPDATE run_lock SET pid = 999999999", []).unwrap();
-    let taken = db.acquire_lock(&me).unwrap().unwrap();
-    assert_eq!((taken.host.as_str(), taken.pid), ("h", 999_999_999));
+    each_backend("lock", |location| {
+        let mut db = StateDb::open(location).unwrap();
+        let me = Holder::me("h");
+        assert_eq!(db.acquire_lock(&me).unwrap(), None);
+        // Another live process on this host (pid 1 always exists) holds it: refused.
+        let started = lease::process_start(1).map(|s| s.to_string()).unwrap_or_else(|| "NULL".into());
+        db.execute_for_tests(&format!("UPDATE run_lock SET pid = 1, pid_started = {started}")).unwrap();
+        assert!(matches!(db.acquire_lock(&me), Err(StateError::Locked { pid: 1, .. })));
+        // A pid that does not exist: taken over.
+        db.execute_for_tests("UPDATE run_lock SET pid = 999999999").unwrap();
+        let taken = db.acquire_lock(&me).unwrap().unwrap();
+        assert_eq!((taken.host.as_str(), taken.pid), ("h", 999_999_999));
+        assert_eq!(db.lease("h").unwrap().map(|l| l.holder), Some(me.clone()), "the lease is ours now");
+    });
 }
 
 #[test]
 fn a_reused_pid_does_not_keep_a_dead_lease_alive() {
-    let (_, mut db) = temp_db("reused");
-    let me = Holder::me("h");
-    db.acquire_lock(&me).unwrap();
-    // pid 1 exists, but it is not the process that took the lease (another start time).
-    let then = lease::process_start(1).unwrap() + 12345;
-    db.conn.execute("UPDATE run_lock SET pid = 1, pid_started = ?1, heartbeat_at = 0", [then]).unwrap();
-    let taken = db.acquire_lock(&me).unwrap().unwrap();
-    assert_eq!((taken.pid, taken.pid_started), (1, Some(then)));
+    each_backend("reused", |location| {
+        let mut db = StateDb::open(location).unwrap();
+        let me = Holder::me("h");
+        db.acquire_lock(&me).unwrap();
+        // pid 1 exists, but it is not the process that took the lease (another start time).
+        let then = lease::process_start(1).unwrap() + 12345;
+        db.execute_for_tests(&format!("UPDATE run_lock SET pid = 1, pid_started = {then}, heartbeat_at = 0")).unwrap();
+        let taken = db.acquire_lock(&me).unwrap().unwrap();
+        assert_eq!((taken.pid, taken.pid_started), (1, Some(then)));
+    });
 }
 
 #[test]
 fn another_hosts_lease_is_stale_after_its_heartbeat_stops() {
-    let (_, mut db) = temp_db("stale");
-    let me = Holder::me("here");
-    db.acquire_lock(&me).unwrap();
-    db.conn
-        .execute("UPDATE run_lock SET host = 'there', pid = 5, heartbeat_at = ?1", [crate::clock::now_ms()])
-        .unwrap();
-    assert!(matches!(db.acquire_lock(&me), Err(StateError::Locked { .. })));
-    db.conn.execute("UPDATE run_lock SET heartbeat_at = ?1", [crate::clock::now_ms() - 31_000]).unwrap();
-    assert_eq!(db.acquire_lock(&me).unwrap().map(|h| h.host), Some("there".to_string()));
+    each_backend("stale", |location| {
+        let mut db = StateDb::open(location).unwrap();
+        let me = Holder::me("here");
+        db.acquire_lock(&me).unwrap();
+        let now = crate::clock::now_ms();
+        db.execute_for_tests(&format!("UPDATE run_lock SET host = 'there', pid = 5, heartbeat_at = {now}")).unwrap();
+        assert!(matches!(db.acquire_lock(&me), Err(StateError::Locked { .. })));
+        // Just inside the stale period: still live.
+        db.execute_for_tests(&format!("UPDATE run_lock SET heartbeat_at = {}", now - 29_000)).unwrap();
+        assert!(matches!(db.acquire_lock(&me), Err(StateError::Locked { .. })));
+        db.execute_for_tests(&format!("UPDATE run_lock SET heartbeat_at = {}", now - 31_000)).unwrap();
+        assert_eq!(db.acquire_lock(&me).unwrap().map(|h| h.host), Some("there".to_string()));
+    });
+}
+
+#[test]
+fn a_run_that_lost_its_lease_records_no_intent() {
+    each_backend("lost", |location| {
+        let mut db = StateDb::open(location).unwrap();
+        let run = new_run(&mut db);
+        let me = Holder::me("here");
+        db.acquire_lock(&me).unwrap();
+        db.lock_run(&me, run).unwrap();
+        let step = || "T2.1".to_string();
+        db.record(Some(run), &Event::StepStarted { step: step(), attempt: 1, title: "t".into(), in_doubt: false })
+            .unwrap();
+        // Another host's process took the lease (its holder looked dead from there).
+        let mut other = StateDb::open(location).unwrap();
+        other.execute_for_tests("UPDATE run_lock SET host = 'there', pid = 7").unwrap();
+        let err = db.record(Some(run), &Event::StepIntent { step: step(), attempt: 1, action: "create".into() });
+        match err {
+            Err(StateError::LeaseLost { now, .. }) => assert!(now.contains("pid 7 on there"), "{now}"),
+            other => panic!("expected LeaseLost, got {other:?}"),
+        }
+        assert_eq!(db.attempts(run, "T2.1").unwrap()[0].intent_at, None, "nothing recorded");
+        assert!(matches!(db.heartbeat(&me), Err(StateError::LeaseLost { .. })));
+    });
 }
 
 #[test]
@@ -213,7 +367,15 @@ fn the_db_file_is_private() {
 
 #[tokio::test]
 async fn queued_events_are_committed_in_order_before_a_durable_one() {
-    let (path, mut db) = temp_db("group");
+    let (path, _) = temp_db("group");
+    queued_events_on(&path).await;
+    if let Some(schema) = PgSchema::fresh("group") {
+        queued_events_on(&schema.location()).await;
+    }
+}
+
+async fn queued_events_on(path: &Path) {
+    let mut db = StateDb::open(path).unwrap();
     let run = new_run(&mut db);
     let handle = StateHandle::spawn(db);
     let failed = WriteError::default();
@@ -232,7 +394,7 @@ async fn queued_events_are_committed_in_order_before_a_durable_one() {
     }
     handle.record(run, Event::StepIntent { step: step(), attempt: 1, action: "a".into() }).await.unwrap();
     // Read through another connection: committed, not just queued.
-    let other = StateDb::open(&path).unwrap();
+    let other = StateDb::open(path).unwrap();
     let attempt = &other.attempts(run, "T2.1").unwrap()[0];
     assert!(attempt.intent_at.is_some());
     let expected: String = (0..20).map(|i| format!("line {i}\n")).collect();
@@ -253,8 +415,36 @@ fn reading_commands_do_not_create_a_state_db_and_open_it_read_only() {
     drop(db);
     let ro = StateDb::open_existing(&path, true).unwrap();
     assert_eq!(ro.run(run).unwrap().status, RunState::Running);
-    assert!(ro.conn.execute("DELETE FROM run_lock", []).is_err(), "read-only");
+    assert!(ro.sqlite().execute("DELETE FROM run_lock", []).is_err(), "read-only");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn reading_commands_do_not_create_a_postgres_schema_and_read_only() {
+    let Some(schema) = PgSchema::fresh("ro") else { return };
+    let location = schema.location();
+    assert!(matches!(StateDb::open_existing(&location, true), Err(StateError::Missing { .. })));
+    assert!(matches!(StateDb::open_existing(&location, false), Err(StateError::Missing { .. })));
+    let mut db = StateDb::open(&location).unwrap();
+    let run = new_run(&mut db);
+    drop(db);
+    let mut ro = StateDb::open_existing(&location, true).unwrap();
+    assert_eq!(ro.run(run).unwrap().status, RunState::Running);
+    let err = ro.execute_for_tests("DELETE FROM run_lock").unwrap_err();
+    assert!(err.contains("read-only"), "{err}");
+}
+
+#[test]
+fn a_refused_password_is_never_repeated() {
+    let Some(base) = pg_test_url() else { return };
+    let user = pg::Location::parse(&base).unwrap().config.get_user().unwrap().to_string();
+    let (_, rest) = base.split_once('@').unwrap();
+    let url = format!("postgres://{user}:n0t-the-S3cret@{rest}");
+    let err = StateDb::open(Path::new(&url)).err().expect("a wrong password is refused").to_string();
+    assert!(!err.contains("n0t-the-S3cret"), "{err}");
+    let shown = pg::Location::parse(&url).unwrap().shown;
+    assert!(err.contains(&shown.display().to_string()), "{err}");
+    assert!(err.contains("password authentication failed"), "{err}");
 }
 
 #[test]
@@ -262,44 +452,170 @@ fn runs_racing_for_a_new_state_db_have_exactly_one_winner_and_the_others_are_tol
     for round in 0..5 {
         let dir = std::env::temp_dir().join(format!("runbook-state-racing-{round}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let path = dir.join("state.db");
-        let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
-        let racers: Vec<_> = (0..6)
-            .map(|i| {
-                let (path, barrier) = (path.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    // Six machines (other hosts: alive while they beat) open a new file at once.
-                    let me = Holder { host: format!("host-{i}"), pid: 100 + i, pid_started: None };
-                    barrier.wait();
-                    let mut db = StateDb::open(&path).map_err(|e| e.to_string())?;
-                    db.acquire_lock(&me).map(|_| i).map_err(|e| e.to_string())
-                })
-            })
-            .collect();
-        let results: Vec<Result<i64, String>> = racers.into_iter().map(|r| r.join().unwrap()).collect();
-        let winners: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
-        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
-        let winner = format!("host-{}", winners[0]);
-        for loser in results.iter().filter_map(|r| r.as_ref().err()) {
-            assert!(
-                loser.starts_with("another run holds the lock") && loser.contains(&winner),
-                "round {round}: {loser}"
-            );
-        }
+        race_for_the_lease(round, &dir.join("state.db"));
         std::fs::remove_dir_all(&dir).unwrap();
+        if let Some(schema) = PgSchema::fresh(&format!("racing_{round}")) {
+            race_for_the_lease(round, &schema.location());
+        }
     }
+}
+
+fn race_for_the_lease(round: usize, path: &Path) {
+    // Six machines (other hosts: alive while they beat) open a new state DB at once.
+    let winner = one_winner(round, path, "host");
+    // The winner's machine dies: its lease goes stale, and six others race to take it over.
+    let mut db = StateDb::open(path).unwrap();
+    db.execute_for_tests(&format!("UPDATE run_lock SET heartbeat_at = 0 WHERE host = '{winner}'")).unwrap();
+    let heir = one_winner(round, path, "heir");
+    assert_ne!(heir, winner);
+}
+
+/// Six threads, hosts `{prefix}-0` to `{prefix}-5`, take the lease at once: one wins, and the
+/// others are told who holds it. The winner's host.
+fn one_winner(round: usize, path: &Path, prefix: &str) -> String {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+    let racers: Vec<_> = (0..6)
+        .map(|i| {
+            let (path, barrier) = (path.to_path_buf(), barrier.clone());
+            let me = Holder { host: format!("{prefix}-{i}"), pid: 100 + i, pid_started: None };
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut db = StateDb::open(&path).map_err(|e| e.to_string())?;
+                db.acquire_lock(&me).map(|_| i).map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let results: Vec<Result<i64, String>> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+    let winners: Vec<i64> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+    assert_eq!(winners.len(), 1, "round {round}, {prefix}: {results:?}");
+    let winner = format!("{prefix}-{}", winners[0]);
+    for loser in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            loser.starts_with("another run holds the lock") && loser.contains(&winner),
+            "round {round}, {prefix}: {loser}"
+        );
+    }
+    winner
 }
 
 #[test]
 fn breaking_a_lock_breaks_only_the_lease_that_was_looked_at() {
-    let (_, mut db) = temp_db("break");
-    let seen = Holder { host: "there".into(), pid: 7, pid_started: None };
-    db.acquire_lock(&seen).unwrap();
-    // Between `unlock` looking and breaking, the lease changed hands.
-    db.conn.execute("UPDATE run_lock SET host = 'elsewhere', pid = 8", []).unwrap();
-    assert!(!db.break_lock(&seen).unwrap(), "the new holder's lease stays");
-    assert_eq!(db.lease("here").unwrap().map(|l| l.holder.pid), Some(8));
-    let now = db.lease("here").unwrap().unwrap().holder;
-    assert!(db.break_lock(&now).unwrap());
-    assert!(db.lease("here").unwrap().is_none());
+    each_backend("break", |location| {
+        let mut db = StateDb::open(location).unwrap();
+        let seen = Holder { host: "there".into(), pid: 7, pid_started: None };
+        db.acquire_lock(&seen).unwrap();
+        // Between `unlock` looking and breaking, the lease changed hands.
+        db.execute_for_tests("UPDATE run_lock SET host = 'elsewhere', pid = 8").unwrap();
+        assert!(!db.break_lock(&seen).unwrap(), "the new holder's lease stays");
+        assert_eq!(db.lease("here").unwrap().map(|l| l.holder.pid), Some(8));
+        let now = db.lease("here").unwrap().unwrap().holder;
+        assert!(db.break_lock(&now).unwrap());
+        assert!(db.lease("here").unwrap().is_none());
+        // Nobody holds it: the next run takes it at once.
+        assert_eq!(db.acquire_lock(&Holder::me("here")).unwrap(), None);
+    });
+}
+
+#[test]
+fn a_sqlite_history_is_copied_into_an_empty_postgres_one_keeping_ids_and_order() {
+    let Some(schema) = PgSchema::fresh("copy") else { return };
+    let (path, mut db) = temp_db("copy");
+    let first = new_run(&mut db);
+    let run = new_run(&mut db);
+    let step = || "T2.1".to_string();
+    db.record(Some(run), &Event::StepStarted { step: step(), attempt: 1, title: "t".into(), in_doubt: false }).unwrap();
+    db.record(Some(run), &Event::StepLog { step: step(), attempt: 1, line: "pushed".into() }).unwrap();
+    db.record(Some(run), &Event::StepIntent { step: step(), attempt: 1, action: "push".into() }).unwrap();
+    db.record(
+        Some(run),
+        &Event::StepDone {
+            step: step(),
+            attempt: 1,
+            outcome: DoneOutcome::Applied,
+            outputs: Outputs::from([("uri".into(), "x".into())]),
+            duration_ms: 1,
+            warnings: vec!["nats".into()],
+        },
+    )
+    .unwrap();
+    drop(db);
+    let copied = copy(&path, &schema.location()).unwrap();
+    assert_eq!((copied.runs, copied.steps, copied.attempts, copied.outputs, copied.events), (2, 2, 1, 1, 4));
+    assert!(!copied.to.display().to_string().contains("%"), "no password shown: {}", copied.to.display());
+    let sqlite = StateDb::open_existing(&path, true).unwrap();
+    let mut pg = StateDb::open(&schema.location()).unwrap();
+    for id in [first, run] {
+        assert_eq!(format!("{:?}", pg.run(id).unwrap()), format!("{:?}", sqlite.run(id).unwrap()));
+        assert_eq!(format!("{:?}", pg.steps(id).unwrap()), format!("{:?}", sqlite.steps(id).unwrap()));
+        assert_eq!(
+            format!("{:?}", pg.attempts(id, "T2.1").unwrap()),
+            format!("{:?}", sqlite.attempts(id, "T2.1").unwrap())
+        );
+        assert_eq!(pg.outputs(id).unwrap(), sqlite.outputs(id).unwrap());
+        assert_eq!(
+            format!("{:?}", pg.events_by_kind(Some(id), &["step_done", "step_intent"]).unwrap()),
+            format!("{:?}", sqlite.events_by_kind(Some(id), &["step_done", "step_intent"]).unwrap())
+        );
+    }
+    // New runs and events go on after the copied ones; a second copy would merge: refused.
+    assert_eq!(new_run(&mut pg), run + 1);
+    pg.record(Some(run + 1), &Event::InputsChanged { what: "x".into() }).unwrap();
+    match copy(&path, &schema.location()) {
+        Err(StateError::CopyTarget { why, .. }) => assert!(why.contains("already holds"), "{why}"),
+        other => panic!("expected CopyTarget, got {:?}", other.map(|c| c.runs)),
+    }
+}
+
+/// What one durable event costs on each backend (`cargo test --bins -- --ignored --nocapture
+/// durable_record_cost`): the intent's commit, which a step waits for before its side effect.
+#[test]
+#[ignore]
+fn durable_record_cost() {
+    each_backend("cost", |location| {
+        let mut db = StateDb::open(location).unwrap();
+        let run = new_run(&mut db);
+        let me = Holder::me("here");
+        db.acquire_lock(&me).unwrap();
+        db.lock_run(&me, run).unwrap();
+        let step = || "T2.1".to_string();
+        let n = 200;
+        let started = std::time::Instant::now();
+        for attempt in 1..=n {
+            db.record(Some(run), &Event::StepStarted { step: step(), attempt, title: "t".into(), in_doubt: false })
+                .unwrap();
+            db.record(Some(run), &Event::StepIntent { step: step(), attempt, action: "a".into() }).unwrap();
+        }
+        let per = started.elapsed() / (2 * n);
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            db.steps(run).unwrap();
+        }
+        let read = started.elapsed() / n;
+        eprintln!(
+            "{}: {per:?} a committed event (intents with the lease check), {read:?} a steps() read",
+            db.path.display()
+        );
+    });
+}
+
+#[test]
+fn every_postgres_session_waits_for_the_flush_whatever_the_server_default() {
+    let Some(base) = pg_test_url() else { return };
+    let location = pg::Location::parse(&base).unwrap();
+    for read_only in [false, true] {
+        let mut conn = pg::PgConn::connect(&location, read_only).unwrap();
+        // The ring's server says `synchronous_commit = off` in its configuration.
+        assert_eq!(conn.text_for_tests("SHOW synchronous_commit").unwrap(), "on");
+        let expected = if read_only { "on" } else { "off" };
+        assert_eq!(conn.text_for_tests("SHOW default_transaction_read_only").unwrap(), expected);
+    }
+}
+
+#[test]
+fn state_copy_takes_a_sqlite_file_to_a_postgres_url_only_and_never_repeats_a_url() {
+    let secret_url = Path::new("postgres://u:hunter2@db.example.com/x");
+    let err = copy(secret_url, secret_url).err().unwrap().to_string();
+    assert!(err.contains("--from must be a SQLite state DB file") && !err.contains("hunter2"), "{err}");
+    let err = copy(Path::new("state/runbook.db"), Path::new("other.db")).err().unwrap().to_string();
+    assert!(err.contains("--to must be a postgres:// URL"), "{err}");
 }

@@ -1,0 +1,484 @@
+//! The PostgreSQL store's reads and writes: the same rows as SQLite's `record`, `queries` and
+//! `lease`, in PostgreSQL's dialect. Decisions (who may take the lease, what a lease row means)
+//! stay in `lease.rs`, shared by both stores.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, Row, Statement, Transaction};
+
+use super::{PgConn, wait};
+use crate::event::{DoneOutcome, Event, Outputs, RunState, StepState};
+use crate::state::lease::{Holder, Lease};
+use crate::state::queries::EventRow;
+use crate::state::{AttemptRow, NewRun, RunRow, StateError, StepRow};
+
+type PgResult<T> = Result<T, tokio_postgres::Error>;
+
+/// The server's time in ms since the epoch (the lease's clock).
+const SERVER_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+pub(in crate::state) fn pg_err(path: &Path, e: tokio_postgres::Error) -> StateError {
+    StateError::Postgres { path: path.to_path_buf(), message: crate::error_chain::error_chain(&e) }
+}
+
+impl PgConn {
+    pub(in crate::state) fn create_run(&mut self, path: &Path, run: &NewRun<'_>, now: i64) -> Result<i64, StateError> {
+        let e = |e| pg_err(path, e);
+        let tx = wait(self.client.transaction()).map_err(e)?;
+        let id: i64 = wait(tx.query_one(
+            "INSERT INTO runs (runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, status)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            &[
+                &run.runbook,
+                &run.env,
+                &run.runbook_hash,
+                &run.inputs_hash,
+                &serde_json::to_string(run.vars).unwrap_or_default(),
+                &run.operator,
+                &run.host,
+                &now,
+                &RunState::Running.as_str(),
+            ],
+        ))
+        .map_err(e)?
+        .get(0);
+        for step in run.steps {
+            wait(tx.execute(
+                "INSERT INTO steps (run_id, step, state) VALUES ($1, $2, $3)",
+                &[&id, step, &StepState::Pending.as_str()],
+            ))
+            .map_err(e)?;
+        }
+        wait(tx.commit()).map_err(e)?;
+        Ok(id)
+    }
+
+    /// Appends `events` in one transaction. With `holder`, and an intent among them, the lease
+    /// is checked in the same transaction, its row share-locked until the commit: a takeover
+    /// waits for the intent, or the intent sees the takeover.
+    pub(in crate::state) fn record_all(
+        &mut self,
+        path: &Path,
+        events: &[(Option<i64>, &Event)],
+        holder: Option<&Holder>,
+        now: i64,
+    ) -> Result<(), StateError> {
+        let e = |e| pg_err(path, e);
+        let tx = wait(self.client.transaction()).map_err(e)?;
+        if let Some(me) = holder.filter(|_| events.iter().any(|(_, e)| matches!(e, Event::StepIntent { .. }))) {
+            let lease = read_lease(&tx, " FOR SHARE").map_err(e)?;
+            if !lease.as_ref().is_some_and(|l| l.holder.pid == me.pid && l.holder.host == me.host) {
+                return Err(StateError::LeaseLost {
+                    path: path.to_path_buf(),
+                    now: crate::state::lease::describe(lease),
+                });
+            }
+        }
+        for (run, event) in events {
+            if !event.is_ephemeral() {
+                apply(&mut Writer { tx: &tx, statements: &mut self.statements }, *run, event, now).map_err(e)?;
+            }
+        }
+        wait(tx.commit()).map_err(e)
+    }
+
+    pub(in crate::state) fn latest_run_id(&self) -> PgResult<Option<i64>> {
+        Ok(wait(self.client.query_one("SELECT max(id) FROM runs", &[]))?.get(0))
+    }
+
+    pub(in crate::state) fn run(&self, id: i64) -> PgResult<Option<Result<RunRow, String>>> {
+        let row = wait(self.client.query_opt(
+            "SELECT id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host,
+                    started_at, ended_at, status FROM runs WHERE id = $1",
+            &[&id],
+        ))?;
+        Ok(row.map(|r| {
+            Ok(RunRow {
+                id: r.get(0),
+                runbook: r.get(1),
+                env: r.get(2),
+                runbook_hash: r.get(3),
+                inputs_hash: r.get(4),
+                vars: serde_json::from_str(r.get::<_, &str>(5)).unwrap_or_default(),
+                operator: r.get(6),
+                host: r.get(7),
+                started_at: r.get(8),
+                ended_at: r.get(9),
+                status: parse_state(RunState::parse, &r, 10)?,
+            })
+        }))
+    }
+
+    pub(in crate::state) fn steps(&self, run: i64) -> PgResult<Result<Vec<StepRow>, String>> {
+        let rows = wait(self.client.query(
+            "SELECT s.step, s.state, s.attempts, s.duration_ms, s.last_error, s.fix,
+                    EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = s.run_id AND a.step = s.step
+                            AND a.attempt = s.attempts AND a.intent_at IS NOT NULL AND a.outcome IS NULL),
+                    (SELECT e.payload FROM events e WHERE e.run_id = s.run_id AND e.step = s.step
+                            AND e.kind = 'step_done' ORDER BY e.id DESC LIMIT 1)
+             FROM steps s WHERE s.run_id = $1 ORDER BY s.ord",
+            &[&run],
+        ))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(StepRow {
+                    step: r.get(0),
+                    state: parse_state(StepState::parse, r, 1)?,
+                    attempts: r.get(2),
+                    duration_ms: r.get(3),
+                    last_error: r.get(4),
+                    fix: r.get(5),
+                    in_doubt: r.get(6),
+                    warnings: crate::state::queries::done_warnings(r.get::<_, Option<&str>>(7)),
+                })
+            })
+            .collect())
+    }
+
+    pub(in crate::state) fn attempts(&self, run: i64, step: &str) -> PgResult<Vec<AttemptRow>> {
+        let rows = wait(self.client.query(
+            "SELECT attempt, started_at, intent_at, action, outcome, error, duration_ms, log
+             FROM attempts WHERE run_id = $1 AND step = $2 ORDER BY attempt",
+            &[&run, &step],
+        ))?;
+        Ok(rows
+            .iter()
+            .map(|r| AttemptRow {
+                attempt: r.get(0),
+                started_at: r.get(1),
+                intent_at: r.get(2),
+                action: r.get(3),
+                outcome: r.get(4),
+                error: r.get(5),
+                duration_ms: r.get(6),
+                log: r.get(7),
+            })
+            .collect())
+    }
+
+    pub(in crate::state) fn outputs(&self, run: i64) -> PgResult<BTreeMap<String, Outputs>> {
+        let rows = wait(self.client.query("SELECT step, name, value FROM outputs WHERE run_id = $1", &[&run]))?;
+        let mut out: BTreeMap<String, Outputs> = BTreeMap::new();
+        for r in rows {
+            out.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
+        }
+        Ok(out)
+    }
+
+    pub(in crate::state) fn history_ids(
+        &self,
+        runbook: Option<&str>,
+        env: Option<&str>,
+        limit: u32,
+    ) -> PgResult<Vec<i64>> {
+        let rows = wait(self.client.query(
+            "SELECT id FROM runs WHERE ($1::text IS NULL OR runbook = $1) AND ($2::text IS NULL OR env = $2)
+             ORDER BY id DESC LIMIT $3",
+            &[&runbook, &env, &i64::from(limit)],
+        ))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    pub(in crate::state) fn first_failed_step(&self, run: i64) -> PgResult<Option<(String, Option<String>)>> {
+        let row = wait(self.client.query_opt(
+            "SELECT step, last_error FROM steps WHERE run_id = $1 AND state = $2 ORDER BY step LIMIT 1",
+            &[&run, &StepState::Failed.as_str()],
+        ))?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    pub(in crate::state) fn events_by_kind(&self, run: Option<i64>, kinds: &[&str]) -> PgResult<Vec<EventRow>> {
+        let rows = match run {
+            Some(run) => wait(self.client.query(
+                "SELECT run_id, at, kind, payload FROM events WHERE run_id = $2 AND kind = ANY($1) ORDER BY id",
+                &[&kinds, &run],
+            ))?,
+            None => wait(
+                self.client
+                    .query("SELECT run_id, at, kind, payload FROM events WHERE kind = ANY($1) ORDER BY id", &[&kinds]),
+            )?,
+        };
+        Ok(rows
+            .iter()
+            .map(|r| EventRow {
+                run: r.get(0),
+                at: r.get(1),
+                kind: r.get(2),
+                payload: serde_json::from_str(r.get::<_, &str>(3)).unwrap_or(serde_json::Value::Null),
+            })
+            .collect())
+    }
+
+    /// The lease, as any reader sees it.
+    pub(in crate::state) fn lease(&self) -> PgResult<Option<Lease>> {
+        read_lease(&self.client, "")
+    }
+
+    /// The server's clock, in ms since the epoch: leases are stamped and judged by it.
+    pub(in crate::state) fn server_now_ms(&self) -> PgResult<i64> {
+        Ok(wait(self.client.query_one(&format!("SELECT {SERVER_NOW}"), &[]))?.get(0))
+    }
+
+    /// Takes the lease for `me` if `decide` (given the current lease, row-locked, and the
+    /// server's time) allows it; a lease that comes or goes while we look is looked at again.
+    pub(in crate::state) fn acquire_lock(
+        &mut self,
+        path: &Path,
+        me: &Holder,
+        decide: impl Fn(Option<Lease>, i64) -> Result<Option<Holder>, StateError>,
+    ) -> Result<Option<Holder>, StateError> {
+        let e = |e| pg_err(path, e);
+        loop {
+            let tx = wait(self.client.transaction()).map_err(e)?;
+            let now: i64 = wait(tx.query_one(&format!("SELECT {SERVER_NOW}"), &[])).map_err(e)?.get(0);
+            // Nobody holds it: the insert takes it. Another process inserting at the same moment
+            // makes this one wait for its commit, then do nothing.
+            let inserted = wait(tx.execute(
+                "INSERT INTO run_lock (id, run_id, host, pid, pid_started, acquired_at, heartbeat_at)
+                 VALUES (1, NULL, $1, $2, $3, $4, $4) ON CONFLICT (id) DO NOTHING",
+                &[&me.host, &me.pid, &me.pid_started, &now],
+            ))
+            .map_err(e)?;
+            if inserted == 1 {
+                wait(tx.commit()).map_err(e)?;
+                return decide(None, now);
+            }
+            let Some(current) = read_lease(&tx, " FOR UPDATE").map_err(e)? else {
+                // Released between the insert and the look: try again.
+                continue;
+            };
+            let taken_over = decide(Some(current), now)?;
+            wait(tx.execute(
+                "UPDATE run_lock SET run_id = NULL, host = $1, pid = $2, pid_started = $3, acquired_at = $4,
+                 heartbeat_at = $4 WHERE id = 1",
+                &[&me.host, &me.pid, &me.pid_started, &now],
+            ))
+            .map_err(e)?;
+            wait(tx.commit()).map_err(e)?;
+            return Ok(taken_over);
+        }
+    }
+
+    pub(in crate::state) fn lock_run(&mut self, me: &Holder, run: i64) -> PgResult<u64> {
+        wait(
+            self.client
+                .execute("UPDATE run_lock SET run_id = $2 WHERE pid = $1 AND host = $3", &[&me.pid, &run, &me.host]),
+        )
+    }
+
+    pub(in crate::state) fn heartbeat(&mut self, me: &Holder) -> PgResult<u64> {
+        wait(self.client.execute(
+            &format!("UPDATE run_lock SET heartbeat_at = {SERVER_NOW} WHERE pid = $1 AND host = $2"),
+            &[&me.pid, &me.host],
+        ))
+    }
+
+    pub(in crate::state) fn release_lock(&mut self, me: &Holder) -> PgResult<u64> {
+        wait(self.client.execute("DELETE FROM run_lock WHERE pid = $1 AND host = $2", &[&me.pid, &me.host]))
+    }
+
+    pub(in crate::state) fn break_lock(&mut self, seen: &Holder) -> PgResult<u64> {
+        wait(self.client.execute("DELETE FROM run_lock WHERE host = $1 AND pid = $2", &[&seen.host, &seen.pid]))
+    }
+
+    /// The client, for a transaction of the caller's (`state copy`).
+    pub(in crate::state) fn client(&mut self) -> &mut tokio_postgres::Client {
+        &mut self.client
+    }
+
+    /// Runs `sql` as is (tests change rows behind the store's back).
+    #[cfg(test)]
+    pub(in crate::state) fn execute_for_tests(&mut self, sql: &str) -> PgResult<u64> {
+        wait(self.client.execute(sql, &[]))
+    }
+
+    /// The first column of the first row of `sql`, as text (tests read settings).
+    #[cfg(test)]
+    pub(in crate::state) fn text_for_tests(&mut self, sql: &str) -> PgResult<String> {
+        Ok(wait(self.client.query_one(sql, &[]))?.get(0))
+    }
+
+    /// Runs several statements (tests set up schemas).
+    #[cfg(test)]
+    pub(in crate::state) fn batch_for_tests(&mut self, sql: &str) -> PgResult<()> {
+        wait(self.client.batch_execute(sql))
+    }
+}
+
+fn read_lease<C: GenericClient + Sync>(client: &C, lock: &str) -> PgResult<Option<Lease>> {
+    let row = wait(client.query_opt(
+        &format!("SELECT run_id, host, pid, pid_started, acquired_at, heartbeat_at FROM run_lock WHERE id = 1{lock}"),
+        &[],
+    ))?;
+    Ok(row.map(|r| Lease {
+        run: r.get(0),
+        holder: Holder { host: r.get(1), pid: r.get(2), pid_started: r.get(3) },
+        since: r.get(4),
+        heartbeat: r.get(5),
+    }))
+}
+
+/// A state column read back into its enum; anything else is a corrupt row.
+fn parse_state<T>(parse: fn(&str) -> Option<T>, row: &Row, index: usize) -> Result<T, String> {
+    let text: &str = row.get(index);
+    parse(text).ok_or_else(|| format!("unknown state {text:?} in column {index}"))
+}
+
+/// The statements of an event transaction, each prepared once per connection: one round trip
+/// a statement instead of two.
+struct Writer<'a, 't> {
+    tx: &'a Transaction<'t>,
+    statements: &'a mut HashMap<&'static str, Statement>,
+}
+
+impl Writer<'_, '_> {
+    fn exec(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> PgResult<()> {
+        let statement = match self.statements.get(sql) {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = wait(self.tx.prepare(sql))?;
+                self.statements.insert(sql, statement.clone());
+                statement
+            }
+        };
+        wait(self.tx.execute(&statement, params)).map(drop)
+    }
+}
+
+fn apply(w: &mut Writer<'_, '_>, run: Option<i64>, event: &Event, now: i64) -> PgResult<()> {
+    w.exec(
+        "INSERT INTO events (run_id, at, step, kind, payload) VALUES ($1, $2, $3, $4, $5)",
+        &[&run, &now, &event.step(), &event.kind(), &serde_json::to_string(event).unwrap_or_default()],
+    )?;
+    let Some(run) = run else { return Ok(()) };
+    match event {
+        Event::RunStarted { .. } => {
+            w.exec("UPDATE runs SET status = $2, ended_at = NULL WHERE id = $1", &[&run, &RunState::Running.as_str()])?;
+        }
+        Event::StepStarted { step, attempt, .. } => {
+            let attempt = i64::from(*attempt);
+            // As SQLite's INSERT OR REPLACE: a new row, whatever an older one held.
+            w.exec(
+                "INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (run_id, step, attempt) DO UPDATE SET started_at = excluded.started_at,
+                 intent_at = NULL, action = NULL, ended_at = NULL, outcome = NULL, error = NULL,
+                 duration_ms = NULL, log = ''",
+                &[&run, step, &attempt, &now],
+            )?;
+            w.exec(
+                "UPDATE steps SET state = $5, attempts = $3, started_at = COALESCE(started_at, $4),
+                 ended_at = NULL WHERE run_id = $1 AND step = $2",
+                &[&run, step, &attempt, &now, &StepState::Running.as_str()],
+            )?;
+        }
+        Event::StepIntent { step, attempt, action } => {
+            w.exec(
+                "UPDATE attempts SET intent_at = $4, action = $5 WHERE run_id = $1 AND step = $2 AND attempt = $3",
+                &[&run, step, &i64::from(*attempt), &now, action],
+            )?;
+        }
+        Event::StepLog { step, attempt, line } => {
+            w.exec(
+                "UPDATE attempts SET log = log || $4 || chr(10) WHERE run_id = $1 AND step = $2 AND attempt = $3",
+                &[&run, step, &i64::from(*attempt), line],
+            )?;
+        }
+        Event::StepRetrying { step, attempt, error, .. } => {
+            end_attempt(w, run, step, *attempt, now, "retryable_error", Some(error))?;
+        }
+        Event::StepDone { step, attempt, outcome, outputs, .. } => {
+            let state = match outcome {
+                DoneOutcome::Satisfied => StepState::Satisfied,
+                DoneOutcome::Applied => StepState::Applied,
+            };
+            end_attempt(w, run, step, *attempt, now, state.as_str(), None)?;
+            end_step(w, run, step, now, state, None, None)?;
+            w.exec("DELETE FROM outputs WHERE run_id = $1 AND step = $2", &[&run, step])?;
+            for (name, value) in outputs {
+                w.exec(
+                    "INSERT INTO outputs (run_id, step, name, value) VALUES ($1, $2, $3, $4)",
+                    &[&run, step, name, value],
+                )?;
+            }
+        }
+        Event::StepFailed { step, attempt, error, fix, .. } => {
+            end_attempt(w, run, step, *attempt, now, StepState::Failed.as_str(), Some(error))?;
+            end_step(w, run, step, now, StepState::Failed, Some(error), fix.as_deref())?;
+        }
+        Event::StepBlocked { step, by } => {
+            w.exec(
+                "UPDATE steps SET state = $4, last_error = $3 WHERE run_id = $1 AND step = $2",
+                &[&run, step, &format!("waits for {by}"), &StepState::Blocked.as_str()],
+            )?;
+        }
+        Event::StepSkipped { step, reason, operator, .. } => {
+            let why = format!("skipped by {operator}: {reason}");
+            end_step(w, run, step, now, StepState::Skipped, Some(&why), None)?;
+        }
+        Event::StepReset { step, .. } => {
+            w.exec(
+                "UPDATE steps SET state = $3, ended_at = NULL, last_error = NULL, fix = NULL
+                 WHERE run_id = $1 AND step = $2",
+                &[&run, step, &StepState::Pending.as_str()],
+            )?;
+            w.exec("DELETE FROM outputs WHERE run_id = $1 AND step = $2", &[&run, step])?;
+        }
+        Event::RunFinished { status, .. } => {
+            w.exec("UPDATE runs SET status = $2, ended_at = $3 WHERE id = $1", &[&run, &status.as_str(), &now])?;
+            if *status == RunState::Interrupted {
+                // Attempts cut short before their intent did nothing: close them.
+                w.exec(
+                    "UPDATE attempts SET outcome = 'interrupted', ended_at = $2
+                     WHERE run_id = $1 AND outcome IS NULL AND intent_at IS NULL",
+                    &[&run, &now],
+                )?;
+            }
+        }
+        Event::InputsChanged { .. }
+        | Event::StepProbed { .. }
+        | Event::StepWaiting { .. }
+        | Event::ApprovalRequested { .. }
+        | Event::ApprovalAnswered { .. }
+        | Event::LockTakenOver { .. }
+        | Event::LockBroken { .. }
+        | Event::StateLockReleased { .. }
+        | Event::RollbackMarked { .. }
+        | Event::RollbackAcknowledged { .. } => {}
+    }
+    Ok(())
+}
+
+fn end_attempt(
+    w: &mut Writer<'_, '_>,
+    run: i64,
+    step: &str,
+    attempt: u32,
+    now: i64,
+    outcome: &str,
+    error: Option<&str>,
+) -> PgResult<()> {
+    w.exec(
+        "UPDATE attempts SET outcome = $4, error = $5, ended_at = $6, duration_ms = $6 - started_at
+         WHERE run_id = $1 AND step = $2 AND attempt = $3",
+        &[&run, &step, &i64::from(attempt), &outcome, &error, &now],
+    )
+}
+
+fn end_step(
+    w: &mut Writer<'_, '_>,
+    run: i64,
+    step: &str,
+    now: i64,
+    state: StepState,
+    error: Option<&str>,
+    fix: Option<&str>,
+) -> PgResult<()> {
+    w.exec(
+        "UPDATE steps SET state = $3, ended_at = $4, duration_ms = $4 - COALESCE(started_at, $4),
+         last_error = $5, fix = $6 WHERE run_id = $1 AND step = $2",
+        &[&run, &step, &state.as_str(), &now, &error, &fix],
+    )
+}
