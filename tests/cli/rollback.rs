@@ -41,9 +41,20 @@ fn a_rollback_runs_the_old_revision_a_rerun_does_nothing_and_the_next_deploy_wai
     rb().run(&["run", "sprint-2", "--yes", "--var", "image_tag=second"]).expect_code(0);
     assert_eq!(dixie_service().0, "dixie-armitage:2");
     // moto calls a deployment stable at once; the verify then tells the new task from the old by
-    // its uptime, with 2 s of slack for clock skew. A task deployed under 2 s before the rollback
-    // would pass for new (on ECS the rollout state says IN_PROGRESS instead): wait them out.
-    std::thread::sleep(std::time::Duration::from_secs(3));
+    // its uptime (whole seconds), with 2 s of slack for clock skew. A task started under 3 s
+    // before the rollback would pass for new (on ECS the rollout state says IN_PROGRESS
+    // instead), and the ring's agent restarts Dixie for revision 2 when it next polls, which can
+    // be after the run has ended: wait until the task answering has been up for 5 s.
+    let settled = (0..60).any(|_| {
+        let out = Command::new("curl").args(["-sf", "http://127.0.0.1:13001/api/health"]).output().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let up = body["uptime_seconds"].as_f64().unwrap_or(0.0);
+        up >= 5.0 || {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            false
+        }
+    });
+    assert!(settled, "Dixie's task on revision 2 did not stay up for 5 s within 30 s");
 
     let started = std::time::Instant::now();
     let rolled = rb().run(&["run", "rollback", "--yes"]);
