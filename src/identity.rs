@@ -19,8 +19,15 @@ pub(crate) fn operator() -> String {
         .unwrap_or_else(|| format!("uid {uid}"))
 }
 
-/// This machine's host name.
+/// This machine's name as leases and the audit record it: `RUNBOOK_HOST`, else the kernel's
+/// host name. A lease held on this host is judged by its pid (dead at once when the process is
+/// gone); one held elsewhere by its heartbeat (dead after the stale period). Set `RUNBOOK_HOST`
+/// where host names do not tell machines apart (containers that all call themselves
+/// `localhost`, CI runners from one image) and share a state database.
 pub(crate) fn host() -> String {
+    if let Some(name) = std::env::var("RUNBOOK_HOST").ok().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()) {
+        return name;
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

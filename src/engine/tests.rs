@@ -73,6 +73,8 @@ struct Seen {
 struct World {
     steps: BTreeMap<String, Seen>,
     hung: Arc<Notify>,
+    /// Where the harness keeps this world's state (a file or a PostgreSQL URL).
+    state: Option<PathBuf>,
 }
 
 static WORLDS: LazyLock<Mutex<BTreeMap<String, World>>> = LazyLock::new(Default::default);
@@ -158,8 +160,11 @@ impl Step for Fake {
         seen(&self.world, &cx.step, |s| s.effects += 1);
         cx.log("created the thing").await;
         if script.break_lease {
-            let other = rusqlite::Connection::open(cx.work_dir.join("state.db")).unwrap();
-            other.execute("DELETE FROM run_lock", []).unwrap();
+            // Another operator's `unlock --force`, through the store the run uses.
+            let state = with_world(&self.world, |w| w.state.clone()).expect("the harness names its state");
+            let mut other = StateDb::open(&state).unwrap();
+            let holder = other.lease("elsewhere").unwrap().expect("the run holds the lock").holder;
+            assert!(other.break_lock(&holder).unwrap());
         }
         if script.hang == Some(Hang::AfterEffect) {
             hang(&self.world).await;
@@ -266,14 +271,15 @@ pub(super) async fn prepare(
 }
 
 impl Harness {
-    async fn new(world: &str, steps: &[(&str, &[&str], &str)], approver: Approver) -> Self {
-        Self::on(world, steps, approver, None).await
-    }
-
-    /// The same world with its state in PostgreSQL; `None` when no PostgreSQL is there.
-    async fn on_postgres(world: &str, steps: &[(&str, &[&str], &str)], approver: Approver) -> Option<Self> {
-        let schema = crate::state::PgSchema::fresh(&format!("engine_{world}"))?;
-        Some(Self::on(world, steps, approver, Some(schema)).await)
+    /// The world twice, as one test runs on each backend: its state in a SQLite file, then in
+    /// a PostgreSQL schema of its own when a server is there (the variant says it is skipped
+    /// otherwise). Each has its own world, so that what one did never counts for the other.
+    async fn each(world: &str, steps: &[(&str, &[&str], &str)], approver: Approver) -> Vec<Self> {
+        let mut both = vec![Self::on(world, steps, approver.clone(), None).await];
+        if let Some(schema) = crate::state::PgSchema::fresh(&format!("engine_{world}")) {
+            both.push(Self::on(&format!("{world}-pg"), steps, approver, Some(schema)).await);
+        }
+        both
     }
 
     async fn on(
@@ -287,6 +293,7 @@ impl Harness {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let state = schema.as_ref().map(|s| s.location()).unwrap_or_else(|| dir.join("state.db"));
+        with_world(&world, |w| w.state = Some(state.clone()));
         let (runbook, services, run) =
             prepare(&dir, &state, FAKE_KINDS, "fakes", runbook_text(&world, steps), approver).await;
         Harness { world, dir, state, _schema: schema, runbook: Arc::new(runbook), services, run }
@@ -363,8 +370,7 @@ const CHAIN: &[(&str, &[&str], &str)] =
 
 #[tokio::test(start_paused = true)]
 async fn a_chain_runs_in_order_passes_outputs_and_a_rerun_changes_nothing() {
-    chain_and_rerun(Harness::new("chain", CHAIN, Approver::Withheld).await).await;
-    if let Some(h) = Harness::on_postgres("chain-pg", CHAIN, Approver::Withheld).await {
+    for h in Harness::each("chain", CHAIN, Approver::Withheld).await {
         chain_and_rerun(h).await;
     }
 }
@@ -402,161 +408,173 @@ async fn chain_and_rerun(h: Harness) {
 
 #[tokio::test(start_paused = true)]
 async fn retryable_errors_are_retried_with_growing_pauses() {
-    let h = Harness::new("retry", &[("a", &[], "")], Approver::Withheld).await;
-    h.script("a", Script { probe_errors: vec![Failure::Retryable, Failure::Retryable], ..Script::default() });
-    let started = tokio::time::Instant::now();
-    let (status, events) = h.run().await;
-    assert_eq!(status, RunState::Done);
-    let delays: Vec<u64> = events
-        .iter()
-        .filter_map(|e| match e {
-            Event::StepRetrying { delay_ms, .. } => Some(*delay_ms),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(delays, [1000, 2000]);
-    assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
-    let attempts = h.db().attempts(h.run, "a").unwrap();
-    let outcomes: Vec<Option<&str>> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
-    assert_eq!(outcomes, [Some("retryable_error"), Some("retryable_error"), Some("applied")]);
+    for h in Harness::each("retry", &[("a", &[], "")], Approver::Withheld).await {
+        h.script("a", Script { probe_errors: vec![Failure::Retryable, Failure::Retryable], ..Script::default() });
+        let started = tokio::time::Instant::now();
+        let (status, events) = h.run().await;
+        assert_eq!(status, RunState::Done);
+        let delays: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StepRetrying { delay_ms, .. } => Some(*delay_ms),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delays, [1000, 2000]);
+        assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
+        let attempts = h.db().attempts(h.run, "a").unwrap();
+        let outcomes: Vec<Option<&str>> = attempts.iter().map(|a| a.outcome.as_deref()).collect();
+        assert_eq!(outcomes, [Some("retryable_error"), Some("retryable_error"), Some("applied")]);
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_retry_budget_ends_in_a_failure_that_says_how_to_go_on() {
-    let h = Harness::new("budget", &[("a", &[], "")], Approver::Withheld).await;
-    h.script("a", Script { probe_errors: vec![Failure::Retryable; 5], ..Script::default() });
-    let (status, _) = h.run().await;
-    assert_eq!(status, RunState::Failed);
-    let row = h.step_row("a");
-    assert_eq!((row.state, row.attempts), (StepState::Failed, 3));
-    assert_eq!(row.last_error.as_deref(), Some("probe: throttled (gave up after 3 attempts)"));
-    assert_eq!(row.fix.as_deref(), Some("once the cause is fixed: runbook retry a"));
-    assert_eq!(h.seen("a", |s| s.effects), 0);
+    for h in Harness::each("budget", &[("a", &[], "")], Approver::Withheld).await {
+        h.script("a", Script { probe_errors: vec![Failure::Retryable; 5], ..Script::default() });
+        let (status, _) = h.run().await;
+        assert_eq!(status, RunState::Failed);
+        let row = h.step_row("a");
+        assert_eq!((row.state, row.attempts), (StepState::Failed, 3));
+        assert_eq!(row.last_error.as_deref(), Some("probe: throttled (gave up after 3 attempts)"));
+        assert_eq!(row.fix.as_deref(), Some("once the cause is fixed: runbook retry a"));
+        assert_eq!(h.seen("a", |s| s.effects), 0);
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_fatal_error_stops_its_branch_while_siblings_finish() {
     let steps: &[(&str, &[&str], &str)] = &[("a", &[], ""), ("b", &["a"], ""), ("c", &[], ""), ("d", &["b", "c"], "")];
-    let h = Harness::new("fatal", steps, Approver::Withheld).await;
-    h.script("a", Script { probe_errors: vec![Failure::Fatal], ..Script::default() });
-    h.script("c", Script { converge_after: 3, ..Script::default() });
-    let (status, events) = h.run().await;
-    assert_eq!(status, RunState::Failed);
-    assert_eq!(
-        h.states(),
-        pairs(&[
-            ("a", StepState::Failed),
-            ("b", StepState::Blocked),
-            ("c", StepState::Applied),
-            ("d", StepState::Blocked)
-        ])
-    );
-    assert_eq!(h.step_row("a").attempts, 1, "a fatal error is not retried");
-    assert_eq!(h.step_row("b").last_error.as_deref(), Some("waits for a"));
-    assert_eq!(
-        h.step_row("d").last_error.as_deref(),
-        Some("waits for a"),
-        "blocked by the failed step, not by the blocked one"
-    );
-    assert!(events.iter().any(|e| matches!(e, Event::StepBlocked { step, .. } if step == "d")));
-    assert_eq!(h.seen("b", |s| s.effects), 0);
+    for h in Harness::each("fatal", steps, Approver::Withheld).await {
+        h.script("a", Script { probe_errors: vec![Failure::Fatal], ..Script::default() });
+        h.script("c", Script { converge_after: 3, ..Script::default() });
+        let (status, events) = h.run().await;
+        assert_eq!(status, RunState::Failed);
+        assert_eq!(
+            h.states(),
+            pairs(&[
+                ("a", StepState::Failed),
+                ("b", StepState::Blocked),
+                ("c", StepState::Applied),
+                ("d", StepState::Blocked)
+            ])
+        );
+        assert_eq!(h.step_row("a").attempts, 1, "a fatal error is not retried");
+        assert_eq!(h.step_row("b").last_error.as_deref(), Some("waits for a"));
+        assert_eq!(
+            h.step_row("d").last_error.as_deref(),
+            Some("waits for a"),
+            "blocked by the failed step, not by the blocked one"
+        );
+        assert!(events.iter().any(|e| matches!(e, Event::StepBlocked { step, .. } if step == "d")));
+        assert_eq!(h.seen("b", |s| s.effects), 0);
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_conflict_fails_the_step_without_applying() {
-    let h = Harness::new("conflict", &[("a", &[], ""), ("b", &["a"], "")], Approver::Withheld).await;
-    h.script("a", Script { conflict: true, ..Script::default() });
-    let (status, _) = h.run().await;
-    assert_eq!(status, RunState::Failed);
-    let row = h.step_row("a");
-    assert_eq!(row.last_error.as_deref(), Some("conflict: a thing with other settings is there"));
-    assert!(row.fix.unwrap().ends_with("then: runbook retry a"));
-    assert_eq!(h.seen("a", |s| s.effects), 0);
-    assert_eq!(h.step_row("b").state, StepState::Blocked);
+    for h in Harness::each("conflict", &[("a", &[], ""), ("b", &["a"], "")], Approver::Withheld).await {
+        h.script("a", Script { conflict: true, ..Script::default() });
+        let (status, _) = h.run().await;
+        assert_eq!(status, RunState::Failed);
+        let row = h.step_row("a");
+        assert_eq!(row.last_error.as_deref(), Some("conflict: a thing with other settings is there"));
+        assert!(row.fix.unwrap().ends_with("then: runbook retry a"));
+        assert_eq!(h.seen("a", |s| s.effects), 0);
+        assert_eq!(h.step_row("b").state, StepState::Blocked);
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_step_that_does_not_converge_fails_at_its_budget() {
-    let h = Harness::new("converge", &[("a", &[], "converge_seconds = 30")], Approver::Withheld).await;
-    h.script("a", Script { never_converges: true, ..Script::default() });
-    let started = tokio::time::Instant::now();
-    let (status, events) = h.run().await;
-    assert_eq!(status, RunState::Failed);
-    assert!(started.elapsed() >= Duration::from_secs(30));
-    assert_eq!(
-        h.step_row("a").last_error.as_deref(),
-        Some("applied, but not converged within 30s: still the thing is still coming up")
-    );
-    assert!(events.iter().any(|e| matches!(e, Event::StepWaiting { limit_ms: 30_000, .. })), "progress is shown");
+    for h in Harness::each("converge", &[("a", &[], "converge_seconds = 30")], Approver::Withheld).await {
+        h.script("a", Script { never_converges: true, ..Script::default() });
+        let started = tokio::time::Instant::now();
+        let (status, events) = h.run().await;
+        assert_eq!(status, RunState::Failed);
+        assert!(started.elapsed() >= Duration::from_secs(30));
+        assert_eq!(
+            h.step_row("a").last_error.as_deref(),
+            Some("applied, but not converged within 30s: still the thing is still coming up")
+        );
+        assert!(events.iter().any(|e| matches!(e, Event::StepWaiting { limit_ms: 30_000, .. })), "progress is shown");
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn refused_approval_stops_the_step_resumably_and_is_recorded() {
-    let h = Harness::new("refused", &[("a", &[], "")], Approver::Answer { operator: "ana".into(), yes: false }).await;
-    h.script("a", Script { needs_approval: true, ..Script::default() });
-    let (status, _) = h.run().await;
-    assert_eq!(status, RunState::Failed);
-    let row = h.step_row("a");
-    assert_eq!(row.last_error.as_deref(), Some("awaiting approval: Plan: 1 to add"));
-    assert_eq!(row.fix.as_deref(), Some("review the plan (runbook logs), then: runbook resume --yes"));
-    assert_eq!(h.seen("a", |s| s.effects), 0);
-    let answers = h.db().events_of_kind(h.run, "approval_answered");
-    assert_eq!(answers.len(), 1);
-    assert!(answers[0].contains("\"operator\":\"ana\"") && answers[0].contains("\"approved\":false"), "{}", answers[0]);
-    assert!(answers[0].contains("Plan: 1 to add"));
+    for h in Harness::each("refused", &[("a", &[], "")], Approver::Answer { operator: "ana".into(), yes: false }).await
+    {
+        h.script("a", Script { needs_approval: true, ..Script::default() });
+        let (status, _) = h.run().await;
+        assert_eq!(status, RunState::Failed);
+        let row = h.step_row("a");
+        assert_eq!(row.last_error.as_deref(), Some("awaiting approval: Plan: 1 to add"));
+        assert_eq!(row.fix.as_deref(), Some("review the plan (runbook logs), then: runbook resume --yes"));
+        assert_eq!(h.seen("a", |s| s.effects), 0);
+        let answers = h.db().events_of_kind(h.run, "approval_answered");
+        assert_eq!(answers.len(), 1);
+        assert!(
+            answers[0].contains("\"operator\":\"ana\"") && answers[0].contains("\"approved\":false"),
+            "{}",
+            answers[0]
+        );
+        assert!(answers[0].contains("Plan: 1 to add"));
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn given_approval_applies_and_records_who_approved_what() {
-    let h = Harness::new("approved", &[("a", &[], "")], Approver::Answer { operator: "ana".into(), yes: true }).await;
-    h.script("a", Script { needs_approval: true, ..Script::default() });
-    assert_eq!(h.run().await.0, RunState::Done);
-    assert_eq!(h.seen("a", |s| s.effects), 1);
-    let answers = h.db().events_of_kind(h.run, "approval_answered");
-    assert!(
-        answers[0].contains("\"approved\":true") && answers[0].contains("\"summary\":\"Plan: 1 to add\""),
-        "{}",
-        answers[0]
-    );
+    for h in Harness::each("approved", &[("a", &[], "")], Approver::Answer { operator: "ana".into(), yes: true }).await
+    {
+        h.script("a", Script { needs_approval: true, ..Script::default() });
+        assert_eq!(h.run().await.0, RunState::Done);
+        assert_eq!(h.seen("a", |s| s.effects), 1);
+        let answers = h.db().events_of_kind(h.run, "approval_answered");
+        assert!(
+            answers[0].contains("\"approved\":true") && answers[0].contains("\"summary\":\"Plan: 1 to add\""),
+            "{}",
+            answers[0]
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn ctrl_c_interrupts_resumably_and_closes_attempts_that_did_nothing() {
-    let h = Harness::new("ctrlc", &[("a", &[], ""), ("b", &[], "")], Approver::Withheld).await;
-    h.script("a", Script { hang: Some(Hang::Stuck), ..Script::default() });
-    h.script("b", Script { hang: Some(Hang::Stuck), ..Script::default() });
-    // Ctrl-C a second in: both steps are in their probes.
-    let (status, events) = h.run_until(tokio::time::sleep(Duration::from_secs(1))).await.unwrap();
-    assert_eq!(status, RunState::Interrupted);
-    assert!(matches!(events.last(), Some(Event::RunFinished { status: RunState::Interrupted, .. })));
-    let db = h.db();
-    assert_eq!(db.run(h.run).unwrap().status, RunState::Interrupted);
-    for step in ["a", "b"] {
-        assert_eq!(db.attempts(h.run, step).unwrap()[0].outcome.as_deref(), Some("interrupted"));
+    for h in Harness::each("ctrlc", &[("a", &[], ""), ("b", &[], "")], Approver::Withheld).await {
+        h.script("a", Script { hang: Some(Hang::Stuck), ..Script::default() });
+        h.script("b", Script { hang: Some(Hang::Stuck), ..Script::default() });
+        // Ctrl-C a second in: both steps are in their probes.
+        let (status, events) = h.run_until(tokio::time::sleep(Duration::from_secs(1))).await.unwrap();
+        assert_eq!(status, RunState::Interrupted);
+        assert!(matches!(events.last(), Some(Event::RunFinished { status: RunState::Interrupted, .. })));
+        let db = h.db();
+        assert_eq!(db.run(h.run).unwrap().status, RunState::Interrupted);
+        for step in ["a", "b"] {
+            assert_eq!(db.attempts(h.run, step).unwrap()[0].outcome.as_deref(), Some("interrupted"));
+        }
+        // Resumed without the hang, both finish.
+        h.script("a", Script::default());
+        h.script("b", Script::default());
+        assert_eq!(h.run().await.0, RunState::Done);
     }
-    // Resumed without the hang, both finish.
-    h.script("a", Script::default());
-    h.script("b", Script::default());
-    assert_eq!(h.run().await.0, RunState::Done);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_state_db_that_cannot_record_the_intent_stops_before_the_side_effect() {
-    let h = Harness::new("nowrite", &[("a", &[], ""), ("b", &["a"], "")], Approver::Withheld).await;
-    h.db().fail_intents_for_tests();
-    let (status, _) = h.run().await;
-    assert_eq!(status, RunState::Failed);
-    assert_eq!(h.seen("a", |s| s.effects), 0, "nothing applied without a recorded intent");
-    assert_eq!(h.seen("b", |s| s.effects), 0);
+    for h in Harness::each("nowrite", &[("a", &[], ""), ("b", &["a"], "")], Approver::Withheld).await {
+        h.db().fail_intents_for_tests();
+        let (status, _) = h.run().await;
+        assert_eq!(status, RunState::Failed);
+        assert_eq!(h.seen("a", |s| s.effects), 0, "nothing applied without a recorded intent");
+        assert_eq!(h.seen("b", |s| s.effects), 0);
+    }
 }
 
 /// Kills the process at `hang` during step b of a chain, then resumes: b's side effect
 /// happens once, b is settled (in doubt when the intent was recorded), and the run finishes.
 async fn kill_then_resume(name: &str, hang: Hang, effects_before_resume: u32, outcome: StepState) {
-    kill_then_resume_on(Harness::new(name, CHAIN, Approver::Withheld).await, hang, effects_before_resume, outcome)
-        .await;
-    let postgres = Harness::on_postgres(&format!("{name}-pg"), CHAIN, Approver::Withheld).await;
-    if let Some(h) = postgres {
+    for h in Harness::each(name, CHAIN, Approver::Withheld).await {
         kill_then_resume_on(h, hang, effects_before_resume, outcome).await;
     }
 }
@@ -593,64 +611,68 @@ async fn killed_during_the_verify_the_step_is_settled_by_its_probe_on_resume() {
 
 #[tokio::test(start_paused = true)]
 async fn killed_before_the_intent_nothing_is_in_doubt() {
-    let h = Harness::new("kill-probe", CHAIN, Approver::Withheld).await;
-    h.script("b", Script { hang: Some(Hang::InProbe), ..Script::default() });
-    assert!(h.run_until(std::future::pending()).await.is_none());
-    assert!(!h.step_row("b").in_doubt);
-    h.script("b", Script::default());
-    assert_eq!(h.run().await.0, RunState::Done);
-    assert_eq!(h.seen("b", |s| s.effects), 1);
+    for h in Harness::each("kill-probe", CHAIN, Approver::Withheld).await {
+        h.script("b", Script { hang: Some(Hang::InProbe), ..Script::default() });
+        assert!(h.run_until(std::future::pending()).await.is_none());
+        assert!(!h.step_row("b").in_doubt);
+        h.script("b", Script::default());
+        assert_eq!(h.run().await.0, RunState::Done);
+        assert_eq!(h.seen("b", |s| s.effects), 1);
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn plan_probes_read_only_and_waits_for_missing_inputs() {
-    let h = Harness::new("plan", CHAIN, Approver::Withheld).await;
-    seen(&h.world, "a", |s| s.effects = 1);
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let lines = plan(&h.runbook, h.services.clone(), Recorder::new(None, tx)).await;
-    let verdicts: Vec<(&str, PlanVerdict)> = lines.iter().map(|l| (l.step.as_str(), l.verdict)).collect();
-    assert_eq!(
-        verdicts,
-        [("a", PlanVerdict::Satisfied), ("b", PlanVerdict::WouldApply), ("c", PlanVerdict::WouldApply)]
-    );
-    h.script("a", Script { conflict: true, ..Script::default() });
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let lines = plan(&h.runbook, h.services.clone(), Recorder::new(None, tx)).await;
-    assert_eq!(lines[1].verdict, PlanVerdict::AfterUpstream);
-    assert_eq!(lines[1].detail, "probed once a exist");
-    assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 0, 0], "plan applies nothing");
+    for h in Harness::each("plan", CHAIN, Approver::Withheld).await {
+        seen(&h.world, "a", |s| s.effects = 1);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let lines = plan(&h.runbook, h.services.clone(), Recorder::new(None, tx)).await;
+        let verdicts: Vec<(&str, PlanVerdict)> = lines.iter().map(|l| (l.step.as_str(), l.verdict)).collect();
+        assert_eq!(
+            verdicts,
+            [("a", PlanVerdict::Satisfied), ("b", PlanVerdict::WouldApply), ("c", PlanVerdict::WouldApply)]
+        );
+        h.script("a", Script { conflict: true, ..Script::default() });
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let lines = plan(&h.runbook, h.services.clone(), Recorder::new(None, tx)).await;
+        assert_eq!(lines[1].verdict, PlanVerdict::AfterUpstream);
+        assert_eq!(lines[1].detail, "probed once a exist");
+        assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 0, 0], "plan applies nothing");
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_in_doubt_step_that_the_probe_finds_done_must_still_pass_its_verify() {
-    let h = Harness::new("settle", CHAIN, Approver::Withheld).await;
-    h.script("b", Script { hang: Some(Hang::AfterEffect), ..Script::default() });
-    assert!(h.run_until(std::future::pending()).await.is_none());
-    // The effect is there (the probe says satisfied), but what it should have become is not.
-    h.script("b", Script { never_converges: true, ..Script::default() });
-    let (status, _) = h.run().await;
-    assert_eq!(status, RunState::Failed);
-    let row = h.step_row("b");
-    assert_eq!(row.state, StepState::Failed);
-    assert!(row.last_error.unwrap().starts_with("applied, but not converged within 10s"));
-    assert_eq!(h.seen("b", |s| s.effects), 1, "settling never applies again");
-    // Once it verifies, the resumed step counts as done.
-    h.script("b", Script::default());
-    assert_eq!(h.run().await.0, RunState::Done);
-    assert_eq!(h.step_row("b").state, StepState::Satisfied);
+    for h in Harness::each("settle", CHAIN, Approver::Withheld).await {
+        h.script("b", Script { hang: Some(Hang::AfterEffect), ..Script::default() });
+        assert!(h.run_until(std::future::pending()).await.is_none());
+        // The effect is there (the probe says satisfied), but what it should have become is not.
+        h.script("b", Script { never_converges: true, ..Script::default() });
+        let (status, _) = h.run().await;
+        assert_eq!(status, RunState::Failed);
+        let row = h.step_row("b");
+        assert_eq!(row.state, StepState::Failed);
+        assert!(row.last_error.unwrap().starts_with("applied, but not converged within 10s"));
+        assert_eq!(h.seen("b", |s| s.effects), 1, "settling never applies again");
+        // Once it verifies, the resumed step counts as done.
+        h.script("b", Script::default());
+        assert_eq!(h.run().await.0, RunState::Done);
+        assert_eq!(h.step_row("b").state, StepState::Satisfied);
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_run_whose_lock_was_broken_applies_nothing_more() {
-    let h = Harness::new("lease", CHAIN, Approver::Withheld).await;
-    h.script("a", Script { break_lease: true, ..Script::default() });
-    let (status, _) = h.run().await;
-    assert_eq!(status, RunState::Failed);
-    assert_eq!(h.seen("a", |s| s.effects), 1);
-    assert_eq!(h.seen("b", |s| s.effects), 0, "no side effect after the lease was lost");
-    let row = h.step_row("b");
-    assert_eq!(row.state, StepState::Failed);
-    let error = row.last_error.unwrap();
-    assert!(error.contains("no longer holds the run lock") && error.contains("nobody holds it"), "{error}");
-    assert_eq!(h.step_row("c").state, StepState::Blocked);
+    for h in Harness::each("lease", CHAIN, Approver::Withheld).await {
+        h.script("a", Script { break_lease: true, ..Script::default() });
+        let (status, _) = h.run().await;
+        assert_eq!(status, RunState::Failed);
+        assert_eq!(h.seen("a", |s| s.effects), 1);
+        assert_eq!(h.seen("b", |s| s.effects), 0, "no side effect after the lease was lost");
+        let row = h.step_row("b");
+        assert_eq!(row.state, StepState::Failed);
+        let error = row.last_error.unwrap();
+        assert!(error.contains("no longer holds the run lock") && error.contains("nobody holds it"), "{error}");
+        assert_eq!(h.step_row("c").state, StepState::Blocked);
+    }
 }

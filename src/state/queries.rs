@@ -174,13 +174,23 @@ impl StateDb {
 
     /// Makes every write of an intent fail, as a full disk would (for tests).
     #[cfg(test)]
-    pub(crate) fn fail_intents_for_tests(&self) {
-        self.sqlite()
-            .execute_batch(
-                "CREATE TRIGGER fail_intents BEFORE UPDATE OF intent_at ON attempts
-                 BEGIN SELECT RAISE(ABORT, 'database or disk is full (injected)'); END;",
-            )
-            .unwrap();
+    pub(crate) fn fail_intents_for_tests(&mut self) {
+        match &mut self.backend {
+            Backend::Sqlite(conn) => conn
+                .execute_batch(
+                    "CREATE TRIGGER fail_intents BEFORE UPDATE OF intent_at ON attempts
+                     BEGIN SELECT RAISE(ABORT, 'database or disk is full (injected)'); END;",
+                )
+                .unwrap(),
+            Backend::Postgres(pg) => pg
+                .batch_for_tests(
+                    "CREATE FUNCTION fail_intents() RETURNS trigger LANGUAGE plpgsql AS $$
+                     BEGIN RAISE EXCEPTION 'could not extend file (injected)'; END $$;
+                     CREATE TRIGGER fail_intents BEFORE UPDATE OF intent_at ON attempts
+                     FOR EACH ROW EXECUTE FUNCTION fail_intents();",
+                )
+                .unwrap(),
+        }
     }
 }
 
