@@ -142,7 +142,7 @@ async fn lock_and_connect(db: &mut StateDb, env: &Environment, me: &Holder) -> R
 /// Takes the run lock for `me`; a dead holder's lease that was taken over comes back as the
 /// event that records it.
 fn take_lock(db: &mut StateDb, me: &Holder) -> Result<Option<Event>, StateError> {
-    let taken_over = db.acquire_lock(me)?;
+    let taken_over = crate::state::timing::measure(|| db.acquire_lock(me))?;
     Ok(taken_over.map(|h| Event::LockTakenOver {
         previous_host: h.host,
         previous_pid: h.pid,
@@ -160,20 +160,22 @@ pub(crate) async fn run(
     let env = Environment::load(&g.project, env)?;
     let book = Runbook::load(&g.project, runbook, &env, &vars)?;
     book.check_files(&g.project)?;
-    let mut db = StateDb::open(&g.state)?;
+    let mut db = crate::state::timing::measure(|| StateDb::open(&g.state))?;
     let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
     let (cloud, notes) = lock_and_connect(&mut db, &env, &me).await?;
     let step_ids: Vec<String> = book.steps.iter().map(|s| s.id.clone()).collect();
-    let created = db.create_run(&NewRun {
-        runbook: &book.name,
-        env: &env.name,
-        runbook_hash: &book.hash,
-        inputs_hash: &book.inputs_hash,
-        vars: &vars,
-        operator: &operator(),
-        host: &me.host,
-        steps: &step_ids,
+    let created = crate::state::timing::measure(|| {
+        db.create_run(&NewRun {
+            runbook: &book.name,
+            env: &env.name,
+            runbook_hash: &book.hash,
+            inputs_hash: &book.inputs_hash,
+            vars: &vars,
+            operator: &operator(),
+            host: &me.host,
+            steps: &step_ids,
+        })
     });
     let run = match created {
         Ok(run) => run,
@@ -210,7 +212,7 @@ fn reopen(g: &Globals, db: &StateDb, run: Option<i64>) -> Result<(RunRow, Runboo
 }
 
 pub(crate) async fn resume(g: &Globals, run: Option<i64>) -> Result<Outcome, CliError> {
-    let mut db = StateDb::open_existing(&g.state, false)?;
+    let mut db = crate::state::timing::measure(|| StateDb::open_existing(&g.state, false))?;
     let (row, book, env, notes) = reopen(g, &db, run)?;
     if row.status == RunState::Done {
         return Ok(Outcome::NothingToResume { run: row.id, runbook: row.runbook });
@@ -521,6 +523,7 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
         })
         .await
         .ok();
+    crate::state::timing::report_if_asked();
     let notify_error = crate::notify::after_run(&env, &cloud, run, status, view.as_ref()).await;
     Ok(Outcome::Run { run, status, view, write_error, notify_error })
 }

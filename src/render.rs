@@ -226,6 +226,15 @@ pub(crate) fn status_table(view: &StatusView) -> String {
         let duration = row.duration_ms.map(format_duration).unwrap_or_else(|| "-".into());
         out.push_str(&format!("{:<8} {:<10} {:>8} {:>9}  {}\n", row.step, state, row.attempts, duration, note));
     }
+    if let Some(lock) = &view.lock {
+        out.push_str(&format!(
+            "lock: held by pid {} on {}{}, last heartbeat {} s ago\n",
+            lock.pid,
+            lock.host,
+            if lock.this_host { " (this host)" } else { "" },
+            lock.heartbeat_age_s
+        ));
+    }
     out.push_str(&format!("next: {}\n", view.next));
     out
 }

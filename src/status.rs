@@ -12,6 +12,21 @@ pub(crate) struct StatusView {
     pub(crate) steps: Vec<StepView>,
     /// The one thing to do next, as a command or a sentence.
     pub(crate) next: String,
+    /// Who holds the run lock while the run is live (on this host or another).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) lock: Option<LockView>,
+}
+
+/// The live holder of a run's lease, as `status` shows it to a colleague.
+#[derive(Debug, Serialize)]
+pub(crate) struct LockView {
+    pub(crate) host: String,
+    pub(crate) pid: i64,
+    pub(crate) heartbeat_age_s: i64,
+    /// Whether it holds the lock from this host (judged by its pid) or from another (judged by
+    /// its heartbeat: taken over after `stale_after_s` without one).
+    pub(crate) this_host: bool,
+    pub(crate) stale_after_s: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -29,6 +44,17 @@ pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusV
     let mut outputs = db.outputs(run.id)?;
     let running = run.status == RunState::Running;
     let active = running && db.run_is_live(run.id, host)?;
+    let lock = if active {
+        db.lease(host)?.map(|l| LockView {
+            this_host: l.holder.host == host,
+            host: l.holder.host,
+            pid: l.holder.pid,
+            heartbeat_age_s: l.heartbeat_age_s,
+            stale_after_s: crate::state::LEASE_STALE_MS / 1000,
+        })
+    } else {
+        None
+    };
     if running && !active {
         // Its process died without recording an end (kill -9, power cut).
         run.status = RunState::Died;
@@ -42,14 +68,21 @@ pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusV
         .collect();
     let next = match run.status {
         RunState::Done => "nothing: every step is done".to_string(),
-        RunState::Running => "a run is in progress; wait for it".into(),
+        RunState::Running => match &lock {
+            Some(l) if !l.this_host => format!(
+                "a run is in progress on {}; wait for it. If that machine is gone, `runbook resume` here takes \
+                 the run over once {} s pass without a heartbeat",
+                l.host, l.stale_after_s
+            ),
+            _ => "a run is in progress; wait for it".into(),
+        },
         RunState::Died => "its process died: runbook resume (settles in-doubt steps by their probes)".into(),
         RunState::Failed | RunState::Interrupted => steps
             .iter()
             .find_map(|s| (s.row.state == StepState::Failed).then(|| s.next.clone()).flatten())
             .unwrap_or_else(|| "runbook resume".into()),
     };
-    Ok(StatusView { run, steps, next })
+    Ok(StatusView { run, steps, next, lock })
 }
 
 fn step_next(row: &StepRow, active: bool) -> Option<String> {

@@ -13,6 +13,8 @@ mod diagnose;
 mod oncall;
 #[path = "cli/rollback.rs"]
 mod rollback;
+#[path = "cli/team.rs"]
+mod team;
 
 const MOTO: &str = "http://127.0.0.1:4566";
 const ADMIN_PASSWORD_PARAM: &str = "/arrakis/staging/rds/master-password";

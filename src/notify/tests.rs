@@ -230,6 +230,7 @@ fn view(status: RunState, failed: Option<(&str, &str)>) -> StatusView {
         },
         steps,
         next: String::new(),
+        lock: None,
     }
 }
 

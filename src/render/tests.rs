@@ -62,7 +62,26 @@ fn view(status: RunState) -> StatusView {
         },
         steps,
         next: "once the cause is fixed: runbook retry T2.5".into(),
+        lock: None,
     }
+}
+
+#[test]
+fn status_table_of_a_run_live_on_another_host_names_its_holder() {
+    let mut view = view(RunState::Running);
+    view.run.ended_at = None;
+    view.lock = Some(crate::status::LockView {
+        host: "laptop-ana".into(),
+        pid: 4242,
+        heartbeat_age_s: 12,
+        this_host: false,
+        stale_after_s: 30,
+    });
+    let text = status_table(&view);
+    assert!(text.contains("lock: held by pid 4242 on laptop-ana, last heartbeat 12 s ago\n"), "{text}");
+    let json = serde_json::to_value(&view).unwrap();
+    assert_eq!(json["lock"]["host"], "laptop-ana");
+    assert_eq!(json["lock"]["stale_after_s"], 30);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use super::{Backend, StateDb, StateError, immediate, sql_err};
 use crate::clock::{format_utc, now_ms};
 
 /// A lease whose holder has not beaten for this long, on another host, may be taken over.
-const LEASE_STALE_MS: i64 = 30_000;
+pub(crate) const LEASE_STALE_MS: i64 = 30_000;
 
 /// Who holds (or held) the lock.
 #[derive(Debug, Clone, PartialEq, Eq)]

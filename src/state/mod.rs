@@ -16,6 +16,7 @@ mod pg;
 mod queries;
 mod record;
 mod schema;
+pub(crate) mod timing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
@@ -26,7 +27,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use serde::Serialize;
 
 pub(crate) use copy::{Copied, copy};
-pub(crate) use lease::{Holder, process_alive};
+pub(crate) use lease::{Holder, LEASE_STALE_MS, process_alive};
 pub(crate) use owner::{StateHandle, WriteError};
 pub(crate) use pg::is_url;
 #[cfg(test)]

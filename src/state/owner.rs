@@ -83,7 +83,7 @@ fn serve(mut db: StateDb, rx: Receiver<Job>) {
             None => match rx.recv_timeout(LINGER) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
-                    commit(&mut db, &mut batch);
+                    super::timing::measure(|| commit(&mut db, &mut batch));
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
@@ -100,12 +100,14 @@ fn serve(mut db: StateDb, rx: Receiver<Job>) {
                     // Whatever else is queued already (other steps' intents and outcomes)
                     // shares this commit: one fsync for all of them.
                     next = take_queued(&rx, &mut batch);
-                    commit(&mut db, &mut batch);
+                    super::timing::measure(|| commit(&mut db, &mut batch));
                 }
             }
             Job::Call(f) => {
-                commit(&mut db, &mut batch);
-                f(&mut db);
+                super::timing::measure(|| {
+                    commit(&mut db, &mut batch);
+                    f(&mut db);
+                });
             }
         }
     }
