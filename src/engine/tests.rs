@@ -37,6 +37,8 @@ struct Script {
     hang: Option<Hang>,
     /// Another operator breaks the run lock while this step applies.
     break_lease: bool,
+    /// The PostgreSQL server drops the run's state connection after this step's side effect.
+    drop_state_connection: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +77,8 @@ struct World {
     hung: Arc<Notify>,
     /// Where the harness keeps this world's state (a file or a PostgreSQL URL).
     state: Option<PathBuf>,
+    /// The PostgreSQL server process of the run's state connection.
+    state_backend: Option<i64>,
 }
 
 static WORLDS: LazyLock<Mutex<BTreeMap<String, World>>> = LazyLock::new(Default::default);
@@ -166,6 +170,9 @@ impl Step for Fake {
             let holder = other.lease("elsewhere").unwrap().expect("the run holds the lock").holder;
             assert!(other.break_lock(&holder).unwrap());
         }
+        if script.drop_state_connection {
+            drop_state_connection(&self.world);
+        }
         if script.hang == Some(Hang::AfterEffect) {
             hang(&self.world).await;
         }
@@ -195,7 +202,7 @@ struct Harness {
     dir: PathBuf,
     /// The state DB: `dir/state.db`, or a PostgreSQL schema of the test's own.
     state: PathBuf,
-    _schema: Option<crate::state::PgSchema>,
+    schema: Option<crate::state::PgSchema>,
     runbook: Arc<Runbook>,
     services: Arc<Services>,
     run: i64,
@@ -296,7 +303,7 @@ impl Harness {
         with_world(&world, |w| w.state = Some(state.clone()));
         let (runbook, services, run) =
             prepare(&dir, &state, FAKE_KINDS, "fakes", runbook_text(&world, steps), approver).await;
-        Harness { world, dir, state, _schema: schema, runbook: Arc::new(runbook), services, run }
+        Harness { world, dir, state, schema, runbook: Arc::new(runbook), services, run }
     }
 
     fn script(&self, step: &str, script: Script) {
@@ -314,6 +321,8 @@ impl Harness {
     /// Runs (or resumes) the run as `drive` does; `None` when the process "died".
     async fn run_until(&self, cancel: impl Future<Output = ()>) -> Option<(RunState, Vec<Event>)> {
         let mut db = self.db();
+        let backend = db.backend_pid_for_tests();
+        with_world(&self.world, |w| w.state_backend = backend);
         let me = crate::state::Holder::me("here");
         db.acquire_lock(&me).unwrap();
         db.lock_run(&me, self.run).unwrap();
@@ -359,6 +368,24 @@ impl Drop for Harness {
         let _ = std::fs::remove_dir_all(&self.dir);
         WORLDS.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.world);
     }
+}
+
+/// Terminates the run's PostgreSQL connection, as a server restart or a failover would, and
+/// waits until the server has closed it.
+fn drop_state_connection(world: &str) {
+    let (state, pid) = with_world(world, |w| (w.state.clone(), w.state_backend));
+    let (Some(state), Some(pid)) = (state, pid) else { panic!("the run's state is not in PostgreSQL") };
+    let mut admin = StateDb::open(&state).unwrap();
+    admin.execute_for_tests(&format!("SELECT pg_terminate_backend({pid})")).unwrap();
+    let gone = format!("SELECT 1 FROM pg_stat_activity WHERE pid = {pid}");
+    for _ in 0..100 {
+        if admin.execute_for_tests(&gone).unwrap() == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The client's end hears the close on its own thread.
+    std::thread::sleep(Duration::from_millis(200));
 }
 
 fn pairs(expected: &[(&str, StepState)]) -> Vec<(String, StepState)> {
@@ -674,5 +701,23 @@ async fn a_run_whose_lock_was_broken_applies_nothing_more() {
         let error = row.last_error.unwrap();
         assert!(error.contains("no longer holds the run lock") && error.contains("nobody holds it"), "{error}");
         assert_eq!(h.step_row("c").state, StepState::Blocked);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_connection_the_server_dropped_is_made_again_and_the_run_finishes() {
+    for h in Harness::each("dropped", CHAIN, Approver::Withheld).await {
+        if h.schema.is_none() {
+            continue; // SQLite has no connection to lose.
+        }
+        h.script("a", Script { drop_state_connection: true, ..Script::default() });
+        let (status, _) = h.run().await;
+        assert_eq!(status, RunState::Done, "{:?}", h.states());
+        assert_eq!(
+            h.states(),
+            pairs(&[("a", StepState::Applied), ("b", StepState::Applied), ("c", StepState::Applied)])
+        );
+        assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 1, 1]);
+        assert_eq!(h.db().run(h.run).unwrap().status, RunState::Done, "the run's end is recorded");
     }
 }

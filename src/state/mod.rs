@@ -299,6 +299,16 @@ impl StateDb {
         }
     }
 
+    /// The PostgreSQL server process of this connection (`None` for SQLite), for tests that
+    /// drop it.
+    #[cfg(test)]
+    pub(crate) fn backend_pid_for_tests(&mut self) -> Option<i64> {
+        match &mut self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(pg) => Some(pg.text_for_tests("SELECT pg_backend_pid()::text").unwrap().parse().unwrap()),
+        }
+    }
+
     /// Runs one statement of SQL that both dialects speak, behind the store's back (tests).
     #[cfg(test)]
     pub(crate) fn execute_for_tests(&mut self, sql: &str) -> Result<u64, String> {

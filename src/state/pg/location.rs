@@ -16,6 +16,7 @@ pub(crate) fn is_url(state: &Path) -> bool {
     text.starts_with("postgres://") || text.starts_with("postgresql://")
 }
 
+#[derive(Clone)]
 pub(in crate::state) struct Location {
     pub(in crate::state) config: tokio_postgres::Config,
     pub(super) tls: Option<Tls>,

@@ -27,6 +27,10 @@ pub(super) struct PgConn {
     client: tokio_postgres::Client,
     /// Statements of the event transactions, prepared once (see `store::Writer`).
     statements: std::collections::HashMap<&'static str, tokio_postgres::Statement>,
+    /// Where and how it connected, to connect again when the server dropped the connection
+    /// (a restart, a failover, a network blip). Kept in memory only.
+    location: Location,
+    read_only: bool,
 }
 
 impl PgConn {
@@ -34,6 +38,25 @@ impl PgConn {
     /// default (a ring or a tuned server may have `synchronous_commit = off`): an intent is
     /// durable before the side effect. `read_only` sessions refuse every write.
     pub(super) fn connect(location: &Location, read_only: bool) -> Result<Self, String> {
+        let client = Self::session(location, read_only)?;
+        Ok(PgConn { client, statements: std::collections::HashMap::new(), location: location.clone(), read_only })
+    }
+
+    /// Connects again when the server has closed the connection. A write that was under way
+    /// when it closed has already failed (and said so); this is for the ones after it, so
+    /// that a run records its outcomes, its end and the lock's release after a blip instead
+    /// of failing every write until it ends. When it cannot connect, the write fails as before.
+    pub(super) fn reconnect_if_closed(&mut self) {
+        if !self.client.is_closed() {
+            return;
+        }
+        if let Ok(client) = Self::session(&self.location, self.read_only) {
+            self.client = client;
+            self.statements.clear();
+        }
+    }
+
+    fn session(location: &Location, read_only: bool) -> Result<tokio_postgres::Client, String> {
         let (sender, answer) = std::sync::mpsc::channel();
         let config = location.config.clone();
         let tls = location.tls.clone();
@@ -81,7 +104,7 @@ impl PgConn {
             "SET synchronous_commit = on; SET client_min_messages = warning;"
         };
         wait(client.batch_execute(session)).map_err(|e| e.to_string())?;
-        Ok(PgConn { client, statements: std::collections::HashMap::new() })
+        Ok(client)
     }
 
     /// The schema version (0: nothing has run here).

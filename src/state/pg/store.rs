@@ -25,6 +25,7 @@ pub(in crate::state) fn pg_err(path: &Path, e: tokio_postgres::Error) -> StateEr
 
 impl PgConn {
     pub(in crate::state) fn create_run(&mut self, path: &Path, run: &NewRun<'_>, now: i64) -> Result<i64, StateError> {
+        self.reconnect_if_closed();
         let e = |e| pg_err(path, e);
         let tx = wait(self.client.transaction()).map_err(e)?;
         let id: i64 = wait(tx.query_one(
@@ -65,6 +66,7 @@ impl PgConn {
         holder: Option<&Holder>,
         now: i64,
     ) -> Result<(), StateError> {
+        self.reconnect_if_closed();
         let e = |e| pg_err(path, e);
         let tx = wait(self.client.transaction()).map_err(e)?;
         if let Some(me) = holder.filter(|_| events.iter().any(|(_, e)| matches!(e, Event::StepIntent { .. }))) {
@@ -230,6 +232,7 @@ impl PgConn {
         me: &Holder,
         decide: impl Fn(Option<Lease>, i64) -> Result<Option<Holder>, StateError>,
     ) -> Result<Option<Holder>, StateError> {
+        self.reconnect_if_closed();
         let e = |e| pg_err(path, e);
         loop {
             let tx = wait(self.client.transaction()).map_err(e)?;
@@ -263,6 +266,7 @@ impl PgConn {
     }
 
     pub(in crate::state) fn lock_run(&mut self, me: &Holder, run: i64) -> PgResult<u64> {
+        self.reconnect_if_closed();
         wait(
             self.client
                 .execute("UPDATE run_lock SET run_id = $2 WHERE pid = $1 AND host = $3", &[&me.pid, &run, &me.host]),
@@ -270,6 +274,7 @@ impl PgConn {
     }
 
     pub(in crate::state) fn heartbeat(&mut self, me: &Holder) -> PgResult<u64> {
+        self.reconnect_if_closed();
         wait(self.client.execute(
             &format!("UPDATE run_lock SET heartbeat_at = {SERVER_NOW} WHERE pid = $1 AND host = $2"),
             &[&me.pid, &me.host],
@@ -277,10 +282,12 @@ impl PgConn {
     }
 
     pub(in crate::state) fn release_lock(&mut self, me: &Holder) -> PgResult<u64> {
+        self.reconnect_if_closed();
         wait(self.client.execute("DELETE FROM run_lock WHERE pid = $1 AND host = $2", &[&me.pid, &me.host]))
     }
 
     pub(in crate::state) fn break_lock(&mut self, seen: &Holder) -> PgResult<u64> {
+        self.reconnect_if_closed();
         wait(self.client.execute("DELETE FROM run_lock WHERE host = $1 AND pid = $2", &[&seen.host, &seen.pid]))
     }
 
