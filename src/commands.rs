@@ -160,7 +160,7 @@ pub(crate) async fn run(
     let env = Environment::load(&g.project, env)?;
     let book = Runbook::load(&g.project, runbook, &env, &vars)?;
     book.check_files(&g.project)?;
-    let mut db = crate::state::timing::measure(|| StateDb::open(&g.state))?;
+    let mut db = crate::state::timing::measure_open(|| StateDb::open(&g.state))?;
     let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
     let (cloud, notes) = lock_and_connect(&mut db, &env, &me).await?;
@@ -212,7 +212,7 @@ fn reopen(g: &Globals, db: &StateDb, run: Option<i64>) -> Result<(RunRow, Runboo
 }
 
 pub(crate) async fn resume(g: &Globals, run: Option<i64>) -> Result<Outcome, CliError> {
-    let mut db = crate::state::timing::measure(|| StateDb::open_existing(&g.state, false))?;
+    let mut db = crate::state::timing::measure_open(|| StateDb::open_existing(&g.state, false))?;
     let (row, book, env, notes) = reopen(g, &db, run)?;
     if row.status == RunState::Done {
         return Ok(Outcome::NothingToResume { run: row.id, runbook: row.runbook });

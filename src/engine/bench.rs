@@ -152,7 +152,7 @@ async fn fill(state: &std::path::Path, runs: u64) {
     for sql in [
         "INSERT INTO runs (id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, ended_at, status)
          SELECT r.id + s.n, r.runbook, r.env, r.runbook_hash, r.inputs_hash, r.vars_json, r.operator, r.host,
-                r.started_at + s.n * 3600000, r.ended_at + s.n * 3600000, r.status FROM runs r, s WHERE r.id = 1",
+                r.started_at + s.n * CAST(3600000 AS BIGINT), r.ended_at + s.n * CAST(3600000 AS BIGINT), r.status FROM runs r, s WHERE r.id = 1",
         "INSERT INTO steps (run_id, step, state, attempts, started_at, ended_at, duration_ms, last_error, fix)
          SELECT t.run_id + s.n, t.step, t.state, t.attempts, t.started_at, t.ended_at, t.duration_ms, t.last_error, t.fix
          FROM steps t, s WHERE t.run_id = 1",
@@ -162,7 +162,7 @@ async fn fill(state: &std::path::Path, runs: u64) {
         "INSERT INTO outputs (run_id, step, name, value)
          SELECT o.run_id + s.n, o.step, o.name, o.value FROM outputs o, s WHERE o.run_id = 1",
         "INSERT INTO events (run_id, at, step, kind, payload)
-         SELECT e.run_id + s.n, e.at + s.n * 3600000, e.step, e.kind, e.payload FROM events e, s WHERE e.run_id = 1",
+         SELECT e.run_id + s.n, e.at + s.n * CAST(3600000 AS BIGINT), e.step, e.kind, e.payload FROM events e, s WHERE e.run_id = 1",
     ] {
         db.execute_for_tests(&format!("{clones} {sql}")).unwrap();
     }

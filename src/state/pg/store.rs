@@ -78,11 +78,13 @@ impl PgConn {
                 });
             }
         }
+        let mut writer = Writer { tx: &tx, statements: &mut self.statements, pending: Vec::new() };
         for (run, event) in events {
             if !event.is_ephemeral() {
-                apply(&mut Writer { tx: &tx, statements: &mut self.statements }, *run, event, now).map_err(e)?;
+                apply(&mut writer, *run, event, now).map_err(e)?;
             }
         }
+        writer.flush().map_err(e)?;
         wait(tx.commit()).map_err(e)
     }
 
@@ -336,9 +338,13 @@ fn parse_state<T>(parse: fn(&str) -> Option<T>, row: &Row, index: usize) -> Resu
 
 /// The statements of an event transaction, each prepared once per connection: one round trip
 /// a statement instead of two.
+/// The statements of one event transaction, pipelined: each is prepared once per connection,
+/// its parameters encoded as it is written, and all of them are sent together by `flush`, in
+/// order, so that a transaction of many events costs one round trip instead of one each.
 struct Writer<'a, 't> {
     tx: &'a Transaction<'t>,
     statements: &'a mut HashMap<&'static str, Statement>,
+    pending: Vec<(Statement, Vec<Encoded>)>,
 }
 
 impl Writer<'_, '_> {
@@ -351,8 +357,58 @@ impl Writer<'_, '_> {
                 statement
             }
         };
-        wait(self.tx.execute(&statement, params)).map(drop)
+        let encoded = params.iter().zip(statement.params()).map(|(p, ty)| Encoded::of(*p, ty)).collect();
+        self.pending.push((statement, encoded));
+        Ok(())
     }
+
+    /// Sends every statement written so far and waits for all their answers; the first error
+    /// (the server skips the rest of a failed transaction) is returned.
+    fn flush(&mut self) -> PgResult<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let tx = self.tx;
+        let sent = pending.iter().map(|(statement, params)| tx.execute_raw(statement, params.iter()));
+        wait(futures_util::future::try_join_all(sent)).map(drop)
+    }
+}
+
+/// A parameter encoded in the statement's wire format when it was written (NULL as `None`), or
+/// why it could not be, said when the statement is sent.
+#[derive(Debug)]
+struct Encoded(Result<Option<Vec<u8>>, String>);
+
+impl Encoded {
+    fn of(param: &(dyn ToSql + Sync), ty: &tokio_postgres::types::Type) -> Self {
+        let mut buf = bytes::BytesMut::new();
+        Encoded(match param.to_sql_checked(ty, &mut buf) {
+            Ok(tokio_postgres::types::IsNull::Yes) => Ok(None),
+            Ok(tokio_postgres::types::IsNull::No) => Ok(Some(buf.to_vec())),
+            Err(e) => Err(e.to_string()),
+        })
+    }
+}
+
+impl ToSql for Encoded {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match &self.0 {
+            Ok(None) => Ok(tokio_postgres::types::IsNull::Yes),
+            Ok(Some(bytes)) => {
+                out.extend_from_slice(bytes);
+                Ok(tokio_postgres::types::IsNull::No)
+            }
+            Err(e) => Err(e.clone().into()),
+        }
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
 }
 
 fn apply(w: &mut Writer<'_, '_>, run: Option<i64>, event: &Event, now: i64) -> PgResult<()> {
