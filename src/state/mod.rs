@@ -86,6 +86,12 @@ pub(crate) enum StateError {
         path.display()
     )]
     Connect { path: PathBuf, message: String },
+    #[error(
+        "the state DB {} refused the login: {message}; check the user in the URL given to --state \
+         (or RUNBOOK_STATE) and its password (PGPASSWORD or ~/.pgpass)",
+        path.display()
+    )]
+    Login { path: PathBuf, message: String },
     #[error("cannot write the state DB {}: {message}", path.display())]
     Write { path: PathBuf, message: String },
     #[error("cannot copy into {}: {why}", to.display())]
@@ -228,8 +234,18 @@ impl StateDb {
         let location = pg::Location::parse(&url.to_string_lossy())
             .map_err(|message| StateError::Open { path: PathBuf::from("postgres://…"), message })?;
         let path = location.shown.clone();
-        let mut conn = pg::PgConn::connect(&location, read_only)
-            .map_err(|message| StateError::Connect { path: path.clone(), message })?;
+        let mut conn = pg::PgConn::connect(&location, read_only).map_err(|message| {
+            // The operator's input (user, password, an address the server does not admit),
+            // not a server that cannot be reached.
+            let refused = ["password authentication failed", "password missing", "no pg_hba.conf entry"]
+                .iter()
+                .any(|m| message.contains(m));
+            if refused {
+                StateError::Login { path: path.clone(), message }
+            } else {
+                StateError::Connect { path: path.clone(), message }
+            }
+        })?;
         let supported = schema::MIGRATIONS.len() as i64;
         let version = conn.version().map_err(|e| pg::pg_err(&path, e))?;
         if version > supported {

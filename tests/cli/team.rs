@@ -200,6 +200,34 @@ fn two_operators_on_two_hosts_share_one_history_and_one_lock_in_postgresql() {
     assert!(has("lock_taken_over", "bob", "bastion-bob"), "{decisions:?}");
     let takeover = audit["decisions"].as_array().unwrap().iter().find(|d| d["kind"] == "lock_taken_over").unwrap();
     assert!(takeover["decision"].as_str().unwrap().contains("laptop-alice"), "{takeover}");
+
+    // No secret at rest in the team's database either: every row of every table, as text.
+    let rows = pg.psql(&format!(
+        "SELECT string_agg(x.t, E'\\n') FROM (SELECT r::text AS t FROM {0}.runs r UNION ALL SELECT s::text FROM {0}.steps s
+         UNION ALL SELECT a::text FROM {0}.attempts a UNION ALL SELECT o::text FROM {0}.outputs o
+         UNION ALL SELECT e::text FROM {0}.events e) x",
+        pg.schema
+    ));
+    assert!(rows.contains("T2.4") && rows.contains("lock_taken_over"), "the dump holds the run");
+    for param in [DB_PASSWORD_PARAM, ADMIN_PASSWORD_PARAM] {
+        let (secret, _) = ssm_get(param).unwrap_or_else(|| panic!("{param} is in SSM"));
+        assert!(!rows.contains(&secret), "the value of {param} is in the state database");
+    }
+    assert!(!rows.contains(&pg.password), "the state database's own password is in it");
+}
+
+#[test]
+fn a_wrong_state_database_password_is_refused_before_anything_and_never_shown() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("team-password");
+    let pg = PgState::fresh("password");
+    let wrong = "not-the-password-7f3a";
+    let ran = pg.runbook(&scratch, "laptop", "op").env("PGPASSWORD", wrong).run(&["run", "sprint-2", "--yes"]);
+    ran.expect_code(2).expect_text("refused the login").expect_text("PGPASSWORD or ~/.pgpass");
+    assert!(!ran.text().contains(wrong) && !ran.text().contains(&pg.password), "a password was shown:\n{}", ran.text());
+    let tables = format!("SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}'", pg.schema);
+    assert_eq!(pg.psql(&tables), "0", "a schema was created with a login that failed");
+    assert!(!scratch.dir.join("state").exists(), "a work folder was made");
 }
 
 #[test]
