@@ -114,6 +114,11 @@ fn binary() -> PathBuf {
 
 /// The binary with the environment the ring tests use, and no way to reach a real account.
 fn runbook(project: &Path, state: &Path, args: &[String]) -> std::process::Output {
+    runbook_with(project, state, args, &[])
+}
+
+fn runbook_with(project: &Path, state: &Path, args: &[String], env: &[(&str, &str)]) -> std::process::Output {
+    let scratch = if is_url(state) { project.to_path_buf() } else { state.to_path_buf() };
     Command::new(binary())
         .args(args)
         .arg("--project")
@@ -124,10 +129,15 @@ fn runbook(project: &Path, state: &Path, args: &[String]) -> std::process::Outpu
         .env_remove("RUNBOOK_CRASH_AT")
         .env_remove("AWS_PROFILE")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", state.with_file_name("no-aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", state.with_file_name("no-aws-credentials"))
+        .env("AWS_CONFIG_FILE", scratch.with_file_name("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", scratch.with_file_name("no-aws-credentials"))
+        .envs(env.iter().copied())
         .output()
         .expect("run the runbook binary")
+}
+
+fn is_url(state: &Path) -> bool {
+    state.to_string_lossy().starts_with("postgres://")
 }
 
 /// A copy of the project's runbooks and environments in `root`, with the app fixture linked
@@ -420,4 +430,114 @@ fn every_bad_input_is_refused_with_exit_code_2_a_message_that_names_it_and_its_f
         corpus.case.len(),
         failures.join("\n\n")
     );
+}
+
+/// The ring's PostgreSQL `runbook_state` database (URL without the password, and the password
+/// for `PGPASSWORD`), when the ring is up in this checkout; `None` otherwise, unless
+/// `RUNBOOK_RING` demands it.
+fn ring_postgres() -> Option<(String, String)> {
+    let ring = project().join(".ring");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 15432));
+    let up = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)).is_ok();
+    let password = std::fs::read_to_string(ring.join("secrets/pg-admin-password")).ok().filter(|_| up);
+    let Some(password) = password else {
+        assert!(std::env::var_os("RUNBOOK_RING").is_none(), "RUNBOOK_RING is set but the ring's PostgreSQL is not up");
+        return None;
+    };
+    let base = format!(
+        "postgres://arrakis_admin@127.0.0.1:15432/runbook_state?sslmode=verify-full&sslrootcert={}",
+        ring.join("tls/ca.crt").display()
+    );
+    Some((base, password.trim().to_string()))
+}
+
+fn psql(base: &str, password: &str, sql: &str) -> String {
+    let psql = ["psql", "/usr/lib/postgresql/15/bin/psql"]
+        .into_iter()
+        .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .expect("psql (the ring installs it)");
+    let out = Command::new(psql)
+        .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", base, "-c", sql])
+        .env("PGPASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The corpus again with the state in PostgreSQL (`--state postgres://…`, a schema of its own
+/// for each case): the same exit code and message, and no table created in the schema. Cases
+/// that prepare a SQLite file of their own are SQLite's alone.
+#[test]
+fn bad_input_with_its_state_in_postgresql_is_refused_alike_and_creates_nothing_there() {
+    let Some((base, password)) = ring_postgres() else {
+        eprintln!("skipped: the ring's PostgreSQL is not up (bash scripts/test starts it)");
+        return;
+    };
+    let path = project().join("tests/bad_input.toml");
+    let corpus: Corpus = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let cases: Vec<&Case> =
+        corpus.case.iter().filter(|c| c.state == StateSetup::None && c.known_failing.is_none()).collect();
+    let scratch = Scratch(std::env::temp_dir().join(format!("runbook-bad-input-pg-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&scratch.0);
+    let templates = scratch.0.join("templates");
+    let prefix = format!("bad_input_{}", std::process::id());
+    let schema = |i: usize| format!("{prefix}_{i}");
+    let create: String = (0..cases.len()).map(|i| format!("CREATE SCHEMA {};", schema(i))).collect();
+    psql(&base, &password, &create);
+
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(case) = cases.get(i) else { break };
+                    let dir = scratch.0.join(format!("case-{i}"));
+                    let verdict =
+                        prepare(case, &dir, &templates).map_err(|why| format!("bad case: {why}")).map(|(root, _)| {
+                            let url = format!("{base}&options=-csearch_path%3D{}", schema(i));
+                            let ran = runbook_with(&root, Path::new(&url), &case.args, &[("PGPASSWORD", &password)]);
+                            let stderr = String::from_utf8_lossy(&ran.stderr).into_owned();
+                            let mut wrong = Vec::new();
+                            if ran.status.code() != Some(case.code) {
+                                wrong.push(format!("exit code: expected {}, got {:?}", case.code, ran.status.code()));
+                            }
+                            let missing: Vec<&String> =
+                                case.says.iter().filter(|s| !stderr.contains(s.as_str())).collect();
+                            if !missing.is_empty() {
+                                wrong.push(format!("stderr lacks {missing:?}"));
+                            }
+                            if stderr.contains(&password) {
+                                wrong.push("the state database's password was shown".into());
+                            }
+                            Verdict { wrong, code: ran.status.code(), stderr }
+                        });
+                    if let Some(report) = judge(case, verdict) {
+                        failures.lock().unwrap().push((i, format!("{}:\n    {report}", case.name)));
+                    }
+                }
+            });
+        }
+    });
+    let made = psql(
+        &base,
+        &password,
+        &format!(
+            "SELECT string_agg(DISTINCT table_schema, ' ') FROM information_schema.tables WHERE table_schema LIKE '{prefix}\\_%'"
+        ),
+    );
+    let drop: String = (0..cases.len()).map(|i| format!("DROP SCHEMA {} CASCADE;", schema(i))).collect();
+    psql(&base, &password, &drop);
+    let mut failures = failures.into_inner().unwrap();
+    for name in made.split_whitespace() {
+        let i: usize = name.rsplit('_').next().unwrap().parse().unwrap();
+        failures.push((i, format!("{}:\n    created tables in its PostgreSQL schema", cases[i].name)));
+    }
+    failures.sort();
+    eprintln!("{} bad-input cases with the state in PostgreSQL", cases.len());
+    assert!(cases.len() >= 100, "only {} cases run on PostgreSQL", cases.len());
+    let failures: Vec<String> = failures.into_iter().map(|(_, f)| f).collect();
+    assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
 }

@@ -11,7 +11,7 @@ use super::*;
 
 /// A schema of its own in the ring's `runbook_state` database, as a team's state URL. The
 /// password goes in `PGPASSWORD`, as an operator's would, never in the URL.
-struct PgState {
+pub(super) struct PgState {
     base: String,
     url: String,
     schema: String,
@@ -19,7 +19,7 @@ struct PgState {
 }
 
 impl PgState {
-    fn fresh(name: &str) -> PgState {
+    pub(super) fn fresh(name: &str) -> PgState {
         let password = std::fs::read_to_string(project().join(".ring/secrets/pg-admin-password"))
             .expect("the ring's admin password (bash ring/up.sh)")
             .trim()
@@ -50,8 +50,18 @@ impl PgState {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Every row of every table of the state, as text (to look for secrets at rest).
+    pub(super) fn rows_as_text(&self) -> String {
+        self.psql(&format!(
+            "SELECT string_agg(x.t, E'\\n') FROM (SELECT r::text AS t FROM {0}.runs r UNION ALL SELECT s::text FROM {0}.steps s
+             UNION ALL SELECT a::text FROM {0}.attempts a UNION ALL SELECT o::text FROM {0}.outputs o
+             UNION ALL SELECT e::text FROM {0}.events e UNION ALL SELECT l::text FROM {0}.run_lock l) x",
+            self.schema
+        ))
+    }
+
     /// `runbook` as `operator` on `host`, its state here, its work folder in `scratch`.
-    fn runbook(&self, scratch: &Scratch, host: &str, operator: &str) -> Runbook {
+    pub(super) fn runbook(&self, scratch: &Scratch, host: &str, operator: &str) -> Runbook {
         Runbook {
             state: PathBuf::from(&self.url),
             project: project(),
@@ -201,13 +211,8 @@ fn two_operators_on_two_hosts_share_one_history_and_one_lock_in_postgresql() {
     let takeover = audit["decisions"].as_array().unwrap().iter().find(|d| d["kind"] == "lock_taken_over").unwrap();
     assert!(takeover["decision"].as_str().unwrap().contains("laptop-alice"), "{takeover}");
 
-    // No secret at rest in the team's database either: every row of every table, as text.
-    let rows = pg.psql(&format!(
-        "SELECT string_agg(x.t, E'\\n') FROM (SELECT r::text AS t FROM {0}.runs r UNION ALL SELECT s::text FROM {0}.steps s
-         UNION ALL SELECT a::text FROM {0}.attempts a UNION ALL SELECT o::text FROM {0}.outputs o
-         UNION ALL SELECT e::text FROM {0}.events e) x",
-        pg.schema
-    ));
+    // No secret at rest in the team's database either.
+    let rows = pg.rows_as_text();
     assert!(rows.contains("T2.4") && rows.contains("lock_taken_over"), "the dump holds the run");
     for param in [DB_PASSWORD_PARAM, ADMIN_PASSWORD_PARAM] {
         let (secret, _) = ssm_get(param).unwrap_or_else(|| panic!("{param} is in SSM"));
