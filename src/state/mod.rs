@@ -183,7 +183,8 @@ pub(crate) struct Progress {
 /// Where the state lives.
 enum Backend {
     Sqlite(Connection),
-    Postgres(pg::PgConn),
+    // Boxed: a connection (its prepared statements, where to connect again) is large.
+    Postgres(Box<pg::PgConn>),
 }
 
 impl StateDb {
@@ -263,7 +264,7 @@ impl StateDb {
                 return Err(StateError::NewerSchema { path, found, supported });
             }
         }
-        Ok(StateDb { backend: Backend::Postgres(conn), path, holder: None })
+        Ok(StateDb { backend: Backend::Postgres(Box::new(conn)), path, holder: None })
     }
 
     /// Opens an existing state DB without creating it; for commands that only read, read-only
