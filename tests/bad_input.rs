@@ -357,6 +357,32 @@ fn judge(case: &Case, verdict: Result<Verdict, String>) -> Option<String> {
     })
 }
 
+/// Runs `check` on every case, eight side by side (a refusal takes milliseconds, but bad input
+/// the binary accepts waits a second for the absent AWS); what went wrong, in case order.
+fn side_by_side(
+    cases: &[&Case],
+    check: impl Fn(usize, &Case) -> Result<Verdict, String> + Sync,
+) -> Vec<(usize, String)> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(case) = cases.get(i) else { break };
+                    if let Some(report) = judge(case, check(i, case)) {
+                        failures.lock().unwrap().push((i, format!("{}:\n    {report}", case.name)));
+                    }
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().unwrap();
+    failures.sort();
+    failures
+}
+
 #[test]
 fn every_bad_input_is_refused_with_exit_code_2_a_message_that_names_it_and_its_fix_and_nothing_recorded() {
     let started = std::time::Instant::now();
@@ -398,26 +424,8 @@ fn every_bad_input_is_refused_with_exit_code_2_a_message_that_names_it_and_its_f
         "the unedited project copy should pass validation and stop at the preflight: {stderr}"
     );
 
-    // Cases run side by side: a refusal takes milliseconds, but bad input the binary accepts
-    // waits a second for the absent AWS.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failures = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(case) = corpus.case.get(i) else { break };
-                    let verdict = check(case, &scratch.0.join(format!("case-{i}")), &templates);
-                    if let Some(report) = judge(case, verdict) {
-                        failures.lock().unwrap().push((i, format!("{}:\n    {report}", case.name)));
-                    }
-                }
-            });
-        }
-    });
-    let mut failures = failures.into_inner().unwrap();
-    failures.sort();
+    let cases: Vec<&Case> = corpus.case.iter().collect();
+    let failures = side_by_side(&cases, |i, case| check(case, &scratch.0.join(format!("case-{i}")), &templates));
     let failures: Vec<String> = failures.into_iter().map(|(_, f)| f).collect();
     let known = corpus.case.iter().filter(|c| c.known_failing.is_some()).count();
     let elapsed = started.elapsed();
@@ -486,40 +494,25 @@ fn bad_input_with_its_state_in_postgresql_is_refused_alike_and_creates_nothing_t
     let create: String = (0..cases.len()).map(|i| format!("CREATE SCHEMA {};", schema(i))).collect();
     psql(&base, &password, &create);
 
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failures = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..8 {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(case) = cases.get(i) else { break };
-                    let dir = scratch.0.join(format!("case-{i}"));
-                    let verdict =
-                        prepare(case, &dir, &templates).map_err(|why| format!("bad case: {why}")).map(|(root, _)| {
-                            let url = format!("{base}&options=-csearch_path%3D{}", schema(i));
-                            let ran = runbook_with(&root, Path::new(&url), &case.args, &[("PGPASSWORD", &password)]);
-                            let stderr = String::from_utf8_lossy(&ran.stderr).into_owned();
-                            let mut wrong = Vec::new();
-                            if ran.status.code() != Some(case.code) {
-                                wrong.push(format!("exit code: expected {}, got {:?}", case.code, ran.status.code()));
-                            }
-                            let missing: Vec<&String> =
-                                case.says.iter().filter(|s| !stderr.contains(s.as_str())).collect();
-                            if !missing.is_empty() {
-                                wrong.push(format!("stderr lacks {missing:?}"));
-                            }
-                            if stderr.contains(&password) {
-                                wrong.push("the state database's password was shown".into());
-                            }
-                            Verdict { wrong, code: ran.status.code(), stderr }
-                        });
-                    if let Some(report) = judge(case, verdict) {
-                        failures.lock().unwrap().push((i, format!("{}:\n    {report}", case.name)));
-                    }
-                }
-            });
-        }
+    let mut failures = side_by_side(&cases, |i, case| {
+        let dir = scratch.0.join(format!("case-{i}"));
+        prepare(case, &dir, &templates).map_err(|why| format!("bad case: {why}")).map(|(root, _)| {
+            let url = format!("{base}&options=-csearch_path%3D{}", schema(i));
+            let ran = runbook_with(&root, Path::new(&url), &case.args, &[("PGPASSWORD", &password)]);
+            let stderr = String::from_utf8_lossy(&ran.stderr).into_owned();
+            let mut wrong = Vec::new();
+            if ran.status.code() != Some(case.code) {
+                wrong.push(format!("exit code: expected {}, got {:?}", case.code, ran.status.code()));
+            }
+            let missing: Vec<&String> = case.says.iter().filter(|s| !stderr.contains(s.as_str())).collect();
+            if !missing.is_empty() {
+                wrong.push(format!("stderr lacks {missing:?}"));
+            }
+            if stderr.contains(&password) {
+                wrong.push("the state database's password was shown".into());
+            }
+            Verdict { wrong, code: ran.status.code(), stderr }
+        })
     });
     let made = psql(
         &base,
@@ -530,7 +523,6 @@ fn bad_input_with_its_state_in_postgresql_is_refused_alike_and_creates_nothing_t
     );
     let drop: String = (0..cases.len()).map(|i| format!("DROP SCHEMA {} CASCADE;", schema(i))).collect();
     psql(&base, &password, &drop);
-    let mut failures = failures.into_inner().unwrap();
     for name in made.split_whitespace() {
         let i: usize = name.rsplit('_').next().unwrap().parse().unwrap();
         failures.push((i, format!("{}:\n    created tables in its PostgreSQL schema", cases[i].name)));

@@ -43,6 +43,26 @@ impl Step for Noop {
 
 static NOOP: &[Kind] = &[Kind::of::<Noop>()];
 
+/// Records a run of `text` (a runbook of no-op steps) in `state` and runs it to done through the
+/// real engine and state owner; returns the engine's wall time.
+async fn run_noops(dir: &std::path::Path, state: &std::path::Path, name: &str, text: String) -> Duration {
+    let (runbook, services, run) = super::tests::prepare(dir, state, NOOP, name, text, Approver::Withheld).await;
+    let handle = StateHandle::spawn(StateDb::open(state).unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let recorder = Recorder::new(Some((handle, run)), tx);
+    let engine =
+        Engine { runbook: Arc::new(runbook), services, recorder: recorder.clone(), retry: RetryPolicy::default() };
+    let started = Instant::now();
+    let status = engine.run(Progress::default(), std::future::pending()).await;
+    recorder.emit(Event::RunFinished { run, status, duration_ms: 0 }).await;
+    let wall = started.elapsed();
+    assert_eq!(status, RunState::Done);
+    drop((engine, recorder));
+    drain.await.unwrap();
+    wall
+}
+
 /// One shape on one backend: a SQLite file, or PostgreSQL when `schema` is given.
 async fn measure(shape: &str, steps: usize, satisfied: bool, schema: Option<&crate::state::PgSchema>) -> String {
     let dir = std::env::temp_dir().join(format!("runbook-bench-{shape}-{satisfied}-{}", std::process::id()));
@@ -56,23 +76,9 @@ async fn measure(shape: &str, steps: usize, satisfied: bool, schema: Option<&cra
         ));
     }
     let state = schema.map(|s| s.location()).unwrap_or_else(|| dir.join("state.db"));
-    let (runbook, services, run) = super::tests::prepare(&dir, &state, NOOP, "bench", text, Approver::Withheld).await;
-    let db = StateDb::open(&state).unwrap();
-    let state = StateHandle::spawn(db);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let recorder = Recorder::new(Some((state, run)), tx);
-    let engine =
-        Engine { runbook: Arc::new(runbook), services, recorder: recorder.clone(), retry: RetryPolicy::default() };
     let commits_before = commits();
-    let started = Instant::now();
-    let status = engine.run(Progress::default(), std::future::pending()).await;
-    recorder.emit(Event::RunFinished { run, status, duration_ms: 0 }).await;
-    let wall = started.elapsed();
+    let wall = run_noops(&dir, &state, "bench", text).await;
     let commits = commits() - commits_before;
-    assert_eq!(status, RunState::Done);
-    drop((engine, recorder));
-    drain.await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let per_step = wall.as_secs_f64() * 1000.0 / steps as f64;
     let kind = if satisfied { "satisfied" } else { "applied" };
@@ -132,19 +138,7 @@ async fn fill(state: &std::path::Path, runs: u64) {
             needs.join(", ")
         ));
     }
-    let (runbook, services, run) = super::tests::prepare(&dir, state, NOOP, "sprint-2", text, Approver::Withheld).await;
-    let db = StateDb::open(state).unwrap();
-    let handle = StateHandle::spawn(db);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let recorder = Recorder::new(Some((handle, run)), tx);
-    let engine =
-        Engine { runbook: Arc::new(runbook), services, recorder: recorder.clone(), retry: RetryPolicy::default() };
-    let status = engine.run(Progress::default(), std::future::pending()).await;
-    recorder.emit(Event::RunFinished { run, status, duration_ms: 0 }).await;
-    assert_eq!(status, RunState::Done);
-    drop((engine, recorder));
-    drain.await.unwrap();
+    run_noops(&dir, state, "sprint-2", text).await;
     let _ = std::fs::remove_dir_all(&dir);
 
     let mut db = StateDb::open(state).unwrap();
