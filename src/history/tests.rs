@@ -16,6 +16,14 @@ fn temp_db(name: &str) -> (PathBuf, StateDb) {
     (path, db)
 }
 
+/// `test` on the populated DB in a SQLite file, then in PostgreSQL when a server is there.
+fn on_each_backend(name: &str, test: impl Fn(&StateDb)) {
+    test(&populated(temp_db(name).1));
+    if let Some(schema) = crate::state::PgSchema::fresh(&format!("history_{name}")) {
+        test(&populated(StateDb::open(&schema.location()).unwrap()));
+    }
+}
+
 fn new_run(db: &mut StateDb, runbook: &str, env: &str, operator: &str, host: &str) -> i64 {
     let steps: Vec<String> = ["T2.4", "T2.5", "T2.6"].map(String::from).to_vec();
     db.create_run(&NewRun {
@@ -43,8 +51,7 @@ fn finished(run: i64, status: RunState) -> Event {
 /// skipped by bo on bastion, a state lock released; an older runbook's skip without a host;
 /// a rollback. Run 2 (sprint-3, armitage): awaiting approval. Run 3: running, its process
 /// gone. A lock broken with no run.
-fn populated(name: &str) -> StateDb {
-    let (_, mut db) = temp_db(name);
+fn populated(mut db: StateDb) -> StateDb {
     let one = new_run(&mut db, "sprint-2", "local", "ana", "laptop");
     let events = [
         Event::ApprovalAnswered {
@@ -109,8 +116,11 @@ fn populated(name: &str) -> StateDb {
 
 #[test]
 fn history_lists_runs_newest_first_with_status_and_failed_step() {
-    let db = populated("list");
-    let view = history(&db, None, None, DEFAULT_LIMIT, "laptop").unwrap();
+    on_each_backend("list", history_lists_runs_on);
+}
+
+fn history_lists_runs_on(db: &StateDb) {
+    let view = history(db, None, None, DEFAULT_LIMIT, "laptop").unwrap();
     let seen: Vec<(i64, &str, RunState, Option<&str>, bool)> = view
         .runs
         .iter()
@@ -127,14 +137,14 @@ fn history_lists_runs_newest_first_with_status_and_failed_step() {
     assert_eq!((view.runs[0].duration_ms, view.runs[2].duration_ms.is_some()), (None, true));
     assert_eq!(format!("{}@{}", view.runs[1].operator, view.runs[1].host), "bo@bastion");
     assert!(view.runs[1].started.ends_with('Z'));
-    let two_only = history(&db, Some("sprint-2"), Some("local"), 1, "laptop").unwrap();
+    let two_only = history(db, Some("sprint-2"), Some("local"), 1, "laptop").unwrap();
     assert_eq!(two_only.runs.iter().map(|r| r.run).collect::<Vec<_>>(), [3]);
-    assert!(history(&db, None, Some("nowhere"), 20, "laptop").unwrap().runs.is_empty());
+    assert!(history(db, None, Some("nowhere"), 20, "laptop").unwrap().runs.is_empty());
 }
 
 #[test]
 fn history_walks_the_primary_key_and_audit_reads_one_runs_events_by_index() {
-    let db = populated("plan");
+    let db = populated(temp_db("plan").1);
     let (history, audit) = db.query_plans_for_tests();
     assert!(!history.contains("TEMP B-TREE"), "history would sort every run: {history}");
     assert!(audit.contains("USING INDEX events_by_run_kind"), "audit would read every event: {audit}");
@@ -142,8 +152,11 @@ fn history_walks_the_primary_key_and_audit_reads_one_runs_events_by_index() {
 
 #[test]
 fn audit_lists_every_decision_of_a_run_with_its_operator_and_host() {
-    let db = populated("audit");
-    let view = audit(&db, Some(1), false).unwrap();
+    on_each_backend("audit", audit_lists_every_decision_on);
+}
+
+fn audit_lists_every_decision_on(db: &StateDb) {
+    let view = audit(db, Some(1), false).unwrap();
     assert_eq!(view.run.as_ref().map(|r| r.id), Some(1));
     let seen: Vec<(&str, String, &str)> = view
         .decisions
@@ -172,15 +185,18 @@ fn audit_lists_every_decision_of_a_run_with_its_operator_and_host() {
 
 #[test]
 fn audit_defaults_to_the_last_run_and_all_includes_runless_unlocks() {
-    let db = populated("all");
-    let last = audit(&db, None, false).unwrap();
+    on_each_backend("all", audit_defaults_to_the_last_run_on);
+}
+
+fn audit_defaults_to_the_last_run_on(db: &StateDb) {
+    let last = audit(db, None, false).unwrap();
     assert_eq!((last.run.as_ref().map(|r| r.id), last.decisions.len()), (Some(3), 0));
-    let all = audit(&db, None, true).unwrap();
+    let all = audit(db, None, true).unwrap();
     assert!(all.run.is_none());
     assert_eq!(all.decisions.len(), 7);
     let unlock = all.decisions.last().unwrap();
     assert_eq!((unlock.run, unlock.kind.as_str()), (None, "lock_broken"));
     assert_eq!(unlock.decision, "broke the run lock held by process 4242 on ci-7");
     assert_eq!(format!("{}@{}", unlock.operator, unlock.host), "bo@bastion");
-    assert!(matches!(audit(&db, Some(99), false), Err(StateError::NoRun { .. })));
+    assert!(matches!(audit(db, Some(99), false), Err(StateError::NoRun { .. })));
 }

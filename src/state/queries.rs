@@ -251,7 +251,11 @@ impl StateDb {
                     .and_then(|rows| rows.collect())
                     .map_err(|e| self.sql_err(e))?
             }
-            Backend::Postgres(pg) => pg.history_ids(runbook, env, limit).map_err(|e| self.pg_err(e))?,
+            // A query a run would be a round trip a run: two queries in all.
+            Backend::Postgres(pg) => {
+                let rows = pg.history(runbook, env, limit).map_err(|e| self.pg_err(e))?;
+                return rows.map_err(|message| self.corrupt(message));
+            }
         };
         ids.into_iter()
             .map(|id| {
@@ -308,13 +312,15 @@ impl StateDb {
 #[cfg(test)]
 impl StateDb {
     /// Appends an event as an older runbook wrote it (for tests of reading old payloads).
-    pub(crate) fn append_raw_event_for_tests(&self, run: Option<i64>, at: i64, kind: &str, payload: &str) {
-        self.sqlite()
-            .execute(
-                "INSERT INTO events (run_id, at, step, kind, payload) VALUES (?1, ?2, NULL, ?3, ?4)",
-                params![run, at, kind, payload],
-            )
-            .unwrap();
+    pub(crate) fn append_raw_event_for_tests(&mut self, run: Option<i64>, at: i64, kind: &str, payload: &str) {
+        let quoted = |text: &str| format!("'{}'", text.replace('\'', "''"));
+        let run = run.map_or("NULL".to_string(), |r| r.to_string());
+        let sql = format!(
+            "INSERT INTO events (run_id, at, step, kind, payload) VALUES ({run}, {at}, NULL, {}, {})",
+            quoted(kind),
+            quoted(payload)
+        );
+        self.execute_for_tests(&sql).unwrap();
     }
 }
 

@@ -11,10 +11,30 @@ use tokio_postgres::{GenericClient, Row, Statement, Transaction};
 use super::{PgConn, wait};
 use crate::event::{DoneOutcome, Event, Outputs, RunState, StepState};
 use crate::state::lease::{Holder, Lease};
-use crate::state::queries::EventRow;
+use crate::state::queries::{EventRow, HistoryRow};
 use crate::state::{AttemptRow, NewRun, RunRow, StateError, StepRow};
 
 type PgResult<T> = Result<T, tokio_postgres::Error>;
+
+/// The columns `run_row` reads, in its order.
+const RUN_COLUMNS: &str =
+    "id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, ended_at, status";
+
+fn run_row(r: &Row) -> Result<RunRow, String> {
+    Ok(RunRow {
+        id: r.get(0),
+        runbook: r.get(1),
+        env: r.get(2),
+        runbook_hash: r.get(3),
+        inputs_hash: r.get(4),
+        vars: serde_json::from_str(r.get::<_, &str>(5)).unwrap_or_default(),
+        operator: r.get(6),
+        host: r.get(7),
+        started_at: r.get(8),
+        ended_at: r.get(9),
+        status: parse_state(RunState::parse, r, 10)?,
+    })
+}
 
 /// The server's time in ms since the epoch (the lease's clock).
 const SERVER_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -93,26 +113,46 @@ impl PgConn {
     }
 
     pub(in crate::state) fn run(&self, id: i64) -> PgResult<Option<Result<RunRow, String>>> {
-        let row = wait(self.client.query_opt(
-            "SELECT id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host,
-                    started_at, ended_at, status FROM runs WHERE id = $1",
-            &[&id],
+        let row = wait(self.client.query_opt(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"), &[&id]))?;
+        Ok(row.map(|r| run_row(&r)))
+    }
+
+    /// `history`'s runs, newest first, each with its first failed step (by id) and that step's
+    /// last error: two queries, whatever the number of runs.
+    pub(in crate::state) fn history(
+        &self,
+        runbook: Option<&str>,
+        env: Option<&str>,
+        limit: u32,
+    ) -> PgResult<Result<Vec<HistoryRow>, String>> {
+        let rows = wait(self.client.query(
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE ($1::text IS NULL OR runbook = $1)
+                 AND ($2::text IS NULL OR env = $2) ORDER BY id DESC LIMIT $3"
+            ),
+            &[&runbook, &env, &i64::from(limit)],
         ))?;
-        Ok(row.map(|r| {
-            Ok(RunRow {
-                id: r.get(0),
-                runbook: r.get(1),
-                env: r.get(2),
-                runbook_hash: r.get(3),
-                inputs_hash: r.get(4),
-                vars: serde_json::from_str(r.get::<_, &str>(5)).unwrap_or_default(),
-                operator: r.get(6),
-                host: r.get(7),
-                started_at: r.get(8),
-                ended_at: r.get(9),
-                status: parse_state(RunState::parse, &r, 10)?,
+        let runs: Vec<RunRow> = match rows.iter().map(run_row).collect() {
+            Ok(runs) => runs,
+            Err(message) => return Ok(Err(message)),
+        };
+        let failed: Vec<i64> = runs.iter().filter(|r| r.status == RunState::Failed).map(|r| r.id).collect();
+        let mut first_failed: HashMap<i64, (String, Option<String>)> = HashMap::new();
+        if !failed.is_empty() {
+            let rows = wait(self.client.query(
+                "SELECT DISTINCT ON (run_id) run_id, step, last_error FROM steps
+                 WHERE run_id = ANY($1) AND state = $2 ORDER BY run_id, step",
+                &[&failed, &StepState::Failed.as_str()],
+            ))?;
+            first_failed = rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
+        }
+        Ok(Ok(runs
+            .into_iter()
+            .map(|run| {
+                let failed_step = first_failed.remove(&run.id);
+                HistoryRow { run, failed_step }
             })
-        }))
+            .collect()))
     }
 
     pub(in crate::state) fn steps(&self, run: i64) -> PgResult<Result<Vec<StepRow>, String>> {
@@ -170,20 +210,6 @@ impl PgConn {
             out.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
         }
         Ok(out)
-    }
-
-    pub(in crate::state) fn history_ids(
-        &self,
-        runbook: Option<&str>,
-        env: Option<&str>,
-        limit: u32,
-    ) -> PgResult<Vec<i64>> {
-        let rows = wait(self.client.query(
-            "SELECT id FROM runs WHERE ($1::text IS NULL OR runbook = $1) AND ($2::text IS NULL OR env = $2)
-             ORDER BY id DESC LIMIT $3",
-            &[&runbook, &env, &i64::from(limit)],
-        ))?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     pub(in crate::state) fn first_failed_step(&self, run: i64) -> PgResult<Option<(String, Option<String>)>> {
