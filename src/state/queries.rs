@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{AttemptRow, Backend, Progress, RunRow, StateDb, StateError, StepRow, state_column};
 use crate::event::{Outputs, RunState, StepState};
@@ -244,34 +244,31 @@ impl StateDb {
         env: Option<&str>,
         limit: u32,
     ) -> Result<Vec<HistoryRow>, StateError> {
-        let ids: Vec<i64> = match &self.backend {
-            Backend::Sqlite(conn) => {
-                let mut stmt = conn.prepare(HISTORY_SQL).map_err(|e| self.sql_err(e))?;
-                stmt.query_map(params![runbook, env, limit], |r| r.get(0))
-                    .and_then(|rows| rows.collect())
-                    .map_err(|e| self.sql_err(e))?
-            }
+        let conn = match &self.backend {
+            Backend::Sqlite(conn) => conn,
             // A query a run would be a round trip a run: two queries in all.
             Backend::Postgres(pg) => {
                 let rows = pg.history(runbook, env, limit).map_err(|e| self.pg_err(e))?;
                 return rows.map_err(|message| self.corrupt(message));
             }
         };
+        let mut stmt = conn.prepare(HISTORY_SQL).map_err(|e| self.sql_err(e))?;
+        let ids: Vec<i64> = stmt
+            .query_map(params![runbook, env, limit], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sql_err(e))?;
         ids.into_iter()
             .map(|id| {
                 let run = self.run(id)?;
-                let failed_step = if run.status == RunState::Failed { self.first_failed_step(id)? } else { None };
+                let failed_step = if run.status == RunState::Failed { self.first_failed_step(conn, id)? } else { None };
                 Ok(HistoryRow { run, failed_step })
             })
             .collect()
     }
 
-    /// The first failed step of `run` (by id) and its last error.
-    fn first_failed_step(&self, run: i64) -> Result<Option<(String, Option<String>)>, StateError> {
-        let conn = match &self.backend {
-            Backend::Sqlite(conn) => conn,
-            Backend::Postgres(pg) => return pg.first_failed_step(run).map_err(|e| self.pg_err(e)),
-        };
+    /// The first failed step of `run` (by id) and its last error, in a SQLite state DB
+    /// (PostgreSQL's `history` reads them for all its runs at once).
+    fn first_failed_step(&self, conn: &Connection, run: i64) -> Result<Option<(String, Option<String>)>, StateError> {
         conn.query_row(
             "SELECT step, last_error FROM steps WHERE run_id = ?1 AND state = ?2 ORDER BY step LIMIT 1",
             params![run, StepState::Failed.as_str()],

@@ -212,14 +212,6 @@ impl PgConn {
         Ok(out)
     }
 
-    pub(in crate::state) fn first_failed_step(&self, run: i64) -> PgResult<Option<(String, Option<String>)>> {
-        let row = wait(self.client.query_opt(
-            "SELECT step, last_error FROM steps WHERE run_id = $1 AND state = $2 ORDER BY step LIMIT 1",
-            &[&run, &StepState::Failed.as_str()],
-        ))?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
-    }
-
     pub(in crate::state) fn events_by_kind(&self, run: Option<i64>, kinds: &[&str]) -> PgResult<Vec<EventRow>> {
         let rows = match run {
             Some(run) => wait(self.client.query(
