@@ -166,6 +166,16 @@ struct Ran {
     stderr: String,
 }
 
+impl From<Output> for Ran {
+    fn from(out: Output) -> Self {
+        Ran {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Ran {
     fn text(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
@@ -193,25 +203,24 @@ impl Runbook {
         self
     }
 
-    fn run(&self, args: &[&str]) -> Ran {
+    /// The invocation, not started yet.
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_runbook"));
         if let Some(cwd) = &self.cwd {
             command.current_dir(cwd);
         }
-        let out: Output = command
+        command
             .args(args)
             .env("RUNBOOK_STATE", &self.state)
             .env("RUNBOOK_PROJECT", &self.project)
             .env("RUNBOOK_OPERATOR", "test-operator")
             .env_remove("RUNBOOK_CRASH_AT")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .output()
-            .expect("run the runbook binary");
-        Ran {
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Ran {
+        Ran::from(self.command(args).output().expect("run the runbook binary"))
     }
 
     fn status(&self) -> serde_json::Value {

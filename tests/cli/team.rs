@@ -86,16 +86,7 @@ impl Drop for PgState {
 impl Runbook {
     /// The same invocation, started and left running.
     fn spawn(&self, args: &[&str]) -> std::process::Child {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_runbook"));
-        if let Some(cwd) = &self.cwd {
-            command.current_dir(cwd);
-        }
-        command
-            .args(args)
-            .env("RUNBOOK_STATE", &self.state)
-            .env("RUNBOOK_PROJECT", &self.project)
-            .env_remove("RUNBOOK_CRASH_AT")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        self.command(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -105,12 +96,7 @@ impl Runbook {
 }
 
 fn finished(child: std::process::Child) -> Ran {
-    let out = child.wait_with_output().unwrap();
-    Ran {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Ran::from(child.wait_with_output().unwrap())
 }
 
 fn history(rb: &Runbook) -> Vec<serde_json::Value> {
