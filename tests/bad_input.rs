@@ -310,25 +310,34 @@ struct Verdict {
     stderr: String,
 }
 
+impl Verdict {
+    /// How `ran` went against the case's exit code and words (what the state holds is each
+    /// backend's own check, added by the caller).
+    fn of(case: &Case, ran: &std::process::Output) -> Verdict {
+        let stderr = String::from_utf8_lossy(&ran.stderr).into_owned();
+        let mut wrong = Vec::new();
+        if ran.status.code() != Some(case.code) {
+            wrong.push(format!("exit code: expected {}, got {:?}", case.code, ran.status.code()));
+        }
+        let missing: Vec<&String> = case.says.iter().filter(|s| !stderr.contains(s.as_str())).collect();
+        if !missing.is_empty() {
+            wrong.push(format!("stderr lacks {missing:?}"));
+        }
+        Verdict { wrong, code: ran.status.code(), stderr }
+    }
+}
+
 /// Runs one case.
 fn check(case: &Case, dir: &Path, templates: &Path) -> Result<Verdict, String> {
     let (root, state) = prepare(case, dir, templates).map_err(|why| format!("bad case: {why}"))?;
     let before = held(&state);
     let ran = runbook(&root, &state, &case.args);
-    let stderr = String::from_utf8_lossy(&ran.stderr);
-    let mut wrong = Vec::new();
-    if ran.status.code() != Some(case.code) {
-        wrong.push(format!("exit code: expected {}, got {:?}", case.code, ran.status.code()));
-    }
-    let missing: Vec<&String> = case.says.iter().filter(|s| !stderr.contains(s.as_str())).collect();
-    if !missing.is_empty() {
-        wrong.push(format!("stderr lacks {missing:?}"));
-    }
+    let mut verdict = Verdict::of(case, &ran);
     let after = held(&state);
     if after != before {
-        wrong.push(format!("state changed: expected {}, got {}", before.describe(), after.describe()));
+        verdict.wrong.push(format!("state changed: expected {}, got {}", before.describe(), after.describe()));
     }
-    Ok(Verdict { wrong, code: ran.status.code(), stderr: stderr.into_owned() })
+    Ok(verdict)
 }
 
 /// What is wrong with the case's outcome, for the report; `None`: as the corpus says.
@@ -499,19 +508,11 @@ fn bad_input_with_its_state_in_postgresql_is_refused_alike_and_creates_nothing_t
         prepare(case, &dir, &templates).map_err(|why| format!("bad case: {why}")).map(|(root, _)| {
             let url = format!("{base}&options=-csearch_path%3D{}", schema(i));
             let ran = runbook_with(&root, Path::new(&url), &case.args, &[("PGPASSWORD", &password)]);
-            let stderr = String::from_utf8_lossy(&ran.stderr).into_owned();
-            let mut wrong = Vec::new();
-            if ran.status.code() != Some(case.code) {
-                wrong.push(format!("exit code: expected {}, got {:?}", case.code, ran.status.code()));
+            let mut verdict = Verdict::of(case, &ran);
+            if verdict.stderr.contains(&password) {
+                verdict.wrong.push("the state database's password was shown".into());
             }
-            let missing: Vec<&String> = case.says.iter().filter(|s| !stderr.contains(s.as_str())).collect();
-            if !missing.is_empty() {
-                wrong.push(format!("stderr lacks {missing:?}"));
-            }
-            if stderr.contains(&password) {
-                wrong.push("the state database's password was shown".into());
-            }
-            Verdict { wrong, code: ran.status.code(), stderr }
+            verdict
         })
     });
     let made = psql(
