@@ -325,14 +325,20 @@ fn another_hosts_lease_is_stale_after_its_heartbeat_stops() {
     });
 }
 
+/// A new run of its own DB at `location`, holding the run lock as a running `run` does.
+fn a_run_holding_the_lock(location: &Path) -> (StateDb, i64, Holder) {
+    let mut db = StateDb::open(location).unwrap();
+    let run = new_run(&mut db);
+    let me = Holder::me("here");
+    db.acquire_lock(&me).unwrap();
+    db.lock_run(&me, run).unwrap();
+    (db, run, me)
+}
+
 #[test]
 fn a_run_that_lost_its_lease_records_no_intent() {
     each_backend("lost", |location| {
-        let mut db = StateDb::open(location).unwrap();
-        let run = new_run(&mut db);
-        let me = Holder::me("here");
-        db.acquire_lock(&me).unwrap();
-        db.lock_run(&me, run).unwrap();
+        let (mut db, run, me) = a_run_holding_the_lock(location);
         let step = || "T2.1".to_string();
         db.record(Some(run), &Event::StepStarted { step: step(), attempt: 1, title: "t".into(), in_doubt: false })
             .unwrap();
@@ -572,11 +578,7 @@ fn a_sqlite_history_is_copied_into_an_empty_postgres_one_keeping_ids_and_order()
 #[ignore]
 fn durable_record_cost() {
     each_backend("cost", |location| {
-        let mut db = StateDb::open(location).unwrap();
-        let run = new_run(&mut db);
-        let me = Holder::me("here");
-        db.acquire_lock(&me).unwrap();
-        db.lock_run(&me, run).unwrap();
+        let (mut db, run, _) = a_run_holding_the_lock(location);
         let step = || "T2.1".to_string();
         let n = 200;
         let started = std::time::Instant::now();
