@@ -1,7 +1,8 @@
 //! `runbook`: an executor for deployment runbooks. This file parses arguments and turns the
 //! outcome into output and an exit code; the work is in `commands.rs` and below.
 //!
-//! Exit codes: 0 done, 1 a step failed, 2 bad input, 3 locked by another run, 130 interrupted.
+//! Exit codes: 0 done, 1 a step failed, 2 bad input, 3 locked by another run, 130 interrupted;
+//! `watch --once` 4 unhealthy, `diagnose` 1 when a check fails.
 
 mod approval;
 mod clock;
@@ -46,7 +47,7 @@ use crate::reporter::Mode;
     version,
     about = "Run deployment runbooks: typed steps that probe, apply and verify, resumable from SQLite"
 )]
-#[command(after_help = "Exit codes: 0 done, 1 a step failed, 2 bad input, 3 locked by another run, 130 interrupted.")]
+#[command(after_help = EXIT_CODES)]
 struct Cli {
     /// The state DB: a SQLite file, or a PostgreSQL URL
     /// (postgres://user@host:port/database?sslmode=verify-full&sslrootcert=ca.pem), its
@@ -54,7 +55,7 @@ struct Cli {
     #[arg(long, global = true, env = "RUNBOOK_STATE", hide_env_values = true, default_value = "state/runbook.db")]
     state: PathBuf,
     /// The project folder holding runbooks/ and ring/.
-    #[arg(long, global = true, env = "RUNBOOK_PROJECT", default_value = ".")]
+    #[arg(long, global = true, env = "RUNBOOK_PROJECT", hide_env_values = true, default_value = ".")]
     project: PathBuf,
     /// Events as NDJSON on stdout (status: one JSON document).
     #[arg(long, global = true)]
@@ -67,6 +68,7 @@ struct Cli {
 enum Command {
     /// Start a new run of a runbook.
     Run {
+        /// The runbook's name: a file runbooks/NAME.toml (sprint-2, sprint-3, rollback).
         runbook: String,
         /// Environment file in runbooks/environments/ (default: the local ring).
         #[arg(long, default_value = "local")]
@@ -84,14 +86,18 @@ enum Command {
     },
     /// Read-only: run every probe and say what would change.
     Plan {
+        /// The runbook's name: a file runbooks/NAME.toml (sprint-2, sprint-3, rollback).
         runbook: String,
+        /// Environment file in runbooks/environments/ (default: the local ring).
         #[arg(long, default_value = "local")]
         env: String,
+        /// Set a runbook variable: --var NAME=VALUE (repeatable).
         #[arg(long = "var", value_name = "NAME=VALUE")]
         vars: Vec<String>,
     },
     /// Continue the last (or the given) run where it stopped.
     Resume {
+        /// The run to continue (default: the last run).
         run: Option<i64>,
         /// Approve changes that ask for approval without prompting.
         #[arg(long)]
@@ -102,20 +108,29 @@ enum Command {
         ack_rollback: Option<i64>,
     },
     /// Per-step state, attempts, durations and last error of the last (or given) run.
-    Status { run: Option<i64> },
+    Status {
+        /// The run to show (default: the last run).
+        run: Option<i64>,
+    },
     /// What a step printed, per attempt (default: its last attempt).
     Logs {
+        /// The step's id, as in the runbook (e.g. T2.4).
         step: String,
+        /// The attempt to show, counted from 1 (default: the last).
         #[arg(long)]
         attempt: Option<i64>,
+        /// The run the step belongs to (default: the last run).
         #[arg(long)]
         run: Option<i64>,
     },
     /// Run one step again (and with --downstream what depends on it), then the rest of the run.
     Retry {
+        /// The step's id, as in the runbook (e.g. T2.6).
         step: String,
+        /// Also run again every step that depends on it, in dependency order.
         #[arg(long)]
         downstream: bool,
+        /// The run the step belongs to (default: the last run).
         #[arg(long)]
         run: Option<i64>,
         /// Approve changes that ask for approval without prompting.
@@ -128,23 +143,30 @@ enum Command {
     },
     /// Mark a step done without running it; the reason goes into the audit log.
     Skip {
+        /// The step's id, as in the runbook (e.g. T2.7).
         step: String,
+        /// Why, for the audit log (required).
         #[arg(long)]
         reason: String,
+        /// The run the step belongs to (default: the last run).
         #[arg(long)]
         run: Option<i64>,
     },
     /// Print the dependency graph.
     Graph {
+        /// The runbook's name: a file runbooks/NAME.toml.
         runbook: String,
+        /// DOT (Graphviz) or Mermaid.
         #[arg(long, value_enum, default_value = "dot")]
         format: GraphFormat,
+        /// Environment file in runbooks/environments/ (default: the local ring).
         #[arg(long, default_value = "local")]
         env: String,
     },
     /// Break a stale run lock (recorded in the audit log). A live holder's lock only with
     /// --run N --yes, naming its run.
     Unlock {
+        /// Break the run lock of a run whose process is dead (a live one's only with --run N --yes).
         #[arg(long)]
         force: bool,
         /// The run whose lock to break, when its process is alive.
@@ -176,6 +198,7 @@ enum Command {
     /// approvals with the plan approved, skips, retries, lock takeovers and breaks, terraform
     /// state-lock releases, rollbacks and their acknowledgements.
     Audit {
+        /// The run whose decisions to list (default: the last run).
         run: Option<i64>,
         /// The decisions of every run in the state DB.
         #[arg(long, conflicts_with = "run")]
@@ -185,8 +208,10 @@ enum Command {
     /// print each verdict, the value seen and the next action; exit 1 when one fails. Takes no
     /// run lock and writes nothing, so it works while a deploy runs.
     Diagnose {
+        /// Environment file in runbooks/environments/ (default: the local ring).
         #[arg(long, default_value = "local")]
         env: String,
+        /// Set a variable of runbooks/diagnose.toml: --var NAME=VALUE (repeatable).
         #[arg(long = "var", value_name = "NAME=VALUE")]
         vars: Vec<String>,
     },
@@ -207,15 +232,23 @@ enum Command {
     },
     /// The state DB itself: `state copy` moves a SQLite history into PostgreSQL.
     State {
+        /// What to do with the state DB.
         #[command(subcommand)]
         action: StateAction,
     },
     /// The local rehearsal ring of real services on loopback.
     Ring {
+        /// setup installs the ring's parts, up starts it, down stops it, status shows it,
+        /// reset empties it.
         #[arg(value_enum)]
         action: RingAction,
     },
 }
+
+/// The exit codes, as `--help` lists them.
+const EXIT_CODES: &str = "Exit codes: 0 done, 1 a step failed, 2 bad input (nothing was changed), 3 locked by \
+                          another run, 130 interrupted (resumable); watch --once: 0 healthy, 1 degraded, 4 \
+                          unhealthy; diagnose: 1 when a check fails.";
 
 #[derive(Subcommand)]
 enum StateAction {
@@ -310,6 +343,43 @@ async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
                 RingAction::Reset => "reset",
             };
             commands::ring(&g.project, name)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every argument of every command says what it is in `--help`.
+    #[test]
+    fn every_argument_has_a_description() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "runbook", &mut missing);
+        assert_eq!(missing, Vec::<String>::new(), "arguments without a description");
+    }
+
+    #[test]
+    fn help_shows_no_empty_environment_value_and_every_exit_code() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(!help.contains("RUNBOOK_PROJECT="), "{help}");
+        for code in
+            ["0 done", "1 a step failed", "2 bad input", "3 locked", "130 interrupted", "4 unhealthy", "diagnose: 1"]
+        {
+            assert!(help.contains(code), "no `{code}` in --help:\n{help}");
         }
     }
 }

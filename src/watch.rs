@@ -69,8 +69,8 @@ pub(crate) struct Poll {
     pub(crate) dixie: String,
     /// Each infrastructure component Dixie reports, with its status.
     pub(crate) components: BTreeMap<String, String>,
-    /// Finn's latency as Dixie measures it (`services.loa_finn.latency_ms`).
-    pub(crate) finn_latency_ms: Option<u64>,
+    /// Finn's latency as Dixie measures it (`services.loa_finn.latency_ms`), as reported.
+    pub(crate) finn_latency_ms: Option<f64>,
     /// Finn's circuit in Dixie, lower case.
     pub(crate) finn_circuit: Option<String>,
     /// Finn's own `/health` status, or `unreachable`.
@@ -90,8 +90,17 @@ pub(crate) struct Transition {
     pub(crate) what: String,
 }
 
-/// A GET's answer: HTTP status and JSON body, or why there is none.
-pub(crate) type Answer = Result<(u16, Value), String>;
+/// A GET's answer: HTTP status and JSON body, an answer whose body is not JSON (its status
+/// and how it starts), or why there is none.
+#[derive(Debug, Clone)]
+pub(crate) enum Answer {
+    Json(u16, Value),
+    NotJson { status: u16, start: String },
+    Unreachable(String),
+}
+
+/// How much of a body that is not JSON is quoted.
+const QUOTED_CHARS: usize = 120;
 
 /// The verdict of one poll's two answers. Pure.
 pub(crate) fn assess(at: i64, dixie: Answer, finn: Answer) -> Poll {
@@ -109,7 +118,7 @@ pub(crate) fn assess(at: i64, dixie: Answer, finn: Answer) -> Poll {
         reasons: Vec::new(),
     };
     match dixie {
-        Ok((code, body)) => {
+        Answer::Json(code, body) => {
             poll.dixie = body["status"].as_str().unwrap_or("missing").to_string();
             if let Some(infra) = body["infrastructure"].as_object() {
                 for (name, component) in infra {
@@ -118,7 +127,12 @@ pub(crate) fn assess(at: i64, dixie: Answer, finn: Answer) -> Poll {
                 }
             }
             let finn = &body["services"]["loa_finn"];
-            poll.finn_latency_ms = finn["latency_ms"].as_f64().map(|ms| ms.round().max(0.0) as u64);
+            match crate::health::finn_latency_ms(&body) {
+                Ok(ms) => poll.finn_latency_ms = Some(ms),
+                // Absent when Finn is unreachable; anything else there is not a latency.
+                Err(_) if finn["latency_ms"].is_null() => {}
+                Err(why) => reasons.push(format!("dixie {why}")),
+            }
             poll.finn_circuit = finn["circuit_state"].as_str().map(|c| c.to_ascii_lowercase());
             let verdict = judge(&HealthPolicy::strict(HealthRule::Dixie), code, &body);
             if !verdict.ok {
@@ -128,25 +142,35 @@ pub(crate) fn assess(at: i64, dixie: Answer, finn: Answer) -> Poll {
                 || poll.dixie == "unhealthy"
                 || poll.finn_circuit.as_deref() == Some("open");
         }
-        Err(e) => {
+        Answer::NotJson { status, start } => {
+            poll.dixie = format!("HTTP {status}, not JSON");
+            reasons.push(format!("dixie answered HTTP {status} with a body that is not JSON: {start:?}"));
+            unhealthy = true;
+        }
+        Answer::Unreachable(e) => {
             reasons.push(format!("dixie unreachable: {e}"));
             unhealthy = true;
         }
     }
     match finn {
-        Ok((code, body)) => {
+        Answer::Json(code, body) => {
             poll.finn = body["status"].as_str().unwrap_or("missing").to_string();
             let verdict = judge(&HealthPolicy::strict(HealthRule::Finn), code, &body);
             if !verdict.ok {
                 reasons.push(format!("finn: {}", verdict.summary));
             }
         }
-        Err(e) => {
+        Answer::NotJson { status, start } => {
+            poll.finn = format!("HTTP {status}, not JSON");
+            reasons.push(format!("finn answered HTTP {status} with a body that is not JSON: {start:?}"));
+            unhealthy = true;
+        }
+        Answer::Unreachable(e) => {
             reasons.push(format!("finn unreachable: {e}"));
             unhealthy = true;
         }
     }
-    if let Some(ms) = poll.finn_latency_ms.filter(|ms| *ms > LATENCY_WARN_MS) {
+    if let Some(ms) = poll.finn_latency_ms.filter(|ms| *ms > LATENCY_WARN_MS as f64) {
         reasons.push(format!("finn latency {ms} ms, over {LATENCY_WARN_MS} ms"));
     }
     poll.verdict = match (unhealthy, reasons.is_empty()) {
@@ -181,7 +205,7 @@ pub(crate) fn transitions(before: &Poll, now: &Poll) -> Vec<Transition> {
     }
     let circuit = |p: &Poll| p.finn_circuit.clone().unwrap_or_else(|| "unknown".into());
     changed("finn circuit", &circuit(before), &circuit(now), "");
-    let over = |p: &Poll| p.finn_latency_ms.is_some_and(|ms| ms > LATENCY_WARN_MS);
+    let over = |p: &Poll| p.finn_latency_ms.is_some_and(|ms| ms > LATENCY_WARN_MS as f64);
     if over(before) != over(now) {
         let ms = |p: &Poll| p.finn_latency_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "unknown".into());
         let note = if over(now) {
@@ -224,8 +248,19 @@ impl Targets {
 }
 
 /// GET `url` through the environment's address map; the JSON body whatever the status
-/// (Dixie answers 200 when unhealthy).
+/// (Dixie answers 200 when unhealthy), or what it answered when that is not JSON.
 pub(crate) async fn get(env: &Environment, url: &str) -> Answer {
+    match fetch(env, url).await {
+        Ok((status, body)) => match serde_json::from_str(&body) {
+            Ok(json) => Answer::Json(status, json),
+            Err(_) => Answer::NotJson { status, start: body.chars().take(QUOTED_CHARS).collect() },
+        },
+        Err(e) => Answer::Unreachable(e),
+    }
+}
+
+/// GET `url`: its status and body, or why there is none.
+async fn fetch(env: &Environment, url: &str) -> Result<(u16, String), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
     let host = parsed.host_str().ok_or_else(|| format!("{url} names no host"))?.to_string();
     let addr = env.dial(&host, parsed.port_or_known_default().unwrap_or(443))?;
@@ -237,10 +272,7 @@ pub(crate) async fn get(env: &Environment, url: &str) -> Answer {
         .map_err(|e| format!("GET {url}: {}", crate::error_chain::error_chain(&e.without_url())))?;
     let status = response.status().as_u16();
     let body = response.text().await.map_err(|e| format!("GET {url}: {e}"))?;
-    let json = serde_json::from_str(&body).map_err(|_| {
-        format!("GET {url}: HTTP {status}, body is not JSON: {}", body.chars().take(120).collect::<String>())
-    })?;
-    Ok((status, json))
+    Ok((status, body))
 }
 
 /// `30s`, `500ms`, `2m`, or a number of seconds; at least 100 ms.

@@ -256,22 +256,22 @@ impl Params {
     }
 
     /// Finn's latency as Dixie reports it, sampled `latency_samples` times a second apart:
-    /// (median, samples). A sample without a latency fails the step's wait, naming it.
-    async fn finn_latency(&self, cx: &StepContext) -> Result<(u64, Vec<u64>), StepError> {
+    /// (median, samples), in milliseconds as reported. A sample without a latency, or with one
+    /// that is not a non-negative number, fails the step's wait, naming what it found.
+    async fn finn_latency(&self, cx: &StepContext) -> Result<(f64, Vec<f64>), StepError> {
         let mut samples = Vec::new();
         for n in 0..self.health.latency_samples {
             if n > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             let (_, body, _) = reach::get_json(&cx.env, &self.health_url).await.map_err(StepError::retryable)?;
-            let latency = body["services"]["loa_finn"]["latency_ms"].as_f64().ok_or_else(|| {
-                StepError::retryable(format!("{} reports no services.loa_finn.latency_ms", self.health_url))
-            })?;
-            samples.push(latency.round().max(0.0) as u64);
+            let latency = crate::health::finn_latency_ms(&body)
+                .map_err(|why| StepError::retryable(format!("{} {why}", self.health_url)))?;
+            samples.push(latency);
         }
-        let mut sorted = samples.clone();
-        sorted.sort_unstable();
-        Ok((sorted[sorted.len() / 2], samples))
+        let median = crate::health::median(&samples)
+            .ok_or_else(|| StepError::retryable("health.latency_samples = 0: no sample of Finn's latency"))?;
+        Ok((median, samples))
     }
 }
 
@@ -458,7 +458,8 @@ impl Step for Params {
         if let Some(limit) = self.health.finn_latency_ms {
             let (median, samples) = self.finn_latency(cx).await?;
             let seen = format!("median {median} ms of {samples:?} ms, 1 s apart (want < {limit} ms)");
-            if median >= limit {
+            // The value reported, never a rounded one: 49.6 is under 50.
+            if median >= limit as f64 {
                 return Ok(Probe::Absent(format!("finn latency {seen}")));
             }
             outputs.insert("finn_latency".into(), seen);

@@ -7,11 +7,11 @@ use super::*;
 use crate::notify::tests::{Loopback, environment};
 
 fn dixie(status: &str, circuit: &str, latency: u64, infra: Value) -> Answer {
-    Ok((
+    Answer::Json(
         200,
         json!({"status": status, "services": {"loa_finn": {"status": "healthy", "latency_ms": latency, "circuit_state": circuit}},
                "infrastructure": infra}),
-    ))
+    )
 }
 
 fn infra(redis: &str, nats: &str) -> Value {
@@ -19,14 +19,30 @@ fn infra(redis: &str, nats: &str) -> Value {
 }
 
 fn finn_ok() -> Answer {
-    Ok((200, json!({"status": "healthy"})))
+    Answer::Json(200, json!({"status": "healthy"}))
 }
 
 #[test]
 fn verdicts_follow_002s_status_logic_and_name_the_cause() {
     let healthy = assess(0, dixie("healthy", "closed", 12, infra("healthy", "connected")), finn_ok());
     assert_eq!((healthy.verdict, healthy.reasons.len()), (Verdict::Healthy, 0), "{healthy:?}");
-    assert_eq!(healthy.finn_latency_ms, Some(12));
+    assert_eq!(healthy.finn_latency_ms, Some(12.0));
+    let with_latency = |ms: Value| {
+        let mut answer = dixie("healthy", "closed", 0, infra("healthy", "connected"));
+        if let Answer::Json(_, body) = &mut answer {
+            body["services"]["loa_finn"]["latency_ms"] = ms;
+        }
+        assess(0, answer, finn_ok())
+    };
+    let just_over = with_latency(json!(500.4));
+    assert_eq!(just_over.reasons, ["finn latency 500.4 ms, over 500 ms"], "the value reported, not a rounded one");
+    let text = with_latency(json!("12"));
+    assert_eq!(
+        text.reasons,
+        ["dixie reports services.loa_finn.latency_ms as a string (\"12\"), not a number of milliseconds"]
+    );
+    assert_eq!((text.verdict, text.finn_latency_ms), (Verdict::Degraded, None));
+    assert_eq!(with_latency(json!(-500)).verdict, Verdict::Degraded, "a negative latency is not evidence");
 
     // Sprint 2 on the ring: NATS has no rule yet. watch tolerates nothing.
     let nats = assess(0, dixie("degraded", "closed", 12, infra("healthy", "unreachable")), finn_ok());
@@ -40,16 +56,49 @@ fn verdicts_follow_002s_status_logic_and_name_the_cause() {
     assert_eq!(slow.verdict, Verdict::Degraded);
     assert_eq!(slow.reasons, ["finn latency 640 ms, over 500 ms"]);
 
-    let gone = assess(0, Err("GET http://d/api/health: connection refused".into()), finn_ok());
+    let gone = assess(0, Answer::Unreachable("GET http://d/api/health: connection refused".into()), finn_ok());
     assert_eq!((gone.verdict, gone.dixie.as_str()), (Verdict::Unhealthy, "unreachable"));
     assert_eq!(gone.reasons, ["dixie unreachable: GET http://d/api/health: connection refused"]);
 
-    let error = assess(0, Ok((503, json!({"status": "healthy"}))), finn_ok());
+    let error = assess(0, Answer::Json(503, json!({"status": "healthy"})), finn_ok());
     assert_eq!(error.verdict, Verdict::Unhealthy, "an error status is never healthy");
 
-    let finn_down = assess(0, dixie("healthy", "closed", 12, infra("healthy", "connected")), Err("refused".into()));
+    let finn_down =
+        assess(0, dixie("healthy", "closed", 12, infra("healthy", "connected")), Answer::Unreachable("refused".into()));
     assert_eq!((finn_down.verdict, finn_down.finn.as_str()), (Verdict::Unhealthy, "unreachable"));
     assert_eq!([Verdict::Healthy, Verdict::Degraded, Verdict::Unhealthy].map(Verdict::exit_code), [0, 1, 4]);
+}
+
+#[test]
+fn an_answer_that_is_not_json_is_an_answer_and_says_what_it_was() {
+    let html = Answer::NotJson { status: 200, start: "<html>maintenance</html>".into() };
+    let poll = assess(0, html, finn_ok());
+    assert_eq!((poll.verdict, poll.dixie.as_str()), (Verdict::Unhealthy, "HTTP 200, not JSON"));
+    assert_eq!(poll.reasons, ["dixie answered HTTP 200 with a body that is not JSON: \"<html>maintenance</html>\""]);
+    assert!(!poll.reasons[0].contains("unreachable"), "it answered: {poll:?}");
+    let finn = assess(
+        0,
+        dixie("healthy", "closed", 12, infra("healthy", "connected")),
+        Answer::NotJson { status: 502, start: "Bad Gateway".into() },
+    );
+    assert_eq!(finn.finn, "HTTP 502, not JSON");
+    assert_eq!(finn.verdict, Verdict::Unhealthy);
+}
+
+#[test]
+fn a_body_without_the_components_dixie_reports_is_not_healthy() {
+    let bare = assess(0, dixie("healthy", "closed", 12, json!({})), finn_ok());
+    assert_eq!(bare.verdict, Verdict::Degraded);
+    assert_eq!(
+        bare.reasons,
+        ["dixie: status healthy, finn circuit closed, nats absent, postgresql absent, redis absent"]
+    );
+    let no_nats = assess(
+        0,
+        dixie("healthy", "closed", 12, json!({"postgresql": {"status": "healthy"}, "redis": {"status": "healthy"}})),
+        finn_ok(),
+    );
+    assert_eq!(no_nats.reasons, ["dixie: status healthy, finn circuit closed, nats absent"]);
 }
 
 #[test]
@@ -61,7 +110,7 @@ fn transitions_name_each_change_and_only_changes() {
     let what = |a: &Poll, b: &Poll| transitions(a, b).into_iter().map(|t| t.what).collect::<Vec<_>>();
     assert_eq!(what(&healthy, &redis_down), ["dixie healthy → degraded", "redis healthy → unreachable"]);
     assert_eq!(what(&redis_down, &healthy), ["dixie degraded → healthy", "redis unreachable → healthy"]);
-    let open = at(dixie("unhealthy", "OPEN", 0, infra("healthy", "connected")), Err("refused".into()));
+    let open = at(dixie("unhealthy", "OPEN", 0, infra("healthy", "connected")), Answer::Unreachable("refused".into()));
     assert_eq!(
         what(&healthy, &open),
         ["dixie healthy → unhealthy", "finn circuit closed → open", "finn healthy → unreachable"]
@@ -71,7 +120,7 @@ fn transitions_name_each_change_and_only_changes() {
     assert_eq!(what(&slow, &healthy), ["finn latency 640 ms → 12 ms (back under 500 ms)"]);
     let slower = at(dixie("healthy", "closed", 900, infra("healthy", "connected")), finn_ok());
     assert_eq!(what(&slow, &slower), Vec::<String>::new(), "still over: no new event");
-    let unreachable = at(Err("refused".into()), finn_ok());
+    let unreachable = at(Answer::Unreachable("refused".into()), finn_ok());
     assert_eq!(
         what(&healthy, &unreachable),
         [
@@ -120,7 +169,7 @@ async fn the_loop_prints_each_poll_and_posts_each_transition() {
     let body = |redis: &str| {
         json!({"status": if redis == "healthy" { "healthy" } else { "degraded" },
                "services": {"loa_finn": {"latency_ms": 9, "circuit_state": "closed"}},
-               "infrastructure": {"redis": {"status": redis}}})
+               "infrastructure": {"postgresql": {"status": "healthy"}, "redis": {"status": redis}, "nats": {"status": "connected"}}})
         .to_string()
     };
     standins.answer("/health", 200, r#"{"status": "healthy"}"#);
@@ -161,14 +210,14 @@ async fn the_loop_prints_each_poll_and_posts_each_transition() {
     assert_eq!(
         lines,
         [
-            "healthy    dixie healthy  redis healthy  finn 9 ms circuit closed  finn /health healthy",
-            "degraded   dixie degraded  redis unreachable  finn 9 ms circuit closed  finn /health healthy  — dixie: \
+            "healthy    dixie healthy  nats connected  postgresql healthy  redis healthy  finn 9 ms circuit closed  finn /health healthy",
+            "degraded   dixie degraded  nats connected  postgresql healthy  redis unreachable  finn 9 ms circuit closed  finn /health healthy  — dixie: \
              status degraded, finn circuit closed, redis unreachable",
             "EVENT      dixie healthy → degraded",
             "EVENT      redis healthy → unreachable",
-            "degraded   dixie degraded  redis unreachable  finn 9 ms circuit closed  finn /health healthy  — dixie: \
+            "degraded   dixie degraded  nats connected  postgresql healthy  redis unreachable  finn 9 ms circuit closed  finn /health healthy  — dixie: \
              status degraded, finn circuit closed, redis unreachable",
-            "healthy    dixie healthy  redis healthy  finn 9 ms circuit closed  finn /health healthy",
+            "healthy    dixie healthy  nats connected  postgresql healthy  redis healthy  finn 9 ms circuit closed  finn /health healthy",
             "EVENT      dixie degraded → healthy",
             "EVENT      redis unreachable → healthy",
         ]
@@ -207,7 +256,7 @@ async fn a_dead_webhook_is_said_once_and_watching_goes_on() {
         notify_failed: false,
     };
     // Each poll flips Finn's circuit: a transition every poll after the first.
-    let poll = |circuit: &str| assess(0, dixie("healthy", circuit, 5, json!({})), finn_ok());
+    let poll = |circuit: &str| assess(0, dixie("healthy", circuit, 5, infra("healthy", "connected")), finn_ok());
     let (closed, open) = (poll("closed"), poll("open"));
     for (before, now) in [(&closed, &open), (&open, &closed), (&closed, &open)] {
         printer.seen(now, &transitions(before, now)).await;
