@@ -47,7 +47,7 @@ pub(crate) enum CliError {
     #[error("{error}{}", error.fix().map(|f| format!("\n    fix: {f}")).unwrap_or_default())]
     Step { error: crate::steps::StepError },
     /// After the run was recorded: not bad input, a failure of the run.
-    #[error("run {run}: {source}; `runbook status` shows where it stopped")]
+    #[error("run {run}: {source}; `runbook status {run}` shows where it stopped")]
     Recorded { run: i64, source: StateError },
 }
 
@@ -161,6 +161,7 @@ pub(crate) async fn run(
     let book = Runbook::load(&g.project, runbook, &env, &vars)?;
     book.check_files(&g.project)?;
     let mut db = crate::state::timing::measure_open(|| StateDb::open(&g.state))?;
+    check_acknowledgement(g, &db, &env.name, None)?;
     let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
     let (cloud, notes) = lock_and_connect(&mut db, &env, &me).await?;
@@ -191,6 +192,31 @@ pub(crate) async fn run(
     .await
 }
 
+/// `--ack-rollback N` acknowledges undoing the rollback recorded by run N: bad input (exit 2,
+/// never ignored) unless run N marked a rollback on this environment, or when it is given to a
+/// run that is done (`resume` would have nothing to acknowledge it for).
+fn check_acknowledgement(g: &Globals, db: &StateDb, env: &str, resumed: Option<&RunRow>) -> Result<(), CliError> {
+    let Some(rollback) = g.acknowledged_rollback else { return Ok(()) };
+    let marked = match db.run(rollback) {
+        Ok(row) if row.env == env => !db.events_by_kind(Some(rollback), &["rollback_marked"])?.is_empty(),
+        _ => false,
+    };
+    if !marked {
+        return Err(CliError::Usage(format!(
+            "--ack-rollback {rollback}: run {rollback} rolled nothing back on {env}; give the run named in the \
+             message that stopped the deploy (runbook audit --all lists the rollbacks), or leave the option out"
+        )));
+    }
+    match resumed {
+        Some(row) if row.status == RunState::Done => Err(CliError::Usage(format!(
+            "--ack-rollback {rollback}: run {} of {} is done, so there is nothing to acknowledge in it; resume the \
+             run that stopped for the rollback (runbook history lists the runs)",
+            row.id, row.runbook
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The run to continue: the given one or the latest, with its runbook and environment loaded
 /// as they are now (a change since the run began is recorded, not refused).
 fn reopen(g: &Globals, db: &StateDb, run: Option<i64>) -> Result<(RunRow, Runbook, Environment, Vec<Event>), CliError> {
@@ -214,6 +240,7 @@ fn reopen(g: &Globals, db: &StateDb, run: Option<i64>) -> Result<(RunRow, Runboo
 pub(crate) async fn resume(g: &Globals, run: Option<i64>) -> Result<Outcome, CliError> {
     let mut db = crate::state::timing::measure_open(|| StateDb::open_existing(&g.state, false))?;
     let (row, book, env, notes) = reopen(g, &db, run)?;
+    check_acknowledgement(g, &db, &env.name, Some(&row))?;
     if row.status == RunState::Done {
         return Ok(Outcome::NothingToResume { run: row.id, runbook: row.runbook });
     }
@@ -230,6 +257,7 @@ pub(crate) async fn retry(g: &Globals, step: &str, downstream: bool, run: Option
     let mut db = StateDb::open_existing(&g.state, false)?;
     let (row, book, env, notes) = reopen(g, &db, run)?;
     book.step(step)?;
+    check_acknowledgement(g, &db, &env.name, None)?;
     book.check_files(&g.project)?;
     let mut reset = BTreeSet::from([step.to_string()]);
     if downstream {
@@ -681,5 +709,77 @@ mod tests {
         assert!(!dir.join("999999999-T2.4.tfplan").exists());
         assert!(mine.exists());
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    /// A state DB with a deploy stopped on `local`, a rollback on `local` (run 2), a rollback
+    /// attempt that marked nothing (run 3), and a rollback on another environment (run 4).
+    fn runs_with_a_rollback(name: &str) -> (PathBuf, StateDb) {
+        let dir = std::env::temp_dir().join(format!("runbook-ack-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("state.db");
+        let mut db = StateDb::open(&path).unwrap();
+        let vars = BTreeMap::new();
+        for (runbook, env) in
+            [("sprint-2", "local"), ("rollback", "local"), ("rollback", "local"), ("rollback", "armitage")]
+        {
+            let run = db
+                .create_run(&NewRun {
+                    runbook,
+                    env,
+                    runbook_hash: "h",
+                    inputs_hash: "i",
+                    vars: &vars,
+                    operator: "op",
+                    host: "host",
+                    steps: &["S".to_string()],
+                })
+                .unwrap();
+            if runbook == "rollback" && run != 3 {
+                let marked = Event::RollbackMarked {
+                    step: "R1".into(),
+                    service: "dixie-armitage".into(),
+                    from_revision: "2".into(),
+                    to_revision: "1".into(),
+                    operator: "op".into(),
+                    host: "host".into(),
+                };
+                db.record(Some(run), &marked).unwrap();
+            }
+        }
+        (path, db)
+    }
+
+    fn globals(ack: Option<i64>) -> Globals {
+        Globals {
+            project: PathBuf::from("."),
+            state: PathBuf::from("unused.db"),
+            mode: Mode::Plain,
+            approver: Approver::Withheld,
+            acknowledged_rollback: ack,
+        }
+    }
+
+    #[test]
+    fn an_acknowledgement_that_applies_to_nothing_is_bad_input() {
+        let (_path, db) = runs_with_a_rollback("apply");
+        let deploy = db.run(1).unwrap();
+        assert!(check_acknowledgement(&globals(None), &db, "local", Some(&deploy)).is_ok());
+        assert!(check_acknowledgement(&globals(Some(2)), &db, "local", Some(&deploy)).is_ok());
+        for (ack, why) in [
+            (0, "no such run"),
+            (99, "no such run"),
+            (1, "a deploy, not a rollback"),
+            (3, "a rollback run that marked nothing"),
+            (4, "a rollback on another environment"),
+        ] {
+            let err = check_acknowledgement(&globals(Some(ack)), &db, "local", Some(&deploy)).unwrap_err();
+            assert!(matches!(err, CliError::Usage(_)), "{why}: {err}");
+            assert!(err.to_string().contains(&format!("run {ack} rolled nothing back on local")), "{why}: {err}");
+        }
+        // The rollback run itself is done: resuming it with an acknowledgement acknowledges nothing.
+        let mut done = db.run(2).unwrap();
+        done.status = RunState::Done;
+        let err = check_acknowledgement(&globals(Some(2)), &db, "local", Some(&done)).unwrap_err();
+        assert!(err.to_string().contains("run 2 of rollback is done, so there is nothing to acknowledge"), "{err}");
     }
 }

@@ -16,6 +16,7 @@ mod error_chain;
 mod event;
 mod graph;
 mod health;
+mod hint;
 mod history;
 mod identity;
 mod image_tag;

@@ -240,9 +240,11 @@ pub(crate) fn run_message(run: i64, status: RunState, view: Option<&StatusView>)
             let error = error.lines().next().unwrap_or_default();
             if let Some(summary) = error.strip_prefix("awaiting approval: ") {
                 return Some(format!(
-                    "runbook: {what} stopped awaiting approval at {}: {summary}{who}; review the plan, then: \
-                     runbook resume --yes",
-                    step.row.step
+                    "runbook: {what} stopped awaiting approval at {}: {summary}{who}; review the change ({}), \
+                     then: {}",
+                    step.row.step,
+                    crate::hint::logs(&step.row.step, Some(run)),
+                    crate::hint::resume_approving(run)
                 ));
             }
             let next = step.next.as_deref().map(|n| format!("; next: {n}")).unwrap_or_default();

@@ -31,8 +31,10 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
             if let Some(error) = write_error {
                 r.stderr = format!("error: the run stopped: {error}\n");
             } else if *status == RunState::Interrupted {
-                r.stderr =
-                    format!("interrupted: run {run} is recorded as interrupted; `runbook resume` continues it\n");
+                r.stderr = format!(
+                    "interrupted: run {run} is recorded as interrupted; `{}` continues it\n",
+                    crate::hint::resume(*run)
+                );
             }
             if let Some(error) = notify_error {
                 r.stderr.push_str(&format!("notification failed: {error}\n"));
@@ -78,7 +80,10 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
             r.stdout = if json {
                 format!("{}\n", serde_json::json!({ "run": run, "skipped": step, "reason": reason }))
             } else {
-                format!("{step} skipped in run {run} ({reason}); `runbook resume` continues with what depends on it\n")
+                format!(
+                    "{step} skipped in run {run} ({reason}); `{}` continues with what depends on it\n",
+                    crate::hint::resume(*run)
+                )
             };
         }
         Outcome::Unlocked(holder) => {
@@ -99,7 +104,8 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
             } else {
                 format!(
                     "released terraform's state lock {lock_id} of {step} (run {run}; recorded in the audit log); \
-                     `runbook retry {step}` continues\n"
+                     `{}` continues\n",
+                    crate::hint::retry(step, Some(*run))
                 )
             };
         }

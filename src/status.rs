@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::event::{RunState, StepState};
+use crate::hint;
 use crate::state::{RunRow, StateDb, StateError, StepRow};
 
 #[derive(Debug, Serialize)]
@@ -63,38 +64,42 @@ pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusV
         .into_iter()
         .map(|row| {
             let outputs = outputs.remove(&row.step).unwrap_or_default();
-            StepView { next: step_next(&row, active), row, outputs }
+            StepView { next: step_next(&row, run.id, active), row, outputs }
         })
         .collect();
     let next = match run.status {
         RunState::Done => "nothing: every step is done".to_string(),
         RunState::Running => match &lock {
             Some(l) if !l.this_host => format!(
-                "a run is in progress on {}; wait for it. If that machine is gone, `runbook resume` here takes \
-                 the run over once {} s pass without a heartbeat",
-                l.host, l.stale_after_s
+                "a run is in progress on {}; wait for it. If that machine is gone, `{}` here takes the run over \
+                 once {} s pass without a heartbeat",
+                l.host,
+                hint::resume(run.id),
+                l.stale_after_s
             ),
             _ => "a run is in progress; wait for it".into(),
         },
-        RunState::Died => "its process died: runbook resume (settles in-doubt steps by their probes)".into(),
+        RunState::Died => {
+            format!("its process died: {} (settles in-doubt steps by their probes)", hint::resume(run.id))
+        }
         RunState::Failed | RunState::Interrupted => steps
             .iter()
             .find_map(|s| (s.row.state == StepState::Failed).then(|| s.next.clone()).flatten())
-            .unwrap_or_else(|| "runbook resume".into()),
+            .unwrap_or_else(|| hint::resume(run.id)),
     };
     Ok(StatusView { run, steps, next, lock })
 }
 
-fn step_next(row: &StepRow, active: bool) -> Option<String> {
+fn step_next(row: &StepRow, run: i64, active: bool) -> Option<String> {
     match row.state {
         StepState::Failed => Some(match &row.fix {
             Some(fix) => fix.clone(),
-            None => format!("fix the cause, then: runbook retry {}", row.step),
+            None => format!("fix the cause, then: {}", hint::retry(&row.step, Some(run))),
         }),
         StepState::Running if !active && row.in_doubt => {
-            Some("in doubt (interrupted after its intent): runbook resume settles it by its probe".into())
+            Some(format!("in doubt (interrupted after its intent): {} settles it by its probe", hint::resume(run)))
         }
-        StepState::Running | StepState::Pending | StepState::Blocked if !active => Some("runbook resume".into()),
+        StepState::Running | StepState::Pending | StepState::Blocked if !active => Some(hint::resume(run)),
         _ => None,
     }
 }

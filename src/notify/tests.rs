@@ -252,7 +252,7 @@ fn a_run_posts_when_it_fails_stops_for_approval_or_is_done_and_not_when_interrup
     assert_eq!(
         run_message(4, RunState::Failed, Some(&waiting)).unwrap(),
         "runbook: run 4 of sprint-2 on armitage stopped awaiting approval at T2.4: Plan: 1 to add, 0 to change, 0 \
-         to destroy (ana@bastion); review the plan, then: runbook resume --yes"
+         to destroy (ana@bastion); review the change (runbook logs T2.4 --run 4), then: runbook resume 4 --yes"
     );
     assert_eq!(run_message(4, RunState::Interrupted, Some(&done)), None);
 }

@@ -27,12 +27,14 @@ pub(crate) fn history_table(view: &HistoryView) -> String {
     for (line, who) in view.runs.iter().zip(&who) {
         let duration = line.duration_ms.map(format_duration).unwrap_or_else(|| "-".into());
         let failed = match (&line.failed_step, line.awaiting_approval) {
-            (Some(step), true) => format!("{step} (awaiting approval: runbook resume --yes)"),
+            (Some(step), true) => format!("{step} (awaiting approval: {})", crate::hint::resume_approving(line.run)),
             (Some(step), false) => match &line.error {
                 Some(error) => super::first_line(&format!("{step}: {error}")),
                 None => step.clone(),
             },
-            (None, _) if line.status == RunState::Died => "its process died: runbook resume".into(),
+            (None, _) if line.status == RunState::Died => {
+                format!("its process died: {}", crate::hint::resume(line.run))
+            }
             (None, _) => String::new(),
         };
         out.push_str(

@@ -167,7 +167,7 @@ fn run_outcomes_map_to_exit_codes() {
     assert_eq!(outcome(&run(RunState::Failed, None), false).code, 1);
     let interrupted = outcome(&run(RunState::Interrupted, None), false);
     assert_eq!(interrupted.code, 130);
-    assert_eq!(interrupted.stderr, "interrupted: run 1 is recorded as interrupted; `runbook resume` continues it\n");
+    assert_eq!(interrupted.stderr, "interrupted: run 1 is recorded as interrupted; `runbook resume 1` continues it\n");
     let unwritable = outcome(&run(RunState::Done, Some("disk full")), false);
     assert_eq!((unwritable.code, unwritable.stderr.as_str()), (1, "error: the run stopped: disk full\n"));
 }
@@ -206,7 +206,7 @@ fn unlock_and_skip_say_what_they_did() {
     let skipped = Outcome::Skipped { run: 2, step: "T2.3".into(), reason: "made by hand".into() };
     assert_eq!(
         outcome(&skipped, false).stdout,
-        "T2.3 skipped in run 2 (made by hand); `runbook resume` continues with what depends on it\n"
+        "T2.3 skipped in run 2 (made by hand); `runbook resume 2` continues with what depends on it\n"
     );
     assert_eq!(outcome(&skipped, true).stdout, "{\"reason\":\"made by hand\",\"run\":2,\"skipped\":\"T2.3\"}\n");
 }

@@ -390,7 +390,7 @@ impl Step for Params {
         if let Some(why) = &svc.failed {
             return Err(StepError::fatal(
                 why.clone(),
-                "read the service events and the task logs (CloudWatch), fix, then: runbook retry this step",
+                format!("read the service events and the task logs (CloudWatch), fix, then: {}", cx.retry_hint()),
             ));
         }
         let newest = self.newest_input(cx).await?;
@@ -413,8 +413,8 @@ impl Step for Params {
                         why,
                         format!(
                             "sprint-2's T2.5 writes the new address and its T2.6 redeploys Dixie: runbook run \
-                             sprint-2, then: runbook retry {}",
-                            cx.step
+                             sprint-2, then: {}",
+                            cx.retry_hint()
                         ),
                     ));
                 }

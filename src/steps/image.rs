@@ -201,7 +201,7 @@ impl Params {
             }
         }
         self.local(docker, tag).await.ok_or_else(|| {
-            StepError::fatal(format!("docker build of {local} produced no image"), "read `runbook logs` of this step")
+            StepError::fatal(format!("docker build of {local} produced no image"), format!("read `{}`", cx.logs_hint()))
         })
     }
 

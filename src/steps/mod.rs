@@ -391,6 +391,16 @@ impl StepContext {
         self.services.run
     }
 
+    /// `runbook retry THIS-STEP --run RUN`, to put in a fix line.
+    pub(crate) fn retry_hint(&self) -> String {
+        crate::hint::retry(&self.step, self.run())
+    }
+
+    /// `runbook logs THIS-STEP --run RUN`, to put in a fix line.
+    pub(crate) fn logs_hint(&self) -> String {
+        crate::hint::logs(&self.step, self.run())
+    }
+
     /// The rollback run whose undoing the operator acknowledged (`--ack-rollback`).
     pub(crate) fn acknowledged_rollback(&self) -> Option<i64> {
         self.services.acknowledged_rollback

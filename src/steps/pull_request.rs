@@ -485,8 +485,8 @@ impl Params {
                 format!("nothing merged: {}", fatal.join("; ")),
                 format!(
                     "fix the PRs on GitHub (a red check: fix or re-run it; a conflict: `@dependabot rebase`), or take \
-                     them out of `merge`, then: runbook retry {}",
-                    cx.step
+                     them out of `merge`, then: {}",
+                    cx.retry_hint()
                 ),
             ));
         }
@@ -525,9 +525,10 @@ impl Params {
                     answer.message()
                 ),
                 format!(
-                    "look at what was pushed to PR #{}; once its new head's checks are green: runbook retry {} \
+                    "look at what was pushed to PR #{}; once its new head's checks are green: {} \
                      (merged PRs are skipped)",
-                    pr.number, cx.step
+                    pr.number,
+                    cx.retry_hint()
                 ),
             )),
             405 if answer.message().contains("Base branch was modified") => {
@@ -535,7 +536,7 @@ impl Params {
             }
             405 | 422 => Err(StepError::fatal(
                 format!("GitHub refused to merge PR #{}: {} ({before})", pr.number, answer.message()),
-                format!("look at PR #{} on GitHub, then: runbook retry {}", pr.number, cx.step),
+                format!("look at PR #{} on GitHub, then: {}", pr.number, cx.retry_hint()),
             )),
             404 => Err(gh.not_found(&format!("PR #{}", pr.number))),
             _ => Err(gh.unexpected(&format!("merging PR #{}", pr.number), &answer)),
@@ -578,8 +579,10 @@ impl Params {
             409 => Err(StepError::fatal(
                 format!("merging {} into {} conflicts ({})", sync.from, sync.base, answer.message()),
                 format!(
-                    "merge it by hand (git switch {} && git merge origin/{}, resolve, push), then: runbook retry {}",
-                    sync.base, sync.from, cx.step
+                    "merge it by hand (git switch {} && git merge origin/{}, resolve, push), then: {}",
+                    sync.base,
+                    sync.from,
+                    cx.retry_hint()
                 ),
             )),
             404 => Err(gh.not_found(&format!("branch {} or {} ({})", sync.base, sync.from, answer.message()))),
@@ -602,8 +605,8 @@ impl Params {
                     return Err(StepError::fatal(
                         format!("the checks of {branch} at {} failed: {what}", short(sha)),
                         format!(
-                            "the merged changes break CI on {branch}: fix it there (or revert), then: runbook retry {}",
-                            cx.step
+                            "the merged changes break CI on {branch}: fix it there (or revert), then: {}",
+                            cx.retry_hint()
                         ),
                     ));
                 }
@@ -616,7 +619,7 @@ impl Params {
                                 short(sha),
                                 self.checks_within
                             ),
-                            format!("look at CI on GitHub; runbook retry {} waits for them again", cx.step),
+                            format!("look at CI on GitHub; {} waits for them again", cx.retry_hint()),
                         ));
                     }
                     cx.progress(&format!("checks of {branch} at {}: {what}", short(sha))).await;

@@ -233,14 +233,14 @@ fn sprint_2_posts_its_approval_stop_and_its_end_and_watch_once_judges_five_ring_
         (waiting["runs"][0]["failed_step"].as_str(), waiting["runs"][0]["awaiting_approval"].as_bool()),
         (Some("T2.4"), Some(true))
     );
-    rb().run(&["history"]).expect_code(0).expect_text("T2.4 (awaiting approval: runbook resume --yes)");
+    rb().run(&["history"]).expect_code(0).expect_text("T2.4 (awaiting approval: runbook resume 1 --yes)");
     rb().run(&["resume", "--yes"]).expect_code(0);
     eprintln!("sprint-2 took {:?}", started.elapsed());
     let texts = hook.texts();
     assert_eq!(texts.len(), 2, "{texts:#?}");
     assert!(
         texts[0].starts_with("runbook: run 1 of sprint-2 on local stopped awaiting approval at T2.4: ")
-            && texts[0].ends_with("review the plan, then: runbook resume --yes"),
+            && texts[0].ends_with("review the change (runbook logs T2.4 --run 1), then: runbook resume 1 --yes"),
         "{}",
         texts[0]
     );

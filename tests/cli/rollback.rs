@@ -91,10 +91,13 @@ fn a_rollback_runs_the_old_revision_a_rerun_does_nothing_and_the_next_deploy_wai
         ))
         .expect_text(&format!("runbook resume --yes --ack-rollback {rollback_run}"));
     assert_eq!(dixie_service().0, "dixie-armitage:1", "nothing applied");
-    // Acknowledging another run is not acknowledging this one.
+    // Acknowledging another run is not acknowledging this one: bad input, never ignored.
     rb().run(&["resume", "--yes", "--ack-rollback", &(rollback_run + 100).to_string()])
-        .expect_code(1)
-        .expect_text("undoing rollback run");
+        .expect_code(2)
+        .expect_text(&format!("run {} rolled nothing back on local", rollback_run + 100));
+    rb().run(&["resume", &rollback_run.to_string(), "--yes", "--ack-rollback", &rollback_run.to_string()])
+        .expect_code(2)
+        .expect_text("is done, so there is nothing to acknowledge");
     assert_eq!(dixie_service().0, "dixie-armitage:1");
     rb().run(&["resume", "--yes", "--ack-rollback", &rollback_run.to_string()])
         .expect_code(0)
