@@ -345,9 +345,14 @@ pub(crate) async fn plan(runbook: &Runbook, services: Arc<Services>, recorder: R
         let step = runbook.step(&id).expect("topological ids are steps");
         let cx = StepContext::new(&services, &id, 0, recorder.clone());
         let (verdict, detail) = match step.typed(runbook.registry, &outputs) {
-            Err(_) => {
+            Err(e) => {
                 let waiting: Vec<String> = step.needs.iter().filter(|n| !outputs.contains_key(*n)).cloned().collect();
-                (PlanVerdict::AfterUpstream, format!("probed once {} exist", waiting.join(", ")))
+                match waiting.as_slice() {
+                    // Its inputs are there, yet it cannot be typed: say why, never "would act".
+                    [] => (PlanVerdict::Error, e.to_string()),
+                    [one] => (PlanVerdict::AfterUpstream, format!("probed once {one} has run")),
+                    many => (PlanVerdict::AfterUpstream, format!("probed once {} have run", many.join(", "))),
+                }
             }
             Ok(typed) => match typed.probe(&cx).await {
                 Ok(Probe::Satisfied(o)) => {

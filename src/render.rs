@@ -192,8 +192,18 @@ pub(crate) fn plan_table(lines: &[PlanLine]) -> String {
     for line in lines {
         out.push_str(&format!("{:<8} {:<14} {}: {}\n", line.step, line.verdict.as_str(), line.title, line.detail));
     }
-    let changes = lines.iter().filter(|l| l.verdict != PlanVerdict::Satisfied).count();
-    out.push_str(&format!("{changes} of {} steps would act or wait for inputs; nothing was changed\n", lines.len()));
+    let count = |verdict: PlanVerdict| lines.iter().filter(|l| l.verdict == verdict).count();
+    let mut parts = vec![format!("{} of {} steps would act", count(PlanVerdict::WouldApply), lines.len())];
+    for (verdict, what) in [
+        (PlanVerdict::AfterUpstream, "wait for the steps before them"),
+        (PlanVerdict::Conflict, "conflict"),
+        (PlanVerdict::Error, "could not be probed"),
+    ] {
+        if count(verdict) > 0 {
+            parts.push(format!("{} {what}", count(verdict)));
+        }
+    }
+    out.push_str(&format!("{}; nothing was changed\n", parts.join(", ")));
     out
 }
 

@@ -663,7 +663,7 @@ async fn plan_probes_read_only_and_waits_for_missing_inputs() {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         let lines = plan(&h.runbook, h.services.clone(), Recorder::new(None, tx)).await;
         assert_eq!(lines[1].verdict, PlanVerdict::AfterUpstream);
-        assert_eq!(lines[1].detail, "probed once a exist");
+        assert_eq!(lines[1].detail, "probed once a has run");
         assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 0, 0], "plan applies nothing");
     }
 }
