@@ -866,3 +866,26 @@ async fn retry_runs_the_step_alone_on_a_done_run_and_with_downstream_what_it_nam
         h.assert_dependency_order(&events);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_step_that_needs_a_skipped_steps_outputs_fails_its_preconditions_naming_it() {
+    for h in Harness::each("skip-inputs", CHAIN, Approver::Withheld).await {
+        h.skip("a");
+        let (status, _) = h.run().await;
+        assert_eq!(status, RunState::Failed);
+        assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [0, 0, 0]);
+        assert_eq!(
+            h.states(),
+            pairs(&[("a", StepState::Skipped), ("b", StepState::Failed), ("c", StepState::Blocked)])
+        );
+        let row = h.step_row("b");
+        let error = row.last_error.unwrap();
+        assert!(error.starts_with("preconditions:") && error.contains("a was skipped"), "{error}");
+        let fix = row.fix.unwrap();
+        assert!(fix.contains(&format!("runbook retry a --run {}", h.run)), "{fix}");
+        // Un-skipped (the retry the fix names), a runs and so does the rest.
+        h.reset(&["a", "b"]);
+        assert_eq!(h.run().await.0, RunState::Done);
+        assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 1, 1]);
+    }
+}

@@ -178,6 +178,8 @@ pub(crate) struct Progress {
     pub(crate) attempts: BTreeMap<String, u32>,
     /// Steps whose last attempt recorded an intent and no outcome.
     pub(crate) in_doubt: BTreeSet<String>,
+    /// Steps an operator skipped (among the finished): they have no outputs of this run.
+    pub(crate) skipped: BTreeSet<String>,
 }
 
 /// Where the state lives.

@@ -152,6 +152,9 @@ impl StateDb {
             if row.state.is_finished() {
                 progress.finished.insert(row.step.clone());
             }
+            if row.state == StepState::Skipped {
+                progress.skipped.insert(row.step.clone());
+            }
             if row.in_doubt {
                 progress.in_doubt.insert(row.step.clone());
             }
