@@ -69,7 +69,9 @@ impl Engine {
                     let step = (*by_id.get(id.as_str()).expect("ready steps come from the graph")).clone();
                     let first = progress.attempts.get(&id).copied().unwrap_or(0) + 1;
                     let in_doubt = progress.in_doubt.contains(&id);
-                    let typed = step.typed(self.runbook.registry, &progress.outputs);
+                    let typed = step
+                        .typed(self.runbook.registry, &progress.outputs)
+                        .map_err(|why| preconditions(&step, why, &progress, self.services.run));
                     let shared = shared.clone();
                     running.spawn(async move {
                         let outputs = run_step(&shared, &step.id, &step.title, typed, first, in_doubt).await;
@@ -133,7 +135,7 @@ async fn run_step(
     shared: &Shared,
     id: &str,
     title: &str,
-    typed: Result<Box<dyn AnyStep>, String>,
+    typed: Result<Box<dyn AnyStep>, (String, String)>,
     first_attempt: u32,
     in_doubt: bool,
 ) -> Option<Outputs> {
@@ -154,10 +156,7 @@ async fn run_step(
         let result = match &typed {
             Ok(step) => one_attempt(&cx, step.as_ref(), in_doubt).await,
             // Preconditions: the inputs from upstream steps are missing or do not type-check.
-            Err(why) => Err(StepError::fatal(
-                format!("preconditions: {why}"),
-                "finish or retry the steps it needs first (runbook status)",
-            )),
+            Err((message, fix)) => Err(StepError::fatal(message.clone(), fix.clone())),
         };
         let elapsed = started.elapsed().as_millis() as u64;
         match result {
@@ -209,6 +208,30 @@ async fn run_step(
             }
         }
     }
+}
+
+/// Why `step` cannot start (`why`: its inputs are missing or do not type-check), and what to
+/// do: a skipped step it reads outputs of is named, with the command that runs it after all.
+fn preconditions(step: &Step, why: String, progress: &Progress, run: Option<i64>) -> (String, String) {
+    let skipped: Vec<String> = step
+        .input_steps()
+        .into_iter()
+        .filter(|s| progress.skipped.contains(s) && !progress.outputs.contains_key(s))
+        .collect();
+    if skipped.is_empty() {
+        return (format!("preconditions: {why}"), "finish or retry the steps it needs first (runbook status)".into());
+    }
+    let run = run.map(|r| format!(" --run {r}")).unwrap_or_default();
+    let (names, verb) = (skipped.join(", "), if skipped.len() == 1 { "was" } else { "were" });
+    let retries: Vec<String> = skipped.iter().map(|s| format!("runbook retry {s}{run}")).collect();
+    (
+        format!("preconditions: {why}; {names} {verb} skipped, and a skipped step has no outputs"),
+        format!(
+            "run what was skipped after all (this undoes the skip; {} follows): {}",
+            step.id,
+            retries.join(", then ")
+        ),
+    )
 }
 
 /// One attempt of the step contract. A step `in_doubt` (its process died after the intent) that

@@ -132,34 +132,58 @@ impl Graph {
 
 /// The steps that may start, kept up to date as steps finish: a finish costs its dependents,
 /// not a scan of the whole graph (the engine asks after every step).
+///
+/// A step already finished when the frontier is made (applied, satisfied, skipped) is never
+/// handed out. It still stands between its needs and its dependents: it passes, without
+/// running, once everything it needs has finished, so what depends on it waits for whatever
+/// upstream of it runs again (a retried step, or steps not yet run when it was skipped).
 pub(crate) struct Frontier<'g> {
     graph: &'g Graph,
     /// Needs not yet finished, by node.
     waiting: Vec<usize>,
     /// Who needs each node.
     dependents: Vec<Vec<usize>>,
+    /// Where each node is.
+    place: Vec<Place>,
     /// Ready and not yet taken, by file position.
     ready: BTreeSet<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Place {
+    /// Waiting for its needs; it runs once they have finished.
+    Waiting,
+    /// Finished (before this frontier was made, or just now): it passes on to its dependents
+    /// once its needs have finished.
+    Passing,
+    /// Ready, or handed out and not yet finished.
+    Out,
+    Finished,
 }
 
 impl<'g> Frontier<'g> {
     /// The frontier of a run in which `finished` are done.
     pub(crate) fn new(graph: &'g Graph, finished: &BTreeSet<String>) -> Self {
-        let mut dependents = vec![Vec::new(); graph.nodes.len()];
-        let mut waiting = vec![0; graph.nodes.len()];
+        let count = graph.nodes.len();
+        let mut dependents = vec![Vec::new(); count];
+        let mut waiting = vec![0; count];
         for (i, (_, needs)) in graph.nodes.iter().enumerate() {
             for need in needs {
                 if let Some(&n) = graph.index.get(need) {
                     dependents[n].push(i);
-                    if !finished.contains(need) {
-                        waiting[i] += 1;
-                    }
+                    waiting[i] += 1;
                 }
             }
         }
-        let ready =
-            (0..graph.nodes.len()).filter(|&i| waiting[i] == 0 && !finished.contains(&graph.nodes[i].0)).collect();
-        Frontier { graph, waiting, dependents, ready }
+        let place = graph
+            .nodes
+            .iter()
+            .map(|(id, _)| if finished.contains(id) { Place::Passing } else { Place::Waiting })
+            .collect();
+        let mut frontier = Frontier { graph, waiting, dependents, place, ready: BTreeSet::new() };
+        let roots = (0..count).filter(|&i| frontier.waiting[i] == 0).collect();
+        frontier.release(roots);
+        frontier
     }
 
     /// The steps ready now, in file order; each is handed out once.
@@ -167,13 +191,35 @@ impl<'g> Frontier<'g> {
         std::mem::take(&mut self.ready).into_iter().map(|i| self.graph.nodes[i].0.clone()).collect()
     }
 
-    /// `id` is done: what waited only for it becomes ready.
+    /// `id` is done: what waited only for it becomes ready. Only a step handed out counts, and
+    /// only once; anything else (an unknown id, a second finish) changes nothing.
     pub(crate) fn finish(&mut self, id: &str) {
         let Some(&n) = self.graph.index.get(id) else { return };
-        for &d in &self.dependents[n] {
-            self.waiting[d] -= 1;
-            if self.waiting[d] == 0 {
-                self.ready.insert(d);
+        if self.place[n] == Place::Out && !self.ready.contains(&n) {
+            self.place[n] = Place::Passing;
+            self.release(vec![n]);
+        }
+    }
+
+    /// `released` have no need left unfinished: each becomes ready, or, finished already,
+    /// passes on to its dependents (a worklist: a long chain that passes is no deep recursion).
+    fn release(&mut self, mut released: Vec<usize>) {
+        while let Some(n) = released.pop() {
+            match self.place[n] {
+                Place::Waiting => {
+                    self.place[n] = Place::Out;
+                    self.ready.insert(n);
+                }
+                Place::Passing => {
+                    self.place[n] = Place::Finished;
+                    for &d in &self.dependents[n] {
+                        self.waiting[d] = self.waiting[d].saturating_sub(1);
+                        if self.waiting[d] == 0 {
+                            released.push(d);
+                        }
+                    }
+                }
+                Place::Out | Place::Finished => {}
             }
         }
     }
@@ -211,6 +257,59 @@ mod tests {
         let g = sprint2();
         let finished = BTreeSet::from(["T2.1".to_string(), "T2.2".to_string(), "T2.3".to_string()]);
         assert_eq!(Frontier::new(&g, &finished).take_ready(), ["T2.4"]);
+    }
+
+    /// Sprint 2 in full: T2.7 and T2.8 follow T2.6 in a line.
+    fn sprint2_to_t28() -> Graph {
+        let mut nodes = sprint2().nodes;
+        for (id, need) in [("T2.6", "T2.5"), ("T2.7", "T2.6"), ("T2.8", "T2.7")] {
+            nodes.push((id.to_string(), vec![need.to_string()]));
+        }
+        Graph::new(nodes)
+    }
+
+    fn set(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_step_finished_before_its_upstream_passes_once_its_needs_finish_and_is_never_handed_out() {
+        let g = sprint2_to_t28();
+        // T2.7 skipped while T2.4 had not run: T2.8 still waits for T2.4, T2.5 and T2.6.
+        let mut frontier = Frontier::new(&g, &set(&["T2.1", "T2.2", "T2.3", "T2.7"]));
+        let mut order = Vec::new();
+        loop {
+            let wave = frontier.take_ready();
+            if wave.is_empty() {
+                break;
+            }
+            wave.iter().for_each(|id| frontier.finish(id));
+            order.extend(wave);
+        }
+        assert_eq!(order, ["T2.4", "T2.5", "T2.6", "T2.8"]);
+        // T2.6 retried on a run where everything else is done: T2.6 alone.
+        let mut frontier = Frontier::new(&g, &set(&["T2.1", "T2.2", "T2.3", "T2.4", "T2.5", "T2.7", "T2.8"]));
+        assert_eq!(frontier.take_ready(), ["T2.6"]);
+        frontier.finish("T2.6");
+        assert!(frontier.take_ready().is_empty(), "T2.7 and T2.8 pass without running again");
+    }
+
+    #[test]
+    fn only_a_step_handed_out_finishes_and_only_once() {
+        let g = sprint2_to_t28();
+        let mut frontier = Frontier::new(&g, &set(&["T2.1", "T2.2", "T2.3", "T2.4", "T2.5"]));
+        frontier.finish("T2.7"); // not handed out: it has not run
+        frontier.finish("T9.9"); // not a step
+        assert_eq!(frontier.take_ready(), ["T2.6"]);
+        frontier.finish("T2.6");
+        frontier.finish("T2.6");
+        assert_eq!(frontier.take_ready(), ["T2.7"]);
+        frontier.finish("T2.6");
+        frontier.finish("T2.7");
+        frontier.finish("T2.7");
+        assert_eq!(frontier.take_ready(), ["T2.8"]);
+        frontier.finish("T2.8");
+        assert!(frontier.take_ready().is_empty());
     }
 
     #[test]

@@ -271,6 +271,20 @@ impl Step {
         }
     }
 
+    /// The steps whose outputs the params read (`${steps.X.y}`).
+    pub(crate) fn input_steps(&self) -> BTreeSet<String> {
+        let mut steps = BTreeSet::new();
+        visit_strings(&mut self.params.clone(), &mut |text| {
+            substitute(text, |reference| {
+                if let Some((step, _)) = split_step_reference(reference) {
+                    steps.insert(step.to_string());
+                }
+                None
+            });
+        });
+        steps
+    }
+
     /// The typed params, with `${steps.X.y}` replaced by the outputs of finished steps.
     pub(crate) fn typed(
         &self,

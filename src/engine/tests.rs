@@ -68,6 +68,8 @@ struct Seen {
     /// The side effect, counted: a resume must never repeat it.
     effects: u32,
     verifies: u32,
+    /// Probes begun (the first thing a step does).
+    probes: u32,
     input: Option<String>,
 }
 
@@ -136,6 +138,7 @@ impl Step for Fake {
     async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
         let (next_error, script, effects) = seen(&self.world, &cx.step, |s| {
             s.input = self.input.clone();
+            s.probes += 1;
             let next = (!s.script.probe_errors.is_empty()).then(|| s.script.probe_errors.remove(0));
             (next, s.script.clone(), s.effects)
         });
@@ -250,16 +253,6 @@ pub(super) async fn prepare(
     let env = environment();
     let file = NamedFile { path: dir.join(format!("{name}.toml")), hash: sha256_hex(text.as_bytes()), text };
     let runbook = Runbook::from_file(registry, file, name, &env, &BTreeMap::new()).unwrap();
-    let cloud = Cloud::connect(&env).await;
-    let services = Arc::new(Services {
-        env: Arc::new(env),
-        cloud: Arc::new(cloud),
-        project: Arc::new(dir.to_path_buf()),
-        work_dir: Arc::new(dir.to_path_buf()),
-        approver,
-        run: None,
-        acknowledged_rollback: None,
-    });
     let mut db = StateDb::open(state).unwrap();
     let ids: Vec<String> = runbook.steps.iter().map(|s| s.id.clone()).collect();
     let vars = BTreeMap::new();
@@ -274,6 +267,16 @@ pub(super) async fn prepare(
         steps: &ids,
     };
     let run = db.create_run(&new).unwrap();
+    let cloud = Cloud::connect(&env).await;
+    let services = Arc::new(Services {
+        env: Arc::new(env),
+        cloud: Arc::new(cloud),
+        project: Arc::new(dir.to_path_buf()),
+        work_dir: Arc::new(dir.to_path_buf()),
+        approver,
+        run: Some(run),
+        acknowledged_rollback: None,
+    });
     (runbook, services, run)
 }
 
@@ -719,5 +722,170 @@ async fn a_state_connection_the_server_dropped_is_made_again_and_the_run_finishe
         );
         assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 1, 1]);
         assert_eq!(h.db().run(h.run).unwrap().status, RunState::Done, "the run's end is recorded");
+    }
+}
+
+/// Sprint 2's graph, as runbooks/sprint-2.toml has it: T2.2 and T2.8 read outputs of steps
+/// they need (T2.8 reads T2.4's, through T2.7).
+const SPRINT2: &[(&str, &[&str], &str)] = &[
+    ("T2.1", &[], ""),
+    ("T2.2", &["T2.1"], "input = \"${steps.T2.1.value}\""),
+    ("T2.3", &[], ""),
+    ("T2.4", &["T2.2"], ""),
+    ("T2.5", &["T2.4", "T2.3"], ""),
+    ("T2.6", &["T2.5"], ""),
+    ("T2.7", &["T2.6"], ""),
+    ("T2.8", &["T2.7"], "input = \"${steps.T2.4.value}\""),
+];
+
+impl Harness {
+    /// `runbook skip STEP --reason …`, as the command records it.
+    fn skip(&self, step: &str) {
+        let skipped =
+            Event::StepSkipped { step: step.into(), reason: "x".into(), operator: "ana".into(), host: "h".into() };
+        self.db().record(Some(self.run), &skipped).unwrap();
+    }
+
+    /// Resolves once `step` has begun its probe (to Ctrl-C a run there).
+    async fn probing(&self, step: &str) {
+        while self.seen(step, |s| s.probes) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// What `runbook retry` records for each step it runs again.
+    fn reset(&self, steps: &[&str]) {
+        for step in steps {
+            let reset = Event::StepReset {
+                step: step.to_string(),
+                reason: "runbook retry".into(),
+                operator: "ana".into(),
+                host: "h".into(),
+            };
+            self.db().record(Some(self.run), &reset).unwrap();
+        }
+    }
+
+    /// Every step started in `events` started after each step it needs that ran in them had
+    /// finished (was done, not merely started).
+    fn assert_dependency_order(&self, events: &[Event]) {
+        fn start(e: &Event) -> Option<&str> {
+            match e {
+                Event::StepStarted { step, .. } => Some(step),
+                _ => None,
+            }
+        }
+        fn done(e: &Event) -> Option<&str> {
+            match e {
+                Event::StepDone { step, .. } => Some(step),
+                _ => None,
+            }
+        }
+        let position = |wanted: fn(&Event) -> Option<&str>, id: &str| events.iter().position(|e| wanted(e) == Some(id));
+        for step in &self.runbook.steps {
+            let Some(started) = position(start, &step.id) else { continue };
+            for need in step.needs.iter().filter(|n| position(start, n).is_some()) {
+                let need_done = position(done, need);
+                assert!(
+                    need_done.is_some_and(|d| d < started),
+                    "{} started before {need}, which it needs, was done: {events:#?}",
+                    step.id
+                );
+            }
+        }
+    }
+}
+
+/// The steps started in `events`, in order.
+fn started(events: &[Event]) -> Vec<&str> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::StepStarted { step, .. } => Some(step.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_skipped_before_its_upstream_ran_never_acts_and_the_rest_runs_in_dependency_order() {
+    for h in Harness::each("skip-early", SPRINT2, Approver::Withheld).await {
+        // `run sprint-2`, Ctrl-C as T2.4 starts, `skip T2.7 --reason x`, `resume`.
+        h.script("T2.4", Script { hang: Some(Hang::Stuck), ..Script::default() });
+        let t23_done = async {
+            while h.step_row("T2.3").state != StepState::Applied {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let (status, _) = h
+            .run_until(async {
+                tokio::join!(h.probing("T2.4"), t23_done);
+            })
+            .await
+            .unwrap();
+        assert_eq!(status, RunState::Interrupted);
+        h.skip("T2.7");
+        h.script("T2.4", Script::default());
+        let (status, events) = h.run().await;
+        assert_eq!(status, RunState::Done, "{:?}", h.states());
+        assert_eq!(h.seen("T2.7", |s| s.effects), 0, "a skipped step never acts");
+        assert_eq!(started(&events), ["T2.4", "T2.5", "T2.6", "T2.8"]);
+        h.assert_dependency_order(&events);
+        assert_eq!(h.step_row("T2.7").state, StepState::Skipped, "status says what the audit says");
+        assert_eq!(h.seen("T2.8", |s| s.input.clone()).as_deref(), Some("T2.4-out"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retried_step_runs_before_what_waits_on_it_and_nothing_finished_runs_again() {
+    for h in Harness::each("retry-mid", SPRINT2, Approver::Withheld).await {
+        h.script("T2.8", Script { probe_errors: vec![Failure::Fatal], ..Script::default() });
+        assert_eq!(h.run().await.0, RunState::Failed);
+        // `retry T2.6`: T2.6 again, then the rest of the run (T2.8, which failed), in order.
+        h.reset(&["T2.6"]);
+        let (status, events) = h.run().await;
+        assert_eq!(status, RunState::Done, "{:?}", h.states());
+        assert_eq!(started(&events), ["T2.6", "T2.8"], "T2.7 is done: it is not run again");
+        h.assert_dependency_order(&events);
+        assert_eq!(h.seen("T2.7", |s| s.effects), 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_runs_the_step_alone_on_a_done_run_and_with_downstream_what_it_names_in_order() {
+    for h in Harness::each("retry-done", SPRINT2, Approver::Withheld).await {
+        assert_eq!(h.run().await.0, RunState::Done);
+        h.reset(&["T2.6"]);
+        let (status, events) = h.run().await;
+        assert_eq!((status, started(&events)), (RunState::Done, vec!["T2.6"]));
+        // `retry T2.6 --downstream`, with T2.7 skipped since: the skip is undone by the retry.
+        h.skip("T2.7");
+        h.reset(&["T2.6", "T2.7", "T2.8"]);
+        let (status, events) = h.run().await;
+        assert_eq!((status, started(&events)), (RunState::Done, vec!["T2.6", "T2.7", "T2.8"]));
+        h.assert_dependency_order(&events);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_step_that_needs_a_skipped_steps_outputs_fails_its_preconditions_naming_it() {
+    for h in Harness::each("skip-inputs", CHAIN, Approver::Withheld).await {
+        h.skip("a");
+        let (status, _) = h.run().await;
+        assert_eq!(status, RunState::Failed);
+        assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [0, 0, 0]);
+        assert_eq!(
+            h.states(),
+            pairs(&[("a", StepState::Skipped), ("b", StepState::Failed), ("c", StepState::Blocked)])
+        );
+        let row = h.step_row("b");
+        let error = row.last_error.unwrap();
+        assert!(error.starts_with("preconditions:") && error.contains("a was skipped"), "{error}");
+        let fix = row.fix.unwrap();
+        assert!(fix.contains(&format!("runbook retry a --run {}", h.run)), "{fix}");
+        // Un-skipped (the retry the fix names), a runs and so does the rest.
+        h.reset(&["a", "b"]);
+        assert_eq!(h.run().await.0, RunState::Done);
+        assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 1, 1]);
     }
 }

@@ -178,7 +178,17 @@ pub(crate) struct Progress {
     pub(crate) attempts: BTreeMap<String, u32>,
     /// Steps whose last attempt recorded an intent and no outcome.
     pub(crate) in_doubt: BTreeSet<String>,
+    /// Steps an operator skipped (among the finished): they have no outputs of this run.
+    pub(crate) skipped: BTreeSet<String>,
 }
+
+/// The time a step (`s`, a row of `steps`) worked: the sum of its attempts, each from its start
+/// to its outcome (an attempt cut short by an interrupt ends there; one in doubt has no end
+/// yet). Idle time between attempts is not work, nor is a skip: a step that never ran has
+/// none (NULL). Read this way rather than from `steps.duration_ms`, which older runs wrote as
+/// first start to last end. The same text on both backends.
+pub(super) const WORKED_MS: &str = "(SELECT CAST(SUM(COALESCE(a.duration_ms, a.ended_at - a.started_at)) AS BIGINT) \
+                                    FROM attempts a WHERE a.run_id = s.run_id AND a.step = s.step)";
 
 /// Where the state lives.
 enum Backend {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{AttemptRow, Backend, Progress, RunRow, StateDb, StateError, StepRow, state_column};
+use super::{AttemptRow, Backend, Progress, RunRow, StateDb, StateError, StepRow, WORKED_MS, state_column};
 use crate::event::{Outputs, RunState, StepState};
 
 impl StateDb {
@@ -74,14 +74,14 @@ impl StateDb {
             }
         };
         let mut stmt = conn
-            .prepare(
-                "SELECT s.step, s.state, s.attempts, s.duration_ms, s.last_error, s.fix,
+            .prepare(&format!(
+                "SELECT s.step, s.state, s.attempts, {WORKED_MS}, s.last_error, s.fix,
                         EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = s.run_id AND a.step = s.step
                                 AND a.attempt = s.attempts AND a.intent_at IS NOT NULL AND a.outcome IS NULL),
                         (SELECT e.payload FROM events e WHERE e.run_id = s.run_id AND e.step = s.step
                                 AND e.kind = 'step_done' ORDER BY e.id DESC LIMIT 1)
                  FROM steps s WHERE s.run_id = ?1 ORDER BY rowid",
-            )
+            ))
             .map_err(|e| self.sql_err(e))?;
         stmt.query_map(params![run], |r| {
             Ok(StepRow {
@@ -151,6 +151,9 @@ impl StateDb {
         for row in self.steps(run)? {
             if row.state.is_finished() {
                 progress.finished.insert(row.step.clone());
+            }
+            if row.state == StepState::Skipped {
+                progress.skipped.insert(row.step.clone());
             }
             if row.in_doubt {
                 progress.in_doubt.insert(row.step.clone());

@@ -203,7 +203,7 @@ fn finish_run(tx: &Transaction<'_>, run: i64, status: RunState, now: i64) -> rus
     if status == RunState::Interrupted {
         // Attempts cut short before their intent did nothing: close them.
         tx.execute(
-            "UPDATE attempts SET outcome = 'interrupted', ended_at = ?2
+            "UPDATE attempts SET outcome = 'interrupted', ended_at = ?2, duration_ms = ?2 - started_at
              WHERE run_id = ?1 AND outcome IS NULL AND intent_at IS NULL",
             params![run, now],
         )?;
@@ -228,6 +228,7 @@ fn end_attempt(
     .map(drop)
 }
 
+/// Ends `step` in `state`; its duration is what its attempts worked (as `WORKED_MS` reads it).
 fn end_step(
     tx: &Transaction<'_>,
     run: i64,
@@ -238,8 +239,9 @@ fn end_step(
     fix: Option<&str>,
 ) -> rusqlite::Result<()> {
     tx.execute(
-        "UPDATE steps SET state = ?3, ended_at = ?4, duration_ms = ?4 - COALESCE(started_at, ?4),
-         last_error = ?5, fix = ?6 WHERE run_id = ?1 AND step = ?2",
+        "UPDATE steps SET state = ?3, ended_at = ?4, last_error = ?5, fix = ?6,
+         duration_ms = (SELECT sum(duration_ms) FROM attempts WHERE run_id = ?1 AND step = ?2)
+         WHERE run_id = ?1 AND step = ?2",
         params![run, step, state.as_str(), now, error, fix],
     )
     .map(drop)

@@ -101,6 +101,48 @@ fn new_run(db: &mut StateDb) -> i64 {
 }
 
 #[test]
+fn a_steps_duration_is_the_time_its_attempts_worked_not_the_idle_time_between() {
+    each_backend("worked", a_steps_duration_is_the_time_its_attempts_worked_on);
+}
+
+fn a_steps_duration_is_the_time_its_attempts_worked_on(location: &Path) {
+    let mut db = StateDb::open(location).unwrap();
+    let run = new_run(&mut db);
+    let step = || "T2.1".to_string();
+    let started = |attempt| Event::StepStarted { step: step(), attempt, title: "t".into(), in_doubt: false };
+    // What happened so far happened a minute earlier: the step has been idle since.
+    let a_minute_passes = |db: &mut StateDb| {
+        for table in [
+            "attempts SET started_at = started_at - 60000, ended_at = ended_at - 60000",
+            "steps SET started_at = started_at - 60000",
+        ] {
+            db.execute_for_tests(&format!("UPDATE {table}")).unwrap();
+        }
+    };
+    let worked = |db: &StateDb| -> i64 {
+        db.attempts(run, "T2.1").unwrap().iter().map(|a| a.duration_ms.expect("an attempt with an outcome")).sum()
+    };
+    db.record(Some(run), &started(1)).unwrap();
+    let retrying = Event::StepRetrying { step: step(), attempt: 1, error: "throttled".into(), delay_ms: 1000 };
+    db.record(Some(run), &retrying).unwrap();
+    a_minute_passes(&mut db);
+    db.record(Some(run), &started(2)).unwrap();
+    let failed = Event::StepFailed { step: step(), attempt: 2, error: "denied".into(), fix: None, duration_ms: 1 };
+    db.record(Some(run), &failed).unwrap();
+    assert!(worked(&db) < 60_000, "the attempts themselves were quick: {}", worked(&db));
+    assert_eq!(db.steps(run).unwrap()[0].duration_ms, Some(worked(&db)), "the sum of its attempts");
+    a_minute_passes(&mut db);
+    let skipped = Event::StepSkipped { step: step(), reason: "x".into(), operator: "op".into(), host: "h".into() };
+    db.record(Some(run), &skipped).unwrap();
+    let row = &db.steps(run).unwrap()[0];
+    assert_eq!((row.state, row.duration_ms), (StepState::Skipped, Some(worked(&db))), "a skip adds no working time");
+    // A step skipped before it ever ran has worked no time at all: no duration.
+    let never_ran = new_run(&mut db);
+    db.record(Some(never_ran), &skipped).unwrap();
+    assert_eq!(db.steps(never_ran).unwrap()[0].duration_ms, None);
+}
+
+#[test]
 fn intent_without_outcome_is_in_doubt() {
     each_backend("doubt", intent_without_outcome_is_in_doubt_on);
 }

@@ -156,15 +156,16 @@ impl PgConn {
     }
 
     pub(in crate::state) fn steps(&self, run: i64) -> PgResult<Result<Vec<StepRow>, String>> {
-        let rows = wait(self.client.query(
-            "SELECT s.step, s.state, s.attempts, s.duration_ms, s.last_error, s.fix,
+        let sql = format!(
+            "SELECT s.step, s.state, s.attempts, {}, s.last_error, s.fix,
                     EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = s.run_id AND a.step = s.step
                             AND a.attempt = s.attempts AND a.intent_at IS NOT NULL AND a.outcome IS NULL),
                     (SELECT e.payload FROM events e WHERE e.run_id = s.run_id AND e.step = s.step
                             AND e.kind = 'step_done' ORDER BY e.id DESC LIMIT 1)
              FROM steps s WHERE s.run_id = $1 ORDER BY s.ord",
-            &[&run],
-        ))?;
+            crate::state::WORKED_MS
+        );
+        let rows = wait(self.client.query(&sql, &[&run]))?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -512,7 +513,7 @@ fn apply(w: &mut Writer<'_, '_>, run: Option<i64>, event: &Event, now: i64) -> P
             if *status == RunState::Interrupted {
                 // Attempts cut short before their intent did nothing: close them.
                 w.exec(
-                    "UPDATE attempts SET outcome = 'interrupted', ended_at = $2
+                    "UPDATE attempts SET outcome = 'interrupted', ended_at = $2, duration_ms = $2 - started_at
                      WHERE run_id = $1 AND outcome IS NULL AND intent_at IS NULL",
                     &[&run, &now],
                 )?;
@@ -548,6 +549,7 @@ fn end_attempt(
     )
 }
 
+/// Ends `step` in `state`; its duration is what its attempts worked (as `WORKED_MS` reads it).
 fn end_step(
     w: &mut Writer<'_, '_>,
     run: i64,
@@ -558,8 +560,9 @@ fn end_step(
     fix: Option<&str>,
 ) -> PgResult<()> {
     w.exec(
-        "UPDATE steps SET state = $3, ended_at = $4, duration_ms = $4 - COALESCE(started_at, $4),
-         last_error = $5, fix = $6 WHERE run_id = $1 AND step = $2",
+        "UPDATE steps SET state = $3, ended_at = $4, last_error = $5, fix = $6,
+         duration_ms = (SELECT sum(duration_ms) FROM attempts WHERE run_id = $1 AND step = $2)::bigint
+         WHERE run_id = $1 AND step = $2",
         &[&run, &step, &state.as_str(), &now, &error, &fix],
     )
 }
