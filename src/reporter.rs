@@ -35,6 +35,7 @@ impl Mode {
 pub(crate) fn spawn(mode: Mode, mut events: UnboundedReceiver<Event>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tty = (mode == Mode::Tty).then(Bars::default);
+        let mut plain = Plain::default();
         while let Some(event) = events.recv().await {
             match mode {
                 Mode::Json => {
@@ -46,7 +47,7 @@ pub(crate) fn spawn(mode: Mode, mut events: UnboundedReceiver<Event>) -> JoinHan
                     let _ = writeln!(out, "{value}");
                 }
                 Mode::Plain => {
-                    if let Some(line) = describe(&event) {
+                    if let Some(line) = plain.line(&event, std::time::Instant::now()) {
                         eprintln!("{} {line}", format_utc(now_ms()));
                     }
                 }
@@ -134,6 +135,40 @@ fn describe(event: &Event) -> Option<String> {
     })
 }
 
+/// How often a wait says that it is still waiting when no terminal shows a progress bar.
+const WAITING_EVERY: Duration = Duration::from_secs(10);
+
+/// The lines of a run without a terminal: every event `describe` has a line for and, while a
+/// step waits, a line at least every [`WAITING_EVERY`] (a CI log or `tee` shows progress).
+#[derive(Default)]
+struct Plain {
+    /// When each step last printed a line.
+    last: BTreeMap<String, std::time::Instant>,
+}
+
+impl Plain {
+    fn line(&mut self, event: &Event, now: std::time::Instant) -> Option<String> {
+        let Event::StepWaiting { step, what, elapsed_ms, limit_ms, .. } = event else {
+            if let Some(step) = event.step() {
+                self.last.insert(step.to_string(), now);
+            }
+            return describe(event);
+        };
+        if self.last.get(step).is_some_and(|at| now.duration_since(*at) < WAITING_EVERY) {
+            return None;
+        }
+        self.last.insert(step.clone(), now);
+        Some(match limit_ms {
+            0 => format!("{step} {what}"),
+            _ => format!(
+                "{step} waiting {}/{}: {what}",
+                format_duration(*elapsed_ms as i64),
+                format_duration(*limit_ms as i64)
+            ),
+        })
+    }
+}
+
 #[derive(Default)]
 struct Bars {
     multi: MultiProgress,
@@ -194,5 +229,40 @@ impl Bars {
         for bar in self.bars.values() {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(elapsed_s: u64) -> Event {
+        Event::StepWaiting {
+            step: "T3.3".into(),
+            attempt: 1,
+            what: "finn latency median 61 ms".into(),
+            elapsed_ms: elapsed_s * 1000,
+            limit_ms: 120_000,
+        }
+    }
+
+    /// Without a terminal, a 120 s wait that ticks every 2 s prints a line at least every 10 s.
+    #[test]
+    fn a_long_wait_prints_a_line_at_least_every_ten_seconds_without_a_terminal() {
+        let mut plain = Plain::default();
+        let start = std::time::Instant::now();
+        let started = Event::StepStarted { step: "T3.3".into(), attempt: 1, title: "Redeploy".into(), in_doubt: false };
+        assert!(plain.line(&started, start).is_some());
+        let mut printed = Vec::new();
+        for tick in (2..=120).step_by(2) {
+            if let Some(line) = plain.line(&waiting(tick), start + Duration::from_secs(tick)) {
+                printed.push((tick, line));
+            }
+        }
+        let at: Vec<u64> = printed.iter().map(|(t, _)| *t).collect();
+        assert_eq!(at, [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]);
+        assert_eq!(printed[0].1, "T3.3 waiting 10.0s/2m00s: finn latency median 61 ms");
+        let gaps = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        assert!(gaps <= 10, "a gap of {gaps} s");
     }
 }
