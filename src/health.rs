@@ -93,10 +93,14 @@ impl HealthPolicy {
         if self.finn_latency_ms.is_some() && !(1..=60).contains(&self.latency_samples) {
             return Err(format!("health.latency_samples = {}: take 1 to 60 samples", self.latency_samples));
         }
-        match self.tolerate.keys().find(|k| !COMPONENTS.contains(&k.as_str())) {
-            Some(k) => {
-                Err(format!("health.tolerate: unknown component `{k}`; Dixie reports {}", COMPONENTS.join(", ")))
-            }
+        if let Some(k) = self.tolerate.keys().find(|k| !COMPONENTS.contains(&k.as_str())) {
+            return Err(format!("health.tolerate: unknown component `{k}`; Dixie reports {}", COMPONENTS.join(", ")));
+        }
+        // As `not.why` of the PRs left unmerged: a decision without its reason is refused.
+        match self.tolerate.iter().find(|(_, why)| why.trim().is_empty()) {
+            Some((k, _)) => Err(format!(
+                "health.tolerate.{k} is empty: say why {k} may be down (e.g. {k} = \"sprint-3 T3.1 adds the rule\")"
+            )),
             None => Ok(()),
         }
     }
@@ -299,6 +303,16 @@ mod tests {
             ..HealthPolicy::strict(HealthRule::Finn)
         };
         assert!(finn.check().is_err());
+        for blank in ["", "  "] {
+            let no_reason = HealthPolicy {
+                tolerate: BTreeMap::from([("nats".into(), blank.into())]),
+                ..HealthPolicy::strict(HealthRule::Dixie)
+            };
+            assert_eq!(
+                no_reason.check().unwrap_err(),
+                "health.tolerate.nats is empty: say why nats may be down (e.g. nats = \"sprint-3 T3.1 adds the rule\")"
+            );
+        }
     }
 
     #[test]

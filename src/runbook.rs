@@ -329,7 +329,7 @@ impl Scope<'_> {
     fn resolve(&self, step: &str, field: &str, value: &mut toml::Value, graph: &Graph) -> Result<(), RunbookError> {
         match value {
             toml::Value::String(text) => {
-                *text = self.resolve_text(step, field, text, graph, 0)?;
+                *text = self.resolve_text(step, field, text, graph, &[])?;
             }
             toml::Value::Array(items) => {
                 for (i, item) in items.iter_mut().enumerate() {
@@ -353,7 +353,7 @@ impl Scope<'_> {
         field: &str,
         text: &str,
         graph: &Graph,
-        depth: usize,
+        chain: &[&str],
     ) -> Result<String, RunbookError> {
         // `substitute` keeps an unclosed `${` as written; here it is a mistake.
         if let Some(start) = text.rfind("${").filter(|&start| !text[start..].contains('}')) {
@@ -371,7 +371,7 @@ impl Scope<'_> {
             if error.is_some() {
                 return None;
             }
-            self.resolve_reference(step, field, reference, graph, depth).unwrap_or_else(|e| {
+            self.resolve_reference(step, field, reference, graph, chain).unwrap_or_else(|e| {
                 error = Some(e);
                 None
             })
@@ -390,7 +390,7 @@ impl Scope<'_> {
         field: &str,
         reference: &str,
         graph: &Graph,
-        depth: usize,
+        chain: &[&str],
     ) -> Result<Option<String>, RunbookError> {
         let bad = |why: String| RunbookError::BadReference {
             path: self.path.to_path_buf(),
@@ -428,11 +428,20 @@ impl Scope<'_> {
         let value = self.overrides.get(reference).or_else(|| self.runbook_vars.get(reference));
         match value {
             None => Err(missing(reference, self.path)),
-            // A runbook var may itself use ${env.x}; resolve it, bounded.
-            Some(v) if depth < 8 => self.resolve_text(step, field, v, graph, depth + 1).map(Some),
-            Some(_) => Err(bad(
-                "variables refer to each other in a loop; give one of them a value that does not refer back".into(),
-            )),
+            // A var that comes back into its own chain is a loop; any chain without one resolves,
+            // however long (it is at most as long as there are vars).
+            Some(_) if chain.contains(&reference) => {
+                let cycle = chain.iter().skip_while(|v| **v != reference).chain([&reference]);
+                Err(bad(format!(
+                    "variables refer to each other in a loop ({}); give one of them a value that does not refer back",
+                    cycle.copied().collect::<Vec<_>>().join(" → ")
+                )))
+            }
+            // A runbook var may itself use ${env.x} or other vars.
+            Some(v) => {
+                let longer: Vec<&str> = chain.iter().copied().chain([reference]).collect();
+                self.resolve_text(step, field, v, graph, &longer).map(Some)
+            }
         }
     }
 }

@@ -182,7 +182,18 @@ fn duplicate_ids_unknown_needs_and_a_wrong_name_are_refused() {
 #[test]
 fn variables_that_refer_to_each_other_in_a_loop_are_refused() {
     let text = sprint2().replace("image_tag = \"\"", "image_tag = \"${other}\"\nother = \"${image_tag}\"");
-    assert!(refused(&text).contains("variables refer to each other in a loop"));
+    assert!(refused(&text).contains("variables refer to each other in a loop (image_tag → other → image_tag)"));
+}
+
+/// A chain of vars with no loop resolves however deep it is (it stopped at 8 and was called a
+/// loop).
+#[test]
+fn a_long_chain_of_variables_without_a_loop_resolves() {
+    let chain: String = (0..20).map(|i| format!("v{i} = \"${{v{}}}\"\n", i + 1)).collect();
+    let text = sprint2().replace("image_tag = \"\"", &format!("image_tag = \"${{v0}}\"\n{chain}v20 = \"3f2a9c1\""));
+    let book = load_with(&text, &env("local"), &[]).unwrap_or_else(|e| panic!("{e}"));
+    let tag = book.step("T2.2").unwrap().params.get("tag").and_then(|t| t.as_str()).map(str::to_string);
+    assert_eq!(tag.as_deref(), Some("3f2a9c1"));
 }
 
 #[test]
