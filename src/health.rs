@@ -90,6 +90,9 @@ impl HealthPolicy {
                 "health: tolerate, governance and finn_latency_ms read Dixie's body: use rule = \"dixie\"".into()
             );
         }
+        if self.finn_latency_ms == Some(0) {
+            return Err("health.finn_latency_ms = 0: no latency is under 0 ms; give the limit, e.g. 50".into());
+        }
         if self.finn_latency_ms.is_some() && !(1..=60).contains(&self.latency_samples) {
             return Err(format!("health.latency_samples = {}: take 1 to 60 samples", self.latency_samples));
         }
@@ -303,6 +306,11 @@ mod tests {
             ..HealthPolicy::strict(HealthRule::Finn)
         };
         assert!(finn.check().is_err());
+        let unmeetable = HealthPolicy { finn_latency_ms: Some(0), ..HealthPolicy::strict(HealthRule::Dixie) };
+        assert_eq!(
+            unmeetable.check().unwrap_err(),
+            "health.finn_latency_ms = 0: no latency is under 0 ms; give the limit, e.g. 50"
+        );
         for blank in ["", "  "] {
             let no_reason = HealthPolicy {
                 tolerate: BTreeMap::from([("nats".into(), blank.into())]),

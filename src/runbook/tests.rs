@@ -319,3 +319,28 @@ fn sql_identifiers_and_param_sources_are_checked_before_anything_runs() {
     let err = refused(&two_sources);
     assert!(err.contains("step T2.5 (ssm_params)") && err.contains("give exactly one of"), "{err}");
 }
+
+/// A wait a user can write is bounded before anything runs: `checks_within` near u64::MAX made
+/// T3.2 merge three PRs, then panic adding its 30 s margin.
+#[test]
+fn a_wait_longer_than_a_day_is_refused_before_anything_runs() {
+    let text = std::fs::read_to_string(project().join("runbooks/sprint-3.toml")).unwrap();
+    let file = |text: &str| NamedFile {
+        path: PathBuf::from("runbooks/sprint-3.toml"),
+        hash: sha256_hex(text.as_bytes()),
+        text: text.to_string(),
+    };
+    for (within, refused) in
+        [("18446744073709551615", true), ("18446744073709551586", true), ("86401", true), ("86400", false)]
+    {
+        let mut env = env("local");
+        env.vars.insert("github_checks_within".into(), within.into());
+        let loaded = Runbook::from_file(steps::KINDS, file(&text), "sprint-3", &env, &BTreeMap::new());
+        match (loaded, refused) {
+            (Err(e), true) => assert!(e.to_string().contains("checks_within = "), "{e}"),
+            (Ok(_), false) => {}
+            (Err(e), false) => panic!("{within}: {e}"),
+            (Ok(_), true) => panic!("{within} accepted"),
+        }
+    }
+}

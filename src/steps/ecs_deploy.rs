@@ -357,6 +357,7 @@ impl Step for Params {
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["deployment_id", "deployment_started_at", "health"]);
 
     fn validate(&self) -> Result<(), String> {
+        super::check_wait("wait_seconds", self.wait_seconds)?;
         if self.wait_seconds == 0 {
             return Err(
                 "wait_seconds = 0 leaves no time for the deployment to become stable; give 1 or more seconds".into()

@@ -299,6 +299,7 @@ impl Step for Params {
         Some(&["revision", "task_definition", "deployment_id", "deployment_started_at", "health"]);
 
     fn validate(&self) -> Result<(), String> {
+        super::check_wait("wait_seconds", self.wait_seconds)?;
         if !self.revision.is_empty() && !self.revision.parse::<u32>().is_ok_and(|r| r > 0) {
             return Err(format!(
                 "revision: expected a revision number (1 or more) or empty for the one before the running one, got {:?}",

@@ -293,6 +293,21 @@ pub(super) fn flag<'de, D: serde::Deserializer<'de>>(d: D, field: &str) -> Resul
     }
 }
 
+/// The longest wait a step may be given, in seconds (a day): every wait and deadline a
+/// runbook writes is bounded by it, so that no sum of durations can overflow and a typo of
+/// a few digits is refused before anything runs.
+pub(crate) const MAX_WAIT_S: u64 = 86_400;
+
+/// `Err` when a wait a runbook wrote is longer than [`MAX_WAIT_S`].
+pub(crate) fn check_wait(field: &str, seconds: u64) -> Result<(), String> {
+    if seconds > MAX_WAIT_S {
+        return Err(format!(
+            "{field} = {seconds} s is longer than a day, the longest wait a step takes: give at most {MAX_WAIT_S}"
+        ));
+    }
+    Ok(())
+}
+
 /// Services for a kind's tests without the ring: a loopback-only environment with no AWS
 /// endpoint, `project` as the project folder, `work_dir` as the private folder, and approvals
 /// answered yes by `ana`.

@@ -636,6 +636,7 @@ impl Step for Params {
     const OUTPUTS: Option<&'static [&'static str]> = Some(&["merged", "feature_head"]);
 
     fn validate(&self) -> Result<(), String> {
+        super::check_wait("checks_within", self.checks_within)?;
         reach::check_http_url("api", &self.api)?;
         check_repo(&self.repo)?;
         if self.merge.is_empty() && self.sync.is_none() {

@@ -209,6 +209,7 @@ impl Step for Params {
     const OUTPUTS: Option<&'static [&'static str]> = None;
 
     fn validate(&self) -> Result<(), String> {
+        super::check_wait("wait_seconds", self.wait_seconds)?;
         reach::check_http_url("dixie_health_url", &self.dixie_health_url)?;
         self.dixie_health.check()?;
         reach::check_http_url("finn_health_url", &self.finn_health_url)?;
