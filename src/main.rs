@@ -309,8 +309,9 @@ fn main() {
         Err(e) => render::error(&e),
     };
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    let _ = std::io::stdout().write_all(rendered.stdout.as_bytes());
-    let _ = std::io::stderr().write_all(rendered.stderr.as_bytes());
+    // Whatever reaches a person's terminal has its control characters escaped (JSON has its own).
+    let _ = std::io::stdout().write_all(render::printable(&rendered.stdout).as_bytes());
+    let _ = std::io::stderr().write_all(render::printable(&rendered.stderr).as_bytes());
     std::process::exit(rendered.code);
 }
 

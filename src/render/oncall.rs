@@ -13,7 +13,7 @@ pub(crate) fn history_table(view: &HistoryView) -> String {
         let on = view.env.as_deref().map(|e| format!(" on {e}")).unwrap_or_default();
         return format!("no runs{of}{on} in this state DB; `runbook run <runbook>` starts one\n");
     }
-    let who: Vec<String> = view.runs.iter().map(|r| format!("{}@{}", r.operator, r.host)).collect();
+    let who: Vec<String> = view.runs.iter().map(|r| super::one_line(&format!("{}@{}", r.operator, r.host))).collect();
     let width = |header: &str, cells: &mut dyn Iterator<Item = usize>| cells.max().unwrap_or(0).max(header.len());
     let (runbook_w, env_w, who_w) = (
         width("RUNBOOK", &mut view.runs.iter().map(|r| r.runbook.len())),
@@ -61,8 +61,8 @@ pub(crate) fn audit_table(view: &AuditView) -> String {
             run.runbook,
             run.env,
             format_utc(run.started_at),
-            run.operator,
-            run.host
+            super::one_line(&run.operator),
+            super::one_line(&run.host)
         ),
         None => "audit of every run in this state DB\n".to_string(),
     };
@@ -72,7 +72,8 @@ pub(crate) fn audit_table(view: &AuditView) -> String {
         );
         return out;
     }
-    let who: Vec<String> = view.decisions.iter().map(|d| format!("{}@{}", d.operator, d.host)).collect();
+    let who: Vec<String> =
+        view.decisions.iter().map(|d| super::one_line(&format!("{}@{}", d.operator, d.host))).collect();
     let who_w = who.iter().map(String::len).max().unwrap_or(0).max("OPERATOR@HOST".len());
     out.push_str(&format!("{:>5}  {:<20}  {:<who_w$}  DECISION\n", "RUN", "TIME (UTC)", "OPERATOR@HOST"));
     for (d, who) in view.decisions.iter().zip(&who) {
@@ -80,7 +81,7 @@ pub(crate) fn audit_table(view: &AuditView) -> String {
         out.push_str(&format!(
             "{run:>5}  {:<20}  {who:<who_w$}  {}\n",
             format_utc(d.at),
-            super::first_line(&d.decision)
+            super::one_line(&super::first_line(&d.decision))
         ));
     }
     out
@@ -233,5 +234,20 @@ mod tests {
         assert!(audit_table(&quiet).ends_with(
             "no operator decisions recorded: every change ran as planned, nothing was skipped, retried or unlocked\n"
         ));
+    }
+
+    /// A RUNBOOK_HOST holding ESC and a newline, and a skip reason with a screen-clearing
+    /// sequence, stay escaped on their line.
+    #[test]
+    fn audit_escapes_what_operators_wrote() {
+        let view = AuditView {
+            run: None,
+            decisions: vec![decision(T0, "ana", "lap\u{1b}[2Jtop\nFAKE 1", "skipped T2.7: ok\u{1b}[2J\u{1b}[31mFAKE")],
+        };
+        let table = audit_table(&view);
+        assert!(!table.contains('\u{1b}'), "{table:?}");
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert!(table.contains("ana@lap\\u{1b}[2Jtop\\nFAKE 1"), "{table}");
+        assert!(table.ends_with("skipped T2.7: ok\\u{1b}[2J\\u{1b}[31mFAKE\n"), "{table}");
     }
 }

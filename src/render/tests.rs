@@ -256,3 +256,14 @@ fn common_errors_read_as_the_manual_says_and_carry_their_exit_code() {
         .collect();
     insta::assert_snapshot!(rendered.join(""));
 }
+
+/// Text from operators and tools never reaches a terminal raw: `skip --reason $'ok\e[2J\e[31mFAKE'`
+/// cleared the screen of whoever ran `status` or `audit`.
+#[test]
+fn control_characters_from_operators_and_tools_are_escaped() {
+    assert_eq!(printable("plain text\n\twith tab"), "plain text\n\twith tab");
+    assert_eq!(printable("ok\u{1b}[2J\u{1b}[31mFAKE"), "ok\\u{1b}[2J\\u{1b}[31mFAKE");
+    assert_eq!(printable("a\rb\u{7}c\u{202e}d"), "a\\u{d}b\\u{7}c\\u{202e}d");
+    assert_eq!(one_line("laptop\u{1b}]0;x\u{7}\nFAKE LINE"), "laptop\\u{1b}]0;x\\u{7}\\nFAKE LINE");
+    assert!(matches!(printable("nothing to escape"), std::borrow::Cow::Borrowed(_)));
+}
