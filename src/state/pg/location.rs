@@ -27,6 +27,7 @@ pub(in crate::state) struct Location {
 impl Location {
     /// Reads the URL; the error never quotes it (it may hold a password).
     pub(in crate::state) fn parse(url: &str) -> Result<Self, String> {
+        check_user_info(url)?;
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut ssl_mode = None;
         let mut ca_file = None;
@@ -98,6 +99,22 @@ impl Location {
         }
         let tls = tls.then_some(Tls { server_name: host, ca_file });
         Ok(Location { config, tls, shown })
+    }
+}
+
+/// The user name and password before the URL's last `@` may hold only what a URL allows there:
+/// an `@`, `/`, `?` or `#` in them makes the parsers split the URL elsewhere (the password's
+/// tail read as the host, and printed with it). Refused, quoting nothing of the URL.
+fn check_user_info(url: &str) -> Result<(), String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let Some((user_info, _)) = rest.rsplit_once('@') else { return Ok(()) };
+    match user_info.chars().find(|c| matches!(c, '@' | '/' | '?' | '#')) {
+        Some(c) => Err(format!(
+            "the PostgreSQL URL's user name or password holds a `{c}` that is not percent-encoded, so the URL \
+             cannot be read (nothing of it is shown: it may hold a password); write `@` as %40, `/` as %2F, `?` \
+             as %3F and `#` as %23, or leave the password out of the URL and set PGPASSWORD or ~/.pgpass"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -179,6 +196,27 @@ mod tests {
         assert!(!err.contains("s3cret"), "{err}");
         let err = Location::parse("postgres://deployer:s3cret@db.example.com/x?nonsense=1").err().unwrap();
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    /// `postgres://user:a@Zq9SecretTail7@host/db` printed `…@Zq9SecretTail7@127.0.0.1 …`: no part
+    /// of the user info is ever shown, whatever character the password holds.
+    #[test]
+    fn no_part_of_a_password_is_shown_whatever_it_holds() {
+        let specials = "@/?#:%&=+ !$'()*,;[]{}|\\^`\"<>~";
+        for c in specials.chars() {
+            let url = format!("postgres://user:a{c}Zq9SecretTail7@127.0.0.1:5432/db");
+            let shown = match Location::parse(&url) {
+                Ok(loc) => loc.shown.display().to_string(),
+                Err(e) => e,
+            };
+            for secret in ["Zq9SecretTail7", &format!("a{c}Zq9")] {
+                assert!(!shown.contains(secret), "{c:?}: {shown}");
+            }
+        }
+        let err = Location::parse("postgres://user:a@Zq9SecretTail7@127.0.0.1/db").err().unwrap();
+        assert!(err.contains("write `@` as %40"), "{err}");
+        let loc = Location::parse("postgres://user:a%40Zq9SecretTail7@127.0.0.1/db").unwrap();
+        assert_eq!(loc.config.get_password(), Some(&b"a@Zq9SecretTail7"[..]), "percent-encoded, it is read");
     }
 
     #[test]
