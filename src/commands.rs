@@ -522,6 +522,7 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
     });
     // Kept beside the engine's: the webhook is told once the run has ended.
     let (env, cloud) = (Arc::new(env), Arc::new(cloud));
+    let swept = work.clone();
     let services = Services {
         env: env.clone(),
         cloud: cloud.clone(),
@@ -539,6 +540,7 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
     };
     let status = engine.run(progress, shutdown_signal()).await;
     heartbeat.abort();
+    sweep(&swept, true);
     recorder.emit(Event::RunFinished { run, status, duration_ms: (now_ms() - started).max(0) as u64 }).await;
     let write_error = recorder.write_error();
     drop(recorder);
@@ -578,14 +580,25 @@ fn work_dir(state: &Path) -> Result<PathBuf, CliError> {
     let fail = |e: std::io::Error| CliError::Usage(format!("cannot prepare the private folder {}: {e}", dir.display()));
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(fail)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
-    for entry in std::fs::read_dir(&dir).map_err(fail)?.flatten() {
+    std::fs::read_dir(&dir).map_err(fail)?;
+    sweep(&dir, false);
+    Ok(dir)
+}
+
+/// Removes the files of the private folder (`<pid>-<step>.tfplan`, which hold secrets) that
+/// belong to processes that are gone and, at the end of a run, `ours` too. Run before a run
+/// starts and again when it ends: a terraform that outlived a killed runbook may write its
+/// plan after the first sweep.
+fn sweep(dir: &Path, ours: bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let pid = name.split('-').next().and_then(|p| p.parse::<i64>().ok());
-        if pid.is_some_and(|pid| !crate::state::process_alive(pid)) {
+        let mine = pid == Some(i64::from(std::process::id()));
+        if pid.is_some_and(|pid| (mine && ours) || (!mine && !crate::state::process_alive(pid))) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
-    Ok(dir)
 }
 
 /// Ctrl-C or SIGTERM.
@@ -708,6 +721,12 @@ mod tests {
         work_dir(&relative).unwrap();
         assert!(!dir.join("999999999-T2.4.tfplan").exists());
         assert!(mine.exists());
+        // A dead run's terraform may write its plan after the first sweep: the run's end sweeps
+        // again, its own files too.
+        std::fs::write(dir.join("999999998-T2.4.tfplan"), "secret").unwrap();
+        sweep(&dir, true);
+        assert!(!dir.join("999999998-T2.4.tfplan").exists());
+        assert!(!mine.exists());
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
