@@ -72,10 +72,12 @@ impl<'de> Deserialize<'de> for WebhookSource {
                     && name.len() > 1
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
                 if !ok {
-                    return Err(D::Error::custom(format!(
-                        "[notify] webhook.ssm = {name:?} is not an SSM parameter name: write its full path, \
-                         e.g. \"/runbook/armitage/SLACK_WEBHOOK\""
-                    )));
+                    // Not echoed: it may be the webhook URL itself, written in the wrong place.
+                    return Err(D::Error::custom(
+                        "[notify] webhook.ssm is not an SSM parameter name (its value is not shown: if it is the \
+                         webhook URL, store that in SSM as a SecureString): write the parameter's full path, e.g. \
+                         \"/runbook/armitage/SLACK_WEBHOOK\"",
+                    ));
                 }
                 Ok(WebhookSource::Ssm(name))
             }
@@ -83,10 +85,10 @@ impl<'de> Deserialize<'de> for WebhookSource {
                 let ok = var.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                     && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !ok {
-                    return Err(D::Error::custom(format!(
-                        "[notify] webhook.env = {var:?} is not an environment variable name: letters, digits \
-                         and _, e.g. \"RUNBOOK_WEBHOOK_URL\""
-                    )));
+                    return Err(D::Error::custom(
+                        "[notify] webhook.env is not an environment variable name (its value is not shown): \
+                         letters, digits and _, e.g. \"RUNBOOK_WEBHOOK_URL\"",
+                    ));
                 }
                 Ok(WebhookSource::Env(var))
             }

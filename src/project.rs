@@ -89,7 +89,7 @@ impl NamedFile {
                 }
             },
         };
-        let message = error.to_string();
+        let message = self.shown(&error);
         Err(match fix {
             Some(fix) => format!("{}\n    fix: {fix}", message.trim_end()),
             None => message.trim_end().to_string(),
@@ -120,6 +120,32 @@ impl NamedFile {
             }
             _ => format!("add `{field} = …` at the top of the file, before any [table]"),
         })
+    }
+
+    /// toml's account of the error, with the line it quotes; on a line whose key holds or names
+    /// a secret, or whose value looks like one, the key and the line number only, and no quoted
+    /// text of the message (`invalid type: string "ghp_…"`).
+    fn shown(&self, error: &toml::de::Error) -> String {
+        let Some((number, line)) = self.line_at(error) else { return error.to_string() };
+        let key = line.split('=').next().unwrap_or_default().trim();
+        let secret_valued = line.split('"').skip(1).step_by(2).any(|v| crate::secret::secret_shape(v).is_some());
+        let unquoted = line.split_once('=').map(|(_, v)| v.trim()).filter(|v| !v.starts_with(['"', '\'', '{', '[']));
+        let secret_unquoted = unquoted.is_some_and(|v| crate::secret::secret_shape(v).is_some());
+        if !crate::secret::is_secret_key(key) && !secret_valued && !secret_unquoted {
+            return error.to_string();
+        }
+        let mut scrubbed = String::new();
+        for (i, part) in error.message().split('"').enumerate() {
+            match i % 2 {
+                0 => scrubbed.push_str(part),
+                _ => scrubbed.push_str("\"…\""),
+            }
+        }
+        let key: String = key.chars().take(60).collect();
+        format!(
+            "TOML error at line {number}, in `{key}`: {} (the line is not shown: it holds or names a secret)",
+            scrubbed.trim_end()
+        )
     }
 
     /// The number and text of the line where `error` points.
@@ -176,5 +202,41 @@ mod tests {
         let found = Named::Runbook.read(&dir, "a").unwrap();
         assert_eq!((found.text.as_str(), found.hash.len()), ("y", 64));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A secret written where its name belongs, or on a line TOML cannot read, is never echoed.
+    #[test]
+    fn an_error_on_a_secret_line_shows_the_key_not_the_value() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Source {
+            ssm: String,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct File {
+            token: Option<Source>,
+            admin_password: Option<Source>,
+            webhook: Option<Source>,
+        }
+        let cases = [
+            "token = \"ghp_16C7e42F292c6912E7710c838347Ae178B4aZq9\"\n",
+            "admin_password = \"Zq9MasterPassword!\"\n",
+            "webhook = https://hooks.slack.com/services/T0/B0/Zq9SecretTail\n",
+            "webhook = \"https://hooks.slack.com/services/T0/B0/Zq9SecretTail\n",
+        ];
+        for text in cases {
+            let file = NamedFile { path: PathBuf::from("x.toml"), text: text.to_string(), hash: String::new() };
+            let err = file.parse::<File>().unwrap_err();
+            assert!(!err.contains("Zq9") && !err.contains("ghp_"), "{text}: {err}");
+            assert!(err.contains("line 1, in `"), "{text}: {err}");
+        }
+        let file = NamedFile { path: PathBuf::from("x.toml"), text: "region = 12\n".into(), hash: String::new() };
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Plain {
+            region: String,
+        }
+        assert!(file.parse::<Plain>().unwrap_err().contains("region = 12"), "other lines are quoted as before");
     }
 }

@@ -138,8 +138,15 @@ fn a_webhook_is_named_by_exactly_one_source_and_never_written_in_the_file() {
         ("webhook = {}", "names no source; write webhook = { ssm = "),
         ("webhook = \"https://hooks.slack.com/services/T0/B0/XYZ\"", "must not be written in the file"),
         ("webhook = { env = \"A\", url = \"https://hooks.slack.com/services/T0/B0/XYZ\" }", "unknown field `url`"),
-        ("webhook = { ssm = \"SLACK\" }", "is not an SSM parameter name: write its full path"),
+        (
+            "webhook = { ssm = \"SLACK\" }",
+            "is not an SSM parameter name (its value is not shown: if it is the webhook URL",
+        ),
         ("webhook = { env = \"1 BAD\" }", "is not an environment variable name"),
+        ("webhook = { ssm = \"https://hooks.slack.com/services/T0/B0/XYZ\" }", "is not an SSM parameter name"),
+        ("webhook = { env = \"https://hooks.slack.com/services/T0/B0/XYZ\" }", "is not an environment variable name"),
+        ("webhook = https://hooks.slack.com/services/T0/B0/XYZ", "the line is not shown"),
+        ("webhook = \"https://hooks.slack.com/services/T0/B0/XYZ", "the line is not shown"),
         ("hook = { env = \"A\" }", "unknown field `hook`"),
     ] {
         let err = environment(&format!("[notify]\n{table}")).unwrap_err();

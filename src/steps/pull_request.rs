@@ -665,7 +665,7 @@ impl Step for Params {
             SecretSource::Ssm(name) => super::ssm_params::check_parameter_name("token.ssm", name)?,
             SecretSource::Env(var) => {
                 if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(format!("token.env = {var:?} is not an environment variable name"));
+                    return Err("token.env is not an environment variable name (its value is not shown)".into());
                 }
             }
         }

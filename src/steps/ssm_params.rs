@@ -227,6 +227,13 @@ fn name_char(c: char) -> bool {
 /// An SSM parameter name as SSM accepts it: `DB_PASSWORD`, or a path `/dixie/armitage/DB_PASSWORD`
 /// (a name with a `/` starts with one), of letters, digits, `_`, `.` and `-`.
 pub(super) fn check_parameter_name(field: &str, name: &str) -> Result<(), String> {
+    if let Some(kind) = crate::secret::secret_shape(name) {
+        return Err(format!(
+            "{field} holds what looks like {kind}, not the name of the SSM parameter that stores it (the value is \
+             not shown): put the value in SSM as a SecureString and write its name here, e.g. \
+             /runbook/armitage/GITHUB_TOKEN"
+        ));
+    }
     let path = name.strip_prefix('/').unwrap_or(name);
     let ok = (1..=1011).contains(&name.len())
         && (name.starts_with('/') || !name.contains('/'))
@@ -234,9 +241,10 @@ pub(super) fn check_parameter_name(field: &str, name: &str) -> Result<(), String
     if ok {
         Ok(())
     } else {
+        // Not echoed: what is not a name may be the secret itself, written in the wrong place.
         Err(format!(
-            "{field} = {name:?} is not an SSM parameter name: letters, digits, `_`, `.` and `-`, as a path that \
-             starts with / (e.g. /runbook/armitage/dixie/DB_PASSWORD)"
+            "{field} is not an SSM parameter name (its value is not shown): letters, digits, `_`, `.` and `-`, \
+             as a path that starts with / (e.g. /runbook/armitage/dixie/DB_PASSWORD)"
         ))
     }
 }
