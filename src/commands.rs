@@ -130,13 +130,17 @@ pub(crate) fn parse_vars(pairs: &[String]) -> Result<BTreeMap<String, String>, C
 /// Takes the lock and proves the cloud before anything is written; releases the lock again
 /// if the cloud is not there.
 async fn lock_and_connect(db: &mut StateDb, env: &Environment, me: &Holder) -> Result<(Cloud, Vec<Event>), CliError> {
+    let cloud = connect(env).await?;
     let takeover = take_lock(db, me)?;
-    let cloud = Cloud::connect(env).await;
-    if let Err(e) = cloud.preflight(env).await {
-        let _ = db.release_lock(me);
-        return Err(e.into());
-    }
     Ok((cloud, takeover.into_iter().collect()))
+}
+
+/// The cloud's clients, once its read-only preflight (credentials, account, reachability) has
+/// passed: run before anything is written, so that a refusal leaves the state DB as it was.
+async fn connect(env: &Environment) -> Result<Cloud, CliError> {
+    let cloud = Cloud::connect(env).await;
+    cloud.preflight(env).await?;
+    Ok(cloud)
 }
 
 /// Takes the run lock for `me`; a dead holder's lease that was taken over comes back as the
@@ -160,11 +164,20 @@ pub(crate) async fn run(
     let env = Environment::load(&g.project, env)?;
     let book = Runbook::load(&g.project, runbook, &env, &vars)?;
     book.check_files(&g.project)?;
-    let mut db = crate::state::timing::measure_open(|| StateDb::open(&g.state))?;
+    // A state DB that is there is checked before the cloud (a wrong --state is the likelier
+    // mistake); one that is not is created only once the preflight has passed, so that a
+    // refused run leaves nothing behind. Nothing is written before the preflight either.
+    let exists = crate::state::is_url(&g.state) || g.state.exists();
+    let opened = if exists { Some(crate::state::timing::measure_open(|| StateDb::open(&g.state))?) } else { None };
+    let cloud = connect(&env).await?;
+    let mut db = match opened {
+        Some(db) => db,
+        None => crate::state::timing::measure_open(|| StateDb::open(&g.state))?,
+    };
     check_acknowledgement(g, &db, &env.name, None)?;
     let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
-    let (cloud, notes) = lock_and_connect(&mut db, &env, &me).await?;
+    let notes: Vec<Event> = take_lock(&mut db, &me)?.into_iter().collect();
     let step_ids: Vec<String> = book.steps.iter().map(|s| s.id.clone()).collect();
     let created = crate::state::timing::measure(|| {
         db.create_run(&NewRun {
