@@ -46,6 +46,14 @@ pub(crate) enum CliError {
     /// A step's maintenance action failed (releasing its tool's lock).
     #[error("{error}{}", error.fix().map(|f| format!("\n    fix: {f}")).unwrap_or_default())]
     Step { error: crate::steps::StepError },
+    /// A step's preflight refused its inputs before anything ran; no run was recorded.
+    #[error(
+        "step {step} ({kind}) was checked before the run and refused: {}; nothing was changed and no run was \
+         recorded{}",
+        error,
+        error.fix().map(|f| format!("\n    fix: {f}")).unwrap_or_default()
+    )]
+    Preflight { step: String, kind: String, error: crate::steps::StepError },
     /// After the run was recorded: not bad input, a failure of the run.
     #[error("run {run}: {source}; `runbook status {run}` shows where it stopped")]
     Recorded { run: i64, source: StateError },
@@ -129,17 +137,48 @@ pub(crate) fn parse_vars(pairs: &[String]) -> Result<BTreeMap<String, String>, C
 
 /// Takes the lock and proves the cloud before anything is written; releases the lock again
 /// if the cloud is not there.
-async fn lock_and_connect(db: &mut StateDb, env: &Environment, me: &Holder) -> Result<(Cloud, Vec<Event>), CliError> {
-    let cloud = connect(env).await?;
+/// The preflight, then the run lock: for a run already recorded (resume, retry), whose
+/// finished steps are not checked again.
+async fn lock_and_connect(
+    g: &Globals,
+    db: &mut StateDb,
+    run: (&Runbook, &Environment, &Progress),
+    me: &Holder,
+) -> Result<(Arc<Cloud>, Vec<Event>), CliError> {
+    let (book, env, progress) = run;
+    let cloud = connect(g, book, env, &progress.outputs, |id| !progress.finished.contains(id)).await?;
     let takeover = take_lock(db, me)?;
     Ok((cloud, takeover.into_iter().collect()))
 }
 
-/// The cloud's clients, once its read-only preflight (credentials, account, reachability) has
-/// passed: run before anything is written, so that a refusal leaves the state DB as it was.
-async fn connect(env: &Environment) -> Result<Cloud, CliError> {
+/// The cloud's clients, once the read-only preflights have passed: the environment's
+/// (credentials, account, reachability), then that of every step that will run (files, names
+/// and ids, access). Run before anything is written, so that a refusal leaves the state DB as
+/// it was and records no run.
+async fn connect(
+    g: &Globals,
+    book: &Runbook,
+    env: &Environment,
+    outputs: &BTreeMap<String, crate::event::Outputs>,
+    will_run: impl Fn(&str) -> bool,
+) -> Result<Arc<Cloud>, CliError> {
     let cloud = Cloud::connect(env).await;
     cloud.preflight(env).await?;
+    let cloud = Arc::new(cloud);
+    let services = Arc::new(Services {
+        env: Arc::new(env.clone()),
+        cloud: cloud.clone(),
+        project: Arc::new(g.project.clone()),
+        work_dir: Arc::new(std::env::temp_dir()),
+        approver: Approver::Withheld,
+        run: None,
+        acknowledged_rollback: g.acknowledged_rollback,
+    });
+    crate::engine::preflight(book, services, outputs, will_run).await.map_err(|r| CliError::Preflight {
+        step: r.step,
+        kind: r.kind,
+        error: r.error,
+    })?;
     Ok(cloud)
 }
 
@@ -169,7 +208,7 @@ pub(crate) async fn run(
     // refused run leaves nothing behind. Nothing is written before the preflight either.
     let exists = crate::state::is_url(&g.state) || g.state.exists();
     let opened = if exists { Some(crate::state::timing::measure_open(|| StateDb::open(&g.state))?) } else { None };
-    let cloud = connect(&env).await?;
+    let cloud = connect(g, &book, &env, &BTreeMap::new(), |_| true).await?;
     let mut db = match opened {
         Some(db) => db,
         None => crate::state::timing::measure_open(|| StateDb::open(&g.state))?,
@@ -260,7 +299,8 @@ pub(crate) async fn resume(g: &Globals, run: Option<i64>) -> Result<Outcome, Cli
     book.check_files(&g.project)?;
     let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
-    let (cloud, mut preface) = lock_and_connect(&mut db, &env, &me).await?;
+    let before = db.progress(row.id)?;
+    let (cloud, mut preface) = lock_and_connect(g, &mut db, (&book, &env, &before), &me).await?;
     preface.extend(notes);
     let progress = db.progress(row.id).map_err(|source| CliError::Recorded { run: row.id, source })?;
     drive(g, Drive { db, me, run: row.id, book, env, cloud, progress, resumed: true, preface, work }).await
@@ -278,7 +318,9 @@ pub(crate) async fn retry(g: &Globals, step: &str, downstream: bool, run: Option
     }
     let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
-    let (cloud, mut preface) = lock_and_connect(&mut db, &env, &me).await?;
+    let mut before = db.progress(row.id)?;
+    before.finished.retain(|id| !reset.contains(id));
+    let (cloud, mut preface) = lock_and_connect(g, &mut db, (&book, &env, &before), &me).await?;
     preface.extend(notes);
     for id in book.graph.topological().into_iter().filter(|id| reset.contains(id)) {
         preface.push(Event::StepReset {
@@ -489,7 +531,7 @@ struct Drive {
     run: i64,
     book: Runbook,
     env: Environment,
-    cloud: Cloud,
+    cloud: Arc<Cloud>,
     progress: Progress,
     resumed: bool,
     preface: Vec<Event>,
@@ -534,7 +576,7 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
         }
     });
     // Kept beside the engine's: the webhook is told once the run has ended.
-    let (env, cloud) = (Arc::new(env), Arc::new(cloud));
+    let env = Arc::new(env);
     let swept = work.clone();
     let services = Services {
         env: env.clone(),

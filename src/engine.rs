@@ -327,6 +327,38 @@ async fn converge(cx: &StepContext, step: &dyn AnyStep) -> Result<Outputs, StepE
     }
 }
 
+/// A step's preflight refused its inputs: nothing ran and no run is recorded.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) step: String,
+    pub(crate) kind: String,
+    pub(crate) error: StepError,
+}
+
+/// Every preflight of the steps that will run (`will_run`), read-only, in dependency order,
+/// before any of them applies. Params are typed with the outputs already recorded (a resume),
+/// or with [`crate::steps::UPSTREAM`] where an upstream step has not run yet.
+pub(crate) async fn preflight(
+    runbook: &Runbook,
+    services: Arc<Services>,
+    outputs: &BTreeMap<String, Outputs>,
+    will_run: impl Fn(&str) -> bool,
+) -> Result<(), Refusal> {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = Recorder::new(None, tx);
+    for id in runbook.graph.topological().into_iter().filter(|id| will_run(id)) {
+        let step = runbook.step(&id).expect("topological ids are steps");
+        let refuse = |error| Refusal { step: id.clone(), kind: step.kind.clone(), error };
+        let typed = step
+            .typed(runbook.registry, outputs)
+            .or_else(|_| step.typed_without_inputs(runbook.registry))
+            .map_err(|message| refuse(StepError::Fatal { message, fix: None }))?;
+        let cx = StepContext::new(&services, &id, 0, recorder.clone());
+        typed.preflight(&cx).await.map_err(refuse)?;
+    }
+    Ok(())
+}
+
 /// What `plan` found for a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

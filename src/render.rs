@@ -180,6 +180,8 @@ pub(crate) fn error(err: &CliError) -> Rendered {
         )
         | CliError::Recorded { .. }
         | CliError::Step { .. } => 1,
+        // A preflight that could not finish (throttled, a timeout): not the operator's input.
+        CliError::Preflight { error: crate::steps::StepError::Retryable { .. }, .. } => 1,
         // Not the operator's input either: AWS was busy; nothing was recorded.
         CliError::Cloud(crate::cloud::CloudError::Busy { .. }) => 1,
         _ => 2,

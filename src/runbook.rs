@@ -553,7 +553,7 @@ fn visit_strings(value: &mut toml::Value, f: &mut impl FnMut(&mut String)) {
 fn with_placeholders(params: &toml::Value) -> toml::Value {
     let mut copy = params.clone();
     visit_strings(&mut copy, &mut |text| {
-        *text = substitute(text, |r| r.starts_with("steps.").then(|| "placeholder".to_string()));
+        *text = substitute(text, |r| r.starts_with("steps.").then(|| crate::steps::UPSTREAM.to_string()));
     });
     copy
 }

@@ -424,10 +424,13 @@ class Handler(BaseHTTPRequestHandler):
     def api(self, method: str, path: str, body: dict) -> tuple[int, dict | None]:
         r = self.repo
         not_found = (404, {"message": "Not Found", "documentation_url": DOCS})
-        m = re.fullmatch(r"/repos/([^/]+)/([^/]+)(/.*)", path)
+        m = re.fullmatch(r"/repos/([^/]+)/([^/]+)(/.*)?", path)
         if not m or (m[1].lower(), m[2].lower()) != (OWNER.lower(), REPO.lower()):
             return not_found
-        rest = m[3]
+        rest = m[3] or ""
+        if rest == "" and method == "GET":  # the repository, with what the token may do in it
+            return 200, {"full_name": f"{OWNER}/{REPO}", "default_branch": "main",
+                         "permissions": {"admin": False, "maintain": False, "push": True, "triage": True, "pull": True}}
         if mm := re.fullmatch(r"/pulls/(\d+)", rest):
             pr = r.d["pulls"].get(mm[1])
             if method != "GET" or pr is None:

@@ -39,6 +39,8 @@ struct Script {
     break_lease: bool,
     /// The PostgreSQL server drops the run's state connection after this step's side effect.
     drop_state_connection: bool,
+    /// The preflight refuses the step's inputs.
+    preflight_refuses: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +73,8 @@ struct Seen {
     /// Probes begun (the first thing a step does).
     probes: u32,
     input: Option<String>,
+    /// The input each preflight saw.
+    preflights: Vec<Option<String>>,
 }
 
 #[derive(Default)]
@@ -133,6 +137,17 @@ impl Step for Fake {
 
     fn converge_within(&self) -> Duration {
         Duration::from_secs(self.converge_seconds)
+    }
+
+    async fn preflight(&self, cx: &StepContext) -> Result<(), StepError> {
+        let refuses = seen(&self.world, &cx.step, |s| {
+            s.preflights.push(self.input.clone());
+            s.script.preflight_refuses
+        });
+        match refuses {
+            true => Err(StepError::fatal("no such thing in this account", "check the name in the runbook")),
+            false => Ok(()),
+        }
     }
 
     async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
@@ -887,5 +902,26 @@ async fn a_step_that_needs_a_skipped_steps_outputs_fails_its_preconditions_namin
         h.reset(&["a", "b"]);
         assert_eq!(h.run().await.0, RunState::Done);
         assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 1, 1]);
+    }
+}
+
+/// Every step's preflight runs before any step probes or applies, in dependency order; an
+/// input from an upstream step that has not run reads as the placeholder; a refusal names its
+/// step, and nothing ran.
+#[tokio::test(start_paused = true)]
+async fn preflights_run_for_every_step_before_any_acts_and_a_refusal_stops_all() {
+    for h in Harness::each("preflight", CHAIN, Approver::Withheld).await {
+        let outputs = BTreeMap::new();
+        preflight(&h.runbook, h.services.clone(), &outputs, |_| true).await.unwrap();
+        assert_eq!(h.seen("b", |s| s.preflights.clone()), [Some(crate::steps::UPSTREAM.to_string())]);
+        h.script("c", Script { preflight_refuses: true, ..Script::default() });
+        let refusal = preflight(&h.runbook, h.services.clone(), &outputs, |_| true).await.unwrap_err();
+        assert_eq!((refusal.step.as_str(), refusal.kind.as_str()), ("c", "fake"));
+        assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.probes + s.effects)), [0, 0, 0], "nothing ran");
+        // A resume checks only what will run, with the outputs already recorded.
+        let done = BTreeMap::from([("a".to_string(), Outputs::from([("value".to_string(), "a-out".to_string())]))]);
+        preflight(&h.runbook, h.services.clone(), &done, |id| id == "b").await.unwrap();
+        assert_eq!(h.seen("b", |s| s.preflights.last().cloned()), Some(Some("a-out".to_string())));
+        assert_eq!(h.seen("a", |s| s.preflights.len()), 2, "a is done: not checked again");
     }
 }

@@ -299,6 +299,10 @@ impl Step for Params {
         Ok(())
     }
 
+    async fn preflight(&self, cx: &StepContext) -> Result<(), StepError> {
+        super::check_ca_file("ca_file", cx.project_file(&self.ca_file).as_deref())
+    }
+
     fn converge_within(&self) -> Duration {
         Duration::from_secs(30)
     }

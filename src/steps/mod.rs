@@ -151,6 +151,14 @@ pub(crate) trait Step: DeserializeOwned + Debug + Send + Sync + 'static {
     /// How long `verify` may take to come true after an apply.
     fn converge_within(&self) -> Duration;
 
+    /// Read-only, before any step of the run applies: the inputs only the world can judge
+    /// (files the step will read, names and ids resolved against the API, access). A value that
+    /// comes from an upstream step's output reads [`UPSTREAM`] here: the step checks it when it
+    /// runs. A refusal records no run.
+    fn preflight(&self, _cx: &StepContext) -> impl Future<Output = Result<(), StepError>> + Send {
+        async { Ok(()) }
+    }
+
     /// Read-only: is the desired state already true?
     fn probe(&self, cx: &StepContext) -> impl Future<Output = Result<Probe, StepError>> + Send;
 
@@ -198,6 +206,7 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(crate) trait AnyStep: Debug + Send + Sync {
     fn check_files(&self, project: &std::path::Path) -> Result<(), String>;
     fn converge_within(&self) -> Duration;
+    fn preflight<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>>;
     fn probe<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>>;
     fn apply<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>>;
     fn verify<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>>;
@@ -210,6 +219,9 @@ impl<S: Step> AnyStep for S {
     }
     fn converge_within(&self) -> Duration {
         Step::converge_within(self)
+    }
+    fn preflight<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(Step::preflight(self, cx))
     }
     fn probe<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>> {
         Box::pin(Step::probe(self, cx))
@@ -291,6 +303,47 @@ pub(super) fn flag<'de, D: serde::Deserializer<'de>>(d: D, field: &str) -> Resul
         Either::Text(t) if t == "false" => Ok(false),
         Either::Text(t) => Err(serde::de::Error::custom(format!("{field}: expected true or false, got {t:?}"))),
     }
+}
+
+/// What a `${steps.X.y}` reads before step X has run (preflight, `plan`): a field holding it is
+/// checked by the step when it runs, not before.
+pub(crate) const UPSTREAM: &str = "placeholder";
+
+/// Whether a param holds an upstream step's output not known yet (see [`UPSTREAM`]).
+pub(crate) fn from_upstream(value: &str) -> bool {
+    value.contains(UPSTREAM)
+}
+
+/// A CA bundle a step will read (`ca_file`, `pg_ca_file`): a regular file of at most 1 MiB
+/// holding at least one PEM certificate. Read bounded (`/dev/zero` is not read at all), and
+/// the error names the key that gives the path. An empty key means the system's roots.
+pub(crate) fn check_ca_file(key: &str, path: Option<&std::path::Path>) -> Result<(), StepError> {
+    use std::io::Read;
+    const MAX: u64 = 1 << 20;
+    let Some(path) = path else { return Ok(()) };
+    let fix =
+        format!("point `{key}` at a PEM certificate bundle (RDS's global bundle, or the ring's .ring/tls/ca.crt)");
+    let refuse = |why: String| StepError::fatal(format!("{key} = {}: {why}", path.display()), fix.clone());
+    let meta = std::fs::metadata(path).map_err(|e| refuse(format!("cannot be read: {e}")))?;
+    if !meta.is_file() {
+        return Err(refuse("is not a regular file".into()));
+    }
+    let mut text = String::new();
+    let file = std::fs::File::open(path).map_err(|e| refuse(format!("cannot be read: {e}")))?;
+    file.take(MAX + 1).read_to_string(&mut text).map_err(|_| refuse("is not a text (PEM) file".into()))?;
+    if text.len() as u64 > MAX {
+        return Err(refuse("is larger than 1 MiB: not a CA bundle".into()));
+    }
+    if text.trim().is_empty() {
+        return Err(refuse("is empty".into()));
+    }
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        let key_instead = text.contains("PRIVATE KEY-----");
+        return Err(refuse(
+            if key_instead { "holds a private key, not a certificate" } else { "holds no PEM certificate" }.into(),
+        ));
+    }
+    crate::pg_tls::client_config(Some(path)).map(|_| ()).map_err(refuse)
 }
 
 /// The longest wait a step may be given, in seconds (a day): every wait and deadline a
@@ -451,5 +504,60 @@ impl StepContext {
 
     pub(crate) fn checkpoint(&self, name: &str) {
         crate::crash::kill_if_asked(&self.step, name);
+    }
+}
+
+#[cfg(test)]
+mod preflight_tests {
+    use super::*;
+
+    fn refused(path: &std::path::Path) -> String {
+        match check_ca_file("pg_ca_file", Some(path)) {
+            Err(StepError::Fatal { message, fix }) => {
+                assert!(fix.unwrap_or_default().contains("point `pg_ca_file` at a PEM certificate bundle"));
+                message
+            }
+            other => panic!("{}: {other:?}", path.display()),
+        }
+    }
+
+    /// A CA file is judged before the run, bounded, and named by its key: T2.3 found it after
+    /// T2.1, T2.2 and T2.4 had acted, and `/dev/zero` was read until memory ran out.
+    #[test]
+    fn a_ca_file_that_is_not_a_certificate_bundle_is_refused_naming_its_key() {
+        let dir = std::env::temp_dir().join(format!("runbook-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        assert!(
+            refused(&dir.join("missing.pem")).contains("pg_ca_file = ")
+                && refused(&dir.join("missing.pem")).contains("cannot be read")
+        );
+        assert!(refused(std::path::Path::new("/dev/zero")).ends_with("is not a regular file"));
+        assert!(refused(&dir).ends_with("is not a regular file"));
+        assert!(refused(&write("empty.pem", "")).ends_with("is empty"));
+        assert!(refused(&write("text.pem", "not a certificate\n")).ends_with("holds no PEM certificate"));
+        let key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
+        assert!(refused(&write("key.pem", key)).ends_with("holds a private key, not a certificate"));
+        let big = "x".repeat((1 << 20) + 10);
+        assert!(refused(&write("big.pem", &big)).ends_with("is larger than 1 MiB: not a CA bundle"));
+        let garbled = "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n";
+        let message = refused(&write("garbled.pem", garbled));
+        assert!(message.starts_with(&format!("pg_ca_file = {}", dir.join("garbled.pem").display())), "{message}");
+        assert!(check_ca_file("pg_ca_file", None).is_ok(), "empty: the system's roots");
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+            .args(["-subj", "/CN=runbook-test-ca", "-keyout"])
+            .arg(dir.join("ca.key"))
+            .arg("-out")
+            .arg(dir.join("ca.crt"))
+            .output()
+            .expect("openssl makes a test CA");
+        assert!(made.status.success(), "{made:?}");
+        check_ca_file("pg_ca_file", Some(&dir.join("ca.crt"))).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

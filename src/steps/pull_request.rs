@@ -402,6 +402,32 @@ impl Params {
         Ok(GitHub { client, api: self.api().to_string(), repo: self.repo.clone(), token, token_fix })
     }
 
+    /// Read-only, before the run: the token is there, GitHub answers at `api`, the repository
+    /// exists and the token may push to it, every PR to merge and both branches to sync exist.
+    async fn check_access(&self, cx: &StepContext) -> Result<(), StepError> {
+        let gh = self.github(cx).await?;
+        let answer = gh.get("").await?;
+        match answer.status {
+            200 if answer.body["permissions"]["push"].as_bool() == Some(false) => {
+                return Err(StepError::fatal(
+                    format!("the GitHub token may read {} but not merge in it (permissions.push is false)", self.repo),
+                    gh.token_fix.clone(),
+                ));
+            }
+            200 => {}
+            404 => return Err(gh.not_found("repository")),
+            _ => return Err(gh.unexpected(&format!("reading the repository {}", self.repo), &answer)),
+        }
+        for number in &self.merge {
+            gh.pull(*number).await?;
+        }
+        if let Some(sync) = &self.sync {
+            gh.branch_head(&sync.base).await?;
+            gh.branch_head(&sync.from).await?;
+        }
+        Ok(())
+    }
+
     fn outputs(&self, feature_head: &str) -> Outputs {
         Outputs::from([
             ("merged".to_string(), self.merge.iter().map(u64::to_string).collect::<Vec<_>>().join(",")),
@@ -680,6 +706,10 @@ impl Step for Params {
             return Err("checks_within = 0 leaves no time for the checks: give seconds, e.g. 600".into());
         }
         Ok(())
+    }
+
+    async fn preflight(&self, cx: &StepContext) -> Result<(), StepError> {
+        self.check_access(cx).await
     }
 
     fn converge_within(&self) -> Duration {

@@ -39,8 +39,8 @@ fn is_group_id(s: &str) -> bool {
 async fn group_id(cx: &StepContext, field: &str, group: &str) -> Result<String, StepError> {
     lookup(cx, field, group).await?.ok_or_else(|| {
         StepError::fatal(
-            format!("{field}: no security group named {group}"),
-            format!("check `{field}` (an sg- id, or the group's name) and the environment"),
+            format!("{field}: no security group named {group} in this account and region"),
+            format!("check `{field}` (an sg- id, or the group's name) in the runbook or the environment"),
         )
     })
 }
@@ -131,6 +131,35 @@ impl Ingress {
         Ok(())
     }
 
+    /// Both groups exist: a name names exactly one group, an id is one EC2 knows. A group that
+    /// an upstream step makes (its output) is checked when the step runs.
+    pub(crate) async fn preflight(&self, cx: &StepContext) -> Result<(), StepError> {
+        if self.source_group.trim().is_empty() {
+            return Err(StepError::fatal(
+                "source_group is empty",
+                "give the admitted group's id (sg-…) or its name, e.g. Dixie's task group",
+            ));
+        }
+        for (field, group) in [("group", &self.group), ("source_group", &self.source_group)] {
+            if super::from_upstream(group) {
+                continue;
+            }
+            let id = group_id(cx, field, group).await?;
+            let found = cx.cloud.ec2.describe_security_groups().group_ids(&id).send().await;
+            if let Err(e) = found {
+                use aws_sdk_ec2::error::ProvideErrorMetadata;
+                if e.code() == Some("InvalidGroup.NotFound") || e.code() == Some("InvalidGroupId.Malformed") {
+                    return Err(StepError::fatal(
+                        format!("{field} = {group}: EC2 has no security group {id} in this account and region"),
+                        format!("check `{field}` in the runbook or the environment (ids differ between accounts)"),
+                    ));
+                }
+                return Err(StepError::from_sdk("ec2:DescribeSecurityGroups", e));
+            }
+        }
+        Ok(())
+    }
+
     /// The group's id and its source's, `None` for a name no group has (`diagnose`).
     pub(crate) async fn lookup_ids(&self, cx: &StepContext) -> Result<(Option<String>, Option<String>), StepError> {
         Ok((lookup(cx, "group", &self.group).await?, lookup(cx, "source_group", &self.source_group).await?))
@@ -195,6 +224,10 @@ impl Step for Params {
             ));
         }
         Ok(())
+    }
+
+    async fn preflight(&self, cx: &StepContext) -> Result<(), StepError> {
+        self.ingress().preflight(cx).await
     }
 
     fn converge_within(&self) -> Duration {

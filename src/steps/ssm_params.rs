@@ -275,6 +275,11 @@ impl Step for Params {
         Ok(())
     }
 
+    async fn preflight(&self, cx: &StepContext) -> Result<(), StepError> {
+        super::check_ca_file("pg_ca_file", cx.project_file(&self.pg_ca_file).as_deref())?;
+        super::check_ca_file("redis_ca_file", cx.project_file(&self.redis_ca_file).as_deref())
+    }
+
     fn converge_within(&self) -> Duration {
         Duration::from_secs(120)
     }

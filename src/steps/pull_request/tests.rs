@@ -395,3 +395,41 @@ fn bad_params_are_refused_before_anything_runs() {
     assert!(bad_repo("loa-dixie").unwrap_err().contains("write owner/name"));
     assert!(bad_repo("0xHoneyJar/loa dixie").is_err());
 }
+
+/// The preflight reads only: the repository, the PRs to merge and the branches to sync exist,
+/// the token is accepted; a PR that does not exist, a dead API port or a wrong repository is
+/// refused before anything is merged.
+#[tokio::test]
+async fn the_preflight_refuses_what_does_not_exist_and_sends_nothing_that_changes() {
+    let hub = Hub::new("preflight").await;
+    let cx = hub.cx();
+    hub.step("[55, 53, 52]", "").preflight(&cx).await.unwrap();
+    let (message, _) = fatal(hub.step("[55, 99]", "").preflight(&cx).await.unwrap_err());
+    assert!(message.contains("GitHub has no PR #99"), "{message}");
+    let mut texts = vec![message];
+    let params: toml::Value = toml::from_str(&format!(
+        "api = \"{}\"\nrepo = \"0xHoneyJar/nope\"\nmerge = [55]\ntoken = {{ env = \"{}\" }}\nchecks_within = 20\n",
+        hub.url, hub.var
+    ))
+    .unwrap();
+    let step = find(KINDS, "pull_request").unwrap().parse(&params).unwrap();
+    let (message, _) = fatal(step.preflight(&cx).await.unwrap_err());
+    assert!(message.contains("GitHub has no repository in 0xHoneyJar/nope"), "{message}");
+    texts.push(message);
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let params: toml::Value = toml::from_str(&format!(
+        "api = \"http://127.0.0.1:{dead}\"\nrepo = \"0xHoneyJar/loa-dixie\"\nmerge = [55]\ntoken = {{ env = \"{}\" }}\n\
+         checks_within = 20\n",
+        hub.var
+    ))
+    .unwrap();
+    let step = find(KINDS, "pull_request").unwrap().parse(&params).unwrap();
+    let dead_port = step.preflight(&cx).await.expect_err("a dead API port is refused");
+    texts.push(dead_port.to_string());
+    let changed: Vec<Value> = hub.mutations().await.into_iter().filter(|r| r["method"] != "GET").collect();
+    assert!(changed.is_empty(), "the preflight only reads: {changed:?}");
+    hub.assert_token_unseen(&texts);
+}
