@@ -226,15 +226,18 @@ pub(super) fn describe(lease: Option<Lease>) -> String {
 }
 
 /// Same host: a process with that pid exists and, when the lease knows it, started when the
-/// holder did (a reused pid is another process). Other host: it beat within the stale period.
+/// holder did (a reused pid is another process); a lease of the old format, which does not
+/// know it, must also have beaten within the stale period (pid 1 with a heartbeat from 1970
+/// is not a live run). Other host: it beat within the stale period.
 fn alive(our_host: &str, holder: &Holder, heartbeat_at: i64, now: i64) -> bool {
+    let beating = now - heartbeat_at < LEASE_STALE_MS;
     if holder.host != our_host {
-        return now - heartbeat_at < LEASE_STALE_MS;
+        return beating;
     }
     match (holder.pid_started, process_start(holder.pid)) {
         (_, None) => false,
         (Some(then), Some(now_started)) => then == now_started,
-        (None, Some(_)) => true,
+        (None, Some(_)) => beating,
     }
 }
 

@@ -51,7 +51,8 @@ pub(crate) enum StateError {
     NewerSchema { path: PathBuf, found: i64, supported: i64 },
     #[error(
         "another run holds the lock on {}: run {run} on {host} pid {pid}, since {since}, last \
-         heartbeat {heartbeat_age_s}s ago; wait for it, or if it is dead: runbook unlock --force",
+         heartbeat {heartbeat_age_s}s ago, and it is alive; wait for it (runbook status {run}), or if you are \
+         sure it is not: runbook unlock --force --run {run} --yes",
         path.display()
     )]
     Locked { path: PathBuf, run: String, host: String, pid: i64, since: String, heartbeat_age_s: i64 },

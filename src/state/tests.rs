@@ -336,6 +336,27 @@ fn a_live_holder_keeps_the_lock_and_a_dead_one_loses_it() {
     });
 }
 
+/// A lease of the old format (no start time) held by pid 1 with a heartbeat from 1970: `run`
+/// said "if it is dead: runbook unlock --force" and `unlock --force` refused it as alive.
+#[test]
+fn an_old_format_lease_that_stopped_beating_is_not_alive() {
+    each_backend("oldlease", |location| {
+        let mut db = StateDb::open(location).unwrap();
+        let me = Holder::me("h");
+        db.acquire_lock(&me).unwrap();
+        db.execute_for_tests("UPDATE run_lock SET pid = 1, pid_started = NULL, heartbeat_at = 0").unwrap();
+        assert_eq!(db.lease("h").unwrap().map(|l| l.alive), Some(false));
+        let taken = db.acquire_lock(&me).unwrap().unwrap();
+        assert_eq!((taken.pid, taken.pid_started), (1, None));
+        // Beating, it is alive, and the advice names the command that breaks a live lease.
+        let now = crate::clock::now_ms();
+        db.execute_for_tests(&format!("UPDATE run_lock SET pid = 1, pid_started = NULL, heartbeat_at = {now}"))
+            .unwrap();
+        let refused = db.acquire_lock(&Holder::me("h")).unwrap_err().to_string();
+        assert!(refused.contains("and it is alive") && refused.contains("runbook unlock --force --run "), "{refused}");
+    });
+}
+
 #[test]
 fn a_reused_pid_does_not_keep_a_dead_lease_alive() {
     each_backend("reused", |location| {
