@@ -63,6 +63,14 @@ pub(crate) async fn connect(
 
 /// What a failed connection means, said so: a server without TLS, or one that takes TLS only
 /// (for a client that did not offer it), is not a wrong password.
+/// Whether a TLS handshake failed because the connection was closed under it (`tls handshake
+/// eof`, a reset): the server went away, which is transient, unlike a certificate it refused.
+pub(crate) fn closed_in_handshake(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    let closed = ["handshake eof", "unexpected eof", "connection reset", "broken pipe", "connection closed"];
+    closed.iter().any(|c| error.contains(c)) && !error.contains("certificate")
+}
+
 pub(crate) fn explain(error: &str) -> String {
     if error.contains("server does not support TLS") {
         format!("{error}: this server does not offer TLS, and runbook connects to PostgreSQL over TLS only")

@@ -167,6 +167,11 @@ impl Params {
         let target = format!("{user}@{}:{}/{database} (dialled {addr})", instance.host, instance.port);
         let (client, connection) =
             crate::pg_tls::connect(config, &instance.host, ca.as_deref()).await.map_err(|text| {
+                // A connection closed during the handshake is a server going away (shutting
+                // down, failing over), not a certificate that does not match: try again.
+                if crate::pg_tls::closed_in_handshake(&text) {
+                    return StepError::retryable(format!("cannot connect to {target}: {text} (the server closed it)"));
+                }
                 if text.contains("TLS") || text.contains("certificate") || text.contains("CA file") {
                     return StepError::fatal(
                         format!("cannot connect to {target} over TLS: {text}"),
