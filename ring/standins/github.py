@@ -343,6 +343,9 @@ class Handler(BaseHTTPRequestHandler):
     def reply(self, code: int, obj: dict | None) -> None:
         body = b"" if obj is None else json.dumps(obj).encode()
         self.send_response(code)
+        for name, value in getattr(self, "extra_headers", {}).items():  # a fault's (retry-after)
+            self.send_header(name, str(value))
+        self.extra_headers = {}
         if obj is not None:
             self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -400,6 +403,7 @@ class Handler(BaseHTTPRequestHandler):
                 fault = self.take_fault(method, path)
                 if fault:
                     code, obj = fault["status"], {"message": fault.get("message", "Server Error")}
+                    self.extra_headers = fault.get("headers", {})
                 elif body.get("__invalid__"):
                     code, obj = 400, {"message": "Problems parsing JSON", "documentation_url": DOCS}
                 else:
@@ -488,7 +492,7 @@ class Handler(BaseHTTPRequestHandler):
             return 200, {"ok": True}
         if what == "fault":
             r.faults.append({"status": int(body.get("status", 502)), "count": int(body.get("count", 1)),
-                             **{k: body[k] for k in ("method", "path", "message") if k in body}})
+                             **{k: body[k] for k in ("method", "path", "message", "headers") if k in body}})
             return 200, {"ok": True}
         if what == "next-checks":
             r.d["next_checks"][body["branch"]] = {"conclusions": body.get("conclusions", {}),

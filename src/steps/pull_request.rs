@@ -168,6 +168,31 @@ struct GitHub {
     token: Secret<String>,
     /// Where the token came from and how to replace it, for a 401.
     token_fix: String,
+    /// Where a wait for GitHub's rate limit is said: the step's log (recorder, step, attempt).
+    log: Option<(crate::recorder::Recorder, String, u32)>,
+}
+
+/// The longest wait for GitHub's rate limit that a step sits through; a later reset fails the
+/// step with the time to retry.
+const RATE_LIMIT_WAIT_MAX: Duration = Duration::from_secs(120);
+
+/// How long GitHub asks to wait before the next request: `retry-after` (seconds), else until
+/// `x-ratelimit-reset` (epoch seconds, `now_s` the clock), else a minute (GitHub's advice for a
+/// secondary limit without either header). Never negative.
+fn rate_limit_wait(retry_after: Option<&str>, reset: Option<&str>, now_s: i64) -> Duration {
+    if let Some(seconds) = retry_after.and_then(|v| v.trim().parse::<u64>().ok()) {
+        return Duration::from_secs(seconds);
+    }
+    match reset.and_then(|v| v.trim().parse::<i64>().ok()) {
+        Some(at) => Duration::from_secs(u64::try_from(at.saturating_sub(now_s)).unwrap_or(0).saturating_add(1)),
+        None => Duration::from_secs(60),
+    }
+}
+
+/// GitHub's rate limit stopped a request: what, and how long GitHub asks to wait.
+struct RateLimited {
+    message: String,
+    wait: Duration,
 }
 
 /// A status and JSON body (`Null` when empty) the caller interprets.
@@ -186,10 +211,41 @@ impl GitHub {
     /// `method` on `/repos/{repo}{path}`. Transport trouble, 5xx, 429 and rate limits are
     /// retryable; 401 and other 403s are fatal with the fix; the rest is the caller's.
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Answer, StepError> {
+        let mut waited = 0;
+        loop {
+            match self.call_once(method.clone(), path, body).await {
+                Err(RateLimited { message, wait }) if waited < 2 && wait <= RATE_LIMIT_WAIT_MAX => {
+                    waited += 1;
+                    if let Some((recorder, step, attempt)) = &self.log {
+                        let line = format!("{message}: waiting {} s as GitHub asks, then trying again", wait.as_secs());
+                        recorder.emit(crate::event::Event::StepLog { step: step.clone(), attempt: *attempt, line }).await;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                Err(RateLimited { message, wait }) => {
+                    let at = crate::clock::format_utc(crate::clock::now_ms() + wait.as_millis() as i64);
+                    return Err(StepError::retryable(format!(
+                        "{message}: GitHub asks to wait {} s (until {at}), longer than runbook waits in a step",
+                        wait.as_secs()
+                    )));
+                }
+                Ok(answer) => return answer,
+            }
+        }
+    }
+
+    /// One request; `Err` when GitHub's rate limit stopped it, with how long to wait.
+    async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Result<Answer, StepError>, RateLimited> {
         let url = format!("{}/repos/{}{path}", self.api, self.repo);
         let what = format!("GitHub {method} /repos/{}{path}", self.repo);
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.token.expose()))
-            .map_err(|_| StepError::fatal("the GitHub token is not a valid header value", self.token_fix.clone()))?;
+        let Ok(mut auth) = HeaderValue::from_str(&format!("Bearer {}", self.token.expose())) else {
+            return Ok(Err(StepError::fatal("the GitHub token is not a valid header value", self.token_fix.clone())));
+        };
         auth.set_sensitive(true);
         let mut request = self
             .client
@@ -200,16 +256,24 @@ impl GitHub {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| StepError::retryable(format!("{what}: {}", crate::error_chain::error_chain(&e))))?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return Ok(Err(StepError::retryable(format!("{what}: {}", crate::error_chain::error_chain(&e))))),
+        };
         let status = response.status().as_u16();
-        let rate_limited = response.headers().get("x-ratelimit-remaining").is_some_and(|v| v.as_bytes() == b"0");
-        let text = response
-            .text()
-            .await
-            .map_err(|e| StepError::retryable(format!("{what}: HTTP {status}, the body was cut off: {e}")))?;
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let rate_limited = header("x-ratelimit-remaining").as_deref() == Some("0");
+        let wait = rate_limit_wait(
+            header("retry-after").as_deref(),
+            header("x-ratelimit-reset").as_deref(),
+            crate::clock::now_ms() / 1000,
+        );
+        let text = match response.text().await {
+            Ok(text) => text,
+            Err(e) => {
+                return Ok(Err(StepError::retryable(format!("{what}: HTTP {status}, the body was cut off: {e}"))));
+            }
+        };
         let body = if text.trim().is_empty() {
             Value::Null
         } else {
@@ -217,13 +281,14 @@ impl GitHub {
                 .unwrap_or_else(|_| json!({"message": text.chars().take(200).collect::<String>()}))
         };
         let answer = Answer { status, body };
-        match status {
+        Ok(match status {
             401 => Err(StepError::fatal(
                 format!("the GitHub token was refused by {} (401 {}) on {what}", self.api, answer.message()),
                 self.token_fix.clone(),
             )),
             403 | 429 if rate_limited || status == 429 || answer.message().contains("rate limit") => {
-                Err(StepError::retryable(format!("{what}: GitHub's rate limit ({status} {})", answer.message())))
+                let message = format!("{what}: GitHub's rate limit ({status} {})", answer.message());
+                return Err(RateLimited { message, wait });
             }
             403 => Err(StepError::fatal(
                 format!("{what}: GitHub refused it (403 {})", answer.message()),
@@ -236,7 +301,7 @@ impl GitHub {
             )),
             500..=599 => Err(StepError::retryable(format!("{what}: HTTP {status} {}", answer.message()))),
             _ => Ok(answer),
-        }
+        })
     }
 
     async fn get(&self, path: &str) -> Result<Answer, StepError> {
@@ -399,7 +464,8 @@ impl Params {
             .user_agent(concat!("runbook/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| StepError::Fatal { message: format!("cannot make an HTTP client: {e}"), fix: None })?;
-        Ok(GitHub { client, api: self.api().to_string(), repo: self.repo.clone(), token, token_fix })
+        let log = Some((cx.recorder.clone(), cx.step.clone(), cx.attempt));
+        Ok(GitHub { client, api: self.api().to_string(), repo: self.repo.clone(), token, token_fix, log })
     }
 
     /// Read-only, before the run: the token is there, GitHub answers at `api`, the repository

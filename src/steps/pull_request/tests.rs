@@ -433,3 +433,34 @@ async fn the_preflight_refuses_what_does_not_exist_and_sends_nothing_that_change
     assert!(changed.is_empty(), "the preflight only reads: {changed:?}");
     hub.assert_token_unseen(&texts);
 }
+
+#[test]
+fn github_says_how_long_to_wait_and_runbook_waits_that_long() {
+    assert_eq!(rate_limit_wait(Some("7"), Some("9999999999"), 100), Duration::from_secs(7), "retry-after first");
+    assert_eq!(rate_limit_wait(None, Some("130"), 100), Duration::from_secs(31), "until the reset, and a second");
+    assert_eq!(rate_limit_wait(None, Some("50"), 100), Duration::from_secs(1), "a reset in the past: at once");
+    assert_eq!(rate_limit_wait(None, None, 100), Duration::from_secs(60), "a secondary limit: a minute");
+    assert_eq!(rate_limit_wait(Some("soon"), None, 100), Duration::from_secs(60));
+}
+
+/// A rate-limited answer with `retry-after` is waited out as GitHub asks (said in the step's
+/// log), not retried after 1 s and 2 s; a reset beyond runbook's bound fails with its time.
+#[tokio::test]
+async fn a_rate_limit_is_waited_out_as_github_asks_and_said() {
+    let hub = Hub::new("ratelimit").await;
+    let fault = json!({"status": 429, "count": 1, "method": "GET", "path": format!("{REPO}/pulls/55"),
+                       "message": "API rate limit exceeded", "headers": {"retry-after": "2"}});
+    hub.ring("fault", fault).await;
+    let (step, cx) = (hub.step("[55]", ""), hub.cx());
+    let started = std::time::Instant::now();
+    step.preflight(&cx).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(2), "waited {:?}", started.elapsed());
+    let said = hub.emitted().join("\n");
+    assert!(said.contains("GitHub's rate limit (429 API rate limit exceeded): waiting 2 s as GitHub asks"), "{said}");
+    let far = json!({"status": 403, "count": 1, "method": "GET", "path": format!("{REPO}/pulls/55"),
+                     "message": "API rate limit exceeded", "headers": {"x-ratelimit-remaining": "0",
+                     "x-ratelimit-reset": (crate::clock::now_ms() / 1000 + 3600).to_string()}});
+    hub.ring("fault", far).await;
+    let error = step.preflight(&cx).await.unwrap_err().to_string();
+    assert!(error.contains("longer than runbook waits in a step"), "{error}");
+}
