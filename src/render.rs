@@ -170,14 +170,10 @@ fn exit_code(outcome: &Outcome) -> i32 {
 pub(crate) fn error(err: &CliError) -> Rendered {
     let code = match err {
         CliError::State(StateError::Locked { .. }) | CliError::LiveHolder { .. } => 3,
-        // The state DB failed after it was opened: not the operator's input.
-        // A state database that cannot be reached is not the operator's input either.
-        CliError::State(
-            StateError::Sql { .. }
-            | StateError::Postgres { .. }
-            | StateError::Connect { .. }
-            | StateError::Write { .. },
-        )
+        // The state DB failed after it was opened: not the operator's input. One that cannot be
+        // reached or used at all (Connect, Unusable) is refused before anything changed, as an
+        // unreachable AWS is: 2, as the exit-code table says.
+        CliError::State(StateError::Sql { .. } | StateError::Postgres { .. } | StateError::Write { .. })
         | CliError::Recorded { .. }
         | CliError::Step { .. } => 1,
         // A preflight that could not finish (throttled, a timeout): not the operator's input.

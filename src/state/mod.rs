@@ -87,6 +87,13 @@ pub(crate) enum StateError {
         path.display()
     )]
     Connect { path: PathBuf, message: String },
+    /// Reached, but refused what opening needs (reading or creating the schema): nothing changed.
+    #[error(
+        "cannot use the state DB {}: {message}; nothing was changed: check that the database exists and that the \
+         role may CONNECT to it and CREATE in its schema",
+        path.display()
+    )]
+    Unusable { path: PathBuf, message: String },
     #[error(
         "the state DB {} refused the login: {message}; check the user in the URL given to --state \
          (or RUNBOOK_STATE) and its password (PGPASSWORD or ~/.pgpass)",
@@ -259,7 +266,11 @@ impl StateDb {
             }
         })?;
         let supported = schema::MIGRATIONS.len() as i64;
-        let version = conn.version().map_err(|e| pg::pg_err(&path, e))?;
+        let unusable = |e| match pg::pg_err(&path, e) {
+            StateError::Postgres { path, message } => StateError::Unusable { path, message },
+            other => other,
+        };
+        let version = conn.version().map_err(unusable)?;
         if version > supported {
             return Err(StateError::NewerSchema { path, found: version, supported });
         }
@@ -271,7 +282,7 @@ impl StateDb {
             if read_only {
                 return Self::open_postgres(url, false, create);
             }
-            if let pg::Opened::Newer(found) = conn.migrate().map_err(|e| pg::pg_err(&path, e))? {
+            if let pg::Opened::Newer(found) = conn.migrate().map_err(unusable)? {
                 return Err(StateError::NewerSchema { path, found, supported });
             }
         }
