@@ -767,11 +767,11 @@ async fn ssm_params(
                 Finding::new(&check, Verdict::Fail, "PLACEHOLDER", "runbook run sprint-2 (T2.5 writes it)")
             }
             Some(url) => match super::ssm_params::task_ip(cx, nats).await {
-                Ok(ip) => judge_nats_url(&check, &url, &ip, &nats.service),
+                Ok(ip) => judge_nats_url(&check, &url, &ip, nats.port, &nats.service),
                 Err(e) => Finding::new(
                     &check,
                     Verdict::Fail,
-                    format!("{url}, but {e}"),
+                    format!("NATS_URL is set, but {e}"),
                     format!("the NATS service {} runs no task: its owners (freeside) must start it", nats.service),
                 ),
             },
@@ -800,16 +800,33 @@ fn judge_params(id: &str, prefix: &str, count: usize, missing: &[&str], placehol
     )
 }
 
-fn judge_nats_url(check: &str, url: &str, task_ip: &str, service: &str) -> Finding {
-    let host = reach::host_of(url).unwrap_or_default();
-    if host == task_ip {
-        Finding::ok(check, format!("{url} names the running task of {service}"))
+/// NATS_URL must name the running NATS task's address and port (`task_port`, the service's
+/// container port; a URL without a port means NATS's default 4222). Its credentials, if any,
+/// are never shown: the value names the endpoint only.
+fn judge_nats_url(check: &str, url: &str, task_ip: &str, task_port: u16, service: &str) -> Finding {
+    let rewrite = "runbook run sprint-2 (T2.5 rewrites NATS_URL, T2.6 redeploys Dixie)";
+    let task = format!("{task_ip}:{task_port}");
+    let endpoint = reach::endpoint_of(url).filter(|(scheme, host, port)| {
+        scheme == "nats" && !host.is_empty() && !host.starts_with(':') && !host.contains(' ') && *port != Some(0)
+    });
+    let Some((_, host, port)) = endpoint else {
+        return Finding::new(
+            check,
+            Verdict::Fail,
+            format!("NATS_URL is not nats://host[:port] (not shown: it may hold a credential); {service} runs at {task}"),
+            rewrite,
+        );
+    };
+    let named = format!("{host}:{}", port.unwrap_or(4222));
+    if named == task {
+        Finding::ok(check, format!("NATS_URL names {named}, the running task of {service}"))
     } else {
+        let why = if host == task_ip { "the wrong port" } else { "the task restarted" };
         Finding::new(
             check,
             Verdict::Fail,
-            format!("{url}, but the running task of {service} is at {task_ip} (the task restarted)"),
-            "runbook run sprint-2 (T2.5 rewrites NATS_URL, T2.6 redeploys Dixie)",
+            format!("NATS_URL names {named}, but the running task of {service} is at {task} ({why})"),
+            rewrite,
         )
     }
 }
@@ -1067,9 +1084,41 @@ mod tests {
             (Verdict::Fail, "missing: NATS_URL; PLACEHOLDER: DIXIE_ADMIN_KEY (under /d/)")
         );
         assert!(f.next.contains("runbook run sprint-2"));
-        assert_eq!(judge_nats_url("n", "nats://10.0.1.5:4222", "10.0.1.5", "nats").verdict, Verdict::Ok);
-        let stale = judge_nats_url("n", "nats://10.0.1.5:4222", "10.0.9.9", "nats");
+        assert_eq!(judge_nats_url("n", "nats://10.0.1.5:4222", "10.0.1.5", 4222, "nats").verdict, Verdict::Ok);
+        let stale = judge_nats_url("n", "nats://10.0.1.5:4222", "10.0.9.9", 4222, "nats");
         assert!(stale.verdict == Verdict::Fail && stale.value.contains("the task restarted"), "{stale:?}");
+    }
+
+    #[test]
+    fn nats_url_must_name_the_running_tasks_host_and_port() {
+        let judged = |url: &str, port: u16| judge_nats_url("n", url, "10.0.1.5", port, "nats");
+        assert_eq!(judged("nats://10.0.1.5:4222", 4222).verdict, Verdict::Ok);
+        assert_eq!(judged("nats://10.0.1.5", 4222).verdict, Verdict::Ok, "4222 is NATS's default port");
+        assert_eq!(judged("nats://10.0.1.5:4222/", 4222).verdict, Verdict::Ok);
+        let wrong_port = judged("nats://10.0.1.5:4299", 4222);
+        assert_eq!(wrong_port.verdict, Verdict::Fail, "{wrong_port:?}");
+        assert!(wrong_port.value.contains("10.0.1.5:4299") && wrong_port.value.contains("10.0.1.5:4222"), "{wrong_port:?}");
+        assert_eq!(judged("nats://10.0.1.5", 4299).verdict, Verdict::Fail, "no port means 4222, not the task's 4299");
+        assert_eq!(judged("nats://10.0.1.5:4299", 4299).verdict, Verdict::Ok);
+        for malformed in [
+            "10.0.1.5:4222",
+            "http://10.0.1.5:4222",
+            "nats://:4222",
+            "nats://10.0.1.5:",
+            "nats://10.0.1.5:port",
+            "nats://10.0.1.5:65536",
+            "nats://10.0.1.5:0",
+            "",
+        ] {
+            let f = judged(malformed, 4222);
+            assert_eq!(f.verdict, Verdict::Fail, "{malformed:?}: {f:?}");
+        }
+        let secret = "s3cr3t-token";
+        for url in [format!("nats://dixie:{secret}@10.0.1.5:4222"), format!("nats://dixie:{secret}@10.0.9.9:4222")] {
+            let f = judged(&url, 4222);
+            assert!(!format!("{f:?}").contains(secret), "a credential in NATS_URL is shown: {f:?}");
+        }
+        assert_eq!(judged(&format!("nats://dixie:{secret}@10.0.1.5:4222"), 4222).verdict, Verdict::Ok);
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub(crate) fn host_of(url: &str) -> Option<String> {
     parse(url).map(|u| u.host.to_string())
 }
 
+/// The scheme, host and port a URL names, its credentials left out
+/// (`nats://u:p@10.1.2.3:4222` → `nats`, `10.1.2.3`, `Some(4222)`); `None` when the port is not
+/// a number from 0 to 65535.
+pub(crate) fn endpoint_of(url: &str) -> Option<(String, String, Option<u16>)> {
+    parse(url).map(|u| (u.scheme.to_string(), u.host.to_string(), u.port))
+}
+
 fn parse(url: &str) -> Option<Url<'_>> {
     let (scheme, rest) = url.split_once("://")?;
     let (authority, path) = match rest.find('/') {
