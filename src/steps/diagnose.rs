@@ -314,7 +314,8 @@ async fn service_state(cx: &StepContext, id: &str, cluster: &str, service: &str,
             task_definition: d.task_definition().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string(),
         })
         .collect();
-    let mut finding = judge_deployments(id, &deployments);
+    let counts = Counts { running: svc.running_count(), desired: svc.desired_count(), pending: svc.pending_count() };
+    let mut finding = judge_service(id, cluster, service, &deployments, counts);
     finding.details = svc
         .events()
         .iter()
@@ -336,6 +337,57 @@ struct Deployment {
     rollout: String,
     reason: String,
     task_definition: String,
+}
+
+/// The service's task counts, as ECS reports them.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    running: i32,
+    desired: i32,
+    pending: i32,
+}
+
+/// The rollout's verdict and the task counts' together, the worse one deciding.
+fn judge_service(id: &str, cluster: &str, service: &str, deployments: &[Deployment], counts: Counts) -> Finding {
+    let rollout = judge_deployments(id, deployments);
+    let rolling = deployments.len() > 1 || deployments.iter().any(|d| d.status == "PRIMARY" && d.rollout == "IN_PROGRESS");
+    let tasks = judge_counts(id, cluster, service, counts, rolling);
+    let value = format!("{}; {}", rollout.value, tasks.value);
+    let worse = if tasks.verdict > rollout.verdict { tasks } else { rollout };
+    Finding { value, ..worse }
+}
+
+/// A service is up when it wants at least one task and runs what it wants. Running short only
+/// warns while a rollout replaces tasks (`rolling`) and at least one task runs; nothing desired,
+/// nothing running, or a negative count (no evidence) fails.
+fn judge_counts(id: &str, cluster: &str, service: &str, counts: Counts, rolling: bool) -> Finding {
+    let Counts { running, desired, pending } = counts;
+    let value = format!("{running} running of {desired} desired, {pending} pending");
+    let events = "tasks stop or do not start: read the service's events below and its ERROR lines (a missing SSM \
+                  parameter fails a task before it runs)";
+    if running < 0 || desired < 0 || pending < 0 {
+        let next = format!("ECS reported a negative count: read it yourself (aws ecs describe-services --cluster {cluster} --services {service})");
+        Finding::new(id, Verdict::Fail, value, next)
+    } else if desired == 0 {
+        let next = format!(
+            "the service is scaled to 0: aws ecs update-service --cluster {cluster} --service {service} --desired-count 1 \
+             (for Dixie's own service, runbook run sprint-2 restores 1 task)"
+        );
+        Finding::new(id, Verdict::Fail, value, next)
+    } else if running == 0 {
+        Finding::new(id, Verdict::Fail, value, events)
+    } else if running < desired && rolling {
+        Finding::new(
+            id,
+            Verdict::Warn,
+            value,
+            "a rollout is replacing tasks: run runbook diagnose again in a minute; if it stays short, read the events",
+        )
+    } else if running < desired {
+        Finding::new(id, Verdict::Fail, value, events)
+    } else {
+        Finding::ok(id, value)
+    }
 }
 
 /// A FAILED rollout fails (002 "ECS Circuit Breaker Rollback"), one still rolling or beside
@@ -373,26 +425,12 @@ fn judge_deployments(id: &str, deployments: &[Deployment]) -> Finding {
 
 async fn tasks(cx: &StepContext, id: &str, cluster: &str, service: &str) -> Finding {
     match describe(cx, cluster, service).await {
-        Ok(Some(svc)) => judge_tasks(id, svc.running_count(), svc.desired_count(), svc.pending_count()),
+        Ok(Some(svc)) => {
+            let counts = Counts { running: svc.running_count(), desired: svc.desired_count(), pending: svc.pending_count() };
+            judge_counts(id, cluster, service, counts, false)
+        }
         Ok(None) => not_active(id, cluster, service),
         Err(e) => Finding::unreadable(id, e),
-    }
-}
-
-fn judge_tasks(id: &str, running: i32, desired: i32, pending: i32) -> Finding {
-    let value = format!("{running} running, {desired} desired, {pending} pending");
-    if desired == 0 {
-        Finding::new(id, Verdict::Fail, value, "the service is scaled to 0: runbook run sprint-2 restores 1 task")
-    } else if running < desired {
-        Finding::new(
-            id,
-            Verdict::Fail,
-            value,
-            "tasks stop or do not start: read the service events and the ERROR lines (a missing SSM parameter \
-             fails the task before it runs)",
-        )
-    } else {
-        Finding::ok(id, value)
     }
 }
 
@@ -998,10 +1036,43 @@ mod tests {
     }
 
     #[test]
+    fn a_service_with_nothing_desired_or_too_few_running_fails_whatever_its_rollout() {
+        let counts = |running, desired| Counts { running, desired, pending: 0 };
+        let judged = |deployments: &[Deployment], running, desired| {
+            judge_service("finn-service", "c", "loa-finn-armitage", deployments, counts(running, desired))
+        };
+        let done = [dep("PRIMARY", "COMPLETED")];
+        let rolling = [dep("PRIMARY", "IN_PROGRESS"), dep("ACTIVE", "COMPLETED")];
+        assert_eq!(judged(&done, 1, 1).verdict, Verdict::Ok);
+        assert_eq!(judged(&done, 2, 2).verdict, Verdict::Ok);
+        let zero = judged(&done, 0, 0);
+        assert_eq!(zero.verdict, Verdict::Fail, "{zero:?}");
+        assert!(zero.value.contains("0 running of 0 desired"), "{zero:?}");
+        assert!(
+            zero.next.contains("--cluster c --service loa-finn-armitage --desired-count 1"),
+            "the next action names the service: {zero:?}"
+        );
+        assert_eq!(judged(&rolling, 0, 0).verdict, Verdict::Fail, "desired 0 fails while rolling too");
+        let short = judged(&done, 1, 2);
+        assert_eq!(short.verdict, Verdict::Fail, "{short:?}");
+        assert!(short.next.contains("events"), "{short:?}");
+        assert_eq!(judged(&done, 0, 1).verdict, Verdict::Fail);
+        assert_eq!(judged(&rolling, 1, 2).verdict, Verdict::Warn, "a rollout replacing tasks may run short");
+        assert_eq!(judged(&rolling, 0, 1).verdict, Verdict::Fail, "nothing running serves nothing, rollout or not");
+        assert_eq!(judged(&rolling, 3, 2).verdict, Verdict::Warn, "old and new tasks beside each other");
+        assert_eq!(judged(&done, -1, 1).verdict, Verdict::Fail, "a negative count is no evidence");
+        assert_eq!(judged(&done, 1, -1).verdict, Verdict::Fail, "a negative count is no evidence");
+        assert_eq!(judged(&[dep("PRIMARY", "FAILED")], 1, 1).verdict, Verdict::Fail);
+    }
+
+    #[test]
     fn fewer_running_tasks_than_desired_fail() {
-        assert_eq!(judge_tasks("t", 1, 1, 0).verdict, Verdict::Ok);
-        assert_eq!(judge_tasks("t", 0, 1, 1).verdict, Verdict::Fail);
-        assert!(judge_tasks("t", 0, 0, 0).next.contains("scaled to 0"));
+        let judged = |running, desired, pending| judge_counts("t", "c", "s", Counts { running, desired, pending }, false);
+        assert_eq!(judged(1, 1, 0).verdict, Verdict::Ok);
+        assert_eq!(judged(0, 1, 1).verdict, Verdict::Fail);
+        assert_eq!(judged(1, 2, 0).verdict, Verdict::Fail);
+        assert!(judged(0, 0, 0).next.contains("scaled to 0"));
+        assert_eq!(judged(1, 1, -1).verdict, Verdict::Fail, "a negative count is no evidence");
     }
 
     #[test]
