@@ -130,8 +130,8 @@ pub(crate) enum Params {
         #[serde(default)]
         nats_task_of: Option<NatsTask>,
     },
-    /// `DATABASE_URL` logs in; the migrations are recorded; no migration advisory lock is held
-    /// for long (003: "Migration lock timeout").
+    /// `DATABASE_URL` logs in; the migrations are recorded; Dixie's migration advisory lock (and
+    /// only it, in Dixie's database) is not held for long (003: "Migration lock timeout").
     Database {
         database_url_param: String,
         #[serde(default)]
@@ -140,6 +140,9 @@ pub(crate) enum Params {
         migrations: u64,
         #[serde(default = "two_minutes", deserialize_with = "number_or_text")]
         lock_fail_after_seconds: u64,
+        /// The bigint key of Dixie's `pg_advisory_lock`; 003's Dixie's by default.
+        #[serde(default = "dixie_migration_lock_key")]
+        migration_lock_key: i64,
     },
 }
 
@@ -263,8 +266,9 @@ impl Params {
             Params::Ssm { prefix, names, nats_task_of } => {
                 ssm_params(cx, id, prefix, names, nats_task_of.as_ref()).await
             }
-            Params::Database { database_url_param, ca_file, migrations, lock_fail_after_seconds } => {
-                database(cx, id, database_url_param, ca_file, *migrations, *lock_fail_after_seconds).await
+            Params::Database { database_url_param, ca_file, migrations, lock_fail_after_seconds, migration_lock_key } => {
+                let lock = (*migration_lock_key, *lock_fail_after_seconds);
+                database(cx, id, database_url_param, ca_file, *migrations, lock).await
             }
         }
     }
@@ -314,7 +318,8 @@ async fn service_state(cx: &StepContext, id: &str, cluster: &str, service: &str,
             task_definition: d.task_definition().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string(),
         })
         .collect();
-    let mut finding = judge_deployments(id, &deployments);
+    let counts = Counts { running: svc.running_count(), desired: svc.desired_count(), pending: svc.pending_count() };
+    let mut finding = judge_service(id, cluster, service, &deployments, counts);
     finding.details = svc
         .events()
         .iter()
@@ -336,6 +341,57 @@ struct Deployment {
     rollout: String,
     reason: String,
     task_definition: String,
+}
+
+/// The service's task counts, as ECS reports them.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    running: i32,
+    desired: i32,
+    pending: i32,
+}
+
+/// The rollout's verdict and the task counts' together, the worse one deciding.
+fn judge_service(id: &str, cluster: &str, service: &str, deployments: &[Deployment], counts: Counts) -> Finding {
+    let rollout = judge_deployments(id, deployments);
+    let rolling = deployments.len() > 1 || deployments.iter().any(|d| d.status == "PRIMARY" && d.rollout == "IN_PROGRESS");
+    let tasks = judge_counts(id, cluster, service, counts, rolling);
+    let value = format!("{}; {}", rollout.value, tasks.value);
+    let worse = if tasks.verdict > rollout.verdict { tasks } else { rollout };
+    Finding { value, ..worse }
+}
+
+/// A service is up when it wants at least one task and runs what it wants. Running short only
+/// warns while a rollout replaces tasks (`rolling`) and at least one task runs; nothing desired,
+/// nothing running, or a negative count (no evidence) fails.
+fn judge_counts(id: &str, cluster: &str, service: &str, counts: Counts, rolling: bool) -> Finding {
+    let Counts { running, desired, pending } = counts;
+    let value = format!("{running} running of {desired} desired, {pending} pending");
+    let events = "tasks stop or do not start: read the service's events below and its ERROR lines (a missing SSM \
+                  parameter fails a task before it runs)";
+    if running < 0 || desired < 0 || pending < 0 {
+        let next = format!("ECS reported a negative count: read it yourself (aws ecs describe-services --cluster {cluster} --services {service})");
+        Finding::new(id, Verdict::Fail, value, next)
+    } else if desired == 0 {
+        let next = format!(
+            "the service is scaled to 0: aws ecs update-service --cluster {cluster} --service {service} --desired-count 1 \
+             (for Dixie's own service, runbook run sprint-2 restores 1 task)"
+        );
+        Finding::new(id, Verdict::Fail, value, next)
+    } else if running == 0 {
+        Finding::new(id, Verdict::Fail, value, events)
+    } else if running < desired && rolling {
+        Finding::new(
+            id,
+            Verdict::Warn,
+            value,
+            "a rollout is replacing tasks: run runbook diagnose again in a minute; if it stays short, read the events",
+        )
+    } else if running < desired {
+        Finding::new(id, Verdict::Fail, value, events)
+    } else {
+        Finding::ok(id, value)
+    }
 }
 
 /// A FAILED rollout fails (002 "ECS Circuit Breaker Rollback"), one still rolling or beside
@@ -373,26 +429,12 @@ fn judge_deployments(id: &str, deployments: &[Deployment]) -> Finding {
 
 async fn tasks(cx: &StepContext, id: &str, cluster: &str, service: &str) -> Finding {
     match describe(cx, cluster, service).await {
-        Ok(Some(svc)) => judge_tasks(id, svc.running_count(), svc.desired_count(), svc.pending_count()),
+        Ok(Some(svc)) => {
+            let counts = Counts { running: svc.running_count(), desired: svc.desired_count(), pending: svc.pending_count() };
+            judge_counts(id, cluster, service, counts, false)
+        }
         Ok(None) => not_active(id, cluster, service),
         Err(e) => Finding::unreadable(id, e),
-    }
-}
-
-fn judge_tasks(id: &str, running: i32, desired: i32, pending: i32) -> Finding {
-    let value = format!("{running} running, {desired} desired, {pending} pending");
-    if desired == 0 {
-        Finding::new(id, Verdict::Fail, value, "the service is scaled to 0: runbook run sprint-2 restores 1 task")
-    } else if running < desired {
-        Finding::new(
-            id,
-            Verdict::Fail,
-            value,
-            "tasks stop or do not start: read the service events and the ERROR lines (a missing SSM parameter \
-             fails the task before it runs)",
-        )
-    } else {
-        Finding::ok(id, value)
     }
 }
 
@@ -767,11 +809,11 @@ async fn ssm_params(
                 Finding::new(&check, Verdict::Fail, "PLACEHOLDER", "runbook run sprint-2 (T2.5 writes it)")
             }
             Some(url) => match super::ssm_params::task_ip(cx, nats).await {
-                Ok(ip) => judge_nats_url(&check, &url, &ip, &nats.service),
+                Ok(ip) => judge_nats_url(&check, &url, &ip, nats.port, &nats.service),
                 Err(e) => Finding::new(
                     &check,
                     Verdict::Fail,
-                    format!("{url}, but {e}"),
+                    format!("NATS_URL is set, but {e}"),
                     format!("the NATS service {} runs no task: its owners (freeside) must start it", nats.service),
                 ),
             },
@@ -800,16 +842,33 @@ fn judge_params(id: &str, prefix: &str, count: usize, missing: &[&str], placehol
     )
 }
 
-fn judge_nats_url(check: &str, url: &str, task_ip: &str, service: &str) -> Finding {
-    let host = reach::host_of(url).unwrap_or_default();
-    if host == task_ip {
-        Finding::ok(check, format!("{url} names the running task of {service}"))
+/// NATS_URL must name the running NATS task's address and port (`task_port`, the service's
+/// container port; a URL without a port means NATS's default 4222). Its credentials, if any,
+/// are never shown: the value names the endpoint only.
+fn judge_nats_url(check: &str, url: &str, task_ip: &str, task_port: u16, service: &str) -> Finding {
+    let rewrite = "runbook run sprint-2 (T2.5 rewrites NATS_URL, T2.6 redeploys Dixie)";
+    let task = format!("{task_ip}:{task_port}");
+    let endpoint = reach::endpoint_of(url).filter(|(scheme, host, port)| {
+        scheme == "nats" && !host.is_empty() && !host.starts_with(':') && !host.contains(' ') && *port != Some(0)
+    });
+    let Some((_, host, port)) = endpoint else {
+        return Finding::new(
+            check,
+            Verdict::Fail,
+            format!("NATS_URL is not nats://host[:port] (not shown: it may hold a credential); {service} runs at {task}"),
+            rewrite,
+        );
+    };
+    let named = format!("{host}:{}", port.unwrap_or(4222));
+    if named == task {
+        Finding::ok(check, format!("NATS_URL names {named}, the running task of {service}"))
     } else {
+        let why = if host == task_ip { "the wrong port" } else { "the task restarted" };
         Finding::new(
             check,
             Verdict::Fail,
-            format!("{url}, but the running task of {service} is at {task_ip} (the task restarted)"),
-            "runbook run sprint-2 (T2.5 rewrites NATS_URL, T2.6 redeploys Dixie)",
+            format!("NATS_URL names {named}, but the running task of {service} is at {task} ({why})"),
+            rewrite,
         )
     }
 }
@@ -822,7 +881,7 @@ async fn database(
     param: &str,
     ca_file: &str,
     migrations: u64,
-    lock_fail_after: u64,
+    (lock_key, lock_fail_after): (i64, u64),
 ) -> Vec<Finding> {
     let url = match cx.parameter(param).await {
         Ok(Some(url)) if url.expose() != PLACEHOLDER => url,
@@ -862,39 +921,240 @@ async fn database(
              them at start-up",
         )
     }];
-    // The longest-held granted advisory lock, in seconds since its session began; -1: none.
-    let age = count(
-        "SELECT coalesce(max(extract(epoch FROM now() - a.backend_start))::bigint, -1) FROM pg_locks l \
-         LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted",
-    )
-    .await;
-    let waiting = count("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").await;
     let check = format!("{id}.migration_lock");
-    findings.push(match (age, waiting) {
-        (Ok(age), Ok(waiting)) => judge_lock(&check, age, waiting, lock_fail_after),
-        (Err(e), _) | (_, Err(e)) => Finding::new(&check, Verdict::Fail, format!("cannot read pg_locks: {e}"), ""),
-    });
+    findings.push(migration_lock(cx, &check, &url, ca.as_deref(), lock_key, lock_fail_after).await);
     findings
 }
 
-fn judge_lock(check: &str, age_s: i64, waiting: i64, fail_after: u64) -> Finding {
-    if age_s < 0 {
-        return Finding::ok(check, "no advisory lock held");
-    }
-    let value = format!("an advisory lock is held by a session {age_s} s old; {waiting} session(s) wait for one");
-    let next = "003 Migration lock timeout: another instance holds the migration lock; if no migration is running, \
-                end that session (SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'); \
-                runbook does not";
-    if waiting > 0 || age_s as u64 >= fail_after {
-        Finding::new(check, Verdict::Fail, value, next)
-    } else {
-        Finding::new(
+/// The sessions holding or waiting for one advisory lock of one bigint key (`classid` $1,
+/// `objid` $2, `objsubid` 1) in the database this connection is in (Dixie's), with what
+/// `pg_stat_activity` shows of them. The one-row `me` keeps who asked and where when nobody
+/// holds it (then the lock's columns are NULL). Times are UTC text and whole seconds by the
+/// server's clock.
+const MIGRATION_LOCK_SQL: &str = "\
+SELECT me.role, me.db, l.pid, l.granted, a.usename::text, a.application_name, host(a.client_addr), a.state, \
+  to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+  floor(extract(epoch FROM me.now - a.xact_start))::bigint, \
+  to_char(a.state_change AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+  floor(extract(epoch FROM me.now - a.state_change))::bigint, \
+  to_char(a.query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+  floor(extract(epoch FROM me.now - a.query_start))::bigint, \
+  left(a.query, 300) \
+FROM (SELECT current_user::text AS role, current_database()::text AS db, clock_timestamp() AS now, \
+             (SELECT oid FROM pg_database WHERE datname = current_database()) AS dboid) me \
+LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.database = me.dboid \
+  AND l.classid = $1 AND l.objid = $2 AND l.objsubid = 1 \
+LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+ORDER BY l.granted DESC, l.pid";
+
+async fn migration_lock(
+    cx: &StepContext,
+    check: &str,
+    url: &crate::secret::Secret<String>,
+    ca: Option<&std::path::Path>,
+    key: i64,
+    fail_after: u64,
+) -> Finding {
+    let (classid, objid) = pg_lock_parts(key);
+    let rows = reach::postgres_query(&cx.env, url, MIGRATION_LOCK_SQL, &[&classid, &objid], ca).await;
+    match rows.and_then(|rows| lock_scene(&rows, key)) {
+        Ok(scene) => judge_migration_lock(check, &scene, fail_after),
+        Err(e) => Finding::new(
             check,
-            Verdict::Warn,
-            value,
-            "a migration is probably running: run runbook diagnose again in a minute",
-        )
+            Verdict::Fail,
+            format!("cannot read pg_locks: {e}"),
+            "the dixie role reads pg_locks and pg_stat_activity without grants: check DATABASE_URL (the database row)",
+        ),
     }
+}
+
+/// The rows of `MIGRATION_LOCK_SQL` as the judge needs them.
+fn lock_scene(rows: &[tokio_postgres::Row], key: i64) -> Result<LockScene, String> {
+    let first = rows.first().ok_or("the lock query returned no row")?;
+    let text = |row: &tokio_postgres::Row, i: usize| row.try_get::<_, Option<String>>(i).map_err(|e| e.to_string());
+    let stamp = |row: &tokio_postgres::Row, i: usize| -> Result<Option<Stamp>, String> {
+        let age = row.try_get::<_, Option<i64>>(i + 1).map_err(|e| e.to_string())?;
+        Ok(text(row, i)?.zip(age).map(|(at, age_s)| Stamp { at, age_s }))
+    };
+    let mut sessions = Vec::new();
+    for row in rows {
+        let Some(granted) = row.try_get::<_, Option<bool>>(3).map_err(|e| e.to_string())? else {
+            continue; // `me` alone: nobody holds or waits
+        };
+        sessions.push(LockSession {
+            pid: row.try_get(2).map_err(|e| e.to_string())?,
+            granted,
+            role: text(row, 4)?,
+            application: text(row, 5)?,
+            client: text(row, 6)?,
+            state: text(row, 7)?,
+            xact_start: stamp(row, 8)?,
+            state_change: stamp(row, 10)?,
+            query_start: stamp(row, 12)?,
+            query: text(row, 14)?,
+        });
+    }
+    let role = text(first, 0)?.ok_or("current_user is NULL")?;
+    let database = text(first, 1)?.ok_or("current_database() is NULL")?;
+    Ok(LockScene { role, database, key, sessions })
+}
+
+/// Dixie's migration lock key as seed 003's Dixie (d4afc68f, `app/src/db/migrate.ts`) derives
+/// it: the SHA-256 of `dixie-bff:migration`, its first four bytes read as a big-endian unsigned
+/// number, masked with `0x7FFFFFFF` → 2084904821, taken with `pg_advisory_lock(key)`. Other
+/// Dixies use other keys (from 2074285a FNV-1a 32-bit of the same string, signed: -420369755;
+/// the earliest a fixed 42000014): the `migration_lock_key` parameter names theirs.
+fn dixie_migration_lock_key() -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(b"dixie-bff:migration");
+    let first = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    i64::from(first & 0x7FFF_FFFF)
+}
+
+/// How `pg_locks` shows an advisory lock taken with one bigint key: `classid` holds its high 32
+/// bits and `objid` its low 32 bits, both as unsigned oids (`objsubid` is 1).
+fn pg_lock_parts(key: i64) -> (u32, u32) {
+    let bits = key as u64;
+    ((bits >> 32) as u32, bits as u32)
+}
+
+/// A timestamp of `pg_stat_activity`: as text (UTC) and its age in seconds by the server's clock.
+#[derive(Debug, Clone, PartialEq)]
+struct Stamp {
+    at: String,
+    age_s: i64,
+}
+
+/// A session holding (`granted`) or waiting for Dixie's migration lock.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct LockSession {
+    pid: Option<i32>,
+    granted: bool,
+    role: Option<String>,
+    application: Option<String>,
+    client: Option<String>,
+    state: Option<String>,
+    xact_start: Option<Stamp>,
+    state_change: Option<Stamp>,
+    query_start: Option<Stamp>,
+    query: Option<String>,
+}
+
+/// What the lock query saw: who asked, in which database, for which key, and the sessions.
+#[derive(Debug, Clone)]
+struct LockScene {
+    role: String,
+    database: String,
+    key: i64,
+    sessions: Vec<LockSession>,
+}
+
+/// Dixie's migration lock, judged by how long its holder has held it (003 "Migration lock
+/// timeout"): free is ok; held by a Dixie session for less than `fail_after` warns (a migration
+/// runs; another Dixie may wait meanwhile); held longer, by another role, by a prepared
+/// transaction, or with times the dixie role may not read fails, naming the one pid to end.
+/// Waiters alone (the lock being handed over) warn.
+fn judge_migration_lock(check: &str, scene: &LockScene, fail_after: u64) -> Finding {
+    let (classid, objid) = pg_lock_parts(scene.key);
+    let lock = format!(
+        "Dixie's migration lock (key {}: pg_locks classid {classid}, objid {objid}) in database {}",
+        scene.key, scene.database
+    );
+    let waiting = scene.sessions.iter().filter(|s| !s.granted).count();
+    let details: Vec<String> = scene.sessions.iter().map(describe_lock_session).collect();
+    let judged: Vec<(Verdict, String, &LockSession)> =
+        scene.sessions.iter().filter(|s| s.granted).map(|h| judge_holder(h, &scene.role, fail_after)).collect();
+    let Some((verdict, held, holder)) = judged.into_iter().max_by_key(|(v, _, _)| *v) else {
+        if waiting == 0 {
+            return Finding::ok(check, format!("{lock} is free; nobody waits"));
+        }
+        let value = format!("{lock}: nobody holds it; {waiting} session(s) wait");
+        let next = "the lock is being handed over: run runbook diagnose again in a minute";
+        return Finding { details, ..Finding::new(check, Verdict::Warn, value, next) };
+    };
+    let value = format!("{lock} is held by {held}; {waiting} session(s) wait");
+    let next = match (verdict, holder.pid) {
+        (Verdict::Fail, Some(pid)) => format!(
+            "003 Migration lock timeout: if pid {pid} runs no migration (its application and query below say), end \
+             that one session after approval: SELECT pg_terminate_backend({pid}); connected to database {db} as a \
+             role allowed to signal it (its own role, rds_superuser or pg_signal_backend); runbook does not. 003's \
+             pg_advisory_unlock_all() from a new session releases nothing another session holds",
+            db = scene.database
+        ),
+        (Verdict::Fail, None) => format!(
+            "a prepared transaction holds it: SELECT gid, owner, prepared FROM pg_prepared_xacts WHERE database = \
+             '{}'; after approval, ROLLBACK PREPARED '<that gid>'; runbook does not",
+            scene.database
+        ),
+        _ => "a migration is probably running: run runbook diagnose again in a minute".to_string(),
+    };
+    Finding { details, ..Finding::new(check, verdict, value, next) }
+}
+
+/// A holder's verdict and what it says of it: who, and since when it holds the lock at least.
+/// An idle session took it no later than its `state_change`; a busy one is judged by its
+/// current statement's `query_start`. Another role, no role, no backend or no time fails.
+fn judge_holder<'a>(h: &'a LockSession, dixie: &str, fail_after: u64) -> (Verdict, String, &'a LockSession) {
+    let who = describe_who(h);
+    let fail = |why: String| (Verdict::Fail, format!("{who}: {why}"), h);
+    if h.pid.is_none() {
+        return fail("a prepared transaction, no backend".into());
+    }
+    let Some(state) = h.state.as_deref() else {
+        return fail(format!(
+            "its state and times are not shown to role {dixie} (pg_stat_activity shows them to the session's \
+             own role, a superuser or pg_read_all_stats only), so how long it has held the lock is unknown"
+        ));
+    };
+    let (label, stamp) = if state.starts_with("idle") {
+        ("state_change", &h.state_change)
+    } else {
+        ("query_start", &h.query_start)
+    };
+    let Some(Stamp { at, age_s }) = stamp else {
+        return fail(format!("state {state} but no {label} time"));
+    };
+    let held = format!("held at least {age_s} s, since {at} ({label})");
+    if *age_s < 0 {
+        fail(format!("{label} {at} is in the future of the server's clock"))
+    } else if h.role.as_deref() != Some(dixie) {
+        fail(format!("{held}; not Dixie's role {dixie}, so not a Dixie instance migrating"))
+    } else if *age_s as u64 >= fail_after {
+        fail(format!("{held}, {fail_after} s or more"))
+    } else {
+        (Verdict::Warn, format!("{who}, {held}"), h)
+    }
+}
+
+fn describe_who(s: &LockSession) -> String {
+    let shown = |v: &Option<String>| v.clone().unwrap_or_else(|| "not shown".into());
+    match s.pid {
+        None => "no backend".into(),
+        Some(pid) => format!(
+            "pid {pid} (role {}, application {:?}, from {}, state {})",
+            shown(&s.role),
+            s.application.clone().unwrap_or_default(),
+            shown(&s.client),
+            shown(&s.state)
+        ),
+    }
+}
+
+/// One line per session: holding or waiting, who, its times (each named by its column), its query.
+fn describe_lock_session(s: &LockSession) -> String {
+    let mut line = format!("{}: {}", if s.granted { "holding" } else { "waiting" }, describe_who(s));
+    for (label, stamp) in [("xact_start", &s.xact_start), ("state_change", &s.state_change), ("query_start", &s.query_start)] {
+        if let Some(Stamp { at, age_s }) = stamp {
+            line.push_str(&format!("; {label} {at} ({age_s} s ago)"));
+        }
+    }
+    let query = match &s.query {
+        Some(q) if q.to_lowercase().contains("password") => "(not shown: it names a password)".to_string(),
+        Some(q) => clip(&q.split_whitespace().collect::<Vec<_>>().join(" "), 200),
+        None => "not shown".into(),
+    };
+    line.push_str(&format!("; query: {query}"));
+    line
 }
 
 // ---- the whole diagnosis ----
@@ -981,10 +1241,43 @@ mod tests {
     }
 
     #[test]
+    fn a_service_with_nothing_desired_or_too_few_running_fails_whatever_its_rollout() {
+        let counts = |running, desired| Counts { running, desired, pending: 0 };
+        let judged = |deployments: &[Deployment], running, desired| {
+            judge_service("finn-service", "c", "loa-finn-armitage", deployments, counts(running, desired))
+        };
+        let done = [dep("PRIMARY", "COMPLETED")];
+        let rolling = [dep("PRIMARY", "IN_PROGRESS"), dep("ACTIVE", "COMPLETED")];
+        assert_eq!(judged(&done, 1, 1).verdict, Verdict::Ok);
+        assert_eq!(judged(&done, 2, 2).verdict, Verdict::Ok);
+        let zero = judged(&done, 0, 0);
+        assert_eq!(zero.verdict, Verdict::Fail, "{zero:?}");
+        assert!(zero.value.contains("0 running of 0 desired"), "{zero:?}");
+        assert!(
+            zero.next.contains("--cluster c --service loa-finn-armitage --desired-count 1"),
+            "the next action names the service: {zero:?}"
+        );
+        assert_eq!(judged(&rolling, 0, 0).verdict, Verdict::Fail, "desired 0 fails while rolling too");
+        let short = judged(&done, 1, 2);
+        assert_eq!(short.verdict, Verdict::Fail, "{short:?}");
+        assert!(short.next.contains("events"), "{short:?}");
+        assert_eq!(judged(&done, 0, 1).verdict, Verdict::Fail);
+        assert_eq!(judged(&rolling, 1, 2).verdict, Verdict::Warn, "a rollout replacing tasks may run short");
+        assert_eq!(judged(&rolling, 0, 1).verdict, Verdict::Fail, "nothing running serves nothing, rollout or not");
+        assert_eq!(judged(&rolling, 3, 2).verdict, Verdict::Warn, "old and new tasks beside each other");
+        assert_eq!(judged(&done, -1, 1).verdict, Verdict::Fail, "a negative count is no evidence");
+        assert_eq!(judged(&done, 1, -1).verdict, Verdict::Fail, "a negative count is no evidence");
+        assert_eq!(judged(&[dep("PRIMARY", "FAILED")], 1, 1).verdict, Verdict::Fail);
+    }
+
+    #[test]
     fn fewer_running_tasks_than_desired_fail() {
-        assert_eq!(judge_tasks("t", 1, 1, 0).verdict, Verdict::Ok);
-        assert_eq!(judge_tasks("t", 0, 1, 1).verdict, Verdict::Fail);
-        assert!(judge_tasks("t", 0, 0, 0).next.contains("scaled to 0"));
+        let judged = |running, desired, pending| judge_counts("t", "c", "s", Counts { running, desired, pending }, false);
+        assert_eq!(judged(1, 1, 0).verdict, Verdict::Ok);
+        assert_eq!(judged(0, 1, 1).verdict, Verdict::Fail);
+        assert_eq!(judged(1, 2, 0).verdict, Verdict::Fail);
+        assert!(judged(0, 0, 0).next.contains("scaled to 0"));
+        assert_eq!(judged(1, 1, -1).verdict, Verdict::Fail, "a negative count is no evidence");
     }
 
     #[test]
@@ -1067,17 +1360,155 @@ mod tests {
             (Verdict::Fail, "missing: NATS_URL; PLACEHOLDER: DIXIE_ADMIN_KEY (under /d/)")
         );
         assert!(f.next.contains("runbook run sprint-2"));
-        assert_eq!(judge_nats_url("n", "nats://10.0.1.5:4222", "10.0.1.5", "nats").verdict, Verdict::Ok);
-        let stale = judge_nats_url("n", "nats://10.0.1.5:4222", "10.0.9.9", "nats");
+        assert_eq!(judge_nats_url("n", "nats://10.0.1.5:4222", "10.0.1.5", 4222, "nats").verdict, Verdict::Ok);
+        let stale = judge_nats_url("n", "nats://10.0.1.5:4222", "10.0.9.9", 4222, "nats");
         assert!(stale.verdict == Verdict::Fail && stale.value.contains("the task restarted"), "{stale:?}");
     }
 
     #[test]
-    fn an_advisory_lock_held_briefly_warns_and_long_or_contended_fails() {
-        assert_eq!(judge_lock("m", -1, 0, 120).verdict, Verdict::Ok);
-        assert_eq!(judge_lock("m", 5, 0, 120).verdict, Verdict::Warn);
-        let long = judge_lock("m", 600, 0, 120);
-        assert!(long.verdict == Verdict::Fail && long.next.contains("003 Migration lock timeout"), "{long:?}");
-        assert_eq!(judge_lock("m", 5, 1, 120).verdict, Verdict::Fail);
+    fn nats_url_must_name_the_running_tasks_host_and_port() {
+        let judged = |url: &str, port: u16| judge_nats_url("n", url, "10.0.1.5", port, "nats");
+        assert_eq!(judged("nats://10.0.1.5:4222", 4222).verdict, Verdict::Ok);
+        assert_eq!(judged("nats://10.0.1.5", 4222).verdict, Verdict::Ok, "4222 is NATS's default port");
+        assert_eq!(judged("nats://10.0.1.5:4222/", 4222).verdict, Verdict::Ok);
+        let wrong_port = judged("nats://10.0.1.5:4299", 4222);
+        assert_eq!(wrong_port.verdict, Verdict::Fail, "{wrong_port:?}");
+        assert!(wrong_port.value.contains("10.0.1.5:4299") && wrong_port.value.contains("10.0.1.5:4222"), "{wrong_port:?}");
+        assert_eq!(judged("nats://10.0.1.5", 4299).verdict, Verdict::Fail, "no port means 4222, not the task's 4299");
+        assert_eq!(judged("nats://10.0.1.5:4299", 4299).verdict, Verdict::Ok);
+        for malformed in [
+            "10.0.1.5:4222",
+            "http://10.0.1.5:4222",
+            "nats://:4222",
+            "nats://10.0.1.5:",
+            "nats://10.0.1.5:port",
+            "nats://10.0.1.5:65536",
+            "nats://10.0.1.5:0",
+            "",
+        ] {
+            let f = judged(malformed, 4222);
+            assert_eq!(f.verdict, Verdict::Fail, "{malformed:?}: {f:?}");
+        }
+        let secret = "s3cr3t-token";
+        for url in [format!("nats://dixie:{secret}@10.0.1.5:4222"), format!("nats://dixie:{secret}@10.0.9.9:4222")] {
+            let f = judged(&url, 4222);
+            assert!(!format!("{f:?}").contains(secret), "a credential in NATS_URL is shown: {f:?}");
+        }
+        assert_eq!(judged(&format!("nats://dixie:{secret}@10.0.1.5:4222"), 4222).verdict, Verdict::Ok);
+    }
+
+    #[test]
+    fn dixies_migration_lock_key_is_the_first_31_bits_of_sha256_of_its_name() {
+        // python3: int.from_bytes(hashlib.sha256(b"dixie-bff:migration").digest()[:4], "big") & 0x7FFFFFFF
+        // (the first four bytes are fc451f75).
+        assert_eq!(dixie_migration_lock_key(), 2_084_904_821);
+        assert_eq!(pg_lock_parts(2_084_904_821), (0, 2_084_904_821));
+        // Today's Dixie (FNV-1a, signed): -420369755 shows as classid 4294967295, objid 3874597541.
+        assert_eq!(pg_lock_parts(-420_369_755), (4_294_967_295, 3_874_597_541));
+        assert_eq!(pg_lock_parts(42_000_014), (0, 42_000_014));
+        assert_eq!(pg_lock_parts(1 << 32), (1, 0));
+    }
+
+    fn stamp(age_s: i64) -> Option<Stamp> {
+        Some(Stamp { at: format!("2026-03-01T12:00:{:02}Z", age_s.rem_euclid(60)), age_s })
+    }
+
+    /// A Dixie session holding the lock, idle since it took it `age_s` ago.
+    fn holder(pid: i32, role: &str, age_s: i64) -> LockSession {
+        LockSession {
+            pid: Some(pid),
+            granted: true,
+            role: Some(role.into()),
+            application: Some("dixie-bff".into()),
+            client: Some("10.0.1.7".into()),
+            state: Some("idle".into()),
+            xact_start: None,
+            state_change: stamp(age_s),
+            query_start: stamp(age_s + 1),
+            query: Some("SELECT pg_advisory_lock($1)".into()),
+        }
+    }
+
+    /// A session of `role` waiting for the lock since its statement began `age_s` ago.
+    fn waiter(pid: i32, role: &str, age_s: i64) -> LockSession {
+        LockSession {
+            granted: false,
+            state: Some("active".into()),
+            state_change: stamp(age_s),
+            query_start: stamp(age_s),
+            ..holder(pid, role, age_s)
+        }
+    }
+
+    fn scene(sessions: Vec<LockSession>) -> LockScene {
+        LockScene { role: "dixie".into(), database: "dixie".into(), key: 2_084_904_821, sessions }
+    }
+
+    #[test]
+    fn the_migration_lock_free_is_ok_and_names_the_key_it_looked_for() {
+        let free = judge_migration_lock("m", &scene(vec![]), 120);
+        assert_eq!(free.verdict, Verdict::Ok, "{free:?}");
+        assert!(free.value.contains("2084904821") && free.value.contains("database dixie"), "{free:?}");
+    }
+
+    #[test]
+    fn the_migration_lock_held_by_another_role_whose_session_cannot_be_read_fails_naming_it() {
+        // What pg_stat_activity shows the dixie role of another role's session: pid, role and
+        // application name; no state, no times, no address, no query.
+        let hidden = LockSession {
+            pid: Some(4711),
+            granted: true,
+            role: Some("postgres".into()),
+            application: Some("psql".into()),
+            query: Some("<insufficient privilege>".into()),
+            ..LockSession::default()
+        };
+        let f = judge_migration_lock("m", &scene(vec![hidden, waiter(4800, "dixie", 20)]), 120);
+        assert_eq!(f.verdict, Verdict::Fail, "{f:?}");
+        assert!(f.value.contains("pid 4711") && f.value.contains("postgres"), "{f:?}");
+        assert!(f.value.contains("1 session(s) wait"), "{f:?}");
+        assert!(f.next.contains("SELECT pg_terminate_backend(4711);"), "{f:?}");
+        assert!(!f.next.contains("FROM pg_locks"), "the next action ends one backend only: {f:?}");
+        assert!(f.details.iter().any(|d| d.contains("pid 4800") && d.contains("waiting")), "{f:?}");
+    }
+
+    #[test]
+    fn the_migration_lock_is_judged_by_how_long_it_is_held_not_by_the_sessions_age() {
+        let young = judge_migration_lock("m", &scene(vec![holder(100, "dixie", 5)]), 120);
+        assert_eq!(young.verdict, Verdict::Warn, "{young:?}");
+        assert!(young.next.contains("a migration is probably running"), "{young:?}");
+        assert!(young.value.contains("(state_change)"), "says which time it judged by: {young:?}");
+        assert_eq!(judge_migration_lock("m", &scene(vec![holder(100, "dixie", 119)]), 120).verdict, Verdict::Warn);
+        let long = judge_migration_lock("m", &scene(vec![holder(100, "dixie", 120)]), 120);
+        assert_eq!(long.verdict, Verdict::Fail, "{long:?}");
+        assert!(long.next.contains("SELECT pg_terminate_backend(100);") && long.next.contains("database dixie"), "{long:?}");
+        assert!(long.value.contains("10.0.1.7") && long.value.contains("dixie-bff"), "{long:?}");
+        // A waiting Dixie beside a young holder is two instances starting together.
+        let racing = judge_migration_lock("m", &scene(vec![holder(100, "dixie", 5), waiter(101, "dixie", 3)]), 120);
+        assert_eq!(racing.verdict, Verdict::Warn, "{racing:?}");
+        // A busy holder is judged by its statement's start.
+        let busy = LockSession { state: Some("active".into()), query_start: stamp(300), ..holder(100, "dixie", 1) };
+        let busy = judge_migration_lock("m", &scene(vec![busy]), 120);
+        assert!(busy.verdict == Verdict::Fail && busy.value.contains("(query_start)"), "{busy:?}");
+    }
+
+    #[test]
+    fn missing_or_malformed_evidence_about_the_migration_lock_fails() {
+        let judged = |s: LockSession| judge_migration_lock("m", &scene(vec![s]), 120).verdict;
+        assert_eq!(judged(LockSession { state: None, ..holder(100, "dixie", 5) }), Verdict::Fail, "no state");
+        assert_eq!(judged(LockSession { state_change: None, ..holder(100, "dixie", 5) }), Verdict::Fail, "no time");
+        assert_eq!(judged(holder(100, "dixie", -1)), Verdict::Fail, "a time in the future");
+        assert_eq!(judged(LockSession { role: None, ..holder(100, "dixie", 5) }), Verdict::Fail, "no role");
+        assert_eq!(judged(holder(100, "migrator", 5)), Verdict::Fail, "not Dixie's role");
+        assert_eq!(judged(LockSession { pid: None, ..holder(100, "dixie", 5) }), Verdict::Fail, "a prepared transaction");
+        let only_waiting = judge_migration_lock("m", &scene(vec![waiter(101, "dixie", 3)]), 120);
+        assert_eq!(only_waiting.verdict, Verdict::Warn, "a lock being handed over: {only_waiting:?}");
+    }
+
+    #[test]
+    fn a_holders_query_that_names_a_password_is_not_shown() {
+        let s = LockSession { query: Some("ALTER ROLE x PASSWORD 'hunter2'".into()), ..holder(100, "dixie", 500) };
+        let f = judge_migration_lock("m", &scene(vec![s]), 120);
+        assert!(!format!("{f:?}").contains("hunter2"), "{f:?}");
     }
 }

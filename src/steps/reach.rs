@@ -28,6 +28,13 @@ pub(crate) fn host_of(url: &str) -> Option<String> {
     parse(url).map(|u| u.host.to_string())
 }
 
+/// The scheme, host and port a URL names, its credentials left out
+/// (`nats://u:p@10.1.2.3:4222` → `nats`, `10.1.2.3`, `Some(4222)`); `None` when the port is not
+/// a number from 0 to 65535.
+pub(crate) fn endpoint_of(url: &str) -> Option<(String, String, Option<u16>)> {
+    parse(url).map(|u| (u.scheme.to_string(), u.host.to_string(), u.port))
+}
+
 fn parse(url: &str) -> Option<Url<'_>> {
     let (scheme, rest) = url.split_once("://")?;
     let (authority, path) = match rest.find('/') {
@@ -86,6 +93,20 @@ pub(crate) async fn postgres_count(
     query: &str,
     ca_file: Option<&std::path::Path>,
 ) -> Result<i64, String> {
+    let rows = postgres_query(env, url, query, &[], ca_file).await?;
+    let row = rows.first().ok_or("the query returned no row")?;
+    row.try_get::<_, i64>(0).map_err(|e| e.to_string())
+}
+
+/// Logs in with a `postgresql://` URL (its password is a secret) and returns the rows of
+/// `query` with `params`. Errors name the role, host and database, never the password.
+pub(crate) async fn postgres_query(
+    env: &Environment,
+    url: &Secret<String>,
+    query: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ca_file: Option<&std::path::Path>,
+) -> Result<Vec<tokio_postgres::Row>, String> {
     let parsed = parse(url.expose())
         .filter(|u| u.scheme.starts_with("postgres"))
         .ok_or("DATABASE_URL is not a postgresql:// URL")?;
@@ -109,9 +130,7 @@ pub(crate) async fn postgres_count(
         .await
         .map_err(|e| format!("cannot log in as {target}: {e}"))?;
     tokio::spawn(connection);
-    let row =
-        client.query_one(query, &[]).await.map_err(|e| format!("{target}: {}", crate::error_chain::error_chain(&e)))?;
-    Ok(row.get::<_, i64>(0))
+    client.query(query, params).await.map_err(|e| format!("{target}: {}", crate::error_chain::error_chain(&e)))
 }
 
 /// Redis `PING` → `+PONG` over TLS (`rediss://`), verified against `ca_file` or the system roots.

@@ -56,7 +56,7 @@ pub(crate) struct NatsTask {
     pub(super) cluster: String,
     pub(super) service: String,
     #[serde(default = "nats_port")]
-    port: u16,
+    pub(super) port: u16,
 }
 
 fn nats_port() -> u16 {

@@ -78,7 +78,7 @@ fn diagnose_names_each_broken_thing_with_its_next_action_and_changes_nothing() {
     assert_eq!(seen["log-errors"].0, "ok", "{:?}", seen["log-errors"]);
 
     // Break four things: Redis stops, a param goes back to PLACEHOLDER, Dixie logs errors, and
-    // a session holds an advisory lock (the NATS rule is still absent, as after sprint 2).
+    // a Dixie session holds Dixie's migration lock, 003's key (the NATS rule is still absent, as after sprint 2).
     let marker = format!("rehearsed allowlist failure {}", std::process::id());
     let logged = Command::new("curl")
         .args(["-sf", "-X", "POST", "http://127.0.0.1:13001/__ring/errors", "-d"])
@@ -99,14 +99,14 @@ fn diagnose_names_each_broken_thing_with_its_next_action_and_changes_nothing() {
             "host=localhost hostaddr=127.0.0.1 port=15432 user=dixie dbname=dixie sslmode=verify-full sslrootcert={}",
             ca.display()
         ))
-        .args(["-X", "-q", "-c", "SELECT pg_advisory_lock(4242)", "-c", "SELECT pg_sleep(60)"])
+        .args(["-X", "-q", "-c", "SELECT pg_advisory_lock(2084904821)", "-c", "SELECT pg_sleep(60)"])
         .env("PGPASSWORD", &password)
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let locked = (0..50).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
-        admin("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") != ["0"]
+        admin("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 2084904821 AND granted") != ["0"]
     });
     let outage = Outage::of(&["redis"]);
 
@@ -140,6 +140,7 @@ fn diagnose_names_each_broken_thing_with_its_next_action_and_changes_nothing() {
     assert!(seen["log-errors"].2.contains("push a corrected image"), "{:?}", seen["log-errors"]);
     assert_eq!(verdict("database.migration_lock"), "warn", "{:?}", seen.get("database.migration_lock"));
     assert!(seen["database.migration_lock"].2.contains("a migration is probably running"));
+    assert!(seen["database.migration_lock"].1.contains("held by pid"), "{:?}", seen["database.migration_lock"]);
     // What is not broken says so.
     for check in ["service", "tasks", "rds-5432", "alb-3001", "finn-health", "finn-service", "ssm.nats_url"] {
         assert_eq!(verdict(check), "ok", "{check}: {:?}", seen.get(check));
