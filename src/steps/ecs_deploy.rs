@@ -282,15 +282,23 @@ impl NatsUrl {
             return Ok(Err(format!("{} does not exist", self.param)));
         };
         let live = super::ssm_params::task_ip(cx, &self.task_of).await?;
-        let named = reach::host_of(url.expose()).unwrap_or_default();
-        Ok(if named == live {
-            Ok(format!("{} names the running task {live}", self.param))
-        } else {
-            Err(format!(
-                "{} names {named}, but the running task of {} is at {live} (the task restarted)",
-                self.param, self.task_of.service
-            ))
-        })
+        Ok(judge_nats_url(&self.param, url.expose(), &live, self.task_of.port, &self.task_of.service))
+    }
+}
+
+/// Whether a NATS URL names the running task: its host AND port (4222 when the URL names
+/// none); the URL's credentials are never shown.
+fn judge_nats_url(param: &str, url: &str, live_ip: &str, live_port: u16, service: &str) -> Result<String, String> {
+    let Some((_, host, port)) = reach::endpoint_of(url).filter(|(s, h, _)| s == "nats" && !h.is_empty()) else {
+        return Err(format!("{param} is not a nats://host:port URL"));
+    };
+    let port = port.unwrap_or(4222);
+    if host == live_ip && port == live_port {
+        Ok(format!("{param} names the running task {live_ip}:{live_port}"))
+    } else if host == live_ip {
+        Err(format!("{param} names port {port}, but the running task of {service} listens on {live_port}"))
+    } else {
+        Err(format!("{param} names {host}:{port}, but the running task of {service} is at {live_ip}:{live_port} (the task restarted)"))
     }
 }
 
@@ -519,5 +527,23 @@ impl Step for Params {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod nats_url_tests {
+    use super::judge_nats_url;
+
+    /// `nats://<running task ip>:4299` passed: the port was not compared.
+    #[test]
+    fn a_nats_url_must_name_the_running_tasks_host_and_port() {
+        let judge = |url: &str| judge_nats_url("NATS_URL", url, "10.0.1.7", 4222, "nats");
+        assert!(judge("nats://10.0.1.7:4222").is_ok());
+        assert!(judge("nats://10.0.1.7").is_ok(), "4222 when the URL names no port");
+        assert_eq!(judge("nats://10.0.1.7:4299").unwrap_err(), "NATS_URL names port 4299, but the running task of nats listens on 4222");
+        assert!(judge("nats://10.0.1.9:4222").unwrap_err().contains("(the task restarted)"));
+        assert_eq!(judge("http://10.0.1.7:4222").unwrap_err(), "NATS_URL is not a nats://host:port URL");
+        let secret = judge("nats://user:Zq9pw@10.0.1.9:4222").unwrap_err();
+        assert!(!secret.contains("Zq9pw"), "{secret}");
     }
 }

@@ -23,11 +23,6 @@ struct Url<'a> {
     path: &'a str,
 }
 
-/// The host a URL names (`nats://10.1.2.3:4222` → `10.1.2.3`).
-pub(crate) fn host_of(url: &str) -> Option<String> {
-    parse(url).map(|u| u.host.to_string())
-}
-
 /// The scheme, host and port a URL names, its credentials left out
 /// (`nats://u:p@10.1.2.3:4222` → `nats`, `10.1.2.3`, `Some(4222)`); `None` when the port is not
 /// a number from 0 to 65535.
