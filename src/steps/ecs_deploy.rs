@@ -375,7 +375,30 @@ impl Step for Params {
         for rule in &self.rules {
             rule.check().map_err(|e| format!("rules: {e}"))?;
         }
+        if let Some(nats) = &self.nats_url {
+            super::ssm_params::check_parameter_name("nats_url.param", &nats.param)?;
+        }
         reach::check_http_url("health_url", &self.health_url)
+    }
+
+    /// The groups of the rules it picks up exist; a NATS_URL that is there already is a
+    /// nats:// URL (one an upstream step writes is judged when the step runs).
+    async fn preflight(&self, cx: &StepContext) -> Result<(), StepError> {
+        for rule in &self.rules {
+            rule.preflight(cx).await?;
+        }
+        if let Some(nats) = &self.nats_url
+            && let Some(url) = cx.parameter(&nats.param).await?
+        {
+            let scheme = reach::endpoint_of(url.expose()).map(|(scheme, _, _)| scheme);
+            if scheme.as_deref() != Some("nats") {
+                return Err(StepError::fatal(
+                    format!("{} is not a nats://host:port URL (its value is not shown)", nats.param),
+                    "run sprint-2 (T2.5 writes it from the running NATS task), or put it right in SSM",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn converge_within(&self) -> Duration {
