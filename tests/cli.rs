@@ -1342,9 +1342,26 @@ fn aws_throttling_server_errors_and_resets_get_the_right_verdict() {
 
 /// Terraform processes of this project still running (orphans of a killed runbook finish on
 /// their own; none may be left behind for good).
-fn terraform_processes() -> usize {
-    let out = Command::new("pgrep").args(["-f", "terraform (plan|apply)|terraform-provider"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().count()
+/// The terraform processes (and their providers) this test started: those whose environment
+/// or working directory names the test's own folder. Other rings' terraform on the same
+/// machine (CI runs several) are not this test's business.
+fn terraform_processes(scratch: &Scratch) -> usize {
+    let ours = scratch.dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter(|e| {
+            let read = |name: &str| {
+                String::from_utf8_lossy(&std::fs::read(e.path().join(name)).unwrap_or_default()).into_owned()
+            };
+            let cmdline = read("cmdline").replace('\0', " ");
+            let terraform = cmdline.contains("terraform-provider")
+                || (cmdline.contains("terraform") && (cmdline.contains(" plan") || cmdline.contains(" apply")));
+            let cwd = std::fs::read_link(e.path().join("cwd")).unwrap_or_default();
+            terraform && (read("environ").contains(&ours) || cwd.starts_with(&scratch.dir))
+        })
+        .count()
 }
 
 #[test]
@@ -1375,10 +1392,10 @@ fn a_second_kill_during_the_resumed_terraform_apply_leaves_no_state_lock_behind(
     let objects = moto_api("GET", "/runbook-terraform-state?list-type=2");
     assert!(!objects.contains(".tflock"), "a terraform state lock was left:\n{objects}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while terraform_processes() > 0 && std::time::Instant::now() < deadline {
+    while terraform_processes(&scratch) > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    assert_eq!(terraform_processes(), 0, "terraform processes left running");
+    assert_eq!(terraform_processes(&scratch), 0, "terraform processes left running");
 }
 
 #[test]
@@ -1511,7 +1528,7 @@ fn every_step_killed_at(label: &str, point_of: fn(&str) -> Option<&'static str>)
     let left: Vec<_> =
         std::fs::read_dir(&work).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "files left in {}: {left:?}", work.display());
-    assert_eq!(terraform_processes(), 0, "terraform processes left running");
+    assert_eq!(terraform_processes(&scratch), 0, "terraform processes left running");
     let objects = moto_api("GET", "/runbook-terraform-state?list-type=2");
     assert!(!objects.contains(".tflock"), "a terraform state lock was left:\n{objects}");
 
