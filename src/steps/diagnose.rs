@@ -266,7 +266,13 @@ impl Params {
             Params::Ssm { prefix, names, nats_task_of } => {
                 ssm_params(cx, id, prefix, names, nats_task_of.as_ref()).await
             }
-            Params::Database { database_url_param, ca_file, migrations, lock_fail_after_seconds, migration_lock_key } => {
+            Params::Database {
+                database_url_param,
+                ca_file,
+                migrations,
+                lock_fail_after_seconds,
+                migration_lock_key,
+            } => {
                 let lock = (*migration_lock_key, *lock_fail_after_seconds);
                 database(cx, id, database_url_param, ca_file, *migrations, lock).await
             }
@@ -354,7 +360,8 @@ struct Counts {
 /// The rollout's verdict and the task counts' together, the worse one deciding.
 fn judge_service(id: &str, cluster: &str, service: &str, deployments: &[Deployment], counts: Counts) -> Finding {
     let rollout = judge_deployments(id, deployments);
-    let rolling = deployments.len() > 1 || deployments.iter().any(|d| d.status == "PRIMARY" && d.rollout == "IN_PROGRESS");
+    let rolling =
+        deployments.len() > 1 || deployments.iter().any(|d| d.status == "PRIMARY" && d.rollout == "IN_PROGRESS");
     let tasks = judge_counts(id, cluster, service, counts, rolling);
     let value = format!("{}; {}", rollout.value, tasks.value);
     let worse = if tasks.verdict > rollout.verdict { tasks } else { rollout };
@@ -370,7 +377,9 @@ fn judge_counts(id: &str, cluster: &str, service: &str, counts: Counts, rolling:
     let events = "tasks stop or do not start: read the service's events below and its ERROR lines (a missing SSM \
                   parameter fails a task before it runs)";
     if running < 0 || desired < 0 || pending < 0 {
-        let next = format!("ECS reported a negative count: read it yourself (aws ecs describe-services --cluster {cluster} --services {service})");
+        let next = format!(
+            "ECS reported a negative count: read it yourself (aws ecs describe-services --cluster {cluster} --services {service})"
+        );
         Finding::new(id, Verdict::Fail, value, next)
     } else if desired == 0 {
         let next = format!(
@@ -430,7 +439,8 @@ fn judge_deployments(id: &str, deployments: &[Deployment]) -> Finding {
 async fn tasks(cx: &StepContext, id: &str, cluster: &str, service: &str) -> Finding {
     match describe(cx, cluster, service).await {
         Ok(Some(svc)) => {
-            let counts = Counts { running: svc.running_count(), desired: svc.desired_count(), pending: svc.pending_count() };
+            let counts =
+                Counts { running: svc.running_count(), desired: svc.desired_count(), pending: svc.pending_count() };
             judge_counts(id, cluster, service, counts, false)
         }
         Ok(None) => not_active(id, cluster, service),
@@ -855,7 +865,9 @@ fn judge_nats_url(check: &str, url: &str, task_ip: &str, task_port: u16, service
         return Finding::new(
             check,
             Verdict::Fail,
-            format!("NATS_URL is not nats://host[:port] (not shown: it may hold a credential); {service} runs at {task}"),
+            format!(
+                "NATS_URL is not nats://host[:port] (not shown: it may hold a credential); {service} runs at {task}"
+            ),
             rewrite,
         );
     };
@@ -1106,11 +1118,8 @@ fn judge_holder<'a>(h: &'a LockSession, dixie: &str, fail_after: u64) -> (Verdic
              own role, a superuser or pg_read_all_stats only), so how long it has held the lock is unknown"
         ));
     };
-    let (label, stamp) = if state.starts_with("idle") {
-        ("state_change", &h.state_change)
-    } else {
-        ("query_start", &h.query_start)
-    };
+    let (label, stamp) =
+        if state.starts_with("idle") { ("state_change", &h.state_change) } else { ("query_start", &h.query_start) };
     let Some(Stamp { at, age_s }) = stamp else {
         return fail(format!("state {state} but no {label} time"));
     };
@@ -1143,7 +1152,9 @@ fn describe_who(s: &LockSession) -> String {
 /// One line per session: holding or waiting, who, its times (each named by its column), its query.
 fn describe_lock_session(s: &LockSession) -> String {
     let mut line = format!("{}: {}", if s.granted { "holding" } else { "waiting" }, describe_who(s));
-    for (label, stamp) in [("xact_start", &s.xact_start), ("state_change", &s.state_change), ("query_start", &s.query_start)] {
+    for (label, stamp) in
+        [("xact_start", &s.xact_start), ("state_change", &s.state_change), ("query_start", &s.query_start)]
+    {
         if let Some(Stamp { at, age_s }) = stamp {
             line.push_str(&format!("; {label} {at} ({age_s} s ago)"));
         }
@@ -1272,7 +1283,8 @@ mod tests {
 
     #[test]
     fn fewer_running_tasks_than_desired_fail() {
-        let judged = |running, desired, pending| judge_counts("t", "c", "s", Counts { running, desired, pending }, false);
+        let judged =
+            |running, desired, pending| judge_counts("t", "c", "s", Counts { running, desired, pending }, false);
         assert_eq!(judged(1, 1, 0).verdict, Verdict::Ok);
         assert_eq!(judged(0, 1, 1).verdict, Verdict::Fail);
         assert_eq!(judged(1, 2, 0).verdict, Verdict::Fail);
@@ -1373,7 +1385,10 @@ mod tests {
         assert_eq!(judged("nats://10.0.1.5:4222/", 4222).verdict, Verdict::Ok);
         let wrong_port = judged("nats://10.0.1.5:4299", 4222);
         assert_eq!(wrong_port.verdict, Verdict::Fail, "{wrong_port:?}");
-        assert!(wrong_port.value.contains("10.0.1.5:4299") && wrong_port.value.contains("10.0.1.5:4222"), "{wrong_port:?}");
+        assert!(
+            wrong_port.value.contains("10.0.1.5:4299") && wrong_port.value.contains("10.0.1.5:4222"),
+            "{wrong_port:?}"
+        );
         assert_eq!(judged("nats://10.0.1.5", 4299).verdict, Verdict::Fail, "no port means 4222, not the task's 4299");
         assert_eq!(judged("nats://10.0.1.5:4299", 4299).verdict, Verdict::Ok);
         for malformed in [
@@ -1481,7 +1496,10 @@ mod tests {
         assert_eq!(judge_migration_lock("m", &scene(vec![holder(100, "dixie", 119)]), 120).verdict, Verdict::Warn);
         let long = judge_migration_lock("m", &scene(vec![holder(100, "dixie", 120)]), 120);
         assert_eq!(long.verdict, Verdict::Fail, "{long:?}");
-        assert!(long.next.contains("SELECT pg_terminate_backend(100);") && long.next.contains("database dixie"), "{long:?}");
+        assert!(
+            long.next.contains("SELECT pg_terminate_backend(100);") && long.next.contains("database dixie"),
+            "{long:?}"
+        );
         assert!(long.value.contains("10.0.1.7") && long.value.contains("dixie-bff"), "{long:?}");
         // A waiting Dixie beside a young holder is two instances starting together.
         let racing = judge_migration_lock("m", &scene(vec![holder(100, "dixie", 5), waiter(101, "dixie", 3)]), 120);
@@ -1500,7 +1518,11 @@ mod tests {
         assert_eq!(judged(holder(100, "dixie", -1)), Verdict::Fail, "a time in the future");
         assert_eq!(judged(LockSession { role: None, ..holder(100, "dixie", 5) }), Verdict::Fail, "no role");
         assert_eq!(judged(holder(100, "migrator", 5)), Verdict::Fail, "not Dixie's role");
-        assert_eq!(judged(LockSession { pid: None, ..holder(100, "dixie", 5) }), Verdict::Fail, "a prepared transaction");
+        assert_eq!(
+            judged(LockSession { pid: None, ..holder(100, "dixie", 5) }),
+            Verdict::Fail,
+            "a prepared transaction"
+        );
         let only_waiting = judge_migration_lock("m", &scene(vec![waiter(101, "dixie", 3)]), 120);
         assert_eq!(only_waiting.verdict, Verdict::Warn, "a lock being handed over: {only_waiting:?}");
     }

@@ -298,7 +298,9 @@ fn judge_nats_url(param: &str, url: &str, live_ip: &str, live_port: u16, service
     } else if host == live_ip {
         Err(format!("{param} names port {port}, but the running task of {service} listens on {live_port}"))
     } else {
-        Err(format!("{param} names {host}:{port}, but the running task of {service} is at {live_ip}:{live_port} (the task restarted)"))
+        Err(format!(
+            "{param} names {host}:{port}, but the running task of {service} is at {live_ip}:{live_port} (the task restarted)"
+        ))
     }
 }
 
@@ -563,7 +565,10 @@ mod nats_url_tests {
         let judge = |url: &str| judge_nats_url("NATS_URL", url, "10.0.1.7", 4222, "nats");
         assert!(judge("nats://10.0.1.7:4222").is_ok());
         assert!(judge("nats://10.0.1.7").is_ok(), "4222 when the URL names no port");
-        assert_eq!(judge("nats://10.0.1.7:4299").unwrap_err(), "NATS_URL names port 4299, but the running task of nats listens on 4222");
+        assert_eq!(
+            judge("nats://10.0.1.7:4299").unwrap_err(),
+            "NATS_URL names port 4299, but the running task of nats listens on 4222"
+        );
         assert!(judge("nats://10.0.1.9:4222").unwrap_err().contains("(the task restarted)"));
         assert_eq!(judge("http://10.0.1.7:4222").unwrap_err(), "NATS_URL is not a nats://host:port URL");
         let secret = judge("nats://user:Zq9pw@10.0.1.9:4222").unwrap_err();

@@ -218,7 +218,9 @@ impl GitHub {
                     waited += 1;
                     if let Some((recorder, step, attempt)) = &self.log {
                         let line = format!("{message}: waiting {} s as GitHub asks, then trying again", wait.as_secs());
-                        recorder.emit(crate::event::Event::StepLog { step: step.clone(), attempt: *attempt, line }).await;
+                        recorder
+                            .emit(crate::event::Event::StepLog { step: step.clone(), attempt: *attempt, line })
+                            .await;
                     }
                     tokio::time::sleep(wait).await;
                 }
