@@ -176,8 +176,6 @@ pub(crate) fn error(err: &CliError) -> Rendered {
         CliError::State(StateError::Sql { .. } | StateError::Postgres { .. } | StateError::Write { .. })
         | CliError::Recorded { .. }
         | CliError::Step { .. } => 1,
-        // A preflight that could not finish (throttled, a timeout): not the operator's input.
-        CliError::Preflight { error: crate::steps::StepError::Retryable { .. }, .. } => 1,
         // Not the operator's input either: AWS was busy; nothing was recorded.
         CliError::Cloud(crate::cloud::CloudError::Busy { .. }) => 1,
         _ => 2,

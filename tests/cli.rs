@@ -658,6 +658,27 @@ fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
             says: &["--var NAME=VALUE"],
         },
         Case {
+            name: "ca_file that never ends",
+            edit: |t| t.replace("ca_file = \"${env.pg_ca_file}\"", "ca_file = \"/dev/zero\""),
+            args: &["run", "sprint-2"],
+            code: 2,
+            says: &["step T2.3 (database)", "ca_file = /dev/zero: is not a regular file"],
+        },
+        Case {
+            name: "ca_file that is not a certificate",
+            edit: |t| t.replace("ca_file = \"${env.pg_ca_file}\"", "ca_file = \"runbooks/sprint-2.toml\""),
+            args: &["run", "sprint-2"],
+            code: 2,
+            says: &["step T2.3 (database)", "holds no PEM certificate", "point `ca_file` at a PEM certificate bundle"],
+        },
+        Case {
+            name: "ca_file missing",
+            edit: |t| t.replace("pg_ca_file = \"${env.pg_ca_file}\"", "pg_ca_file = \"certs/missing.pem\""),
+            args: &["run", "sprint-2"],
+            code: 2,
+            says: &["pg_ca_file = ", "certs/missing.pem: cannot be read"],
+        },
+        Case {
             name: "unreachable endpoint",
             edit: |t| t.to_string(),
             args: &["run", "sprint-2", "--env", "unreachable"],
@@ -1901,6 +1922,61 @@ fn sprint_3_takes_dixie_from_degraded_to_healthy_with_one_redeploy_and_a_rerun_c
         "{before}"
     );
     let deployed = primary_deployment("dixie-armitage");
+
+    // Inputs only the cloud or GitHub can judge are judged before T3.1 adds the rule or T3.2
+    // merges: each is refused with exit 2, no run recorded, nothing merged, no rule added.
+    let local = std::fs::read_to_string(project.join("runbooks/environments/local.toml")).unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bad_inputs = [
+        (
+            "nosg",
+            "dixie_security_group = \"dixie-armitage-tasks\"",
+            "dixie_security_group = \"no-such-group\"".to_string(),
+            "no security group named no-such-group",
+        ),
+        (
+            "sgid",
+            "dixie_security_group = \"dixie-armitage-tasks\"",
+            "dixie_security_group = \"sg-0123456789abcdef0\"".to_string(),
+            "EC2 has no security group sg-0123456789abcdef0",
+        ),
+        (
+            "emptysg",
+            "dixie_security_group = \"dixie-armitage-tasks\"",
+            "dixie_security_group = \"\"".to_string(),
+            "source_group is empty",
+        ),
+        (
+            "deadgh",
+            "github_api = \"http://127.0.0.1:18700\"",
+            format!("github_api = \"http://127.0.0.1:{dead}\""),
+            "T3.2",
+        ),
+        (
+            "notoken",
+            "github_token_param = \"/runbook/ring/GITHUB_TOKEN\"",
+            "github_token_param = \"/runbook/ring/NO_SUCH_TOKEN\"".to_string(),
+            "does not exist",
+        ),
+        (
+            "tokenvalue",
+            "github_token_param = \"/runbook/ring/GITHUB_TOKEN\"",
+            "github_token_param = \"ghp_16C7e42F292c6912E7710c838347Ae178B4aZq9\"".to_string(),
+            "looks like an API token",
+        ),
+    ];
+    let runs_before = runs_in(&scratch.state());
+    for (name, from, to, says) in &bad_inputs {
+        assert!(local.contains(from), "{name}: local.toml has no {from}");
+        let env = local.replace("name = \"local\"", &format!("name = \"{name}\"")).replace(from, to);
+        std::fs::write(project.join(format!("runbooks/environments/{name}.toml")), env).unwrap();
+        let ran = rb().run(&["run", "sprint-3", "--yes", "--env", name]);
+        ran.expect_code(2).expect_text(says);
+        assert!(!ran.text().contains("ghp_16C7e42F"), "{name}: the token was echoed:\n{}", ran.text());
+    }
+    assert_eq!(runs_in(&scratch.state()), runs_before, "a refused preflight recorded a run");
+    assert!(github_merges().is_empty(), "merged before the inputs were judged: {:?}", github_merges());
+    assert_eq!(dixie_health()["infrastructure"]["nats"]["status"], "unreachable", "the rule was added");
 
     let ran = rb().run(&["run", "sprint-3", "--yes"]);
     ran.expect_code(0)
