@@ -176,7 +176,9 @@ pub(crate) fn error(err: &CliError) -> Rendered {
             StateError::Sql { .. }
             | StateError::Postgres { .. }
             | StateError::Connect { .. }
-            | StateError::Write { .. },
+            | StateError::Write { .. }
+            | StateError::CommitUnknown { .. }
+            | StateError::ConnectionLost { .. },
         )
         | CliError::Recorded { .. }
         | CliError::Step { .. } => 1,

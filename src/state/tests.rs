@@ -663,3 +663,19 @@ fn state_copy_takes_a_sqlite_file_to_a_postgres_url_only_and_never_repeats_a_url
     let err = copy(Path::new("state/runbook.db"), Path::new("other.db")).err().unwrap().to_string();
     assert!(err.contains("--to must be a postgres:// URL"), "{err}");
 }
+
+#[test]
+fn a_postgres_commit_lost_with_its_connection_is_looked_up_by_its_transaction_id() {
+    let Some(base) = pg_test_url() else { return };
+    let mut conn = pg::PgConn::connect(&pg::Location::parse(&base).unwrap(), false).unwrap();
+    let mut xid_ending = |end: &str| {
+        conn.batch_for_tests("BEGIN").unwrap();
+        let xid: i64 = conn.text_for_tests("SELECT txid_current()::text").unwrap().parse().unwrap();
+        conn.batch_for_tests(end).unwrap();
+        xid
+    };
+    let (committed, rolled_back) = (xid_ending("COMMIT"), xid_ending("ROLLBACK"));
+    assert_eq!(conn.commit_status(committed).unwrap(), Some(true));
+    assert_eq!(conn.commit_status(rolled_back).unwrap(), Some(false), "written again");
+    assert!(conn.commit_status(committed + 1_000_000).is_err(), "an id it never gave cannot be told");
+}
