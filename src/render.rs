@@ -173,7 +173,13 @@ pub(crate) fn error(err: &CliError) -> Rendered {
         // The state DB failed after it was opened: not the operator's input. One that cannot be
         // reached or used at all (Connect, Unusable) is refused before anything changed, as an
         // unreachable AWS is: 2, as the exit-code table says.
-        CliError::State(StateError::Sql { .. } | StateError::Postgres { .. } | StateError::Write { .. })
+        CliError::State(
+            StateError::Sql { .. }
+            | StateError::Postgres { .. }
+            | StateError::Write { .. }
+            | StateError::CommitUnknown { .. }
+            | StateError::ConnectionLost { .. },
+        )
         | CliError::Recorded { .. }
         | CliError::Step { .. } => 1,
         // Not the operator's input either: AWS was busy; nothing was recorded.

@@ -41,6 +41,9 @@ struct Script {
     drop_state_connection: bool,
     /// The preflight refuses the step's inputs.
     preflight_refuses: bool,
+    /// After the side effect, the step logs this many lines and the server drops the run's
+    /// state connection while the first of them are being committed.
+    drop_state_connection_mid_log: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -190,6 +193,9 @@ impl Step for Fake {
         }
         if script.drop_state_connection {
             drop_state_connection(&self.world);
+        }
+        if script.drop_state_connection_mid_log > 0 {
+            drop_state_connection_mid_log(&self.world, cx, script.drop_state_connection_mid_log).await;
         }
         if script.hang == Some(Hang::AfterEffect) {
             hang(&self.world).await;
@@ -404,6 +410,37 @@ fn drop_state_connection(world: &str) {
     }
     // The client's end hears the close on its own thread.
     std::thread::sleep(Duration::from_millis(200));
+}
+
+/// Logs `lines` lines while the run's group commit of the first of them is held in flight (an
+/// admin session locks `attempts`), then terminates the run's PostgreSQL connection under it,
+/// as a restart during T2.4 did, and lets the server go on.
+async fn drop_state_connection_mid_log(world: &str, cx: &StepContext, lines: u32) {
+    let (state, pid) = with_world(world, |w| (w.state.clone(), w.state_backend));
+    let (Some(state), Some(pid)) = (state, pid) else { panic!("the run's state is not in PostgreSQL") };
+    let mut locker = StateDb::open(&state).unwrap();
+    locker.execute_for_tests("BEGIN").unwrap();
+    locker.execute_for_tests("LOCK TABLE attempts IN EXCLUSIVE MODE").unwrap();
+    for n in 1..=lines {
+        cx.log(format!("line {n} of {lines}")).await;
+    }
+    let mut admin = StateDb::open(&state).unwrap();
+    let waiting = format!("SELECT 1 FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'");
+    let mut polls = 0;
+    while admin.execute_for_tests(&waiting).unwrap() == 0 {
+        polls += 1;
+        assert!(polls < 250, "the run's commit of its log lines never waited for the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    admin.execute_for_tests(&format!("SELECT pg_terminate_backend({pid})")).unwrap();
+    let gone = format!("SELECT 1 FROM pg_stat_activity WHERE pid = {pid}");
+    for _ in 0..250 {
+        if admin.execute_for_tests(&gone).unwrap() == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    locker.execute_for_tests("ROLLBACK").unwrap();
 }
 
 fn pairs(expected: &[(&str, StepState)]) -> Vec<(String, StepState)> {
@@ -737,6 +774,26 @@ async fn a_state_connection_the_server_dropped_is_made_again_and_the_run_finishe
         );
         assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 1, 1]);
         assert_eq!(h.db().run(h.run).unwrap().status, RunState::Done, "the run's end is recorded");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn log_lines_in_flight_when_the_state_connection_drops_are_written_after_the_reconnect() {
+    for h in Harness::each("droplog", CHAIN, Approver::Withheld).await {
+        if h.schema.is_none() {
+            continue; // SQLite has no connection to lose.
+        }
+        h.script("a", Script { drop_state_connection_mid_log: 76, ..Script::default() });
+        let (status, _) = h.run().await;
+        let attempts = h.db().attempts(h.run, "a").unwrap();
+        let log = &attempts.last().unwrap().log;
+        let mut expected = String::from("created the thing\n");
+        for n in 1..=76 {
+            expected.push_str(&format!("line {n} of 76\n"));
+        }
+        assert_eq!(log, &expected, "every line once, in order");
+        assert_eq!(status, RunState::Done, "{:?}", h.states());
+        assert_eq!(["a", "b", "c"].map(|s| h.seen(s, |s| s.effects)), [1, 1, 1]);
     }
 }
 

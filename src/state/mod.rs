@@ -102,6 +102,22 @@ pub(crate) enum StateError {
     Login { path: PathBuf, message: String },
     #[error("cannot write the state DB {}: {message}", path.display())]
     Write { path: PathBuf, message: String },
+    /// The connection was lost on a COMMIT, and whether it committed cannot be told: it is not
+    /// written again, lest it be there twice.
+    #[error(
+        "state DB {}: the connection was lost on a commit whose outcome cannot be told ({message}); \
+         what it held may be missing",
+        path.display()
+    )]
+    CommitUnknown { path: PathBuf, message: String },
+    /// The server dropped the connection and it could not be made again (or was lost again):
+    /// nothing of the transaction was written, and it may be written once the server is back.
+    #[error(
+        "state DB {}: the connection was lost and could not be made again ({message}); check that \
+         the server is up",
+        path.display()
+    )]
+    ConnectionLost { path: PathBuf, message: String },
     #[error("cannot copy into {}: {why}", to.display())]
     CopyTarget { to: PathBuf, why: &'static str },
     #[error("cannot copy: {0}")]

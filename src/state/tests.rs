@@ -684,3 +684,57 @@ fn state_copy_takes_a_sqlite_file_to_a_postgres_url_only_and_never_repeats_a_url
     let err = copy(Path::new("state/runbook.db"), Path::new("other.db")).err().unwrap().to_string();
     assert!(err.contains("--to must be a postgres:// URL"), "{err}");
 }
+
+#[test]
+fn a_postgres_commit_lost_with_its_connection_is_looked_up_by_its_transaction_id() {
+    let Some(base) = pg_test_url() else { return };
+    let mut conn = pg::PgConn::connect(&pg::Location::parse(&base).unwrap(), false).unwrap();
+    let mut xid_ending = |end: &str| {
+        conn.batch_for_tests("BEGIN").unwrap();
+        let xid: i64 = conn.text_for_tests("SELECT txid_current()::text").unwrap().parse().unwrap();
+        conn.batch_for_tests(end).unwrap();
+        xid
+    };
+    let (committed, rolled_back) = (xid_ending("COMMIT"), xid_ending("ROLLBACK"));
+    assert_eq!(conn.commit_status(committed).unwrap(), Some(true));
+    assert_eq!(conn.commit_status(rolled_back).unwrap(), Some(false), "written again");
+    assert!(conn.commit_status(committed + 1_000_000).is_err(), "an id it never gave cannot be told");
+}
+
+/// While the server refuses this test's role (a restart not over yet), a lost connection
+/// cannot be made again: queued log lines wait, and are written once it can.
+#[tokio::test]
+async fn log_lines_queued_while_the_postgres_server_cannot_be_reached_are_written_once_it_can() {
+    let Some(schema) = PgSchema::fresh("unreachable") else { return };
+    let base = pg_test_url().unwrap();
+    let role = format!("t_unreachable_{}", std::process::id());
+    admin(&base, &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'only-here'"));
+    let (_, at) = schema.url.split_once('@').unwrap();
+    let location = PathBuf::from(format!("postgres://{role}:only-here@{at}"));
+    let mut db = StateDb::open(&location).unwrap();
+    let run = new_run(&mut db);
+    let pid = db.backend_pid_for_tests().unwrap();
+    let state = StateHandle::spawn(db);
+    let started = Event::StepStarted { step: "T2.1".into(), attempt: 1, title: "t".into(), in_doubt: false };
+    state.record(run, started).await.unwrap();
+    admin(&base, &format!("ALTER ROLE {role} NOLOGIN; SELECT pg_terminate_backend({pid})"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let failed = WriteError::default();
+    for n in 1..=5 {
+        state.record_later(
+            run,
+            Event::StepLog { step: "T2.1".into(), attempt: 1, line: format!("line {n}") },
+            failed.clone(),
+        );
+    }
+    let intent = || Event::StepIntent { step: "T2.1".into(), attempt: 1, action: "a".into() };
+    let err = state.record(run, intent()).await.unwrap_err().to_string();
+    assert!(err.contains("could not be made again"), "{err}");
+    admin(&base, &format!("ALTER ROLE {role} LOGIN"));
+    state.record(run, intent()).await.unwrap();
+    drop(state);
+    let log = StateDb::open(&schema.location()).unwrap().attempts(run, "T2.1").unwrap().remove(0).log;
+    assert_eq!(log, "line 1\nline 2\nline 3\nline 4\nline 5\n");
+    drop(schema);
+    admin(&base, &format!("DROP ROLE IF EXISTS {role}"));
+}

@@ -56,6 +56,14 @@ impl PgConn {
         }
     }
 
+    /// Connects again whatever the client believes: the server closed the connection, or is
+    /// closing it, and the client may not have heard yet.
+    pub(super) fn reconnect(&mut self) -> Result<(), String> {
+        self.client = Self::session(&self.location, self.read_only)?;
+        self.statements.clear();
+        Ok(())
+    }
+
     fn session(location: &Location, read_only: bool) -> Result<tokio_postgres::Client, String> {
         let (sender, answer) = std::sync::mpsc::channel();
         let config = location.config.clone();

@@ -79,6 +79,12 @@ impl PgConn {
     /// Appends `events` in one transaction. With `holder`, and an intent among them, the lease
     /// is checked in the same transaction, its row share-locked until the commit: a takeover
     /// waits for the intent, or the intent sees the takeover.
+    ///
+    /// A transaction the server dropped the connection under (a restart, a failover) is written
+    /// once more on a new connection, exactly once: one that failed before its COMMIT was sent
+    /// committed nothing; one whose COMMIT got no answer is looked up by its transaction id
+    /// (`txid_status`) and written again only if it did not commit. When that cannot be told,
+    /// [`StateError::CommitUnknown`]: it may or may not be there, and is not written twice.
     pub(in crate::state) fn record_all(
         &mut self,
         path: &Path,
@@ -87,25 +93,80 @@ impl PgConn {
         now: i64,
     ) -> Result<(), StateError> {
         self.reconnect_if_closed();
-        let e = |e| pg_err(path, e);
-        let tx = wait(self.client.transaction()).map_err(e)?;
+        let (error, xid) = match self.record_once(path, events, holder, now) {
+            Ok(()) => return Ok(()),
+            Err(Failure::Refused(refused)) => return Err(refused),
+            Err(Failure::Sql(error)) => return Err(pg_err(path, error)),
+            Err(Failure::Lost { error, xid }) => (error, xid),
+        };
+        self.reconnect().map_err(|message| StateError::ConnectionLost {
+            path: path.to_path_buf(),
+            message: format!("{}; connecting again: {message}", crate::error_chain::error_chain(&error)),
+        })?;
+        if let Some(xid) = xid {
+            match self.commit_status(xid) {
+                Ok(Some(true)) => return Ok(()),
+                Ok(Some(false)) => {}
+                Ok(None) | Err(_) => {
+                    return Err(StateError::CommitUnknown {
+                        path: path.to_path_buf(),
+                        message: crate::error_chain::error_chain(&error),
+                    });
+                }
+            }
+        }
+        self.record_once(path, events, holder, now).map_err(|failure| match failure {
+            Failure::Refused(refused) => refused,
+            Failure::Sql(error) => pg_err(path, error),
+            Failure::Lost { error, .. } => StateError::ConnectionLost {
+                path: path.to_path_buf(),
+                message: format!("lost again after connecting again: {}", crate::error_chain::error_chain(&error)),
+            },
+        })
+    }
+
+    /// One try of `record_all`: the transaction, its statements pipelined, then its COMMIT.
+    fn record_once(
+        &mut self,
+        path: &Path,
+        events: &[(Option<i64>, &Event)],
+        holder: Option<&Holder>,
+        now: i64,
+    ) -> Result<(), Failure> {
+        let before_commit = |error| Failure::of(error, None);
+        let tx = wait(self.client.transaction()).map_err(before_commit)?;
         if let Some(me) = holder.filter(|_| events.iter().any(|(_, e)| matches!(e, Event::StepIntent { .. }))) {
-            let lease = read_lease(&tx, " FOR SHARE").map_err(e)?;
+            let lease = read_lease(&tx, " FOR SHARE").map_err(before_commit)?;
             if !lease.as_ref().is_some_and(|l| l.holder.pid == me.pid && l.holder.host == me.host) {
-                return Err(StateError::LeaseLost {
+                return Err(Failure::Refused(StateError::LeaseLost {
                     path: path.to_path_buf(),
                     now: crate::state::lease::describe(lease),
-                });
+                }));
             }
         }
         let mut writer = Writer { tx: &tx, statements: &mut self.statements, pending: Vec::new() };
         for (run, event) in events {
             if !event.is_ephemeral() {
-                apply(&mut writer, *run, event, now).map_err(e)?;
+                apply(&mut writer, *run, event, now).map_err(before_commit)?;
             }
         }
-        writer.flush().map_err(e)?;
-        wait(tx.commit()).map_err(e)
+        let xid = writer.flush_with_xid().map_err(before_commit)?;
+        wait(tx.commit()).map_err(|error| Failure::of(error, Some(xid)))
+    }
+
+    /// Whether the transaction `xid` of a dropped connection committed (`None`: cannot tell,
+    /// or still in progress after a few seconds, as a dying session may be).
+    pub(in crate::state) fn commit_status(&self, xid: i64) -> PgResult<Option<bool>> {
+        for _ in 0..50 {
+            let row = wait(self.client.query_one("SELECT txid_status($1)", &[&xid]))?;
+            match row.get::<_, Option<&str>>(0) {
+                Some("committed") => return Ok(Some(true)),
+                Some("aborted") => return Ok(Some(false)),
+                Some("in progress") => std::thread::sleep(std::time::Duration::from_millis(100)),
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
     pub(in crate::state) fn latest_run_id(&self) -> PgResult<Option<i64>> {
@@ -349,16 +410,41 @@ fn read_lease<C: GenericClient + Sync>(client: &C, lock: &str) -> PgResult<Optio
     }))
 }
 
+/// Why a try of an event transaction failed.
+enum Failure {
+    /// Not written, and writing again would not help: the lease is lost.
+    Refused(StateError),
+    /// Not written: the server refused a statement.
+    Sql(tokio_postgres::Error),
+    /// The connection was lost; `xid` when it was lost on the COMMIT of that transaction.
+    Lost { error: tokio_postgres::Error, xid: Option<i64> },
+}
+
+impl Failure {
+    fn of(error: tokio_postgres::Error, xid: Option<i64>) -> Self {
+        if connection_lost(&error) { Failure::Lost { error, xid } } else { Failure::Sql(error) }
+    }
+}
+
+/// The server closed the connection, or is closing it (a shutdown, a terminated session), or
+/// it cannot be reached: a new connection may do what this one could not.
+fn connection_lost(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    error.is_closed()
+        || error.code().is_some_and(|code| {
+            [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW].contains(code)
+                || code.code().starts_with("08")
+        })
+}
+
 /// A state column read back into its enum; anything else is a corrupt row.
 fn parse_state<T>(parse: fn(&str) -> Option<T>, row: &Row, index: usize) -> Result<T, String> {
     let text: &str = row.get(index);
     parse(text).ok_or_else(|| format!("unknown state {text:?} in column {index}"))
 }
 
-/// The statements of an event transaction, each prepared once per connection: one round trip
-/// a statement instead of two.
 /// The statements of one event transaction, pipelined: each is prepared once per connection,
-/// its parameters encoded as it is written, and all of them are sent together by `flush`, in
+/// its parameters encoded as it is written, and all of them are sent together by `flush_with_xid`, in
 /// order, so that a transaction of many events costs one round trip instead of one each.
 struct Writer<'a, 't> {
     tx: &'a Transaction<'t>,
@@ -368,26 +454,33 @@ struct Writer<'a, 't> {
 
 impl Writer<'_, '_> {
     fn exec(&mut self, sql: &'static str, params: &[&(dyn ToSql + Sync)]) -> PgResult<()> {
-        let statement = match self.statements.get(sql) {
-            Some(statement) => statement.clone(),
-            None => {
-                let statement = wait(self.tx.prepare(sql))?;
-                self.statements.insert(sql, statement.clone());
-                statement
-            }
-        };
+        let statement = self.prepared(sql)?;
         let encoded = params.iter().zip(statement.params()).map(|(p, ty)| Encoded::of(*p, ty)).collect();
         self.pending.push((statement, encoded));
         Ok(())
     }
 
-    /// Sends every statement written so far and waits for all their answers; the first error
-    /// (the server skips the rest of a failed transaction) is returned.
-    fn flush(&mut self) -> PgResult<()> {
+    /// `sql`, prepared once per connection.
+    fn prepared(&mut self, sql: &'static str) -> PgResult<Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = wait(self.tx.prepare(sql))?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    /// Sends every statement written so far, after one that reads the transaction's id, and
+    /// waits for all their answers; the id, or the first error (the server skips the rest of a
+    /// failed transaction), is returned.
+    fn flush_with_xid(&mut self) -> PgResult<i64> {
+        let xid = self.prepared("SELECT txid_current()")?;
         let pending = std::mem::take(&mut self.pending);
         let tx = self.tx;
         let sent = pending.iter().map(|(statement, params)| tx.execute_raw(statement, params.iter()));
-        wait(futures_util::future::try_join_all(sent)).map(drop)
+        let (row, _) =
+            wait(futures_util::future::try_join(tx.query_one(&xid, &[]), futures_util::future::try_join_all(sent)))?;
+        Ok(row.get(0))
     }
 }
 
