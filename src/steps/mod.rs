@@ -26,9 +26,21 @@ use crate::secret::Secret;
 mod reach;
 
 /// Declares the kinds: each name is a module `steps/<name>.rs` whose `Params` is the step.
+// Plain module declarations, so that `cargo fmt` sees every kind; the macro builds the table.
+mod database;
+mod diagnose;
+mod ecr_repository;
+mod ecs_deploy;
+mod ecs_rollback;
+mod image;
+mod pull_request;
+mod security_group_ingress;
+mod ssm_params;
+mod terraform;
+mod validate;
+
 macro_rules! kinds {
     ($($module:ident),* $(,)?) => {
-        $(mod $module;)*
         /// Every kind a runbook may name.
         pub(crate) const KINDS: &[Kind] = &[$(Kind::of::<$module::Params>()),*];
     };
