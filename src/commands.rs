@@ -59,6 +59,29 @@ pub(crate) enum CliError {
     Recorded { run: i64, source: StateError },
 }
 
+impl CliError {
+    /// The exit code (README's table): 3 another run holds the lock; 1 what failed after a run
+    /// was recorded, or could not be told (AWS busy, a state DB that failed once opened); 2 the
+    /// rest, which was refused before anything changed (bad input, an endpoint, an account or a
+    /// state DB that cannot be reached or used, a preflight).
+    pub(crate) fn code(&self) -> i32 {
+        match self {
+            CliError::State(StateError::Locked { .. }) | CliError::LiveHolder { .. } => 3,
+            CliError::State(
+                StateError::Sql { .. }
+                | StateError::Postgres { .. }
+                | StateError::Write { .. }
+                | StateError::CommitUnknown { .. }
+                | StateError::ConnectionLost { .. },
+            )
+            | CliError::Recorded { .. }
+            | CliError::Step { .. }
+            | CliError::Cloud(CloudError::Busy { .. }) => 1,
+            _ => 2,
+        }
+    }
+}
+
 impl From<RunbookError> for CliError {
     fn from(e: RunbookError) -> Self {
         CliError::Runbook(Box::new(e))

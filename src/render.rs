@@ -168,25 +168,7 @@ fn exit_code(outcome: &Outcome) -> i32 {
 
 /// The message and exit code of a command that did not get to an outcome.
 pub(crate) fn error(err: &CliError) -> Rendered {
-    let code = match err {
-        CliError::State(StateError::Locked { .. }) | CliError::LiveHolder { .. } => 3,
-        // The state DB failed after it was opened: not the operator's input. One that cannot be
-        // reached or used at all (Connect, Unusable) is refused before anything changed, as an
-        // unreachable AWS is: 2, as the exit-code table says.
-        CliError::State(
-            StateError::Sql { .. }
-            | StateError::Postgres { .. }
-            | StateError::Write { .. }
-            | StateError::CommitUnknown { .. }
-            | StateError::ConnectionLost { .. },
-        )
-        | CliError::Recorded { .. }
-        | CliError::Step { .. } => 1,
-        // Not the operator's input either: AWS was busy; nothing was recorded.
-        CliError::Cloud(crate::cloud::CloudError::Busy { .. }) => 1,
-        _ => 2,
-    };
-    Rendered { stdout: String::new(), stderr: format!("error: {}\n", error_chain(err)), code }
+    Rendered { stdout: String::new(), stderr: format!("error: {}\n", error_chain(err)), code: err.code() }
 }
 
 pub(crate) fn plan_table(lines: &[PlanLine]) -> String {
