@@ -115,7 +115,7 @@ pub(crate) struct Verdict {
 
 /// A string field of the body: its value, or how it fails to be one (`missing`, `number 3`),
 /// which is never a value a rule accepts.
-fn text<'a>(value: &'a serde_json::Value) -> Result<&'a str, String> {
+fn text(value: &serde_json::Value) -> Result<&str, String> {
     match value {
         serde_json::Value::String(s) => Ok(s),
         serde_json::Value::Null => Err("missing".into()),
