@@ -547,21 +547,34 @@ impl Params {
     }
 }
 
-/// The family's ACTIVE revisions, as `ListTaskDefinitions` answers them.
+/// The family's ACTIVE revisions, newest first by number: moto answers oldest first whatever
+/// the sort asks, so the order is ours, over every page.
 async fn revisions(cx: &StepContext, family: &str) -> Result<Vec<u32>, StepError> {
-    let listed = cx
-        .cloud
-        .ecs
-        .list_task_definitions()
-        .family_prefix(family)
-        .status(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
-        .sort(aws_sdk_ecs::types::SortOrder::Desc)
-        .max_results(100)
-        .send()
-        .await
-        .map_err(|e| StepError::from_sdk("ecs:ListTaskDefinitions", e))?;
-    let arns = listed.task_definition_arns().iter().filter_map(|arn| family_revision(arn));
-    Ok(arns.filter(|(f, _)| f == family).map(|(_, r)| r).collect())
+    let mut revisions = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let listed = cx
+            .cloud
+            .ecs
+            .list_task_definitions()
+            .family_prefix(family)
+            .status(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+            .sort(aws_sdk_ecs::types::SortOrder::Desc)
+            .max_results(100)
+            .set_next_token(next)
+            .send()
+            .await
+            .map_err(|e| StepError::from_sdk("ecs:ListTaskDefinitions", e))?;
+        let arns = listed.task_definition_arns().iter().filter_map(|arn| family_revision(arn));
+        revisions.extend(arns.filter(|(f, _)| f == family).map(|(_, r)| r));
+        next = listed.next_token().filter(|t| !t.is_empty()).map(String::from);
+        if next.is_none() {
+            break;
+        }
+    }
+    revisions.sort_unstable_by(|a, b| b.cmp(a));
+    revisions.dedup();
+    Ok(revisions)
 }
 
 #[cfg(test)]

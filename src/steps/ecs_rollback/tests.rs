@@ -138,6 +138,17 @@ impl Stage {
         let mut rx = self.rx.lock().unwrap();
         std::iter::from_fn(|| rx.try_recv().ok()).collect()
     }
+
+    /// The log lines emitted since the last call.
+    fn logs(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::StepLog { line, .. } => Some(line),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 fn yes() -> Approver {
@@ -260,4 +271,20 @@ async fn an_emergency_killed_at_zero_tasks_resumes_by_scaling_back_up_without_as
     );
     let stage = Stage::new(state, Some(9), Approver::Withheld).await;
     satisfied(stage.step("revision = \"2\"\nemergency = true").probe(&stage.cx()).await.unwrap());
+}
+
+#[tokio::test]
+async fn the_revisions_are_listed_newest_first_whatever_order_the_api_answers_in() {
+    // moto answers oldest first whatever `sort` asks.
+    let stage = Stage::new(EcsState::new(&[1, 2, 3, 4, 5, 6, 7], 7, 1), Some(9), yes()).await;
+    absent(stage.step("").probe(&stage.cx()).await.unwrap());
+    let logs = stage.logs();
+    let listed: Vec<&str> = logs
+        .iter()
+        .filter_map(|l| l.trim_start().strip_prefix("dixie-armitage:"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(listed, ["7", "6", "5", "4", "3"], "{logs:#?}");
+    let err = stage.step("revision = \"9\"").probe(&stage.cx()).await.unwrap_err();
+    assert!(err.to_string().contains("the latest are 7, 6, 5, 4, 3"), "{err}");
 }
