@@ -241,6 +241,9 @@ pub(crate) fn status_table(view: &StatusView) -> String {
         }
         let duration = row.duration_ms.map(format_duration).unwrap_or_else(|| "-".into());
         out.push_str(&format!("{:<8} {:<10} {:>8} {:>9}  {}\n", row.step, state, row.attempts, duration, note));
+        if let Some(put) = rollback_outputs(&step.outputs) {
+            out.push_str(&format!("{:9}{put}\n", ""));
+        }
     }
     if let Some(lock) = &view.lock {
         out.push_str(&format!(
@@ -253,6 +256,16 @@ pub(crate) fn status_table(view: &StatusView) -> String {
     }
     out.push_str(&format!("next: {}\n", view.next));
     out
+}
+
+/// What a rollback put in place, the outputs on call reads first: the revision, its task
+/// definition and the health it was judged by. A rollback's outputs are told by their names
+/// (the state keeps no step's kind; no other kind declares `revision`, a test holds that); every
+/// other step's outputs are in `status --json` only, where they would be noise here.
+fn rollback_outputs(outputs: &crate::event::Outputs) -> Option<String> {
+    let (revision, task_definition) = (outputs.get("revision")?, outputs.get("task_definition")?);
+    let health = outputs.get("health").map(String::as_str).unwrap_or("not recorded");
+    Some(format!("revision {revision}; task definition {task_definition}; health {health}"))
 }
 
 fn first_line(text: &str) -> String {
