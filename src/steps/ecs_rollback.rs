@@ -512,12 +512,13 @@ impl Params {
                 return Err(StepError::AwaitingApproval { summary: what, fix });
             }
             cx.log(what).await;
-            self.tag_emergency(cx, seen, desired, Phase::Down).await?;
+            // Recorded before the tag that makes a resumed run skip this (and the approval).
             if seen.running == seen.target {
                 self.record(cx, seen, desired).await;
             } else {
                 self.mark(cx, seen, desired).await?;
             }
+            self.tag_emergency(cx, seen, desired, Phase::Down).await?;
             cx.checkpoint("after-mark");
         }
         self.scale_to_zero(cx, seen).await?;

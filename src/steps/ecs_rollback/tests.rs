@@ -227,6 +227,22 @@ async fn an_emergency_alone_while_a_rollback_is_in_effect_restarts_its_revision_
 }
 
 #[tokio::test]
+async fn an_emergency_rollback_marks_the_rollback_then_scales_to_0_and_back_on_the_target() {
+    let stage = Stage::new(EcsState::new(&[1, 2], 2, 1), Some(9), yes()).await;
+    let step = stage.step("revision = \"1\"\nemergency = true");
+    let what = absent(step.probe(&stage.cx()).await.unwrap());
+    assert_eq!(what, "emergency rollback of dixie-armitage from revision 2 to 1: scale to 0 tasks, then back to 1 on it");
+    step.apply(&stage.cx()).await.unwrap();
+    let changes = stage.ecs.changes();
+    let kinds: Vec<&str> = changes.iter().map(|c| c.split_whitespace().next().unwrap()).collect();
+    assert_eq!(kinds, ["TagResource", "TagResource", "UpdateService", "TagResource", "UpdateService"], "{changes:#?}");
+    assert!(changes[0].contains(MARKER_TAG) && changes[1].contains("stage=down"), "{changes:#?}");
+    assert!(changes[4].contains(r#""taskDefinition":"dixie-armitage:1""#), "{changes:#?}");
+    satisfied(step.verify(&stage.cx()).await.unwrap());
+    assert!(stage.ecs.with(|s| s.tags[MARKER_TAG].starts_with("run=9 from=2 to=1 desired=1 ")));
+}
+
+#[tokio::test]
 async fn an_emergency_waits_for_approval_and_changes_nothing_without_it() {
     let stage = Stage::new(EcsState::new(&[1, 2], 2, 1), Some(9), Approver::Withheld).await;
     let step = stage.step("revision = \"2\"\nemergency = true");
