@@ -268,12 +268,17 @@ pub(crate) async fn run(
 }
 
 /// `--ack-rollback N` acknowledges undoing the rollback recorded by run N: bad input (exit 2,
-/// never ignored) unless run N marked a rollback on this environment, or when it is given to a
-/// run that is done (`resume` would have nothing to acknowledge it for).
+/// never ignored) unless run N rolled a service back on this environment (an emergency restart
+/// on the running revision rolls nothing back), or when it is given to a run that is done
+/// (`resume` would have nothing to acknowledge it for).
 fn check_acknowledgement(g: &Globals, db: &StateDb, env: &str, resumed: Option<&RunRow>) -> Result<(), CliError> {
     let Some(rollback) = g.acknowledged_rollback else { return Ok(()) };
     let marked = match db.run(rollback) {
-        Ok(row) if row.env == env => !db.events_by_kind(Some(rollback), &["rollback_marked"])?.is_empty(),
+        // An emergency restart on the running revision leaves nothing for a deploy to undo.
+        Ok(row) if row.env == env => db
+            .events_by_kind(Some(rollback), &["rollback_marked"])?
+            .iter()
+            .any(|e| e.payload["from_revision"] != e.payload["to_revision"]),
         _ => false,
     };
     if !marked {
@@ -808,8 +813,9 @@ mod tests {
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
     }
 
-    /// A state DB with a deploy stopped on `local`, a rollback on `local` (run 2), a rollback
-    /// attempt that marked nothing (run 3), and a rollback on another environment (run 4).
+    /// A state DB with a deploy stopped on `local`, a rollback on `local` (run 2), an emergency
+    /// restart on the running revision, which rolls nothing back (run 3), and a rollback on
+    /// another environment (run 4).
     fn runs_with_a_rollback(name: &str) -> (PathBuf, StateDb) {
         let dir = std::env::temp_dir().join(format!("runbook-ack-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -831,14 +837,17 @@ mod tests {
                     steps: &["S".to_string()],
                 })
                 .unwrap();
-            if runbook == "rollback" && run != 3 {
+            if runbook == "rollback" {
+                let restart = run == 3;
                 let marked = Event::RollbackMarked {
                     step: "R1".into(),
                     service: "dixie-armitage".into(),
-                    from_revision: "2".into(),
+                    from_revision: if restart { "1" } else { "2" }.into(),
                     to_revision: "1".into(),
                     operator: "op".into(),
                     host: "host".into(),
+                    emergency: restart,
+                    desired: restart.then_some(1),
                 };
                 db.record(Some(run), &marked).unwrap();
             }
@@ -866,7 +875,7 @@ mod tests {
             (0, "no such run"),
             (99, "no such run"),
             (1, "a deploy, not a rollback"),
-            (3, "a rollback run that marked nothing"),
+            (3, "an emergency restart on the running revision"),
             (4, "a rollback on another environment"),
         ] {
             let err = check_acknowledgement(&globals(Some(ack)), &db, "local", Some(&deploy)).unwrap_err();

@@ -137,6 +137,13 @@ pub(crate) enum Event {
         to_revision: String,
         operator: String,
         host: String,
+        /// 002's emergency variant: scaled to 0 tasks, then back up (on the same revision when
+        /// `from_revision` is `to_revision`: a restart, not a rollback). Absent in older rows.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        emergency: bool,
+        /// The task count it comes back to (the emergency variant).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        desired: Option<i32>,
     },
     /// An operator let a plan undo a rollback (`--ack-rollback RUN`).
     RollbackAcknowledged {

@@ -183,13 +183,20 @@ fn state_lock_released(p: &Value) -> String {
     format!("released terraform's state lock {} of {}", field(p, "lock_id"), field(p, "step"))
 }
 
+/// A rollback, or 002's emergency variant: a restart when it stays on the running revision.
 fn rollback(p: &Value) -> String {
-    format!(
-        "rolled {} back from revision {} to {}",
-        field(p, "service"),
-        p["from_revision"].as_str().map(String::from).unwrap_or_else(|| number(p, "from_revision")),
-        p["to_revision"].as_str().map(String::from).unwrap_or_else(|| number(p, "to_revision"))
-    )
+    let revision = |name: &str| p[name].as_str().map(String::from).unwrap_or_else(|| number(p, name));
+    let (service, from, to) = (field(p, "service"), revision("from_revision"), revision("to_revision"));
+    match (p["emergency"].as_bool() == Some(true), from == to) {
+        (false, _) => format!("rolled {service} back from revision {from} to {to}"),
+        (true, true) => {
+            format!("emergency restart of {service} at revision {to}: scaled 0 and back to {}", number(p, "desired"))
+        }
+        (true, false) => format!(
+            "emergency rollback of {service} from revision {from} to {to}: scaled 0 and back to {}",
+            number(p, "desired")
+        ),
+    }
 }
 
 fn rollback_acknowledged(p: &Value) -> String {

@@ -10,7 +10,6 @@ use crate::commands::{CliError, Outcome};
 use crate::engine::{PlanLine, PlanVerdict};
 use crate::error_chain::error_chain;
 use crate::event::{RunState, StepState};
-use crate::state::StateError;
 use crate::status::StatusView;
 
 /// What to print on stdout and stderr, and the exit code.
@@ -225,6 +224,9 @@ pub(crate) fn status_table(view: &StatusView) -> String {
         }
         let duration = row.duration_ms.map(format_duration).unwrap_or_else(|| "-".into());
         out.push_str(&format!("{:<8} {:<10} {:>8} {:>9}  {}\n", row.step, state, row.attempts, duration, note));
+        if let Some(put) = rollback_outputs(&step.outputs) {
+            out.push_str(&format!("{:9}{put}\n", ""));
+        }
     }
     if let Some(lock) = &view.lock {
         out.push_str(&format!(
@@ -257,6 +259,16 @@ pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 /// newlines and tabs escaped too.
 pub(crate) fn one_line(text: &str) -> String {
     printable(text).replace('\n', "\\n").replace('\t', "\\t")
+}
+
+/// What a rollback put in place, the outputs on call reads first: the revision, its task
+/// definition and the health it was judged by. A rollback's outputs are told by their names
+/// (the state keeps no step's kind; no other kind declares `revision`, a test holds that); every
+/// other step's outputs are in `status --json` only, where they would be noise here.
+fn rollback_outputs(outputs: &crate::event::Outputs) -> Option<String> {
+    let (revision, task_definition) = (outputs.get("revision")?, outputs.get("task_definition")?);
+    let health = outputs.get("health").map(String::as_str).unwrap_or("not recorded");
+    Some(format!("revision {revision}; task definition {task_definition}; health {health}"))
 }
 
 fn first_line(text: &str) -> String {

@@ -123,8 +123,21 @@ fn describe(event: &Event) -> Option<String> {
         Event::StateLockReleased { step, lock_id, operator, .. } => {
             format!("{operator} released the state lock {lock_id} of {step}")
         }
-        Event::RollbackMarked { step, service, from_revision, to_revision, operator, .. } => {
+        Event::RollbackMarked { step, service, from_revision, to_revision, operator, emergency: false, .. } => {
             format!("{step}: {operator} rolls {service} back from revision {from_revision} to {to_revision}")
+        }
+        Event::RollbackMarked { step, service, from_revision, to_revision, operator, desired, .. } => {
+            let back = desired.map(|d| d.to_string()).unwrap_or_else(|| "?".into());
+            if from_revision == to_revision {
+                format!(
+                    "{step}: {operator} restarts {service} at revision {to_revision} (emergency: 0 tasks, then {back})"
+                )
+            } else {
+                format!(
+                    "{step}: {operator} rolls {service} back from revision {from_revision} to {to_revision} \
+                     (emergency: 0 tasks, then {back})"
+                )
+            }
         }
         Event::RollbackAcknowledged { step, rollback_run, service, operator, .. } => {
             format!("{step}: {operator} acknowledged undoing the rollback of {service} by run {rollback_run}")

@@ -99,6 +99,18 @@ fn populated(mut db: StateDb) -> StateDb {
         "rollback_marked",
         r#"{"event":"rollback_marked","step":"R1","service":"dixie-armitage","from_revision":"7","to_revision":"6","operator":"dee","host":"bastion"}"#,
     );
+    db.append_raw_event_for_tests(
+        Some(one),
+        3,
+        "rollback_marked",
+        r#"{"event":"rollback_marked","step":"R1","service":"dixie-armitage","from_revision":"6","to_revision":"6","operator":"dee","host":"bastion","emergency":true,"desired":2}"#,
+    );
+    db.append_raw_event_for_tests(
+        Some(one),
+        4,
+        "rollback_marked",
+        r#"{"event":"rollback_marked","step":"R1","service":"dixie-armitage","from_revision":"7","to_revision":"6","operator":"dee","host":"bastion","emergency":true,"desired":1}"#,
+    );
     db.record(Some(one), &finished(one, RunState::Done)).unwrap();
     let two = new_run(&mut db, "sprint-3", "armitage", "bo", "bastion");
     db.record(Some(two), &failed("T2.4", "awaiting approval: Plan: 1 to add, 0 to change, 0 to destroy")).unwrap();
@@ -177,6 +189,16 @@ fn audit_lists_every_decision_on(db: &StateDb) {
             // An older runbook's event, without a host: its run's host.
             ("step_skipped", "cy@laptop".into(), "skipped T2.4: old"),
             ("rollback_marked", "dee@bastion".into(), "rolled dixie-armitage back from revision 7 to 6"),
+            (
+                "rollback_marked",
+                "dee@bastion".into(),
+                "emergency restart of dixie-armitage at revision 6: scaled 0 and back to 2"
+            ),
+            (
+                "rollback_marked",
+                "dee@bastion".into(),
+                "emergency rollback of dixie-armitage from revision 7 to 6: scaled 0 and back to 1"
+            ),
         ]
     );
     assert_eq!(view.decisions[0].detail["summary"], "Plan: 35 to add, 0 to change, 0 to destroy");
@@ -193,7 +215,7 @@ fn audit_defaults_to_the_last_run_on(db: &StateDb) {
     assert_eq!((last.run.as_ref().map(|r| r.id), last.decisions.len()), (Some(3), 0));
     let all = audit(db, None, true).unwrap();
     assert!(all.run.is_none());
-    assert_eq!(all.decisions.len(), 7);
+    assert_eq!(all.decisions.len(), 9);
     let unlock = all.decisions.last().unwrap();
     assert_eq!((unlock.run, unlock.kind.as_str()), (None, "lock_broken"));
     assert_eq!(unlock.decision, "broke the run lock held by process 4242 on ci-7");

@@ -9,7 +9,7 @@ use crate::environment::EnvError;
 use crate::event::Outputs;
 use crate::project::LookupError;
 use crate::runbook::RunbookError;
-use crate::state::{AttemptRow, Holder, RunRow, StepRow};
+use crate::state::{AttemptRow, Holder, RunRow, StateError, StepRow};
 use crate::status::StepView;
 
 const T0: i64 = 1_795_644_293_000;
@@ -111,6 +111,46 @@ fn a_done_step_with_a_tolerated_failure_shows_its_warning_in_the_table_and_the_j
     let json: serde_json::Value = serde_json::to_value(&v).unwrap();
     assert_eq!(json["steps"][1]["warnings"][0], "nats unreachable: sprint-3 T3.1 adds the rule");
     assert!(json["steps"][0].get("warnings").is_none(), "no empty list for a step without warnings");
+}
+
+#[test]
+fn status_table_shows_what_a_rollback_put_in_place_and_no_other_steps_outputs() {
+    let mut v = view(RunState::Done);
+    v.run.runbook = "rollback".into();
+    v.steps.truncate(1);
+    v.steps[0].outputs = Outputs::from([("repository_uri".into(), "0.dkr.ecr.us-east-1.amazonaws.com/dixie".into())]);
+    let mut rolled = row("R1", StepState::Applied, 1, Some(65_000), None);
+    rolled.warnings = vec!["nats unreachable: sprint-3 T3.1 adds the rule".into()];
+    let outputs = [
+        ("revision", "1"),
+        ("task_definition", "arn:aws:ecs:us-east-1:0:task-definition/dixie-armitage:1"),
+        ("deployment_id", "ecs-svc/1234"),
+        ("deployment_started_at", "2026-12-01T05:00:00Z"),
+        ("health", "status degraded, finn circuit closed, nats unreachable"),
+    ];
+    let outputs = outputs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    v.steps.push(StepView { row: rolled, next: None, outputs });
+    v.next = "nothing: every step is done".into();
+    let text = status_table(&v);
+    assert!(
+        text.contains(
+            "revision 1; task definition arn:aws:ecs:us-east-1:0:task-definition/dixie-armitage:1; \
+             health status degraded, finn circuit closed, nats unreachable"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("repository_uri") && !text.contains("ecs-svc/1234"), "{text}");
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn only_the_rollback_kind_declares_the_outputs_status_shows_a_rollback_by() {
+    let kinds: Vec<&str> = crate::steps::KINDS
+        .iter()
+        .filter(|k| k.outputs.is_some_and(|o| o.contains(&"revision") || o.contains(&"task_definition")))
+        .map(|k| k.name)
+        .collect();
+    assert_eq!(kinds, ["ecs_rollback"]);
 }
 
 #[test]

@@ -7,8 +7,13 @@
 //! so that a later terraform plan that would put the service forward again names the rollback
 //! it undoes and waits for an acknowledgement (see `terraform.rs`), and so that a re-run keeps
 //! the rollback in effect: with a marker whose target is running, the default target is that
-//! revision, and the probe is satisfied. The emergency variant (002 "Force Stop All Tasks")
-//! scales the service to 0 first, then back up on the target revision.
+//! revision, and the probe is satisfied.
+//!
+//! The emergency variant (002 "Force Stop All Tasks") is for tasks that are stuck: after
+//! approval it scales the service to 0, then back up on the target revision, which may be the
+//! running one (a restart). So its probe is never satisfied before this run has done both; a
+//! second tag (`runbook:emergency`: run, revision, task count, how far it got) tells a resumed
+//! run where it stopped: at 0 tasks it scales back up, it never stops there.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -22,6 +27,10 @@ use crate::health::{HealthPolicy, judge};
 
 /// The service tag a rollback leaves.
 pub(crate) const MARKER_TAG: &str = "runbook:rollback";
+
+/// The service tag an emergency run leaves (beside a rollback's marker, which a restart on the
+/// running revision leaves as it is: it rolls nothing back).
+const EMERGENCY_TAG: &str = "runbook:emergency";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,8 +83,7 @@ impl Marker {
     }
 
     pub(crate) fn parse(text: &str) -> Option<Self> {
-        let field =
-            |name: &str| text.split_whitespace().find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')));
+        let field = |name: &str| tag_field(text, name);
         Some(Marker {
             run: field("run")?.parse().ok()?,
             from: field("from")?.parse().ok()?,
@@ -95,6 +103,58 @@ impl Marker {
     }
 }
 
+/// The value of `name=value` in a tag's value.
+fn tag_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.split_whitespace().find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+}
+
+/// How far an emergency run got: `Down` is written before the scale to 0, `Up` before the
+/// scale back up (so a run killed between the two comes back up, never down again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Down,
+    Up,
+}
+
+/// What an emergency run left on the service: which run, the revision it brings back up, with
+/// how many tasks, and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Emergency {
+    run: i64,
+    revision: u32,
+    desired: i32,
+    phase: Phase,
+}
+
+impl Emergency {
+    fn tag_value(&self, by: &str, at: &str) -> String {
+        let phase = match self.phase {
+            Phase::Down => "down",
+            Phase::Up => "up",
+        };
+        format!("run={} revision={} desired={} stage={phase} by={by} at={at}", self.run, self.revision, self.desired)
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let field = |name: &str| tag_field(text, name);
+        Some(Emergency {
+            run: field("run")?.parse().ok()?,
+            revision: field("revision")?.parse().ok()?,
+            desired: field("desired")?.parse().ok()?,
+            phase: match field("stage")? {
+                "down" => Phase::Down,
+                "up" => Phase::Up,
+                _ => return None,
+            },
+        })
+    }
+}
+
+/// `operator@host` as a tag value allows it.
+fn tagged_by() -> String {
+    format!("{}@{}", crate::identity::operator(), crate::identity::host()).replace(char::is_whitespace, "_")
+}
+
 /// `(family, revision)` of a task definition ARN or `family:revision`.
 pub(crate) fn family_revision(task_definition: &str) -> Option<(String, u32)> {
     let name = task_definition.rsplit('/').next()?;
@@ -108,6 +168,7 @@ struct Seen {
     family: String,
     running: u32,
     marker: Option<Marker>,
+    emergency: Option<Emergency>,
     /// ACTIVE revisions of the family, newest first.
     revisions: Vec<u32>,
     target: u32,
@@ -130,27 +191,36 @@ impl Params {
             .send()
             .await
             .map_err(|e| StepError::from_sdk("ecs:ListTagsForResource", e))?;
-        let marker = tags.tags().iter().find(|t| t.key() == Some(MARKER_TAG)).and_then(|t| Marker::parse(t.value()?));
-        let listed = cx
-            .cloud
-            .ecs
-            .list_task_definitions()
-            .family_prefix(&family)
-            .status(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
-            .sort(aws_sdk_ecs::types::SortOrder::Desc)
-            .max_results(100)
-            .send()
-            .await
-            .map_err(|e| StepError::from_sdk("ecs:ListTaskDefinitions", e))?;
-        let revisions: Vec<u32> = listed
-            .task_definition_arns()
-            .iter()
-            .filter_map(|arn| family_revision(arn))
-            .filter(|(f, _)| *f == family)
-            .map(|(_, r)| r)
-            .collect();
+        let tag = |key: &str| tags.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value());
+        let marker = tag(MARKER_TAG).and_then(Marker::parse);
+        let emergency = tag(EMERGENCY_TAG).and_then(Emergency::parse);
+        let revisions = revisions(cx, &family).await?;
         let target = self.target(&family, running, marker.as_ref(), &revisions)?;
-        Ok(Seen { svc, family, running, marker, revisions, target })
+        Ok(Seen { svc, family, running, marker, emergency, revisions, target })
+    }
+
+    /// The emergency tag this run wrote for the target, at any phase.
+    fn this_runs<'a>(&self, cx: &StepContext, seen: &'a Seen) -> Option<&'a Emergency> {
+        seen.emergency.as_ref().filter(|e| cx.run() == Some(e.run) && e.revision == seen.target)
+    }
+
+    /// Whether this run has scaled the service to 0 and ordered it back up on the target.
+    fn restarted(&self, cx: &StepContext, seen: &Seen) -> bool {
+        self.this_runs(cx, seen).is_some_and(|e| e.phase == Phase::Up) && seen.svc.desired > 0
+    }
+
+    /// The task count to come back to: what this run (or one that died at 0 tasks) wrote down,
+    /// else what the service runs (at least 1).
+    fn desired(&self, cx: &StepContext, seen: &Seen) -> i32 {
+        if let Some(e) = self.this_runs(cx, seen) {
+            return e.desired;
+        }
+        let at_zero = seen.svc.desired == 0;
+        match (&seen.emergency, &seen.marker) {
+            (Some(e), _) if at_zero && e.phase == Phase::Down => e.desired,
+            (_, Some(m)) if m.from == seen.running && m.to == seen.target => m.desired,
+            _ => seen.svc.desired.max(1),
+        }
     }
 
     /// `revision`, or the revision before the running one; while a rollback is in effect (its
@@ -213,30 +283,29 @@ impl Params {
         Ok(())
     }
 
-    fn what(&self, seen: &Seen) -> String {
-        format!(
-            "roll {} back from revision {} to {}{}",
-            self.service,
-            seen.running,
-            seen.target,
-            if self.emergency { " (emergency: scale to 0, then up on it)" } else { "" }
-        )
+    /// What `apply` would do, `desired` the emergency's task count.
+    fn what(&self, seen: &Seen, desired: i32) -> String {
+        match (self.emergency, seen.running == seen.target) {
+            (true, true) => format!(
+                "emergency restart of {} at revision {}: scale to 0 tasks, then back to {desired}",
+                self.service, seen.target
+            ),
+            (true, false) => format!(
+                "emergency rollback of {} from revision {} to {}: scale to 0 tasks, then back to {desired} on it",
+                self.service, seen.running, seen.target
+            ),
+            (false, _) => format!("roll {} back from revision {} to {}", self.service, seen.running, seen.target),
+        }
     }
 
-    /// Writes the marker before the change it names, keeping the task count of a marker this
-    /// rollback already wrote (an emergency rollback that died at 0 tasks comes back to 1).
-    async fn mark(&self, cx: &StepContext, seen: &Seen) -> Result<Marker, StepError> {
-        let desired = match &seen.marker {
-            Some(m) if m.from == seen.running && m.to == seen.target => m.desired,
-            _ => seen.svc.desired.max(1),
-        };
+    /// Writes the marker before the change it names.
+    async fn mark(&self, cx: &StepContext, seen: &Seen, desired: i32) -> Result<Marker, StepError> {
         let marker = Marker {
             run: cx.run().unwrap_or(0),
             from: seen.running,
             to: seen.target,
             desired,
-            by: format!("{}@{}", crate::identity::operator(), crate::identity::host())
-                .replace(char::is_whitespace, "_"),
+            by: tagged_by(),
             at: crate::clock::format_utc(crate::clock::now_ms()),
         };
         let tag = aws_sdk_ecs::types::Tag::builder().key(MARKER_TAG).value(marker.tag_value()).build();
@@ -248,6 +317,12 @@ impl Params {
             .send()
             .await
             .map_err(|e| StepError::from_sdk("ecs:TagResource", e))?;
+        self.record(cx, seen, desired).await;
+        Ok(marker)
+    }
+
+    /// The audit's record of the rollback, or of the emergency restart.
+    async fn record(&self, cx: &StepContext, seen: &Seen, desired: i32) {
         cx.recorder
             .emit(Event::RollbackMarked {
                 step: cx.step.clone(),
@@ -256,24 +331,46 @@ impl Params {
                 to_revision: seen.target.to_string(),
                 operator: crate::identity::operator(),
                 host: crate::identity::host(),
+                emergency: self.emergency,
+                desired: self.emergency.then_some(desired),
             })
             .await;
-        Ok(marker)
     }
 
-    /// The emergency variant's first half: desired 0, then no task running, bounded.
-    async fn scale_to_zero(&self, cx: &StepContext) -> Result<(), StepError> {
-        cx.log(format!("emergency: scaling {} to 0 tasks", self.service)).await;
+    /// Writes how far this emergency run got, before the change it names.
+    async fn tag_emergency(&self, cx: &StepContext, seen: &Seen, desired: i32, phase: Phase) -> Result<(), StepError> {
+        let emergency = Emergency { run: cx.run().unwrap_or(0), revision: seen.target, desired, phase };
+        let value = emergency.tag_value(&tagged_by(), &crate::clock::format_utc(crate::clock::now_ms()));
+        let tag = aws_sdk_ecs::types::Tag::builder().key(EMERGENCY_TAG).value(value).build();
         cx.cloud
             .ecs
-            .update_service()
-            .cluster(&self.cluster)
-            .service(&self.service)
-            .desired_count(0)
+            .tag_resource()
+            .resource_arn(&seen.svc.arn)
+            .tags(tag)
             .send()
             .await
-            .map_err(|e| StepError::from_sdk("ecs:UpdateService", e))?;
-        cx.checkpoint("after-scale-to-zero");
+            .map_err(|e| StepError::from_sdk("ecs:TagResource", e))?;
+        Ok(())
+    }
+
+    /// The emergency variant's first half: desired 0 (unless it is already), then no task
+    /// running, bounded.
+    async fn scale_to_zero(&self, cx: &StepContext, seen: &Seen) -> Result<(), StepError> {
+        if seen.svc.desired != 0 {
+            cx.log(format!("emergency: scaling {} to 0 tasks", self.service)).await;
+            cx.cloud
+                .ecs
+                .update_service()
+                .cluster(&self.cluster)
+                .service(&self.service)
+                .desired_count(0)
+                .send()
+                .await
+                .map_err(|e| StepError::from_sdk("ecs:UpdateService", e))?;
+            cx.checkpoint("after-scale-to-zero");
+        } else {
+            cx.log(format!("emergency: {} is at 0 tasks already", self.service)).await;
+        }
         let started = tokio::time::Instant::now();
         loop {
             let svc = describe_service(cx, &self.cluster, &self.service).await?;
@@ -322,8 +419,9 @@ impl Step for Params {
     async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
         let seen = self.look(cx).await?;
         self.show(cx, &seen).await?;
-        if seen.running != seen.target {
-            return Ok(Probe::Absent(self.what(&seen)));
+        // An emergency is for tasks that are stuck: it is done only once this run restarted them.
+        if seen.running != seen.target || (self.emergency && !self.restarted(cx, &seen)) {
+            return Ok(Probe::Absent(self.what(&seen, self.desired(cx, &seen))));
         }
         let svc = &seen.svc;
         if let Some(why) = &svc.failed {
@@ -377,15 +475,62 @@ impl Step for Params {
 
     async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         let seen = self.look(cx).await?;
+        if self.emergency {
+            return self.emergency(cx, &seen).await;
+        }
         if seen.running == seen.target {
             cx.log(format!("{} already runs revision {}: waiting for it", self.service, seen.target)).await;
             return Ok(());
         }
-        cx.log(self.what(&seen)).await;
-        let marker = self.mark(cx, &seen).await?;
+        let desired = self.desired(cx, &seen);
+        cx.log(self.what(&seen, desired)).await;
+        self.mark(cx, &seen, desired).await?;
         cx.checkpoint("after-mark");
-        let mut update = cx
-            .cloud
+        self.deploy(cx, &seen, None).await
+    }
+}
+
+impl Params {
+    /// 002's "Force Stop All Tasks", after approval: 0 tasks, then back up on the target. A run
+    /// that finds its own tag resumes where it stopped, without asking again.
+    async fn emergency(&self, cx: &StepContext, seen: &Seen) -> Result<(), StepError> {
+        if self.restarted(cx, seen) {
+            cx.log(format!("{} is back up on revision {}: waiting for it", self.service, seen.target)).await;
+            return Ok(());
+        }
+        let desired = self.desired(cx, seen);
+        let what = self.what(seen, desired);
+        if self.this_runs(cx, seen).is_some() {
+            cx.log(format!("resuming: {what}")).await;
+        } else {
+            if !cx.approve(&what).await {
+                let fix = cx.run().map(|run| {
+                    format!(
+                        "review the revisions (runbook logs {}), then: {}",
+                        cx.step,
+                        crate::hint::resume_approving(run)
+                    )
+                });
+                return Err(StepError::AwaitingApproval { summary: what, fix });
+            }
+            cx.log(what).await;
+            // Recorded before the tag that makes a resumed run skip this (and the approval).
+            if seen.running == seen.target {
+                self.record(cx, seen, desired).await;
+            } else {
+                self.mark(cx, seen, desired).await?;
+            }
+            self.tag_emergency(cx, seen, desired, Phase::Down).await?;
+            cx.checkpoint("after-mark");
+        }
+        self.scale_to_zero(cx, seen).await?;
+        self.tag_emergency(cx, seen, desired, Phase::Up).await?;
+        self.deploy(cx, seen, Some(desired)).await
+    }
+
+    /// Puts the service on the target revision (with `desired` tasks, for the emergency).
+    async fn deploy(&self, cx: &StepContext, seen: &Seen, desired: Option<i32>) -> Result<(), StepError> {
+        cx.cloud
             .ecs
             .update_service()
             .cluster(&self.cluster)
@@ -393,95 +538,47 @@ impl Step for Params {
             .task_definition(format!("{}:{}", seen.family, seen.target))
             // ECS starts a deployment for a new task definition anyway; moto only for a forced
             // one (docs/ring.md), and the verify waits for the deployment's own task.
-            .force_new_deployment(true);
-        if self.emergency {
-            self.scale_to_zero(cx).await?;
-            update = update.desired_count(marker.desired);
-        }
-        update.send().await.map_err(|e| StepError::from_sdk("ecs:UpdateService", e))?;
-        cx.log(format!(
-            "{} now deploys {}:{}{}",
-            self.service,
-            seen.family,
-            seen.target,
-            if self.emergency { format!(" with {} task(s)", marker.desired) } else { String::new() }
-        ))
-        .await;
+            .force_new_deployment(true)
+            .set_desired_count(desired)
+            .send()
+            .await
+            .map_err(|e| StepError::from_sdk("ecs:UpdateService", e))?;
+        let tasks = desired.map(|d| format!(" with {d} task(s)")).unwrap_or_default();
+        cx.log(format!("{} now deploys {}:{}{tasks}", self.service, seen.family, seen.target)).await;
         cx.checkpoint("after-update");
         Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn params(revision: &str) -> Params {
-        toml::from_str(&format!(
-            "cluster = \"c\"\nservice = \"dixie-armitage\"\nrevision = \"{revision}\"\n\
-             health_url = \"http://127.0.0.1:1/api/health\"\nhealth = \"dixie\"\n"
-        ))
-        .unwrap()
+/// The family's ACTIVE revisions, newest first by number: moto answers oldest first whatever
+/// the sort asks, so the order is ours, over every page.
+async fn revisions(cx: &StepContext, family: &str) -> Result<Vec<u32>, StepError> {
+    let mut revisions = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let listed = cx
+            .cloud
+            .ecs
+            .list_task_definitions()
+            .family_prefix(family)
+            .status(aws_sdk_ecs::types::TaskDefinitionStatus::Active)
+            .sort(aws_sdk_ecs::types::SortOrder::Desc)
+            .max_results(100)
+            .set_next_token(next)
+            .send()
+            .await
+            .map_err(|e| StepError::from_sdk("ecs:ListTaskDefinitions", e))?;
+        let arns = listed.task_definition_arns().iter().filter_map(|arn| family_revision(arn));
+        revisions.extend(arns.filter(|(f, _)| f == family).map(|(_, r)| r));
+        next = listed.next_token().filter(|t| !t.is_empty()).map(String::from);
+        if next.is_none() {
+            break;
+        }
     }
-
-    fn marker(from: u32, to: u32) -> Marker {
-        Marker { run: 7, from, to, desired: 1, by: "ana@laptop".into(), at: "2026-12-01T05:00:00Z".into() }
-    }
-
-    #[test]
-    fn a_marker_reads_back_what_it_wrote() {
-        let m = marker(3, 2);
-        assert_eq!(Marker::parse(&m.tag_value()), Some(m.clone()));
-        assert!(m.tag_value().len() <= 256, "ECS tag values are at most 256 characters");
-        assert_eq!(Marker::parse("run=x from=3"), None);
-        assert_eq!(
-            m.describe("dixie-armitage"),
-            "rollback run 7 of dixie-armitage to revision 2 (from 3) by ana@laptop at 2026-12-01T05:00:00Z"
-        );
-    }
-
-    #[test]
-    fn task_definition_arns_give_family_and_revision() {
-        assert_eq!(
-            family_revision("arn:aws:ecs:us-east-1:1:task-definition/dixie-armitage:12"),
-            Some(("dixie-armitage".into(), 12))
-        );
-        assert_eq!(family_revision("dixie-armitage:3"), Some(("dixie-armitage".into(), 3)));
-        assert_eq!(family_revision("dixie-armitage"), None);
-    }
-
-    #[test]
-    fn the_default_target_is_the_revision_before_the_running_one_and_stays_put_once_rolled_back() {
-        let p = params("");
-        let revisions = [5, 4, 2, 1];
-        assert_eq!(p.target("f", 5, None, &revisions).unwrap(), 4);
-        // Revision 3 was deregistered: the one before 4 is 2.
-        assert_eq!(p.target("f", 4, None, &revisions).unwrap(), 2);
-        // Rolled back from 5 to 2: a re-run keeps 2 rather than going further back.
-        assert_eq!(p.target("f", 2, Some(&marker(5, 2)), &revisions).unwrap(), 2);
-        // A marker whose target no longer runs (terraform put the service forward) is history.
-        assert_eq!(p.target("f", 5, Some(&marker(5, 2)), &revisions).unwrap(), 4);
-        let err = p.target("f", 1, None, &revisions).unwrap_err().to_string();
-        assert!(err.contains("no ACTIVE revision before the running 1"), "{err}");
-    }
-
-    #[test]
-    fn a_named_revision_must_be_active() {
-        let revisions = [5, 4, 2, 1];
-        assert_eq!(params("2").target("f", 5, None, &revisions).unwrap(), 2);
-        let err = params("3").target("f", 5, None, &revisions).unwrap_err();
-        assert!(err.to_string().contains("f:3 is not an ACTIVE revision; the latest are 5, 4, 2, 1"), "{err}");
-        assert_eq!(err.fix(), Some("pass one of them: --var revision=N"));
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        assert!(params("x").validate().unwrap_err().starts_with("revision: expected a revision number"));
-        assert!(params("0").validate().is_err());
-        assert!(params("").validate().is_ok());
-        let bad: Result<Params, _> = toml::from_str(
-            "cluster = \"c\"\nservice = \"s\"\nemergency = \"yes\"\nhealth_url = \"http://x/\"\nhealth = \"dixie\"\n",
-        );
-        assert!(bad.unwrap_err().to_string().contains("emergency: expected true or false, got \"yes\""));
-    }
+    revisions.sort_unstable_by(|a, b| b.cmp(a));
+    revisions.dedup();
+    Ok(revisions)
 }
+
+#[cfg(test)]
+mod tests;

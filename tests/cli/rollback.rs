@@ -1,6 +1,7 @@
 //! Rollback on the ring (002 "Rollback Procedure"): deploy a second image, roll back to the
 //! first, re-run (nothing happens), then see the next deploy stop until the rollback is
-//! acknowledged; and the emergency variant (0 tasks, then 1 on the target revision).
+//! acknowledged; and the emergency variant (0 tasks, then 1 on the target revision), which
+//! restarts the running revision when run again.
 
 use super::*;
 
@@ -118,9 +119,25 @@ fn a_rollback_runs_the_old_revision_a_rerun_does_nothing_and_the_next_deploy_wai
     // The emergency variant: 0 tasks, then 1 on the target revision.
     rb().run(&["run", "rollback", "--yes", "--var", "emergency=true", "--var", "revision=1"])
         .expect_code(0)
+        .expect_text(
+            "emergency rollback of dixie-armitage from revision 2 to 1: scale to 0 tasks, then back to 1 on it",
+        )
         .expect_text("emergency: scaling dixie-armitage to 0 tasks")
         .expect_text("dixie-armitage: no task running")
         .expect_text("now deploys dixie-armitage:1 with 1 task(s)");
     let (revision, desired, _) = dixie_service();
     assert_eq!((revision.as_str(), desired), ("dixie-armitage:1", 1));
+    // Again, with that rollback in effect: the tasks are stuck, so it restarts them (never
+    // "nothing to do"), and the audit calls it a restart, not a rollback.
+    rb().run(&["run", "rollback", "--yes", "--var", "emergency=true"])
+        .expect_code(0)
+        .expect_text("emergency restart of dixie-armitage at revision 1: scale to 0 tasks, then back to 1")
+        .expect_text("emergency: scaling dixie-armitage to 0 tasks")
+        .expect_text("now deploys dixie-armitage:1 with 1 task(s)");
+    let (revision, desired, marker) = dixie_service();
+    assert_eq!((revision.as_str(), desired), ("dixie-armitage:1", 1));
+    assert!(marker.is_some_and(|m| m.contains("from=2 to=1")), "the restart keeps the rollback's marker");
+    rb().run(&["audit"])
+        .expect_code(0)
+        .expect_text("emergency restart of dixie-armitage at revision 1: scaled 0 and back to 1");
 }
