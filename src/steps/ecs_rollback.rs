@@ -412,6 +412,12 @@ impl Step for Params {
         reach::check_http_url("health_url", &self.health_url)
     }
 
+    /// Read-only, before a run is recorded: the service, its revisions and the target; a
+    /// revision that is not ACTIVE is refused listing the latest.
+    async fn preflight(&self, cx: &StepContext) -> Result<(), StepError> {
+        self.look(cx).await.map(drop)
+    }
+
     fn converge_within(&self) -> Duration {
         Duration::from_secs(self.wait_seconds)
     }

@@ -56,6 +56,12 @@ fn a_rollback_runs_the_old_revision_a_rerun_does_nothing_and_the_next_deploy_wai
         }
     });
     assert!(settled, "Dixie's task on revision 2 did not stay up for 5 s within 30 s");
+    // A revision that does not exist is refused by the preflight, listing the revisions: no run.
+    let runs = runs_in(&scratch.state());
+    rb().run(&["run", "rollback", "--yes", "--var", "revision=99999"])
+        .expect_code(2)
+        .expect_text("dixie-armitage:99999 is not an ACTIVE revision; the latest are 2, 1");
+    assert_eq!(runs_in(&scratch.state()), runs, "a refused rollback recorded a run");
 
     let started = std::time::Instant::now();
     let rolled = rb().run(&["run", "rollback", "--yes"]);
