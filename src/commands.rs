@@ -229,8 +229,17 @@ pub(crate) async fn run(
     // A state DB that is there is checked before the cloud (a wrong --state is the likelier
     // mistake); one that is not is created only once the preflight has passed, so that a
     // refused run leaves nothing behind. Nothing is written before the preflight either.
-    let exists = crate::state::is_url(&g.state) || g.state.exists();
-    let opened = if exists { Some(crate::state::timing::measure_open(|| StateDb::open(&g.state))?) } else { None };
+    let opened = if crate::state::is_url(&g.state) {
+        // Reached and read, not created: a PostgreSQL schema is made only for a run that starts.
+        match StateDb::open_existing(&g.state, true) {
+            Ok(_) | Err(StateError::Missing { .. }) => None,
+            Err(e) => return Err(e.into()),
+        }
+    } else if g.state.exists() {
+        Some(crate::state::timing::measure_open(|| StateDb::open(&g.state))?)
+    } else {
+        None
+    };
     let cloud = connect(g, &book, &env, &BTreeMap::new(), |_| true).await?;
     let mut db = match opened {
         Some(db) => db,
