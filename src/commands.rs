@@ -146,6 +146,22 @@ pub(crate) struct Globals {
     pub(crate) acknowledged_rollback: Option<i64>,
 }
 
+impl Globals {
+    /// What the steps of a command may use, built here only. `run` is the run being recorded;
+    /// without one (plan, diagnose, a preflight) nothing is ever approved.
+    fn services(&self, env: Arc<Environment>, cloud: Arc<Cloud>, work: PathBuf, run: Option<i64>) -> Services {
+        Services {
+            env,
+            cloud,
+            project: Arc::new(self.project.clone()),
+            work_dir: Arc::new(work),
+            approver: if run.is_some() { self.approver.clone() } else { Approver::Withheld },
+            run,
+            acknowledged_rollback: self.acknowledged_rollback,
+        }
+    }
+}
+
 pub(crate) fn parse_vars(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
     pairs
         .iter()
@@ -188,15 +204,7 @@ async fn connect(
     let cloud = Cloud::connect(env).await;
     cloud.preflight(env).await?;
     let cloud = Arc::new(cloud);
-    let services = Arc::new(Services {
-        env: Arc::new(env.clone()),
-        cloud: cloud.clone(),
-        project: Arc::new(g.project.clone()),
-        work_dir: Arc::new(std::env::temp_dir()),
-        approver: Approver::Withheld,
-        run: None,
-        acknowledged_rollback: g.acknowledged_rollback,
-    });
+    let services = Arc::new(g.services(Arc::new(env.clone()), cloud.clone(), std::env::temp_dir(), None));
     crate::engine::preflight(book, services, outputs, will_run).await.map_err(|r| CliError::Preflight {
         step: r.step,
         kind: r.kind,
@@ -465,15 +473,8 @@ pub(crate) async fn release_state_lock(
     let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
     let takeover = take_lock(&mut db, &me)?;
-    let services = Arc::new(Services {
-        env: Arc::new(env.clone()),
-        cloud: Arc::new(Cloud::connect(&env).await),
-        project: Arc::new(g.project.clone()),
-        work_dir: Arc::new(work),
-        approver: Approver::Withheld,
-        run: Some(row.id),
-        acknowledged_rollback: None,
-    });
+    let cloud = Arc::new(Cloud::connect(&env).await);
+    let services = Arc::new(g.services(Arc::new(env.clone()), cloud, work, Some(row.id)));
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let cx = crate::steps::StepContext::new(&services, step, 0, Recorder::new(None, tx));
     let released = typed.release_lock(&cx, lock_id).await;
@@ -547,15 +548,7 @@ pub(crate) async fn plan(
     cloud.preflight(&env).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let reporter = reporter::spawn(if g.mode == Mode::Json { Mode::Json } else { Mode::Plain }, rx);
-    let services = Arc::new(Services {
-        env: Arc::new(env),
-        cloud: Arc::new(cloud),
-        project: Arc::new(g.project.clone()),
-        work_dir: Arc::new(work_dir(&g.state)?),
-        approver: Approver::Withheld,
-        run: None,
-        acknowledged_rollback: None,
-    });
+    let services = Arc::new(g.services(Arc::new(env), Arc::new(cloud), work_dir(&g.state)?, None));
     let lines = crate::engine::plan(&book, services, Recorder::new(None, tx)).await;
     let _ = reporter.await;
     Ok(Outcome::Plan(lines))
@@ -615,15 +608,7 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
     // Kept beside the engine's: the webhook is told once the run has ended.
     let env = Arc::new(env);
     let swept = work.clone();
-    let services = Services {
-        env: env.clone(),
-        cloud: cloud.clone(),
-        project: Arc::new(g.project.clone()),
-        work_dir: Arc::new(work),
-        approver: g.approver.clone(),
-        run: Some(run),
-        acknowledged_rollback: g.acknowledged_rollback,
-    };
+    let services = g.services(env.clone(), cloud.clone(), work, Some(run));
     let engine = Engine {
         runbook: Arc::new(book),
         services: Arc::new(services),
@@ -779,16 +764,8 @@ pub(crate) async fn diagnose(g: &Globals, env: &str, vars: BTreeMap<String, Stri
     cloud.preflight(&env).await?;
     let started = std::time::Instant::now();
     let name = env.name.clone();
-    let services = Arc::new(Services {
-        env: Arc::new(env),
-        cloud: Arc::new(cloud),
-        project: Arc::new(g.project.clone()),
-        // The checks only read: no plan or log file is ever written there.
-        work_dir: Arc::new(std::env::temp_dir()),
-        approver: Approver::Withheld,
-        run: None,
-        acknowledged_rollback: None,
-    });
+    // The checks only read: no plan or log file is ever written in the work folder given.
+    let services = Arc::new(g.services(Arc::new(env), Arc::new(cloud), std::env::temp_dir(), None));
     let findings = crate::steps::diagnose_all(&book, services).await.map_err(CliError::Usage)?;
     Ok(Outcome::Diagnosis { env: name, findings, elapsed_ms: started.elapsed().as_millis() as u64 })
 }
