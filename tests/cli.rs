@@ -2023,41 +2023,9 @@ fn sprint_3_takes_dixie_from_degraded_to_healthy_with_one_redeploy_and_a_rerun_c
     rb().run(&["run", "sprint-3", "--yes"]).expect_code(0).expect_text("nats url       pass");
 }
 
-#[test]
-fn a_red_check_merges_nothing_without_the_nats_rule_t3_3_names_nats_and_a_slow_finn_fails_it() {
-    let Some(_ring) = fresh_ring() else { return };
-    let scratch = Scratch::new("sprint3-faults");
-    let project = impatient_project(&scratch);
-    edit_file(
-        &project.join("runbooks/environments/local.toml"),
-        &[
-            ("nats_security_group = \"arrakis-staging-nats-sg\"", "nats_security_group = \"no-such-sg\""),
-            ("deploy_wait_seconds = \"40\"", "deploy_wait_seconds = \"10\""),
-        ],
-    );
-    let rb = || scratch.runbook().project(&project);
-    rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
-
-    // A red check on the second PR: nothing is merged, not even the first.
-    github_ring("POST", "check", serde_json::json!({"pr": 53, "name": "build", "conclusion": "failure"}));
-    let failed = rb().run(&["run", "sprint-3", "--yes"]);
-    failed
-        .expect_code(1)
-        .expect_text("T3.1 FAILED: group: no security group named no-such-sg")
-        .expect_text("PR #53")
-        .expect_text("build");
-    assert_eq!(github_merges(), Vec::<(String, u64)>::new(), "a merge happened despite the red check");
-
-    // Without T3.1 (skipped, with a reason), T3.3 names NATS; #54 is never merged.
-    rb().run(&["skip", "T3.1", "--reason", "rehearsing T3.3 without the NATS rule"]).expect_code(0);
-    github_ring("POST", "check", serde_json::json!({"pr": 53, "name": "build", "conclusion": "success"}));
-    let resumed = rb().run(&["resume", "--yes"]);
-    resumed.expect_code(1).expect_text("T3.2 ok").expect_text("T3.3 FAILED").expect_text("nats unreachable");
-    let merged: Vec<String> =
-        github_merges().into_iter().filter(|(_, status)| *status == 200).map(|(pr, _)| pr).collect();
-    assert_eq!(merged, ["55", "53", "52"]);
-
-    // The rule in place but Finn slow (180 ms): T3.3 fails naming the latency and its samples.
+/// Adds (or removes) the NATS group's rule admitting Dixie's on 4222, by hand, as the group's
+/// owners would.
+fn nats_rule(add: bool) {
     block_on(async {
         let ec2 = aws_sdk_ec2::Client::new(&aws().await);
         let id = |name: &'static str| {
@@ -2080,8 +2048,43 @@ fn a_red_check_merges_nothing_without_the_nats_rule_t3_3_names_nats_and_a_slow_f
             .to_port(4222)
             .user_id_group_pairs(pair)
             .build();
-        ec2.authorize_security_group_ingress().group_id(nats).ip_permissions(permission).send().await.unwrap();
+        if add {
+            ec2.authorize_security_group_ingress().group_id(nats).ip_permissions(permission).send().await.unwrap();
+        } else {
+            ec2.revoke_security_group_ingress().group_id(nats).ip_permissions(permission).send().await.unwrap();
+        }
     });
+}
+
+#[test]
+fn a_red_check_merges_nothing_without_the_nats_rule_t3_3_names_nats_and_a_slow_finn_fails_it() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("sprint3-faults");
+    let project = impatient_project(&scratch);
+    edit_file(
+        &project.join("runbooks/environments/local.toml"),
+        &[("deploy_wait_seconds = \"40\"", "deploy_wait_seconds = \"10\"")],
+    );
+    let rb = || scratch.runbook().project(&project);
+    rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
+
+    // A red check on the second PR: nothing is merged, not even the first.
+    github_ring("POST", "check", serde_json::json!({"pr": 53, "name": "build", "conclusion": "failure"}));
+    let failed = rb().run(&["run", "sprint-3", "--yes"]);
+    failed.expect_code(1).expect_text("T3.2 FAILED").expect_text("PR #53").expect_text("build");
+    assert_eq!(github_merges(), Vec::<(String, u64)>::new(), "a merge happened despite the red check");
+
+    // The NATS rule removed by its owners meanwhile: T3.3 names NATS; #54 is never merged.
+    nats_rule(false);
+    github_ring("POST", "check", serde_json::json!({"pr": 53, "name": "build", "conclusion": "success"}));
+    let resumed = rb().run(&["resume", "--yes"]);
+    resumed.expect_code(1).expect_text("T3.2 ok").expect_text("T3.3 FAILED").expect_text("nats unreachable");
+    let merged: Vec<String> =
+        github_merges().into_iter().filter(|(_, status)| *status == 200).map(|(pr, _)| pr).collect();
+    assert_eq!(merged, ["55", "53", "52"]);
+
+    // The rule in place again but Finn slow (180 ms): T3.3 fails naming the latency and its samples.
+    nats_rule(true);
     let delay_file = self::project().join(".ring/finn-delay-ms");
     std::fs::write(&delay_file, "180").unwrap();
     let slow = rb().run(&["retry", "T3.3", "--yes"]);

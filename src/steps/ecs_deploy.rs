@@ -383,12 +383,10 @@ impl Step for Params {
         reach::check_http_url("health_url", &self.health_url)
     }
 
-    /// The groups of the rules it picks up exist; a NATS_URL that is there already is a
-    /// nats:// URL (one an upstream step writes is judged when the step runs).
+    /// A NATS_URL that is there already is a nats:// URL (one an upstream step writes is
+    /// judged when the step runs). The rules it picks up may be missing: it redeploys without
+    /// them and its health names what is not reachable.
     async fn preflight(&self, cx: &StepContext) -> Result<(), StepError> {
-        for rule in &self.rules {
-            rule.preflight(cx).await?;
-        }
         if let Some(nats) = &self.nats_url
             && let Some(url) = cx.parameter(&nats.param).await?
         {
