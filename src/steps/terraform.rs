@@ -790,5 +790,7 @@ fn undone_rollback(plan: &serde_json::Value) -> Option<(String, Marker)> {
     })
 }
 
+mod change;
+
 #[cfg(test)]
 mod tests;
