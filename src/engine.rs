@@ -198,7 +198,7 @@ async fn run_step(
                     StepError::Fatal { message, fix } => (message, fix),
                     StepError::AwaitingApproval { summary, fix } => (
                         format!("awaiting approval: {summary}"),
-                        fix.or_else(|| Some("review the plan (runbook logs), then: runbook resume --yes".to_string())),
+                        fix.or_else(|| Some(approval_fix(id, shared.services.run))),
                     ),
                 };
                 shared
@@ -208,6 +208,17 @@ async fn run_step(
                 return None;
             }
         }
+    }
+}
+
+/// What to do about a change that waits for approval: it was printed with the step's failure
+/// (and posted); `logs` shows it again; `resume --yes` applies it, asking again if it changed.
+fn approval_fix(step: &str, run: Option<i64>) -> String {
+    match run {
+        Some(run) => format!(
+            "the change is listed above (again: runbook logs {step} --run {run}); to apply it: runbook resume {run} --yes"
+        ),
+        None => format!("the change is listed above (again: runbook logs {step}); to apply it: runbook resume --yes"),
     }
 }
 

@@ -251,15 +251,6 @@ pub(super) async fn prepare(
     let file = NamedFile { path: dir.join(format!("{name}.toml")), hash: sha256_hex(text.as_bytes()), text };
     let runbook = Runbook::from_file(registry, file, name, &env, &BTreeMap::new()).unwrap();
     let cloud = Cloud::connect(&env).await;
-    let services = Arc::new(Services {
-        env: Arc::new(env),
-        cloud: Arc::new(cloud),
-        project: Arc::new(dir.to_path_buf()),
-        work_dir: Arc::new(dir.to_path_buf()),
-        approver,
-        run: None,
-        acknowledged_rollback: None,
-    });
     let mut db = StateDb::open(state).unwrap();
     let ids: Vec<String> = runbook.steps.iter().map(|s| s.id.clone()).collect();
     let vars = BTreeMap::new();
@@ -274,6 +265,15 @@ pub(super) async fn prepare(
         steps: &ids,
     };
     let run = db.create_run(&new).unwrap();
+    let services = Arc::new(Services {
+        env: Arc::new(env),
+        cloud: Arc::new(cloud),
+        project: Arc::new(dir.to_path_buf()),
+        work_dir: Arc::new(dir.to_path_buf()),
+        approver,
+        run: Some(run),
+        acknowledged_rollback: None,
+    });
     (runbook, services, run)
 }
 
@@ -537,7 +537,13 @@ async fn refused_approval_stops_the_step_resumably_and_is_recorded() {
         assert_eq!(status, RunState::Failed);
         let row = h.step_row("a");
         assert_eq!(row.last_error.as_deref(), Some("awaiting approval: Plan: 1 to add"));
-        assert_eq!(row.fix.as_deref(), Some("review the plan (runbook logs), then: runbook resume --yes"));
+        assert_eq!(
+            row.fix,
+            Some(format!(
+                "the change is listed above (again: runbook logs a --run {0}); to apply it: runbook resume {0} --yes",
+                h.run
+            ))
+        );
         assert_eq!(h.seen("a", |s| s.effects), 0);
         let answers = h.db().events_of_kind(h.run, "approval_answered");
         assert_eq!(answers.len(), 1);

@@ -70,14 +70,24 @@ fn terraform() -> String {
     "terraform".into()
 }
 
-/// A plan file of this process, and its `Plan: A to add, B to change, C to destroy.` line (or
-/// what terraform said instead). The file is removed when this is dropped, on every path.
+/// A plan file of this process, its `Plan: A to add, B to change, C to destroy.` line (or
+/// what terraform said instead), and its change resource by resource. The file is removed when
+/// this is dropped, on every path.
 #[derive(Debug)]
 struct SavedPlan {
     path: PathBuf,
     summary: String,
+    /// One line per resource changed (see [`change::describe`]): names, never values.
+    change: String,
     /// The rollback this plan would undo: the service's name and the rollback's marker.
     undoes: Option<(String, Marker)>,
+}
+
+impl SavedPlan {
+    /// What an operator approves: the summary, then the change resource by resource.
+    fn text(&self) -> String {
+        if self.change.is_empty() { self.summary.clone() } else { format!("{}\n{}", self.summary, self.change) }
+    }
 }
 
 impl Drop for SavedPlan {
@@ -435,7 +445,7 @@ impl Params {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let result = self.run(cx, &args).await;
         // From here the file is ours to remove, whatever terraform said.
-        let mut saved = SavedPlan { path, summary: String::new(), undoes: None };
+        let mut saved = SavedPlan { path, summary: String::new(), change: String::new(), undoes: None };
         let (code, text) = result?;
         match code {
             0 => Ok(None),
@@ -446,7 +456,9 @@ impl Params {
                     .unwrap_or("changes pending")
                     .trim()
                     .to_string();
-                saved.undoes = undone_rollback(&self.plan_json(cx, &saved.path).await?);
+                let json = self.plan_json(cx, &saved.path).await?;
+                saved.change = change::describe(&json);
+                saved.undoes = undone_rollback(&json);
                 if let Some((service, marker)) = &saved.undoes {
                     saved.summary = format!(
                         "{}; it puts {service} forward again, undoing {}",
@@ -483,11 +495,13 @@ impl Params {
     async fn check_rollback(&self, cx: &StepContext, plan: &SavedPlan) -> Result<(), StepError> {
         let Some((service, marker)) = &plan.undoes else { return Ok(()) };
         if cx.acknowledged_rollback() != Some(marker.run) {
+            let (run, logs_run) = cx.run().map(|r| (format!(" {r}"), format!(" --run {r}"))).unwrap_or_default();
             return Err(StepError::AwaitingApproval {
-                summary: plan.summary.clone(),
+                summary: plan.text(),
                 fix: Some(format!(
                     "this deploy would undo the rollback without a word; if its cause is fixed, acknowledge \
-                     it: runbook resume --yes --ack-rollback {} (runbook logs {} shows the plan)",
+                     it: runbook resume{run} --yes --ack-rollback {} (the change is listed above; runbook logs {}{logs_run} \
+                     shows it again)",
                     marker.run, cx.step
                 )),
             });
@@ -498,7 +512,7 @@ impl Params {
                 step: cx.step.clone(),
                 rollback_run: marker.run,
                 service: service.clone(),
-                summary: plan.summary.clone(),
+                summary: plan.text(),
                 operator: crate::identity::operator(),
                 host: crate::identity::host(),
             })
@@ -717,12 +731,12 @@ impl Step for Params {
                     }
                 },
             };
-            cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.summary)).await;
+            cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.text())).await;
             self.check_rollback(cx, &plan).await?;
             let summary =
-                format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.summary);
+                format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.text());
             if !cx.approve(&summary).await {
-                return Err(StepError::AwaitingApproval { summary: plan.summary.clone(), fix: None });
+                return Err(StepError::AwaitingApproval { summary: plan.text(), fix: None });
             }
             match self.apply_plan(cx, &plan.path).await? {
                 Applied::Done(outputs) => {

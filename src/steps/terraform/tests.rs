@@ -324,3 +324,60 @@ async fn a_plan_that_undoes_a_rollback_waits_for_its_acknowledgement_even_with_y
     }
     assert_eq!(acknowledged, Some((7, "dixie-armitage".to_string(), crate::identity::operator())));
 }
+
+/// A plan as `terraform show -json` gives it: the database's password (sensitive) changes, the
+/// bastion is replaced for its AMI, the ALB is created.
+fn plan_with_a_secret() -> serde_json::Value {
+    serde_json::json!({"resource_changes": [
+        {"address": "aws_lb.dixie", "change": {"actions": ["create"], "before": null, "after": {"name": "dixie"},
+            "after_unknown": {"arn": true}}},
+        {"address": "aws_db_instance.main", "change": {"actions": ["update"],
+            "before": {"password": "old-hunter2"}, "after": {"password": "new-s3cr3t"}, "after_unknown": {},
+            "before_sensitive": {"password": true}, "after_sensitive": {"password": true}}},
+        {"address": "aws_instance.bastion", "change": {"actions": ["delete", "create"],
+            "before": {"ami": "ami-1"}, "after": {"ami": "ami-2"}, "after_unknown": {"id": true},
+            "replace_paths": [["ami"]]}},
+    ]})
+}
+
+const CHANGE: &str = "Plan: 3 to add, 0 to change, 0 to destroy.\n  \
+                      replace  aws_instance.bastion (destroy, then create; forced by ami)\n  \
+                      update   aws_db_instance.main: password (sensitive)\n  \
+                      create   aws_lb.dixie";
+
+#[tokio::test]
+async fn the_approval_shows_each_resource_change_and_no_value() {
+    let stage = Stage::new("change").await;
+    std::fs::write(stage.dir.join("tf/show.json"), plan_with_a_secret().to_string()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cx = StepContext::new(&stage.services, "T2.4", 1, Recorder::new(None, tx));
+    let step = stage.step();
+    step.probe(&cx).await.unwrap();
+    step.apply(&cx).await.unwrap();
+    let mut answered = Vec::new();
+    let mut logged = String::new();
+    while let Ok(event) = rx.try_recv() {
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(!json.contains("hunter2") && !json.contains("s3cr3t") && !json.contains("ami-2"), "{json}");
+        match event {
+            Event::ApprovalAnswered { summary, .. } => answered.push(summary),
+            Event::StepLog { line, .. } => logged.push_str(&format!("{line}\n")),
+            _ => {}
+        }
+    }
+    assert_eq!(answered, [format!("terraform apply in workspace armitage of t: {CHANGE}")]);
+    assert!(logged.contains(&format!("terraform plan for workspace armitage: {CHANGE}\n")), "{logged}");
+}
+
+#[tokio::test]
+async fn a_plan_awaiting_approval_carries_each_resource_change() {
+    let mut stage = Stage::new("change-awaits").await;
+    Arc::get_mut(&mut stage.services).unwrap().approver = Approver::Withheld;
+    std::fs::write(stage.dir.join("tf/show.json"), plan_with_a_secret().to_string()).unwrap();
+    let (step, cx) = (stage.step(), stage.cx());
+    let Probe::Absent(what) = step.probe(&cx).await.unwrap() else { panic!("expected changes") };
+    assert_eq!(what, "workspace armitage: Plan: 3 to add, 0 to change, 0 to destroy.", "the probe says it in a line");
+    let err = step.apply(&cx).await.unwrap_err();
+    let StepError::AwaitingApproval { summary, .. } = err else { panic!("{err:?}") };
+    assert_eq!(summary, CHANGE);
+}
