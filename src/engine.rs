@@ -216,7 +216,8 @@ async fn run_step(
 fn approval_fix(step: &str, run: Option<i64>) -> String {
     match run {
         Some(run) => format!(
-            "the change is listed above (again: runbook logs {step} --run {run}); to apply it: runbook resume {run} --yes"
+            "the change is listed above (again: runbook logs {step} --run {run}); to apply it: runbook resume \
+             {run} --yes"
         ),
         None => format!("the change is listed above (again: runbook logs {step}); to apply it: runbook resume --yes"),
     }

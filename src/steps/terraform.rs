@@ -79,6 +79,9 @@ struct SavedPlan {
     summary: String,
     /// One line per resource changed (see [`change::describe`]): names, never values.
     change: String,
+    /// Made without the state lock while a terraform of an earlier (killed) run still worked
+    /// in the folder: it read a state that was changing, so it is not the plan to approve.
+    beside_earlier: bool,
     /// The rollback this plan would undo: the service's name and the rollback's marker.
     undoes: Option<(String, Marker)>,
 }
@@ -443,9 +446,11 @@ impl Params {
         args.push(format!("-out={}", path.display()));
         args.extend(self.var_args());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let beside_earlier = !locked && !terraform_working_in(&self.dir(cx)).is_empty();
         let result = self.run(cx, &args).await;
         // From here the file is ours to remove, whatever terraform said.
-        let mut saved = SavedPlan { path, summary: String::new(), change: String::new(), undoes: None };
+        let mut saved =
+            SavedPlan { path, summary: String::new(), change: String::new(), beside_earlier, undoes: None };
         let (code, text) = result?;
         match code {
             0 => Ok(None),
@@ -500,8 +505,8 @@ impl Params {
                 summary: plan.text(),
                 fix: Some(format!(
                     "this deploy would undo the rollback without a word; if its cause is fixed, acknowledge \
-                     it: runbook resume{run} --yes --ack-rollback {} (the change is listed above; runbook logs {}{logs_run} \
-                     shows it again)",
+                     it: runbook resume{run} --yes --ack-rollback {} (the change is listed above; runbook logs \
+                     {}{logs_run} shows it again)",
                     marker.run, cx.step
                 )),
             });
@@ -713,18 +718,36 @@ impl Step for Params {
         }
     }
 
-    /// Applies the probe's saved plan after approval; plans again (under the lock) only when
-    /// there is none (a new workspace) or terraform finds it stale.
+    /// Applies the probe's saved plan after approval; plans again (under the lock) when there
+    /// is none (a new workspace), when it was made beside an earlier run's terraform (a resume
+    /// after a kill mid-apply), or when terraform finds it stale. What is approved is the plan
+    /// about to be applied: a new plan whose change differs is asked for again.
     async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         self.init(cx).await?;
         self.ensure_workspace(cx).await?;
         let mut saved = lock(&self.saved).take();
+        if saved.as_ref().is_some_and(|p| p.beside_earlier) {
+            cx.log(
+                "terraform of an earlier run was still working here when this plan was made: planning again \
+                 under the state lock, once it is done",
+            )
+            .await;
+            saved = None;
+        }
+        let mut approved: Option<String> = None;
         for _ in 0..2 {
             let plan = match saved.take() {
                 Some(plan) => plan,
                 None => match self.plan(cx, true).await? {
                     Some(plan) => plan,
                     None => {
+                        if approved.is_some() {
+                            cx.log(
+                                "the plan approved above was not applied: the state changed under it, and now \
+                                 there is nothing to change",
+                            )
+                            .await;
+                        }
                         cx.log("terraform plan: no changes").await;
                         *lock(&self.applied) = Some(self.outputs(cx).await?);
                         return Ok(());
@@ -733,10 +756,15 @@ impl Step for Params {
             };
             cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.text())).await;
             self.check_rollback(cx, &plan).await?;
-            let summary =
-                format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.text());
-            if !cx.approve(&summary).await {
-                return Err(StepError::AwaitingApproval { summary: plan.text(), fix: None });
+            if approved.as_deref() == Some(plan.text().as_str()) {
+                cx.log("the new plan makes the change approved above: applying it").await;
+            } else {
+                let summary =
+                    format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.text());
+                if !cx.approve(&summary).await {
+                    return Err(StepError::AwaitingApproval { summary: plan.text(), fix: None });
+                }
+                approved = Some(plan.text());
             }
             match self.apply_plan(cx, &plan.path).await? {
                 Applied::Done(outputs) => {
