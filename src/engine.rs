@@ -197,7 +197,7 @@ async fn run_step(
                     StepError::Fatal { message, fix } => (message, fix),
                     StepError::AwaitingApproval { summary, fix } => (
                         format!("awaiting approval: {summary}"),
-                        fix.or_else(|| Some("review the plan (runbook logs), then: runbook resume --yes".to_string())),
+                        fix.or_else(|| Some(approval_fix(id, shared.services.run))),
                     ),
                 };
                 shared
@@ -232,6 +232,18 @@ fn preconditions(step: &Step, why: String, progress: &Progress, run: Option<i64>
             retries.join(", then ")
         ),
     )
+}
+
+/// What to do about a change that waits for approval: it was printed with the step's failure
+/// (and posted); `logs` shows it again; `resume --yes` applies it, asking again if it changed.
+fn approval_fix(step: &str, run: Option<i64>) -> String {
+    match run {
+        Some(run) => format!(
+            "the change is listed above (again: runbook logs {step} --run {run}); to apply it: runbook resume \
+             {run} --yes"
+        ),
+        None => format!("the change is listed above (again: runbook logs {step}); to apply it: runbook resume --yes"),
+    }
 }
 
 /// One attempt of the step contract. A step `in_doubt` (its process died after the intent) that

@@ -238,17 +238,18 @@ pub(crate) fn run_message(run: i64, status: RunState, view: Option<&StatusView>)
             let Some(step) = failed else {
                 return Some(format!("runbook: {what} failed{who}; runbook status shows where"));
             };
-            let error = step.row.last_error.as_deref().unwrap_or("failed");
-            let error = error.lines().next().unwrap_or_default();
-            if let Some(summary) = error.strip_prefix("awaiting approval: ") {
+            let full = step.row.last_error.as_deref().unwrap_or("failed");
+            if let Some(change) = full.strip_prefix("awaiting approval: ") {
+                // The summary in the headline, then the change resource by resource.
+                let (summary, resources) = change.split_once('\n').map_or((change, ""), |(s, r)| (s, r));
+                let resources = if resources.is_empty() { String::new() } else { format!("\n{resources}") };
                 return Some(format!(
-                    "runbook: {what} stopped awaiting approval at {}: {summary}{who}; review the change ({}), \
-                     then: {}",
+                    "runbook: {what} stopped awaiting approval at {}: {summary}{who}; to apply it: {}{resources}",
                     step.row.step,
-                    crate::hint::logs(&step.row.step, Some(run)),
                     crate::hint::resume_approving(run)
                 ));
             }
+            let error = full.lines().next().unwrap_or_default();
             let next = step.next.as_deref().map(|n| format!("; next: {n}")).unwrap_or_default();
             Some(format!("runbook: {what} FAILED at {}: {error}{who}{next}", step.row.step))
         }

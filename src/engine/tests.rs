@@ -592,7 +592,13 @@ async fn refused_approval_stops_the_step_resumably_and_is_recorded() {
         assert_eq!(status, RunState::Failed);
         let row = h.step_row("a");
         assert_eq!(row.last_error.as_deref(), Some("awaiting approval: Plan: 1 to add"));
-        assert_eq!(row.fix.as_deref(), Some("review the plan (runbook logs), then: runbook resume --yes"));
+        assert_eq!(
+            row.fix,
+            Some(format!(
+                "the change is listed above (again: runbook logs a --run {0}); to apply it: runbook resume {0} --yes",
+                h.run
+            ))
+        );
         assert_eq!(h.seen("a", |s| s.effects), 0);
         let answers = h.db().events_of_kind(h.run, "approval_answered");
         assert_eq!(answers.len(), 1);

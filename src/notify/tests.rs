@@ -254,12 +254,20 @@ fn a_run_posts_when_it_fails_stops_for_approval_or_is_done_and_not_when_interrup
         "runbook: run 4 of sprint-2 on armitage FAILED at T2.5: REDIS_URL: connection refused (ana@bastion); \
          next: fix the cause, then: runbook retry T2.5"
     );
-    let waiting =
-        view(RunState::Failed, Some(("T2.4", "awaiting approval: Plan: 1 to add, 0 to change, 0 to destroy")));
+    // The change it waits for, resource by resource, below the line that says what to do.
+    let waiting = view(
+        RunState::Failed,
+        Some((
+            "T2.4",
+            "awaiting approval: Plan: 1 to add, 1 to change, 0 to destroy.\n  update   aws_db_instance.main: password \
+             (sensitive)\n  create   aws_lb.dixie",
+        )),
+    );
     assert_eq!(
         run_message(4, RunState::Failed, Some(&waiting)).unwrap(),
-        "runbook: run 4 of sprint-2 on armitage stopped awaiting approval at T2.4: Plan: 1 to add, 0 to change, 0 \
-         to destroy (ana@bastion); review the change (runbook logs T2.4 --run 4), then: runbook resume 4 --yes"
+        "runbook: run 4 of sprint-2 on armitage stopped awaiting approval at T2.4: Plan: 1 to add, 1 to change, 0 \
+         to destroy. (ana@bastion); to apply it: runbook resume 4 --yes\n  update   aws_db_instance.main: password \
+         (sensitive)\n  create   aws_lb.dixie"
     );
     assert_eq!(run_message(4, RunState::Interrupted, Some(&done)), None);
 }

@@ -83,6 +83,10 @@ pub(crate) fn audit_table(view: &AuditView) -> String {
             format_utc(d.at),
             super::one_line(&super::first_line(&d.decision))
         ));
+        // An approval's change, resource by resource, under its decision.
+        for line in d.decision.lines().skip(1) {
+            out.push_str(&format!("{:indent$}{line}\n", "", indent = 5 + 2 + 20 + 2 + who_w + 2));
+        }
     }
     out
 }
@@ -221,7 +225,8 @@ mod tests {
                     T0 + 60_000,
                     "ana",
                     "laptop",
-                    "approved T2.4 via --yes: Plan: 35 to add, 0 to change, 0 to destroy",
+                    "approved T2.4 via --yes: Plan: 35 to add, 0 to change, 0 to destroy.\n  create   \
+                     aws_lb.dixie\n  create   aws_ecs_service.dixie",
                 ),
                 decision(T0 + 300_000, "ana", "laptop", "reset T2.5 to run again (runbook retry T2.5)"),
                 decision(T0 + 600_000, "oncall-bo", "bastion-2", "skipped T2.7: Finn is redeployed by its own team"),

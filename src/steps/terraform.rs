@@ -70,14 +70,27 @@ fn terraform() -> String {
     "terraform".into()
 }
 
-/// A plan file of this process, and its `Plan: A to add, B to change, C to destroy.` line (or
-/// what terraform said instead). The file is removed when this is dropped, on every path.
+/// A plan file of this process, its `Plan: A to add, B to change, C to destroy.` line (or
+/// what terraform said instead), and its change resource by resource. The file is removed when
+/// this is dropped, on every path.
 #[derive(Debug)]
 struct SavedPlan {
     path: PathBuf,
     summary: String,
+    /// One line per resource changed (see [`change::describe`]): names, never values.
+    change: String,
+    /// Made without the state lock while a terraform of an earlier (killed) run still worked
+    /// in the folder: it read a state that was changing, so it is not the plan to approve.
+    beside_earlier: bool,
     /// The rollback this plan would undo: the service's name and the rollback's marker.
     undoes: Option<(String, Marker)>,
+}
+
+impl SavedPlan {
+    /// What an operator approves: the summary, then the change resource by resource.
+    fn text(&self) -> String {
+        if self.change.is_empty() { self.summary.clone() } else { format!("{}\n{}", self.summary, self.change) }
+    }
 }
 
 impl Drop for SavedPlan {
@@ -433,9 +446,11 @@ impl Params {
         args.push(format!("-out={}", path.display()));
         args.extend(self.var_args());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let beside_earlier = !locked && !terraform_working_in(&self.dir(cx)).is_empty();
         let result = self.run(cx, &args).await;
         // From here the file is ours to remove, whatever terraform said.
-        let mut saved = SavedPlan { path, summary: String::new(), undoes: None };
+        let mut saved =
+            SavedPlan { path, summary: String::new(), change: String::new(), beside_earlier, undoes: None };
         let (code, text) = result?;
         match code {
             0 => Ok(None),
@@ -446,7 +461,9 @@ impl Params {
                     .unwrap_or("changes pending")
                     .trim()
                     .to_string();
-                saved.undoes = undone_rollback(&self.plan_json(cx, &saved.path).await?);
+                let json = self.plan_json(cx, &saved.path).await?;
+                saved.change = change::describe(&json);
+                saved.undoes = undone_rollback(&json);
                 if let Some((service, marker)) = &saved.undoes {
                     saved.summary = format!(
                         "{}; it puts {service} forward again, undoing {}",
@@ -483,11 +500,13 @@ impl Params {
     async fn check_rollback(&self, cx: &StepContext, plan: &SavedPlan) -> Result<(), StepError> {
         let Some((service, marker)) = &plan.undoes else { return Ok(()) };
         if cx.acknowledged_rollback() != Some(marker.run) {
+            let (run, logs_run) = cx.run().map(|r| (format!(" {r}"), format!(" --run {r}"))).unwrap_or_default();
             return Err(StepError::AwaitingApproval {
-                summary: plan.summary.clone(),
+                summary: plan.text(),
                 fix: Some(format!(
                     "this deploy would undo the rollback without a word; if its cause is fixed, acknowledge \
-                     it: runbook resume --yes --ack-rollback {} (runbook logs {} shows the plan)",
+                     it: runbook resume{run} --yes --ack-rollback {} (the change is listed above; runbook logs \
+                     {}{logs_run} shows it again)",
                     marker.run, cx.step
                 )),
             });
@@ -498,7 +517,7 @@ impl Params {
                 step: cx.step.clone(),
                 rollback_run: marker.run,
                 service: service.clone(),
-                summary: plan.summary.clone(),
+                summary: plan.text(),
                 operator: crate::identity::operator(),
                 host: crate::identity::host(),
             })
@@ -699,30 +718,53 @@ impl Step for Params {
         }
     }
 
-    /// Applies the probe's saved plan after approval; plans again (under the lock) only when
-    /// there is none (a new workspace) or terraform finds it stale.
+    /// Applies the probe's saved plan after approval; plans again (under the lock) when there
+    /// is none (a new workspace), when it was made beside an earlier run's terraform (a resume
+    /// after a kill mid-apply), or when terraform finds it stale. What is approved is the plan
+    /// about to be applied: a new plan whose change differs is asked for again.
     async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         self.init(cx).await?;
         self.ensure_workspace(cx).await?;
         let mut saved = lock(&self.saved).take();
+        if saved.as_ref().is_some_and(|p| p.beside_earlier) {
+            cx.log(
+                "terraform of an earlier run was still working here when this plan was made: planning again \
+                 under the state lock, once it is done",
+            )
+            .await;
+            saved = None;
+        }
+        let mut approved: Option<String> = None;
         for _ in 0..2 {
             let plan = match saved.take() {
                 Some(plan) => plan,
                 None => match self.plan(cx, true).await? {
                     Some(plan) => plan,
                     None => {
+                        if approved.is_some() {
+                            cx.log(
+                                "the plan approved above was not applied: the state changed under it, and now \
+                                 there is nothing to change",
+                            )
+                            .await;
+                        }
                         cx.log("terraform plan: no changes").await;
                         *lock(&self.applied) = Some(self.outputs(cx).await?);
                         return Ok(());
                     }
                 },
             };
-            cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.summary)).await;
+            cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.text())).await;
             self.check_rollback(cx, &plan).await?;
-            let summary =
-                format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.summary);
-            if !cx.approve(&summary).await {
-                return Err(StepError::AwaitingApproval { summary: plan.summary.clone(), fix: None });
+            if approved.as_deref() == Some(plan.text().as_str()) {
+                cx.log("the new plan makes the change approved above: applying it").await;
+            } else {
+                let summary =
+                    format!("terraform apply in workspace {} of {}: {}", self.workspace, cx.env.name, plan.text());
+                if !cx.approve(&summary).await {
+                    return Err(StepError::AwaitingApproval { summary: plan.text(), fix: None });
+                }
+                approved = Some(plan.text());
             }
             match self.apply_plan(cx, &plan.path).await? {
                 Applied::Done(outputs) => {
@@ -789,6 +831,8 @@ fn undone_rollback(plan: &serde_json::Value) -> Option<(String, Marker)> {
         (moves && marker.to == revision).then(|| (before["name"].as_str().unwrap_or("?").to_string(), marker))
     })
 }
+
+mod change;
 
 #[cfg(test)]
 mod tests;

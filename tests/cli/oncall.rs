@@ -240,7 +240,8 @@ fn sprint_2_posts_its_approval_stop_and_its_end_and_watch_once_judges_five_ring_
     assert_eq!(texts.len(), 2, "{texts:#?}");
     assert!(
         texts[0].starts_with("runbook: run 1 of sprint-2 on local stopped awaiting approval at T2.4: ")
-            && texts[0].ends_with("review the change (runbook logs T2.4 --run 1), then: runbook resume 1 --yes"),
+            && texts[0].lines().next().unwrap().ends_with("; to apply it: runbook resume 1 --yes")
+            && texts[0].contains("\n  create   "),
         "{}",
         texts[0]
     );

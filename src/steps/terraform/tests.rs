@@ -16,6 +16,8 @@ case "$1" in
   init) exit 0 ;;
   workspace) mkdir -p .terraform && echo armitage > .terraform/environment; exit 0 ;;
   plan)
+    # A plan that takes the state lock waits for an apply that holds it (./applying).
+    case "$*" in *-lock-timeout=*) while [ -f applying ]; do sleep 0.05; done ;; esac
     out=$(for a in "$@"; do case "$a" in -out=*) echo "${a#-out=}";; esac; done)
     echo plan > "$out"
     if [ -f state ]; then exit 0; fi
@@ -23,6 +25,8 @@ case "$1" in
   apply)
     if [ -f stale ]; then
       rm stale
+      # The state changed under the plan: the next plan shows ./show.next.json, if any.
+      if [ -f show.next.json ]; then mv show.next.json show.json; fi
       echo '{"type":"diagnostic","@message":"Error: Saved plan is stale","diagnostic":{"severity":"error","summary":"Saved plan is stale","detail":"the state changed"}}'
       exit 1
     fi
@@ -34,6 +38,9 @@ case "$1" in
   show) if [ -f show.json ]; then cat show.json; else echo '{"resource_changes":[]}'; fi; exit 0 ;;
   force-unlock) exit 0 ;;
   sleep) sleep 30 ;;
+  # An earlier run's apply, left running when that run was killed: it holds the state lock
+  # while it works, then the change is applied.
+  orphan-apply) touch applying; sleep 2; touch state; rm applying; exit 0 ;;
 esac
 exit 3
 "#;
@@ -323,4 +330,136 @@ async fn a_plan_that_undoes_a_rollback_waits_for_its_acknowledgement_even_with_y
         }
     }
     assert_eq!(acknowledged, Some((7, "dixie-armitage".to_string(), crate::identity::operator())));
+}
+
+/// A plan as `terraform show -json` gives it: the database's password (sensitive) changes, the
+/// bastion is replaced for its AMI, the ALB is created.
+fn plan_with_a_secret() -> serde_json::Value {
+    serde_json::json!({"resource_changes": [
+        {"address": "aws_lb.dixie", "change": {"actions": ["create"], "before": null, "after": {"name": "dixie"},
+            "after_unknown": {"arn": true}}},
+        {"address": "aws_db_instance.main", "change": {"actions": ["update"],
+            "before": {"password": "old-hunter2"}, "after": {"password": "new-s3cr3t"}, "after_unknown": {},
+            "before_sensitive": {"password": true}, "after_sensitive": {"password": true}}},
+        {"address": "aws_instance.bastion", "change": {"actions": ["delete", "create"],
+            "before": {"ami": "ami-1"}, "after": {"ami": "ami-2"}, "after_unknown": {"id": true},
+            "replace_paths": [["ami"]]}},
+    ]})
+}
+
+const CHANGE: &str = "Plan: 3 to add, 0 to change, 0 to destroy.\n  \
+                      replace  aws_instance.bastion (destroy, then create; forced by ami)\n  \
+                      update   aws_db_instance.main: password (sensitive)\n  \
+                      create   aws_lb.dixie";
+
+#[tokio::test]
+async fn the_approval_shows_each_resource_change_and_no_value() {
+    let stage = Stage::new("change").await;
+    std::fs::write(stage.dir.join("tf/show.json"), plan_with_a_secret().to_string()).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cx = StepContext::new(&stage.services, "T2.4", 1, Recorder::new(None, tx));
+    let step = stage.step();
+    step.probe(&cx).await.unwrap();
+    step.apply(&cx).await.unwrap();
+    let mut answered = Vec::new();
+    let mut logged = String::new();
+    while let Ok(event) = rx.try_recv() {
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(!json.contains("hunter2") && !json.contains("s3cr3t") && !json.contains("ami-2"), "{json}");
+        match event {
+            Event::ApprovalAnswered { summary, .. } => answered.push(summary),
+            Event::StepLog { line, .. } => logged.push_str(&format!("{line}\n")),
+            _ => {}
+        }
+    }
+    assert_eq!(answered, [format!("terraform apply in workspace armitage of t: {CHANGE}")]);
+    assert!(logged.contains(&format!("terraform plan for workspace armitage: {CHANGE}\n")), "{logged}");
+}
+
+#[tokio::test]
+async fn a_plan_awaiting_approval_carries_each_resource_change() {
+    let mut stage = Stage::new("change-awaits").await;
+    Arc::get_mut(&mut stage.services).unwrap().approver = Approver::Withheld;
+    std::fs::write(stage.dir.join("tf/show.json"), plan_with_a_secret().to_string()).unwrap();
+    let (step, cx) = (stage.step(), stage.cx());
+    let Probe::Absent(what) = step.probe(&cx).await.unwrap() else { panic!("expected changes") };
+    assert_eq!(what, "workspace armitage: Plan: 3 to add, 0 to change, 0 to destroy.", "the probe says it in a line");
+    let err = step.apply(&cx).await.unwrap_err();
+    let StepError::AwaitingApproval { summary, .. } = err else { panic!("{err:?}") };
+    assert_eq!(summary, CHANGE);
+}
+
+/// The approvals answered through `rx`, by their summaries.
+fn answered(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Vec<String> {
+    let mut answered = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let Event::ApprovalAnswered { summary, .. } = event {
+            answered.push(summary);
+        }
+    }
+    answered
+}
+
+#[tokio::test]
+async fn a_plan_made_while_an_earlier_runs_apply_still_works_is_not_the_one_approved() {
+    // A run killed mid-apply left its terraform applying; the resumed probe plans beside it,
+    // without the lock, and sees a half-applied state: a stale "3 to add".
+    let stage = Stage::new("orphan").await;
+    let dir = stage.dir.join("tf");
+    let mut orphan =
+        std::process::Command::new(stage.dir.join("terraform")).arg("orphan-apply").current_dir(&dir).spawn().unwrap();
+    while !dir.join("applying").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cx = StepContext::new(&stage.services, "T2.4", 1, Recorder::new(None, tx));
+    let step = stage.step();
+    assert!(matches!(step.probe(&cx).await.unwrap(), Probe::Absent(_)), "the half-applied state reads as changes");
+    step.apply(&cx).await.unwrap();
+    orphan.wait().unwrap();
+    assert_eq!(answered(&mut rx), Vec::<String>::new(), "nobody is asked to approve a plan that is not applied");
+    assert!(!stage.calls().contains(&"apply".to_string()), "the earlier apply did it all");
+    satisfied(step.verify(&cx).await.unwrap());
+    assert_eq!(stage.plan_files(), 0);
+}
+
+#[tokio::test]
+async fn a_plan_that_changes_after_approval_is_approved_again_and_the_same_one_is_not() {
+    let stage = Stage::new("replanned").await;
+    let tf = stage.dir.join("tf");
+    let created = |address: &str| {
+        serde_json::json!({"resource_changes": [
+            {"address": address, "change": {"actions": ["create"], "before": null, "after": {}}}
+        ]})
+        .to_string()
+    };
+    let asked = |address: &str| {
+        format!(
+            "terraform apply in workspace armitage of t: Plan: 3 to add, 0 to change, 0 to destroy.\n  \
+             create   {address}"
+        )
+    };
+    // Approved "create aws_lb.dixie"; the state changes before the apply, and the new plan
+    // creates something else: asked again, and the new change is what is recorded.
+    std::fs::write(tf.join("show.json"), created("aws_lb.dixie")).unwrap();
+    std::fs::write(tf.join("show.next.json"), created("aws_lb.finn")).unwrap();
+    std::fs::write(tf.join("stale"), "").unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cx = StepContext::new(&stage.services, "T2.4", 1, Recorder::new(None, tx));
+    let step = stage.step();
+    step.probe(&cx).await.unwrap();
+    step.apply(&cx).await.unwrap();
+    assert_eq!(answered(&mut rx), [asked("aws_lb.dixie"), asked("aws_lb.finn")]);
+    drop((step, cx));
+    // The new plan makes the change approved: applied without asking twice.
+    std::fs::remove_file(tf.join("state")).unwrap();
+    std::fs::write(tf.join("stale"), "").unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cx = StepContext::new(&stage.services, "T2.4", 1, Recorder::new(None, tx));
+    let step = stage.step();
+    step.probe(&cx).await.unwrap();
+    stage.calls();
+    step.apply(&cx).await.unwrap();
+    assert_eq!(stage.calls(), ["apply", "plan", "show", "apply"]);
+    assert_eq!(answered(&mut rx), [asked("aws_lb.finn")]);
 }
