@@ -192,7 +192,7 @@ async fn run_step(
                 let (error, fix) = match e {
                     StepError::Retryable { message } => (
                         format!("{message} (gave up after {} attempts)", shared.retry.max_attempts),
-                        Some(format!("once the cause is fixed: runbook retry {id}")),
+                        Some(format!("once the cause is fixed: {}", crate::hint::retry(id, shared.services.run))),
                     ),
                     StepError::Fatal { message, fix } => (message, fix),
                     StepError::AwaitingApproval { summary, fix } => (
@@ -219,7 +219,8 @@ fn preconditions(step: &Step, why: String, progress: &Progress, run: Option<i64>
         .filter(|s| progress.skipped.contains(s) && !progress.outputs.contains_key(s))
         .collect();
     if skipped.is_empty() {
-        return (format!("preconditions: {why}"), "finish or retry the steps it needs first (runbook status)".into());
+        let status = run.map(|r| format!("runbook status {r}")).unwrap_or_else(|| "runbook status".into());
+        return (format!("preconditions: {why}"), format!("finish or retry the steps it needs first ({status})"));
     }
     let run = run.map(|r| format!(" --run {r}")).unwrap_or_default();
     let (names, verb) = (skipped.join(", "), if skipped.len() == 1 { "was" } else { "were" });
@@ -261,10 +262,16 @@ async fn one_attempt(
         Probe::Absent(what) => {
             cx.recorder.emit(Event::StepIntent { step: cx.step.clone(), attempt: cx.attempt, action: what }).await;
             if let Some(error) = cx.recorder.write_error() {
+                let (status, resume) = match cx.run() {
+                    Some(run) => (format!("runbook status {run}"), crate::hint::resume(run)),
+                    None => ("runbook status".to_string(), "runbook resume".to_string()),
+                };
                 return Err(StepError::fatal(
                     format!("cannot record the intent, so nothing was applied: {error}"),
-                    "fix the cause (the state DB's disk or permissions, or who holds the run lock: runbook status), \
-                     then: runbook resume",
+                    format!(
+                        "fix the cause (the state DB's disk or permissions, or who holds the run lock: {status}), \
+                         then: {resume}"
+                    ),
                 ));
             }
             cx.checkpoint("intent");
@@ -290,7 +297,7 @@ async fn probe_and_report(cx: &StepContext, step: &dyn AnyStep) -> Result<Probe,
 fn conflict(cx: &StepContext, why: String) -> StepError {
     StepError::fatal(
         format!("conflict: {why}"),
-        format!("resolve the difference by hand or change the runbook, then: runbook retry {}", cx.step),
+        format!("resolve the difference by hand or change the runbook, then: {}", cx.retry_hint()),
     )
 }
 
@@ -322,7 +329,7 @@ async fn converge(cx: &StepContext, step: &dyn AnyStep) -> Result<Outputs, StepE
         if elapsed >= limit {
             return Err(StepError::fatal(
                 format!("applied, but not converged within {}s: still {still}", limit.as_secs()),
-                format!("look at what is missing, then: runbook retry {}", cx.step),
+                format!("look at what is missing, then: {}", cx.retry_hint()),
             ));
         }
         cx.recorder

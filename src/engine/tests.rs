@@ -519,7 +519,7 @@ async fn the_retry_budget_ends_in_a_failure_that_says_how_to_go_on() {
         let row = h.step_row("a");
         assert_eq!((row.state, row.attempts), (StepState::Failed, 3));
         assert_eq!(row.last_error.as_deref(), Some("probe: throttled (gave up after 3 attempts)"));
-        assert_eq!(row.fix.as_deref(), Some("once the cause is fixed: runbook retry a"));
+        assert_eq!(row.fix, Some(format!("once the cause is fixed: runbook retry a --run {}", h.run)));
         assert_eq!(h.seen("a", |s| s.effects), 0);
     }
 }
@@ -561,7 +561,10 @@ async fn a_conflict_fails_the_step_without_applying() {
         assert_eq!(status, RunState::Failed);
         let row = h.step_row("a");
         assert_eq!(row.last_error.as_deref(), Some("conflict: a thing with other settings is there"));
-        assert!(row.fix.unwrap().ends_with("then: runbook retry a"));
+        assert!(
+            row.fix.unwrap().ends_with(&format!("then: runbook retry a --run {}", h.run)),
+            "the hint names its run"
+        );
         assert_eq!(h.seen("a", |s| s.effects), 0);
         assert_eq!(h.step_row("b").state, StepState::Blocked);
     }

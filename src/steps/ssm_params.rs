@@ -213,7 +213,10 @@ impl Params {
             } else {
                 Err(StepError::fatal(
                     message,
-                    "fix the value's source (the database role, ElastiCache, the NATS task), then: runbook retry this step",
+                    format!(
+                        "fix the value's source (the database role, ElastiCache, the NATS task), then: {}",
+                        cx.retry_hint()
+                    ),
                 ))
             }
         }

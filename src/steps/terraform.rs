@@ -166,19 +166,21 @@ impl LockInfo {
         Holder::Gone { who: self.who.clone() }
     }
 
-    fn fix(&self, holder: &Holder, step: &str) -> String {
-        let release = format!("runbook unlock --terraform {step} --lock-id {} (recorded)", self.id);
+    fn fix(&self, holder: &Holder, step: &str, run: Option<i64>) -> String {
+        let in_run = run.map(|r| format!(" --run {r}")).unwrap_or_default();
+        let release = format!("runbook unlock --terraform {step} --lock-id {}{in_run} (recorded)", self.id);
         let what = format!("terraform's state lock {} ({}, since {})", self.id, self.operation, self.created);
+        let retry = crate::hint::retry(step, run);
         match holder {
             Holder::Gone { .. } => {
-                format!("{what} was left by a dead run: release it with {release}, then: runbook retry {step}")
+                format!("{what} was left by a dead run: release it with {release}, then: {retry}")
             }
             Holder::Working { .. } => {
-                format!("{what} is released when that terraform finishes: wait for it, then: runbook retry {step}")
+                format!("{what} is released when that terraform finishes: wait for it, then: {retry}")
             }
-            Holder::Elsewhere { who } => format!(
-                "{what} is held by {who}: ask them, or if that run is dead: {release}, then: runbook retry {step}"
-            ),
+            Holder::Elsewhere { who } => {
+                format!("{what} is held by {who}: ask them, or if that run is dead: {release}, then: {retry}")
+            }
         }
     }
 
@@ -364,9 +366,12 @@ impl Params {
         }
         if let Some(lock) = LockInfo::parse(text) {
             let holder = lock.holder(&crate::identity::host(), &terraform_working_in(&self.dir(cx)));
-            return StepError::fatal(format!("{message}\n    {holder}"), lock.fix(&holder, &cx.step));
+            return StepError::fatal(format!("{message}\n    {holder}"), lock.fix(&holder, &cx.step, cx.run()));
         }
-        StepError::Fatal { message, fix: Some("read the error above; `runbook logs` has the whole output".into()) }
+        StepError::Fatal {
+            message,
+            fix: Some(format!("read the error above; `{}` has the whole output", cx.logs_hint())),
+        }
     }
 
     fn var_args(&self) -> Vec<String> {
@@ -449,8 +454,7 @@ impl Params {
         let beside_earlier = !locked && !terraform_working_in(&self.dir(cx)).is_empty();
         let result = self.run(cx, &args).await;
         // From here the file is ours to remove, whatever terraform said.
-        let mut saved =
-            SavedPlan { path, summary: String::new(), change: String::new(), beside_earlier, undoes: None };
+        let mut saved = SavedPlan { path, summary: String::new(), change: String::new(), beside_earlier, undoes: None };
         let (code, text) = result?;
         match code {
             0 => Ok(None),

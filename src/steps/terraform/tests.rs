@@ -218,13 +218,19 @@ fn a_state_lock_taken_on_this_host_is_gone_when_no_terraform_works_in_the_folder
     assert_eq!(lock.holder("vm", &[]), Holder::Gone { who: "root@vm".into() });
     assert_eq!(lock.holder("vm", &[42]), Holder::Working { pids: vec![42] });
     assert_eq!(lock.holder("ci", &[]), Holder::Elsewhere { who: "root@vm".into() });
-    let gone = lock.fix(&lock.holder("vm", &[]), "T2.4");
+    let gone = lock.fix(&lock.holder("vm", &[]), "T2.4", Some(7));
     assert!(
-        gone.contains("was left by a dead run: release it with runbook unlock --terraform T2.4 --lock-id 0f3e"),
+        gone.contains(
+            "was left by a dead run: release it with runbook unlock --terraform T2.4 --lock-id 0f3e --run 7 \
+             (recorded), then: runbook retry T2.4 --run 7"
+        ),
         "{gone}"
     );
-    let working = lock.fix(&lock.holder("vm", &[42]), "T2.4");
-    assert!(working.contains("wait for it, then: runbook retry T2.4") && !working.contains("unlock"), "{working}");
+    let working = lock.fix(&lock.holder("vm", &[42]), "T2.4", Some(7));
+    assert!(
+        working.contains("wait for it, then: runbook retry T2.4 --run 7") && !working.contains("unlock"),
+        "{working}"
+    );
 }
 
 #[tokio::test]
