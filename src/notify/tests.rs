@@ -20,6 +20,31 @@ pub(crate) struct Loopback {
     answers: Arc<Mutex<BTreeMap<String, (u16, String)>>>,
 }
 
+/// One HTTP/1.1 request read off `conn`: its head (request line and headers) and its body (by
+/// its Content-Length); `None` when the peer closes first. For the tests' loopback servers.
+pub(crate) async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(String, String)> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (head_end, length) = loop {
+        let n = conn.read(&mut buf).await.ok().filter(|n| *n > 0)?;
+        data.extend_from_slice(&buf[..n]);
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .unwrap_or(0usize);
+            break (end + 4, length);
+        }
+    };
+    while data.len() < head_end + length {
+        let n = conn.read(&mut buf).await.ok().filter(|n| *n > 0)?;
+        data.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+    Some((head, String::from_utf8_lossy(&data[head_end..]).to_string()))
+}
+
 impl Loopback {
     pub(crate) async fn start() -> Loopback {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -31,33 +56,8 @@ impl Loopback {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let (seen, answer) = (seen.clone(), answer.clone());
                 tokio::spawn(async move {
-                    let mut data = Vec::new();
-                    let mut buf = [0u8; 4096];
-                    let (head_end, length) = loop {
-                        let Ok(n) = conn.read(&mut buf).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        data.extend_from_slice(&buf[..n]);
-                        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
-                            let length = head
-                                .lines()
-                                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                                .unwrap_or(0usize);
-                            break (end + 4, length);
-                        }
-                    };
-                    while data.len() < head_end + length {
-                        let Ok(n) = conn.read(&mut buf).await else { return };
-                        if n == 0 {
-                            break;
-                        }
-                        data.extend_from_slice(&buf[..n]);
-                    }
-                    let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+                    let Some((head, body)) = read_request(&mut conn).await else { return };
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let body = String::from_utf8_lossy(&data[head_end..]).to_string();
                     let (status, reply) = answer.lock().unwrap().get(&path).cloned().unwrap_or((200, "ok".into()));
                     seen.lock().unwrap().push((path, body));
                     let response = format!(

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 pub(super) const FAMILY: &str = "dixie-armitage";
 const TARGET_PREFIX: &str = "AmazonEC2ContainerServiceV20141113.";
@@ -96,26 +96,8 @@ impl FakeEcs {
 
 /// The request's head (lower-cased) and body.
 async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(String, String)> {
-    let mut data = Vec::new();
-    let mut buf = [0u8; 4096];
-    let (head_end, length) = loop {
-        let n = conn.read(&mut buf).await.ok().filter(|n| *n > 0)?;
-        data.extend_from_slice(&buf[..n]);
-        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
-                .unwrap_or(0usize);
-            break (end + 4, length);
-        }
-    };
-    while data.len() < head_end + length {
-        let n = conn.read(&mut buf).await.ok().filter(|n| *n > 0)?;
-        data.extend_from_slice(&buf[..n]);
-    }
-    let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
-    Some((head, String::from_utf8_lossy(&data[head_end..]).to_string()))
+    let (head, body) = crate::notify::tests::read_request(conn).await?;
+    Some((head.to_ascii_lowercase(), body))
 }
 
 fn answer(s: &mut EcsState, head: &str, body: &str) -> (u16, String) {
