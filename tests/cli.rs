@@ -784,7 +784,9 @@ fn unlock_breaks_a_dead_holders_lock_but_a_live_one_only_when_its_run_is_named_a
     let state = scratch.state();
     scratch.runbook().run(&["unlock", "--force"]).expect_code(0).expect_text("no run lock is held");
     let me = i64::from(std::process::id());
-    insert_lease(&state, 7, me, 0);
+    // Alive: this process, beating now (a lease of the old format that stopped beating is dead).
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    insert_lease(&state, 7, me, now);
     for args in [
         &["unlock", "--force"][..],
         &["unlock", "--force", "--run", "7"],
