@@ -288,6 +288,14 @@ impl Params {
 
     fn command(&self, cx: &StepContext, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.binary);
+        // Plans and logs terraform writes hold secrets: private from their first byte.
+        // SAFETY: umask(2) is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0o077);
+                Ok(())
+            });
+        }
         cmd.current_dir(self.dir(cx)).args(args).env("TF_IN_AUTOMATION", "1").env("TF_INPUT", "0");
         if !self.cli_config.is_empty() {
             cmd.env("TF_CLI_CONFIG_FILE", cx.project.join(&self.cli_config));

@@ -20,6 +20,7 @@ case "$1" in
     case "$*" in *-lock-timeout=*) while [ -f applying ]; do sleep 0.05; done ;; esac
     out=$(for a in "$@"; do case "$a" in -out=*) echo "${a#-out=}";; esac; done)
     echo plan > "$out"
+    stat -c %a "$out" >> plan-modes
     if [ -f state ]; then exit 0; fi
     echo "Plan: 3 to add, 0 to change, 0 to destroy."; exit 2 ;;
   apply)
@@ -95,6 +96,16 @@ impl Drop for Stage {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A saved plan holds secrets: terraform writes it, so its umask makes it 0600 from the start (it
+/// was 0644 until runbook tightened it, and stayed so when runbook was killed first).
+#[tokio::test]
+async fn terraform_writes_its_plan_private_from_the_start() {
+    let stage = Stage::new("umask").await;
+    let _ = stage.step().probe(&stage.cx()).await.unwrap();
+    let modes = std::fs::read_to_string(stage.dir.join("tf/plan-modes")).unwrap();
+    assert!(!modes.is_empty() && modes.lines().all(|m| m == "600"), "plan file modes: {modes:?}");
 }
 
 fn satisfied(probe: Probe) -> Outputs {
