@@ -741,9 +741,11 @@ fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
     {
         let conn = rusqlite::Connection::open(&state).unwrap();
+        // Alive: this process, beating now (an old-format lease that stopped beating is dead).
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
         conn.execute(
-            "INSERT INTO run_lock (id, run_id, host, pid, acquired_at, heartbeat_at) VALUES (1, 7, ?1, ?2, 0, 0)",
-            rusqlite::params![host, std::process::id()],
+            "INSERT INTO run_lock (id, run_id, host, pid, acquired_at, heartbeat_at) VALUES (1, 7, ?1, ?2, 0, ?3)",
+            rusqlite::params![host, std::process::id(), now],
         )
         .unwrap();
     }
@@ -1178,7 +1180,7 @@ fn a_tag_pushed_earlier_with_another_image_is_a_conflict_until_it_is_removed() {
         .expect_code(1)
         .expect_text("T2.2 ok")
         .expect_text("awaiting approval: Plan: ")
-        .expect_text("runbook resume --yes");
+        .expect_text("to apply it: runbook resume 1 --yes");
     assert_eq!(step_states(&rb.status())["T2.4"], "failed");
     rb.run(&["resume", "--yes"]).expect_code(0).expect_text("approved by --yes");
     all_done(&rb.status());
@@ -2043,7 +2045,7 @@ fn nats_rule(add: bool) {
             }
         };
         let (nats, dixie) = (id("arrakis-staging-nats-sg").await, id("dixie-armitage-tasks").await);
-        let pair = aws_sdk_ec2::types::UserIdGroupPair::builder().group_id(dixie).build();
+        let pair = aws_sdk_ec2::types::UserIdGroupPair::builder().group_id(&dixie).build();
         let permission = aws_sdk_ec2::types::IpPermission::builder()
             .ip_protocol("tcp")
             .from_port(4222)
@@ -2052,9 +2054,24 @@ fn nats_rule(add: bool) {
             .build();
         if add {
             ec2.authorize_security_group_ingress().group_id(nats).ip_permissions(permission).send().await.unwrap();
-        } else {
-            ec2.revoke_security_group_ingress().group_id(nats).ip_permissions(permission).send().await.unwrap();
+            return;
         }
+        // Removed by its id, as the console does: every inbound rule of the NATS group from Dixie's.
+        let rules = ec2
+            .describe_security_group_rules()
+            .filters(aws_sdk_ec2::types::Filter::builder().name("group-id").values(&nats).build())
+            .send()
+            .await
+            .unwrap();
+        let ids: Vec<String> = rules
+            .security_group_rules()
+            .iter()
+            .filter(|r| r.is_egress() == Some(false))
+            .filter(|r| r.referenced_group_info().and_then(|g| g.group_id()) == Some(dixie.as_str()))
+            .filter_map(|r| r.security_group_rule_id().map(String::from))
+            .collect();
+        assert!(!ids.is_empty(), "the NATS group has no rule from Dixie's to remove: {rules:?}");
+        ec2.revoke_security_group_ingress().group_id(nats).set_security_group_rule_ids(Some(ids)).send().await.unwrap();
     });
 }
 

@@ -96,7 +96,8 @@ fn a_rollback_runs_the_old_revision_a_rerun_does_nothing_and_the_next_deploy_wai
         .expect_text(&format!(
             "undoing rollback run {rollback_run} of dixie-armitage to revision 1 (from 2) by test-operator@"
         ))
-        .expect_text(&format!("runbook resume --yes --ack-rollback {rollback_run}"));
+        .expect_text(&format!(" --yes --ack-rollback {rollback_run}"))
+        .expect_text("acknowledge it: runbook resume ");
     assert_eq!(dixie_service().0, "dixie-armitage:1", "nothing applied");
     // Acknowledging another run is not acknowledging this one: bad input, never ignored.
     rb().run(&["resume", "--yes", "--ack-rollback", &(rollback_run + 100).to_string()])
