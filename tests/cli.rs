@@ -1400,7 +1400,9 @@ fn a_second_kill_during_the_resumed_terraform_apply_leaves_no_state_lock_behind(
     // starts (it waits for the first one's lock).
     let killed = rb().env("RUNBOOK_CRASH_AT", "T2.4:mid-apply").run(&["run", "sprint-2", "--yes"]);
     assert_eq!(killed.code, None, "killed by a signal:\n{}", killed.text());
-    let killed = rb().env("RUNBOOK_CRASH_AT", "T2.4:apply-started").run(&["resume", "--yes"]);
+    // (The resume plans again under the state lock, waiting for the orphan's apply: it is
+    // killed as that plan starts, leaving a second terraform waiting on the lock.)
+    let killed = rb().env("RUNBOOK_CRASH_AT", "T2.4:locked-plan-started").run(&["resume", "--yes"]);
     assert_eq!(killed.code, None, "killed by a signal:\n{}", killed.text());
 
     // The orphans finish and release the lock; the next resume does not wait out a lock.
