@@ -219,12 +219,11 @@ fn preconditions(step: &Step, why: String, progress: &Progress, run: Option<i64>
         .filter(|s| progress.skipped.contains(s) && !progress.outputs.contains_key(s))
         .collect();
     if skipped.is_empty() {
-        let status = run.map(|r| format!("runbook status {r}")).unwrap_or_else(|| "runbook status".into());
+        let status = crate::hint::status(run);
         return (format!("preconditions: {why}"), format!("finish or retry the steps it needs first ({status})"));
     }
-    let run = run.map(|r| format!(" --run {r}")).unwrap_or_default();
     let (names, verb) = (skipped.join(", "), if skipped.len() == 1 { "was" } else { "were" });
-    let retries: Vec<String> = skipped.iter().map(|s| format!("runbook retry {s}{run}")).collect();
+    let retries: Vec<String> = skipped.iter().map(|s| crate::hint::retry(s, run)).collect();
     (
         format!("preconditions: {why}; {names} {verb} skipped, and a skipped step has no outputs"),
         format!(
@@ -238,13 +237,8 @@ fn preconditions(step: &Step, why: String, progress: &Progress, run: Option<i64>
 /// What to do about a change that waits for approval: it was printed with the step's failure
 /// (and posted); `logs` shows it again; `resume --yes` applies it, asking again if it changed.
 fn approval_fix(step: &str, run: Option<i64>) -> String {
-    match run {
-        Some(run) => format!(
-            "the change is listed above (again: runbook logs {step} --run {run}); to apply it: runbook resume \
-             {run} --yes"
-        ),
-        None => format!("the change is listed above (again: runbook logs {step}); to apply it: runbook resume --yes"),
-    }
+    let apply = run.map(crate::hint::resume_approving).unwrap_or_else(|| "runbook resume --yes".into());
+    format!("the change is listed above (again: {}); to apply it: {apply}", crate::hint::logs(step, run))
 }
 
 /// One attempt of the step contract. A step `in_doubt` (its process died after the intent) that
@@ -262,10 +256,8 @@ async fn one_attempt(
         Probe::Absent(what) => {
             cx.recorder.emit(Event::StepIntent { step: cx.step.clone(), attempt: cx.attempt, action: what }).await;
             if let Some(error) = cx.recorder.write_error() {
-                let (status, resume) = match cx.run() {
-                    Some(run) => (format!("runbook status {run}"), crate::hint::resume(run)),
-                    None => ("runbook status".to_string(), "runbook resume".to_string()),
-                };
+                let status = crate::hint::status(cx.run());
+                let resume = cx.run().map(crate::hint::resume).unwrap_or_else(|| "runbook resume".into());
                 return Err(StepError::fatal(
                     format!("cannot record the intent, so nothing was applied: {error}"),
                     format!(

@@ -12,6 +12,14 @@ pub(crate) fn resume_approving(run: i64) -> String {
     format!("runbook resume {run} --yes")
 }
 
+/// `runbook status RUN`, or the last run's where there is no run (`plan`).
+pub(crate) fn status(run: Option<i64>) -> String {
+    match run {
+        Some(run) => format!("runbook status {run}"),
+        None => "runbook status".to_string(),
+    }
+}
+
 /// `runbook retry STEP --run RUN`, or without `--run` where there is no run (`plan`).
 pub(crate) fn retry(step: &str, run: Option<i64>) -> String {
     match run {
@@ -39,5 +47,6 @@ mod tests {
         assert_eq!(retry("T2.4", Some(13)), "runbook retry T2.4 --run 13");
         assert_eq!(logs("T2.4", Some(13)), "runbook logs T2.4 --run 13");
         assert_eq!(retry("T2.4", None), "runbook retry T2.4", "plan records no run");
+        assert_eq!((status(Some(13)), status(None)), ("runbook status 13".to_string(), "runbook status".to_string()));
     }
 }
