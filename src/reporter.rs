@@ -171,14 +171,16 @@ impl Plain {
             return None;
         }
         self.last.insert(step.clone(), now);
-        Some(match limit_ms {
-            0 => format!("{step} {what}"),
-            _ => format!(
-                "{step} waiting {}/{}: {what}",
-                format_duration(*elapsed_ms as i64),
-                format_duration(*limit_ms as i64)
-            ),
-        })
+        Some(format!("{step} {}", waiting(what, *elapsed_ms, *limit_ms)))
+    }
+}
+
+/// A wait as the terminal and the plain lines show it: `waiting 12.0s/2m00s: what`, or just
+/// what is happening when the step set no limit.
+fn waiting(what: &str, elapsed_ms: u64, limit_ms: u64) -> String {
+    match limit_ms {
+        0 => what.to_string(),
+        _ => format!("waiting {}/{}: {what}", format_duration(elapsed_ms as i64), format_duration(limit_ms as i64)),
     }
 }
 
@@ -212,12 +214,9 @@ impl Bars {
         match event {
             Event::StepStarted { step, title, .. } => self.bar(step).set_message(format!("{title}: probing")),
             Event::StepIntent { step, .. } => self.bar(step).set_message("applying"),
-            Event::StepWaiting { step, what, limit_ms: 0, .. } => self.bar(step).set_message(what.clone()),
-            Event::StepWaiting { step, what, elapsed_ms, limit_ms, .. } => self.bar(step).set_message(format!(
-                "waiting {}/{}: {what}",
-                format_duration(*elapsed_ms as i64),
-                format_duration(*limit_ms as i64)
-            )),
+            Event::StepWaiting { step, what, elapsed_ms, limit_ms, .. } => {
+                self.bar(step).set_message(waiting(what, *elapsed_ms, *limit_ms))
+            }
             Event::ApprovalRequested { .. } => {
                 // Stop drawing so that the question stays readable until the answer.
                 self.multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
