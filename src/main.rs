@@ -31,6 +31,7 @@ mod secret;
 mod state;
 mod status;
 mod steps;
+mod text;
 mod watch;
 
 use std::io::Write;

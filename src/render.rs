@@ -11,6 +11,7 @@ use crate::engine::{PlanLine, PlanVerdict};
 use crate::error_chain::error_chain;
 use crate::event::{RunState, StepState};
 use crate::status::StatusView;
+pub(crate) use crate::text::{one_line, printable};
 
 /// What to print on stdout and stderr, and the exit code.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -239,26 +240,6 @@ pub(crate) fn status_table(view: &StatusView) -> String {
     }
     out.push_str(&format!("next: {}\n", view.next));
     out
-}
-
-/// Text from operators and tools as a terminal may show it: every control character but the
-/// newline and tab, and the bidirectional overrides, written as an escape (`\u{1b}`), so that
-/// a skip reason, a host name or a tool's output cannot clear or rewrite the screen of whoever
-/// reads it. Applied to everything runbook prints for people; JSON escapes them already.
-pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    let unsafe_char = |c: char| {
-        (c.is_control() && c != '\n' && c != '\t') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if !text.chars().any(unsafe_char) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    text.chars().map(|c| if unsafe_char(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect()
-}
-
-/// A value that must stay on its line (a host, an operator, a reason): `printable`, with
-/// newlines and tabs escaped too.
-pub(crate) fn one_line(text: &str) -> String {
-    printable(text).replace('\n', "\\n").replace('\t', "\\t")
 }
 
 /// What a rollback put in place, the outputs on call reads first: the revision, its task

@@ -48,7 +48,7 @@ pub(crate) fn spawn(mode: Mode, mut events: UnboundedReceiver<Event>) -> JoinHan
                 }
                 Mode::Plain => {
                     if let Some(line) = plain.line(&event, std::time::Instant::now()) {
-                        eprintln!("{} {}", format_utc(now_ms()), crate::render::printable(&line));
+                        eprintln!("{} {}", format_utc(now_ms()), crate::text::printable(&line));
                     }
                 }
                 Mode::Tty => tty.as_mut().expect("tty mode has bars").show(&event),
@@ -220,18 +220,18 @@ impl Bars {
             Event::ApprovalRequested { .. } => {
                 // Stop drawing so that the question stays readable until the answer.
                 self.multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-                eprint!("{}", crate::render::printable(&describe(event).unwrap_or_default()));
+                eprint!("{}", crate::text::printable(&describe(event).unwrap_or_default()));
                 self.asking = true;
             }
             Event::StepDone { step, .. } | Event::StepFailed { step, .. } => {
                 let line = describe(event).unwrap_or_default();
                 let bar = self.bar(step).clone();
                 bar.finish_and_clear();
-                let _ = self.multi.println(crate::render::printable(&line));
+                let _ = self.multi.println(crate::text::printable(&line));
             }
             other => {
                 if let Some(line) = describe(other) {
-                    let _ = self.multi.println(crate::render::printable(&line));
+                    let _ = self.multi.println(crate::text::printable(&line));
                 }
             }
         }

@@ -361,7 +361,7 @@ impl<W: std::io::Write, E: std::io::Write> Printer<W, E> {
 impl<W: std::io::Write, E: std::io::Write> Sink for Printer<W, E> {
     async fn seen(&mut self, poll: &Poll, transitions: &[Transition]) {
         let text = crate::render::oncall::watch_lines(poll, transitions, self.json);
-        let _ = self.out.write_all(crate::render::printable(&text).as_bytes());
+        let _ = self.out.write_all(crate::text::printable(&text).as_bytes());
         let _ = self.out.flush();
         if transitions.is_empty() {
             return;
