@@ -58,8 +58,10 @@ impl Engine {
         let graph = &self.runbook.graph;
         let by_id: BTreeMap<&str, &Step> = self.runbook.steps.iter().map(|s| (s.id.as_str(), s)).collect();
         let mut frontier = Frontier::new(graph, &progress.finished);
-        let mut running: JoinSet<(String, Option<Outputs>)> = JoinSet::new();
+        let mut running: JoinSet<(String, Ended)> = JoinSet::new();
         let mut failed = BTreeSet::new();
+        // Stopped for an approval nobody gave: not broken, and not done.
+        let mut awaiting = BTreeSet::new();
         tokio::pin!(cancel);
 
         loop {
@@ -89,18 +91,22 @@ impl Engine {
                     return RunState::Interrupted;
                 }
                 Some(joined) = running.join_next() => {
-                    let (id, outputs) = match joined {
+                    let (id, ended) = match joined {
                         Ok(result) => result,
                         Err(e) if e.is_cancelled() => continue,
                         Err(e) => std::panic::resume_unwind(e.into_panic()),
                     };
-                    match outputs {
-                        Some(outputs) => {
+                    match ended {
+                        Ended::Done(outputs) => {
                             frontier.finish(&id);
                             progress.outputs.insert(id.clone(), outputs);
                             progress.finished.insert(id);
                         }
-                        None => {
+                        Ended::AwaitingApproval => {
+                            awaiting.insert(id.clone());
+                            failed.insert(id);
+                        }
+                        Ended::Failed => {
                             failed.insert(id);
                         }
                     }
@@ -119,15 +125,24 @@ impl Engine {
         for (step, by) in blocked {
             self.recorder.emit(Event::StepBlocked { step, by }).await;
         }
-        if failed.is_empty()
-            && self.recorder.write_error().is_none()
-            && progress.finished.len() == self.runbook.steps.len()
-        {
+        let written = self.recorder.write_error().is_none();
+        if failed.is_empty() && written && progress.finished.len() == self.runbook.steps.len() {
             RunState::Done
+        } else if !awaiting.is_empty() && awaiting.len() == failed.len() && written {
+            // Every stop is an approval: the run waits for an operator, nothing is broken.
+            RunState::AwaitingApproval
         } else {
             RunState::Failed
         }
     }
+}
+
+/// How one step's attempts ended.
+enum Ended {
+    Done(Outputs),
+    /// The apply needs an approval nobody gave.
+    AwaitingApproval,
+    Failed,
 }
 
 /// One step, through as many attempts as retryable errors allow. `Some(outputs)` when done.
@@ -138,7 +153,7 @@ async fn run_step(
     typed: Result<Box<dyn AnyStep>, (String, String)>,
     first_attempt: u32,
     in_doubt: bool,
-) -> Option<Outputs> {
+) -> Ended {
     let mut attempt = first_attempt;
     let mut delay = shared.retry.first_delay;
     loop {
@@ -172,7 +187,7 @@ async fn run_step(
                         warnings: cx.warnings(),
                     })
                     .await;
-                return Some(outputs);
+                return Ended::Done(outputs);
             }
             Err(StepError::Retryable { message }) if attempt - first_attempt + 1 < shared.retry.max_attempts => {
                 shared
@@ -189,6 +204,11 @@ async fn run_step(
                 attempt += 1;
             }
             Err(e) => {
+                let ended = if matches!(e, StepError::AwaitingApproval { .. }) {
+                    Ended::AwaitingApproval
+                } else {
+                    Ended::Failed
+                };
                 let (error, fix) = match e {
                     StepError::Retryable { message } => (
                         format!("{message} (gave up after {} attempts)", shared.retry.max_attempts),
@@ -204,7 +224,7 @@ async fn run_step(
                     .recorder
                     .emit(Event::StepFailed { step: id.to_string(), attempt, error, fix, duration_ms: elapsed })
                     .await;
-                return None;
+                return ended;
             }
         }
     }

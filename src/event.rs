@@ -221,6 +221,8 @@ text_states! {
         Done = "done",
         Failed = "failed",
         Interrupted = "interrupted",
+        /// Stopped before an apply that needs an approval nobody gave; nothing failed.
+        AwaitingApproval = "awaiting_approval",
         /// Recorded as running, but no live process holds its lock (kill -9, power cut).
         Died = "died",
     }
@@ -236,6 +238,13 @@ text_states! {
         Skipped = "skipped",
         Failed = "failed",
         Blocked = "blocked",
+    }
+}
+
+impl RunState {
+    /// Ended at a step that did not finish: one failed, or one waits for an approval.
+    pub(crate) fn stopped_at_a_step(self) -> bool {
+        matches!(self, RunState::Failed | RunState::AwaitingApproval)
     }
 }
 

@@ -66,7 +66,9 @@ pub(crate) fn history(
             Some((step, error)) => (Some(step), error.map(|e| e.lines().next().unwrap_or_default().to_string())),
             None => (None, None),
         };
-        let awaiting_approval = error.as_deref().is_some_and(|e| e.starts_with("awaiting approval"));
+        // Runs recorded before the state of its own was added were labelled failed.
+        let awaiting_approval = status == RunState::AwaitingApproval
+            || error.as_deref().is_some_and(|e| e.starts_with("awaiting approval"));
         runs.push(HistoryLine {
             run: run.id,
             runbook: run.runbook,

@@ -249,8 +249,9 @@ enum Command {
 
 /// The exit codes, as `--help` lists them.
 const EXIT_CODES: &str = "Exit codes: 0 done, 1 a step failed, 2 bad input (nothing was changed), 3 locked by \
-                          another run, 130 interrupted (resumable); watch --once: 0 healthy, 1 degraded, 4 \
-                          unhealthy; diagnose: 1 when a check fails.";
+                          another run, 5 stopped awaiting approval (nothing failed; resume RUN --yes approves), \
+                          130 interrupted (resumable); watch --once: 0 healthy, 1 degraded, 4 unhealthy; diagnose: \
+                          1 when a check fails.";
 
 #[derive(Subcommand)]
 enum StateAction {
@@ -379,9 +380,16 @@ mod tests {
     fn help_shows_no_empty_environment_value_and_every_exit_code() {
         let help = Cli::command().render_long_help().to_string();
         assert!(!help.contains("RUNBOOK_PROJECT="), "{help}");
-        for code in
-            ["0 done", "1 a step failed", "2 bad input", "3 locked", "130 interrupted", "4 unhealthy", "diagnose: 1"]
-        {
+        for code in [
+            "0 done",
+            "1 a step failed",
+            "2 bad input",
+            "3 locked",
+            "5 stopped awaiting approval",
+            "130 interrupted",
+            "4 unhealthy",
+            "diagnose: 1",
+        ] {
             assert!(help.contains(code), "no `{code}` in --help:\n{help}");
         }
     }

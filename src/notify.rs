@@ -234,7 +234,7 @@ pub(crate) fn run_message(run: i64, status: RunState, view: Option<&StatusView>)
                 .unwrap_or_default();
             Some(format!("runbook: {what} is done{took}{who}"))
         }
-        RunState::Failed | RunState::Died | RunState::Running => {
+        RunState::Failed | RunState::AwaitingApproval | RunState::Died | RunState::Running => {
             let Some(step) = failed else {
                 return Some(format!("runbook: {what} failed{who}; runbook status shows where"));
             };

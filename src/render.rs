@@ -35,6 +35,12 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
                     "interrupted: run {run} is recorded as interrupted; `{}` continues it\n",
                     crate::hint::resume(*run)
                 );
+            } else if *status == RunState::AwaitingApproval {
+                r.stderr = format!(
+                    "awaiting approval: run {run} stopped before an apply that needs an approval (nothing failed); \
+                     review the change above, then `{}` approves and applies it\n",
+                    crate::hint::resume_approving(*run)
+                );
             }
             if let Some(error) = notify_error {
                 r.stderr.push_str(&format!("notification failed: {error}\n"));
@@ -148,12 +154,17 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
     r
 }
 
+/// The exit code of a run stopped for an approval nobody gave (nothing failed; `resume RUN
+/// --yes` approves and applies).
+pub(crate) const AWAITING_APPROVAL: i32 = 5;
+
 fn exit_code(outcome: &Outcome) -> i32 {
     match outcome {
         Outcome::Run { write_error: Some(_), .. } => 1,
         Outcome::Run { status, .. } => match status {
             RunState::Done => 0,
             RunState::Interrupted => 130,
+            RunState::AwaitingApproval => AWAITING_APPROVAL,
             RunState::Failed | RunState::Running | RunState::Died => 1,
         },
         Outcome::Plan(lines) => {
@@ -198,7 +209,7 @@ pub(crate) fn status_table(view: &StatusView) -> String {
         run.id,
         run.runbook,
         run.env,
-        run.status,
+        run.status.as_str().replace('_', " "),
         format_utc(run.started_at),
         one_line(&run.operator),
         one_line(&run.host),
@@ -211,7 +222,16 @@ pub(crate) fn status_table(view: &StatusView) -> String {
     for step in &view.steps {
         let row = &step.row;
         let in_doubt = row.in_doubt && row.state == StepState::Running && run.status != RunState::Running;
-        let state = if in_doubt { "in-doubt" } else { row.state.as_str() };
+        // The change an approval is asked for, resource by resource, under its row.
+        let change = row.last_error.as_deref().filter(|_| row.state == StepState::Failed).and_then(|e| {
+            let change = e.strip_prefix("awaiting approval: ")?;
+            Some(change.split_once('\n').map_or("", |(_, resources)| resources))
+        });
+        let state = match (in_doubt, change) {
+            (true, _) => "in-doubt",
+            (false, Some(_)) => "awaiting",
+            (false, None) => row.state.as_str(),
+        };
         let mut note = row.last_error.as_deref().map(first_line).unwrap_or_default();
         if matches!(row.state, StepState::Applied | StepState::Satisfied) && !row.warnings.is_empty() {
             note = first_line(&format!("warning: {}", row.warnings.join("; ")));
@@ -225,6 +245,9 @@ pub(crate) fn status_table(view: &StatusView) -> String {
         }
         let duration = row.duration_ms.map(format_duration).unwrap_or_else(|| "-".into());
         out.push_str(&format!("{:<8} {:<10} {:>8} {:>9}  {}\n", row.step, state, row.attempts, duration, note));
+        for resource in change.into_iter().flat_map(str::lines).filter(|l| !l.trim().is_empty()) {
+            out.push_str(&format!("{:9}{}\n", "", one_line(resource.trim_start())));
+        }
         if let Some(put) = rollback_outputs(&step.outputs) {
             out.push_str(&format!("{:9}{put}\n", ""));
         }

@@ -82,7 +82,7 @@ pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusV
         RunState::Died => {
             format!("its process died: {} (settles in-doubt steps by their probes)", hint::resume(run.id))
         }
-        RunState::Failed | RunState::Interrupted => steps
+        RunState::Failed | RunState::Interrupted | RunState::AwaitingApproval => steps
             .iter()
             .find_map(|s| (s.row.state == StepState::Failed).then(|| s.next.clone()).flatten())
             .unwrap_or_else(|| hint::resume(run.id)),

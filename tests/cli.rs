@@ -1177,11 +1177,12 @@ fn a_tag_pushed_earlier_with_another_image_is_a_conflict_until_it_is_removed() {
     // Without a terminal and without --yes, terraform's apply waits for approval, resumably.
     let waiting = rb.run(&["retry", "T2.2"]);
     waiting
-        .expect_code(1)
+        .expect_code(5)
         .expect_text("T2.2 ok")
         .expect_text("awaiting approval: Plan: ")
         .expect_text("to apply it: runbook resume 1 --yes");
     assert_eq!(step_states(&rb.status())["T2.4"], "failed");
+    assert_eq!(rb.status()["run"]["status"], "awaiting_approval");
     rb.run(&["resume", "--yes"]).expect_code(0).expect_text("approved by --yes");
     all_done(&rb.status());
 }

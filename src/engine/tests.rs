@@ -592,7 +592,8 @@ async fn refused_approval_stops_the_step_resumably_and_is_recorded() {
     {
         h.script("a", Script { needs_approval: true, ..Script::default() });
         let (status, _) = h.run().await;
-        assert_eq!(status, RunState::Failed);
+        assert_eq!(status, RunState::AwaitingApproval, "stopped for an approval, not failed");
+        assert_eq!(h.db().run(h.run).unwrap().status, RunState::AwaitingApproval, "and recorded so");
         let row = h.step_row("a");
         assert_eq!(row.last_error.as_deref(), Some("awaiting approval: Plan: 1 to add"));
         assert_eq!(
@@ -611,6 +612,26 @@ async fn refused_approval_stops_the_step_resumably_and_is_recorded() {
             answers[0]
         );
         assert!(answers[0].contains("Plan: 1 to add"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_with_a_broken_step_beside_one_awaiting_approval_is_failed() {
+    let steps: &[(&str, &[&str], &str)] = &[("a", &[], ""), ("b", &[], ""), ("c", &["a"], "")];
+    for h in Harness::each("approval-and-failure", steps, Approver::Withheld).await {
+        h.script("a", Script { needs_approval: true, ..Script::default() });
+        h.script("b", Script { probe_errors: vec![Failure::Fatal], ..Script::default() });
+        let (status, _) = h.run().await;
+        assert_eq!(status, RunState::Failed, "a broken step outranks a wait for approval");
+        assert_eq!(h.step_row("c").state, StepState::Blocked);
+    }
+    // Alone, the same approval leaves the run awaiting it, its downstream step blocked.
+    for h in Harness::each("approval-alone", steps, Approver::Withheld).await {
+        h.script("a", Script { needs_approval: true, ..Script::default() });
+        let (status, _) = h.run().await;
+        assert_eq!(status, RunState::AwaitingApproval);
+        assert_eq!(h.step_row("b").state, StepState::Applied);
+        assert_eq!(h.step_row("c").state, StepState::Blocked);
     }
 }
 

@@ -15,19 +15,21 @@ pub(crate) fn history_table(view: &HistoryView) -> String {
     }
     let who: Vec<String> = view.runs.iter().map(|r| super::one_line(&format!("{}@{}", r.operator, r.host))).collect();
     let width = |header: &str, cells: &mut dyn Iterator<Item = usize>| cells.max().unwrap_or(0).max(header.len());
-    let (runbook_w, env_w, who_w) = (
+    let status: Vec<String> = view.runs.iter().map(|r| r.status.as_str().replace('_', " ")).collect();
+    let (runbook_w, env_w, who_w, status_w) = (
         width("RUNBOOK", &mut view.runs.iter().map(|r| r.runbook.len())),
         width("ENV", &mut view.runs.iter().map(|r| r.env.len())),
         width("OPERATOR@HOST", &mut who.iter().map(String::len)),
+        width("STATUS", &mut status.iter().map(String::len)),
     );
     let mut out = format!(
-        "{:>5}  {:<runbook_w$}  {:<env_w$}  {:<who_w$}  {:<20}  {:>8}  {:<11}  FAILED STEP\n",
+        "{:>5}  {:<runbook_w$}  {:<env_w$}  {:<who_w$}  {:<20}  {:>8}  {:<status_w$}  FAILED STEP\n",
         "RUN", "RUNBOOK", "ENV", "OPERATOR@HOST", "STARTED (UTC)", "DURATION", "STATUS"
     );
-    for (line, who) in view.runs.iter().zip(&who) {
+    for ((line, who), status) in view.runs.iter().zip(&who).zip(&status) {
         let duration = line.duration_ms.map(format_duration).unwrap_or_else(|| "-".into());
         let failed = match (&line.failed_step, line.awaiting_approval) {
-            (Some(step), true) => format!("{step} (awaiting approval: {})", crate::hint::resume_approving(line.run)),
+            (Some(step), true) => format!("{step} (to approve: {})", crate::hint::resume_approving(line.run)),
             (Some(step), false) => match &line.error {
                 Some(error) => super::first_line(&format!("{step}: {error}")),
                 None => step.clone(),
@@ -39,12 +41,11 @@ pub(crate) fn history_table(view: &HistoryView) -> String {
         };
         out.push_str(
             format!(
-                "{:>5}  {:<runbook_w$}  {:<env_w$}  {who:<who_w$}  {:<20}  {duration:>8}  {:<11}  {failed}",
+                "{:>5}  {:<runbook_w$}  {:<env_w$}  {who:<who_w$}  {:<20}  {duration:>8}  {status:<status_w$}  {failed}",
                 line.run,
                 line.runbook,
                 line.env,
                 format_utc(line.started_at),
-                line.status.as_str(),
             )
             .trim_end(),
         );
@@ -149,7 +150,7 @@ mod tests {
         let mut failed = line(11, RunState::Failed);
         failed.failed_step = Some("T2.5".into());
         failed.error = Some("REDIS_URL: connect 127.0.0.1:6380: Connection refused".into());
-        let mut approval = line(12, RunState::Failed);
+        let mut approval = line(12, RunState::AwaitingApproval);
         approval.env = "armitage".into();
         approval.operator = "oncall-bo".into();
         approval.failed_step = Some("T2.4".into());
@@ -179,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_failed_notification_is_said_once_and_changes_no_exit_code() {
-        for (status, code) in [(RunState::Done, 0), (RunState::Failed, 1)] {
+        for (status, code) in [(RunState::Done, 0), (RunState::Failed, 1), (RunState::AwaitingApproval, 5)] {
             let run = crate::commands::Outcome::Run {
                 run: 3,
                 status,
@@ -189,7 +190,8 @@ mod tests {
             };
             let r = super::super::outcome(&run, false);
             assert_eq!(r.code, code);
-            assert_eq!(r.stderr, "notification failed: POST to the webhook: connection refused (tried 3 times)\n");
+            let said = "notification failed: POST to the webhook: connection refused (tried 3 times)\n";
+            assert!(r.stderr.ends_with(said) && r.stderr.matches(said).count() == 1, "{}", r.stderr);
         }
     }
 

@@ -90,6 +90,19 @@ fn status_table_of_a_failed_run() {
 }
 
 #[test]
+fn status_table_of_a_run_awaiting_approval_lists_the_change_under_its_step() {
+    let mut v = view(RunState::AwaitingApproval);
+    let change = "awaiting approval: Plan: 1 to add, 1 to change, 1 to destroy.\n  destroy  aws_security_group.old\n  \
+                  update   aws_ecs_service.dixie: desired_count\n  create   aws_cloudwatch_log_group.dixie\u{1b}[31m";
+    let mut approval = row("T2.4", StepState::Failed, 1, Some(9_000), Some(change));
+    approval.fix = Some("the change is listed above; to apply it: runbook resume 7 --yes".into());
+    v.steps.truncate(2);
+    v.steps.push(StepView { next: approval.fix.clone(), row: approval, outputs: Outputs::new() });
+    v.next = "the change is listed above; to apply it: runbook resume 7 --yes".into();
+    insta::assert_snapshot!(status_table(&v));
+}
+
+#[test]
 fn status_table_of_a_run_whose_process_died_shows_the_step_in_doubt() {
     let mut v = view(RunState::Died);
     v.run.ended_at = None;
@@ -211,6 +224,9 @@ fn run_outcomes_map_to_exit_codes() {
     let interrupted = outcome(&run(RunState::Interrupted, None), false);
     assert_eq!(interrupted.code, 130);
     assert_eq!(interrupted.stderr, "interrupted: run 1 is recorded as interrupted; `runbook resume 1` continues it\n");
+    let awaiting = outcome(&run(RunState::AwaitingApproval, None), false);
+    assert_eq!(awaiting.code, 5, "its own code: not a failure, not done");
+    assert!(awaiting.stderr.contains("nothing failed") && awaiting.stderr.contains("`runbook resume 1 --yes`"));
     let unwritable = outcome(&run(RunState::Done, Some("disk full")), false);
     assert_eq!((unwritable.code, unwritable.stderr.as_str()), (1, "error: the run stopped: disk full\n"));
 }

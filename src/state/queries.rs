@@ -263,7 +263,7 @@ impl StateDb {
         ids.into_iter()
             .map(|id| {
                 let run = self.run(id)?;
-                let failed_step = if run.status == RunState::Failed { self.first_failed_step(conn, id)? } else { None };
+                let failed_step = if run.status.stopped_at_a_step() { self.first_failed_step(conn, id)? } else { None };
                 Ok(HistoryRow { run, failed_step })
             })
             .collect()

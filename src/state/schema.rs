@@ -139,6 +139,26 @@ ALTER TABLE run_lock ADD COLUMN pid_started INTEGER;
     r#"
 CREATE INDEX events_by_run_kind ON events (run_id, kind);
 "#,
+    // 4: a run stopped for an approval nobody gave has its own status (it was `failed`).
+    r#"
+CREATE TABLE runs_v4 (
+    id           INTEGER PRIMARY KEY,
+    runbook      TEXT NOT NULL,
+    env          TEXT NOT NULL,
+    runbook_hash TEXT NOT NULL,
+    inputs_hash  TEXT NOT NULL,
+    vars_json    TEXT NOT NULL,
+    operator     TEXT NOT NULL,
+    host         TEXT NOT NULL,
+    started_at   INTEGER NOT NULL,
+    ended_at     INTEGER,
+    status       TEXT NOT NULL
+                 CHECK (status IN ('running', 'done', 'failed', 'interrupted', 'awaiting_approval'))
+) STRICT;
+INSERT INTO runs_v4 SELECT * FROM runs ORDER BY id;
+DROP TABLE runs;
+ALTER TABLE runs_v4 RENAME TO runs;
+"#,
 ];
 
 /// Runs the migrations after `user_version`. Tables are rebuilt with foreign keys off (they

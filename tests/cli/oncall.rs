@@ -227,13 +227,13 @@ fn sprint_2_posts_its_approval_stop_and_its_end_and_watch_once_judges_five_ring_
 
     // Without --yes and without a terminal, T2.4's plan waits for an operator: that is posted.
     let started = std::time::Instant::now();
-    rb().run(&["run", "sprint-2"]).expect_code(1).expect_text("awaiting approval");
+    rb().run(&["run", "sprint-2"]).expect_code(5).expect_text("awaiting approval");
     let waiting = json(&rb().run(&["history", "--json"]));
     assert_eq!(
         (waiting["runs"][0]["failed_step"].as_str(), waiting["runs"][0]["awaiting_approval"].as_bool()),
         (Some("T2.4"), Some(true))
     );
-    rb().run(&["history"]).expect_code(0).expect_text("T2.4 (awaiting approval: runbook resume 1 --yes)");
+    rb().run(&["history"]).expect_code(0).expect_text("awaiting approval  T2.4 (to approve: runbook resume 1 --yes)");
     rb().run(&["resume", "--yes"]).expect_code(0);
     eprintln!("sprint-2 took {:?}", started.elapsed());
     let texts = hook.texts();

@@ -103,6 +103,12 @@ ALTER TABLE run_lock ADD COLUMN pid_started BIGINT;
     r#"
 CREATE INDEX events_by_run_kind ON events (run_id, kind);
 "#,
+    // 4: a run stopped for an approval nobody gave has its own status (it was `failed`).
+    r#"
+ALTER TABLE runs DROP CONSTRAINT runs_status_check;
+ALTER TABLE runs ADD CONSTRAINT runs_status_check
+    CHECK (status IN ('running', 'done', 'failed', 'interrupted', 'awaiting_approval'));
+"#,
 ];
 
 const _: () = assert!(

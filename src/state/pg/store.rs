@@ -197,7 +197,7 @@ impl PgConn {
             Ok(runs) => runs,
             Err(message) => return Ok(Err(message)),
         };
-        let failed: Vec<i64> = runs.iter().filter(|r| r.status == RunState::Failed).map(|r| r.id).collect();
+        let failed: Vec<i64> = runs.iter().filter(|r| r.status.stopped_at_a_step()).map(|r| r.id).collect();
         let mut first_failed: HashMap<i64, (String, Option<String>)> = HashMap::new();
         if !failed.is_empty() {
             let rows = wait(self.client.query(
