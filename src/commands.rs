@@ -295,7 +295,7 @@ fn check_acknowledgement(g: &Globals, db: &StateDb, env: &str, resumed: Option<&
         Ok(row) if row.env == env => db
             .events_by_kind(Some(rollback), &["rollback_marked"])?
             .iter()
-            .any(|e| e.payload["from_revision"] != e.payload["to_revision"]),
+            .any(|e| matches!(&e.event, Ok(Event::RollbackMarked { from_revision, to_revision, .. }) if from_revision != to_revision)),
         _ => false,
     };
     if !marked {
@@ -705,8 +705,8 @@ pub(crate) fn ring(project: &Path, action: &str) -> Result<Outcome, CliError> {
 /// `runbook history`: runs newest first, read-only.
 pub(crate) fn history(
     g: &Globals,
-    runbook: Option<&str>,
-    env: Option<&str>,
+    filter: &crate::state::RunFilter<'_>,
+    before: Option<i64>,
     limit: Option<u32>,
 ) -> Result<Outcome, CliError> {
     let limit = limit.unwrap_or(crate::history::DEFAULT_LIMIT);
@@ -714,7 +714,8 @@ pub(crate) fn history(
         return Err(CliError::Usage("--limit 0 lists nothing: give 1 or more (default 20)".into()));
     }
     let db = StateDb::open_existing(&g.state, true)?;
-    Ok(Outcome::History(crate::history::history(&db, runbook, env, limit, &host())?))
+    let page = crate::state::Page { before, limit };
+    Ok(Outcome::History(crate::history::history(&db, filter, page, &host())?))
 }
 
 /// `runbook audit`: the operator decisions of a run (default: the latest) or of all runs.

@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub(crate) type Outputs = BTreeMap<String, String>;
 
-#[derive(Debug, Clone, Serialize)]
+/// Written as JSON (`payload` in the state DB) and read back as the same type: fields added
+/// after a kind first shipped have a default, so older rows still read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub(crate) enum Event {
     RunStarted {
@@ -16,6 +18,8 @@ pub(crate) enum Event {
         runbook: String,
         env: String,
         operator: String,
+        /// Empty in rows recorded before the operator's host was kept.
+        #[serde(default)]
         host: String,
         resumed: bool,
     },
@@ -70,7 +74,8 @@ pub(crate) enum Event {
         step: String,
         summary: String,
         operator: String,
-        /// The operator's host (absent from payloads recorded before it was kept).
+        /// The operator's host (absent from payloads recorded before it was kept: empty).
+        #[serde(default)]
         host: String,
         via: String,
         approved: bool,
@@ -82,7 +87,7 @@ pub(crate) enum Event {
         outputs: Outputs,
         duration_ms: u64,
         /// What the step's policy tolerated (a component it may do without), said, not failed.
-        #[serde(skip_serializing_if = "Vec::is_empty")]
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         warnings: Vec<String>,
     },
     StepFailed {
@@ -100,12 +105,16 @@ pub(crate) enum Event {
         step: String,
         reason: String,
         operator: String,
+        /// Empty in rows recorded before the operator's host was kept.
+        #[serde(default)]
         host: String,
     },
     StepReset {
         step: String,
         reason: String,
         operator: String,
+        /// Empty in rows recorded before the operator's host was kept.
+        #[serde(default)]
         host: String,
     },
     LockTakenOver {
@@ -113,12 +122,16 @@ pub(crate) enum Event {
         previous_pid: i64,
         /// Who took it over, from where.
         operator: String,
+        /// Empty in rows recorded before the operator's host was kept.
+        #[serde(default)]
         host: String,
     },
     LockBroken {
         previous_host: String,
         previous_pid: i64,
         operator: String,
+        /// Empty in rows recorded before the operator's host was kept.
+        #[serde(default)]
         host: String,
     },
     /// An operator released a lock a step's tool left (terraform's state lock).
@@ -126,6 +139,8 @@ pub(crate) enum Event {
         step: String,
         lock_id: String,
         operator: String,
+        /// Empty in rows recorded before the operator's host was kept.
+        #[serde(default)]
         host: String,
     },
     /// A rollback step put a service back on an earlier task definition, and marked the service
@@ -133,9 +148,14 @@ pub(crate) enum Event {
     RollbackMarked {
         step: String,
         service: String,
+        /// Numbers in rows recorded before revisions were kept as text.
+        #[serde(deserialize_with = "text_or_number")]
         from_revision: String,
+        #[serde(deserialize_with = "text_or_number")]
         to_revision: String,
         operator: String,
+        /// Empty in rows recorded before the operator's host was kept.
+        #[serde(default)]
         host: String,
         /// 002's emergency variant: scaled to 0 tasks, then back up (on the same revision when
         /// `from_revision` is `to_revision`: a restart, not a rollback). Absent in older rows.
@@ -152,6 +172,8 @@ pub(crate) enum Event {
         service: String,
         summary: String,
         operator: String,
+        /// Empty in rows recorded before the operator's host was kept.
+        #[serde(default)]
         host: String,
     },
     RunFinished {
@@ -161,7 +183,21 @@ pub(crate) enum Event {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A field written as text that older rows wrote as a number.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrNumber {
+        Text(String),
+        Number(i64),
+    }
+    Ok(match TextOrNumber::deserialize(d)? {
+        TextOrNumber::Text(text) => text,
+        TextOrNumber::Number(n) => n.to_string(),
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum ProbeResult {
     Satisfied,
@@ -169,7 +205,7 @@ pub(crate) enum ProbeResult {
     Conflict,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum DoneOutcome {
     /// The desired state was already true; nothing was changed.
@@ -182,7 +218,7 @@ pub(crate) enum DoneOutcome {
 macro_rules! text_states {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),* $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub(crate) enum $name {
             $($(#[$vmeta])* $variant),*
@@ -238,13 +274,6 @@ text_states! {
         Skipped = "skipped",
         Failed = "failed",
         Blocked = "blocked",
-    }
-}
-
-impl RunState {
-    /// Ended at a step that did not finish: one failed, or one waits for an approval.
-    pub(crate) fn stopped_at_a_step(self) -> bool {
-        matches!(self, RunState::Failed | RunState::AwaitingApproval)
     }
 }
 
@@ -351,5 +380,105 @@ mod tests {
         );
         assert!(!Event::StepLog { step: step(), attempt: 1, line: "l".into() }.is_durable());
         assert!(!Event::StepStarted { step: step(), attempt: 1, title: "t".into(), in_doubt: false }.is_durable());
+    }
+
+    /// One event of each kind, with every optional field set.
+    fn one_of_each() -> Vec<Event> {
+        let (step, s) = (|| "T2.4".to_string(), |t: &str| t.to_string());
+        let who = || ("ana".to_string(), "laptop".to_string());
+        let outputs: Outputs = [(s("url"), s("https://x"))].into();
+        vec![
+            Event::RunStarted {
+                run: 3,
+                runbook: s("sprint-2"),
+                env: s("local"),
+                operator: s("ana"),
+                host: s("h"),
+                resumed: true,
+            },
+            Event::InputsChanged { what: s("runbook file") },
+            Event::StepStarted { step: step(), attempt: 2, title: s("t"), in_doubt: true },
+            Event::StepProbed { step: step(), attempt: 2, result: ProbeResult::Conflict, detail: s("d") },
+            Event::StepIntent { step: step(), attempt: 2, action: s("apply") },
+            Event::StepLog { step: step(), attempt: 2, line: s("line \u{1b}") },
+            Event::StepWaiting { step: step(), attempt: 2, what: s("w"), elapsed_ms: 5, limit_ms: 9 },
+            Event::StepRetrying { step: step(), attempt: 2, error: s("e"), delay_ms: 100 },
+            Event::ApprovalRequested { step: step(), summary: s("Plan: 1 to add") },
+            Event::ApprovalAnswered {
+                step: step(),
+                summary: s("Plan"),
+                operator: who().0,
+                host: who().1,
+                via: s("--yes"),
+                approved: true,
+            },
+            Event::StepDone {
+                step: step(),
+                attempt: 2,
+                outcome: DoneOutcome::Applied,
+                outputs,
+                duration_ms: 7,
+                warnings: vec![s("nats tolerated")],
+            },
+            Event::StepFailed { step: step(), attempt: 2, error: s("e"), fix: Some(s("f")), duration_ms: 1 },
+            Event::StepBlocked { step: step(), by: s("T2.3") },
+            Event::StepSkipped { step: step(), reason: s("r"), operator: who().0, host: who().1 },
+            Event::StepReset { step: step(), reason: s("r"), operator: who().0, host: who().1 },
+            Event::LockTakenOver { previous_host: s("p"), previous_pid: 4, operator: who().0, host: who().1 },
+            Event::LockBroken { previous_host: s("p"), previous_pid: 4, operator: who().0, host: who().1 },
+            Event::StateLockReleased { step: step(), lock_id: s("id"), operator: who().0, host: who().1 },
+            Event::RollbackMarked {
+                step: step(),
+                service: s("dixie"),
+                from_revision: s("7"),
+                to_revision: s("6"),
+                operator: who().0,
+                host: who().1,
+                emergency: true,
+                desired: Some(2),
+            },
+            Event::RollbackAcknowledged {
+                step: step(),
+                rollback_run: 9,
+                service: s("dixie"),
+                summary: s("s"),
+                operator: who().0,
+                host: who().1,
+            },
+            Event::RunFinished { run: 3, status: RunState::AwaitingApproval, duration_ms: 8 },
+        ]
+    }
+
+    #[test]
+    fn every_event_reads_back_as_the_event_it_was_written_as() {
+        let events = one_of_each();
+        let kinds: std::collections::BTreeSet<&str> = events.iter().map(Event::kind).collect();
+        assert_eq!(kinds.len(), events.len(), "one of each kind");
+        assert_eq!(kinds.len(), 21, "a kind added to Event needs its sample here");
+        for event in events {
+            let payload = serde_json::to_string(&event).unwrap();
+            assert_eq!(serde_json::from_str::<Event>(&payload).unwrap(), event, "{payload}");
+        }
+    }
+
+    #[test]
+    fn rows_written_before_a_field_was_kept_still_read() {
+        let old = r#"{"event":"step_skipped","step":"T2.4","reason":"old","operator":"cy"}"#;
+        let Event::StepSkipped { host, .. } = serde_json::from_str(old).unwrap() else { panic!("{old}") };
+        assert_eq!(host, "", "an older row has no host");
+        let old =
+            r#"{"event":"rollback_marked","step":"R1","service":"d","from_revision":7,"to_revision":6,"operator":"o"}"#;
+        let Event::RollbackMarked { from_revision, to_revision, emergency, desired, .. } =
+            serde_json::from_str(old).unwrap()
+        else {
+            panic!("{old}")
+        };
+        assert_eq!((from_revision.as_str(), to_revision.as_str(), emergency, desired), ("7", "6", false, None));
+        let done = r#"{"event":"step_done","step":"a","attempt":1,"outcome":"satisfied","outputs":{},"duration_ms":1}"#;
+        assert!(matches!(serde_json::from_str(done).unwrap(), Event::StepDone { warnings, .. } if warnings.is_empty()));
+        // Not an event: an error, never a default.
+        for bad in [r#"{"event":"step_exploded"}"#, r#"{"event":"step_done"}"#, "null", "{"] {
+            assert!(serde_json::from_str::<Event>(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::clock::format_utc_ms;
-use crate::event::RunState;
-use crate::state::{RunRow, StateDb, StateError};
+use crate::event::{Event, RunState};
+use crate::state::{Page, RunFilter, RunRow, StateDb, StateError};
 
 /// Runs `history` lists when `--limit` is not given.
 pub(crate) const DEFAULT_LIMIT: u32 = 20;
@@ -24,7 +24,16 @@ pub(crate) struct HistoryView {
     /// What was asked for, to say so when nothing matches.
     pub(crate) runbook: Option<String>,
     pub(crate) env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) status: Option<RunState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) operator: Option<String>,
     pub(crate) runs: Vec<HistoryLine>,
+    /// The page's size.
+    pub(crate) limit: u32,
+    /// A full page: `--before` this run id lists the older ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) older_before: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -47,20 +56,30 @@ pub(crate) struct HistoryLine {
     pub(crate) awaiting_approval: bool,
 }
 
+/// Runs newest first that match `filter`, a page at a time. `died` is no recorded status (a
+/// run whose process died is recorded as running): asked for, it is the running runs that no
+/// live process holds, and `running` the ones that one does.
 pub(crate) fn history(
     db: &StateDb,
-    runbook: Option<&str>,
-    env: Option<&str>,
-    limit: u32,
+    filter: &RunFilter<'_>,
+    page: Page,
     our_host: &str,
 ) -> Result<HistoryView, StateError> {
+    let asked = filter.status;
+    let recorded =
+        RunFilter { status: asked.map(|s| if s == RunState::Died { RunState::Running } else { s }), ..*filter };
+    let rows = db.runs(&recorded, page)?;
+    let older_before = (rows.len() as u64 >= u64::from(page.limit)).then(|| rows.last().map(|r| r.run.id)).flatten();
     let mut runs = Vec::new();
-    for row in db.history(runbook, env, limit)? {
+    for row in rows {
         let run = row.run;
         let mut status = run.status;
         if status == RunState::Running && !db.run_is_live(run.id, our_host)? {
             // Its process died without recording an end (kill -9, power cut).
             status = RunState::Died;
+        }
+        if asked.is_some_and(|a| a != status) {
+            continue;
         }
         let (failed_step, error) = match row.failed_step {
             Some((step, error)) => (Some(step), error.map(|e| e.lines().next().unwrap_or_default().to_string())),
@@ -84,7 +103,15 @@ pub(crate) fn history(
             awaiting_approval,
         });
     }
-    Ok(HistoryView { runbook: runbook.map(String::from), env: env.map(String::from), runs })
+    Ok(HistoryView {
+        runbook: filter.runbook.map(String::from),
+        env: filter.env.map(String::from),
+        status: asked,
+        operator: filter.operator.map(String::from),
+        runs,
+        limit: page.limit,
+        older_before,
+    })
 }
 
 /// The decisions of one run, or of every run in the DB.
@@ -137,114 +164,110 @@ pub(crate) struct Decision {
     pub(crate) detail: Value,
 }
 
-/// How a decision's recorded payload reads in one line.
-type Describe = fn(&Value) -> String;
-
-/// The kinds of event that are an operator's decision, and how each reads in one line.
-const DECISIONS: &[(&str, Describe)] = &[
-    ("approval_answered", approval),
-    ("step_skipped", skipped),
-    ("step_reset", reset),
-    ("lock_taken_over", taken_over),
-    ("lock_broken", broken),
-    ("state_lock_released", state_lock_released),
-    ("rollback_marked", rollback),
-    ("rollback_acknowledged", rollback_acknowledged),
+/// The kinds of event that are an operator's decision.
+const DECISIONS: &[&str] = &[
+    "approval_answered",
+    "step_skipped",
+    "step_reset",
+    "lock_taken_over",
+    "lock_broken",
+    "state_lock_released",
+    "rollback_marked",
+    "rollback_acknowledged",
 ];
 
-fn field<'a>(payload: &'a Value, name: &str) -> &'a str {
-    payload[name].as_str().unwrap_or("?")
-}
-
-fn number(payload: &Value, name: &str) -> String {
-    payload[name].as_i64().map(|n| n.to_string()).unwrap_or_else(|| "?".into())
-}
-
-fn approval(p: &Value) -> String {
-    let verb = if p["approved"].as_bool() == Some(true) { "approved" } else { "refused" };
-    format!("{verb} {} via {}: {}", field(p, "step"), field(p, "via"), field(p, "summary"))
-}
-
-fn skipped(p: &Value) -> String {
-    format!("skipped {}: {}", field(p, "step"), field(p, "reason"))
-}
-
-fn reset(p: &Value) -> String {
-    format!("reset {} to run again ({})", field(p, "step"), field(p, "reason"))
-}
-
-fn taken_over(p: &Value) -> String {
-    format!("took over the run lock of dead process {} on {}", number(p, "previous_pid"), field(p, "previous_host"))
-}
-
-fn broken(p: &Value) -> String {
-    format!("broke the run lock held by process {} on {}", number(p, "previous_pid"), field(p, "previous_host"))
-}
-
-fn state_lock_released(p: &Value) -> String {
-    format!("released terraform's state lock {} of {}", field(p, "lock_id"), field(p, "step"))
-}
-
-/// A rollback, or 002's emergency variant: a restart when it stays on the running revision.
-fn rollback(p: &Value) -> String {
-    let revision = |name: &str| p[name].as_str().map(String::from).unwrap_or_else(|| number(p, name));
-    let (service, from, to) = (field(p, "service"), revision("from_revision"), revision("to_revision"));
-    match (p["emergency"].as_bool() == Some(true), from == to) {
-        (false, _) => format!("rolled {service} back from revision {from} to {to}"),
-        (true, true) => {
-            format!("emergency restart of {service} at revision {to}: scaled 0 and back to {}", number(p, "desired"))
+/// A decision in one line, with who made it and from where (an empty host: recorded before
+/// hosts were kept). `None` for an event that is no decision.
+fn describe(event: &Event) -> Option<(String, &str, &str)> {
+    let (line, operator, host) = match event {
+        Event::ApprovalAnswered { step, summary, operator, host, via, approved } => {
+            let verb = if *approved { "approved" } else { "refused" };
+            (format!("{verb} {step} via {via}: {summary}"), operator, host)
         }
-        (true, false) => format!(
-            "emergency rollback of {service} from revision {from} to {to}: scaled 0 and back to {}",
-            number(p, "desired")
+        Event::StepSkipped { step, reason, operator, host } => (format!("skipped {step}: {reason}"), operator, host),
+        Event::StepReset { step, reason, operator, host } => {
+            (format!("reset {step} to run again ({reason})"), operator, host)
+        }
+        Event::LockTakenOver { previous_host, previous_pid, operator, host } => {
+            (format!("took over the run lock of dead process {previous_pid} on {previous_host}"), operator, host)
+        }
+        Event::LockBroken { previous_host, previous_pid, operator, host } => {
+            (format!("broke the run lock held by process {previous_pid} on {previous_host}"), operator, host)
+        }
+        Event::StateLockReleased { step, lock_id, operator, host } => {
+            (format!("released terraform's state lock {lock_id} of {step}"), operator, host)
+        }
+        Event::RollbackMarked {
+            service,
+            from_revision: from,
+            to_revision: to,
+            operator,
+            host,
+            emergency,
+            desired,
+            ..
+        } => {
+            let desired = desired.map(|d| d.to_string()).unwrap_or_else(|| "?".into());
+            // 002's emergency variant is a restart when it stays on the running revision.
+            let line = match (*emergency, from == to) {
+                (false, _) => format!("rolled {service} back from revision {from} to {to}"),
+                (true, true) => {
+                    format!("emergency restart of {service} at revision {to}: scaled 0 and back to {desired}")
+                }
+                (true, false) => format!(
+                    "emergency rollback of {service} from revision {from} to {to}: scaled 0 and back to {desired}"
+                ),
+            };
+            (line, operator, host)
+        }
+        Event::RollbackAcknowledged { step, rollback_run, service, summary, operator, host } => (
+            format!("acknowledged that {step} undoes the rollback of run {rollback_run} on {service}: {summary}"),
+            operator,
+            host,
         ),
-    }
+        _ => return None,
+    };
+    Some((line, operator.as_str(), host.as_str()))
 }
 
-fn rollback_acknowledged(p: &Value) -> String {
-    format!(
-        "acknowledged that {} undoes the rollback of run {} on {}: {}",
-        field(p, "step"),
-        number(p, "rollback_run"),
-        field(p, "service"),
-        field(p, "summary")
-    )
-}
-
-/// The decisions of `run` (default: the latest), or with `all` of every run, oldest first.
+/// The decisions of `run` (default: the latest), or with `all` of every run, oldest first. A
+/// row this runbook cannot read (written by a newer one) is listed as such, not left out.
 pub(crate) fn audit(db: &StateDb, run: Option<i64>, all: bool) -> Result<AuditView, StateError> {
-    let kinds: Vec<&str> = DECISIONS.iter().map(|(kind, _)| *kind).collect();
     let audited = if all { None } else { Some(db.run_or_latest(run)?) };
-    let events = db.events_by_kind(audited.as_ref().map(|r| r.id), &kinds)?;
+    let events = db.events_by_kind(audited.as_ref().map(|r| r.id), DECISIONS)?;
     // The host of each run, for events recorded before they carried their own.
     let mut hosts: BTreeMap<i64, String> = audited.iter().map(|r| (r.id, r.host.clone())).collect();
+    let mut run_host = |run: Option<i64>| -> String {
+        let Some(id) = run else { return "?".into() };
+        hosts.entry(id).or_insert_with(|| db.run(id).map(|r| r.host).unwrap_or_else(|_| "?".into())).clone()
+    };
     let mut decisions = Vec::with_capacity(events.len());
-    for event in events {
-        let Some((_, describe)) = DECISIONS.iter().find(|(kind, _)| *kind == event.kind) else { continue };
-        let host = match event.payload["host"].as_str() {
-            Some(host) => host.to_string(),
-            None => match event.run {
-                Some(id) => match hosts.get(&id) {
-                    Some(host) => host.clone(),
-                    None => {
-                        let host = db.run(id).map(|r| r.host).unwrap_or_else(|_| "?".into());
-                        hosts.insert(id, host.clone());
-                        host
-                    }
-                },
-                None => "?".into(),
-            },
+    for stored in events {
+        let (decision, operator, host, step, detail) = match &stored.event {
+            Ok(event) => {
+                let Some((line, operator, host)) = describe(event) else { continue };
+                let host = if host.is_empty() { run_host(stored.run) } else { host.to_string() };
+                let detail = serde_json::to_value(event).unwrap_or(Value::Null);
+                (line, operator.to_string(), host, event.step().map(String::from), detail)
+            }
+            Err(error) => (
+                format!("unreadable {} event {} (written by a newer runbook?): {error}", stored.kind, stored.id),
+                "?".into(),
+                run_host(stored.run),
+                None,
+                Value::Null,
+            ),
         };
         decisions.push(Decision {
-            run: event.run,
-            at: event.at,
-            time: format_utc_ms(event.at),
-            kind: event.kind.clone(),
-            step: event.payload["step"].as_str().map(String::from),
-            operator: event.payload["operator"].as_str().unwrap_or("?").to_string(),
+            run: stored.run,
+            at: stored.at,
+            time: format_utc_ms(stored.at),
+            kind: stored.kind,
+            step,
+            operator,
             host,
-            decision: describe(&event.payload),
-            detail: event.payload,
+            decision,
+            detail,
         });
     }
     Ok(AuditView { run: audited.as_ref().map(AuditedRun::from), decisions })

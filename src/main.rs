@@ -41,7 +41,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::approval::Approver;
 use crate::commands::{CliError, Globals, Outcome};
+use crate::event::RunState;
 use crate::reporter::Mode;
+use crate::state::RunFilter;
 
 #[derive(Parser)]
 #[command(
@@ -192,6 +194,15 @@ enum Command {
         /// Only runs on this environment.
         #[arg(long)]
         env: Option<String>,
+        /// Only runs in this state.
+        #[arg(long, value_parser = parse_run_state, value_name = "STATE")]
+        status: Option<RunState>,
+        /// Only runs started by this operator.
+        #[arg(long)]
+        operator: Option<String>,
+        /// Only runs older than this run id: the next page (a full page says which id to give).
+        #[arg(long, value_name = "RUN")]
+        before: Option<i64>,
         /// How many runs to list (default 20).
         #[arg(long)]
         limit: Option<u32>,
@@ -245,6 +256,12 @@ enum Command {
         #[arg(value_enum)]
         action: RingAction,
     },
+}
+
+/// A run state as `history --status` takes it.
+fn parse_run_state(text: &str) -> Result<RunState, String> {
+    RunState::parse(&text.replace(['-', ' '], "_"))
+        .ok_or_else(|| "one of: running, done, failed, awaiting_approval, interrupted, died".to_string())
 }
 
 /// The exit codes, as `--help` lists them.
@@ -333,7 +350,11 @@ async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
             commands::release_state_lock(g, &step, lock_id.as_deref().unwrap_or_default(), run).await
         }
         Command::Unlock { force, run, yes, .. } => commands::unlock(g, force, run, yes),
-        Command::History { runbook, env, limit } => commands::history(g, runbook.as_deref(), env.as_deref(), limit),
+        Command::History { runbook, env, status, operator, before, limit } => {
+            let filter =
+                RunFilter { runbook: runbook.as_deref(), env: env.as_deref(), status, operator: operator.as_deref() };
+            commands::history(g, &filter, before, limit)
+        }
         Command::Audit { run, all } => commands::audit(g, run, all),
         Command::Watch { env, interval, once } => commands::watch(g, &env, interval.as_deref(), once).await,
         Command::Diagnose { env, vars } => commands::diagnose(g, &env, commands::parse_vars(&vars)?).await,

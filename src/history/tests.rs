@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::*;
 use crate::event::{Event, RunState};
-use crate::state::NewRun;
+use crate::state::{NewRun, Page, RunFilter};
 
 fn temp_db(name: &str) -> (PathBuf, StateDb) {
     let dir = std::env::temp_dir().join(format!("runbook-history-{name}-{}", std::process::id()));
@@ -132,7 +132,9 @@ fn history_lists_runs_newest_first_with_status_and_failed_step() {
 }
 
 fn history_lists_runs_on(db: &StateDb) {
-    let view = history(db, None, None, DEFAULT_LIMIT, "laptop").unwrap();
+    let page = |limit| Page { before: None, limit };
+    let all = RunFilter::default();
+    let view = history(db, &all, page(DEFAULT_LIMIT), "laptop").unwrap();
     let seen: Vec<(i64, &str, RunState, Option<&str>, bool)> = view
         .runs
         .iter()
@@ -149,9 +151,21 @@ fn history_lists_runs_on(db: &StateDb) {
     assert_eq!((view.runs[0].duration_ms, view.runs[2].duration_ms.is_some()), (None, true));
     assert_eq!(format!("{}@{}", view.runs[1].operator, view.runs[1].host), "bo@bastion");
     assert!(view.runs[1].started.ends_with('Z'));
-    let two_only = history(db, Some("sprint-2"), Some("local"), 1, "laptop").unwrap();
+    assert_eq!(view.older_before, None, "not a full page");
+    let filter = RunFilter { runbook: Some("sprint-2"), env: Some("local"), ..all };
+    let two_only = history(db, &filter, page(1), "laptop").unwrap();
     assert_eq!(two_only.runs.iter().map(|r| r.run).collect::<Vec<_>>(), [3]);
-    assert!(history(db, None, Some("nowhere"), 20, "laptop").unwrap().runs.is_empty());
+    assert_eq!(two_only.older_before, Some(3), "a full page says where the next one starts");
+    let next = history(db, &filter, Page { before: Some(3), limit: 1 }, "laptop").unwrap();
+    assert_eq!(next.runs.iter().map(|r| r.run).collect::<Vec<_>>(), [1]);
+    assert!(history(db, &RunFilter { env: Some("nowhere"), ..all }, page(20), "laptop").unwrap().runs.is_empty());
+    // `died` is no recorded status: it is a running run that no live process holds.
+    let died = history(db, &RunFilter { status: Some(RunState::Died), ..all }, page(20), "laptop").unwrap();
+    assert_eq!(died.runs.iter().map(|r| r.run).collect::<Vec<_>>(), [3]);
+    let live = history(db, &RunFilter { status: Some(RunState::Running), ..all }, page(20), "laptop").unwrap();
+    assert!(live.runs.is_empty());
+    let by = history(db, &RunFilter { operator: Some("bo"), ..all }, page(20), "laptop").unwrap();
+    assert_eq!(by.runs.iter().map(|r| r.run).collect::<Vec<_>>(), [2]);
 }
 
 #[test]

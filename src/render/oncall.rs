@@ -11,7 +11,9 @@ pub(crate) fn history_table(view: &HistoryView) -> String {
     if view.runs.is_empty() {
         let of = view.runbook.as_deref().map(|r| format!(" of {r}")).unwrap_or_default();
         let on = view.env.as_deref().map(|e| format!(" on {e}")).unwrap_or_default();
-        return format!("no runs{of}{on} in this state DB; `runbook run <runbook>` starts one\n");
+        let by = view.operator.as_deref().map(|o| format!(" by {}", super::one_line(o))).unwrap_or_default();
+        let status = view.status.map(|s| format!(" {}", s.as_str().replace('_', " "))).unwrap_or_default();
+        return format!("no{status} runs{of}{on}{by} in this state DB; `runbook run <runbook>` starts one\n");
     }
     let who: Vec<String> = view.runs.iter().map(|r| super::one_line(&format!("{}@{}", r.operator, r.host))).collect();
     let width = |header: &str, cells: &mut dyn Iterator<Item = usize>| cells.max().unwrap_or(0).max(header.len());
@@ -51,7 +53,31 @@ pub(crate) fn history_table(view: &HistoryView) -> String {
         );
         out.push('\n');
     }
+    if let Some(before) = view.older_before {
+        out.push_str(&format!("older runs: {}\n", older_runs(view, before)));
+    }
     out
+}
+
+/// The command that lists the page after this one: the same filters, below `before`.
+fn older_runs(view: &HistoryView, before: i64) -> String {
+    let quoted = |text: &str| {
+        let plain = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@:/".contains(c));
+        if plain { text.to_string() } else { format!("'{}'", super::one_line(text).replace('\'', r"'\''")) }
+    };
+    let mut command = format!("runbook history --before {before}");
+    for (flag, value) in [("runbook", &view.runbook), ("env", &view.env), ("operator", &view.operator)] {
+        if let Some(value) = value {
+            command.push_str(&format!(" --{flag} {}", quoted(value)));
+        }
+    }
+    if let Some(status) = view.status {
+        command.push_str(&format!(" --status {status}"));
+    }
+    if view.limit != crate::history::DEFAULT_LIMIT {
+        command.push_str(&format!(" --limit {}", view.limit));
+    }
+    command
 }
 
 pub(crate) fn audit_table(view: &AuditView) -> String {
@@ -164,6 +190,10 @@ mod tests {
         let view = HistoryView {
             runbook: None,
             env: None,
+            status: None,
+            operator: None,
+            limit: 5,
+            older_before: Some(10),
             runs: vec![running, died, approval, failed, line(10, RunState::Done)],
         };
         insta::assert_snapshot!(history_table(&view));
@@ -171,10 +201,18 @@ mod tests {
 
     #[test]
     fn an_empty_history_says_what_was_asked_and_how_to_start() {
-        let view = HistoryView { runbook: Some("sprint-3".into()), env: Some("armitage".into()), runs: Vec::new() };
+        let view = HistoryView {
+            runbook: Some("sprint-3".into()),
+            env: Some("armitage".into()),
+            status: Some(RunState::Failed),
+            operator: Some("bo".into()),
+            runs: Vec::new(),
+            limit: 20,
+            older_before: None,
+        };
         assert_eq!(
             history_table(&view),
-            "no runs of sprint-3 on armitage in this state DB; `runbook run <runbook>` starts one\n"
+            "no failed runs of sprint-3 on armitage by bo in this state DB; `runbook run <runbook>` starts one\n"
         );
     }
 

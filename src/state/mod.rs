@@ -14,8 +14,10 @@ mod lease;
 mod owner;
 mod pg;
 mod queries;
+mod read;
 mod record;
 mod schema;
+mod sql;
 pub(crate) mod timing;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +32,7 @@ pub(crate) use copy::{Copied, copy};
 pub(crate) use lease::{Holder, LEASE_STALE_MS, process_alive};
 pub(crate) use owner::{StateHandle, WriteError};
 pub(crate) use pg::is_url;
+pub(crate) use read::{Page, RunFilter};
 #[cfg(test)]
 pub(crate) use record::commits;
 

@@ -742,3 +742,91 @@ async fn log_lines_queued_while_the_postgres_server_cannot_be_reached_are_writte
     drop(schema);
     admin(&base, &format!("DROP ROLE IF EXISTS {role}"));
 }
+
+#[test]
+fn the_read_api_filters_pages_and_tails_alike_on_both_backends() {
+    each_backend("read_api", the_read_api_filters_pages_and_tails_on);
+}
+
+fn the_read_api_filters_pages_and_tails_on(location: &Path) {
+    let mut db = StateDb::open(location).unwrap();
+    let vars = BTreeMap::new();
+    let start = |db: &mut StateDb, runbook: &str, env: &str, operator: &str| {
+        let steps = ["T2.1".to_string(), "T2.4".to_string()];
+        let run = NewRun {
+            runbook,
+            env,
+            runbook_hash: "h",
+            inputs_hash: "i",
+            vars: &vars,
+            operator,
+            host: "h",
+            steps: &steps,
+        };
+        db.create_run(&run).unwrap()
+    };
+    let step = |s: &str| s.to_string();
+    let end = |status| move |run| Event::RunFinished { run, status, duration_ms: 1 };
+    let (done, failed, awaiting, running, other) = (
+        start(&mut db, "sprint-2", "local", "ana"),
+        start(&mut db, "sprint-2", "local", "ana"),
+        start(&mut db, "sprint-2", "armitage", "ana"),
+        start(&mut db, "sprint-3", "local", "ana"),
+        start(&mut db, "sprint-2", "local", "bo"),
+    );
+    let mut written = Vec::new();
+    for (run, status, error) in [
+        (failed, RunState::Failed, "denied"),
+        (awaiting, RunState::AwaitingApproval, "awaiting approval: Plan: 1 to add"),
+    ] {
+        let events = [
+            Event::StepStarted { step: step("T2.4"), attempt: 1, title: "t".into(), in_doubt: false },
+            Event::StepLog { step: step("T2.4"), attempt: 1, line: "planned".into() },
+            Event::StepFailed { step: step("T2.4"), attempt: 1, error: error.into(), fix: None, duration_ms: 1 },
+            end(status)(run),
+        ];
+        for event in events {
+            db.record(Some(run), &event).unwrap();
+            written.push((run, event));
+        }
+    }
+    for run in [done, other] {
+        db.record(Some(run), &end(RunState::Done)(run)).unwrap();
+    }
+
+    let ids = |filter: &RunFilter<'_>, before, limit| -> Vec<i64> {
+        db.runs(filter, Page { before, limit }).unwrap().iter().map(|r| r.run.id).collect()
+    };
+    let all = RunFilter::default();
+    assert_eq!(ids(&all, None, 2), [other, running], "newest first, a page");
+    assert_eq!(ids(&all, Some(running), 2), [awaiting, failed], "the next page starts below the last id");
+    assert_eq!(ids(&all, Some(done), 2), Vec::<i64>::new());
+    assert_eq!(ids(&RunFilter { operator: Some("bo"), ..all }, None, 9), [other]);
+    assert_eq!(ids(&RunFilter { runbook: Some("sprint-3"), ..all }, None, 9), [running]);
+    assert_eq!(ids(&RunFilter { env: Some("armitage"), ..all }, None, 9), [awaiting]);
+    assert_eq!(ids(&RunFilter { status: Some(RunState::Done), env: Some("local"), ..all }, None, 9), [other, done]);
+    let stopped = db.runs(&all, Page { before: None, limit: 9 }).unwrap();
+    let at: BTreeMap<i64, Option<(String, Option<String>)>> =
+        stopped.into_iter().map(|r| (r.run.id, r.failed_step)).collect();
+    assert_eq!(at[&failed], Some((step("T2.4"), Some("denied".into()))));
+    assert_eq!(at[&awaiting].as_ref().map(|(s, _)| s.as_str()), Some("T2.4"), "an approval stop names its step");
+    assert_eq!((&at[&done], &at[&running]), (&None, &None));
+
+    // The events read back as the typed events written, in order; a tail resumes after an id.
+    let tail = db.events_after(Some(failed), 0, 100).unwrap();
+    let read: Vec<&Event> = tail.iter().map(|e| e.event.as_ref().unwrap()).collect();
+    let of_failed: Vec<&Event> = written.iter().filter(|(r, _)| *r == failed).map(|(_, e)| e).collect();
+    assert_eq!(read, of_failed);
+    assert!(tail.windows(2).all(|w| w[0].id < w[1].id) && tail.iter().all(|e| e.run == Some(failed)));
+    let rest = db.events_after(Some(failed), tail[1].id, 100).unwrap();
+    assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), tail[2..].iter().map(|e| e.id).collect::<Vec<_>>());
+    assert_eq!(db.events_after(None, 0, 3).unwrap().len(), 3, "at most the limit");
+    // A payload this runbook cannot read is said, not skipped nor defaulted.
+    db.append_raw_event_for_tests(Some(done), 5, "step_exploded", r#"{"event":"step_exploded"}"#);
+    let last = db.events_after(Some(done), 0, 100).unwrap().pop().unwrap();
+    assert_eq!(last.kind, "step_exploded");
+    assert!(last.event.as_ref().is_err_and(|e| e.contains("step_exploded")), "{:?}", last.event);
+
+    assert_eq!(db.attempt_log(failed, "T2.4", 1).unwrap().as_deref().map(str::trim_end), Some("planned"));
+    assert_eq!(db.attempt_log(failed, "T2.4", 2).unwrap(), None);
+}

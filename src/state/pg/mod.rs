@@ -56,6 +56,15 @@ impl PgConn {
         }
     }
 
+    /// The rows of a read written once for both stores (`state/sql.rs`).
+    pub(super) fn select(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        wait(self.client.query(sql, params))
+    }
+
     /// Connects again whatever the client believes: the server closed the connection, or is
     /// closing it, and the client may not have heard yet.
     pub(super) fn reconnect(&mut self) -> Result<(), String> {

@@ -2,39 +2,18 @@
 //! `lease`, in PostgreSQL's dialect. Decisions (who may take the lease, what a lease row means)
 //! stay in `lease.rs`, shared by both stores.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row, Statement, Transaction};
 
 use super::{PgConn, wait};
-use crate::event::{DoneOutcome, Event, Outputs, RunState, StepState};
+use crate::event::{DoneOutcome, Event, RunState, StepState};
 use crate::state::lease::{Holder, Lease};
-use crate::state::queries::{EventRow, HistoryRow};
-use crate::state::{AttemptRow, NewRun, RunRow, StateError, StepRow};
+use crate::state::{NewRun, StateError, StepRow};
 
 type PgResult<T> = Result<T, tokio_postgres::Error>;
-
-/// The columns `run_row` reads, in its order.
-const RUN_COLUMNS: &str =
-    "id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, ended_at, status";
-
-fn run_row(r: &Row) -> Result<RunRow, String> {
-    Ok(RunRow {
-        id: r.get(0),
-        runbook: r.get(1),
-        env: r.get(2),
-        runbook_hash: r.get(3),
-        inputs_hash: r.get(4),
-        vars: serde_json::from_str(r.get::<_, &str>(5)).unwrap_or_default(),
-        operator: r.get(6),
-        host: r.get(7),
-        started_at: r.get(8),
-        ended_at: r.get(9),
-        status: parse_state(RunState::parse, r, 10)?,
-    })
-}
 
 /// The server's time in ms since the epoch (the lease's clock).
 const SERVER_NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
@@ -169,53 +148,6 @@ impl PgConn {
         Ok(None)
     }
 
-    pub(in crate::state) fn latest_run_id(&self) -> PgResult<Option<i64>> {
-        Ok(wait(self.client.query_one("SELECT max(id) FROM runs", &[]))?.get(0))
-    }
-
-    pub(in crate::state) fn run(&self, id: i64) -> PgResult<Option<Result<RunRow, String>>> {
-        let row = wait(self.client.query_opt(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"), &[&id]))?;
-        Ok(row.map(|r| run_row(&r)))
-    }
-
-    /// `history`'s runs, newest first, each with its first failed step (by id) and that step's
-    /// last error: two queries, whatever the number of runs.
-    pub(in crate::state) fn history(
-        &self,
-        runbook: Option<&str>,
-        env: Option<&str>,
-        limit: u32,
-    ) -> PgResult<Result<Vec<HistoryRow>, String>> {
-        let rows = wait(self.client.query(
-            &format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE ($1::text IS NULL OR runbook = $1)
-                 AND ($2::text IS NULL OR env = $2) ORDER BY id DESC LIMIT $3"
-            ),
-            &[&runbook, &env, &i64::from(limit)],
-        ))?;
-        let runs: Vec<RunRow> = match rows.iter().map(run_row).collect() {
-            Ok(runs) => runs,
-            Err(message) => return Ok(Err(message)),
-        };
-        let failed: Vec<i64> = runs.iter().filter(|r| r.status.stopped_at_a_step()).map(|r| r.id).collect();
-        let mut first_failed: HashMap<i64, (String, Option<String>)> = HashMap::new();
-        if !failed.is_empty() {
-            let rows = wait(self.client.query(
-                "SELECT DISTINCT ON (run_id) run_id, step, last_error FROM steps
-                 WHERE run_id = ANY($1) AND state = $2 ORDER BY run_id, step",
-                &[&failed, &StepState::Failed.as_str()],
-            ))?;
-            first_failed = rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect();
-        }
-        Ok(Ok(runs
-            .into_iter()
-            .map(|run| {
-                let failed_step = first_failed.remove(&run.id);
-                HistoryRow { run, failed_step }
-            })
-            .collect()))
-    }
-
     pub(in crate::state) fn steps(&self, run: i64) -> PgResult<Result<Vec<StepRow>, String>> {
         let sql = format!(
             "SELECT s.step, s.state, s.attempts, {}, s.last_error, s.fix,
@@ -240,58 +172,6 @@ impl PgConn {
                     in_doubt: r.get(6),
                     warnings: crate::state::queries::done_warnings(r.get::<_, Option<&str>>(7)),
                 })
-            })
-            .collect())
-    }
-
-    pub(in crate::state) fn attempts(&self, run: i64, step: &str) -> PgResult<Vec<AttemptRow>> {
-        let rows = wait(self.client.query(
-            "SELECT attempt, started_at, intent_at, action, outcome, error, duration_ms, log
-             FROM attempts WHERE run_id = $1 AND step = $2 ORDER BY attempt",
-            &[&run, &step],
-        ))?;
-        Ok(rows
-            .iter()
-            .map(|r| AttemptRow {
-                attempt: r.get(0),
-                started_at: r.get(1),
-                intent_at: r.get(2),
-                action: r.get(3),
-                outcome: r.get(4),
-                error: r.get(5),
-                duration_ms: r.get(6),
-                log: r.get(7),
-            })
-            .collect())
-    }
-
-    pub(in crate::state) fn outputs(&self, run: i64) -> PgResult<BTreeMap<String, Outputs>> {
-        let rows = wait(self.client.query("SELECT step, name, value FROM outputs WHERE run_id = $1", &[&run]))?;
-        let mut out: BTreeMap<String, Outputs> = BTreeMap::new();
-        for r in rows {
-            out.entry(r.get(0)).or_default().insert(r.get(1), r.get(2));
-        }
-        Ok(out)
-    }
-
-    pub(in crate::state) fn events_by_kind(&self, run: Option<i64>, kinds: &[&str]) -> PgResult<Vec<EventRow>> {
-        let rows = match run {
-            Some(run) => wait(self.client.query(
-                "SELECT run_id, at, kind, payload FROM events WHERE run_id = $2 AND kind = ANY($1) ORDER BY id",
-                &[&kinds, &run],
-            ))?,
-            None => wait(
-                self.client
-                    .query("SELECT run_id, at, kind, payload FROM events WHERE kind = ANY($1) ORDER BY id", &[&kinds]),
-            )?,
-        };
-        Ok(rows
-            .iter()
-            .map(|r| EventRow {
-                run: r.get(0),
-                at: r.get(1),
-                kind: r.get(2),
-                payload: serde_json::from_str(r.get::<_, &str>(3)).unwrap_or(serde_json::Value::Null),
             })
             .collect())
     }

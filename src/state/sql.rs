@@ -1,0 +1,122 @@
+//! SQL written once for both stores: statements use PostgreSQL's `$N` placeholders (SQLite
+//! is given them as `?N`, the same numbering), parameters are one of two types both drivers
+//! bind, and a row is read through one trait whatever the driver. The read API
+//! (`read.rs`) is written on top of it, once.
+
+use tokio_postgres::types::ToSql;
+
+use super::{Backend, StateDb, StateError};
+
+/// A statement's parameter: every column the stores compare is a BIGINT or a TEXT.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Param<'a> {
+    Int(Option<i64>),
+    Text(Option<&'a str>),
+}
+
+/// A row of either driver, read by column index. A value of the wrong type is a corrupt row
+/// (an error naming the column), never a default.
+pub(crate) trait Row {
+    fn int(&self, i: usize) -> Result<Option<i64>, String>;
+    fn text(&self, i: usize) -> Result<Option<String>, String>;
+}
+
+/// Shorthands for NOT NULL columns.
+pub(crate) trait RowExt: Row {
+    fn int_of(&self, i: usize) -> Result<i64, String> {
+        self.int(i)?.ok_or_else(|| format!("column {i} is NULL"))
+    }
+    fn text_of(&self, i: usize) -> Result<String, String> {
+        self.text(i)?.ok_or_else(|| format!("column {i} is NULL"))
+    }
+}
+
+impl<R: Row + ?Sized> RowExt for R {}
+
+impl Row for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> Result<Option<i64>, String> {
+        self.get(i).map_err(|e| format!("column {i}: {e}"))
+    }
+    fn text(&self, i: usize) -> Result<Option<String>, String> {
+        self.get(i).map_err(|e| format!("column {i}: {e}"))
+    }
+}
+
+impl Row for tokio_postgres::Row {
+    fn int(&self, i: usize) -> Result<Option<i64>, String> {
+        self.try_get(i).map_err(|e| format!("column {i}: {e}"))
+    }
+    fn text(&self, i: usize) -> Result<Option<String>, String> {
+        self.try_get(i).map_err(|e| format!("column {i}: {e}"))
+    }
+}
+
+/// `$N` as SQLite's `?N`. The statements hold no `$` elsewhere (no dollar quoting, no `$` in
+/// a literal): a test reads every statement of `read.rs` through it.
+pub(crate) fn sqlite_dialect(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl StateDb {
+    /// Every row `sql` selects, each read by `read`. A row `read` refuses is a corrupt state DB,
+    /// named with the error of its column.
+    pub(crate) fn select<T>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        read: impl Fn(&dyn Row) -> Result<T, String>,
+    ) -> Result<Vec<T>, StateError> {
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let mut stmt = conn.prepare_cached(&sqlite_dialect(sql)).map_err(|e| self.sql_err(e))?;
+                let values: Vec<&dyn rusqlite::ToSql> = params
+                    .iter()
+                    .map(|p| match p {
+                        Param::Int(v) => v as &dyn rusqlite::ToSql,
+                        Param::Text(v) => v as &dyn rusqlite::ToSql,
+                    })
+                    .collect();
+                let mut rows = stmt.query(values.as_slice()).map_err(|e| self.sql_err(e))?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().map_err(|e| self.sql_err(e))? {
+                    out.push(read(row).map_err(|message| self.corrupt(message))?);
+                }
+                Ok(out)
+            }
+            Backend::Postgres(pg) => {
+                let values: Vec<&(dyn ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| match p {
+                        Param::Int(v) => v as &(dyn ToSql + Sync),
+                        Param::Text(v) => v as &(dyn ToSql + Sync),
+                    })
+                    .collect();
+                let rows = pg.select(sql, &values).map_err(|e| self.pg_err(e))?;
+                rows.iter().map(|row| read(row).map_err(|message| self.corrupt(message))).collect()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_renumbered_for_sqlite_and_nothing_else_changes() {
+        assert_eq!(
+            sqlite_dialect("SELECT a FROM t WHERE ($1 IS NULL OR b = $1) AND c < $12 LIMIT $2"),
+            "SELECT a FROM t WHERE (?1 IS NULL OR b = ?1) AND c < ?12 LIMIT ?2"
+        );
+        assert_eq!(sqlite_dialect("SELECT '$' || x, $y FROM t"), "SELECT '$' || x, $y FROM t");
+    }
+}
