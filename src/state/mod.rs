@@ -9,6 +9,7 @@
 //! Two backends behind the same methods: a SQLite file (the default), or a PostgreSQL
 //! database when the state is a `postgres://` URL (`pg`: one history and one lock for a team).
 
+mod apply;
 mod copy;
 mod lease;
 mod owner;

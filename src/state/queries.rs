@@ -70,7 +70,7 @@ impl StateDb {
     pub(crate) fn attempts(&self, run: i64, step: &str) -> Result<Vec<AttemptRow>, StateError> {
         let sql = "SELECT attempt, started_at, intent_at, action, outcome, error, duration_ms, log
                    FROM attempts WHERE run_id = $1 AND step = $2 ORDER BY attempt";
-        self.select(sql, &[Param::Int(Some(run)), Param::Text(Some(step))], |r| {
+        self.select(sql, &[Param::Int(Some(run)), Param::text(Some(step))], |r| {
             Ok(AttemptRow {
                 attempt: r.int_of(0)?,
                 started_at: r.int_of(1)?,
@@ -117,7 +117,7 @@ impl StateDb {
     #[cfg(test)]
     pub(crate) fn events_of_kind(&self, run: i64, kind: &str) -> Vec<String> {
         let sql = "SELECT payload FROM events WHERE run_id = $1 AND kind = $2 ORDER BY id";
-        self.select(sql, &[Param::Int(Some(run)), Param::Text(Some(kind))], |r| r.text_of(0)).unwrap()
+        self.select(sql, &[Param::Int(Some(run)), Param::text(Some(kind))], |r| r.text_of(0)).unwrap()
     }
 
     /// Makes every write of an intent fail, as a full disk would (for tests).

@@ -117,10 +117,10 @@ impl StateDb {
     /// Runs newest first that match `filter`, a page at a time.
     pub(crate) fn runs(&self, filter: &RunFilter<'_>, page: Page) -> Result<Vec<RunSummary>, StateError> {
         let params = [
-            Param::Text(filter.runbook),
-            Param::Text(filter.env),
-            Param::Text(filter.status.map(RunState::as_str)),
-            Param::Text(filter.operator),
+            Param::text(filter.runbook),
+            Param::text(filter.env),
+            Param::text(filter.status.map(RunState::as_str)),
+            Param::text(filter.operator),
             Param::Int(page.before),
             Param::Int(Some(i64::from(page.limit))),
         ];
@@ -149,7 +149,7 @@ impl StateDb {
         if kinds.is_empty() {
             return Ok(Vec::new());
         }
-        let mut params: Vec<Param<'_>> = kinds.iter().map(|k| Param::Text(Some(k))).collect();
+        let mut params: Vec<Param<'_>> = kinds.iter().map(|k| Param::text(Some(k))).collect();
         if run.is_some() {
             params.push(Param::Int(run));
         }
@@ -159,7 +159,7 @@ impl StateDb {
     /// What one attempt of a step printed; `None` when there is no such attempt.
     #[cfg_attr(not(test), expect(dead_code, reason = "the web view's log page (issue 21) reads it"))]
     pub(crate) fn attempt_log(&self, run: i64, step: &str, attempt: i64) -> Result<Option<String>, StateError> {
-        let params = [Param::Int(Some(run)), Param::Text(Some(step)), Param::Int(Some(attempt))];
+        let params = [Param::Int(Some(run)), Param::text(Some(step)), Param::Int(Some(attempt))];
         let sql = "SELECT log FROM attempts WHERE run_id = $1 AND step = $2 AND attempt = $3";
         Ok(self.select(sql, &params, |r| r.text_of(0))?.pop())
     }

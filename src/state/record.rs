@@ -5,7 +5,7 @@ use rusqlite::{Transaction, params};
 
 use super::{Backend, NewRun, StateDb, StateError, immediate, sql_err};
 use crate::clock::now_ms;
-use crate::event::{DoneOutcome, Event, RunState, StepState};
+use crate::event::{Event, RunState, StepState};
 
 impl StateDb {
     pub(crate) fn create_run(&mut self, run: &NewRun<'_>) -> Result<i64, StateError> {
@@ -95,154 +95,12 @@ fn insert_run(tx: &Transaction<'_>, run: &NewRun<'_>) -> rusqlite::Result<i64> {
     Ok(id)
 }
 
+/// Appends `event` and applies it to the tables it changes (`apply.rs`, shared with PostgreSQL).
 fn apply(tx: &Transaction<'_>, run: Option<i64>, event: &Event, now: i64) -> rusqlite::Result<()> {
-    tx.execute(
-        "INSERT INTO events (run_id, at, step, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![run, now, event.step(), event.kind(), serde_json::to_string(event).unwrap_or_default()],
-    )?;
-    let Some(run) = run else { return Ok(()) };
-    match event {
-        Event::RunStarted { .. } => {
-            tx.execute(
-                "UPDATE runs SET status = ?2, ended_at = NULL WHERE id = ?1",
-                params![run, RunState::Running.as_str()],
-            )?;
-        }
-        Event::StepStarted { step, attempt, .. } => {
-            tx.execute(
-                "INSERT OR REPLACE INTO attempts (run_id, step, attempt, started_at) VALUES (?1, ?2, ?3, ?4)",
-                params![run, step, attempt, now],
-            )?;
-            tx.execute(
-                "UPDATE steps SET state = ?5, attempts = ?3, started_at = COALESCE(started_at, ?4),
-                 ended_at = NULL WHERE run_id = ?1 AND step = ?2",
-                params![run, step, attempt, now, StepState::Running.as_str()],
-            )?;
-        }
-        Event::StepIntent { step, attempt, action } => {
-            tx.execute(
-                "UPDATE attempts SET intent_at = ?4, action = ?5 WHERE run_id = ?1 AND step = ?2 AND attempt = ?3",
-                params![run, step, attempt, now, action],
-            )?;
-        }
-        Event::StepLog { step, attempt, line } => {
-            tx.execute(
-                "UPDATE attempts SET log = log || ?4 || char(10) WHERE run_id = ?1 AND step = ?2 AND attempt = ?3",
-                params![run, step, attempt, line],
-            )?;
-        }
-        Event::StepRetrying { step, attempt, error, .. } => {
-            end_attempt(tx, run, step, *attempt, now, "retryable_error", Some(error))?;
-        }
-        Event::StepDone { step, attempt, outcome, outputs, .. } => {
-            done(tx, run, step, *attempt, *outcome, outputs, now)?
-        }
-        Event::StepFailed { step, attempt, error, fix, .. } => {
-            end_attempt(tx, run, step, *attempt, now, StepState::Failed.as_str(), Some(error))?;
-            end_step(tx, run, step, now, StepState::Failed, Some(error), fix.as_deref())?;
-        }
-        Event::StepBlocked { step, by } => {
-            tx.execute(
-                "UPDATE steps SET state = ?4, last_error = ?3 WHERE run_id = ?1 AND step = ?2",
-                params![run, step, format!("waits for {by}"), StepState::Blocked.as_str()],
-            )?;
-        }
-        Event::StepSkipped { step, reason, operator, .. } => {
-            end_step(tx, run, step, now, StepState::Skipped, Some(&format!("skipped by {operator}: {reason}")), None)?;
-        }
-        Event::StepReset { step, .. } => {
-            tx.execute(
-                "UPDATE steps SET state = ?3, ended_at = NULL, last_error = NULL, fix = NULL
-                 WHERE run_id = ?1 AND step = ?2",
-                params![run, step, StepState::Pending.as_str()],
-            )?;
-            tx.execute("DELETE FROM outputs WHERE run_id = ?1 AND step = ?2", params![run, step])?;
-        }
-        Event::RunFinished { status, .. } => finish_run(tx, run, *status, now)?,
-        Event::InputsChanged { .. }
-        | Event::StepProbed { .. }
-        | Event::StepWaiting { .. }
-        | Event::ApprovalRequested { .. }
-        | Event::ApprovalAnswered { .. }
-        | Event::LockTakenOver { .. }
-        | Event::LockBroken { .. }
-        | Event::StateLockReleased { .. }
-        | Event::RollbackMarked { .. }
-        | Event::RollbackAcknowledged { .. } => {}
+    for write in super::apply::writes(run, event, now) {
+        let texts = super::sql::texts(&write.params);
+        let mut stmt = tx.prepare_cached(&super::sql::sqlite_dialect(write.sql))?;
+        stmt.execute(super::sql::sqlite_values(&write.params, &texts).as_slice())?;
     }
     Ok(())
-}
-
-fn done(
-    tx: &Transaction<'_>,
-    run: i64,
-    step: &str,
-    attempt: u32,
-    outcome: DoneOutcome,
-    outputs: &crate::event::Outputs,
-    now: i64,
-) -> rusqlite::Result<()> {
-    let state = match outcome {
-        DoneOutcome::Satisfied => StepState::Satisfied,
-        DoneOutcome::Applied => StepState::Applied,
-    };
-    end_attempt(tx, run, step, attempt, now, state.as_str(), None)?;
-    end_step(tx, run, step, now, state, None, None)?;
-    tx.execute("DELETE FROM outputs WHERE run_id = ?1 AND step = ?2", params![run, step])?;
-    for (name, value) in outputs {
-        tx.execute(
-            "INSERT INTO outputs (run_id, step, name, value) VALUES (?1, ?2, ?3, ?4)",
-            params![run, step, name, value],
-        )?;
-    }
-    Ok(())
-}
-
-fn finish_run(tx: &Transaction<'_>, run: i64, status: RunState, now: i64) -> rusqlite::Result<()> {
-    tx.execute("UPDATE runs SET status = ?2, ended_at = ?3 WHERE id = ?1", params![run, status.as_str(), now])?;
-    if status == RunState::Interrupted {
-        // Attempts cut short before their intent did nothing: close them.
-        tx.execute(
-            "UPDATE attempts SET outcome = 'interrupted', ended_at = ?2, duration_ms = ?2 - started_at
-             WHERE run_id = ?1 AND outcome IS NULL AND intent_at IS NULL",
-            params![run, now],
-        )?;
-    }
-    Ok(())
-}
-
-fn end_attempt(
-    tx: &Transaction<'_>,
-    run: i64,
-    step: &str,
-    attempt: u32,
-    now: i64,
-    outcome: &str,
-    error: Option<&str>,
-) -> rusqlite::Result<()> {
-    tx.execute(
-        "UPDATE attempts SET outcome = ?4, error = ?5, ended_at = ?6, duration_ms = ?6 - started_at
-         WHERE run_id = ?1 AND step = ?2 AND attempt = ?3",
-        params![run, step, attempt, outcome, error, now],
-    )
-    .map(drop)
-}
-
-/// Ends `step` in `state`; its duration is what its attempts worked (as `WORKED_MS` reads it).
-fn end_step(
-    tx: &Transaction<'_>,
-    run: i64,
-    step: &str,
-    now: i64,
-    state: StepState,
-    error: Option<&str>,
-    fix: Option<&str>,
-) -> rusqlite::Result<()> {
-    tx.execute(
-        "UPDATE steps SET state = ?3, ended_at = ?4, last_error = ?5, fix = ?6,
-         duration_ms = (SELECT sum(duration_ms) FROM attempts WHERE run_id = ?1 AND step = ?2)
-         WHERE run_id = ?1 AND step = ?2",
-        params![run, step, state.as_str(), now, error, fix],
-    )
-    .map(drop)
 }

@@ -3,15 +3,58 @@
 //! bind, and a row is read through one trait whatever the driver. The read API
 //! (`read.rs`) is written on top of it, once.
 
+use std::borrow::Cow;
+
 use tokio_postgres::types::ToSql;
 
 use super::{Backend, StateDb, StateError};
 
-/// A statement's parameter: every column the stores compare is a BIGINT or a TEXT.
-#[derive(Debug, Clone, Copy)]
+/// A statement's parameter: every column the stores compare or write is a BIGINT or a TEXT.
+#[derive(Debug, Clone)]
 pub(crate) enum Param<'a> {
     Int(Option<i64>),
-    Text(Option<&'a str>),
+    Text(Option<Cow<'a, str>>),
+}
+
+impl<'a> Param<'a> {
+    pub(crate) fn text(text: Option<&'a str>) -> Self {
+        Param::Text(text.map(Cow::Borrowed))
+    }
+}
+
+/// The texts of `params`, borrowed, for the binding functions below to point at.
+pub(super) fn texts<'p>(params: &'p [Param<'_>]) -> Vec<Option<&'p str>> {
+    params
+        .iter()
+        .map(|p| match p {
+            Param::Text(text) => text.as_deref(),
+            Param::Int(_) => None,
+        })
+        .collect()
+}
+
+/// `params` as SQLite binds them (`texts`: their `texts`).
+pub(super) fn sqlite_values<'p>(params: &'p [Param<'_>], texts: &'p [Option<&'p str>]) -> Vec<&'p dyn rusqlite::ToSql> {
+    params
+        .iter()
+        .zip(texts)
+        .map(|(p, text)| match p {
+            Param::Int(v) => v as &dyn rusqlite::ToSql,
+            Param::Text(_) => text as &dyn rusqlite::ToSql,
+        })
+        .collect()
+}
+
+/// `params` as PostgreSQL binds them (`texts`: their `texts`).
+pub(super) fn pg_values<'p>(params: &'p [Param<'_>], texts: &'p [Option<&'p str>]) -> Vec<&'p (dyn ToSql + Sync)> {
+    params
+        .iter()
+        .zip(texts)
+        .map(|(p, text)| match p {
+            Param::Int(v) => v as &(dyn ToSql + Sync),
+            Param::Text(_) => text as &(dyn ToSql + Sync),
+        })
+        .collect()
 }
 
 /// A row of either driver, read by column index. A value of the wrong type is a corrupt row
@@ -78,14 +121,8 @@ impl StateDb {
         match &self.backend {
             Backend::Sqlite(conn) => {
                 let mut stmt = conn.prepare_cached(&sqlite_dialect(sql)).map_err(|e| self.sql_err(e))?;
-                let values: Vec<&dyn rusqlite::ToSql> = params
-                    .iter()
-                    .map(|p| match p {
-                        Param::Int(v) => v as &dyn rusqlite::ToSql,
-                        Param::Text(v) => v as &dyn rusqlite::ToSql,
-                    })
-                    .collect();
-                let mut rows = stmt.query(values.as_slice()).map_err(|e| self.sql_err(e))?;
+                let texts = texts(params);
+                let mut rows = stmt.query(sqlite_values(params, &texts).as_slice()).map_err(|e| self.sql_err(e))?;
                 let mut out = Vec::new();
                 while let Some(row) = rows.next().map_err(|e| self.sql_err(e))? {
                     out.push(read(row).map_err(|message| self.corrupt(message))?);
@@ -93,14 +130,8 @@ impl StateDb {
                 Ok(out)
             }
             Backend::Postgres(pg) => {
-                let values: Vec<&(dyn ToSql + Sync)> = params
-                    .iter()
-                    .map(|p| match p {
-                        Param::Int(v) => v as &(dyn ToSql + Sync),
-                        Param::Text(v) => v as &(dyn ToSql + Sync),
-                    })
-                    .collect();
-                let rows = pg.select(sql, &values).map_err(|e| self.pg_err(e))?;
+                let texts = texts(params);
+                let rows = pg.select(sql, &pg_values(params, &texts)).map_err(|e| self.pg_err(e))?;
                 rows.iter().map(|row| read(row).map_err(|message| self.corrupt(message))).collect()
             }
         }

@@ -9,7 +9,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row, Statement, Transaction};
 
 use super::{PgConn, wait};
-use crate::event::{DoneOutcome, Event, RunState, StepState};
+use crate::event::{Event, RunState, StepState};
 use crate::state::lease::{Holder, Lease};
 use crate::state::{NewRun, StateError, StepRow};
 
@@ -403,139 +403,11 @@ impl ToSql for Encoded {
     tokio_postgres::types::to_sql_checked!();
 }
 
+/// Appends `event` and applies it to the tables it changes (`apply.rs`, shared with SQLite).
 fn apply(w: &mut Writer<'_, '_>, run: Option<i64>, event: &Event, now: i64) -> PgResult<()> {
-    w.exec(
-        "INSERT INTO events (run_id, at, step, kind, payload) VALUES ($1, $2, $3, $4, $5)",
-        &[&run, &now, &event.step(), &event.kind(), &serde_json::to_string(event).unwrap_or_default()],
-    )?;
-    let Some(run) = run else { return Ok(()) };
-    match event {
-        Event::RunStarted { .. } => {
-            w.exec("UPDATE runs SET status = $2, ended_at = NULL WHERE id = $1", &[&run, &RunState::Running.as_str()])?;
-        }
-        Event::StepStarted { step, attempt, .. } => {
-            let attempt = i64::from(*attempt);
-            // As SQLite's INSERT OR REPLACE: a new row, whatever an older one held.
-            w.exec(
-                "INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (run_id, step, attempt) DO UPDATE SET started_at = excluded.started_at,
-                 intent_at = NULL, action = NULL, ended_at = NULL, outcome = NULL, error = NULL,
-                 duration_ms = NULL, log = ''",
-                &[&run, step, &attempt, &now],
-            )?;
-            w.exec(
-                "UPDATE steps SET state = $5, attempts = $3, started_at = COALESCE(started_at, $4),
-                 ended_at = NULL WHERE run_id = $1 AND step = $2",
-                &[&run, step, &attempt, &now, &StepState::Running.as_str()],
-            )?;
-        }
-        Event::StepIntent { step, attempt, action } => {
-            w.exec(
-                "UPDATE attempts SET intent_at = $4, action = $5 WHERE run_id = $1 AND step = $2 AND attempt = $3",
-                &[&run, step, &i64::from(*attempt), &now, action],
-            )?;
-        }
-        Event::StepLog { step, attempt, line } => {
-            w.exec(
-                "UPDATE attempts SET log = log || $4 || chr(10) WHERE run_id = $1 AND step = $2 AND attempt = $3",
-                &[&run, step, &i64::from(*attempt), line],
-            )?;
-        }
-        Event::StepRetrying { step, attempt, error, .. } => {
-            end_attempt(w, run, step, *attempt, now, "retryable_error", Some(error))?;
-        }
-        Event::StepDone { step, attempt, outcome, outputs, .. } => {
-            let state = match outcome {
-                DoneOutcome::Satisfied => StepState::Satisfied,
-                DoneOutcome::Applied => StepState::Applied,
-            };
-            end_attempt(w, run, step, *attempt, now, state.as_str(), None)?;
-            end_step(w, run, step, now, state, None, None)?;
-            w.exec("DELETE FROM outputs WHERE run_id = $1 AND step = $2", &[&run, step])?;
-            for (name, value) in outputs {
-                w.exec(
-                    "INSERT INTO outputs (run_id, step, name, value) VALUES ($1, $2, $3, $4)",
-                    &[&run, step, name, value],
-                )?;
-            }
-        }
-        Event::StepFailed { step, attempt, error, fix, .. } => {
-            end_attempt(w, run, step, *attempt, now, StepState::Failed.as_str(), Some(error))?;
-            end_step(w, run, step, now, StepState::Failed, Some(error), fix.as_deref())?;
-        }
-        Event::StepBlocked { step, by } => {
-            w.exec(
-                "UPDATE steps SET state = $4, last_error = $3 WHERE run_id = $1 AND step = $2",
-                &[&run, step, &format!("waits for {by}"), &StepState::Blocked.as_str()],
-            )?;
-        }
-        Event::StepSkipped { step, reason, operator, .. } => {
-            let why = format!("skipped by {operator}: {reason}");
-            end_step(w, run, step, now, StepState::Skipped, Some(&why), None)?;
-        }
-        Event::StepReset { step, .. } => {
-            w.exec(
-                "UPDATE steps SET state = $3, ended_at = NULL, last_error = NULL, fix = NULL
-                 WHERE run_id = $1 AND step = $2",
-                &[&run, step, &StepState::Pending.as_str()],
-            )?;
-            w.exec("DELETE FROM outputs WHERE run_id = $1 AND step = $2", &[&run, step])?;
-        }
-        Event::RunFinished { status, .. } => {
-            w.exec("UPDATE runs SET status = $2, ended_at = $3 WHERE id = $1", &[&run, &status.as_str(), &now])?;
-            if *status == RunState::Interrupted {
-                // Attempts cut short before their intent did nothing: close them.
-                w.exec(
-                    "UPDATE attempts SET outcome = 'interrupted', ended_at = $2, duration_ms = $2 - started_at
-                     WHERE run_id = $1 AND outcome IS NULL AND intent_at IS NULL",
-                    &[&run, &now],
-                )?;
-            }
-        }
-        Event::InputsChanged { .. }
-        | Event::StepProbed { .. }
-        | Event::StepWaiting { .. }
-        | Event::ApprovalRequested { .. }
-        | Event::ApprovalAnswered { .. }
-        | Event::LockTakenOver { .. }
-        | Event::LockBroken { .. }
-        | Event::StateLockReleased { .. }
-        | Event::RollbackMarked { .. }
-        | Event::RollbackAcknowledged { .. } => {}
+    for write in crate::state::apply::writes(run, event, now) {
+        let texts = crate::state::sql::texts(&write.params);
+        w.exec(write.sql, &crate::state::sql::pg_values(&write.params, &texts))?;
     }
     Ok(())
-}
-
-fn end_attempt(
-    w: &mut Writer<'_, '_>,
-    run: i64,
-    step: &str,
-    attempt: u32,
-    now: i64,
-    outcome: &str,
-    error: Option<&str>,
-) -> PgResult<()> {
-    w.exec(
-        "UPDATE attempts SET outcome = $4, error = $5, ended_at = $6, duration_ms = $6 - started_at
-         WHERE run_id = $1 AND step = $2 AND attempt = $3",
-        &[&run, &step, &i64::from(attempt), &outcome, &error, &now],
-    )
-}
-
-/// Ends `step` in `state`; its duration is what its attempts worked (as `WORKED_MS` reads it).
-fn end_step(
-    w: &mut Writer<'_, '_>,
-    run: i64,
-    step: &str,
-    now: i64,
-    state: StepState,
-    error: Option<&str>,
-    fix: Option<&str>,
-) -> PgResult<()> {
-    w.exec(
-        "UPDATE steps SET state = $3, ended_at = $4, last_error = $5, fix = $6,
-         duration_ms = (SELECT sum(duration_ms) FROM attempts WHERE run_id = $1 AND step = $2)::bigint
-         WHERE run_id = $1 AND step = $2",
-        &[&run, &step, &state.as_str(), &now, &error, &fix],
-    )
 }
