@@ -3,12 +3,14 @@
 //! events by id), in one transaction, into a target that holds no run and no event yet. The
 //! run lock is not copied: a lease belongs to the database it was taken in.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 use serde::Serialize;
 
 use super::pg::pg_err;
+use super::sql::{Param, pg_values, texts};
 use super::{Backend, StateDb, StateError, sql_err};
 
 /// What was copied, row counts by table.
@@ -61,91 +63,10 @@ pub(crate) fn copy(from: &Path, to: &Path) -> Result<Copied, StateError> {
         outputs: 0,
         events: 0,
     };
-    copied.runs = each_row(
-        sqlite,
-        "SELECT id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, ended_at, status
-         FROM runs ORDER BY id",
-        |r| {
-            Ok(vec![
-                int(r, 0)?,
-                text(r, 1)?,
-                text(r, 2)?,
-                text(r, 3)?,
-                text(r, 4)?,
-                text(r, 5)?,
-                text(r, 6)?,
-                text(r, 7)?,
-                int(r, 8)?,
-                int(r, 9)?,
-                text(r, 10)?,
-            ])
-        },
-        &tx,
-        "INSERT INTO runs (id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, ended_at,
-         status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .map_err(|err| err.into_state(from, &to_shown))?;
-    copied.steps = each_row(
-        sqlite,
-        "SELECT run_id, step, state, attempts, started_at, ended_at, duration_ms, last_error, fix FROM steps ORDER BY rowid",
-        |r| {
-            Ok(vec![
-                int(r, 0)?,
-                text(r, 1)?,
-                text(r, 2)?,
-                int(r, 3)?,
-                int(r, 4)?,
-                int(r, 5)?,
-                int(r, 6)?,
-                text(r, 7)?,
-                text(r, 8)?,
-            ])
-        },
-        &tx,
-        "INSERT INTO steps (run_id, step, state, attempts, started_at, ended_at, duration_ms, last_error, fix)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .map_err(|err| err.into_state(from, &to_shown))?;
-    copied.attempts = each_row(
-        sqlite,
-        "SELECT run_id, step, attempt, started_at, intent_at, action, ended_at, outcome, error, duration_ms, log
-         FROM attempts ORDER BY rowid",
-        |r| {
-            Ok(vec![
-                int(r, 0)?,
-                text(r, 1)?,
-                int(r, 2)?,
-                int(r, 3)?,
-                int(r, 4)?,
-                text(r, 5)?,
-                int(r, 6)?,
-                text(r, 7)?,
-                text(r, 8)?,
-                int(r, 9)?,
-                text(r, 10)?,
-            ])
-        },
-        &tx,
-        "INSERT INTO attempts (run_id, step, attempt, started_at, intent_at, action, ended_at, outcome, error,
-         duration_ms, log) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .map_err(|err| err.into_state(from, &to_shown))?;
-    copied.outputs = each_row(
-        sqlite,
-        "SELECT run_id, step, name, value FROM outputs ORDER BY rowid",
-        |r| Ok(vec![int(r, 0)?, text(r, 1)?, text(r, 2)?, text(r, 3)?]),
-        &tx,
-        "INSERT INTO outputs (run_id, step, name, value) VALUES ($1, $2, $3, $4)",
-    )
-    .map_err(|err| err.into_state(from, &to_shown))?;
-    copied.events = each_row(
-        sqlite,
-        "SELECT id, run_id, at, step, kind, payload FROM events ORDER BY id",
-        |r| Ok(vec![int(r, 0)?, int(r, 1)?, int(r, 2)?, text(r, 3)?, text(r, 4)?, text(r, 5)?]),
-        &tx,
-        "INSERT INTO events (id, run_id, at, step, kind, payload) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .map_err(|err| err.into_state(from, &to_shown))?;
+    for (table, order, columns) in TABLES {
+        let count = copy_table(sqlite, &tx, table, order, columns).map_err(|err| err.into_state(from, &to_shown))?;
+        *copied.count_of(table) = count;
+    }
     // New runs and events continue after the copied ids.
     super::pg::wait(tx.batch_execute(
         "SELECT setval(pg_get_serial_sequence('runs', 'id'), coalesce(max(id), 0) + 1, false) FROM runs;
@@ -156,18 +77,81 @@ pub(crate) fn copy(from: &Path, to: &Path) -> Result<Copied, StateError> {
     Ok(copied)
 }
 
-/// One SQLite value as PostgreSQL takes it: every column is a bigint or text, maybe NULL.
-enum Value {
-    Int(Option<i64>),
-    Text(Option<String>),
+/// A column's type: every column is a BIGINT or a TEXT, maybe NULL.
+#[derive(Clone, Copy)]
+enum Type {
+    Int,
+    Text,
 }
 
-fn int(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Value> {
-    row.get(i).map(Value::Int)
-}
+use Type::{Int, Text};
 
-fn text(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Value> {
-    row.get(i).map(Value::Text)
+/// The tables a copy moves, in the order foreign keys need, each with the order its rows are
+/// read in (their ids, or the order they were written) and its columns.
+const TABLES: &[(&str, &str, &[(&str, Type)])] = &[
+    (
+        "runs",
+        "id",
+        &[
+            ("id", Int),
+            ("runbook", Text),
+            ("env", Text),
+            ("runbook_hash", Text),
+            ("inputs_hash", Text),
+            ("vars_json", Text),
+            ("operator", Text),
+            ("host", Text),
+            ("started_at", Int),
+            ("ended_at", Int),
+            ("status", Text),
+        ],
+    ),
+    (
+        "steps",
+        "rowid",
+        &[
+            ("run_id", Int),
+            ("step", Text),
+            ("state", Text),
+            ("attempts", Int),
+            ("started_at", Int),
+            ("ended_at", Int),
+            ("duration_ms", Int),
+            ("last_error", Text),
+            ("fix", Text),
+        ],
+    ),
+    (
+        "attempts",
+        "rowid",
+        &[
+            ("run_id", Int),
+            ("step", Text),
+            ("attempt", Int),
+            ("started_at", Int),
+            ("intent_at", Int),
+            ("action", Text),
+            ("ended_at", Int),
+            ("outcome", Text),
+            ("error", Text),
+            ("duration_ms", Int),
+            ("log", Text),
+        ],
+    ),
+    ("outputs", "rowid", &[("run_id", Int), ("step", Text), ("name", Text), ("value", Text)]),
+    ("events", "id", &[("id", Int), ("run_id", Int), ("at", Int), ("step", Text), ("kind", Text), ("payload", Text)]),
+];
+
+impl Copied {
+    fn count_of(&mut self, table: &str) -> &mut u64 {
+        match table {
+            "runs" => &mut self.runs,
+            "steps" => &mut self.steps,
+            "attempts" => &mut self.attempts,
+            "outputs" => &mut self.outputs,
+            _ => &mut self.events,
+        }
+    }
 }
 
 enum CopyError {
@@ -184,28 +168,35 @@ impl CopyError {
     }
 }
 
-/// Reads every row of `select` from SQLite and inserts it with `insert`; how many.
-fn each_row(
+/// Reads every row of `table` from SQLite, in `order`, and inserts it into PostgreSQL with its
+/// `columns`; how many.
+fn copy_table(
     sqlite: &Connection,
-    select: &str,
-    read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<Vec<Value>>,
     tx: &tokio_postgres::Transaction<'_>,
-    insert: &str,
+    table: &str,
+    order: &str,
+    columns: &[(&str, Type)],
 ) -> Result<u64, CopyError> {
-    let statement = super::pg::wait(tx.prepare(insert)).map_err(CopyError::Write)?;
-    let mut stmt = sqlite.prepare(select).map_err(CopyError::Read)?;
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    let marks: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
+    let (names, marks) = (names.join(", "), marks.join(", "));
+    let statement = super::pg::wait(tx.prepare(&format!("INSERT INTO {table} ({names}) VALUES ({marks})")))
+        .map_err(CopyError::Write)?;
+    let mut stmt = sqlite.prepare(&format!("SELECT {names} FROM {table} ORDER BY {order}")).map_err(CopyError::Read)?;
     let mut rows = stmt.query([]).map_err(CopyError::Read)?;
     let mut count = 0;
     while let Some(row) = rows.next().map_err(CopyError::Read)? {
-        let values = read(row).map_err(CopyError::Read)?;
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+        let values = columns
             .iter()
-            .map(|v| match v {
-                Value::Int(i) => i as &(dyn tokio_postgres::types::ToSql + Sync),
-                Value::Text(t) => t as &(dyn tokio_postgres::types::ToSql + Sync),
+            .enumerate()
+            .map(|(i, (_, ty))| match ty {
+                Int => row.get(i).map(Param::Int),
+                Text => row.get::<_, Option<String>>(i).map(|t| Param::Text(t.map(Cow::Owned))),
             })
-            .collect();
-        super::pg::wait(tx.execute(&statement, &params)).map_err(CopyError::Write)?;
+            .collect::<rusqlite::Result<Vec<Param<'_>>>>()
+            .map_err(CopyError::Read)?;
+        let texts = texts(&values);
+        super::pg::wait(tx.execute(&statement, &pg_values(&values, &texts))).map_err(CopyError::Write)?;
         count += 1;
     }
     Ok(count)
