@@ -86,9 +86,12 @@ enum Type {
 
 use Type::{Int, Text};
 
+/// A table's name, the order its rows are read in, and its columns.
+type Table = (&'static str, &'static str, &'static [(&'static str, Type)]);
+
 /// The tables a copy moves, in the order foreign keys need, each with the order its rows are
 /// read in (their ids, or the order they were written) and its columns.
-const TABLES: &[(&str, &str, &[(&str, Type)])] = &[
+const TABLES: &[Table] = &[
     (
         "runs",
         "id",
