@@ -898,7 +898,9 @@ impl Step for Params {
                 None => match self.plan(cx, true).await? {
                     Some(plan) => plan,
                     None => {
-                        if approved.is_some() {
+                        if !adopted.is_empty() {
+                            cx.log("with the orphans in terraform's state, its plan changes nothing").await;
+                        } else if approved.is_some() {
                             cx.log(
                                 "the plan approved above was not applied: the state changed under it, and now \
                                  there is nothing to change",
