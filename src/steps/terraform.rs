@@ -14,6 +14,10 @@
 //! marker tag is on the service, and its target still runs) names that rollback in its summary,
 //! and is not applied, even with `--yes`, until the operator acknowledges that rollback's run
 //! (`--ack-rollback RUN`): otherwise the next deploy would undo a rollback without a word.
+//!
+//! An apply that fails because resources it creates already exist in AWS but not in terraform's
+//! state (an earlier terraform killed between creating and recording them, see [`orphan`]) names
+//! each, and offers their `terraform import` for approval, then plans again.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;

@@ -42,7 +42,8 @@ case "$1" in
   output) echo '{"alb_dns_name":{"sensitive":false,"value":"alb.local"}}'; exit 0 ;;
   show) if [ -f show.json ]; then cat show.json; else echo '{"resource_changes":[]}'; fi; exit 0 ;;
   force-unlock) exit 0 ;;
-  import) echo "$*" >> imports; touch imported; echo "Import successful!"; exit 0 ;;
+  # ./import-in-vain: the import succeeds but the apply still fails on the resource.
+  import) echo "$*" >> imports; [ -f import-in-vain ] || touch imported; echo "Import successful!"; exit 0 ;;
   sleep) sleep 30 ;;
   # An earlier run's apply, left running when that run was killed: it holds the state lock
   # while it works, then the change is applied.
@@ -598,6 +599,29 @@ async fn an_orphan_not_approved_for_import_waits_and_the_next_attempt_offers_the
     assert_eq!(answers[0], format!("terraform import in workspace armitage of t: {ADOPT}"));
     assert!(answers[1].starts_with("terraform apply in workspace armitage"), "{answers:?}");
     assert!(!kept(&stage));
+}
+
+/// An import after which the apply still fails on the same resource is not tried again: the
+/// step fails, naming it, instead of importing in a loop.
+#[tokio::test]
+async fn an_orphan_the_apply_still_fails_on_after_its_import_fails_the_step_once() {
+    let stage = Stage::new("orphan-in-vain").await;
+    std::fs::write(stage.dir.join("tf/orphan"), already_exists(Some("aws_cloudwatch_log_group.dixie"))).unwrap();
+    std::fs::write(stage.dir.join("tf/import-in-vain"), "").unwrap();
+    let (step, cx) = (stage.step(), stage.cx());
+    step.probe(&cx).await.unwrap();
+    stage.calls();
+    let err = step.apply(&cx).await.unwrap_err();
+    let StepError::Fatal { message, .. } = &err else { panic!("{err:?}") };
+    assert!(
+        message.contains(
+            "in AWS but not in terraform's state: aws_cloudwatch_log_group.dixie: terraform import \
+             aws_cloudwatch_log_group.dixie /ecs/dixie-armitage"
+        ),
+        "{message}"
+    );
+    assert_eq!(stage.calls(), ["apply", "import", "plan", "show", "apply"], "imported once");
+    assert!(!kept(&stage), "nothing left to offer again");
 }
 
 /// A security group's import ID is its sg-…, which the error does not give: named with what to
