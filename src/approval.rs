@@ -18,6 +18,9 @@ pub(crate) enum Approver {
     /// A fixed answer from this operator, for tests.
     #[cfg(test)]
     Answer { operator: String, yes: bool },
+    /// Yes from this operator to a summary that contains `yes_to`, no to any other, for tests.
+    #[cfg(test)]
+    AnswerTo { operator: String, yes_to: String },
 }
 
 impl Approver {
@@ -52,6 +55,8 @@ impl Approver {
             }
             #[cfg(test)]
             Approver::Answer { operator, yes } => (operator, "a test", *yes),
+            #[cfg(test)]
+            Approver::AnswerTo { operator, yes_to } => (operator, "a test", summary.contains(yes_to.as_str())),
         };
         recorder
             .emit(Event::ApprovalAnswered {

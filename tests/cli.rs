@@ -1428,6 +1428,72 @@ fn a_second_kill_during_the_resumed_terraform_apply_leaves_no_state_lock_behind(
     assert!(!objects.contains(".tflock"), "a terraform state lock was left:\n{objects}");
 }
 
+/// Issue 16: a closed laptop killed runbook and its terraform together, after terraform had
+/// created the log group and before it wrote it to its state; every resume then failed on
+/// "already exists". The same double kill as above; then the orphan is named with its import,
+/// adopted on the operator's approval (recorded in the audit), and the run ends done.
+#[test]
+fn a_resource_terraform_created_but_never_recorded_is_imported_on_approval_after_the_double_kill() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("orphan");
+    let project = impatient_project(&scratch);
+    let rb = || scratch.runbook().project(&project);
+    let killed = rb().env("RUNBOOK_CRASH_AT", "T2.4:mid-apply").run(&["run", "sprint-2", "--yes"]);
+    assert_eq!(killed.code, None, "killed by a signal:\n{}", killed.text());
+    let killed = rb().env("RUNBOOK_CRASH_AT", "T2.4:locked-plan-started").run(&["resume", "--yes"]);
+    assert_eq!(killed.code, None, "killed by a signal:\n{}", killed.text());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while terraform_processes(&scratch) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(terraform_processes(&scratch), 0, "the killed runs' terraform still works");
+    // Which resources the killed terraform had recorded when it died depends on timing (here
+    // it was left to finish): the test makes the orphan deterministically, taking the log group
+    // out of terraform's state but not out of AWS, as a kill between the two leaves it.
+    let dir = project.join("fixtures/dixie/deploy/terraform");
+    let out = Command::new("terraform")
+        .args(["state", "rm", "-lock-timeout=60s", "aws_cloudwatch_log_group.dixie"])
+        .current_dir(&dir)
+        .env("TF_CLI_CONFIG_FILE", project.join(".ring/terraformrc"))
+        .env("AWS_ENDPOINT_URL", MOTO)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("TF_IN_AUTOMATION", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "terraform state rm: {}", String::from_utf8_lossy(&out.stderr));
+
+    let resumed = rb().run(&["resume", "--yes"]);
+    resumed
+        .expect_code(0)
+        .expect_text("ResourceAlreadyExistsException")
+        .expect_text("T2.4 approved by --yes (test-operator): terraform import in workspace armitage of local: adopt 1 orphaned resource into terraform's state: terraform import aws_cloudwatch_log_group.dixie /ecs/dixie-armitage")
+        .expect_text("imported aws_cloudwatch_log_group.dixie (/ecs/dixie-armitage) into terraform's state of workspace armitage");
+    all_done(&rb().status());
+    let audit = rb().run(&["--json", "audit"]);
+    audit.expect_code(0);
+    let audit: serde_json::Value = serde_json::from_str(&audit.stdout).unwrap();
+    let adoption = audit["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["decision"].as_str().unwrap().contains("terraform import aws_cloudwatch_log_group.dixie"))
+        .unwrap_or_else(|| panic!("no approved import in the audit: {audit:#}"));
+    assert_eq!(
+        (&adoption["kind"], &adoption["step"], &adoption["operator"]),
+        (&"approval_answered".into(), &"T2.4".into(), &"test-operator".into())
+    );
+    assert_eq!(
+        adoption["decision"],
+        "approved T2.4 via --yes: terraform import in workspace armitage of local: adopt 1 orphaned resource into \
+         terraform's state: terraform import aws_cloudwatch_log_group.dixie /ecs/dixie-armitage"
+    );
+    // Adopted, not duplicated: a re-run changes nothing.
+    rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
+    all_done(&rb().status());
+}
+
 #[test]
 fn lock_takeovers_and_breaks_are_recorded_with_their_run() {
     // No ring: a run recorded by hand, as a killed `runbook run` would leave it.

@@ -14,6 +14,10 @@
 //! marker tag is on the service, and its target still runs) names that rollback in its summary,
 //! and is not applied, even with `--yes`, until the operator acknowledges that rollback's run
 //! (`--ack-rollback RUN`): otherwise the next deploy would undo a rollback without a word.
+//!
+//! An apply that fails because resources it creates already exist in AWS but not in terraform's
+//! state (an earlier terraform killed between creating and recording them, see [`orphan`]) names
+//! each, and offers their `terraform import` for approval, then plans again.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
@@ -31,6 +35,7 @@ use super::ecs_rollback::{MARKER_TAG, Marker, family_revision};
 use super::{Probe, Step, StepContext, StepError};
 use crate::event::{Event, Outputs};
 use crate::image_tag::ImageTag;
+use orphan::Orphan;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -261,6 +266,9 @@ enum Applied {
     Done(Outputs),
     /// The state changed since the plan was made; terraform refused it.
     Stale,
+    /// It failed creating resources that already exist in AWS but not in terraform's state
+    /// (created by an apply that died before recording them); the error as it failed.
+    Orphaned(Vec<Orphan>, StepError),
 }
 
 /// Non-sensitive output values, from `terraform output -json` or an apply's `outputs` message.
@@ -559,6 +567,115 @@ impl Params {
         Ok(())
     }
 
+    fn orphans_kept_at(&self, cx: &StepContext) -> PathBuf {
+        orphan::kept_at(&cx.work_dir, &cx.step)
+    }
+
+    /// Asks the operator to adopt `orphans` (those whose import ID is known) into terraform's
+    /// state, naming each `terraform import`; then imports them under the state lock. Those it
+    /// cannot import are named in the same text, with what to look up.
+    async fn adopt(&self, cx: &StepContext, orphans: &[Orphan]) -> Result<(), StepError> {
+        let (importable, by_hand): (Vec<&Orphan>, Vec<&Orphan>) = orphans.iter().partition(|o| o.id.is_some());
+        let imports: Vec<String> = importable.iter().filter_map(|o| o.import_command()).collect();
+        let n = imports.len();
+        let mut text = format!(
+            "adopt {n} orphaned resource{} into terraform's state: {}",
+            if n == 1 { "" } else { "s" },
+            imports.join("; ")
+        );
+        for o in by_hand {
+            text.push_str(&format!("\n  not imported by runbook: {}", o.line()));
+        }
+        cx.log(format!(
+            "in AWS but not in terraform's state (an apply died after creating {}, before terraform recorded {}): {text}",
+            if n == 1 { "it" } else { "them" },
+            if n == 1 { "it" } else { "them" },
+        ))
+        .await;
+        let summary = format!("terraform import in workspace {} of {}: {text}", self.workspace, cx.env.name);
+        if !cx.approve(&summary).await {
+            let resume = cx.run().map(crate::hint::resume_approving).unwrap_or_else(|| "runbook resume --yes".into());
+            return Err(StepError::AwaitingApproval {
+                summary: text,
+                fix: Some(format!(
+                    "an apply died after creating {}, before terraform recorded {} in its state; to import \
+                     {} in {} (recorded), then plan and apply: {resume}",
+                    if n == 1 { "this resource" } else { "these resources" },
+                    if n == 1 { "it" } else { "them" },
+                    if n == 1 { "it" } else { "them" },
+                    self.dir.display(),
+                )),
+            });
+        }
+        for orphan in importable {
+            self.import(cx, orphan).await?;
+        }
+        let kept_at = self.orphans_kept_at(cx);
+        if let Err(e) = orphan::forget(&kept_at) {
+            cx.log(format!("cannot remove {}: {e}", kept_at.display())).await;
+        }
+        Ok(())
+    }
+
+    /// `terraform import ADDRESS ID` under the state lock, with the step's variables. One that
+    /// terraform's state holds already (imported since), or that is gone from AWS (deleted
+    /// since: the apply creates it), needs nothing more.
+    async fn import(&self, cx: &StepContext, orphan: &Orphan) -> Result<(), StepError> {
+        let Some(id) = orphan.id.as_deref() else { return Ok(()) };
+        let mut args = vec!["import".to_string(), "-input=false".into(), "-no-color".into()];
+        args.push(self.lock_timeout(cx).await.into());
+        args.extend(self.var_args());
+        args.extend([orphan.address.clone(), id.to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, text) = self.run(cx, &args).await?;
+        let (address, ws) = (&orphan.address, &self.workspace);
+        if code == 0 {
+            cx.log(format!("imported {address} ({id}) into terraform's state of workspace {ws}")).await;
+        } else if text.contains("Resource already managed by Terraform") {
+            cx.log(format!("{address} is in terraform's state of workspace {ws} already: nothing to import")).await;
+        } else if text.contains("non-existent remote object") {
+            cx.log(format!("{address} ({id}) is no longer in AWS: nothing to import; the apply creates it")).await;
+        } else {
+            return Err(self.failed(cx, "import", &text));
+        }
+        Ok(())
+    }
+
+    /// An apply that failed on orphans runbook cannot adopt (their import ID is not in the
+    /// error), or again after adopting them (`again`): each named, with how to import it.
+    fn orphaned(&self, cx: &StepContext, orphans: &[Orphan], failed: StepError, again: bool) -> StepError {
+        let StepError::Fatal { mut message, fix } = failed else { return failed };
+        for o in orphans {
+            message.push_str(&format!("\n    in AWS but not in terraform's state: {}", o.line()));
+        }
+        if again {
+            return StepError::Fatal { message, fix };
+        }
+        let mut env = String::new();
+        if !self.cli_config.is_empty() {
+            env.push_str(&format!("TF_CLI_CONFIG_FILE={} ", cx.project.join(&self.cli_config).display()));
+        }
+        if !self.aws_endpoint_url.is_empty() {
+            env.push_str(&format!("AWS_ENDPOINT_URL={} ", self.aws_endpoint_url));
+        }
+        let import: Vec<String> = ["terraform".into(), "import".into()]
+            .into_iter()
+            .chain(self.var_args())
+            .chain(["ADDRESS".into(), "ID".into()])
+            .collect();
+        StepError::fatal(
+            message,
+            format!(
+                "an apply died after creating these, before terraform recorded them; look up each ID as said \
+                 above, import each in {} (workspace {} is selected there): {env}{}; then: {}",
+                self.dir(cx).display(),
+                self.workspace,
+                import.join(" "),
+                cx.retry_hint()
+            ),
+        )
+    }
+
     /// `terraform apply -json PLAN`, its progress streamed into the step's log.
     ///
     /// terraform runs in its own process group with its output going to a file, not a pipe:
@@ -591,10 +708,12 @@ impl Params {
                     for l in rest.lines() {
                         self.show(cx, l, &mut seen).await;
                     }
+                    let failed = || self.failed(cx, "apply", &seen.errors.join("\n"));
                     return match (status.success(), seen.stale) {
                         (true, _) => Ok(Applied::Done(seen.outputs)),
                         (false, true) => Ok(Applied::Stale),
-                        (false, false) => Err(self.failed(cx, "apply", &seen.errors.join("\n"))),
+                        (false, false) if !seen.orphans.is_empty() => Ok(Applied::Orphaned(seen.orphans, failed())),
+                        (false, false) => Err(failed()),
                     };
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -634,6 +753,11 @@ impl Params {
                 let detail = message["diagnostic"]["detail"].as_str().unwrap_or_default();
                 seen.errors.push(format!("{text}: {detail}"));
                 cx.log(format!("error: {text}: {detail}")).await;
+                if let Some(orphan) = Orphan::from_diagnostic(&message["diagnostic"])
+                    && !seen.orphans.iter().any(|o| o.address == orphan.address)
+                {
+                    seen.orphans.push(orphan);
+                }
             }
             _ => {}
         }
@@ -646,6 +770,8 @@ struct Seen {
     errors: Vec<String>,
     stale: bool,
     outputs: Outputs,
+    /// Resources it failed to create because they already exist, each named once.
+    orphans: Vec<Orphan>,
 }
 
 impl Step for Params {
@@ -723,7 +849,15 @@ impl Step for Params {
                 Err(_) => self.outputs(cx).await?,
             })),
             Some(plan) => {
-                let what = format!("workspace {}: {}", self.workspace, plan.summary);
+                let kept = orphan::kept(&self.orphans_kept_at(cx), &self.dir(cx), &self.workspace).len();
+                let adopt = match kept {
+                    0 => String::new(),
+                    n => format!(
+                        " ({n} orphaned resource{} to adopt first: terraform import)",
+                        if n == 1 { "" } else { "s" }
+                    ),
+                };
+                let what = format!("workspace {}: {}{adopt}", self.workspace, plan.summary);
                 *lock(&self.saved) = Some(plan);
                 Ok(Probe::Absent(what))
             }
@@ -734,6 +868,11 @@ impl Step for Params {
     /// is none (a new workspace), when it was made beside an earlier run's terraform (a resume
     /// after a kill mid-apply), or when terraform finds it stale. What is approved is the plan
     /// about to be applied: a new plan whose change differs is asked for again.
+    ///
+    /// Resources an apply fails to create because they already exist in AWS but not in
+    /// terraform's state (an earlier apply died between creating and recording them) are
+    /// offered for adoption: their `terraform import`, approved like a plan, then a new plan.
+    /// Those an earlier attempt found are offered first, before any plan.
     async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         self.init(cx).await?;
         self.ensure_workspace(cx).await?;
@@ -746,14 +885,26 @@ impl Step for Params {
             .await;
             saved = None;
         }
+        let kept = orphan::kept(&self.orphans_kept_at(cx), &self.dir(cx), &self.workspace);
+        let mut adopted: Vec<String> = Vec::new();
+        if !kept.is_empty() {
+            cx.log("an earlier attempt's apply failed on resources that exist in AWS but not in terraform's state")
+                .await;
+            self.adopt(cx, &kept).await?;
+            adopted.extend(kept.iter().map(|o| o.address.clone()));
+            saved = None;
+        }
         let mut approved: Option<String> = None;
-        for _ in 0..2 {
+        let mut stale = 0;
+        while stale < 2 {
             let plan = match saved.take() {
                 Some(plan) => plan,
                 None => match self.plan(cx, true).await? {
                     Some(plan) => plan,
                     None => {
-                        if approved.is_some() {
+                        if !adopted.is_empty() {
+                            cx.log("with the orphans in terraform's state, its plan changes nothing").await;
+                        } else if approved.is_some() {
                             cx.log(
                                 "the plan approved above was not applied: the state changed under it, and now \
                                  there is nothing to change",
@@ -784,7 +935,21 @@ impl Step for Params {
                     return Ok(());
                 }
                 Applied::Stale => {
+                    stale += 1;
                     cx.log("the saved plan is stale (the state changed since it was made): planning again").await
+                }
+                Applied::Orphaned(orphans, failed) => {
+                    let again = orphans.iter().any(|o| adopted.contains(&o.address));
+                    if again || orphans.iter().all(|o| o.id.is_none()) {
+                        return Err(self.orphaned(cx, &orphans, failed, again));
+                    }
+                    let kept_at = self.orphans_kept_at(cx);
+                    if let Err(e) = orphan::keep(&kept_at, &self.dir(cx), &self.workspace, &orphans) {
+                        cx.log(format!("cannot keep the orphans for the next attempt in {}: {e}", kept_at.display()))
+                            .await;
+                    }
+                    self.adopt(cx, &orphans).await?;
+                    adopted.extend(orphans.iter().map(|o| o.address.clone()));
                 }
             }
         }
@@ -845,6 +1010,7 @@ fn undone_rollback(plan: &serde_json::Value) -> Option<(String, Marker)> {
 }
 
 mod change;
+mod orphan;
 
 #[cfg(test)]
 mod tests;

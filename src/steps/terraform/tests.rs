@@ -1,6 +1,7 @@
 //! T2.4 plans once, proven against a stand-in `terraform` (a shell script that keeps a state
 //! file and a log of its invocations): probe, apply and verify of a change run one plan and one
-//! apply; a converged probe runs one plan and one `output`; a stale saved plan is planned again.
+//! apply; a converged probe runs one plan and one `output`; a stale saved plan is planned again;
+//! a resource an earlier apply created but never recorded is imported after approval.
 
 use std::sync::Arc;
 
@@ -31,6 +32,9 @@ case "$1" in
       echo '{"type":"diagnostic","@message":"Error: Saved plan is stale","diagnostic":{"severity":"error","summary":"Saved plan is stale","detail":"the state changed"}}'
       exit 1
     fi
+    # A resource an earlier apply created but never recorded: ./orphan holds terraform's
+    # diagnostic for it, until it is imported.
+    if [ -f orphan ] && [ ! -f imported ]; then cat orphan; exit 1; fi
     touch state
     echo '{"type":"apply_complete","@message":"aws_lb.dixie: Creation complete"}'
     echo '{"type":"outputs","@message":"Outputs: 2","outputs":{"alb_dns_name":{"sensitive":false,"type":"string","value":"alb.local"},"db_password":{"sensitive":true,"type":"string","value":"hunter2"}}}'
@@ -38,6 +42,8 @@ case "$1" in
   output) echo '{"alb_dns_name":{"sensitive":false,"value":"alb.local"}}'; exit 0 ;;
   show) if [ -f show.json ]; then cat show.json; else echo '{"resource_changes":[]}'; fi; exit 0 ;;
   force-unlock) exit 0 ;;
+  # ./import-in-vain: the import succeeds but the apply still fails on the resource.
+  import) echo "$*" >> imports; [ -f import-in-vain ] || touch imported; echo "Import successful!"; exit 0 ;;
   sleep) sleep 30 ;;
   # An earlier run's apply, left running when that run was killed: it holds the state lock
   # while it works, then the change is applied.
@@ -479,4 +485,197 @@ async fn a_plan_that_changes_after_approval_is_approved_again_and_the_same_one_i
     step.apply(&cx).await.unwrap();
     assert_eq!(stage.calls(), ["apply", "plan", "show", "apply"]);
     assert_eq!(answered(&mut rx), [asked("aws_lb.finn")]);
+}
+
+/// Terraform's `-json` line for a log group an earlier (killed) apply created but never wrote
+/// to its state; `address` as given (`None`: the field is missing).
+fn already_exists(address: Option<&str>) -> String {
+    let mut diagnostic = serde_json::json!({
+        "severity": "error",
+        "summary": "creating CloudWatch Logs Log Group (/ecs/dixie-armitage): operation error CloudWatch Logs: \
+                    CreateLogGroup, https response error StatusCode: 400, RequestID: 5b1c, \
+                    ResourceAlreadyExistsException: The specified log group already exists",
+        "detail": "",
+    });
+    if let Some(address) = address {
+        diagnostic["address"] = address.into();
+    }
+    let message = format!("Error: {}", diagnostic["summary"].as_str().unwrap());
+    format!("{}\n", serde_json::json!({"type": "diagnostic", "@message": message, "diagnostic": diagnostic}))
+}
+
+const ADOPT: &str = "adopt 1 orphaned resource into terraform's state: terraform import aws_cloudwatch_log_group.dixie /ecs/dixie-armitage";
+
+fn imports(stage: &Stage) -> String {
+    std::fs::read_to_string(stage.dir.join("tf/imports")).unwrap_or_default()
+}
+
+fn kept(stage: &Stage) -> bool {
+    stage.dir.join("work/T2.4.orphans.json").exists()
+}
+
+/// The evidence missing: terraform says something already exists but names no resource.
+/// Nothing is imported, nothing is kept, and the error is terraform's own.
+#[tokio::test]
+async fn an_already_exists_error_without_a_resource_address_adopts_nothing() {
+    let stage = Stage::new("orphan-unnamed").await;
+    std::fs::write(stage.dir.join("tf/orphan"), already_exists(None)).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cx = StepContext::new(&stage.services, "T2.4", 1, Recorder::new(None, tx));
+    let step = stage.step();
+    step.probe(&cx).await.unwrap();
+    let err = step.apply(&cx).await.unwrap_err();
+    let StepError::Fatal { message, .. } = &err else { panic!("{err:?}") };
+    assert!(message.contains("ResourceAlreadyExistsException"), "{message}");
+    assert!(!message.contains("terraform's state:"), "no orphan named: {message}");
+    assert_eq!(imports(&stage), "", "nothing imported");
+    assert!(!kept(&stage));
+    assert_eq!(answered(&mut rx).len(), 1, "only the plan was asked for");
+}
+
+#[tokio::test]
+async fn an_orphan_the_apply_fails_on_is_imported_after_approval_then_the_apply_succeeds() {
+    let stage = Stage::new("orphan-adopted").await;
+    std::fs::write(stage.dir.join("tf/orphan"), already_exists(Some("aws_cloudwatch_log_group.dixie"))).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cx = StepContext::new(&stage.services, "T2.4", 1, Recorder::new(None, tx));
+    let step = stage.step();
+    step.probe(&cx).await.unwrap();
+    stage.calls();
+    step.apply(&cx).await.unwrap();
+    satisfied(step.verify(&cx).await.unwrap());
+    assert_eq!(stage.calls(), ["apply", "import", "plan", "show", "apply"]);
+    assert_eq!(
+        imports(&stage),
+        "import -input=false -no-color -lock-timeout=20s aws_cloudwatch_log_group.dixie /ecs/dixie-armitage\n",
+        "under the state lock"
+    );
+    let plan = "terraform apply in workspace armitage of t: Plan: 3 to add, 0 to change, 0 to destroy.";
+    assert_eq!(
+        answered(&mut rx),
+        [plan.to_string(), format!("terraform import in workspace armitage of t: {ADOPT}")],
+        "the new plan is the one approved: not asked again"
+    );
+    assert!(!kept(&stage), "nothing left for a next attempt");
+    assert_eq!(stage.plan_files(), 0);
+}
+
+/// The plan approved, the import not: the step waits for approval naming the import, keeps the
+/// orphan, and the next attempt asks for the import before it plans.
+#[tokio::test]
+async fn an_orphan_not_approved_for_import_waits_and_the_next_attempt_offers_the_import_first() {
+    let mut stage = Stage::new("orphan-awaits").await;
+    std::fs::write(stage.dir.join("tf/orphan"), already_exists(Some("aws_cloudwatch_log_group.dixie"))).unwrap();
+    let services = Arc::get_mut(&mut stage.services).unwrap();
+    services.approver = Approver::AnswerTo { operator: "ana".into(), yes_to: "terraform apply".into() };
+    services.run = Some(7);
+    let (step, cx) = (stage.step(), stage.cx());
+    step.probe(&cx).await.unwrap();
+    let err = step.apply(&cx).await.unwrap_err();
+    let StepError::AwaitingApproval { summary, fix } = &err else { panic!("{err:?}") };
+    assert_eq!(summary, ADOPT);
+    let fix = fix.as_deref().unwrap();
+    assert!(fix.ends_with("(recorded), then plan and apply: runbook resume 7 --yes"), "{fix}");
+    assert_eq!(imports(&stage), "");
+    assert!(kept(&stage), "kept for the next attempt");
+    drop((step, cx));
+
+    // The next attempt (`resume 7 --yes`): the import is offered first, then the plan.
+    Arc::get_mut(&mut stage.services).unwrap().approver = Approver::Answer { operator: "ana".into(), yes: true };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cx = StepContext::new(&stage.services, "T2.4", 2, Recorder::new(None, tx));
+    let step = stage.step();
+    let Probe::Absent(what) = step.probe(&cx).await.unwrap() else { panic!("expected changes") };
+    assert_eq!(
+        what,
+        "workspace armitage: Plan: 3 to add, 0 to change, 0 to destroy. (1 orphaned resource to adopt first: \
+         terraform import)"
+    );
+    stage.calls();
+    step.apply(&cx).await.unwrap();
+    assert_eq!(stage.calls(), ["import", "plan", "show", "apply"], "imported, then planned again");
+    let answers = answered(&mut rx);
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert_eq!(answers[0], format!("terraform import in workspace armitage of t: {ADOPT}"));
+    assert!(answers[1].starts_with("terraform apply in workspace armitage"), "{answers:?}");
+    assert!(!kept(&stage));
+}
+
+/// An import after which the apply still fails on the same resource is not tried again: the
+/// step fails, naming it, instead of importing in a loop.
+#[tokio::test]
+async fn an_orphan_the_apply_still_fails_on_after_its_import_fails_the_step_once() {
+    let stage = Stage::new("orphan-in-vain").await;
+    std::fs::write(stage.dir.join("tf/orphan"), already_exists(Some("aws_cloudwatch_log_group.dixie"))).unwrap();
+    std::fs::write(stage.dir.join("tf/import-in-vain"), "").unwrap();
+    let (step, cx) = (stage.step(), stage.cx());
+    step.probe(&cx).await.unwrap();
+    stage.calls();
+    let err = step.apply(&cx).await.unwrap_err();
+    let StepError::Fatal { message, .. } = &err else { panic!("{err:?}") };
+    assert!(
+        message.contains(
+            "in AWS but not in terraform's state: aws_cloudwatch_log_group.dixie: terraform import \
+             aws_cloudwatch_log_group.dixie /ecs/dixie-armitage"
+        ),
+        "{message}"
+    );
+    assert_eq!(stage.calls(), ["apply", "import", "plan", "show", "apply"], "imported once");
+    assert!(!kept(&stage), "nothing left to offer again");
+}
+
+/// A security group's import ID is its sg-…, which the error does not give: named with what to
+/// look up and the import to run, never imported by guess.
+#[tokio::test]
+async fn an_orphan_whose_import_id_must_be_looked_up_is_named_not_imported() {
+    let mut stage = Stage::new("orphan-lookup").await;
+    Arc::get_mut(&mut stage.services).unwrap().run = Some(7);
+    let diagnostic = serde_json::json!({"type": "diagnostic", "@message": "Error: creating Security Group", "diagnostic": {
+        "severity": "error", "address": "aws_security_group.dixie",
+        "summary": "creating Security Group (dixie-armitage): operation error EC2: CreateSecurityGroup, api error \
+                    InvalidGroup.Duplicate: The security group 'dixie-armitage' already exists for VPC 'vpc-1'"}});
+    std::fs::write(stage.dir.join("tf/orphan"), format!("{diagnostic}\n")).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cx = StepContext::new(&stage.services, "T2.4", 1, Recorder::new(None, tx));
+    let step = stage.step();
+    step.probe(&cx).await.unwrap();
+    let err = step.apply(&cx).await.unwrap_err();
+    let StepError::Fatal { message, fix } = &err else { panic!("{err:?}") };
+    assert!(
+        message.contains(
+            "in AWS but not in terraform's state: aws_security_group.dixie: its import ID is the security group's ID \
+             (sg-…): aws ec2 describe-security-groups --filters Name=group-name,Values=dixie-armitage, then: \
+             terraform import aws_security_group.dixie ID"
+        ),
+        "{message}"
+    );
+    let fix = fix.as_deref().unwrap();
+    assert!(fix.contains("terraform import ADDRESS ID; then: runbook retry T2.4 --run 7"), "{fix}");
+    assert_eq!(imports(&stage), "");
+    assert!(!kept(&stage));
+    assert_eq!(answered(&mut rx).len(), 1, "no import offered");
+}
+
+/// What was kept by an attempt that is unreadable, or of another workspace, is nothing.
+#[test]
+fn kept_orphans_of_another_workspace_or_unreadable_are_none() {
+    let dir = std::env::temp_dir().join(format!("runbook-tf-kept-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = orphan::kept_at(&dir, "T2.4");
+    let found = orphan::Orphan::from_diagnostic(&serde_json::json!({
+        "severity": "error", "address": "aws_cloudwatch_log_group.dixie",
+        "summary": "creating CloudWatch Logs Log Group (/ecs/x): ResourceAlreadyExistsException: already exists"}))
+    .unwrap();
+    orphan::keep(&path, Path::new("tf"), "armitage", std::slice::from_ref(&found)).unwrap();
+    assert_eq!(orphan::kept(&path, Path::new("tf"), "armitage"), [found]);
+    assert!(orphan::kept(&path, Path::new("tf"), "staging").is_empty());
+    assert!(orphan::kept(&path, Path::new("other"), "armitage").is_empty());
+    std::fs::write(&path, "{not json").unwrap();
+    assert!(orphan::kept(&path, Path::new("tf"), "armitage").is_empty());
+    std::fs::write(&path, r#"{"dir":"tf","workspace":"armitage","orphans":[{"address":"not an address","id":"x"}]}"#)
+        .unwrap();
+    assert!(orphan::kept(&path, Path::new("tf"), "armitage").is_empty(), "an address that is none");
+    orphan::forget(&path).unwrap();
+    orphan::forget(&path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
