@@ -7,6 +7,7 @@ use std::path::Path;
 
 use rusqlite::{OptionalExtension, params};
 
+use super::sql::{Param, RowExt};
 use super::{Backend, StateDb, StateError, immediate, sql_err};
 use crate::clock::{format_utc, now_ms};
 
@@ -99,10 +100,16 @@ impl StateDb {
 
     /// The lease row, from either store.
     fn current_lease(&self) -> Result<Option<Lease>, StateError> {
-        match &self.backend {
-            Backend::Sqlite(conn) => read_lease(conn).map_err(|e| self.sql_err(e)),
-            Backend::Postgres(pg) => pg.lease().map_err(|e| self.pg_err(e)),
-        }
+        let sql = "SELECT run_id, host, pid, pid_started, acquired_at, heartbeat_at FROM run_lock WHERE id = 1";
+        let rows = self.select(sql, &[], |r| {
+            Ok(Lease {
+                run: r.int(0)?,
+                holder: Holder { host: r.text_of(1)?, pid: r.int_of(2)?, pid_started: r.int(3)? },
+                since: r.int_of(4)?,
+                heartbeat: r.int_of(5)?,
+            })
+        })?;
+        Ok(rows.into_iter().next())
     }
 
     /// The current lease, if any, and whether its holder is alive as seen from `our_host`.
@@ -124,33 +131,25 @@ impl StateDb {
 
     /// Ties the lease to `run`; from now on every intent is recorded only while it is ours.
     pub(crate) fn lock_run(&mut self, me: &Holder, run: i64) -> Result<(), StateError> {
-        let updated = match &mut self.backend {
-            Backend::Sqlite(conn) => conn
-                .execute("UPDATE run_lock SET run_id = ?2 WHERE pid = ?1 AND host = ?3", params![me.pid, run, me.host])
-                .map_err(|e| sql_err(&self.path, e))?,
-            Backend::Postgres(pg) => pg.lock_run(me, run).map_err(|e| super::pg::pg_err(&self.path, e))? as usize,
-        };
+        let sql = "UPDATE run_lock SET run_id = $2 WHERE pid = $1 AND host = $3";
+        let updated =
+            self.execute(sql, &[Param::Int(Some(me.pid)), Param::Int(Some(run)), Param::text(Some(&me.host))])?;
         self.lease_kept(updated)?;
         self.holder = Some(me.clone());
         Ok(())
     }
 
-    /// Beats; `Err(LeaseLost)` when someone broke or took the lease.
+    /// Beats, by the lease's clock; `Err(LeaseLost)` when someone broke or took the lease.
     pub(crate) fn heartbeat(&mut self, me: &Holder) -> Result<(), StateError> {
-        let updated = match &mut self.backend {
-            Backend::Sqlite(conn) => conn
-                .execute(
-                    "UPDATE run_lock SET heartbeat_at = ?2 WHERE pid = ?1 AND host = ?3",
-                    params![me.pid, now_ms(), me.host],
-                )
-                .map_err(|e| sql_err(&self.path, e))?,
-            Backend::Postgres(pg) => pg.heartbeat(me).map_err(|e| super::pg::pg_err(&self.path, e))? as usize,
-        };
+        let now = self.lease_clock()?;
+        let sql = "UPDATE run_lock SET heartbeat_at = $2 WHERE pid = $1 AND host = $3";
+        let updated =
+            self.execute(sql, &[Param::Int(Some(me.pid)), Param::Int(Some(now)), Param::text(Some(&me.host))])?;
         self.lease_kept(updated)
     }
 
     /// An update of our lease row that matched nothing: the lease is someone else's now.
-    fn lease_kept(&self, updated: usize) -> Result<(), StateError> {
+    fn lease_kept(&self, updated: u64) -> Result<(), StateError> {
         if updated > 0 {
             return Ok(());
         }
@@ -159,27 +158,15 @@ impl StateDb {
     }
 
     pub(crate) fn release_lock(&mut self, me: &Holder) -> Result<(), StateError> {
-        match &mut self.backend {
-            Backend::Sqlite(conn) => conn
-                .execute("DELETE FROM run_lock WHERE pid = ?1 AND host = ?2", params![me.pid, me.host])
-                .map(drop)
-                .map_err(|e| sql_err(&self.path, e)),
-            Backend::Postgres(pg) => pg.release_lock(me).map(drop).map_err(|e| super::pg::pg_err(&self.path, e)),
-        }
+        let sql = "DELETE FROM run_lock WHERE pid = $1 AND host = $2";
+        self.execute(sql, &[Param::Int(Some(me.pid)), Param::text(Some(&me.host))]).map(drop)
     }
 
     /// Removes the lease of `seen` (as `lease` showed it); `false` when the lock changed hands
     /// in between, so that a lease nobody looked at is never broken.
     pub(crate) fn break_lock(&mut self, seen: &Holder) -> Result<bool, StateError> {
-        match &mut self.backend {
-            Backend::Sqlite(conn) => conn
-                .execute("DELETE FROM run_lock WHERE host = ?1 AND pid = ?2", params![seen.host, seen.pid])
-                .map(|deleted| deleted > 0)
-                .map_err(|e| sql_err(&self.path, e)),
-            Backend::Postgres(pg) => {
-                pg.break_lock(seen).map(|deleted| deleted > 0).map_err(|e| super::pg::pg_err(&self.path, e))
-            }
-        }
+        let sql = "DELETE FROM run_lock WHERE host = $1 AND pid = $2";
+        Ok(self.execute(sql, &[Param::text(Some(&seen.host)), Param::Int(Some(seen.pid))])? > 0)
     }
 }
 

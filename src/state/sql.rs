@@ -138,6 +138,23 @@ impl StateDb {
     }
 }
 
+impl StateDb {
+    /// Runs one statement that changes rows, in a transaction of its own; how many it changed.
+    pub(crate) fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StateError> {
+        let texts = texts(params);
+        match &mut self.backend {
+            Backend::Sqlite(conn) => conn
+                .prepare_cached(&sqlite_dialect(sql))
+                .and_then(|mut stmt| stmt.execute(sqlite_values(params, &texts).as_slice()))
+                .map(|n| n as u64)
+                .map_err(|e| super::sql_err(&self.path, e)),
+            Backend::Postgres(pg) => {
+                pg.execute(sql, &pg_values(params, &texts)).map_err(|e| super::pg::pg_err(&self.path, e))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,17 @@ impl PgConn {
         wait(self.client.query(sql, params))
     }
 
+    /// Runs a write written once for both stores, after connecting again if the server had
+    /// closed the connection.
+    pub(super) fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        self.reconnect_if_closed();
+        wait(self.client.execute(sql, params))
+    }
+
     /// Connects again whatever the client believes: the server closed the connection, or is
     /// closing it, and the client may not have heard yet.
     pub(super) fn reconnect(&mut self) -> Result<(), String> {

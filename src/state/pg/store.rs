@@ -177,10 +177,6 @@ impl PgConn {
     }
 
     /// The lease, as any reader sees it.
-    pub(in crate::state) fn lease(&self) -> PgResult<Option<Lease>> {
-        read_lease(&self.client, "")
-    }
-
     /// The server's clock, in ms since the epoch: leases are stamped and judged by it.
     pub(in crate::state) fn server_now_ms(&self) -> PgResult<i64> {
         Ok(wait(self.client.query_one(&format!("SELECT {SERVER_NOW}"), &[]))?.get(0))
@@ -225,32 +221,6 @@ impl PgConn {
             wait(tx.commit()).map_err(e)?;
             return Ok(taken_over);
         }
-    }
-
-    pub(in crate::state) fn lock_run(&mut self, me: &Holder, run: i64) -> PgResult<u64> {
-        self.reconnect_if_closed();
-        wait(
-            self.client
-                .execute("UPDATE run_lock SET run_id = $2 WHERE pid = $1 AND host = $3", &[&me.pid, &run, &me.host]),
-        )
-    }
-
-    pub(in crate::state) fn heartbeat(&mut self, me: &Holder) -> PgResult<u64> {
-        self.reconnect_if_closed();
-        wait(self.client.execute(
-            &format!("UPDATE run_lock SET heartbeat_at = {SERVER_NOW} WHERE pid = $1 AND host = $2"),
-            &[&me.pid, &me.host],
-        ))
-    }
-
-    pub(in crate::state) fn release_lock(&mut self, me: &Holder) -> PgResult<u64> {
-        self.reconnect_if_closed();
-        wait(self.client.execute("DELETE FROM run_lock WHERE pid = $1 AND host = $2", &[&me.pid, &me.host]))
-    }
-
-    pub(in crate::state) fn break_lock(&mut self, seen: &Holder) -> PgResult<u64> {
-        self.reconnect_if_closed();
-        wait(self.client.execute("DELETE FROM run_lock WHERE host = $1 AND pid = $2", &[&seen.host, &seen.pid]))
     }
 
     /// The client, for a transaction of the caller's (`state copy`).
