@@ -443,18 +443,6 @@ fn sql_err(path: &Path, source: rusqlite::Error) -> StateError {
     StateError::Sql { path: path.to_path_buf(), source }
 }
 
-/// A state column read back into its enum; anything else is a corrupt row.
-fn state_column<T>(parse: fn(&str) -> Option<T>, row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<T> {
-    let text: String = row.get(index)?;
-    parse(&text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            rusqlite::types::Type::Text,
-            format!("unknown state {text:?}").into(),
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -3,11 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::params;
-
 use super::read::{RUN_COLUMNS, run_row};
 use super::sql::{Param, RowExt};
-use super::{AttemptRow, Backend, Progress, RunRow, StateDb, StateError, StepRow, WORKED_MS, state_column};
+use super::{AttemptRow, Backend, Progress, RunRow, StateDb, StateError, StepRow, WORKED_MS};
 use crate::event::{Outputs, StepState};
 
 impl StateDb {
@@ -35,36 +33,33 @@ impl StateDb {
     }
 
     pub(crate) fn steps(&self, run: i64) -> Result<Vec<StepRow>, StateError> {
-        let conn = match &self.backend {
-            Backend::Sqlite(conn) => conn,
-            Backend::Postgres(pg) => {
-                return pg.steps(run).map_err(|e| self.pg_err(e))?.map_err(|message| self.corrupt(message));
-            }
+        // In the order the run listed them: the order their rows were written in.
+        let written = match &self.backend {
+            Backend::Sqlite(_) => "s.rowid",
+            Backend::Postgres(_) => "s.ord",
         };
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT s.step, s.state, s.attempts, {WORKED_MS}, s.last_error, s.fix,
-                        EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = s.run_id AND a.step = s.step
-                                AND a.attempt = s.attempts AND a.intent_at IS NOT NULL AND a.outcome IS NULL),
-                        (SELECT e.payload FROM events e WHERE e.run_id = s.run_id AND e.step = s.step
-                                AND e.kind = 'step_done' ORDER BY e.id DESC LIMIT 1)
-                 FROM steps s WHERE s.run_id = ?1 ORDER BY rowid",
-            ))
-            .map_err(|e| self.sql_err(e))?;
-        stmt.query_map(params![run], |r| {
+        let sql = format!(
+            "SELECT s.step, s.state, s.attempts, {WORKED_MS}, s.last_error, s.fix,
+                    CAST(CASE WHEN EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = s.run_id AND a.step = s.step
+                         AND a.attempt = s.attempts AND a.intent_at IS NOT NULL AND a.outcome IS NULL)
+                         THEN 1 ELSE 0 END AS BIGINT),
+                    (SELECT e.payload FROM events e WHERE e.run_id = s.run_id AND e.step = s.step
+                            AND e.kind = 'step_done' ORDER BY e.id DESC LIMIT 1)
+             FROM steps s WHERE s.run_id = $1 ORDER BY {written}"
+        );
+        self.select(&sql, &[Param::Int(Some(run))], |r| {
+            let state = r.text_of(1)?;
             Ok(StepRow {
-                step: r.get(0)?,
-                state: state_column(StepState::parse, r, 1)?,
-                attempts: r.get(2)?,
-                duration_ms: r.get(3)?,
-                last_error: r.get(4)?,
-                fix: r.get(5)?,
-                in_doubt: r.get(6)?,
-                warnings: done_warnings(r.get::<_, Option<String>>(7)?.as_deref()),
+                step: r.text_of(0)?,
+                state: StepState::parse(&state).ok_or_else(|| format!("step state {state:?}"))?,
+                attempts: r.int_of(2)?,
+                duration_ms: r.int(3)?,
+                last_error: r.text(4)?,
+                fix: r.text(5)?,
+                in_doubt: r.int_of(6)? != 0,
+                warnings: done_warnings(r.text(7)?.as_deref()),
             })
         })
-        .and_then(|rows| rows.collect())
-        .map_err(|e| self.sql_err(e))
     }
 
     pub(crate) fn attempts(&self, run: i64, step: &str) -> Result<Vec<AttemptRow>, StateError> {
@@ -191,11 +186,11 @@ impl StateDb {
         (
             plan(
                 &super::sql::sqlite_dialect(&super::read::runs_sql_for_tests()),
-                params![Some("sprint-2"), None::<String>, None::<String>, None::<String>, None::<i64>, 20],
+                rusqlite::params![Some("sprint-2"), None::<String>, None::<String>, None::<String>, None::<i64>, 20],
             ),
             plan(
                 &super::sql::sqlite_dialect(&super::read::events_by_kind_sql(true, 2)),
-                params!["step_skipped", "step_reset", 1],
+                rusqlite::params!["step_skipped", "step_reset", 1],
             ),
         )
     }

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, Row, Statement, Transaction};
+use tokio_postgres::{GenericClient, Statement, Transaction};
 
 use super::{PgConn, wait};
 use crate::event::{Event, RunState, StepState};
 use crate::state::lease::{Holder, Lease};
-use crate::state::{NewRun, StateError, StepRow};
+use crate::state::{NewRun, StateError};
 
 type PgResult<T> = Result<T, tokio_postgres::Error>;
 
@@ -148,34 +148,6 @@ impl PgConn {
         Ok(None)
     }
 
-    pub(in crate::state) fn steps(&self, run: i64) -> PgResult<Result<Vec<StepRow>, String>> {
-        let sql = format!(
-            "SELECT s.step, s.state, s.attempts, {}, s.last_error, s.fix,
-                    EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = s.run_id AND a.step = s.step
-                            AND a.attempt = s.attempts AND a.intent_at IS NOT NULL AND a.outcome IS NULL),
-                    (SELECT e.payload FROM events e WHERE e.run_id = s.run_id AND e.step = s.step
-                            AND e.kind = 'step_done' ORDER BY e.id DESC LIMIT 1)
-             FROM steps s WHERE s.run_id = $1 ORDER BY s.ord",
-            crate::state::WORKED_MS
-        );
-        let rows = wait(self.client.query(&sql, &[&run]))?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                Ok(StepRow {
-                    step: r.get(0),
-                    state: parse_state(StepState::parse, r, 1)?,
-                    attempts: r.get(2),
-                    duration_ms: r.get(3),
-                    last_error: r.get(4),
-                    fix: r.get(5),
-                    in_doubt: r.get(6),
-                    warnings: crate::state::queries::done_warnings(r.get::<_, Option<&str>>(7)),
-                })
-            })
-            .collect())
-    }
-
     /// The lease, as any reader sees it.
     /// The server's clock, in ms since the epoch: leases are stamped and judged by it.
     pub(in crate::state) fn server_now_ms(&self) -> PgResult<i64> {
@@ -285,12 +257,6 @@ fn connection_lost(error: &tokio_postgres::Error) -> bool {
             [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW].contains(code)
                 || code.code().starts_with("08")
         })
-}
-
-/// A state column read back into its enum; anything else is a corrupt row.
-fn parse_state<T>(parse: fn(&str) -> Option<T>, row: &Row, index: usize) -> Result<T, String> {
-    let text: &str = row.get(index);
-    parse(text).ok_or_else(|| format!("unknown state {text:?} in column {index}"))
 }
 
 /// The statements of one event transaction, pipelined: each is prepared once per connection,
