@@ -104,6 +104,9 @@ pub(crate) struct Runbook {
     pub(crate) inputs_hash: String,
     /// The kinds its steps are typed with.
     pub(crate) registry: &'static [Kind],
+    /// The values of its vars, the `--var`s and the environment: a refusal that quotes one
+    /// hides it when it looks like a secret ([`crate::secret::redact`]).
+    given: Vec<String>,
 }
 
 impl Runbook {
@@ -165,10 +168,11 @@ impl Runbook {
                 path: path.clone(),
                 step: step.id.clone(),
                 kind: step.kind.clone(),
-                message: with_fix(message),
+                message: redact(with_fix(message), &params, &scope.given()),
             })?;
             steps.push(Step { id: step.id, title: step.title, kind: step.kind, needs: step.needs, params });
         }
+        let given = scope.given();
         let mut inputs = env.hash.clone();
         for (k, v) in overrides {
             inputs.push_str(&format!("\n{k}={v}"));
@@ -182,6 +186,7 @@ impl Runbook {
             hash: file.hash,
             inputs_hash: sha256_hex(inputs.as_bytes()),
             registry,
+            given,
         })
     }
 
@@ -194,7 +199,7 @@ impl Runbook {
                     path: self.path.clone(),
                     step: step.id.clone(),
                     kind: step.kind.clone(),
-                    message,
+                    message: redact(message, &step.params, &self.given),
                 });
             }
         }
@@ -311,7 +316,8 @@ impl Step {
                 missing.join(", ")
             ));
         }
-        self.parse(registry, &params)
+        let given: Vec<String> = outputs.values().flat_map(|o| o.values().cloned()).collect();
+        self.parse(registry, &params).map_err(|message| redact(message, &params, &given))
     }
 }
 
@@ -325,6 +331,12 @@ struct Scope<'a> {
 }
 
 impl Scope<'_> {
+    /// The values of the runbook's vars, the `--var`s and the environment.
+    fn given(&self) -> Vec<String> {
+        let vars = self.runbook_vars.values().chain(self.overrides.values()).chain(self.env.vars.values());
+        vars.cloned().collect()
+    }
+
     /// Resolves `${var}` and `${env.x}` in every string of `value`; checks `${steps.X.y}`.
     fn resolve(&self, step: &str, field: &str, value: &mut toml::Value, graph: &Graph) -> Result<(), RunbookError> {
         match value {
@@ -538,6 +550,22 @@ fn substitute(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> Str
     }
     out.push_str(rest);
     out
+}
+
+/// `message` (a refusal of `params`) with the values it quotes made safe to show: the params'
+/// strings and the `given` values that went into them.
+fn redact(message: String, params: &toml::Value, given: &[String]) -> String {
+    fn strings<'a>(value: &'a toml::Value, out: &mut Vec<&'a str>) {
+        match value {
+            toml::Value::String(s) => out.push(s),
+            toml::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            toml::Value::Table(t) => t.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut values: Vec<&str> = given.iter().map(String::as_str).collect();
+    strings(params, &mut values);
+    crate::secret::redact(message, values)
 }
 
 fn visit_strings(value: &mut toml::Value, f: &mut impl FnMut(&mut String)) {
