@@ -432,7 +432,15 @@ impl Scope<'_> {
                 "region" => Some(self.env.region.clone()),
                 _ => self.env.vars.get(name).cloned(),
             };
-            return value.map(Some).ok_or_else(|| missing(name, &self.env.path));
+            let value = value.ok_or_else(|| missing(name, &self.env.path))?;
+            if value.contains("${") {
+                return Err(bad(format!(
+                    "the value of `{name}` in {} holds `${{`: an environment value is used as written, not \
+                     resolved; write the value itself there",
+                    self.env.path.display()
+                )));
+            }
+            return Ok(Some(value));
         }
         if reference.is_empty() || !reference.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(bad("write ${name} (a runbook var), ${env.name} or ${steps.<id>.<output>}".into()));

@@ -345,6 +345,23 @@ fn a_wait_longer_than_a_day_is_refused_before_anything_runs() {
     }
 }
 
+/// An environment value is used as written: a `${…}` in it was kept, passed validation as a
+/// placeholder, and failed only at run time ("inputs not available yet"), after the steps before
+/// it had acted.
+#[test]
+fn a_reference_inside_an_environment_value_is_refused_before_anything_runs() {
+    for inside in ["${steps.NOPE.out}", "${steps.T2.1.repository_uri}", "${service}", "${env.cluster}", "a-${"] {
+        let mut env = env("local");
+        env.vars.insert("rds_instance".into(), inside.into());
+        let err = load_with(&sprint2(), &env, &[]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("step T2.3, field `instance`")
+                && err.contains("the value of `rds_instance` in runbooks/environments/local.toml holds `${`"),
+            "{inside}: {err}"
+        );
+    }
+}
+
 /// A value shaped like a secret (a token, a URL with its credentials, a key) that a param
 /// refuses is never quoted in the refusal, at load or at run time; nor is a huge one quoted
 /// whole.
