@@ -595,4 +595,6 @@ fn with_placeholders(params: &toml::Value) -> toml::Value {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

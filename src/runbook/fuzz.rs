@@ -62,8 +62,8 @@ fn values(rng: &mut Rng) -> Vec<Generated> {
     let mut out = vec![
         text("empty", ""),
         text("blank", "  \t "),
-        text("huge", "a".repeat(70_000)),
-        text("huge references", "${service}".repeat(3_000)),
+        text("huge", "a".repeat(20_000)),
+        text("huge references", "${service}".repeat(1_000)),
         text("unicode", "dïxíe-ñ-😀-\u{200b}"),
         text("bidi override", "abc\u{202e}cba"),
         text("newline", "dixie\narmitage"),
@@ -178,7 +178,7 @@ enum Route {
 }
 
 /// How many generated values each param and var is given (and one secret more).
-const PER_TARGET: usize = 9;
+const PER_TARGET: usize = 7;
 
 const ROUTES: [Route; 7] =
     [Route::Direct, Route::Var, Route::Embedded, Route::Override, Route::Env, Route::Chain, Route::Upstream];
@@ -473,7 +473,7 @@ fn generated_values_through_references_into_typed_params_are_accepted_or_refused
     }
     let elapsed = started.elapsed();
     eprintln!("{count} generated cases in {:.1}s", elapsed.as_secs_f64());
-    assert!(count > 2_000, "only {count} cases");
+    assert!(count > 1_500, "only {count} cases");
     assert!(
         failures.is_empty(),
         "{} kinds of failure:\n\n{}",
