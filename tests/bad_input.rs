@@ -50,6 +50,11 @@ struct Case {
     /// The state DB before the command.
     #[serde(default)]
     state: StateSetup,
+    /// A secret the case gives as input (in its edit or its arguments): it must appear nowhere
+    /// the binary writes, neither in stdout, stderr (`--json` included), nor in any file under
+    /// the case's folder that the command created or changed (a state DB and its journal,
+    /// temporary files), as written or escaped.
+    secret: Option<String>,
     /// Why the binary gets this case wrong today: the case must then still fail, and fail as
     /// `now_code` and `now_says` describe (what the binary does today).
     known_failing: Option<String>,
@@ -331,13 +336,62 @@ impl Verdict {
 fn check(case: &Case, dir: &Path, templates: &Path) -> Result<Verdict, String> {
     let (root, state) = prepare(case, dir, templates).map_err(|why| format!("bad case: {why}"))?;
     let before = held(&state);
-    let ran = runbook(&root, &state, &case.args);
+    // Temporary files land in the case's folder, where a secret is looked for.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let files_before = files_under(dir);
+    let ran = runbook_with(&root, &state, &case.args, &[("TMPDIR", tmp.to_str().unwrap())]);
     let mut verdict = Verdict::of(case, &ran);
     let after = held(&state);
     if after != before {
         verdict.wrong.push(format!("state changed: expected {}, got {}", before.describe(), after.describe()));
     }
+    if let Some(secret) = &case.secret {
+        verdict.wrong.extend(where_shown(secret, &ran, &files_before, &files_under(dir)));
+    }
     Ok(verdict)
+}
+
+/// Every file under `dir` (symbolic links not followed) and its bytes.
+fn files_under(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                folders.push(entry.path());
+            } else if kind.is_file() {
+                files.insert(entry.path(), std::fs::read(entry.path()).unwrap_or_default());
+            }
+        }
+    }
+    files
+}
+
+/// Where `secret` shows (as written, or escaped as Rust's `{:?}` and JSON write a newline or a
+/// quote): stdout, stderr, or a file the command created or changed.
+fn where_shown(
+    secret: &str,
+    ran: &std::process::Output,
+    before: &std::collections::BTreeMap<PathBuf, Vec<u8>>,
+    after: &std::collections::BTreeMap<PathBuf, Vec<u8>>,
+) -> Vec<String> {
+    let escaped = format!("{secret:?}");
+    let forms = [secret, &escaped[1..escaped.len() - 1]];
+    let holds = |bytes: &[u8]| forms.iter().any(|f| bytes.windows(f.len()).any(|w| w == f.as_bytes()));
+    let mut shown = Vec::new();
+    for (name, bytes) in [("stdout", &ran.stdout), ("stderr", &ran.stderr)] {
+        if holds(bytes) {
+            shown.push(format!("the secret is in {name}"));
+        }
+    }
+    for (path, bytes) in after {
+        if before.get(path) != Some(bytes) && holds(bytes) {
+            shown.push(format!("the secret is in {}, which the command wrote", path.display()));
+        }
+    }
+    shown
 }
 
 /// What is wrong with the case's outcome, for the report; `None`: as the corpus says.
@@ -406,6 +460,16 @@ fn every_bad_input_is_refused_with_exit_code_2_a_message_that_names_it_and_its_f
     for case in &corpus.case {
         assert!(names.insert(case.name.as_str()), "two cases are named {:?}", case.name);
         assert!(!case.says.is_empty(), "{}: `says` names nothing to look for", case.name);
+        if let Some(secret) = &case.secret {
+            let input = format!("{:?} {} {:?} {:?}", case.replace, case.append, case.write, case.args);
+            let escaped = format!("{secret:?}");
+            assert!(
+                secret.len() >= 8
+                    && (input.contains(secret.as_str()) || input.contains(&escaped[1..escaped.len() - 1])),
+                "{}: its secret is not in its input, so nothing is tested",
+                case.name
+            );
+        }
     }
 
     // The unedited copy passes validation and reaches the preflight, which finds no AWS at
@@ -420,6 +484,7 @@ fn every_bad_input_is_refused_with_exit_code_2_a_message_that_names_it_and_its_f
         code: 2,
         says: vec![format!("cannot reach AWS (http://{NOWHERE})")],
         state: StateSetup::None,
+        secret: None,
         known_failing: None,
         now_code: None,
         now_says: None,
@@ -508,10 +573,14 @@ fn bad_input_with_its_state_in_postgresql_is_refused_alike_and_creates_nothing_t
         let dir = scratch.0.join(format!("case-{i}"));
         prepare(case, &dir, &templates).map_err(|why| format!("bad case: {why}")).map(|(root, _)| {
             let url = format!("{base}&options=-csearch_path%3D{}", schema(i));
+            let before = files_under(&dir);
             let ran = runbook_with(&root, Path::new(&url), &case.args, &[("PGPASSWORD", &password)]);
             let mut verdict = Verdict::of(case, &ran);
             if verdict.stderr.contains(&password) {
                 verdict.wrong.push("the state database's password was shown".into());
+            }
+            if let Some(secret) = &case.secret {
+                verdict.wrong.extend(where_shown(secret, &ran, &before, &files_under(&dir)));
             }
             verdict
         })
