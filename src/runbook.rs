@@ -266,12 +266,14 @@ impl Step {
     /// The typed params with upstream outputs as placeholders: for maintenance that needs the
     /// step's own settings, not its inputs (releasing its tool's lock).
     pub(crate) fn typed_without_inputs(&self, registry: &[Kind]) -> Result<Box<dyn AnyStep>, String> {
-        self.parse(registry, &with_placeholders(&self.params))
+        self.parse(registry, &with_placeholders(&self.params), &[])
     }
 
-    fn parse(&self, registry: &[Kind], params: &toml::Value) -> Result<Box<dyn AnyStep>, String> {
+    /// The typed step, or its refusal with the values it quotes made safe to show (`given`:
+    /// the upstream outputs filled in).
+    fn parse(&self, registry: &[Kind], params: &toml::Value, given: &[String]) -> Result<Box<dyn AnyStep>, String> {
         match steps::find(registry, &self.kind) {
-            Some(kind) => kind.parse(params),
+            Some(kind) => kind.parse(params).map_err(|message| redact(message, params, given)),
             None => Err(format!("unknown kind `{}`", self.kind)),
         }
     }
@@ -317,7 +319,7 @@ impl Step {
             ));
         }
         let given: Vec<String> = outputs.values().flat_map(|o| o.values().cloned()).collect();
-        self.parse(registry, &params).map_err(|message| redact(message, &params, &given))
+        self.parse(registry, &params, &given)
     }
 }
 
