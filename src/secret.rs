@@ -61,11 +61,10 @@ pub(crate) fn secret_shape(value: &str) -> Option<&'static str> {
 /// a token pasted in the wrong place.
 pub(crate) fn redact<'a>(message: String, values: impl IntoIterator<Item = &'a str>) -> String {
     const LONG: usize = 200;
-    let mut values: Vec<&str> = values.into_iter().filter(|v| v.len() >= 8).collect();
-    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-    values.dedup();
-    let mut message = message;
-    for value in values {
+    // (as quoted, shown instead), longest first; replaced in one pass, so that what is shown
+    // instead is never replaced again.
+    let mut swaps: Vec<(String, String)> = Vec::new();
+    for value in values.into_iter().filter(|v| v.len() >= 8) {
         let shown = match secret_shape(value) {
             Some(shape) if shape.starts_with("a URL") => url_without_secrets(value),
             Some(shape) => format!("(not shown: {shape})"),
@@ -76,14 +75,31 @@ pub(crate) fn redact<'a>(message: String, values: impl IntoIterator<Item = &'a s
             None => continue,
         };
         let escaped = format!("{value:?}");
-        let escaped = &escaped[1..escaped.len() - 1];
-        for form in [value, escaped] {
-            if message.contains(form) {
-                message = message.replace(form, &shown);
+        for form in [value, &escaped[1..escaped.len() - 1]] {
+            if form != shown && message.contains(form) && !swaps.iter().any(|(f, _)| f == form) {
+                swaps.push((form.to_string(), shown.clone()));
             }
         }
     }
-    message
+    if swaps.is_empty() {
+        return message;
+    }
+    swaps.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message.as_str();
+    while let Some(c) = rest.chars().next() {
+        match swaps.iter().find(|(form, _)| rest.starts_with(form.as_str())) {
+            Some((form, shown)) => {
+                out.push_str(shown);
+                rest = &rest[form.len()..];
+            }
+            None => {
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    out
 }
 
 /// `scheme://host…` of a text holding a URL: no user info, path, query or fragment, where
@@ -99,6 +115,9 @@ fn url_without_secrets(text: &str) -> String {
         None if rest.contains('@') => "",
         None => authority,
     };
+    if before == scheme && host == rest.trim_end_matches('/') && host.len() <= 100 {
+        return text.to_string(); // scheme://host[:port]: nothing to hide
+    }
     let host: String = host.chars().take(100).collect();
     format!("{scheme}://{}… (the rest not shown)", host.escape_debug())
 }
@@ -154,6 +173,9 @@ mod tests {
         let said = redact(format!("name = {long:?}"), [long.as_str()]);
         assert!(said.len() < 100 && said.contains("(5000 characters)"), "{said}");
         assert_eq!(redact("name = \"dixie\"".into(), ["dixie"]), "name = \"dixie\"");
+        // One pass: what is shown instead is not replaced again; a URL with nothing to hide stays.
+        let said = redact("url = \"http://h:9/x\", at http://h:9".into(), ["http://h:9/x", "http://h:9"]);
+        assert_eq!(said, "url = \"http://h:9… (the rest not shown)\", at http://h:9");
     }
 
     #[test]
