@@ -91,7 +91,7 @@ impl Environment {
             });
         }
         if let Err(message) = env.check_values() {
-            return Err(EnvError::Invalid { path, message });
+            return Err(EnvError::Invalid { path, message: env.shown(message) });
         }
         if env.aws.emulator_credentials.is_some() && !env.loopback_only {
             return Err(EnvError::Invalid {
@@ -105,7 +105,7 @@ impl Environment {
             if parse_host_port(from).is_none() || to.parse::<SocketAddr>().is_err() {
                 return Err(EnvError::Invalid {
                     path,
-                    message: format!("[address_map] \"{from}\" = \"{to}\": write \"host:port\" = \"ip:port\""),
+                    message: env.shown(format!("[address_map] {from:?} = {to:?}: write \"host:port\" = \"ip:port\"")),
                 });
             }
         }
@@ -130,6 +130,12 @@ impl Environment {
         }
         if let Some(url) = &self.aws.endpoint_url {
             let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or_default();
+            if host.split(['/', '?', '#']).next().unwrap_or_default().contains('@') {
+                return Err(format!(
+                    "[aws] endpoint_url = {url:?} holds a user name or password: an AWS endpoint takes none (the \
+                     credentials come from the AWS credential chain); write it as http://host:port"
+                ));
+            }
             if host.is_empty() || host.starts_with([':', '/']) || host.contains(char::is_whitespace) {
                 return Err(format!(
                     "[aws] endpoint_url = {url:?} is not an http:// or https:// URL; write it as \
@@ -138,6 +144,16 @@ impl Environment {
             }
         }
         Ok(())
+    }
+
+    /// `message` (a refusal that quotes this file's values) with each value shaped like a secret
+    /// replaced by what it looks like ([`crate::secret::redact`]).
+    fn shown(&self, message: String) -> String {
+        let map = self.address_map.iter().flat_map(|(from, to)| [from, to]);
+        let fields =
+            [&self.account_id, &self.region].into_iter().chain(&self.aws.endpoint_url).chain(&self.aws.profile);
+        let values = fields.chain(map).chain(self.vars.values()).map(String::as_str);
+        crate::secret::redact(message, values)
     }
 
     /// Where to dial `host:port` from here: the address map first; on a loopback-only

@@ -104,6 +104,9 @@ pub(crate) struct Runbook {
     pub(crate) inputs_hash: String,
     /// The kinds its steps are typed with.
     pub(crate) registry: &'static [Kind],
+    /// The values of its vars, the `--var`s and the environment: a refusal that quotes one
+    /// hides it when it looks like a secret ([`crate::secret::redact`]).
+    given: Vec<String>,
 }
 
 impl Runbook {
@@ -165,10 +168,11 @@ impl Runbook {
                 path: path.clone(),
                 step: step.id.clone(),
                 kind: step.kind.clone(),
-                message: with_fix(message),
+                message: redact(with_fix(message), &params, &scope.given()),
             })?;
             steps.push(Step { id: step.id, title: step.title, kind: step.kind, needs: step.needs, params });
         }
+        let given = scope.given();
         let mut inputs = env.hash.clone();
         for (k, v) in overrides {
             inputs.push_str(&format!("\n{k}={v}"));
@@ -182,6 +186,7 @@ impl Runbook {
             hash: file.hash,
             inputs_hash: sha256_hex(inputs.as_bytes()),
             registry,
+            given,
         })
     }
 
@@ -194,7 +199,7 @@ impl Runbook {
                     path: self.path.clone(),
                     step: step.id.clone(),
                     kind: step.kind.clone(),
-                    message,
+                    message: redact(message, &step.params, &self.given),
                 });
             }
         }
@@ -261,12 +266,14 @@ impl Step {
     /// The typed params with upstream outputs as placeholders: for maintenance that needs the
     /// step's own settings, not its inputs (releasing its tool's lock).
     pub(crate) fn typed_without_inputs(&self, registry: &[Kind]) -> Result<Box<dyn AnyStep>, String> {
-        self.parse(registry, &with_placeholders(&self.params))
+        self.parse(registry, &with_placeholders(&self.params), &[])
     }
 
-    fn parse(&self, registry: &[Kind], params: &toml::Value) -> Result<Box<dyn AnyStep>, String> {
+    /// The typed step, or its refusal with the values it quotes made safe to show (`given`:
+    /// the upstream outputs filled in).
+    fn parse(&self, registry: &[Kind], params: &toml::Value, given: &[String]) -> Result<Box<dyn AnyStep>, String> {
         match steps::find(registry, &self.kind) {
-            Some(kind) => kind.parse(params),
+            Some(kind) => kind.parse(params).map_err(|message| redact(message, params, given)),
             None => Err(format!("unknown kind `{}`", self.kind)),
         }
     }
@@ -311,7 +318,8 @@ impl Step {
                 missing.join(", ")
             ));
         }
-        self.parse(registry, &params)
+        let given: Vec<String> = outputs.values().flat_map(|o| o.values().cloned()).collect();
+        self.parse(registry, &params, &given)
     }
 }
 
@@ -325,6 +333,12 @@ struct Scope<'a> {
 }
 
 impl Scope<'_> {
+    /// The values of the runbook's vars, the `--var`s and the environment.
+    fn given(&self) -> Vec<String> {
+        let vars = self.runbook_vars.values().chain(self.overrides.values()).chain(self.env.vars.values());
+        vars.cloned().collect()
+    }
+
     /// Resolves `${var}` and `${env.x}` in every string of `value`; checks `${steps.X.y}`.
     fn resolve(&self, step: &str, field: &str, value: &mut toml::Value, graph: &Graph) -> Result<(), RunbookError> {
         match value {
@@ -420,7 +434,15 @@ impl Scope<'_> {
                 "region" => Some(self.env.region.clone()),
                 _ => self.env.vars.get(name).cloned(),
             };
-            return value.map(Some).ok_or_else(|| missing(name, &self.env.path));
+            let value = value.ok_or_else(|| missing(name, &self.env.path))?;
+            if value.contains("${") {
+                return Err(bad(format!(
+                    "the value of `{name}` in {} holds `${{`: an environment value is used as written, not \
+                     resolved; write the value itself there",
+                    self.env.path.display()
+                )));
+            }
+            return Ok(Some(value));
         }
         if reference.is_empty() || !reference.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(bad("write ${name} (a runbook var), ${env.name} or ${steps.<id>.<output>}".into()));
@@ -540,6 +562,22 @@ fn substitute(text: &str, mut lookup: impl FnMut(&str) -> Option<String>) -> Str
     out
 }
 
+/// `message` (a refusal of `params`) with the values it quotes made safe to show: the params'
+/// strings and the `given` values that went into them.
+fn redact(message: String, params: &toml::Value, given: &[String]) -> String {
+    fn strings<'a>(value: &'a toml::Value, out: &mut Vec<&'a str>) {
+        match value {
+            toml::Value::String(s) => out.push(s),
+            toml::Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+            toml::Value::Table(t) => t.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut values: Vec<&str> = given.iter().map(String::as_str).collect();
+    strings(params, &mut values);
+    crate::secret::redact(message, values)
+}
+
 fn visit_strings(value: &mut toml::Value, f: &mut impl FnMut(&mut String)) {
     match value {
         toml::Value::String(s) => f(s),
@@ -558,5 +596,7 @@ fn with_placeholders(params: &toml::Value) -> toml::Value {
     copy
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

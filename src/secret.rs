@@ -55,6 +55,73 @@ pub(crate) fn secret_shape(value: &str) -> Option<&'static str> {
     None
 }
 
+/// `message` with each of `values` that it quotes (as written, or escaped as `{:?}` writes it)
+/// made safe to show: a secret-shaped one replaced by what it looks like (a URL keeps its scheme
+/// and host), a long one cut. For refusals that quote the value they refuse: the value may be
+/// a token pasted in the wrong place.
+pub(crate) fn redact<'a>(message: String, values: impl IntoIterator<Item = &'a str>) -> String {
+    const LONG: usize = 200;
+    // (as quoted, shown instead), longest first; replaced in one pass, so that what is shown
+    // instead is never replaced again.
+    let mut swaps: Vec<(String, String)> = Vec::new();
+    for value in values.into_iter().filter(|v| v.len() >= 8) {
+        let shown = match secret_shape(value) {
+            Some(shape) if shape.starts_with("a URL") => url_without_secrets(value),
+            Some(shape) => format!("(not shown: {shape})"),
+            None if value.chars().count() > LONG => {
+                let start: String = value.chars().take(40).collect();
+                format!("{}… ({} characters)", start.escape_debug(), value.chars().count())
+            }
+            None => continue,
+        };
+        let escaped = format!("{value:?}");
+        for form in [value, &escaped[1..escaped.len() - 1]] {
+            if form != shown && message.contains(form) && !swaps.iter().any(|(f, _)| f == form) {
+                swaps.push((form.to_string(), shown.clone()));
+            }
+        }
+    }
+    if swaps.is_empty() {
+        return message;
+    }
+    swaps.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message.as_str();
+    while let Some(c) = rest.chars().next() {
+        match swaps.iter().find(|(form, _)| rest.starts_with(form.as_str())) {
+            Some((form, shown)) => {
+                out.push_str(shown);
+                rest = &rest[form.len()..];
+            }
+            None => {
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    out
+}
+
+/// `scheme://host…` of a text holding a URL: no user info, path, query or fragment, where
+/// webhooks and connection URLs keep their secrets.
+fn url_without_secrets(text: &str) -> String {
+    let (before, rest) = text.split_once("://").unwrap_or(("", text));
+    let scheme: String = before.chars().rev().take_while(|c| c.is_ascii_alphanumeric() || "+.-".contains(*c)).collect();
+    let scheme: String = scheme.chars().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => host,
+        // An `@` further on: a password holding `/`; the host cannot be told from it.
+        None if rest.contains('@') => "",
+        None => authority,
+    };
+    if before == scheme && host == rest.trim_end_matches('/') && host.len() <= 100 {
+        return text.to_string(); // scheme://host[:port]: nothing to hide
+    }
+    let host: String = host.chars().take(100).collect();
+    format!("{scheme}://{}… (the rest not shown)", host.escape_debug())
+}
+
 /// Keys of runbook and environment files whose values are, or name, secrets: an error on
 /// their line shows the key, never the value.
 pub(crate) fn is_secret_key(key: &str) -> bool {
@@ -85,6 +152,30 @@ mod tests {
         let secret = Secret::new(String::from("hunter2"));
         assert_eq!(format!("{secret:?} {secret}"), "*** ***");
         assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn a_quoted_value_shaped_like_a_secret_is_replaced_and_a_long_one_cut() {
+        let token = "ghp_R2d2C3poX9y8W7v6U5t4S3r2Q1p0O9n8M7l6";
+        let said = redact(format!("token = {token:?}: not a name"), [token]);
+        assert_eq!(said, "token = \"(not shown: an API token)\": not a name");
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMG\n-----END PRIVATE KEY-----\n";
+        assert!(!redact(format!("got {pem:?}"), [pem]).contains("MIGHAgEAMBMG"));
+        for (url, host) in [
+            ("postgres://dixie:Pw0rd@db.example.com:5432/dixie", "postgres://db.example.com:5432…"),
+            ("postgres://dixie:Pw/0rd@db.example.com/dixie", "postgres://…"),
+            ("https://hooks.slack.com/services/T0/B0/Xyz?k=Pw0rd", "https://hooks.slack.com…"),
+        ] {
+            let said = redact(format!("url = {url:?} is not"), [url]);
+            assert!(said.contains(host) && !said.contains("Pw") && !said.contains("Xyz"), "{said}");
+        }
+        let long = "x".repeat(5_000);
+        let said = redact(format!("name = {long:?}"), [long.as_str()]);
+        assert!(said.len() < 100 && said.contains("(5000 characters)"), "{said}");
+        assert_eq!(redact("name = \"dixie\"".into(), ["dixie"]), "name = \"dixie\"");
+        // One pass: what is shown instead is not replaced again; a URL with nothing to hide stays.
+        let said = redact("url = \"http://h:9/x\", at http://h:9".into(), ["http://h:9/x", "http://h:9"]);
+        assert_eq!(said, "url = \"http://h:9… (the rest not shown)\", at http://h:9");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! A case marked `known_failing = "why"` is a bug that is not fixed yet: it must still fail, so
 //! that the day it is fixed the test says to drop the mark. All failures are reported together.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -50,6 +50,11 @@ struct Case {
     /// The state DB before the command.
     #[serde(default)]
     state: StateSetup,
+    /// A secret the case gives as input (in its edit or its arguments): it must appear nowhere
+    /// the binary writes, neither in stdout, stderr (`--json` included), nor in any file under
+    /// the case's folder that the command created or changed (a state DB and its journal,
+    /// temporary files), as written or escaped.
+    secret: Option<String>,
     /// Why the binary gets this case wrong today: the case must then still fail, and fail as
     /// `now_code` and `now_says` describe (what the binary does today).
     known_failing: Option<String>,
@@ -331,13 +336,62 @@ impl Verdict {
 fn check(case: &Case, dir: &Path, templates: &Path) -> Result<Verdict, String> {
     let (root, state) = prepare(case, dir, templates).map_err(|why| format!("bad case: {why}"))?;
     let before = held(&state);
-    let ran = runbook(&root, &state, &case.args);
+    // Temporary files land in the case's folder, where a secret is looked for.
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let files_before = case.secret.as_ref().map(|_| files_under(dir)).unwrap_or_default();
+    let ran = runbook_with(&root, &state, &case.args, &[("TMPDIR", tmp.to_str().unwrap())]);
     let mut verdict = Verdict::of(case, &ran);
     let after = held(&state);
     if after != before {
         verdict.wrong.push(format!("state changed: expected {}, got {}", before.describe(), after.describe()));
     }
+    if let Some(secret) = &case.secret {
+        verdict.wrong.extend(where_shown(secret, &ran, &files_before, &files_under(dir)));
+    }
     Ok(verdict)
+}
+
+/// Every file under `dir` (symbolic links not followed) and its bytes.
+fn files_under(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                folders.push(entry.path());
+            } else if kind.is_file() {
+                files.insert(entry.path(), std::fs::read(entry.path()).unwrap_or_default());
+            }
+        }
+    }
+    files
+}
+
+/// Where `secret` shows (as written, or escaped as Rust's `{:?}` and JSON write a newline or a
+/// quote): stdout, stderr, or a file the command created or changed.
+fn where_shown(
+    secret: &str,
+    ran: &std::process::Output,
+    before: &BTreeMap<PathBuf, Vec<u8>>,
+    after: &BTreeMap<PathBuf, Vec<u8>>,
+) -> Vec<String> {
+    let escaped = format!("{secret:?}");
+    let forms = [secret, &escaped[1..escaped.len() - 1]];
+    let holds = |bytes: &[u8]| forms.iter().any(|f| bytes.windows(f.len()).any(|w| w == f.as_bytes()));
+    let mut shown = Vec::new();
+    for (name, bytes) in [("stdout", &ran.stdout), ("stderr", &ran.stderr)] {
+        if holds(bytes) {
+            shown.push(format!("the secret is in {name}"));
+        }
+    }
+    for (path, bytes) in after {
+        if before.get(path) != Some(bytes) && holds(bytes) {
+            shown.push(format!("the secret is in {}, which the command wrote", path.display()));
+        }
+    }
+    shown
 }
 
 /// What is wrong with the case's outcome, for the report; `None`: as the corpus says.
@@ -406,6 +460,16 @@ fn every_bad_input_is_refused_with_exit_code_2_a_message_that_names_it_and_its_f
     for case in &corpus.case {
         assert!(names.insert(case.name.as_str()), "two cases are named {:?}", case.name);
         assert!(!case.says.is_empty(), "{}: `says` names nothing to look for", case.name);
+        if let Some(secret) = &case.secret {
+            let input = format!("{:?} {} {:?} {:?}", case.replace, case.append, case.write, case.args);
+            let escaped = format!("{secret:?}");
+            assert!(
+                secret.len() >= 8
+                    && (input.contains(secret.as_str()) || input.contains(&escaped[1..escaped.len() - 1])),
+                "{}: its secret is not in its input, so nothing is tested",
+                case.name
+            );
+        }
     }
 
     // The unedited copy passes validation and reaches the preflight, which finds no AWS at
@@ -420,6 +484,7 @@ fn every_bad_input_is_refused_with_exit_code_2_a_message_that_names_it_and_its_f
         code: 2,
         says: vec![format!("cannot reach AWS (http://{NOWHERE})")],
         state: StateSetup::None,
+        secret: None,
         known_failing: None,
         now_code: None,
         now_says: None,
@@ -508,10 +573,14 @@ fn bad_input_with_its_state_in_postgresql_is_refused_alike_and_creates_nothing_t
         let dir = scratch.0.join(format!("case-{i}"));
         prepare(case, &dir, &templates).map_err(|why| format!("bad case: {why}")).map(|(root, _)| {
             let url = format!("{base}&options=-csearch_path%3D{}", schema(i));
+            let before = case.secret.as_ref().map(|_| files_under(&dir)).unwrap_or_default();
             let ran = runbook_with(&root, Path::new(&url), &case.args, &[("PGPASSWORD", &password)]);
             let mut verdict = Verdict::of(case, &ran);
             if verdict.stderr.contains(&password) {
                 verdict.wrong.push("the state database's password was shown".into());
+            }
+            if let Some(secret) = &case.secret {
+                verdict.wrong.extend(where_shown(secret, &ran, &before, &files_under(&dir)));
             }
             verdict
         })
@@ -534,4 +603,151 @@ fn bad_input_with_its_state_in_postgresql_is_refused_alike_and_creates_nothing_t
     assert!(cases.len() >= 100, "only {} cases run on PostgreSQL", cases.len());
     let failures: Vec<String> = failures.into_iter().map(|(_, f)| f).collect();
     assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+}
+
+/// Generated values (see `runbook::fuzz` for the whole table, in-process) through the real
+/// binary, along the routes an operator uses: a `--var` of each runbook, and environment values
+/// that params read as names, numbers and waits. Each run exits 2 (refused, or stopped at the
+/// preflight by the absent AWS), says so on stderr without a panic, names where the value went,
+/// shows no secret, and creates no state DB.
+#[test]
+fn generated_values_through_vars_and_the_environment_exit_2_and_show_no_secret() {
+    /// xorshift64*, seeded: the same cases on every machine.
+    struct Rng(u64);
+    impl Rng {
+        fn text(&mut self, n: usize) -> String {
+            const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+            (0..n)
+                .map(|_| {
+                    self.0 ^= self.0 >> 12;
+                    self.0 ^= self.0 << 25;
+                    self.0 ^= self.0 >> 27;
+                    ALNUM[(self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % ALNUM.len() as u64) as usize] as char
+                })
+                .collect()
+        }
+    }
+    let mut rng = Rng(0x5eed_0017);
+    // (value, the part no output may show)
+    let mut values: Vec<(String, Option<String>)> = [
+        "",
+        " ",
+        "dïxíe-😀",
+        "a\u{1b}[31mb\u{202e}c\td",
+        "x\ny",
+        "${${service}}",
+        "${",
+        "abc-${service",
+        "${}",
+        "${steps.NOPE.out}",
+        "${steps.T2.1.nope}",
+        "${env.nope}",
+        "-1",
+        "65536",
+        "86401",
+        "18446744073709551616",
+        "1.5",
+        "[\"a\"]",
+    ]
+    .into_iter()
+    .map(|v| (v.to_string(), None))
+    .collect();
+    values.push(("a".repeat(20_000), None));
+    for (make, core) in [
+        (("ghp_", ""), rng.text(36)),
+        (("postgres://dixie:", "@db.example.com/dixie"), rng.text(20)),
+        (("https://hooks.slack.com/services/T0/B0/", ""), rng.text(24)),
+        (("-----BEGIN PRIVATE KEY-----\n", "\n-----END PRIVATE KEY-----"), rng.text(48)),
+        (("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.", ""), rng.text(30)),
+    ] {
+        values.push((format!("{}{core}{}", make.0, make.1), Some(core)));
+    }
+    // (runbook, var or environment value)
+    let routes = [
+        ("sprint-2", "--var service"),
+        ("sprint-2", "--var image_tag"),
+        ("sprint-2", "env rds_instance"),
+        ("sprint-2", "env deploy_wait_seconds"),
+        ("sprint-3", "env github_checks_within"),
+        ("sprint-3", "env github_token_param"),
+        ("rollback", "--var revision"),
+        ("diagnose", "--var log_minutes"),
+    ];
+    let scratch = Scratch(std::env::temp_dir().join(format!("runbook-generated-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&scratch.0);
+    // Each value along two routes drawn from the seed (all of them would take 8 s).
+    let mut draw = || rng.text(1).as_bytes()[0] as usize % routes.len();
+    let cases: Vec<(usize, usize)> = (0..values.len()).flat_map(|v| [(draw(), v), (draw(), v)]).collect();
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&(r, v)) = cases.get(i) else { break };
+                    let ((book, route), (value, secret)) = (routes[r], &values[v]);
+                    let dir = scratch.0.join(format!("case-{i}"));
+                    let root = dir.join("project");
+                    project_copy(&root);
+                    away_from_the_ring(&root);
+                    let mut args: Vec<String> = match book {
+                        "diagnose" => vec!["diagnose".into()],
+                        "rollback" => vec!["run".into(), "rollback".into(), "--yes".into()],
+                        name => vec!["run".into(), name.into()],
+                    };
+                    if let Some(var) = route.strip_prefix("--var ") {
+                        args.extend(["--var".into(), format!("{var}={value}")]);
+                    } else {
+                        let key = route.strip_prefix("env ").unwrap();
+                        let path = root.join(ENV);
+                        let text = std::fs::read_to_string(&path).unwrap();
+                        let line = text.lines().find(|l| l.starts_with(&format!("{key} = "))).unwrap().to_string();
+                        let quoted = toml::Value::String(value.clone()).to_string();
+                        std::fs::write(&path, text.replacen(&line, &format!("{key} = {quoted}"), 1)).unwrap();
+                    }
+                    let state = dir.join("state/runbook.db");
+                    let ran = runbook(&root, &state, &args);
+                    let stderr = String::from_utf8_lossy(&ran.stderr);
+                    let mut wrong = Vec::new();
+                    if ran.status.code() != Some(2) {
+                        wrong.push(format!("exit code {:?}", ran.status.code()));
+                    }
+                    if stderr.contains("panicked") || !stderr.starts_with("error: ") {
+                        wrong.push("no error, or a panic".to_string());
+                    }
+                    if !stderr.contains("cannot reach AWS") {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let placed = ["step ", "--var ", "[vars]", "cannot reach AWS"];
+                    if !placed.iter().any(|p| stderr.contains(p)) {
+                        wrong.push("names no step, var or environment value".into());
+                    }
+                    if stderr.len() > 2_000 {
+                        wrong.push(format!("{} bytes of stderr", stderr.len()));
+                    }
+                    if let Some(secret) = secret {
+                        wrong.extend(where_shown(secret, &ran, &BTreeMap::new(), &files_under(&dir.join("state"))));
+                    }
+                    if state.exists() {
+                        wrong.push("a state DB was created".into());
+                    }
+                    if !wrong.is_empty() {
+                        let shown: String = stderr.chars().take(400).collect();
+                        let value: String = value.chars().take(40).collect();
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{book} {route} = {value:?}: {}\n    stderr: {shown}", wrong.join("; ")));
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    let refused = refused.into_inner();
+    eprintln!("{} generated values through the binary, {refused} refused before the preflight", cases.len());
+    assert!(refused > cases.len() / 2, "only {refused} refused: the values reach too little");
+    assert!(failures.is_empty(), "{} of {} failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
 }

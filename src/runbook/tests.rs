@@ -344,3 +344,52 @@ fn a_wait_longer_than_a_day_is_refused_before_anything_runs() {
         }
     }
 }
+
+/// An environment value is used as written: a `${…}` in it was kept, passed validation as a
+/// placeholder, and failed only at run time ("inputs not available yet"), after the steps before
+/// it had acted.
+#[test]
+fn a_reference_inside_an_environment_value_is_refused_before_anything_runs() {
+    for inside in ["${steps.NOPE.out}", "${steps.T2.1.repository_uri}", "${service}", "${env.cluster}", "a-${"] {
+        let mut env = env("local");
+        env.vars.insert("rds_instance".into(), inside.into());
+        let err = load_with(&sprint2(), &env, &[]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("step T2.3, field `instance`")
+                && err.contains("the value of `rds_instance` in runbooks/environments/local.toml holds `${`"),
+            "{inside}: {err}"
+        );
+    }
+}
+
+/// A value shaped like a secret (a token, a URL with its credentials, a key) that a param
+/// refuses is never quoted in the refusal, at load or at run time; nor is a huge one quoted
+/// whole.
+#[test]
+fn a_refused_value_shaped_like_a_secret_is_not_shown_and_a_huge_one_is_cut() {
+    let token = "ghp_R2d2C3poX9y8W7v6U5t4S3r2Q1p0O9n8M7l6";
+    let mut local = env("local");
+    local.vars.insert("deploy_wait_seconds".into(), token.into());
+    let err = load_with(&sprint2(), &local, &[]).err().unwrap().to_string();
+    assert!(err.contains("step T2.6 (ecs_deploy)") && err.contains("(not shown: an API token)"), "{err}");
+    assert!(!err.contains("R2d2C3po"), "{err}");
+
+    let webhook = "https://hooks.slack.com:x/services/T000/B000/Xyz123SecretPart";
+    let mut local = env("local");
+    local.vars.insert("dixie_health_url".into(), webhook.into());
+    let err = load_with(&sprint2(), &local, &[]).err().unwrap().to_string();
+    assert!(err.contains("health_url") && err.contains("hooks.slack.com"), "{err}");
+    assert!(!err.contains("Xyz123SecretPart"), "{err}");
+
+    let book = load_with(&sprint2(), &env("local"), &[]).unwrap();
+    let url = "postgres://dixie:Pw0rdSecret@db.example.com/dixie";
+    let outputs = BTreeMap::from([("T2.2".to_string(), BTreeMap::from([("image_tag".to_string(), url.to_string())]))]);
+    let err = book.step("T2.4").unwrap().typed(book.registry, &outputs).err().unwrap_or_default();
+    assert!(err.contains("image_tag") && err.contains("db.example.com"), "{err}");
+    assert!(!err.contains("Pw0rdSecret") && !err.contains("dixie:"), "{err}");
+
+    let mut local = env("local");
+    local.vars.insert("deploy_wait_seconds".into(), "9".repeat(50_000));
+    let err = load_with(&sprint2(), &local, &[]).err().unwrap().to_string();
+    assert!(err.contains("step T2.6 (ecs_deploy)") && err.len() < 1_000, "{} bytes: {}", err.len(), &err[..300]);
+}

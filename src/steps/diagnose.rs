@@ -79,8 +79,10 @@ pub(crate) enum Missing {
     Fail,
 }
 
+/// Written as one table with `check = "<which>"`; read as `{ <which> = { … } }` (see the
+/// `Deserialize` below), so that an error names the key it is about.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "check", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(remote = "Self", rename_all = "snake_case", deny_unknown_fields)]
 pub(crate) enum Params {
     /// The ECS service's deployments, the PRIMARY one's rollout state, and its last events.
     Service {
@@ -144,6 +146,31 @@ pub(crate) enum Params {
         #[serde(default = "dixie_migration_lock_key")]
         migration_lock_key: i64,
     },
+}
+
+/// serde's `tag = "check"` reads the table through a buffer that loses the key a type error is
+/// about ("expected a whole number, got \"x\"" named no key): the check's name becomes the
+/// outer key instead, which toml reads key by key.
+impl<'de> Deserialize<'de> for Params {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let check = match table.remove("check") {
+            Some(toml::Value::String(check)) => check,
+            Some(_) => return Err(D::Error::custom("check is the name of a check, in quotes: check = \"service\"")),
+            None => return Err(D::Error::missing_field("check")),
+        };
+        let outer = toml::Table::from_iter([(check, toml::Value::Table(table))]);
+        // The inherent `deserialize` that `remote = "Self"` derives; everywhere else, the trait's.
+        Params::deserialize(toml::Value::Table(outer)).map_err(|e| {
+            let message = e.to_string();
+            let message = message.trim();
+            match message.starts_with("unknown variant") {
+                true => D::Error::custom(format!("check: {message}")),
+                false => D::Error::custom(message),
+            }
+        })
+    }
 }
 
 fn ten() -> u64 {
@@ -1181,7 +1208,8 @@ pub(crate) async fn diagnose_all(book: &Runbook, services: Arc<Services>) -> Res
                 step.id, step.kind
             ));
         }
-        let params = Params::deserialize(step.params.clone()).map_err(|e| format!("step {}: {e}", step.id))?;
+        let params =
+            <Params as Deserialize>::deserialize(step.params.clone()).map_err(|e| format!("step {}: {e}", step.id))?;
         checks.push((step.id.clone(), params));
     }
     // The checks' log lines go nowhere: the findings are the output.
@@ -1207,7 +1235,7 @@ mod tests {
 
     fn parse(text: &str) -> Result<Params, String> {
         let params: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
-        let step = Params::deserialize(params).map_err(|e| e.to_string())?;
+        let step = <Params as Deserialize>::deserialize(params).map_err(|e| e.to_string())?;
         step.validate()?;
         Ok(step)
     }
@@ -1227,13 +1255,33 @@ mod tests {
         let unknown = parse("check = \"tasks\"\ncluster = \"c\"\nservice = \"s\"\nservise = \"x\"").unwrap_err();
         assert!(unknown.contains("unknown field `servise`"), "{unknown}");
         let kind = parse("check = \"tasx\"").unwrap_err();
-        assert!(kind.contains("unknown variant `tasx`"), "{kind}");
+        assert!(kind.contains("check: unknown variant `tasx`"), "{kind}");
         let minutes = parse("check = \"log_errors\"\ngroup = \"/ecs/x\"\nminutes = \"0\"\nnext = \"n\"").unwrap_err();
         assert!(minutes.contains("minutes = 0"), "{minutes}");
         let url = parse("check = \"finn_health\"\nurl = \"finn\"").unwrap_err();
         assert!(url.contains("not an http:// or https:// URL"), "{url}");
         let rule = parse("check = \"ingress\"\nnext = \"n\"\nrule = { group = \"a\", source_group = \"b\", port = 0 }");
         assert!(rule.unwrap_err().contains("port = 0"));
+    }
+
+    /// A type error names its key: serde's internally tagged enum lost it (the generated table
+    /// of `runbook::fuzz` found every check's numbers, texts and lists unnamed).
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        for (params, key) in [
+            ("check = \"service\"\ncluster = \"c\"\nservice = \"s\"\nevents = \"x\"", "events"),
+            ("check = \"service\"\ncluster = 1\nservice = \"s\"", "cluster"),
+            ("check = \"ssm_params\"\nprefix = \"/p\"\nnames = \"A\"", "names"),
+            (
+                "check = \"ingress\"\nnext = \"n\"\nrule = { group = \"a\", source_group = \"b\", port = \"x\" }",
+                "rule.port",
+            ),
+        ] {
+            let err = parse(params).unwrap_err();
+            assert!(err.contains(&format!("`{key}`")), "{params}: {err}");
+        }
+        assert!(parse("check = 1").unwrap_err().contains("check is the name of a check"));
+        assert!(parse("cluster = \"c\"").unwrap_err().contains("missing field `check`"));
     }
 
     #[test]
