@@ -5,10 +5,8 @@
 
 use std::path::Path;
 
-use rusqlite::{OptionalExtension, params};
-
 use super::sql::{Param, RowExt};
-use super::{Backend, StateDb, StateError, immediate, sql_err};
+use super::{Backend, StateDb, StateError};
 use crate::clock::{format_utc, now_ms};
 
 /// A lease whose holder has not beaten for this long, on another host, may be taken over.
@@ -47,45 +45,16 @@ pub(super) struct Lease {
     pub(super) heartbeat: i64,
 }
 
-fn read_lease(conn: &rusqlite::Connection) -> rusqlite::Result<Option<Lease>> {
-    conn.query_row(
-        "SELECT run_id, host, pid, pid_started, acquired_at, heartbeat_at FROM run_lock WHERE id = 1",
-        [],
-        |r| {
-            Ok(Lease {
-                run: r.get(0)?,
-                holder: Holder { host: r.get(1)?, pid: r.get(2)?, pid_started: r.get(3)? },
-                since: r.get(4)?,
-                heartbeat: r.get(5)?,
-            })
-        },
-    )
-    .optional()
-}
-
 impl StateDb {
     /// Takes the run lock for `me`. A lease held by a live process is refused; a dead holder's
     /// is taken over and returned.
     pub(crate) fn acquire_lock(&mut self, me: &Holder) -> Result<Option<Holder>, StateError> {
         let path = self.path.clone();
-        let now = now_ms();
-        let conn = match &mut self.backend {
-            Backend::Sqlite(conn) => conn,
-            Backend::Postgres(pg) => {
-                return pg.acquire_lock(&path, me, |current, now| may_take(&path, me, current, now));
-            }
-        };
-        let tx = immediate(conn, &path)?;
-        let current = read_lease(&tx).map_err(|e| sql_err(&path, e))?;
-        let taken_over = may_take(&path, me, current, now)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO run_lock (id, run_id, host, pid, pid_started, acquired_at, heartbeat_at)
-             VALUES (1, NULL, ?1, ?2, ?3, ?4, ?4)",
-            params![me.host, me.pid, me.pid_started, now],
-        )
-        .map_err(|e| sql_err(&path, e))?;
-        tx.commit().map_err(|e| sql_err(&path, e))?;
-        Ok(taken_over)
+        let decide = |current, now| may_take(&path, me, current, now);
+        match &mut self.backend {
+            Backend::Sqlite(conn) => super::sqlite::acquire_lock(conn, &path, me, decide),
+            Backend::Postgres(pg) => pg.acquire_lock(&path, me, decide),
+        }
     }
 
     /// The clock leases are stamped and judged by: this machine's for a SQLite file, the
@@ -189,14 +158,6 @@ fn may_take(path: &Path, me: &Holder, current: Option<Lease>, now: i64) -> Resul
         });
     }
     Ok(Some(lease.holder))
-}
-
-/// `Ok(())` when `me` still holds the lease; `Err(Ok(who holds it now))` when not.
-pub(super) fn still_held(conn: &rusqlite::Connection, me: &Holder) -> Result<(), Result<String, rusqlite::Error>> {
-    match read_lease(conn).map_err(Err)? {
-        Some(l) if l.holder.pid == me.pid && l.holder.host == me.host => Ok(()),
-        other => Err(Ok(describe(other))),
-    }
 }
 
 pub(super) fn describe(lease: Option<Lease>) -> String {

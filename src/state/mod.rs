@@ -17,16 +17,14 @@ mod pg;
 mod queries;
 mod read;
 mod record;
-mod schema;
 mod sql;
+mod sqlite;
 pub(crate) mod timing;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use serde::Serialize;
 
 pub(crate) use copy::{Copied, copy};
@@ -36,6 +34,7 @@ pub(crate) use pg::is_url;
 pub(crate) use read::{Page, RunFilter};
 #[cfg(test)]
 pub(crate) use record::commits;
+use sqlite::sql_err;
 
 use crate::event::{Outputs, RunState, StepState};
 
@@ -226,45 +225,16 @@ enum Backend {
 }
 
 impl StateDb {
-    /// Opens (creating with mode 0600 if absent) and migrates the state DB. Processes opening a
-    /// new file at the same moment take turns: SQLite answers "database is locked" without
-    /// waiting where waiting could deadlock (a reader upgrading while another switches the file
-    /// to WAL), so the opening is tried again for up to 5 s.
+    /// Opens (creating if absent) and migrates the state DB.
     pub(crate) fn open(path: &Path) -> Result<Self, StateError> {
         if is_url(path) {
             return Self::open_postgres(path, false, true);
         }
-        let started = std::time::Instant::now();
-        loop {
-            match Self::open_once(path) {
-                Err(
-                    StateError::Open { message, .. }
-                    | StateError::Sql { source: rusqlite::Error::SqliteFailure(_, Some(message)), .. },
-                ) if message.contains("locked") && started.elapsed() < std::time::Duration::from_secs(5) => {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => return other,
-            }
-        }
+        Ok(Self::sqlite_at(path, sqlite::open(path)?))
     }
 
-    fn open_once(path: &Path) -> Result<Self, StateError> {
-        let open_err = |message: String| StateError::Open { path: path.to_path_buf(), message };
-        if on_read_only_fs(path) {
-            return Err(StateError::ReadOnlyFs { path: path.to_path_buf(), why: "this command records what it does" });
-        }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(|e| open_err(e.to_string()))?;
-        let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        // Read before any write: a file that is not a database fails here, untouched.
-        let version = schema_version(&conn, path)?;
-        conn.execute_batch(schema::PRAGMAS).map_err(|e| open_err(e.to_string()))?;
-        if version < schema::MIGRATIONS.len() as i64 {
-            schema::migrate(&mut conn).map_err(|e| sql_err(path, e))?;
-        }
-        Ok(StateDb { backend: Backend::Sqlite(conn), path: path.to_path_buf(), holder: None })
+    fn sqlite_at(path: &Path, conn: Connection) -> Self {
+        StateDb { backend: Backend::Sqlite(conn), path: path.to_path_buf(), holder: None }
     }
 
     /// Opens a PostgreSQL state DB: migrated (under the migration lock) when `create`, and
@@ -285,7 +255,7 @@ impl StateDb {
                 StateError::Connect { path: path.clone(), message }
             }
         })?;
-        let supported = schema::MIGRATIONS.len() as i64;
+        let supported = sqlite::MIGRATIONS.len() as i64;
         let unusable = |e| match pg::pg_err(&path, e) {
             StateError::Postgres { path, message } => StateError::Unusable { path, message },
             other => other,
@@ -321,24 +291,11 @@ impl StateDb {
         if !read_only {
             return Self::open(path);
         }
-        let open_err = |message: String| StateError::Open { path: path.to_path_buf(), message };
-        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let read_only_fs = on_read_only_fs(path);
-        let conn = if read_only_fs {
-            open_immutable(path, flags)?
-        } else {
-            Connection::open_with_flags(path, flags).map_err(|e| open_err(e.to_string()))?
-        };
-        if schema_version(&conn, path)? < schema::MIGRATIONS.len() as i64 {
-            if read_only_fs {
-                return Err(StateError::ReadOnlyFs {
-                    path: path.to_path_buf(),
-                    why: "its older schema must be upgraded",
-                });
-            }
-            return Self::open(path);
+        match sqlite::open_read_only(path)? {
+            Some(conn) => Ok(Self::sqlite_at(path, conn)),
+            // An older schema, upgraded first, once.
+            None => Self::open(path),
         }
-        Ok(StateDb { backend: Backend::Sqlite(conn), path: path.to_path_buf(), holder: None })
     }
 
     fn sql_err(&self, source: rusqlite::Error) -> StateError {
@@ -376,71 +333,6 @@ impl StateDb {
             Backend::Postgres(pg) => pg.execute_for_tests(sql).map_err(|e| crate::error_chain::error_chain(&e)),
         }
     }
-}
-
-/// A write transaction on SQLite: `BEGIN IMMEDIATE`.
-fn immediate<'c>(conn: &'c mut Connection, path: &Path) -> Result<rusqlite::Transaction<'c>, StateError> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| sql_err(path, e))
-}
-
-/// Whether `path`'s folder is on a filesystem mounted read-only (a snapshot, a read-only
-/// share, a rescue mount): SQLite cannot make the shared-memory file of a WAL database there.
-fn on_read_only_fs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let Ok(dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
-    // SAFETY: statvfs(3) fills the zeroed struct we own from a NUL-terminated path.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        libc::statvfs(dir.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_RDONLY != 0
-    }
-}
-
-/// A state DB on a read-only filesystem, read as the immutable file it is there. Its WAL, if
-/// one was left beside it, would be ignored, so that case is refused rather than shown stale.
-fn open_immutable(path: &Path, flags: rusqlite::OpenFlags) -> Result<Connection, StateError> {
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let mut shm = path.as_os_str().to_owned();
-    shm.push("-shm");
-    let open_err = |e: rusqlite::Error| StateError::Open { path: path.to_path_buf(), message: e.to_string() };
-    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
-        if Path::new(&shm).exists() {
-            // SQLite reads a WAL through its existing shared-memory file.
-            return Connection::open_with_flags(path, flags).map_err(open_err);
-        }
-        return Err(StateError::ReadOnlyFs {
-            path: path.to_path_buf(),
-            why: "its last changes are in a -wal file that cannot be read without writing beside it",
-        });
-    }
-    let mut uri = String::from("file:");
-    for byte in path.as_os_str().as_encoded_bytes() {
-        match byte {
-            b'%' | b'?' | b'#' | 0x80.. => uri.push_str(&format!("%{byte:02X}")),
-            _ => uri.push(*byte as char),
-        }
-    }
-    uri.push_str("?immutable=1");
-    Connection::open_with_flags(&uri, flags | rusqlite::OpenFlags::SQLITE_OPEN_URI).map_err(open_err)
-}
-
-/// The schema version of a just-opened file, after setting the busy timeout (another process
-/// creating the same new file holds it locked for a moment: wait rather than fail); a file
-/// that is not a database, or of a newer schema, is refused here.
-fn schema_version(conn: &Connection, path: &Path) -> Result<i64, StateError> {
-    let open_err = |e: rusqlite::Error| StateError::Open { path: path.to_path_buf(), message: e.to_string() };
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(open_err)?;
-    let supported = schema::MIGRATIONS.len() as i64;
-    if version > supported {
-        return Err(StateError::NewerSchema { path: path.to_path_buf(), found: version, supported });
-    }
-    Ok(version)
-}
-
-fn sql_err(path: &Path, source: rusqlite::Error) -> StateError {
-    StateError::Sql { path: path.to_path_buf(), source }
 }
 
 #[cfg(test)]

@@ -229,7 +229,7 @@ fn a_newer_postgres_schema_is_refused_and_left_alone() {
                 let text = e.to_string();
                 let understands = format!(
                     "has schema version 99, newer than this runbook understands ({})",
-                    schema::MIGRATIONS.len()
+                    sqlite::MIGRATIONS.len()
                 );
                 assert!(text.contains(&understands), "{text}");
                 let shown = pg::Location::parse(&schema.url).unwrap().shown;
@@ -261,7 +261,7 @@ fn a_newer_schema_is_refused_and_left_alone() {
 fn version_one_db(path: &Path) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let conn = Connection::open(path).unwrap();
-    conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+    conn.execute_batch(sqlite::MIGRATIONS[0]).unwrap();
     conn.execute_batch(
         "PRAGMA user_version = 1;
          INSERT INTO runs VALUES (1, 'sprint-2', 'local', 'h', 'i', '{}', 'op', 'host', 10, 20, 'failed');
@@ -283,7 +283,7 @@ fn a_version_one_db_is_upgraded_in_place_keeping_its_rows_and_order() {
     version_one_db(&path);
     let db = StateDb::open(&path).unwrap();
     let version: i64 = db.sqlite().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, schema::MIGRATIONS.len() as i64);
+    assert_eq!(version, sqlite::MIGRATIONS.len() as i64);
     let run = db.run(1).unwrap();
     assert_eq!((run.status, run.ended_at), (RunState::Failed, Some(20)));
     let steps = db.steps(1).unwrap();
@@ -317,7 +317,7 @@ fn two_processes_opening_a_new_db_at_once_migrate_it_once() {
         if is_url(location) {
             let mut db = StateDb::open(location).unwrap();
             let versions = db.execute_for_tests("UPDATE runbook_schema SET version = version").unwrap();
-            assert_eq!(versions, schema::MIGRATIONS.len() as u64, "each migration once");
+            assert_eq!(versions, sqlite::MIGRATIONS.len() as u64, "each migration once");
         }
     });
 }

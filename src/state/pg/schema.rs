@@ -112,7 +112,7 @@ ALTER TABLE runs ADD CONSTRAINT runs_status_check
 ];
 
 const _: () = assert!(
-    MIGRATIONS.len() == crate::state::schema::MIGRATIONS.len(),
+    MIGRATIONS.len() == crate::state::sqlite::MIGRATIONS.len(),
     "a migration added on one side needs its twin on the other"
 );
 

@@ -4,11 +4,11 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
-pub(super) const PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+pub(in crate::state) const PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
                                   PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;";
 
 /// Numbered schema migrations, oldest first. Never edit one that has shipped: add another.
-pub(super) const MIGRATIONS: &[&str] = &[
+pub(in crate::state) const MIGRATIONS: &[&str] = &[
     // 1: runs, steps, attempts, outputs, the append-only events, the run lock.
     r#"
 CREATE TABLE runs (
@@ -163,7 +163,7 @@ ALTER TABLE runs_v4 RENAME TO runs;
 
 /// Runs the migrations after `user_version`. Tables are rebuilt with foreign keys off (they
 /// may only be switched outside a transaction), and checked before each commit.
-pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+pub(in crate::state) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch("PRAGMA foreign_keys=OFF")?;
     let result = (|| {
         for (i, sql) in MIGRATIONS.iter().enumerate() {
