@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
+
+use super::github::rate_limit_wait;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::*;
