@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::lock::Holder;
 use super::*;
 use crate::approval::Approver;
 use crate::recorder::Recorder;
