@@ -741,8 +741,8 @@ pub(crate) async fn watch(g: &Globals, env: &str, interval: Option<&str>, once: 
     // One poll has no transition to tell.
     if !once && let Some(settings) = &env.notify {
         let cloud = match settings.webhook {
-            crate::notify::WebhookSource::Ssm(_) => Some(Cloud::connect(&env).await),
-            crate::notify::WebhookSource::Env(_) => None,
+            crate::environment::WebhookSource::Ssm(_) => Some(Cloud::connect(&env).await),
+            crate::environment::WebhookSource::Env(_) => None,
         };
         match crate::notify::Notifier::resolve(&env, cloud.as_ref()).await {
             Ok(notifier) => printer.notifier = notifier,
