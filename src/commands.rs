@@ -463,14 +463,7 @@ pub(crate) async fn release_state_lock(
             if lockers.is_empty() { "none in this runbook".to_string() } else { lockers.join(", ") }
         )));
     }
-    let typed = named.typed_without_inputs(book.registry).map_err(|message| {
-        CliError::from(RunbookError::Params {
-            path: book.path.clone(),
-            step: step.to_string(),
-            kind: String::new(),
-            message,
-        })
-    })?;
+    let typed = named.without_inputs();
     let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
     let takeover = take_lock(&mut db, &me)?;
@@ -768,7 +761,7 @@ pub(crate) async fn diagnose(g: &Globals, env: &str, vars: BTreeMap<String, Stri
     let name = env.name.clone();
     // The checks only read: no plan or log file is ever written in the work folder given.
     let services = Arc::new(g.services(Arc::new(env), Arc::new(cloud), std::env::temp_dir(), None));
-    let findings = crate::steps::diagnose_all(&book, services).await.map_err(CliError::Usage)?;
+    let findings = crate::engine::diagnose(&book, services).await.map_err(CliError::Usage)?;
     Ok(Outcome::Diagnosis { env: name, findings, elapsed_ms: started.elapsed().as_millis() as u64 })
 }
 
