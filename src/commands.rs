@@ -130,7 +130,8 @@ pub(crate) enum Outcome {
     History(crate::history::HistoryView),
     Audit(crate::history::AuditView),
     StateCopied(crate::state::Copied),
-    /// `watch` has printed its polls; the last verdict gives `--once` its exit code.
+    /// `watch` has handed its polls to the sink `main.rs` gave it; the last verdict gives
+    /// `--once` its exit code.
     Watch {
         verdict: Option<crate::watch::Verdict>,
         once: bool,
@@ -462,14 +463,7 @@ pub(crate) async fn release_state_lock(
             if lockers.is_empty() { "none in this runbook".to_string() } else { lockers.join(", ") }
         )));
     }
-    let typed = named.typed_without_inputs(book.registry).map_err(|message| {
-        CliError::from(RunbookError::Params {
-            path: book.path.clone(),
-            step: step.to_string(),
-            kind: String::new(),
-            message,
-        })
-    })?;
+    let typed = named.without_inputs();
     let work = work_dir(&g.state)?;
     let me = Holder::me(&host());
     let takeover = take_lock(&mut db, &me)?;
@@ -724,34 +718,35 @@ pub(crate) fn audit(g: &Globals, run: Option<i64>, all: bool) -> Result<Outcome,
     Ok(Outcome::Audit(crate::history::audit(&db, run, all)?))
 }
 
-/// `runbook watch`: polls Dixie's and Finn's health every `interval` until Ctrl-C, or once.
-/// Read-only; each poll's transitions go to the environment's webhook.
-pub(crate) async fn watch(g: &Globals, env: &str, interval: Option<&str>, once: bool) -> Result<Outcome, CliError> {
-    use crate::watch::{DEFAULT_INTERVAL, Printer, Targets, parse_interval};
+/// `runbook watch`: polls Dixie's and Finn's health every `interval` until Ctrl-C, or once,
+/// handing each poll to `sink` as it comes. Read-only; each poll's transitions go to the
+/// environment's webhook.
+pub(crate) async fn watch(
+    g: &Globals,
+    env: &str,
+    interval: Option<&str>,
+    once: bool,
+    sink: &mut impl crate::watch::Sink,
+) -> Result<Outcome, CliError> {
+    use crate::watch::{DEFAULT_INTERVAL, Targets, parse_interval};
     let env = Environment::load(&g.project, env)?;
     let targets = Targets::of(&env).map_err(CliError::Usage)?;
     let interval = interval.map(parse_interval).transpose().map_err(CliError::Usage)?.unwrap_or(DEFAULT_INTERVAL);
-    let mut printer = Printer {
-        out: std::io::stdout(),
-        err: std::io::stderr(),
-        json: g.mode == Mode::Json,
-        env: env.name.clone(),
-        notifier: None,
-        notify_failed: false,
-    };
+    let mut notifier = None;
     // One poll has no transition to tell.
     if !once && let Some(settings) = &env.notify {
         let cloud = match settings.webhook {
-            crate::notify::WebhookSource::Ssm(_) => Some(Cloud::connect(&env).await),
-            crate::notify::WebhookSource::Env(_) => None,
+            crate::environment::WebhookSource::Ssm(_) => Some(Cloud::connect(&env).await),
+            crate::environment::WebhookSource::Env(_) => None,
         };
         match crate::notify::Notifier::resolve(&env, cloud.as_ref()).await {
-            Ok(notifier) => printer.notifier = notifier,
-            Err(e) => printer.notify_failed(&e),
+            Ok(resolved) => notifier = resolved,
+            Err(e) => sink.notify_failed(&e),
         }
     }
     let max_polls = once.then_some(1);
-    let verdict = crate::watch::watch(&env, &targets, interval, max_polls, shutdown_signal(), &mut printer).await;
+    let verdict =
+        crate::watch::watch(&env, &targets, interval, max_polls, notifier.as_ref(), shutdown_signal(), sink).await;
     Ok(Outcome::Watch { verdict, once })
 }
 
@@ -767,7 +762,7 @@ pub(crate) async fn diagnose(g: &Globals, env: &str, vars: BTreeMap<String, Stri
     let name = env.name.clone();
     // The checks only read: no plan or log file is ever written in the work folder given.
     let services = Arc::new(g.services(Arc::new(env), Arc::new(cloud), std::env::temp_dir(), None));
-    let findings = crate::steps::diagnose_all(&book, services).await.map_err(CliError::Usage)?;
+    let findings = crate::engine::diagnose(&book, services).await.map_err(CliError::Usage)?;
     Ok(Outcome::Diagnosis { env: name, findings, elapsed_ms: started.elapsed().as_millis() as u64 })
 }
 

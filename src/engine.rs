@@ -2,6 +2,8 @@
 //! step contract to each (probe → intent → apply → verify), retrying retryable errors with
 //! backoff. A failed step stops its branch; running siblings finish; the run stays resumable.
 //!
+//! `plan` and `diagnose` drive the same steps read-only, recording nothing.
+//!
 //! It emits events through the [`Recorder`] and never prints; it reaches the cloud, the
 //! terminal and the clock only through what it is given ([`Services`], the steps, `tokio::time`,
 //! the cancellation future), so tests run it with fake steps in paused time.
@@ -19,7 +21,7 @@ use crate::graph::Frontier;
 use crate::recorder::Recorder;
 use crate::runbook::{Runbook, Step};
 use crate::state::Progress;
-use crate::steps::{AnyStep, Probe, Services, StepContext, StepError};
+use crate::steps::{AnyStep, Finding, Probe, Services, StepContext, StepError};
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RetryPolicy {
@@ -380,10 +382,7 @@ pub(crate) async fn preflight(
     for id in runbook.graph.topological().into_iter().filter(|id| will_run(id)) {
         let step = runbook.step(&id).expect("topological ids are steps");
         let refuse = |error| Refusal { step: id.clone(), kind: step.kind.clone(), error };
-        let typed = step
-            .typed(runbook.registry, outputs)
-            .or_else(|_| step.typed_without_inputs(runbook.registry))
-            .map_err(|message| refuse(StepError::Fatal { message, fix: None }))?;
+        let typed = step.typed(runbook.registry, outputs).map_or_else(|_| step.without_inputs(), Arc::from);
         let cx = StepContext::new(&services, &id, 0, recorder.clone());
         typed.preflight(&cx).await.map_err(refuse)?;
     }
@@ -453,6 +452,34 @@ pub(crate) async fn plan(runbook: &Runbook, services: Arc<Services>, recorder: R
         lines.push(PlanLine { step: id, title: step.title.clone(), verdict, detail });
     }
     lines
+}
+
+/// `runbook diagnose`: every check of `runbook` at once, read-only: no run lock, nothing
+/// recorded, and the checks' log lines go nowhere (the findings are the output). Its steps must
+/// all be read-only checks; the findings come in the runbook's order.
+pub(crate) async fn diagnose(runbook: &Runbook, services: Arc<Services>) -> Result<Vec<Finding>, String> {
+    let is_check = |step: &Step| crate::steps::find(runbook.registry, &step.kind).is_some_and(|k| k.check);
+    if let Some(step) = runbook.steps.iter().find(|s| !is_check(s)) {
+        return Err(format!(
+            "step {} is of kind {}: runbook diagnose runs only read-only checks (kind = \"diagnose\")",
+            step.id, step.kind
+        ));
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut running = JoinSet::new();
+    for (i, step) in runbook.steps.iter().enumerate() {
+        let cx = StepContext::new(&services, &step.id, 0, Recorder::new(None, tx.clone()));
+        let check = step.without_inputs();
+        running.spawn(async move { (i, check.examine(&cx).await) });
+    }
+    drop(tx);
+    let mut found = Vec::new();
+    while let Some(done) = running.join_next().await {
+        found.push(done.map_err(|e| format!("a check stopped: {e}"))?);
+    }
+    drop(rx);
+    found.sort_by_key(|(i, _)| *i);
+    Ok(found.into_iter().flat_map(|(_, f)| f).collect())
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! The environment a runbook runs against: `runbooks/environments/<name>.toml`.
 //!
 //! It owns account, region, endpoint overrides, the variables that runbooks reference as
-//! `${env.x}`, and the address map that turns cloud host names into loopback addresses on the
-//! local ring. It must not hold secrets: it names where they live (an SSM parameter, an
-//! environment variable), never their values.
+//! `${env.x}`, the address map that turns cloud host names into loopback addresses on the
+//! local ring, and the `[notify]` table that names the webhook (`notify.rs` posts to it). It
+//! must not hold secrets: it names where they live (an SSM parameter, an environment
+//! variable), never their values.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -37,7 +38,7 @@ pub(crate) struct Environment {
     /// Where to post when a run fails, stops for approval or is done, and on `watch`
     /// transitions: a webhook whose URL lives in SSM or the process environment.
     #[serde(default)]
-    pub(crate) notify: Option<crate::notify::NotifySettings>,
+    pub(crate) notify: Option<NotifySettings>,
     #[serde(skip)]
     pub(crate) path: PathBuf,
     /// sha256 of the file as it was read.
@@ -73,12 +74,105 @@ pub(crate) struct EmulatorCredentials {
     pub(crate) secret_access_key: String,
 }
 
+/// An environment's `[notify]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NotifySettings {
+    pub(crate) webhook: WebhookSource,
+}
+
+/// Where the webhook's URL lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WebhookSource {
+    /// An SSM SecureString parameter, read with decryption.
+    Ssm(String),
+    /// An environment variable of the runbook process.
+    Env(String),
+}
+
+/// The table form, read on its own so that its errors name the field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceTable {
+    ssm: Option<String>,
+    env: Option<String>,
+}
+
+const SOURCE_FORMS: &str = "write webhook = { ssm = \"/runbook/<env>/SLACK_WEBHOOK\" } (a SecureString) or \
+                            webhook = { env = \"RUNBOOK_WEBHOOK_URL\" }";
+
+impl<'de> Deserialize<'de> for WebhookSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let table = match toml::Value::deserialize(d)? {
+            toml::Value::String(_) => {
+                return Err(D::Error::custom(format!(
+                    "[notify] webhook is a secret URL and must not be written in the file; {SOURCE_FORMS}"
+                )));
+            }
+            table @ toml::Value::Table(_) => table,
+            other => {
+                return Err(D::Error::custom(format!(
+                    "[notify] webhook: expected a table, got {}; {SOURCE_FORMS}",
+                    other.type_str()
+                )));
+            }
+        };
+        let t = SourceTable::deserialize(table)
+            .map_err(|e| D::Error::custom(format!("[notify] webhook: {}; {SOURCE_FORMS}", e.to_string().trim())))?;
+        match (t.ssm, t.env) {
+            (Some(name), None) => {
+                let ok = name.starts_with('/')
+                    && name.len() > 1
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
+                if !ok {
+                    // Not echoed: it may be the webhook URL itself, written in the wrong place.
+                    return Err(D::Error::custom(
+                        "[notify] webhook.ssm is not an SSM parameter name (its value is not shown: if it is the \
+                         webhook URL, store that in SSM as a SecureString): write the parameter's full path, e.g. \
+                         \"/runbook/armitage/SLACK_WEBHOOK\"",
+                    ));
+                }
+                Ok(WebhookSource::Ssm(name))
+            }
+            (None, Some(var)) => {
+                let ok = var.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ok {
+                    return Err(D::Error::custom(
+                        "[notify] webhook.env is not an environment variable name (its value is not shown): \
+                         letters, digits and _, e.g. \"RUNBOOK_WEBHOOK_URL\"",
+                    ));
+                }
+                Ok(WebhookSource::Env(var))
+            }
+            (Some(_), Some(_)) => {
+                Err(D::Error::custom(format!("[notify] webhook names both ssm and env: keep one; {SOURCE_FORMS}")))
+            }
+            (None, None) => Err(D::Error::custom(format!("[notify] webhook names no source; {SOURCE_FORMS}"))),
+        }
+    }
+}
+
+/// The `[notify]` table of an environment file's text, checked on its own: its errors must
+/// not quote the file (a URL written there by mistake is a secret). None when it is fine, is
+/// absent, or the file is not TOML (the full parse says so).
+fn check_notify_table(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let notify = table.get("notify")?.clone();
+    NotifySettings::deserialize(notify).err().map(|e| {
+        let message = e.to_string();
+        let message = message.trim();
+        if message.starts_with("[notify]") { message.to_string() } else { format!("[notify]: {message}") }
+    })
+}
+
 impl Environment {
     pub(crate) fn load(project: &Path, name: &str) -> Result<Self, EnvError> {
         let file = Named::Environment.read(project, name)?;
         let path = file.path.clone();
         // Before the parse, whose errors quote the line: [notify] may hold a secret URL.
-        if let Some(message) = crate::notify::check_table(&file.text) {
+        if let Some(message) = check_notify_table(&file.text) {
             return Err(EnvError::Invalid { path, message });
         }
         let mut env: Environment = file.parse().map_err(|message| EnvError::Parse { path: path.clone(), message })?;

@@ -356,7 +356,12 @@ async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
             commands::history(g, &filter, before, limit)
         }
         Command::Audit { run, all } => commands::audit(g, run, all),
-        Command::Watch { env, interval, once } => commands::watch(g, &env, interval.as_deref(), once).await,
+        Command::Watch { env, interval, once } => {
+            // Polls are printed as they come, not once the command is done.
+            let json = g.mode == Mode::Json;
+            let mut printer = render::oncall::WatchPrinter { out: std::io::stdout(), err: std::io::stderr(), json };
+            commands::watch(g, &env, interval.as_deref(), once, &mut printer).await
+        }
         Command::Diagnose { env, vars } => commands::diagnose(g, &env, commands::parse_vars(&vars)?).await,
         Command::State { action: StateAction::Copy { from, to } } => commands::state_copy(&from, &to),
         Command::Ring { action } => {

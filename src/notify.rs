@@ -1,7 +1,8 @@
 //! Webhook notifications: an environment may name a Slack-compatible webhook in its file
 //! (`[notify] webhook = { ssm = "/runbook/armitage/SLACK_WEBHOOK" }` or `{ env = "VAR" }`);
 //! runbook posts `{"text": "…"}` when a run fails, stops awaiting approval or is done, and on
-//! each `watch` transition.
+//! each `watch` transition. The `[notify]` table is read and checked with the rest of the
+//! environment file (`environment.rs`); this module resolves and posts.
 //!
 //! The URL is a secret (whoever has it can post to the channel): it is read from its home (an
 //! SSM SecureString or the process environment) when it is needed, held as a `Secret`, and never
@@ -11,107 +12,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::clock::format_duration;
 use crate::cloud::Cloud;
-use crate::environment::Environment;
+use crate::environment::{Environment, WebhookSource};
 use crate::event::{RunState, StepState};
 use crate::secret::Secret;
 use crate::status::StatusView;
-
-/// An environment's `[notify]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NotifySettings {
-    pub(crate) webhook: WebhookSource,
-}
-
-/// Where the webhook's URL lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum WebhookSource {
-    /// An SSM SecureString parameter, read with decryption.
-    Ssm(String),
-    /// An environment variable of the runbook process.
-    Env(String),
-}
-
-/// The table form, read on its own so that its errors name the field.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SourceTable {
-    ssm: Option<String>,
-    env: Option<String>,
-}
-
-const SOURCE_FORMS: &str = "write webhook = { ssm = \"/runbook/<env>/SLACK_WEBHOOK\" } (a SecureString) or \
-                            webhook = { env = \"RUNBOOK_WEBHOOK_URL\" }";
-
-impl<'de> Deserialize<'de> for WebhookSource {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        let table = match toml::Value::deserialize(d)? {
-            toml::Value::String(_) => {
-                return Err(D::Error::custom(format!(
-                    "[notify] webhook is a secret URL and must not be written in the file; {SOURCE_FORMS}"
-                )));
-            }
-            table @ toml::Value::Table(_) => table,
-            other => {
-                return Err(D::Error::custom(format!(
-                    "[notify] webhook: expected a table, got {}; {SOURCE_FORMS}",
-                    other.type_str()
-                )));
-            }
-        };
-        let t = SourceTable::deserialize(table)
-            .map_err(|e| D::Error::custom(format!("[notify] webhook: {}; {SOURCE_FORMS}", e.to_string().trim())))?;
-        match (t.ssm, t.env) {
-            (Some(name), None) => {
-                let ok = name.starts_with('/')
-                    && name.len() > 1
-                    && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-/".contains(c));
-                if !ok {
-                    // Not echoed: it may be the webhook URL itself, written in the wrong place.
-                    return Err(D::Error::custom(
-                        "[notify] webhook.ssm is not an SSM parameter name (its value is not shown: if it is the \
-                         webhook URL, store that in SSM as a SecureString): write the parameter's full path, e.g. \
-                         \"/runbook/armitage/SLACK_WEBHOOK\"",
-                    ));
-                }
-                Ok(WebhookSource::Ssm(name))
-            }
-            (None, Some(var)) => {
-                let ok = var.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                    && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-                if !ok {
-                    return Err(D::Error::custom(
-                        "[notify] webhook.env is not an environment variable name (its value is not shown): \
-                         letters, digits and _, e.g. \"RUNBOOK_WEBHOOK_URL\"",
-                    ));
-                }
-                Ok(WebhookSource::Env(var))
-            }
-            (Some(_), Some(_)) => {
-                Err(D::Error::custom(format!("[notify] webhook names both ssm and env: keep one; {SOURCE_FORMS}")))
-            }
-            (None, None) => Err(D::Error::custom(format!("[notify] webhook names no source; {SOURCE_FORMS}"))),
-        }
-    }
-}
-
-/// The `[notify]` table of an environment file's text, checked on its own: its errors must
-/// not quote the file (a URL written there by mistake is a secret). None when it is fine, is
-/// absent, or the file is not TOML (the full parse says so).
-pub(crate) fn check_table(text: &str) -> Option<String> {
-    let table: toml::Table = toml::from_str(text).ok()?;
-    let notify = table.get("notify")?.clone();
-    NotifySettings::deserialize(notify).err().map(|e| {
-        let message = e.to_string();
-        let message = message.trim();
-        if message.starts_with("[notify]") { message.to_string() } else { format!("[notify]: {message}") }
-    })
-}
 
 /// A webhook, ready to post to.
 pub(crate) struct Notifier {

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -89,6 +90,9 @@ pub(crate) struct Step {
     pub(crate) kind: String,
     pub(crate) needs: Vec<String>,
     pub(crate) params: toml::Value,
+    /// The step as loading typed and validated it, upstream outputs read as
+    /// [`steps::UPSTREAM`].
+    without_inputs: Arc<dyn AnyStep>,
 }
 
 pub(crate) struct Runbook {
@@ -164,13 +168,20 @@ impl Runbook {
             let mut params = step.params;
             scope.resolve(&step.id, "", &mut params, &graph)?;
             let kind = steps::find(registry, &step.kind).expect("kinds were checked");
-            kind.parse(&with_placeholders(&params)).map_err(|message| RunbookError::Params {
+            let without_inputs = kind.parse(&with_placeholders(&params)).map_err(|message| RunbookError::Params {
                 path: path.clone(),
                 step: step.id.clone(),
                 kind: step.kind.clone(),
                 message: redact(with_fix(message), &params, &scope.given()),
             })?;
-            steps.push(Step { id: step.id, title: step.title, kind: step.kind, needs: step.needs, params });
+            steps.push(Step {
+                id: step.id,
+                title: step.title,
+                kind: step.kind,
+                needs: step.needs,
+                params,
+                without_inputs: without_inputs.into(),
+            });
         }
         let given = scope.given();
         let mut inputs = env.hash.clone();
@@ -194,7 +205,7 @@ impl Runbook {
     /// for commands that are about to run them, before anything is recorded.
     pub(crate) fn check_files(&self, project: &Path) -> Result<(), RunbookError> {
         for step in &self.steps {
-            if let Err(message) = step.typed_without_inputs(self.registry).and_then(|t| t.check_files(project)) {
+            if let Err(message) = step.without_inputs().check_files(project) {
                 return Err(RunbookError::Params {
                     path: self.path.clone(),
                     step: step.id.clone(),
@@ -263,10 +274,11 @@ fn check_shape(registry: &[Kind], path: &Path, steps: &[StepFile]) -> Result<Gra
 }
 
 impl Step {
-    /// The typed params with upstream outputs as placeholders: for maintenance that needs the
-    /// step's own settings, not its inputs (releasing its tool's lock).
-    pub(crate) fn typed_without_inputs(&self, registry: &[Kind]) -> Result<Box<dyn AnyStep>, String> {
-        self.parse(registry, &with_placeholders(&self.params), &[])
+    /// The typed params with upstream outputs as placeholders, as loading checked them: for
+    /// what needs the step's own settings, not its inputs (the files it reads, its tool's lock,
+    /// a read-only check).
+    pub(crate) fn without_inputs(&self) -> Arc<dyn AnyStep> {
+        self.without_inputs.clone()
     }
 
     /// The typed step, or its refusal with the values it quotes made safe to show (`given`:

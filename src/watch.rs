@@ -1,9 +1,10 @@
 //! `runbook watch`: 002's monitoring recommendations as a command. It polls Dixie's
 //! `/api/health` and Finn's `/health` (the environment's `dixie_health_url` and
-//! `finn_health_url`, dialled through its address map), prints one line a poll (the verdict,
-//! Dixie's status and each component's, Finn's latency and circuit as Dixie sees them, Finn's
-//! own status) and an event line for each transition; each poll's transitions are posted to
-//! the environment's webhook, if it names one.
+//! `finn_health_url`, dialled through its address map), judges each poll (the verdict, Dixie's
+//! status and each component's, Finn's latency and circuit as Dixie sees them, Finn's own
+//! status) and what changed since the one before, and hands both to the sink its caller gives
+//! (`render/oncall.rs` prints them); each poll's transitions are posted to the environment's
+//! webhook, if it names one. It never prints.
 //!
 //! Verdicts: `unhealthy` (alert) when Dixie is unreachable, answers an error or says
 //! `unhealthy`, Finn is unreachable or its circuit is open; `degraded` (warn) when anything
@@ -21,6 +22,7 @@ use serde_json::Value;
 use crate::clock::{format_utc, format_utc_ms, now_ms};
 use crate::environment::Environment;
 use crate::health::{HealthPolicy, HealthRule, judge};
+use crate::notify::Notifier;
 
 /// 002: "Track `services.loa_finn.latency_ms` for performance regression detection"; its
 /// on-call warning threshold.
@@ -295,18 +297,23 @@ pub(crate) fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
-/// Where each poll goes: the terminal (or NDJSON), and the webhook.
+/// Where each poll goes as it is seen: the caller's rendering (`render/oncall.rs` prints it).
 pub(crate) trait Sink {
-    fn seen(&mut self, poll: &Poll, transitions: &[Transition]) -> impl Future<Output = ()>;
+    /// A poll, and what changed since the one before (nothing, for the first).
+    fn seen(&mut self, poll: &Poll, transitions: &[Transition]);
+    /// The webhook could not be told: said once, and watching goes on.
+    fn notify_failed(&mut self, error: &str);
 }
 
 /// Polls every `interval` (the first at once) until `shutdown` completes or, when given,
-/// after `max_polls`; the verdict of the last poll.
+/// after `max_polls`: each poll goes to `sink`, its transitions to `notifier` (a webhook that
+/// fails is told to `sink` the first time only). The verdict of the last poll.
 pub(crate) async fn watch(
     env: &Environment,
     targets: &Targets,
     interval: Duration,
     max_polls: Option<u32>,
+    notifier: Option<&Notifier>,
     shutdown: impl Future<Output = ()>,
     sink: &mut impl Sink,
 ) -> Option<Verdict> {
@@ -315,6 +322,7 @@ pub(crate) async fn watch(
     tokio::pin!(shutdown);
     let mut last: Option<Poll> = None;
     let mut polls = 0;
+    let mut notify_failed = false;
     loop {
         if max_polls.is_some_and(|max| polls >= max) {
             break;
@@ -329,53 +337,22 @@ pub(crate) async fn watch(
         };
         polls += 1;
         let changes = last.as_ref().map(|before| transitions(before, &poll)).unwrap_or_default();
-        sink.seen(&poll, &changes).await;
+        sink.seen(&poll, &changes);
+        if !changes.is_empty()
+            && let Some(notifier) = notifier
+            && let Err(e) = notifier.send(&transition_message(&env.name, &poll, &changes)).await
+            && !notify_failed
+        {
+            notify_failed = true;
+            sink.notify_failed(&e);
+        }
         last = Some(poll);
     }
     last.map(|p| p.verdict)
 }
 
-/// The live output of `watch`: each poll and its transitions as lines (or NDJSON) on `out`,
-/// the transitions to the webhook; a webhook that fails is said on `err` once, and watching
-/// goes on.
-pub(crate) struct Printer<W, E> {
-    pub(crate) out: W,
-    pub(crate) err: E,
-    pub(crate) json: bool,
-    pub(crate) env: String,
-    pub(crate) notifier: Option<crate::notify::Notifier>,
-    pub(crate) notify_failed: bool,
-}
-
-impl<W: std::io::Write, E: std::io::Write> Printer<W, E> {
-    /// Says a webhook failure, the first time only.
-    pub(crate) fn notify_failed(&mut self, error: &str) {
-        if !self.notify_failed {
-            self.notify_failed = true;
-            let _ = writeln!(self.err, "notification failed: {error}");
-            let _ = self.err.flush();
-        }
-    }
-}
-
-impl<W: std::io::Write, E: std::io::Write> Sink for Printer<W, E> {
-    async fn seen(&mut self, poll: &Poll, transitions: &[Transition]) {
-        let text = crate::render::oncall::watch_lines(poll, transitions, self.json);
-        let _ = self.out.write_all(crate::text::printable(&text).as_bytes());
-        let _ = self.out.flush();
-        if transitions.is_empty() {
-            return;
-        }
-        if let Some(notifier) = &self.notifier
-            && let Err(e) = notifier.send(&transition_message(&self.env, poll, transitions)).await
-        {
-            self.notify_failed(&e);
-        }
-    }
-}
-
 /// The webhook's text for one poll's transitions.
-pub(crate) fn transition_message(env: &str, poll: &Poll, transitions: &[Transition]) -> String {
+fn transition_message(env: &str, poll: &Poll, transitions: &[Transition]) -> String {
     let what: Vec<&str> = transitions.iter().map(|t| t.what.as_str()).collect();
     format!("runbook watch ({env}, {}): {}; now {}", format_utc(poll.at), what.join("; "), poll.verdict.as_str())
 }

@@ -1012,3 +1012,75 @@ async fn preflights_run_for_every_step_before_any_acts_and_a_refusal_stops_all()
         assert_eq!(h.seen("a", |s| s.preflights.len()), 2, "a is done: not checked again");
     }
 }
+
+/// A read-only check for `diagnose`: one finding, after `millis` of work.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FakeCheck {
+    millis: u64,
+}
+
+impl Step for FakeCheck {
+    const KIND: &'static str = "fake_check";
+    const OUTPUTS: Option<&'static [&'static str]> = None;
+    const CHECK: bool = true;
+
+    fn converge_within(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    async fn probe(&self, _cx: &StepContext) -> Result<Probe, StepError> {
+        Ok(Probe::Satisfied(Outputs::new()))
+    }
+
+    async fn apply(&self, _cx: &StepContext) -> Result<(), StepError> {
+        Ok(())
+    }
+
+    async fn examine(&self, cx: &StepContext) -> Vec<Finding> {
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        vec![Finding {
+            check: cx.step.clone(),
+            verdict: crate::steps::Verdict::Ok,
+            value: format!("{} ms", self.millis),
+            next: String::new(),
+            details: Vec::new(),
+        }]
+    }
+}
+
+static CHECK_KINDS: &[Kind] = &[Kind::of::<Fake>(), Kind::of::<FakeCheck>()];
+
+/// `runbook diagnose` runs the checks the runbook typed when it was loaded, all at once, and
+/// says them in the runbook's order; a step that is no check refuses the whole diagnosis.
+#[tokio::test(start_paused = true)]
+async fn diagnose_runs_every_check_at_once_and_refuses_a_step_that_is_no_check() {
+    let dir = std::env::temp_dir().join(format!("runbook-engine-diagnose-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let step = |id: &str, kind: &str, params: &str| {
+        format!("[[steps]]\nid = \"{id}\"\ntitle = \"{id}\"\nkind = \"{kind}\"\n[steps.params]\n{params}\n")
+    };
+    let load = |text: String| {
+        let file = NamedFile { path: dir.join("checks.toml"), hash: sha256_hex(text.as_bytes()), text };
+        Runbook::from_file(CHECK_KINDS, file, "checks", &environment(), &BTreeMap::new()).unwrap()
+    };
+    let services = crate::steps::test_services(&dir, &dir).await;
+    let checks = format!(
+        "name = \"checks\"\n{}{}",
+        step("slow", "fake_check", "millis = 300"),
+        step("quick", "fake_check", "millis = 100")
+    );
+    let started = Instant::now();
+    let findings = diagnose(&load(checks.clone()), services.clone()).await.unwrap();
+    let said: Vec<(&str, &str)> = findings.iter().map(|f| (f.check.as_str(), f.value.as_str())).collect();
+    assert_eq!(said, [("slow", "300 ms"), ("quick", "100 ms")]);
+    assert!(started.elapsed() < Duration::from_millis(400), "one after the other: {:?}", started.elapsed());
+
+    let mixed = format!("{checks}{}", step("deploy", "fake", "world = \"unused\""));
+    let refused = diagnose(&load(mixed), services).await.unwrap_err();
+    assert_eq!(
+        refused,
+        "step deploy is of kind fake: runbook diagnose runs only read-only checks (kind = \"diagnose\")"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

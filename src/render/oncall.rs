@@ -1,11 +1,13 @@
 //! The on-call commands' text: `history`'s table of runs, `audit`'s table of decisions, and
-//! `watch`'s lines (a poll, its transitions). Their JSON is the views themselves (`history.rs`,
-//! `watch.rs`).
+//! `watch`'s lines (a poll, its transitions), printed as they come by the sink that `main.rs`
+//! hands the command. Their JSON is the views themselves (`history.rs`, `watch.rs`).
+
+use std::io::Write;
 
 use crate::clock::{format_duration, format_utc};
 use crate::event::RunState;
 use crate::history::{AuditView, HistoryView};
-use crate::watch::{Poll, Transition};
+use crate::watch::{Poll, Sink, Transition};
 
 pub(crate) fn history_table(view: &HistoryView) -> String {
     if view.runs.is_empty() {
@@ -118,8 +120,29 @@ pub(crate) fn audit_table(view: &AuditView) -> String {
     out
 }
 
+/// `watch`'s live output, the sink that `main.rs` hands the command: each poll and its
+/// transitions as lines (or NDJSON) on `out` as they come, a webhook that failed on `err`.
+pub(crate) struct WatchPrinter<W, E> {
+    pub(crate) out: W,
+    pub(crate) err: E,
+    pub(crate) json: bool,
+}
+
+impl<W: Write, E: Write> Sink for WatchPrinter<W, E> {
+    fn seen(&mut self, poll: &Poll, transitions: &[Transition]) {
+        let text = watch_lines(poll, transitions, self.json);
+        let _ = self.out.write_all(super::printable(&text).as_bytes());
+        let _ = self.out.flush();
+    }
+
+    fn notify_failed(&mut self, error: &str) {
+        let _ = writeln!(self.err, "notification failed: {error}");
+        let _ = self.err.flush();
+    }
+}
+
 /// One poll as a line, then a line per transition; or, with `json`, one object each.
-pub(crate) fn watch_lines(poll: &Poll, transitions: &[Transition], json: bool) -> String {
+fn watch_lines(poll: &Poll, transitions: &[Transition], json: bool) -> String {
     if json {
         let mut out = format!("{}\n", serde_json::json!({ "type": "poll", "poll": poll }));
         for t in transitions {
@@ -231,6 +254,82 @@ mod tests {
             let said = "notification failed: POST to the webhook: connection refused (tried 3 times)\n";
             assert!(r.stderr.ends_with(said) && r.stderr.matches(said).count() == 1, "{}", r.stderr);
         }
+    }
+
+    /// Four polls as `watch` hands them on: a line a poll, an EVENT line a transition; in JSON
+    /// an object each; a failed webhook in a line on stderr.
+    #[test]
+    fn watch_prints_a_line_a_poll_and_an_event_line_a_transition() {
+        use crate::watch::{Answer, Sink, assess, transitions};
+        let dixie = |redis: &str| {
+            let body = serde_json::json!({
+                "status": if redis == "healthy" { "healthy" } else { "degraded" },
+                "services": {"loa_finn": {"latency_ms": 9, "circuit_state": "closed"}},
+                "infrastructure": {"postgresql": {"status": "healthy"}, "redis": {"status": redis}, "nats": {"status": "connected"}}
+            });
+            Answer::Json(200, body)
+        };
+        let finn = || Answer::Json(200, serde_json::json!({"status": "healthy"}));
+        let polls: Vec<Poll> = ["healthy", "unreachable", "unreachable", "healthy"]
+            .iter()
+            .enumerate()
+            .map(|(i, redis)| assess(T0 + i as i64 * 30_000, dixie(redis), finn()))
+            .collect();
+        let stream = |json: bool| {
+            let mut printer = WatchPrinter { out: Vec::new(), err: Vec::new(), json };
+            for (i, poll) in polls.iter().enumerate() {
+                let changes = if i == 0 { Vec::new() } else { transitions(&polls[i - 1], poll) };
+                printer.seen(poll, &changes);
+            }
+            assert!(printer.err.is_empty());
+            String::from_utf8(printer.out).unwrap()
+        };
+        let text = stream(false);
+        let at = |i: i64| format_utc(T0 + i * 30_000);
+        let lines: Vec<&str> = text.lines().collect();
+        let redis_down = "degraded   dixie degraded  nats connected  postgresql healthy  redis unreachable  finn 9 ms circuit \
+                          closed  finn /health healthy  — dixie: status degraded, finn circuit closed, redis unreachable";
+        let healthy = "healthy    dixie healthy  nats connected  postgresql healthy  redis healthy  finn 9 ms circuit closed  \
+                       finn /health healthy";
+        assert_eq!(
+            lines,
+            [
+                format!("{}  {healthy}", at(0)),
+                format!("{}  {redis_down}", at(1)),
+                format!("{}  EVENT      dixie healthy → degraded", at(1)),
+                format!("{}  EVENT      redis healthy → unreachable", at(1)),
+                format!("{}  {redis_down}", at(2)),
+                format!("{}  {healthy}", at(3)),
+                format!("{}  EVENT      dixie degraded → healthy", at(3)),
+                format!("{}  EVENT      redis unreachable → healthy", at(3)),
+            ]
+        );
+        let kinds: Vec<String> = stream(true)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["type"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(kinds, ["poll", "poll", "transition", "transition", "poll", "poll", "transition", "transition"]);
+
+        let mut printer = WatchPrinter { out: Vec::new(), err: Vec::new(), json: false };
+        printer.notify_failed("POST to the webhook: connection refused (tried 3 times)");
+        assert_eq!(
+            String::from_utf8(printer.err).unwrap(),
+            "notification failed: POST to the webhook: connection refused (tried 3 times)\n"
+        );
+        assert!(printer.out.is_empty());
+    }
+
+    /// A component name holding ESC, as a health body may, stays escaped on its line.
+    #[test]
+    fn watch_escapes_what_a_health_body_says() {
+        use crate::watch::{Answer, Sink, assess};
+        let body =
+            serde_json::json!({"status": "healthy", "infrastructure": {"re\u{1b}[2Jdis": {"status": "ok\u{1b}[31m"}}});
+        let poll = assess(T0, Answer::Json(200, body), Answer::Unreachable("refused".into()));
+        let mut printer = WatchPrinter { out: Vec::new(), err: Vec::new(), json: false };
+        printer.seen(&poll, &[]);
+        let out = String::from_utf8(printer.out).unwrap();
+        assert!(!out.contains('\u{1b}') && out.contains("re\\u{1b}[2Jdis ok\\u{1b}[31m"), "{out:?}");
     }
 
     fn decision(at: i64, operator: &str, host: &str, decision: &str) -> Decision {

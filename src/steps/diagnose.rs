@@ -6,20 +6,18 @@
 //! bodies, and PostgreSQL's `pg_locks`. It must never change anything: `apply` refuses. The
 //! probe is satisfied when nothing fails (warnings are said once each) and a conflict naming
 //! every failure otherwise, so `runbook run diagnose` and `runbook plan diagnose` work too;
-//! `runbook diagnose` runs every check at once without a run lock or the state DB.
+//! `runbook diagnose` has the engine run every check's `examine` at once, without a run lock
+//! or the state DB.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::security_group_ingress::Ingress;
 use super::ssm_params::{NatsTask, PLACEHOLDER};
-use super::{Probe, Services, Step, StepContext, StepError, number_or_text, reach};
+use super::{Probe, Step, StepContext, StepError, number_or_text, reach};
 use crate::event::Outputs;
 use crate::health::{HealthPolicy, HealthRule, judge};
-use crate::recorder::Recorder;
-use crate::runbook::Runbook;
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -192,6 +190,7 @@ fn error_pattern() -> String {
 impl Step for Params {
     const KIND: &'static str = "diagnose";
     const OUTPUTS: Option<&'static [&'static str]> = None;
+    const CHECK: bool = true;
 
     fn validate(&self) -> Result<(), String> {
         let nonempty = |field: &str, value: &str| {
@@ -265,17 +264,8 @@ impl Step for Params {
         if failures.is_empty() { Ok(Probe::Satisfied(outputs)) } else { Ok(Probe::Conflict(failures.join("\n"))) }
     }
 
-    async fn apply(&self, _cx: &StepContext) -> Result<(), StepError> {
-        Err(StepError::fatal(
-            "a diagnose check changes nothing; its failure is the finding",
-            "follow the finding's next action, then: runbook diagnose",
-        ))
-    }
-}
-
-impl Params {
     /// Every finding of this check, named after `cx.step` (and a component where it has several).
-    pub(crate) async fn examine(&self, cx: &StepContext) -> Vec<Finding> {
+    async fn examine(&self, cx: &StepContext) -> Vec<Finding> {
         let id = cx.step.as_str();
         match self {
             Params::Service { cluster, service, events } => {
@@ -304,6 +294,13 @@ impl Params {
                 database(cx, id, database_url_param, ca_file, *migrations, lock).await
             }
         }
+    }
+
+    async fn apply(&self, _cx: &StepContext) -> Result<(), StepError> {
+        Err(StepError::fatal(
+            "a diagnose check changes nothing; its failure is the finding",
+            "follow the finding's next action, then: runbook diagnose",
+        ))
     }
 }
 
@@ -1193,40 +1190,6 @@ fn describe_lock_session(s: &LockSession) -> String {
     };
     line.push_str(&format!("; query: {query}"));
     line
-}
-
-// ---- the whole diagnosis ----
-
-/// Every check of `book`, all at once, read-only: no run lock, nothing recorded. Its steps must
-/// all be of kind `diagnose`.
-pub(crate) async fn diagnose_all(book: &Runbook, services: Arc<Services>) -> Result<Vec<Finding>, String> {
-    let mut checks = Vec::new();
-    for step in &book.steps {
-        if step.kind != Params::KIND {
-            return Err(format!(
-                "step {} is of kind {}: runbook diagnose runs only read-only checks (kind = \"diagnose\")",
-                step.id, step.kind
-            ));
-        }
-        let params =
-            <Params as Deserialize>::deserialize(step.params.clone()).map_err(|e| format!("step {}: {e}", step.id))?;
-        checks.push((step.id.clone(), params));
-    }
-    // The checks' log lines go nowhere: the findings are the output.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut running = tokio::task::JoinSet::new();
-    for (i, (id, params)) in checks.into_iter().enumerate() {
-        let cx = StepContext::new(&services, &id, 0, Recorder::new(None, tx.clone()));
-        running.spawn(async move { (i, params.examine(&cx).await) });
-    }
-    drop(tx);
-    let mut found = Vec::new();
-    while let Some(done) = running.join_next().await {
-        found.push(done.map_err(|e| format!("a check stopped: {e}"))?);
-    }
-    drop(rx);
-    found.sort_by_key(|(i, _)| *i);
-    Ok(found.into_iter().flat_map(|(_, f)| f).collect())
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ kinds![
     diagnose
 ];
 
-pub(crate) use diagnose::{Finding, Verdict, diagnose_all};
+pub(crate) use diagnose::{Finding, Verdict};
 
 /// What a probe found.
 #[derive(Debug)]
@@ -148,6 +148,9 @@ pub(crate) trait Step: DeserializeOwned + Debug + Send + Sync + 'static {
     /// Whether its tool takes a lock of its own that a dead run can leave (terraform's state
     /// lock), which `release_lock` releases.
     const HOLDS_LOCK: bool = false;
+    /// Whether it is a read-only check whose findings [`Step::examine`] gives: `runbook
+    /// diagnose` runs every step of its runbook that way, all at once.
+    const CHECK: bool = false;
 
     /// Checks beyond the types, before anything runs (with `${steps.…}` as placeholders).
     fn validate(&self) -> Result<(), String> {
@@ -181,6 +184,11 @@ pub(crate) trait Step: DeserializeOwned + Debug + Send + Sync + 'static {
     /// satisfied within [`Step::converge_within`].
     fn verify(&self, cx: &StepContext) -> impl Future<Output = Result<Probe, StepError>> + Send {
         self.probe(cx)
+    }
+
+    /// A read-only check's findings (see [`Step::CHECK`]); a kind that is no check finds nothing.
+    fn examine(&self, _cx: &StepContext) -> impl Future<Output = Vec<Finding>> + Send {
+        async { Vec::new() }
     }
 
     /// Releases a lock this kind's tool left behind (terraform's state lock of a dead run), on
@@ -222,6 +230,7 @@ pub(crate) trait AnyStep: Debug + Send + Sync {
     fn probe<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>>;
     fn apply<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<(), StepError>>;
     fn verify<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>>;
+    fn examine<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Vec<Finding>>;
     fn release_lock<'a>(&'a self, cx: &'a StepContext, lock_id: &'a str) -> BoxFuture<'a, Result<(), StepError>>;
 }
 
@@ -244,6 +253,9 @@ impl<S: Step> AnyStep for S {
     fn verify<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Result<Probe, StepError>> {
         Box::pin(Step::verify(self, cx))
     }
+    fn examine<'a>(&'a self, cx: &'a StepContext) -> BoxFuture<'a, Vec<Finding>> {
+        Box::pin(Step::examine(self, cx))
+    }
     fn release_lock<'a>(&'a self, cx: &'a StepContext, lock_id: &'a str) -> BoxFuture<'a, Result<(), StepError>> {
         Box::pin(Step::release_lock(self, cx, lock_id))
     }
@@ -255,12 +267,13 @@ pub(crate) struct Kind {
     pub(crate) name: &'static str,
     pub(crate) outputs: Option<&'static [&'static str]>,
     pub(crate) holds_lock: bool,
+    pub(crate) check: bool,
     parse: fn(&toml::Value) -> Result<Box<dyn AnyStep>, String>,
 }
 
 impl Kind {
     pub(crate) const fn of<S: Step>() -> Self {
-        Kind { name: S::KIND, outputs: S::OUTPUTS, holds_lock: S::HOLDS_LOCK, parse: parse_as::<S> }
+        Kind { name: S::KIND, outputs: S::OUTPUTS, holds_lock: S::HOLDS_LOCK, check: S::CHECK, parse: parse_as::<S> }
     }
 
     /// The typed step, or what is wrong with the params.

@@ -1,5 +1,6 @@
 //! Verdicts and transitions from health bodies, and the loop against stand-ins on loopback
-//! whose answers change between polls, with the webhook told of each transition.
+//! whose answers change between polls, with the webhook told of each transition. How the
+//! polls are printed is tested with the printer, in `render/oncall.rs`.
 
 use serde_json::json;
 
@@ -153,12 +154,44 @@ fn an_environment_without_health_urls_is_told_what_to_add() {
     assert!(Targets::of(&env).err().unwrap().contains("is not an http:// or https:// URL"));
 }
 
-/// A poll line per poll, EVENT lines for transitions, and one webhook post per poll with
-/// transitions, against stand-ins whose answers change between polls.
-#[tokio::test]
-async fn the_loop_prints_each_poll_and_posts_each_transition() {
+/// What the loop hands on: each poll with its transitions, and the webhook failures it tells.
+#[derive(Default)]
+struct Seen {
+    polls: Vec<(Verdict, Vec<String>)>,
+    notify_failed: Vec<String>,
+}
+
+impl Sink for Seen {
+    fn seen(&mut self, poll: &Poll, transitions: &[Transition]) {
+        self.polls.push((poll.verdict, transitions.iter().map(|t| t.what.clone()).collect()));
+    }
+    fn notify_failed(&mut self, error: &str) {
+        self.notify_failed.push(error.to_string());
+    }
+}
+
+/// A sink that also changes Dixie's answer after each poll: `next` is popped.
+struct Script<'a> {
+    seen: Seen,
+    standins: &'a Loopback,
+    next: Vec<String>,
+}
+
+impl Sink for Script<'_> {
+    fn seen(&mut self, poll: &Poll, transitions: &[Transition]) {
+        self.seen.seen(poll, transitions);
+        if let Some(body) = self.next.pop() {
+            self.standins.answer("/api/health", 200, &body);
+        }
+    }
+    fn notify_failed(&mut self, error: &str) {
+        self.seen.notify_failed(error);
+    }
+}
+
+/// Stand-ins for Dixie and Finn on loopback, and an environment whose health URLs name them.
+async fn standins() -> (Loopback, Environment, Targets) {
     let standins = Loopback::start().await;
-    let hook = Loopback::start().await;
     let env = environment(&format!(
         "[vars]\ndixie_health_url = \"{}\"\nfinn_health_url = \"{}\"",
         standins.url("/api/health"),
@@ -166,60 +199,46 @@ async fn the_loop_prints_each_poll_and_posts_each_transition() {
     ))
     .unwrap();
     let targets = Targets::of(&env).unwrap();
-    let body = |redis: &str| {
-        json!({"status": if redis == "healthy" { "healthy" } else { "degraded" },
-               "services": {"loa_finn": {"latency_ms": 9, "circuit_state": "closed"}},
-               "infrastructure": {"postgresql": {"status": "healthy"}, "redis": {"status": redis}, "nats": {"status": "connected"}}})
-        .to_string()
-    };
     standins.answer("/health", 200, r#"{"status": "healthy"}"#);
-    standins.answer("/api/health", 200, &body("healthy"));
+    (standins, env, targets)
+}
 
-    struct Script<'a> {
-        printer: Printer<Vec<u8>, Vec<u8>>,
-        standins: &'a Loopback,
-        next: Vec<String>,
-    }
-    impl Sink for Script<'_> {
-        async fn seen(&mut self, poll: &Poll, transitions: &[Transition]) {
-            self.printer.seen(poll, transitions).await;
-            if let Some(body) = self.next.pop() {
-                self.standins.answer("/api/health", 200, &body);
-            }
-        }
-    }
-    let hook_env = environment("").unwrap();
-    let notifier = crate::notify::tests::notifier_for(&hook_env, &hook.url("/hook/secret"));
+fn dixie_body(redis: &str, circuit: &str) -> String {
+    json!({"status": if redis == "healthy" { "healthy" } else { "degraded" },
+           "services": {"loa_finn": {"latency_ms": 9, "circuit_state": circuit}},
+           "infrastructure": {"postgresql": {"status": "healthy"}, "redis": {"status": redis}, "nats": {"status": "connected"}}})
+    .to_string()
+}
+
+/// Each poll handed on with its transitions, and one webhook post per poll with transitions,
+/// against stand-ins whose answers change between polls.
+#[tokio::test]
+async fn the_loop_hands_on_each_poll_and_posts_each_transition() {
+    let (standins, env, targets) = standins().await;
+    let hook = Loopback::start().await;
+    standins.answer("/api/health", 200, &dixie_body("healthy", "closed"));
+    let notifier = crate::notify::tests::notifier_for(&environment("").unwrap(), &hook.url("/hook/secret"));
     let mut script = Script {
-        printer: Printer {
-            out: Vec::new(),
-            err: Vec::new(),
-            json: false,
-            env: "test".into(),
-            notifier: Some(notifier),
-            notify_failed: false,
-        },
+        seen: Seen::default(),
         standins: &standins,
         // Popped: poll 1 sees healthy, 2 redis unreachable, 3 unreachable again, 4 healthy.
-        next: vec![body("healthy"), body("unreachable"), body("unreachable")],
+        next: vec![
+            dixie_body("healthy", "closed"),
+            dixie_body("unreachable", "closed"),
+            dixie_body("unreachable", "closed"),
+        ],
     };
-    let verdict = watch(&env, &targets, Duration::from_millis(100), Some(4), std::future::pending(), &mut script).await;
+    let interval = Duration::from_millis(100);
+    let verdict = watch(&env, &targets, interval, Some(4), Some(&notifier), std::future::pending(), &mut script).await;
     assert_eq!(verdict, Some(Verdict::Healthy));
-    let out = String::from_utf8(script.printer.out.clone()).unwrap();
-    let lines: Vec<&str> = out.lines().map(|l| l.split_once("  ").unwrap().1).collect();
+    let what = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
-        lines,
+        script.seen.polls,
         [
-            "healthy    dixie healthy  nats connected  postgresql healthy  redis healthy  finn 9 ms circuit closed  finn /health healthy",
-            "degraded   dixie degraded  nats connected  postgresql healthy  redis unreachable  finn 9 ms circuit closed  finn /health healthy  — dixie: \
-             status degraded, finn circuit closed, redis unreachable",
-            "EVENT      dixie healthy → degraded",
-            "EVENT      redis healthy → unreachable",
-            "degraded   dixie degraded  nats connected  postgresql healthy  redis unreachable  finn 9 ms circuit closed  finn /health healthy  — dixie: \
-             status degraded, finn circuit closed, redis unreachable",
-            "healthy    dixie healthy  nats connected  postgresql healthy  redis healthy  finn 9 ms circuit closed  finn /health healthy",
-            "EVENT      dixie degraded → healthy",
-            "EVENT      redis unreachable → healthy",
+            (Verdict::Healthy, what(&[])),
+            (Verdict::Degraded, what(&["dixie healthy → degraded", "redis healthy → unreachable"])),
+            (Verdict::Degraded, what(&[])),
+            (Verdict::Healthy, what(&["dixie degraded → healthy", "redis unreachable → healthy"])),
         ]
     );
     let posts = hook.texts("/hook/secret");
@@ -230,42 +249,34 @@ async fn the_loop_prints_each_poll_and_posts_each_transition() {
         "{posts:?}"
     );
     assert!(posts[1].ends_with("): dixie degraded → healthy; redis unreachable → healthy; now healthy"), "{posts:?}");
-    assert!(script.printer.err.is_empty());
+    assert!(script.seen.notify_failed.is_empty());
 }
 
 #[tokio::test]
-async fn a_dead_webhook_is_said_once_and_watching_goes_on() {
-    let standins = Loopback::start().await;
-    let env = environment(&format!(
-        "[vars]\ndixie_health_url = \"{}\"\nfinn_health_url = \"{}\"",
-        standins.url("/api/health"),
-        standins.url("/health")
-    ))
-    .unwrap();
-    standins.answer("/health", 200, r#"{"status": "healthy"}"#);
+async fn a_dead_webhook_is_told_once_and_watching_goes_on() {
+    let (standins, env, targets) = standins().await;
     let dead = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let mut printer = Printer {
-        out: Vec::new(),
-        err: Vec::new(),
-        json: true,
-        env: "test".into(),
-        notifier: Some(crate::notify::tests::notifier_for(&env, &format!("http://127.0.0.1:{dead}/hook/secret"))),
-        notify_failed: false,
-    };
+    let notifier = crate::notify::tests::notifier_for(&env, &format!("http://127.0.0.1:{dead}/hook/secret"));
     // Each poll flips Finn's circuit: a transition every poll after the first.
-    let poll = |circuit: &str| assess(0, dixie("healthy", circuit, 5, infra("healthy", "connected")), finn_ok());
-    let (closed, open) = (poll("closed"), poll("open"));
-    for (before, now) in [(&closed, &open), (&open, &closed), (&closed, &open)] {
-        printer.seen(now, &transitions(before, now)).await;
-    }
-    let err = String::from_utf8(printer.err.clone()).unwrap();
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("notification failed: POST to the webhook: ") && !err.contains("secret"), "{err}");
-    let out = String::from_utf8(printer.out).unwrap();
-    let kinds: Vec<String> =
-        out.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].as_str().unwrap().to_string()).collect();
-    assert_eq!(kinds, ["poll", "transition", "poll", "transition", "poll", "transition"]);
+    standins.answer("/api/health", 200, &dixie_body("healthy", "closed"));
+    let mut script = Script {
+        seen: Seen::default(),
+        standins: &standins,
+        next: vec![
+            dixie_body("healthy", "closed"),
+            dixie_body("healthy", "open"),
+            dixie_body("healthy", "closed"),
+            dixie_body("healthy", "open"),
+        ],
+    };
+    let interval = Duration::from_millis(100);
+    watch(&env, &targets, interval, Some(4), Some(&notifier), std::future::pending(), &mut script).await;
+    let changes: Vec<usize> = script.seen.polls.iter().map(|(_, what)| what.len()).collect();
+    assert_eq!(changes, [0, 1, 1, 1], "{:?}", script.seen.polls);
+    let told = &script.seen.notify_failed;
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert!(told[0].starts_with("POST to the webhook: ") && !told[0].contains("secret"), "{told:?}");
 }
