@@ -12,6 +12,7 @@
 mod apply;
 mod copy;
 mod lease;
+mod lock;
 mod owner;
 mod pg;
 mod queries;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 use serde::Serialize;
+use sql::{Param, Row, pg_values, sqlite_dialect, sqlite_values, texts};
 
 pub(crate) use copy::{Copied, copy};
 pub(crate) use lease::{Holder, LEASE_STALE_MS, process_alive};
@@ -207,6 +209,50 @@ pub(crate) struct Progress {
     pub(crate) in_doubt: BTreeSet<String>,
     /// Steps an operator skipped (among the finished): they have no outputs of this run.
     pub(crate) skipped: BTreeSet<String>,
+}
+
+impl StateDb {
+    /// Every row `sql` selects, each read by `read`. A row `read` refuses is a corrupt state DB,
+    /// named with the error of its column.
+    pub(crate) fn select<T>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        read: impl Fn(&dyn Row) -> Result<T, String>,
+    ) -> Result<Vec<T>, StateError> {
+        match &self.backend {
+            Backend::Sqlite(conn) => {
+                let mut stmt = conn.prepare_cached(&sqlite_dialect(sql)).map_err(|e| self.sql_err(e))?;
+                let texts = texts(params);
+                let mut rows = stmt.query(sqlite_values(params, &texts).as_slice()).map_err(|e| self.sql_err(e))?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().map_err(|e| self.sql_err(e))? {
+                    out.push(read(row).map_err(|message| self.corrupt(message))?);
+                }
+                Ok(out)
+            }
+            Backend::Postgres(pg) => {
+                let texts = texts(params);
+                let rows = pg.select(sql, &pg_values(params, &texts)).map_err(|e| self.pg_err(e))?;
+                rows.iter().map(|row| read(row).map_err(|message| self.corrupt(message))).collect()
+            }
+        }
+    }
+}
+
+impl StateDb {
+    /// Runs one statement that changes rows, in a transaction of its own; how many it changed.
+    pub(crate) fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StateError> {
+        let texts = texts(params);
+        match &mut self.backend {
+            Backend::Sqlite(conn) => conn
+                .prepare_cached(&sqlite_dialect(sql))
+                .and_then(|mut stmt| stmt.execute(sqlite_values(params, &texts).as_slice()))
+                .map(|n| n as u64)
+                .map_err(|e| sql_err(&self.path, e)),
+            Backend::Postgres(pg) => pg.execute(sql, &pg_values(params, &texts)).map_err(|e| pg::pg_err(&self.path, e)),
+        }
+    }
 }
 
 /// The time a step (`s`, a row of `steps`) worked: the sum of its attempts, each from its start

@@ -1,13 +1,12 @@
 //! SQL written once for both stores: statements use PostgreSQL's `$N` placeholders (SQLite
 //! is given them as `?N`, the same numbering), parameters are one of two types both drivers
-//! bind, and a row is read through one trait whatever the driver. The read API
-//! (`read.rs`) is written on top of it, once.
+//! bind, and a row is read through one trait whatever the driver. A leaf: `StateDb::select`
+//! and `execute` (in `mod.rs`) run them on either store; the read API (`read.rs`), the event
+//! writes (`apply.rs`) and the lease (`lease.rs`) are written on top, once.
 
 use std::borrow::Cow;
 
 use tokio_postgres::types::ToSql;
-
-use super::{Backend, StateDb, StateError};
 
 /// A statement's parameter: every column the stores compare or write is a BIGINT or a TEXT.
 #[derive(Debug, Clone)]
@@ -107,52 +106,6 @@ pub(crate) fn sqlite_dialect(sql: &str) -> String {
         }
     }
     out
-}
-
-impl StateDb {
-    /// Every row `sql` selects, each read by `read`. A row `read` refuses is a corrupt state DB,
-    /// named with the error of its column.
-    pub(crate) fn select<T>(
-        &self,
-        sql: &str,
-        params: &[Param<'_>],
-        read: impl Fn(&dyn Row) -> Result<T, String>,
-    ) -> Result<Vec<T>, StateError> {
-        match &self.backend {
-            Backend::Sqlite(conn) => {
-                let mut stmt = conn.prepare_cached(&sqlite_dialect(sql)).map_err(|e| self.sql_err(e))?;
-                let texts = texts(params);
-                let mut rows = stmt.query(sqlite_values(params, &texts).as_slice()).map_err(|e| self.sql_err(e))?;
-                let mut out = Vec::new();
-                while let Some(row) = rows.next().map_err(|e| self.sql_err(e))? {
-                    out.push(read(row).map_err(|message| self.corrupt(message))?);
-                }
-                Ok(out)
-            }
-            Backend::Postgres(pg) => {
-                let texts = texts(params);
-                let rows = pg.select(sql, &pg_values(params, &texts)).map_err(|e| self.pg_err(e))?;
-                rows.iter().map(|row| read(row).map_err(|message| self.corrupt(message))).collect()
-            }
-        }
-    }
-}
-
-impl StateDb {
-    /// Runs one statement that changes rows, in a transaction of its own; how many it changed.
-    pub(crate) fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StateError> {
-        let texts = texts(params);
-        match &mut self.backend {
-            Backend::Sqlite(conn) => conn
-                .prepare_cached(&sqlite_dialect(sql))
-                .and_then(|mut stmt| stmt.execute(sqlite_values(params, &texts).as_slice()))
-                .map(|n| n as u64)
-                .map_err(|e| super::sql_err(&self.path, e)),
-            Backend::Postgres(pg) => {
-                pg.execute(sql, &pg_values(params, &texts)).map_err(|e| super::pg::pg_err(&self.path, e))
-            }
-        }
-    }
 }
 
 #[cfg(test)]
