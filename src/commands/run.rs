@@ -1,0 +1,90 @@
+//! `runbook run`: start a new run of a runbook.
+
+use std::collections::BTreeMap;
+
+use super::{
+    Approval, CliError, Drive, EnvArg, Globals, Outcome, VarArgs, check_acknowledgement, connect, drive, parse_vars,
+    take_lock, work_dir,
+};
+use crate::environment::Environment;
+use crate::event::Event;
+use crate::identity::{host, operator};
+use crate::runbook::Runbook;
+use crate::state::{Holder, NewRun, Progress, StateDb, StateError};
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// The runbook's name: a file runbooks/NAME.toml (sprint-2, sprint-3, rollback).
+    pub(crate) runbook: String,
+    #[command(flatten)]
+    pub(crate) env: EnvArg,
+    #[command(flatten)]
+    pub(crate) vars: VarArgs,
+    #[command(flatten)]
+    pub(crate) approval: Approval,
+}
+
+impl Args {
+    pub(crate) async fn execute(self, g: &Globals) -> Result<Outcome, CliError> {
+        run(g, &self.runbook, &self.env.env, parse_vars(&self.vars.vars)?).await
+    }
+}
+
+pub(crate) async fn run(
+    g: &Globals,
+    runbook: &str,
+    env: &str,
+    vars: BTreeMap<String, String>,
+) -> Result<Outcome, CliError> {
+    let env = Environment::load(&g.project, env)?;
+    let book = Runbook::load(&g.project, runbook, &env, &vars)?;
+    book.check_files(&g.project)?;
+    // A state DB that is there is checked before the cloud (a wrong --state is the likelier
+    // mistake); one that is not is created only once the preflight has passed, so that a
+    // refused run leaves nothing behind. Nothing is written before the preflight either.
+    let opened = if crate::state::is_url(&g.state) {
+        // Reached and read, not created: a PostgreSQL schema is made only for a run that starts.
+        match StateDb::open_existing(&g.state, true) {
+            Ok(_) | Err(StateError::Missing { .. }) => None,
+            Err(e) => return Err(e.into()),
+        }
+    } else if g.state.exists() {
+        Some(crate::state::timing::measure_open(|| StateDb::open(&g.state))?)
+    } else {
+        None
+    };
+    let cloud = connect(g, &book, &env, &BTreeMap::new(), |_| true).await?;
+    let mut db = match opened {
+        Some(db) => db,
+        None => crate::state::timing::measure_open(|| StateDb::open(&g.state))?,
+    };
+    check_acknowledgement(g, &db, &env.name, None)?;
+    let work = work_dir(&g.state)?;
+    let me = Holder::me(&host());
+    let notes: Vec<Event> = take_lock(&mut db, &me)?.into_iter().collect();
+    let step_ids: Vec<String> = book.steps.iter().map(|s| s.id.clone()).collect();
+    let created = crate::state::timing::measure(|| {
+        db.create_run(&NewRun {
+            runbook: &book.name,
+            env: &env.name,
+            runbook_hash: &book.hash,
+            inputs_hash: &book.inputs_hash,
+            vars: &vars,
+            operator: &operator(),
+            host: &me.host,
+            steps: &step_ids,
+        })
+    });
+    let run = match created {
+        Ok(run) => run,
+        Err(e) => {
+            let _ = db.release_lock(&me);
+            return Err(e.into());
+        }
+    };
+    drive(
+        g,
+        Drive { db, me, run, book, env, cloud, progress: Progress::default(), resumed: false, preface: notes, work },
+    )
+    .await
+}
