@@ -104,7 +104,8 @@ pub fn main() {
     let interactive = mode == Mode::Tty && std::io::IsTerminal::is_terminal(&std::io::stdin());
     let approver = Approver::choose(yes, interactive, &identity::operator());
     let acknowledged_rollback = approval.and_then(|a| a.ack_rollback);
-    let globals = Globals { project, state: cli.state.clone(), mode, approver, acknowledged_rollback };
+    let state = crate::state::StateLocation::parse(&cli.state);
+    let globals = Globals { project, state, mode, approver, acknowledged_rollback };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("start the async runtime");
     let rendered = match runtime.block_on(dispatch(&globals, cli.command)) {
         Ok(outcome) => render::outcome(&outcome, mode == Mode::Json),

@@ -21,7 +21,7 @@ use crate::identity::operator;
 use crate::recorder::Recorder;
 use crate::reporter::{self, Mode};
 use crate::runbook::{Runbook, RunbookError};
-use crate::state::{AttemptRow, Holder, Progress, RunRow, StateDb, StateError, StateHandle};
+use crate::state::{AttemptRow, Holder, Progress, RunRow, StateDb, StateError, StateHandle, StateLocation};
 use crate::status::StatusView;
 use crate::steps::Services;
 
@@ -188,7 +188,7 @@ pub(crate) enum Outcome {
 
 pub(crate) struct Globals {
     pub(crate) project: PathBuf,
-    pub(crate) state: PathBuf,
+    pub(crate) state: StateLocation,
     pub(crate) mode: Mode,
     pub(crate) approver: Approver,
     /// `--ack-rollback RUN`: the rollback run this run may undo.
@@ -405,20 +405,13 @@ async fn drive(g: &Globals, d: Drive) -> Result<Outcome, CliError> {
     Ok(Outcome::Run { run, status, view, write_error, notify_error })
 }
 
-/// The private folder beside the state DB for files that may hold secrets (terraform plans
-/// and apply logs): created 0700; files left by processes that are gone are removed.
-fn work_dir(state: &Path) -> Result<PathBuf, CliError> {
+/// The private folder of the state (`StateLocation::work_folder`), made ready for a command
+/// that runs steps: created 0700; files left by processes that are gone are removed.
+fn work_dir(state: &StateLocation) -> Result<PathBuf, CliError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    // A state DB in PostgreSQL has no folder of its own: the default state folder holds it.
-    let folder = if crate::state::is_url(state) {
-        Path::new("state")
-    } else {
-        state.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
-    };
-    let dir = folder.join("work");
-    // Absolute: steps run tools in other folders (terraform writes its plan here from its own).
-    let dir = std::path::absolute(&dir)
-        .map_err(|e| CliError::Usage(format!("cannot prepare the private folder {}: {e}", dir.display())))?;
+    let dir = state.work_folder().map_err(|e| {
+        CliError::Usage(format!("cannot prepare the private folder of {}: {e}", state.path().display()))
+    })?;
     let fail = |e: std::io::Error| CliError::Usage(format!("cannot prepare the private folder {}: {e}", dir.display()));
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(fail)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;

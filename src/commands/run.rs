@@ -10,6 +10,7 @@ use crate::environment::Environment;
 use crate::event::Event;
 use crate::identity::{host, operator};
 use crate::runbook::Runbook;
+use crate::state::StateLocation;
 use crate::state::{Holder, NewRun, Progress, StateDb, StateError};
 
 #[derive(clap::Args)]
@@ -42,21 +43,21 @@ pub(crate) async fn run(
     // A state DB that is there is checked before the cloud (a wrong --state is the likelier
     // mistake); one that is not is created only once the preflight has passed, so that a
     // refused run leaves nothing behind. Nothing is written before the preflight either.
-    let opened = if crate::state::is_url(&g.state) {
+    let opened = if let StateLocation::Postgres(_) = &g.state {
         // Reached and read, not created: a PostgreSQL schema is made only for a run that starts.
-        match StateDb::open_existing(&g.state, true) {
+        match StateDb::open_existing(g.state.path(), true) {
             Ok(_) | Err(StateError::Missing { .. }) => None,
             Err(e) => return Err(e.into()),
         }
-    } else if g.state.exists() {
-        Some(crate::state::timing::measure_open(|| StateDb::open(&g.state))?)
+    } else if g.state.path().exists() {
+        Some(crate::state::timing::measure_open(|| StateDb::open(g.state.path()))?)
     } else {
         None
     };
     let cloud = connect(g, &book, &env, &BTreeMap::new(), |_| true).await?;
     let mut db = match opened {
         Some(db) => db,
-        None => crate::state::timing::measure_open(|| StateDb::open(&g.state))?,
+        None => crate::state::timing::measure_open(|| StateDb::open(g.state.path()))?,
     };
     check_acknowledgement(g, &db, &env.name, None)?;
     let work = work_dir(&g.state)?;

@@ -5,7 +5,8 @@ use crate::state::NewRun;
 fn the_private_work_folder_is_absolute_and_private_whatever_the_state_path() {
     use std::os::unix::fs::PermissionsExt;
     // The default --state is relative (state/runbook.db); terraform runs elsewhere.
-    let relative = PathBuf::from(format!("target/runbook-work-test-{}/runbook.db", std::process::id()));
+    let relative =
+        StateLocation::Sqlite(PathBuf::from(format!("target/runbook-work-test-{}/runbook.db", std::process::id())));
     let dir = work_dir(&relative).unwrap();
     assert!(dir.is_absolute(), "{}", dir.display());
     assert!(dir.ends_with(format!("target/runbook-work-test-{}/work", std::process::id())), "{}", dir.display());
@@ -71,7 +72,7 @@ fn runs_with_a_rollback(name: &str) -> (PathBuf, StateDb) {
 fn globals(ack: Option<i64>) -> Globals {
     Globals {
         project: PathBuf::from("."),
-        state: PathBuf::from("unused.db"),
+        state: StateLocation::Sqlite(PathBuf::from("unused.db")),
         mode: Mode::Plain,
         approver: Approver::Withheld,
         acknowledged_rollback: ack,
@@ -100,4 +101,16 @@ fn an_acknowledgement_that_applies_to_nothing_is_bad_input() {
     done.status = RunState::Done;
     let err = check_acknowledgement(&globals(Some(2)), &db, "local", Some(&done)).unwrap_err();
     assert!(err.to_string().contains("run 2 of rollback is done, so there is nothing to acknowledge"), "{err}");
+}
+
+#[test]
+fn the_state_location_is_told_once_and_a_postgres_state_keeps_its_work_in_the_state_folder() {
+    let pg = StateLocation::parse(Path::new("postgresql://u@127.0.0.1:5432/db"));
+    assert!(matches!(pg, StateLocation::Postgres(_)), "{pg:?}");
+    assert_eq!(pg.work_folder().unwrap(), std::path::absolute("state/work").unwrap());
+    let file = StateLocation::parse(Path::new("runbook.db"));
+    assert_eq!(file, StateLocation::Sqlite("runbook.db".into()));
+    assert_eq!(file.work_folder().unwrap(), std::path::absolute("work").unwrap());
+    let nested = StateLocation::parse(Path::new("/srv/runbook/state.db"));
+    assert_eq!(nested.work_folder().unwrap(), Path::new("/srv/runbook/work"));
 }

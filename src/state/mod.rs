@@ -135,6 +135,44 @@ pub(crate) enum StateError {
     LeaseLost { path: PathBuf, now: String },
 }
 
+/// Where the state lives, told once from `--state`: a SQLite file, or a PostgreSQL URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StateLocation {
+    Sqlite(PathBuf),
+    /// The URL as given (its password, if any, stays in memory).
+    Postgres(PathBuf),
+}
+
+impl StateLocation {
+    pub(crate) fn parse(given: &Path) -> Self {
+        if is_url(given) {
+            StateLocation::Postgres(given.to_path_buf())
+        } else {
+            StateLocation::Sqlite(given.to_path_buf())
+        }
+    }
+
+    /// What `StateDb::open` takes.
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            StateLocation::Sqlite(path) | StateLocation::Postgres(path) => path,
+        }
+    }
+
+    /// The private folder for files that may hold secrets (terraform plans, apply logs): `work/`
+    /// beside a SQLite file, or in the default state folder for a PostgreSQL state, which has no
+    /// folder of its own. Absolute: steps run tools in other folders.
+    pub(crate) fn work_folder(&self) -> std::io::Result<PathBuf> {
+        let folder = match self {
+            StateLocation::Postgres(_) => Path::new("state"),
+            StateLocation::Sqlite(path) => {
+                path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+            }
+        };
+        std::path::absolute(folder.join("work"))
+    }
+}
+
 pub(crate) struct StateDb {
     backend: Backend,
     /// The SQLite file, or the PostgreSQL URL without its password: what messages name.
