@@ -22,115 +22,72 @@ pub(crate) struct Rendered {
 }
 
 pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
-    let mut r = Rendered { code: exit_code(outcome), ..Rendered::default() };
-    match outcome {
+    let code = exit_code(outcome);
+    let stdout = match outcome {
         Outcome::Run { run, status, view, write_error, notify_error } => {
-            if let (false, Some(view)) = (json, view) {
-                r.stdout = status_table(view);
-            }
-            if let Some(error) = write_error {
-                r.stderr = format!("error: the run stopped: {error}\n");
-            } else if *status == RunState::Interrupted {
-                r.stderr = format!(
-                    "interrupted: run {run} is recorded as interrupted; `{}` continues it\n",
-                    crate::hint::resume(*run)
-                );
-            } else if *status == RunState::AwaitingApproval {
-                r.stderr = format!(
-                    "awaiting approval: run {run} stopped before an apply that needs an approval (nothing failed); \
-                     review the change above, then `{}` approves and applies it\n",
-                    crate::hint::resume_approving(*run)
-                );
-            }
-            if let Some(error) = notify_error {
-                r.stderr.push_str(&format!("notification failed: {error}\n"));
-            }
-        }
-        Outcome::NothingToResume { run, runbook } => {
-            r.stdout = if json {
-                format!("{}\n", serde_json::json!({ "run": run, "nothing_to_resume": true }))
-            } else {
-                format!("run {run} of {runbook} is done; nothing to resume (runbook run {runbook} starts a new one)\n")
+            let stdout = match (json, view) {
+                (false, Some(view)) => status_table(view),
+                _ => String::new(),
             };
+            return Rendered { stdout, stderr: run_ending(*run, *status, write_error, notify_error), code };
         }
-        Outcome::Plan(lines) => {
-            r.stdout = if json { format!("{}\n", serde_json::json!({ "plan": lines })) } else { plan_table(lines) };
-        }
+        Outcome::NothingToResume { run, runbook } => either(
+            json,
+            || serde_json::json!({ "run": run, "nothing_to_resume": true }),
+            || format!("run {run} of {runbook} is done; nothing to resume (runbook run {runbook} starts a new one)\n"),
+        ),
+        Outcome::Plan(lines) => either(json, || serde_json::json!({ "plan": lines }), || plan_table(lines)),
         Outcome::Status(view) => {
-            r.stdout = if json {
-                format!("{}\n", serde_json::to_string_pretty(view).unwrap_or_default())
+            if json {
+                pretty(view)
             } else {
                 status_table(view)
-            };
-        }
-        Outcome::Logs { run, step, attempts } => {
-            for a in attempts {
-                if json {
-                    r.stdout.push_str(&format!("{}\n", serde_json::to_string(a).unwrap_or_default()));
-                    continue;
-                }
-                let outcome = a.outcome.as_deref().unwrap_or(if a.intent_at.is_some() { "in doubt" } else { "none" });
-                let error = a.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
-                r.stdout.push_str(&format!(
-                    "== run {run} step {step} attempt {} — started {}, outcome {outcome}{error}\n{}",
-                    a.attempt,
-                    format_utc(a.started_at),
-                    a.log
-                ));
             }
         }
-        Outcome::Graph(text) => {
-            r.stdout = if json { format!("{}\n", serde_json::json!({ "graph": text })) } else { text.clone() };
-        }
-        Outcome::Skipped { run, step, reason } => {
-            r.stdout = if json {
-                format!("{}\n", serde_json::json!({ "run": run, "skipped": step, "reason": reason }))
-            } else {
+        Outcome::Logs { run, step, attempts } => logs_text(*run, step, attempts, json),
+        Outcome::Graph(text) => either(json, || serde_json::json!({ "graph": text }), || text.clone()),
+        Outcome::Skipped { run, step, reason } => either(
+            json,
+            || serde_json::json!({ "run": run, "skipped": step, "reason": reason }),
+            || {
                 format!(
                     "{step} skipped in run {run} ({reason}); `{}` continues with what depends on it\n",
                     crate::hint::resume(*run)
                 )
-            };
-        }
-        Outcome::Unlocked(holder) => {
-            r.stdout = match (json, holder) {
-                (true, Some(h)) => {
-                    format!("{}\n", serde_json::json!({ "broke_lock_of": { "host": h.host, "pid": h.pid } }))
-                }
-                (true, None) => format!("{}\n", serde_json::json!({ "broke_lock_of": null })),
-                (false, Some(h)) => {
-                    format!("broke the run lock held by pid {} on {} (recorded in the audit log)\n", h.pid, h.host)
-                }
-                (false, None) => "no run lock is held\n".to_string(),
-            };
-        }
-        Outcome::StateLockReleased { run, step, lock_id } => {
-            r.stdout = if json {
-                format!("{}\n", serde_json::json!({ "run": run, "step": step, "released_state_lock": lock_id }))
-            } else {
+            },
+        ),
+        Outcome::Unlocked(holder) => match holder {
+            Some(h) => either(
+                json,
+                || serde_json::json!({ "broke_lock_of": { "host": h.host, "pid": h.pid } }),
+                || format!("broke the run lock held by pid {} on {} (recorded in the audit log)\n", h.pid, h.host),
+            ),
+            None => either(json, || serde_json::json!({ "broke_lock_of": null }), || "no run lock is held\n".into()),
+        },
+        Outcome::StateLockReleased { run, step, lock_id } => either(
+            json,
+            || serde_json::json!({ "run": run, "step": step, "released_state_lock": lock_id }),
+            || {
                 format!(
                     "released terraform's state lock {lock_id} of {step} (run {run}; recorded in the audit log); \
                      `{}` continues\n",
                     crate::hint::retry(step, Some(*run))
                 )
-            };
-        }
-        Outcome::Ring(_) => {}
-        Outcome::Diagnosis { env, findings, elapsed_ms } => {
-            r.stdout = diagnosis::render(env, findings, *elapsed_ms, json);
-        }
+            },
+        ),
+        Outcome::Ring(_) | Outcome::Watch { .. } => String::new(),
+        Outcome::Diagnosis { env, findings, elapsed_ms } => diagnosis::render(env, findings, *elapsed_ms, json),
         Outcome::History(view) => {
-            r.stdout = if json {
-                format!("{}\n", serde_json::to_string_pretty(view).unwrap_or_default())
+            if json {
+                pretty(view)
             } else {
                 oncall::history_table(view)
-            };
+            }
         }
-        Outcome::Watch { .. } => {}
-        Outcome::StateCopied(c) => {
-            r.stdout = if json {
-                format!("{}\n", serde_json::to_string(c).unwrap_or_default())
-            } else {
+        Outcome::StateCopied(c) => either(
+            json,
+            || serde_json::to_value(c).unwrap_or_default(),
+            || {
                 format!(
                     "copied {} runs, {} steps, {} attempts, {} outputs and {} events from {} to {}\n",
                     c.runs,
@@ -141,17 +98,69 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
                     c.from.display(),
                     c.to.display()
                 )
-            };
-        }
+            },
+        ),
         Outcome::Audit(view) => {
-            r.stdout = if json {
-                format!("{}\n", serde_json::to_string_pretty(view).unwrap_or_default())
+            if json {
+                pretty(view)
             } else {
                 oncall::audit_table(view)
-            };
+            }
         }
+    };
+    Rendered { stdout, stderr: String::new(), code }
+}
+
+/// A view as indented JSON.
+fn pretty(value: &impl serde::Serialize) -> String {
+    format!("{}\n", serde_json::to_string_pretty(value).unwrap_or_default())
+}
+
+/// One line of JSON, or the text.
+fn either(json: bool, value: impl FnOnce() -> serde_json::Value, text: impl FnOnce() -> String) -> String {
+    if json { format!("{}\n", value()) } else { text() }
+}
+
+/// What stderr says when a run ends other than done: the state DB stopped it, it was
+/// interrupted, or it waits for an approval; and a webhook that could not be told.
+fn run_ending(run: i64, status: RunState, write_error: &Option<String>, notify_error: &Option<String>) -> String {
+    let mut stderr = if let Some(error) = write_error {
+        format!("error: the run stopped: {error}\n")
+    } else if status == RunState::Interrupted {
+        format!("interrupted: run {run} is recorded as interrupted; `{}` continues it\n", crate::hint::resume(run))
+    } else if status == RunState::AwaitingApproval {
+        format!(
+            "awaiting approval: run {run} stopped before an apply that needs an approval (nothing failed); review \
+             the change above, then `{}` approves and applies it\n",
+            crate::hint::resume_approving(run)
+        )
+    } else {
+        String::new()
+    };
+    if let Some(error) = notify_error {
+        stderr.push_str(&format!("notification failed: {error}\n"));
     }
-    r
+    stderr
+}
+
+/// Each attempt of a step with its outcome and what it printed (JSON: one attempt a line).
+fn logs_text(run: i64, step: &str, attempts: &[crate::state::AttemptRow], json: bool) -> String {
+    let mut out = String::new();
+    for a in attempts {
+        if json {
+            out.push_str(&format!("{}\n", serde_json::to_string(a).unwrap_or_default()));
+            continue;
+        }
+        let outcome = a.outcome.as_deref().unwrap_or(if a.intent_at.is_some() { "in doubt" } else { "none" });
+        let error = a.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        out.push_str(&format!(
+            "== run {run} step {step} attempt {} — started {}, outcome {outcome}{error}\n{}",
+            a.attempt,
+            format_utc(a.started_at),
+            a.log
+        ));
+    }
+    out
 }
 
 /// The exit code of a run stopped for an approval nobody gave (nothing failed; `resume RUN
