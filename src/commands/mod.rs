@@ -59,6 +59,36 @@ pub(crate) struct VarArgs {
     pub(crate) vars: Vec<String>,
 }
 
+/// A runbook on an environment with its variables: what `run` and `plan` are given.
+#[derive(clap::Args)]
+pub(crate) struct Target {
+    /// The runbook's name: a file runbooks/NAME.toml (sprint-2, sprint-3, rollback).
+    pub(crate) runbook: String,
+    #[command(flatten)]
+    pub(crate) env: EnvArg,
+    #[command(flatten)]
+    pub(crate) vars: VarArgs,
+}
+
+impl Target {
+    /// The environment and the runbook, loaded and checked with the files it reads: bad input
+    /// is refused here, before anything is opened or asked of the cloud.
+    fn load(&self, g: &Globals) -> Result<Loaded, CliError> {
+        let vars = parse_vars(&self.vars.vars)?;
+        let env = Environment::load(&g.project, &self.env.env)?;
+        let book = Runbook::load(&g.project, &self.runbook, &env, &vars)?;
+        book.check_files(&g.project)?;
+        Ok(Loaded { env, book, vars })
+    }
+}
+
+/// A runbook loaded for an environment, with the variables it was given.
+pub(crate) struct Loaded {
+    pub(crate) env: Environment,
+    pub(crate) book: Runbook,
+    pub(crate) vars: BTreeMap<String, String>,
+}
+
 /// How the commands that apply changes are approved: `--yes`, and `--ack-rollback RUN`.
 #[derive(clap::Args, Clone, Copy)]
 pub(crate) struct Approval {

@@ -1,40 +1,27 @@
 //! `runbook plan`: every probe, read-only, and what would change.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{CliError, EnvArg, Globals, Outcome, VarArgs, parse_vars, work_dir};
+use super::{CliError, Globals, Loaded, Outcome, Target, work_dir};
 use crate::cloud::Cloud;
-use crate::environment::Environment;
 use crate::recorder::Recorder;
 use crate::reporter::{self, Mode};
-use crate::runbook::Runbook;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The runbook's name: a file runbooks/NAME.toml (sprint-2, sprint-3, rollback).
-    pub(crate) runbook: String,
     #[command(flatten)]
-    pub(crate) env: EnvArg,
-    #[command(flatten)]
-    pub(crate) vars: VarArgs,
+    pub(crate) target: Target,
 }
 
 impl Args {
     pub(crate) async fn execute(self, g: &Globals) -> Result<Outcome, CliError> {
-        plan(g, &self.runbook, &self.env.env, parse_vars(&self.vars.vars)?).await
+        plan(g, self.target.load(g)?).await
     }
 }
 
-pub(crate) async fn plan(
-    g: &Globals,
-    runbook: &str,
-    env: &str,
-    vars: BTreeMap<String, String>,
-) -> Result<Outcome, CliError> {
-    let env = Environment::load(&g.project, env)?;
-    let book = Runbook::load(&g.project, runbook, &env, &vars)?;
-    book.check_files(&g.project)?;
+/// Every probe of what `Target::load` gave, read-only.
+pub(crate) async fn plan(g: &Globals, loaded: Loaded) -> Result<Outcome, CliError> {
+    let Loaded { env, book, .. } = loaded;
     let cloud = Cloud::connect(&env).await;
     cloud.preflight(&env).await?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

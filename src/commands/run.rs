@@ -3,43 +3,31 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Approval, CliError, Drive, EnvArg, Globals, Outcome, VarArgs, check_acknowledgement, connect, drive, parse_vars,
-    take_lock, work_dir,
+    Approval, CliError, Drive, Globals, Loaded, Outcome, Target, check_acknowledgement, connect, drive, take_lock,
+    work_dir,
 };
-use crate::environment::Environment;
 use crate::event::Event;
 use crate::identity::{host, operator};
-use crate::runbook::Runbook;
 use crate::state::StateLocation;
 use crate::state::{Holder, NewRun, Progress, StateDb, StateError};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// The runbook's name: a file runbooks/NAME.toml (sprint-2, sprint-3, rollback).
-    pub(crate) runbook: String,
     #[command(flatten)]
-    pub(crate) env: EnvArg,
-    #[command(flatten)]
-    pub(crate) vars: VarArgs,
+    pub(crate) target: Target,
     #[command(flatten)]
     pub(crate) approval: Approval,
 }
 
 impl Args {
     pub(crate) async fn execute(self, g: &Globals) -> Result<Outcome, CliError> {
-        run(g, &self.runbook, &self.env.env, parse_vars(&self.vars.vars)?).await
+        run(g, self.target.load(g)?).await
     }
 }
 
-pub(crate) async fn run(
-    g: &Globals,
-    runbook: &str,
-    env: &str,
-    vars: BTreeMap<String, String>,
-) -> Result<Outcome, CliError> {
-    let env = Environment::load(&g.project, env)?;
-    let book = Runbook::load(&g.project, runbook, &env, &vars)?;
-    book.check_files(&g.project)?;
+/// A new run of what `Target::load` gave.
+pub(crate) async fn run(g: &Globals, loaded: Loaded) -> Result<Outcome, CliError> {
+    let Loaded { env, book, vars } = loaded;
     // A state DB that is there is checked before the cloud (a wrong --state is the likelier
     // mistake); one that is not is created only once the preflight has passed, so that a
     // refused run leaves nothing behind. Nothing is written before the preflight either.
