@@ -907,18 +907,24 @@ impl Step for Params {
         }
     }
 
-    /// The files are read and judged before anything runs: names, a target that is a migration,
-    /// a down file for every migration above it.
-    async fn preflight(&self, cx: &StepContext) -> Result<(), StepError> {
-        super::check_ca_file("ca_file", cx.project_file(&self.ca_file).as_deref())?;
-        let migrations = self.files(cx)?;
+    /// The files are read and judged before anything runs (before AWS is asked anything):
+    /// names, a target that is a migration, a down file for every migration above it.
+    fn check_files(&self, project: &Path) -> Result<(), String> {
+        let migrations = read_migrations(&project.join(&self.dir)).map_err(|e| {
+            format!("{e}; point `dir` at the app's migrations folder (NNN_name.sql, NNN_name_down.sql)")
+        })?;
         if self.action == Action::Down {
-            let to = self.target(&migrations)?;
+            let to = parse_target(&self.to, &migrations)
+                .map_err(|e| format!("{e}: runbook run migrations --var action=down --var to=<NNN>"))?;
             check_downs(&migrations, to).map_err(|e| {
-                StepError::fatal(e, "nothing was changed: write the missing down file(s), or choose a higher target")
+                format!("{e}; nothing was changed: write the missing down file(s), or choose a higher target")
             })?;
         }
         Ok(())
+    }
+
+    async fn preflight(&self, cx: &StepContext) -> Result<(), StepError> {
+        super::check_ca_file("ca_file", cx.project_file(&self.ca_file).as_deref())
     }
 
     fn converge_within(&self) -> Duration {
