@@ -782,13 +782,13 @@ impl Params {
 
     fn release_summary(&self, holder: &LockSession, scene: &LockScene) -> String {
         format!(
-            "end backend {} with pg_terminate_backend, releasing Dixie's migration lock (key {}) in database {}; its \
-             open transaction rolls back. Holder: {}. Reason: {}",
+            "end backend {} with pg_terminate_backend; reason: {}\n  holder: {}\n  releases Dixie's migration lock \
+             (key {}) in database {}; the backend's open transaction rolls back",
             holder.pid.unwrap_or_default(),
+            self.reason.trim(),
+            describe_lock_session(holder),
             self.lock_key,
             scene.database,
-            describe_lock_session(holder),
-            self.reason.trim()
         )
     }
 
