@@ -1120,6 +1120,32 @@ mod tests {
         assert_eq!(quote_ident("public.we\"ird"), "\"public\".\"we\"\"ird\"");
     }
 
+    #[test]
+    fn the_step_refuses_a_down_past_a_migration_without_its_down_file_before_anything_runs() {
+        let root = std::env::temp_dir().join(format!("runbook-migrations-check-{}", std::process::id()));
+        let dir = root.join("m");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in
+            [("001_a.sql", "CREATE TABLE a ();"), ("001_a_down.sql", "DROP TABLE a;"), ("002_b.sql", "")]
+        {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        let step = |action: &str, to: &str| {
+            parse(&format!(
+                "action = \"{action}\"\nto = \"{to}\"\ndatabase_url_param = \"/d/DATABASE_URL\"\ndir = \"m\"\n"
+            ))
+            .unwrap()
+        };
+        let refused = Step::check_files(&step("down", "001"), &root).unwrap_err();
+        assert!(refused.starts_with("down to 001 needs 002_b_down.sql, which the app does not have"), "{refused}");
+        assert!(refused.contains("nothing was changed"), "{refused}");
+        assert!(Step::check_files(&step("down", "002"), &root).is_ok(), "nothing above 002 to revert");
+        assert!(Step::check_files(&step("up", ""), &root).is_ok(), "an up needs no down files");
+        let unknown = Step::check_files(&step("down", "003"), &root).unwrap_err();
+        assert!(unknown.contains("to = \"003\" is not a migration of the app; give one of 001, 002"), "{unknown}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     fn parse(text: &str) -> Result<Params, String> {
         let value: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
         let p = Params::deserialize(value).map_err(|e| e.to_string())?;
