@@ -338,7 +338,10 @@ class Agent:
         })
         env.update(self.task_network(svc))
         if name == "dixie-armitage":
-            env["DIXIE_MIGRATIONS_DIR"] = str(REPO / "fixtures" / "dixie" / "migrations")
+            # The migrations the image carries: the fixture's, or (a ring-only stand-in for an
+            # older image, whose folder ends earlier) the container's DIXIE_MIGRATIONS_DIR.
+            given = [e.get("value", "") for e in c.get("environment") or [] if e.get("name") == "DIXIE_MIGRATIONS_DIR"]
+            env["DIXIE_MIGRATIONS_DIR"] = given[0] if given else str(REPO / "fixtures" / "dixie" / "migrations")
         return env, image, awslogs(c)
 
     def task_network(self, svc: dict) -> dict:

@@ -9,6 +9,8 @@ use std::sync::{Mutex, MutexGuard};
 // tests/cli.rs is the crate root: its submodules live in tests/cli/ only by #[path].
 #[path = "cli/diagnose.rs"]
 mod diagnose;
+#[path = "cli/migrations.rs"]
+mod migrations;
 #[path = "cli/oncall.rs"]
 mod oncall;
 #[path = "cli/rollback.rs"]

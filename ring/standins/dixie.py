@@ -50,7 +50,9 @@ CHECK_TIMEOUT = 1.0
 CIRCUIT_THRESHOLD = 3
 CIRCUIT_RECOVERY_S = 10.0
 MIGRATION_RETRY_S = 5.0
-ADVISORY_LOCK_KEY = 0x6469786965  # "dixie"
+# Dixie's own key (seed 003's Dixie, migrate.ts): the first 4 bytes of SHA-256("dixie-bff:migration"),
+# big-endian, masked with 0x7FFFFFFF; so the stand-in and runbook contend for the same lock.
+ADVISORY_LOCK_KEY = 2084904821
 GOVERNANCE_RESOURCE_TYPES = ["knowledge_corpus", "knowledge_governor", "fleet"]
 
 log = logging.getLogger("dixie")

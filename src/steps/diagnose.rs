@@ -967,7 +967,7 @@ async fn database(
 /// `pg_stat_activity` shows of them. The one-row `me` keeps who asked and where when nobody
 /// holds it (then the lock's columns are NULL). Times are UTC text and whole seconds by the
 /// server's clock.
-const MIGRATION_LOCK_SQL: &str = "\
+pub(super) const MIGRATION_LOCK_SQL: &str = "\
 SELECT me.role, me.db, l.pid, l.granted, a.usename::text, a.application_name, host(a.client_addr), a.state, \
   to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
   floor(extract(epoch FROM me.now - a.xact_start))::bigint, \
@@ -1005,7 +1005,7 @@ async fn migration_lock(
 }
 
 /// The rows of `MIGRATION_LOCK_SQL` as the judge needs them.
-fn lock_scene(rows: &[tokio_postgres::Row], key: i64) -> Result<LockScene, String> {
+pub(super) fn lock_scene(rows: &[tokio_postgres::Row], key: i64) -> Result<LockScene, String> {
     let first = rows.first().ok_or("the lock query returned no row")?;
     let text = |row: &tokio_postgres::Row, i: usize| row.try_get::<_, Option<String>>(i).map_err(|e| e.to_string());
     let stamp = |row: &tokio_postgres::Row, i: usize| -> Result<Option<Stamp>, String> {
@@ -1040,7 +1040,7 @@ fn lock_scene(rows: &[tokio_postgres::Row], key: i64) -> Result<LockScene, Strin
 /// number, masked with `0x7FFFFFFF` → 2084904821, taken with `pg_advisory_lock(key)`. Other
 /// Dixies use other keys (from 2074285a FNV-1a 32-bit of the same string, signed: -420369755;
 /// the earliest a fixed 42000014): the `migration_lock_key` parameter names theirs.
-fn dixie_migration_lock_key() -> i64 {
+pub(super) fn dixie_migration_lock_key() -> i64 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(b"dixie-bff:migration");
     let first = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
@@ -1049,40 +1049,40 @@ fn dixie_migration_lock_key() -> i64 {
 
 /// How `pg_locks` shows an advisory lock taken with one bigint key: `classid` holds its high 32
 /// bits and `objid` its low 32 bits, both as unsigned oids (`objsubid` is 1).
-fn pg_lock_parts(key: i64) -> (u32, u32) {
+pub(super) fn pg_lock_parts(key: i64) -> (u32, u32) {
     let bits = key as u64;
     ((bits >> 32) as u32, bits as u32)
 }
 
 /// A timestamp of `pg_stat_activity`: as text (UTC) and its age in seconds by the server's clock.
 #[derive(Debug, Clone, PartialEq)]
-struct Stamp {
-    at: String,
-    age_s: i64,
+pub(super) struct Stamp {
+    pub(super) at: String,
+    pub(super) age_s: i64,
 }
 
 /// A session holding (`granted`) or waiting for Dixie's migration lock.
 #[derive(Debug, Clone, Default, PartialEq)]
-struct LockSession {
-    pid: Option<i32>,
-    granted: bool,
-    role: Option<String>,
-    application: Option<String>,
-    client: Option<String>,
-    state: Option<String>,
-    xact_start: Option<Stamp>,
-    state_change: Option<Stamp>,
-    query_start: Option<Stamp>,
-    query: Option<String>,
+pub(super) struct LockSession {
+    pub(super) pid: Option<i32>,
+    pub(super) granted: bool,
+    pub(super) role: Option<String>,
+    pub(super) application: Option<String>,
+    pub(super) client: Option<String>,
+    pub(super) state: Option<String>,
+    pub(super) xact_start: Option<Stamp>,
+    pub(super) state_change: Option<Stamp>,
+    pub(super) query_start: Option<Stamp>,
+    pub(super) query: Option<String>,
 }
 
 /// What the lock query saw: who asked, in which database, for which key, and the sessions.
 #[derive(Debug, Clone)]
-struct LockScene {
-    role: String,
-    database: String,
-    key: i64,
-    sessions: Vec<LockSession>,
+pub(super) struct LockScene {
+    pub(super) role: String,
+    pub(super) database: String,
+    pub(super) key: i64,
+    pub(super) sessions: Vec<LockSession>,
 }
 
 /// Dixie's migration lock, judged by how long its holder has held it (003 "Migration lock
@@ -1174,7 +1174,7 @@ fn describe_who(s: &LockSession) -> String {
 }
 
 /// One line per session: holding or waiting, who, its times (each named by its column), its query.
-fn describe_lock_session(s: &LockSession) -> String {
+pub(super) fn describe_lock_session(s: &LockSession) -> String {
     let mut line = format!("{}: {}", if s.granted { "holding" } else { "waiting" }, describe_who(s));
     for (label, stamp) in
         [("xact_start", &s.xact_start), ("state_change", &s.state_change), ("query_start", &s.query_start)]

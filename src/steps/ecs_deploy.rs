@@ -37,6 +37,10 @@ pub(crate) struct Params {
     /// from EC2, not from T3.1's outputs, so that T3.3 can run when T3.1 was skipped.
     #[serde(default)]
     rules: Vec<super::security_group_ingress::Ingress>,
+    /// A change the deployment must postdate, as an upstream step reports it: `<unix ms>` (0 or
+    /// empty: none), e.g. the `changed_at_ms` of a `migrations` step, after which Dixie restarts.
+    #[serde(default)]
+    after_ms: String,
     health_url: String,
     health: HealthPolicy,
     /// A parameter holding a NATS URL that must name a RUNNING task of the NATS service (its
@@ -173,6 +177,11 @@ impl Params {
                     format!("image {}:{}", self.image_repository, self.image_tag)
                 });
             }
+        }
+        if let Ok(ms) = self.after_ms.trim().parse::<i64>()
+            && ms > 0
+        {
+            offer(&mut newest, ms, || "the change of the step before (after_ms)".to_string());
         }
         for rule in &self.rules {
             if let Some(ms) = rule.created_at(cx).await? {
@@ -374,6 +383,10 @@ impl Step for Params {
             );
         }
         self.health.check()?;
+        let after = self.after_ms.trim();
+        if !(after.is_empty() || super::from_upstream(after) || after.parse::<u64>().is_ok()) {
+            return Err(format!("after_ms = {after:?} is not a time in unix milliseconds"));
+        }
         for rule in &self.rules {
             rule.check().map_err(|e| format!("rules: {e}"))?;
         }

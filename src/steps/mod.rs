@@ -33,6 +33,7 @@ mod ecr_repository;
 mod ecs_deploy;
 mod ecs_rollback;
 mod image;
+mod migrations;
 mod pull_request;
 mod security_group_ingress;
 mod ssm_params;
@@ -57,7 +58,8 @@ kinds![
     pull_request,
     security_group_ingress,
     ecs_rollback,
-    diagnose
+    diagnose,
+    migrations
 ];
 
 pub(crate) use diagnose::{Finding, Verdict};

@@ -102,6 +102,19 @@ pub(crate) async fn postgres_query(
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ca_file: Option<&std::path::Path>,
 ) -> Result<Vec<tokio_postgres::Row>, String> {
+    let (client, target) = postgres_connect(env, url, ca_file, "runbook").await?;
+    client.query(query, params).await.map_err(|e| format!("{target}: {}", crate::error_chain::error_chain(&e)))
+}
+
+/// A session logged in with a `postgresql://` URL over TLS (its password is a secret), as
+/// `application` in `pg_stat_activity`, and how errors name it (`role@host:port/database`, never
+/// the password). The session lives as long as the client.
+pub(crate) async fn postgres_connect(
+    env: &Environment,
+    url: &Secret<String>,
+    ca_file: Option<&std::path::Path>,
+    application: &str,
+) -> Result<(tokio_postgres::Client, String), String> {
     let parsed = parse(url.expose())
         .filter(|u| u.scheme.starts_with("postgres"))
         .ok_or("DATABASE_URL is not a postgresql:// URL")?;
@@ -113,6 +126,7 @@ pub(crate) async fn postgres_query(
         .user(parsed.user.unwrap_or("postgres"))
         .password(parsed.password.unwrap_or_default())
         .dbname(parsed.path.split('?').next().unwrap_or_default())
+        .application_name(application)
         .connect_timeout(TIMEOUT);
     let target = format!(
         "{}@{}:{}/{}",
@@ -125,7 +139,7 @@ pub(crate) async fn postgres_query(
         .await
         .map_err(|e| format!("cannot log in as {target}: {e}"))?;
     tokio::spawn(connection);
-    client.query(query, params).await.map_err(|e| format!("{target}: {}", crate::error_chain::error_chain(&e)))
+    Ok((client, target))
 }
 
 /// Redis `PING` → `+PONG` over TLS (`rediss://`), verified against `ca_file` or the system roots.
