@@ -74,7 +74,8 @@ fn every_kind_is_registered_once() {
             "pull_request",
             "security_group_ingress",
             "ecs_rollback",
-            "diagnose"
+            "diagnose",
+            "smoke"
         ]
     );
     assert_eq!(
@@ -101,7 +102,7 @@ fn an_unknown_kind_lists_the_known_ones() {
     assert_eq!(
         err,
         "runbooks/sprint-2.toml: step T2.3: unknown kind `databse`; known kinds: ecr_repository, database, image, \
-         terraform, ssm_params, ecs_deploy, validate, pull_request, security_group_ingress, ecs_rollback, diagnose"
+         terraform, ssm_params, ecs_deploy, validate, pull_request, security_group_ingress, ecs_rollback, diagnose, smoke"
     );
 }
 

@@ -35,6 +35,7 @@ mod ecs_rollback;
 mod image;
 mod pull_request;
 mod security_group_ingress;
+mod smoke;
 mod ssm_params;
 mod terraform;
 mod validate;
@@ -57,7 +58,8 @@ kinds![
     pull_request,
     security_group_ingress,
     ecs_rollback,
-    diagnose
+    diagnose,
+    smoke
 ];
 
 pub(crate) use diagnose::{Finding, Verdict, diagnose_all};
