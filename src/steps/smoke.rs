@@ -142,6 +142,8 @@ pub(super) struct Round {
     pub(super) checks: Vec<SmokeCheck>,
     pub(super) seen: BTreeMap<String, String>,
     pub(super) at_ms: u64,
+    /// How long its checks took (logged, not recorded: 0 when read back).
+    pub(super) took_ms: u64,
 }
 
 /// Where the gate stands after `rounds`.
@@ -201,7 +203,7 @@ impl Params {
             .into_iter()
             .filter_map(|e| match e {
                 Event::SmokeRound { round, green, streak, checks, seen, at_ms, .. } => {
-                    Some(Round { round, green, streak, checks, seen, at_ms })
+                    Some(Round { round, green, streak, checks, seen, at_ms, took_ms: 0 })
                 }
                 _ => None,
             })
@@ -304,7 +306,7 @@ impl Params {
         let green = checks.iter().filter(|c| c.class == SmokeClass::P0).all(|c| c.pass);
         let before = earlier.last().map_or(0, |r| r.streak);
         let streak = if green { before + 1 } else { 0 };
-        Round { round: number, green, streak, checks, seen, at_ms: now_ms() }
+        Round { round: number, green, streak, checks, seen, at_ms: now_ms(), took_ms: 0 }
     }
 
     /// Records `round` (durably, before the next starts) and logs its table.
@@ -391,7 +393,10 @@ async fn read_secret(
 /// A round as lines for `runbook logs`: the verdict, then one line per check.
 pub(super) fn table(round: &Round, consecutive: u32) -> Vec<String> {
     let verdict = if round.green { "green" } else { "RED" };
-    let mut lines = vec![format!("round {}: {verdict} ({} of {consecutive} green rounds)", round.round, round.streak)];
+    let mut lines = vec![format!(
+        "round {}: {verdict} ({} of {consecutive} green rounds), checks took {} ms",
+        round.round, round.streak, round.took_ms
+    )];
     for c in &round.checks {
         let mark = if c.pass { "pass" } else { "FAIL" };
         lines.push(format!("  {} {:<30} {mark} {}", c.class.as_str(), format!("{}.{}", c.suite, c.check), c.seen));
@@ -542,7 +547,9 @@ impl Step for Params {
                         }
                     }
                     let number = rounds.last().map_or(1, |r| r.round + 1);
-                    let round = self.round(cx, &keys, &rounds, number).await;
+                    let started = std::time::Instant::now();
+                    let mut round = self.round(cx, &keys, &rounds, number).await;
+                    round.took_ms = started.elapsed().as_millis() as u64;
                     self.record(cx, &round).await?;
                     cx.checkpoint("round");
                     rounds.push(round);

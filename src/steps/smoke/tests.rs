@@ -313,6 +313,7 @@ fn persistence_is_judged_only_across_a_restart_and_says_so() {
         checks: Vec::new(),
         seen: seen(uptime, score),
         at_ms: 0,
+        took_ms: 0,
     };
     let key = "nft:k";
     assert_eq!(
@@ -345,6 +346,7 @@ fn the_gate_stands_by_its_last_streak_and_the_rounds_left() {
                 checks: Vec::new(),
                 seen: BTreeMap::new(),
                 at_ms: 0,
+                took_ms: 0,
             })
             .collect()
     };
@@ -503,7 +505,7 @@ async fn a_flapping_check_needs_five_rounds_for_three_consecutive_greens() {
     assert_eq!(outputs["rounds"], "5");
     // Each round's table is in the step's log, the red one naming its failure.
     let log = StateDb::open(&g.state).unwrap().attempts(g.run, "smoke").unwrap().remove(0).log;
-    assert!(log.contains("round 2: RED (0 of 3 green rounds)"), "{log}");
+    assert!(log.contains("round 2: RED (0 of 3 green rounds), checks took "), "{log}");
     assert!(log.contains("P0 auth.token_verifies"), "{log}");
     assert!(log.contains("FAIL HTTP 503 for a token made from the key in SSM"), "{log}");
     // No secret reached the state file.
