@@ -13,6 +13,8 @@ mod diagnose;
 mod oncall;
 #[path = "cli/rollback.rs"]
 mod rollback;
+#[path = "cli/smoke.rs"]
+mod smoke;
 #[path = "cli/team.rs"]
 mod team;
 

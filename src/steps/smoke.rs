@@ -210,8 +210,22 @@ impl Params {
             .collect())
     }
 
+    /// Both keys from their homes; a key not seeded yet fails, saying where to seed it.
     async fn keys(&self, cx: &StepContext) -> Result<Keys, StepError> {
-        let jwt = read_secret(cx, "jwt_key", &self.jwt_key, "Dixie's JWT key (DIXIE_JWT_PRIVATE_KEY)").await?;
+        let seeded = |found: Seeded| match found {
+            Seeded::Yes(value) => Ok(value),
+            Seeded::Not(error) => Err(error),
+        };
+        let jwt = seeded(self.jwt_key(cx).await?)?;
+        let admin =
+            seeded(read_secret(cx, "admin_key", &self.admin_key, "Dixie's admin key (DIXIE_ADMIN_KEY)").await?)?;
+        Ok(Keys { jwt, admin })
+    }
+
+    /// The JWT key, refused when the gate cannot make tokens from it.
+    async fn jwt_key(&self, cx: &StepContext) -> Result<Seeded, StepError> {
+        let found = read_secret(cx, "jwt_key", &self.jwt_key, "Dixie's JWT key (DIXIE_JWT_PRIVATE_KEY)").await?;
+        let Seeded::Yes(jwt) = &found else { return Ok(found) };
         if jwt.expose().contains("-----BEGIN") {
             return Err(StepError::fatal(
                 "jwt_key holds a PEM key (ES256): the smoke gate makes HS256 tokens from 001's hex key only",
@@ -225,8 +239,7 @@ impl Params {
                 "seed DIXIE_JWT_PRIVATE_KEY with T2.5 (generate = \"hex32\")",
             ));
         }
-        let admin = read_secret(cx, "admin_key", &self.admin_key, "Dixie's admin key (DIXIE_ADMIN_KEY)").await?;
-        Ok(Keys { jwt, admin })
+        Ok(found)
     }
 
     /// One round: every check of the six suites, at the same time.
@@ -363,12 +376,14 @@ impl Params {
     }
 }
 
-async fn read_secret(
-    cx: &StepContext,
-    key: &str,
-    source: &SecretSource,
-    what: &str,
-) -> Result<Secret<String>, StepError> {
+/// A key read from its home: there, or not seeded yet (with the error that says where).
+enum Seeded {
+    Yes(Secret<String>),
+    Not(StepError),
+}
+
+/// `Err` only when the home cannot be read; a key absent or `PLACEHOLDER` is [`Seeded::Not`].
+async fn read_secret(cx: &StepContext, key: &str, source: &SecretSource, what: &str) -> Result<Seeded, StepError> {
     let found = match source {
         SecretSource::Env(var) => std::env::var(var).ok().map(Secret::new),
         SecretSource::Ssm(name) => cx.parameter(name).await?,
@@ -377,17 +392,17 @@ async fn read_secret(
         SecretSource::Env(var) => format!("variable {var}"),
         SecretSource::Ssm(name) => format!("SSM parameter {name}"),
     };
-    match found {
-        Some(value) if !value.expose().trim().is_empty() && value.expose() != "PLACEHOLDER" => Ok(value),
-        Some(_) => Err(StepError::fatal(
+    Ok(match found {
+        Some(value) if !value.expose().trim().is_empty() && value.expose() != "PLACEHOLDER" => Seeded::Yes(value),
+        Some(_) => Seeded::Not(StepError::fatal(
             format!("{key}: {place} holds no value yet (PLACEHOLDER or empty)"),
             format!("seed {what} first (sprint-2's T2.5)"),
         )),
-        None => Err(StepError::fatal(
+        None => Seeded::Not(StepError::fatal(
             format!("{key}: {place} does not exist"),
             format!("seed {what} first (sprint-2's T2.5), or point {key} at where it is"),
         )),
-    }
+    })
 }
 
 /// A round as lines for `runbook logs`: the verdict, then one line per check.
@@ -471,11 +486,15 @@ impl Step for Params {
         Duration::from_secs(5)
     }
 
-    /// Read-only: the address is dialable (loopback on the ring) and both keys are there.
+    /// Read-only: the address is dialable (loopback on the ring), and a JWT key already in its
+    /// home is one the gate can make tokens from. A key not there yet (or `PLACEHOLDER`) is no
+    /// refusal: in a release, sprint 2's T2.5 seeds it before the gate runs, which then reads it.
     async fn preflight(&self, cx: &StepContext) -> Result<(), StepError> {
         let fix = format!("check base_url, or add Dixie's host to [address_map] in {}", cx.env.path.display());
         checks::dial(&cx.env, &self.base_url).map_err(|e| StepError::fatal(format!("base_url: {e}"), fix))?;
-        self.keys(cx).await.map(|_| ())
+        self.jwt_key(cx).await?;
+        read_secret(cx, "admin_key", &self.admin_key, "Dixie's admin key (DIXIE_ADMIN_KEY)").await?;
+        Ok(())
     }
 
     /// Satisfied when this run recorded `consecutive` green rounds in a row.
