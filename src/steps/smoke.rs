@@ -53,10 +53,10 @@ pub(crate) struct Params {
     /// How long one request may take, in seconds.
     #[serde(default = "five", deserialize_with = "super::number_or_text")]
     request_timeout_seconds: u64,
-    /// P0 or P1 for each of the six suites (default: P0 health, auth, chat, governance; P1
-    /// fleet and reputation, as shared/dixie-facts.md suggests from 004).
-    #[serde(default)]
-    classes: Classes,
+    /// The suites whose failures are warnings (P1); every other suite is P0. Default: fleet and
+    /// reputation, as shared/dixie-facts.md suggests from 004.
+    #[serde(default = "fleet_and_reputation")]
+    p1: Vec<Suite>,
     /// The wallet the token is made for (a test wallet; `/api/auth/verify` must give it back).
     #[serde(default = "test_wallet")]
     wallet: String,
@@ -65,43 +65,35 @@ pub(crate) struct Params {
     reputation_key: String,
 }
 
-/// The class of each suite.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Classes {
-    #[serde(default = "p0")]
-    health: SmokeClass,
-    #[serde(default = "p0")]
-    auth: SmokeClass,
-    #[serde(default = "p0")]
-    chat: SmokeClass,
-    #[serde(default = "p1")]
-    fleet: SmokeClass,
-    #[serde(default = "p1")]
-    reputation: SmokeClass,
-    #[serde(default = "p0")]
-    governance: SmokeClass,
+/// One of 003 §6's six smoke tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Suite {
+    Health,
+    Auth,
+    Chat,
+    Fleet,
+    Reputation,
+    Governance,
 }
 
-impl Default for Classes {
-    fn default() -> Self {
-        Classes {
-            health: SmokeClass::P0,
-            auth: SmokeClass::P0,
-            chat: SmokeClass::P0,
-            fleet: SmokeClass::P1,
-            reputation: SmokeClass::P1,
-            governance: SmokeClass::P0,
+impl Suite {
+    fn name(self) -> &'static str {
+        match self {
+            Suite::Health => "health",
+            Suite::Auth => "auth",
+            Suite::Chat => "chat",
+            Suite::Fleet => "fleet",
+            Suite::Reputation => "reputation",
+            Suite::Governance => "governance",
         }
     }
 }
 
-fn p0() -> SmokeClass {
-    SmokeClass::P0
+fn fleet_and_reputation() -> Vec<Suite> {
+    vec![Suite::Fleet, Suite::Reputation]
 }
-fn p1() -> SmokeClass {
-    SmokeClass::P1
-}
+
 fn strict_dixie() -> HealthPolicy {
     HealthPolicy::strict(HealthRule::Dixie)
 }
@@ -180,15 +172,7 @@ impl Params {
     }
 
     fn class(&self, suite: &str) -> SmokeClass {
-        let c = &self.classes;
-        match suite {
-            "health" => c.health,
-            "auth" => c.auth,
-            "chat" => c.chat,
-            "fleet" => c.fleet,
-            "reputation" => c.reputation,
-            _ => c.governance,
-        }
+        if self.p1.iter().any(|s| s.name() == suite) { SmokeClass::P1 } else { SmokeClass::P0 }
     }
 
     /// The rounds this run recorded for the step, since it was last reset.
@@ -466,6 +450,14 @@ impl Step for Params {
                 "reputation_key = {:?}: give 1 to 128 letters, digits or :-_. (e.g. nft:runbook-smoke)",
                 self.reputation_key
             ));
+        }
+        if let Some(twice) = self.p1.iter().enumerate().find(|(i, s)| self.p1[..*i].contains(s)) {
+            return Err(format!("p1 names {} twice", twice.1.name()));
+        }
+        if self.p1.len() == 6 {
+            return Err("p1 names all six suites: a round with no P0 check is green with no evidence; keep at least \
+                        health P0"
+                .into());
         }
         for (key, source) in [("jwt_key", &self.jwt_key), ("admin_key", &self.admin_key)] {
             match source {

@@ -619,8 +619,10 @@ fn params_that_cannot_make_a_gate_are_refused_before_anything_runs() {
     assert!(refused("consecutive = 0").contains("consecutive = 0: the gate needs 1 to 100"));
     assert!(refused("max_rounds = 2").contains("max_rounds = 2 is fewer than consecutive = 3"));
     assert!(refused("spacing_seconds = 90000").contains("longer than a day"));
-    assert!(refused("classes = { chat = \"P2\" }").contains("unknown variant `P2`"));
-    assert!(refused("classes = { smoke = \"P0\" }").contains("unknown field `smoke`"));
+    assert!(refused("p1 = [\"smoke\"]").contains("unknown variant `smoke`"));
+    assert!(refused("p1 = [\"fleet\", \"fleet\"]").contains("p1 names fleet twice"));
+    let all = "p1 = [\"health\", \"auth\", \"chat\", \"fleet\", \"reputation\", \"governance\"]";
+    assert!(refused(all).contains("a round with no P0 check is green with no evidence"));
     assert!(refused("wallet = \"0x12\"").contains("is not an address"));
     assert!(refused("health = \"finn\"").contains("judges Dixie's health"));
 }
