@@ -272,9 +272,23 @@ impl Kind {
 }
 
 fn parse_as<S: Step>(params: &toml::Value) -> Result<Box<dyn AnyStep>, String> {
-    let step = S::deserialize(params.clone()).map_err(|e| e.to_string().trim().to_string())?;
+    let step = S::deserialize(params.clone()).map_err(|e| scrub_secrets(e.to_string().trim()))?;
     step.validate()?;
     Ok(Box::new(step))
+}
+
+/// A params error with every quoted value that looks like a secret left out (`invalid type:
+/// string "0123…"` for a key written where `{ ssm = "…" }` belongs).
+fn scrub_secrets(message: &str) -> String {
+    message
+        .split('"')
+        .enumerate()
+        .map(|(i, part)| match i % 2 {
+            1 if crate::secret::secret_shape(part).is_some() => "…(not shown: it looks like a secret)",
+            _ => part,
+        })
+        .collect::<Vec<_>>()
+        .join("\"")
 }
 
 /// The kind called `name` in `registry`.

@@ -604,6 +604,21 @@ async fn killed_after_its_last_round_the_gate_is_settled_by_its_rounds_without_a
     assert_eq!(g.rounds().len(), 3);
 }
 
+#[tokio::test]
+async fn dixie_off_the_loopback_ring_is_refused_before_anything_runs() {
+    let dir = std::env::temp_dir().join(format!("runbook-smoke-dial-{}", std::process::id()));
+    let cx = context(&dir).await;
+    let err = checks::dial(&cx.env, "http://10.0.0.5").unwrap_err();
+    assert!(err.contains("10.0.0.5:80 is not a loopback address"), "{err}");
+    match Step::preflight(&params("http://10.0.0.5", ""), &cx).await {
+        Err(StepError::Fatal { message, fix }) => {
+            assert!(message.starts_with("base_url: 10.0.0.5:80 is not a loopback address"), "{message}");
+            assert!(fix.unwrap().contains("add Dixie's host to [address_map]"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn params_that_cannot_make_a_gate_are_refused_before_anything_runs() {
     let refused = |extra: &str| {
