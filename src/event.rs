@@ -176,11 +176,60 @@ pub(crate) enum Event {
         #[serde(default)]
         host: String,
     },
+    /// One round of a smoke gate (004 G-7): every check with its class and verdict, and how
+    /// many consecutive green rounds it makes. Committed before the next round starts: the gate
+    /// reads its rounds back on resume and goes on from them.
+    SmokeRound {
+        step: String,
+        attempt: u32,
+        round: u32,
+        /// Every P0 check passed.
+        green: bool,
+        /// Consecutive green rounds up to and including this one (0 after a red round).
+        streak: u32,
+        /// How many the gate needs.
+        consecutive: u32,
+        checks: Vec<SmokeCheck>,
+        /// What a later round compares with (Dixie's uptime, the reputation score it read).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        seen: BTreeMap<String, String>,
+        /// When the round ended, ms since the epoch: a resume waits only what is left of the
+        /// spacing.
+        at_ms: u64,
+    },
     RunFinished {
         run: i64,
         status: RunState,
         duration_ms: u64,
     },
+}
+
+/// One check of a smoke round: its suite (003 §6's table), what it checked, its class (004's
+/// P0 fails the round, P1 is a warning), the verdict and what was seen. Never a secret: the
+/// token and the admin key are sent, not kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SmokeCheck {
+    pub(crate) suite: String,
+    pub(crate) check: String,
+    pub(crate) class: SmokeClass,
+    pub(crate) pass: bool,
+    pub(crate) seen: String,
+}
+
+/// 004's classes: a P0 failure fails the round, a P1 failure is kept as a warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum SmokeClass {
+    P0,
+    P1,
+}
+
+impl SmokeClass {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SmokeClass::P0 => "P0",
+            SmokeClass::P1 => "P1",
+        }
+    }
 }
 
 /// A field written as text that older rows wrote as a number.
@@ -307,6 +356,7 @@ impl Event {
             Event::StateLockReleased { .. } => "state_lock_released",
             Event::RollbackMarked { .. } => "rollback_marked",
             Event::RollbackAcknowledged { .. } => "rollback_acknowledged",
+            Event::SmokeRound { .. } => "smoke_round",
             Event::RunFinished { .. } => "run_finished",
         }
     }
@@ -328,7 +378,8 @@ impl Event {
             | Event::StepReset { step, .. }
             | Event::StateLockReleased { step, .. }
             | Event::RollbackMarked { step, .. }
-            | Event::RollbackAcknowledged { step, .. } => Some(step),
+            | Event::RollbackAcknowledged { step, .. }
+            | Event::SmokeRound { step, .. } => Some(step),
             _ => None,
         }
     }
@@ -445,6 +496,23 @@ mod tests {
                 operator: who().0,
                 host: who().1,
             },
+            Event::SmokeRound {
+                step: step(),
+                attempt: 2,
+                round: 4,
+                green: true,
+                streak: 2,
+                consecutive: 3,
+                checks: vec![SmokeCheck {
+                    suite: s("fleet"),
+                    check: s("capabilities"),
+                    class: SmokeClass::P1,
+                    pass: false,
+                    seen: s("HTTP 500"),
+                }],
+                seen: [(s("dixie_uptime_s"), s("12"))].into(),
+                at_ms: 1_700_000_000_000,
+            },
             Event::RunFinished { run: 3, status: RunState::AwaitingApproval, duration_ms: 8 },
         ]
     }
@@ -454,7 +522,7 @@ mod tests {
         let events = one_of_each();
         let kinds: std::collections::BTreeSet<&str> = events.iter().map(Event::kind).collect();
         assert_eq!(kinds.len(), events.len(), "one of each kind");
-        assert_eq!(kinds.len(), 21, "a kind added to Event needs its sample here");
+        assert_eq!(kinds.len(), 22, "a kind added to Event needs its sample here");
         for event in events {
             let payload = serde_json::to_string(&event).unwrap();
             assert_eq!(serde_json::from_str::<Event>(&payload).unwrap(), event, "{payload}");

@@ -41,6 +41,29 @@ impl Recorder {
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(why);
     }
 
+    /// What this run recorded of `step` in events of `kind`, oldest first, since the step was
+    /// last reset (`runbook retry` starts it afresh): how a step that keeps a record of its
+    /// own (a smoke gate's rounds) reads it back on resume. Empty when nothing is recorded
+    /// (`plan`).
+    pub(crate) async fn recorded(&self, step: &str, kind: &'static str) -> Result<Vec<Event>, String> {
+        let Some((state, run)) = &self.state else { return Ok(Vec::new()) };
+        let run = *run;
+        let rows = state
+            .call(move |db| db.events_by_kind(Some(run), &[kind, "step_reset"]))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut found = Vec::new();
+        for row in rows {
+            let event = row.event.map_err(|e| format!("event {} of run {run} cannot be read: {e}", row.id))?;
+            match &event {
+                Event::StepReset { step: reset, .. } if reset == step => found.clear(),
+                e if e.kind() == kind && e.step() == Some(step) => found.push(event),
+                _ => {}
+            }
+        }
+        Ok(found)
+    }
+
     pub(crate) fn write_error(&self) -> Option<String> {
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

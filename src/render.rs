@@ -257,6 +257,9 @@ pub(crate) fn status_table(view: &StatusView) -> String {
         for resource in change.into_iter().flat_map(str::lines).filter(|l| !l.trim().is_empty()) {
             out.push_str(&format!("{:9}{}\n", "", one_line(resource.trim_start())));
         }
+        if let Some(gate) = &step.gate {
+            out.push_str(&format!("{:9}{}\n", "", one_line(gate)));
+        }
         if let Some(put) = rollback_outputs(&step.outputs) {
             out.push_str(&format!("{:9}{put}\n", ""));
         }

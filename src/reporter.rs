@@ -142,6 +142,16 @@ fn describe(event: &Event) -> Option<String> {
         Event::RollbackAcknowledged { step, rollback_run, service, operator, .. } => {
             format!("{step}: {operator} acknowledged undoing the rollback of {service} by run {rollback_run}")
         }
+        Event::SmokeRound { step, round, green, streak, consecutive, checks, .. } => {
+            let failed: Vec<String> = checks
+                .iter()
+                .filter(|c| !c.pass)
+                .map(|c| format!("{} {}.{}", c.class.as_str(), c.suite, c.check))
+                .collect();
+            let failed = if failed.is_empty() { String::new() } else { format!("; failed: {}", failed.join(", ")) };
+            let verdict = if *green { "green" } else { "RED" };
+            format!("{step} smoke round {round}: {verdict} ({streak} of {consecutive} green rounds){failed}")
+        }
         Event::RunFinished { run, status, duration_ms } => {
             format!("run {run} {} in {}", status.as_str(), format_duration(*duration_ms as i64))
         }

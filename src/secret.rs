@@ -126,7 +126,7 @@ fn url_without_secrets(text: &str) -> String {
 /// their line shows the key, never the value.
 pub(crate) fn is_secret_key(key: &str) -> bool {
     let key = key.trim().trim_matches('"').to_ascii_lowercase();
-    ["token", "password", "webhook", "secret", "private_key", "admin_key", "database_url", "redis_url"]
+    ["token", "password", "webhook", "secret", "private_key", "admin_key", "jwt_key", "database_url", "redis_url"]
         .iter()
         .any(|k| key.contains(k))
 }

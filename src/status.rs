@@ -37,6 +37,9 @@ pub(crate) struct StepView {
     pub(crate) next: Option<String>,
     /// Non-secret outputs (T2.8's are its table of checks).
     pub(crate) outputs: crate::event::Outputs,
+    /// A smoke gate's standing from its recorded rounds: "2 of 3 green rounds after 4 rounds".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) gate: Option<String>,
 }
 
 pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusView, StateError> {
@@ -60,11 +63,13 @@ pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusV
         // Its process died without recording an end (kill -9, power cut).
         run.status = RunState::Died;
     }
+    let mut gates = gates(db, run.id)?;
     let steps: Vec<StepView> = rows
         .into_iter()
         .map(|row| {
             let outputs = outputs.remove(&row.step).unwrap_or_default();
-            StepView { next: step_next(&row, run.id, active), row, outputs }
+            let gate = gates.remove(&row.step);
+            StepView { next: step_next(&row, run.id, active), row, outputs, gate }
         })
         .collect();
     let next = match run.status {
@@ -88,6 +93,31 @@ pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusV
             .unwrap_or_else(|| hint::resume(run.id)),
     };
     Ok(StatusView { run, steps, next, lock })
+}
+
+/// Each smoke gate's standing, by step: its last recorded round since the step was reset.
+fn gates(db: &StateDb, run: i64) -> Result<std::collections::BTreeMap<String, String>, StateError> {
+    let mut gates = std::collections::BTreeMap::new();
+    let mut rounds = std::collections::BTreeMap::new();
+    for stored in db.events_by_kind(Some(run), &["smoke_round", "step_reset"])? {
+        match stored.event {
+            Ok(crate::event::Event::SmokeRound { step, round, streak, consecutive, .. }) => {
+                let count = rounds.entry(step.clone()).or_insert(0u32);
+                *count += 1;
+                let plural = if *count == 1 { "round" } else { "rounds" };
+                gates.insert(
+                    step,
+                    format!("{streak} of {consecutive} green rounds after {count} {plural} (last: round {round})"),
+                );
+            }
+            Ok(crate::event::Event::StepReset { step, .. }) => {
+                gates.remove(&step);
+                rounds.remove(&step);
+            }
+            _ => {}
+        }
+    }
+    Ok(gates)
 }
 
 fn step_next(row: &StepRow, run: i64, active: bool) -> Option<String> {

@@ -47,6 +47,9 @@ struct Case {
     code: i32,
     /// Substrings of stderr: what is wrong, where, and the fix.
     says: Vec<String>,
+    /// Substrings that must not be in stdout or stderr: a secret written where its name belongs.
+    #[serde(default)]
+    never_says: Vec<String>,
     /// The state DB before the command.
     #[serde(default)]
     state: StateSetup,
@@ -328,6 +331,10 @@ impl Verdict {
         if !missing.is_empty() {
             wrong.push(format!("stderr lacks {missing:?}"));
         }
+        let stdout = String::from_utf8_lossy(&ran.stdout);
+        if case.never_says.iter().any(|s| stderr.contains(s.as_str()) || stdout.contains(s.as_str())) {
+            wrong.push("the output repeats what it must never say (a secret)".into());
+        }
         Verdict { wrong, code: ran.status.code(), stderr }
     }
 }
@@ -483,6 +490,7 @@ fn every_bad_input_is_refused_with_exit_code_2_a_message_that_names_it_and_its_f
         args: run_sprint_2(),
         code: 2,
         says: vec![format!("cannot reach AWS (http://{NOWHERE})")],
+        never_says: Vec::new(),
         state: StateSetup::None,
         secret: None,
         known_failing: None,

@@ -42,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from addrmap import DEFAULT_PORTS, AddressMap, Refused  # noqa: E402
 from serve import JsonHandler, serve  # noqa: E402
+import dixie_api  # noqa: E402  (the routes the smoke gate calls)
 
 PARAMS = ["FINN_URL", "FINN_WS_URL", "DATABASE_URL", "REDIS_URL", "NATS_URL",
           "DIXIE_JWT_PRIVATE_KEY", "DIXIE_ADMIN_KEY", "DIXIE_CORS_ORIGINS"]
@@ -533,6 +534,7 @@ def migration_rows() -> tuple[int, dict]:
 
 
 LAST_STATUS = {"value": None}
+API = dixie_api.Api(ENV, lambda: pg_connect())
 
 
 class Handler(JsonHandler):
@@ -554,15 +556,37 @@ class Handler(JsonHandler):
             self.send_json(200, h)  # 200 even when unhealthy: the real service's quirk
         elif path == "/api/health/migrations":
             self.send_json(*migration_rows())
+        elif (answer := self.api("GET", path)) is not None:
+            self.send_json(*answer)
         else:
             self.send_json(404, {"error": "not found"})
 
     do_HEAD = do_GET
 
+    def api(self, method: str, path: str) -> tuple[int, dict] | None:
+        """The smoke gate's routes (dixie_api.py), and the ring's fault control for them."""
+        body = b""
+        if method in ("POST", "DELETE"):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if path == "/__ring/faults":
+            if method == "DELETE":
+                return dixie_api.clear_faults()
+            if method == "POST":
+                spec = dixie_api._json(body)
+                return dixie_api.set_fault(spec if isinstance(spec, dict) else {})
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        return API.handle(method, path, query, self.headers, body)
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        path = urllib.parse.urlsplit(self.path).path.rstrip("/")
+        answer = self.api("DELETE", path)
+        self.send_json(*(answer or (404, {"error": "not found"})))
+
     def do_POST(self) -> None:  # noqa: N802
         path = urllib.parse.urlsplit(self.path).path.rstrip("/")
         if path != "/__ring/errors":
-            self.send_json(404, {"error": "not found"})
+            answer = self.api("POST", path)
+            self.send_json(*(answer or (404, {"error": "not found"})))
             return
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -598,7 +622,7 @@ def main() -> None:
             threading.Thread(target=MIGRATIONS.loop, name="migrations", daemon=True).start()
     else:
         log.info("DATABASE_URL is %s: no migrations", redact("DATABASE_URL"))
-    serve(port, Handler, log, "GET /api/health, /api/health/migrations")
+    serve(port, Handler, log, "GET /api/health, /api/health/migrations, the smoke routes of dixie_api.py")
 
 
 if __name__ == "__main__":

@@ -218,6 +218,7 @@ fn view(status: RunState, failed: Option<(&str, &str)>) -> StatusView {
             },
             next: Some(format!("fix the cause, then: runbook retry {step}")),
             outputs: Default::default(),
+            gate: None,
         })
         .into_iter()
         .collect();

@@ -37,13 +37,24 @@ fn view(status: RunState) -> StatusView {
     );
     failed.fix = Some("once the cause is fixed: runbook retry T2.5".into());
     let steps = vec![
-        StepView { row: row("T2.1", StepState::Applied, 1, Some(812), None), next: None, outputs: Outputs::new() },
-        StepView { row: row("T2.3", StepState::Satisfied, 1, Some(95_000), None), next: None, outputs: Outputs::new() },
-        StepView { next: failed.fix.clone(), row: failed, outputs: Outputs::new() },
+        StepView {
+            row: row("T2.1", StepState::Applied, 1, Some(812), None),
+            next: None,
+            outputs: Outputs::new(),
+            gate: None,
+        },
+        StepView {
+            row: row("T2.3", StepState::Satisfied, 1, Some(95_000), None),
+            next: None,
+            outputs: Outputs::new(),
+            gate: None,
+        },
+        StepView { next: failed.fix.clone(), row: failed, outputs: Outputs::new(), gate: None },
         StepView {
             row: row("T2.6", StepState::Blocked, 0, None, Some("waits for T2.5")),
             next: Some("runbook resume".into()),
             outputs: Outputs::new(),
+            gate: None,
         },
     ];
     StatusView {
@@ -97,7 +108,7 @@ fn status_table_of_a_run_awaiting_approval_lists_the_change_under_its_step() {
     let mut approval = row("T2.4", StepState::Failed, 1, Some(9_000), Some(change));
     approval.fix = Some("the change is listed above; to apply it: runbook resume 7 --yes".into());
     v.steps.truncate(2);
-    v.steps.push(StepView { next: approval.fix.clone(), row: approval, outputs: Outputs::new() });
+    v.steps.push(StepView { next: approval.fix.clone(), row: approval, outputs: Outputs::new(), gate: None });
     v.next = "the change is listed above; to apply it: runbook resume 7 --yes".into();
     insta::assert_snapshot!(status_table(&v));
 }
@@ -142,7 +153,7 @@ fn status_table_shows_what_a_rollback_put_in_place_and_no_other_steps_outputs() 
         ("health", "status degraded, finn circuit closed, nats unreachable"),
     ];
     let outputs = outputs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    v.steps.push(StepView { row: rolled, next: None, outputs });
+    v.steps.push(StepView { row: rolled, next: None, outputs, gate: None });
     v.next = "nothing: every step is done".into();
     let text = status_table(&v);
     assert!(
@@ -322,4 +333,23 @@ fn control_characters_from_operators_and_tools_are_escaped() {
     assert_eq!(printable("a\rb\u{7}c\u{202e}d"), "a\\u{d}b\\u{7}c\\u{202e}d");
     assert_eq!(one_line("laptop\u{1b}]0;x\u{7}\nFAKE LINE"), "laptop\\u{1b}]0;x\\u{7}\\nFAKE LINE");
     assert!(matches!(printable("nothing to escape"), std::borrow::Cow::Borrowed(_)));
+}
+
+#[test]
+fn status_table_shows_where_a_smoke_gate_stands() {
+    let mut v = view(RunState::Died);
+    v.run.runbook = "smoke".into();
+    v.steps.truncate(0);
+    let mut row = row("smoke", StepState::Running, 1, None, None);
+    row.in_doubt = true;
+    v.steps.push(StepView {
+        row,
+        next: Some("in doubt (interrupted after its intent): runbook resume 7 settles it by its probe".into()),
+        outputs: Outputs::new(),
+        gate: Some("2 of 3 green rounds after 4 rounds (last: round 4)".into()),
+    });
+    let text = status_table(&v);
+    assert!(text.contains("\n         2 of 3 green rounds after 4 rounds (last: round 4)\n"), "{text}");
+    let json = serde_json::to_value(&v).unwrap();
+    assert_eq!(json["steps"][0]["gate"], "2 of 3 green rounds after 4 rounds (last: round 4)");
 }

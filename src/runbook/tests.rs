@@ -75,7 +75,8 @@ fn every_kind_is_registered_once() {
             "security_group_ingress",
             "ecs_rollback",
             "diagnose",
-            "migrations"
+            "migrations",
+            "smoke"
         ]
     );
     assert_eq!(
@@ -103,7 +104,7 @@ fn an_unknown_kind_lists_the_known_ones() {
         err,
         "runbooks/sprint-2.toml: step T2.3: unknown kind `databse`; known kinds: ecr_repository, database, image, \
          terraform, ssm_params, ecs_deploy, validate, pull_request, security_group_ingress, ecs_rollback, diagnose, \
-         migrations"
+         migrations, smoke"
     );
 }
 
@@ -394,4 +395,38 @@ fn a_refused_value_shaped_like_a_secret_is_not_shown_and_a_huge_one_is_cut() {
     local.vars.insert("deploy_wait_seconds".into(), "9".repeat(50_000));
     let err = load_with(&sprint2(), &local, &[]).err().unwrap().to_string();
     assert!(err.contains("step T2.6 (ecs_deploy)") && err.len() < 1_000, "{} bytes: {}", err.len(), &err[..300]);
+}
+
+#[test]
+fn smoke_and_release_load_against_both_environments() {
+    for name in ["local", "armitage"] {
+        for runbook in ["smoke", "release"] {
+            let text = std::fs::read_to_string(project().join(format!("runbooks/{runbook}.toml"))).unwrap();
+            let file = NamedFile {
+                path: PathBuf::from(format!("runbooks/{runbook}.toml")),
+                hash: sha256_hex(text.as_bytes()),
+                text,
+            };
+            let book = Runbook::from_file(steps::KINDS, file, runbook, &env(name), &BTreeMap::new())
+                .unwrap_or_else(|e| panic!("{runbook} on {name}: {e}"));
+            assert_eq!(book.graph.topological().last().map(String::as_str), Some("smoke"), "{runbook}");
+        }
+    }
+}
+
+/// The release runs sprint 2 unchanged: its file repeats sprint-2's steps and vars, and this
+/// test holds it to them, so that a change to sprint 2 cannot leave the release behind.
+#[test]
+fn release_is_sprint_2_then_the_smoke_gate() {
+    let table = |name: &str| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(project().join(format!("runbooks/{name}.toml"))).unwrap()).unwrap()
+    };
+    let (release, sprint2, smoke) = (table("release"), table("sprint-2"), table("smoke"));
+    assert_eq!(release["vars"], sprint2["vars"]);
+    let steps = release["steps"].as_array().unwrap();
+    let (gate, deploy) = steps.split_last().unwrap();
+    assert_eq!(deploy, sprint2["steps"].as_array().unwrap().as_slice(), "sprint-2's steps, unchanged");
+    let mut gate = gate.as_table().unwrap().clone();
+    assert_eq!(gate.remove("needs"), Some(toml::Value::Array(vec!["T2.8".into()])));
+    assert_eq!(&toml::Value::Table(gate), &smoke["steps"][0], "the gate of runbooks/smoke.toml");
 }

@@ -133,7 +133,8 @@ pub(super) fn writes(run: Option<i64>, event: &Event, now: i64) -> Vec<Write<'_>
         | Event::LockBroken { .. }
         | Event::StateLockReleased { .. }
         | Event::RollbackMarked { .. }
-        | Event::RollbackAcknowledged { .. } => {}
+        | Event::RollbackAcknowledged { .. }
+        | Event::SmokeRound { .. } => {}
     }
     out
 }

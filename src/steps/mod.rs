@@ -36,6 +36,7 @@ mod image;
 mod migrations;
 mod pull_request;
 mod security_group_ingress;
+mod smoke;
 mod ssm_params;
 mod terraform;
 mod validate;
@@ -59,7 +60,8 @@ kinds![
     security_group_ingress,
     ecs_rollback,
     diagnose,
-    migrations
+    migrations,
+    smoke
 ];
 
 pub(crate) use diagnose::{Finding, Verdict};
