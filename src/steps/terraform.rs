@@ -411,8 +411,10 @@ impl Params {
         let Some((service, marker)) = &plan.undoes else { return Ok(()) };
         if cx.acknowledged_rollback() != Some(marker.run) {
             let (run, logs_run) = cx.run().map(|r| (format!(" {r}"), format!(" --run {r}"))).unwrap_or_default();
-            return Err(StepError::AwaitingApproval {
-                summary: plan.text(),
+            // Not an approval `--yes` could give: the plan is refused until the operator names
+            // the rollback it undoes, so the run fails with that command as its fix.
+            return Err(StepError::Fatal {
+                message: format!("not applied: {}", plan.text()),
                 fix: Some(format!(
                     "this deploy would undo the rollback without a word; if its cause is fixed, acknowledge \
                      it: runbook resume{run} --yes --ack-rollback {} (the change is listed above; runbook logs \

@@ -330,7 +330,9 @@ async fn a_plan_that_undoes_a_rollback_waits_for_its_acknowledgement_even_with_y
     );
     // The approver says yes (as --yes does): not enough.
     let err = step.apply(&cx).await.unwrap_err();
-    assert!(matches!(err, StepError::AwaitingApproval { .. }), "{err:?}");
+    // Not an approval: a refusal whose fix names the rollback to acknowledge (a run stopped
+    // awaiting approval is told to `resume --yes`, which would stop here again).
+    assert!(matches!(&err, StepError::Fatal { message, .. } if message.starts_with("not applied: ")), "{err:?}");
     assert!(err.fix().unwrap().contains("runbook resume --yes --ack-rollback 7"), "{err:?}");
     assert!(!stage.calls().contains(&"apply".to_string()));
     drop((step, cx));
@@ -338,7 +340,7 @@ async fn a_plan_that_undoes_a_rollback_waits_for_its_acknowledgement_even_with_y
     Arc::get_mut(&mut stage.services).unwrap().acknowledged_rollback = Some(8);
     let (step, cx) = (stage.step(), stage.cx());
     step.probe(&cx).await.unwrap();
-    assert!(matches!(step.apply(&cx).await, Err(StepError::AwaitingApproval { .. })));
+    assert!(matches!(step.apply(&cx).await, Err(StepError::Fatal { .. })));
     drop((step, cx));
     Arc::get_mut(&mut stage.services).unwrap().acknowledged_rollback = Some(7);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
