@@ -326,6 +326,16 @@ text_states! {
     }
 }
 
+impl RunState {
+    /// How tables show it to a person: words, where `--json` and the database have snake case.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            RunState::AwaitingApproval => "awaiting approval",
+            other => other.as_str(),
+        }
+    }
+}
+
 impl StepState {
     /// Done for the run: not run again on resume.
     pub(crate) fn is_finished(self) -> bool {

@@ -218,7 +218,7 @@ pub(crate) fn status_table(view: &StatusView) -> String {
         run.id,
         run.runbook,
         run.env,
-        run.status.as_str().replace('_', " "),
+        run.status.label(),
         format_utc(run.started_at),
         one_line(&run.operator),
         one_line(&run.host),

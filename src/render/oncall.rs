@@ -14,17 +14,17 @@ pub(crate) fn history_table(view: &HistoryView) -> String {
         let of = view.runbook.as_deref().map(|r| format!(" of {r}")).unwrap_or_default();
         let on = view.env.as_deref().map(|e| format!(" on {e}")).unwrap_or_default();
         let by = view.operator.as_deref().map(|o| format!(" by {}", super::one_line(o))).unwrap_or_default();
-        let status = view.status.map(|s| format!(" {}", s.as_str().replace('_', " "))).unwrap_or_default();
+        let status = view.status.map(|s| format!(" {}", s.label())).unwrap_or_default();
         return format!("no{status} runs{of}{on}{by} in this state DB; `runbook run <runbook>` starts one\n");
     }
     let who: Vec<String> = view.runs.iter().map(|r| super::one_line(&format!("{}@{}", r.operator, r.host))).collect();
     let width = |header: &str, cells: &mut dyn Iterator<Item = usize>| cells.max().unwrap_or(0).max(header.len());
-    let status: Vec<String> = view.runs.iter().map(|r| r.status.as_str().replace('_', " ")).collect();
+    let status: Vec<&str> = view.runs.iter().map(|r| r.status.label()).collect();
     let (runbook_w, env_w, who_w, status_w) = (
         width("RUNBOOK", &mut view.runs.iter().map(|r| r.runbook.len())),
         width("ENV", &mut view.runs.iter().map(|r| r.env.len())),
         width("OPERATOR@HOST", &mut who.iter().map(String::len)),
-        width("STATUS", &mut status.iter().map(String::len)),
+        width("STATUS", &mut status.iter().map(|s| s.len())),
     );
     let mut out = format!(
         "{:>5}  {:<runbook_w$}  {:<env_w$}  {:<who_w$}  {:<20}  {:>8}  {:<status_w$}  FAILED STEP\n",
