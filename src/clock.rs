@@ -73,6 +73,25 @@ pub(crate) fn format_duration(ms: i64) -> String {
     }
 }
 
+/// `until 14:05:00 UTC (in 42m00s), then T4.5`: a durable wait's deadline for people. With
+/// `now` (by the state's clock) it says how long is left, and the date only when the deadline
+/// is not within a day; without, the full UTC time.
+pub(crate) fn until(until_ms: i64, now_ms: Option<i64>, then: &[String]) -> String {
+    let at = format_utc(until_ms);
+    let mut text = match now_ms {
+        Some(now) if until_ms > now && until_ms - now < 86_400_000 => {
+            format!("until {} UTC (in {})", &at[11..19], format_duration(until_ms - now))
+        }
+        Some(now) if until_ms > now => format!("until {at} (in {})", format_duration(until_ms - now)),
+        Some(_) => format!("until {at} (passed)"),
+        None => format!("until {at}"),
+    };
+    if !then.is_empty() {
+        text.push_str(&format!(", then {}", then.join(", ")));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +103,17 @@ mod tests {
         assert_eq!(format_utc_ms(1_795_644_293_042), "2026-11-25T22:04:53.042Z");
         assert_eq!(format_duration(1234), "1.2s");
         assert_eq!(format_duration(184_000), "3m04s");
+    }
+
+    #[test]
+    fn a_deadline_says_how_long_is_left_by_the_clock_given() {
+        let at = 1_795_644_293_000; // 2026-11-25T22:04:53Z
+        let then = ["T4.5".to_string()];
+        assert_eq!(until(at, Some(at - 2_520_000), &then), "until 22:04:53 UTC (in 42m00s), then T4.5");
+        assert_eq!(until(at, Some(at), &[]), "until 2026-11-25T22:04:53Z (passed)");
+        assert_eq!(until(at, Some(at + 1), &[]), "until 2026-11-25T22:04:53Z (passed)");
+        assert_eq!(until(at, Some(at - 90_000_000), &[]), "until 2026-11-25T22:04:53Z (in 25h00m)");
+        assert_eq!(until(at, None, &then), "until 2026-11-25T22:04:53Z, then T4.5");
     }
 
     #[test]

@@ -49,15 +49,22 @@ struct Shared {
     services: Arc<Services>,
     recorder: Recorder,
     retry: RetryPolicy,
+    /// The steps that need each step directly (what a wait says comes next).
+    then: BTreeMap<String, Vec<String>>,
 }
 
 impl Engine {
     /// Runs every step not yet finished, until all are done, one fails (its branch stops,
     /// the rest go on), the state DB cannot be written, or `cancel` resolves.
     pub(crate) async fn run(&self, mut progress: Progress, cancel: impl Future<Output = ()>) -> RunState {
-        let shared =
-            Arc::new(Shared { services: self.services.clone(), recorder: self.recorder.clone(), retry: self.retry });
         let graph = &self.runbook.graph;
+        let then = self.runbook.steps.iter().map(|s| (s.id.clone(), graph.dependents(&s.id))).collect();
+        let shared = Arc::new(Shared {
+            services: self.services.clone(),
+            recorder: self.recorder.clone(),
+            retry: self.retry,
+            then,
+        });
         let by_id: BTreeMap<&str, &Step> = self.runbook.steps.iter().map(|s| (s.id.as_str(), s)).collect();
         let mut frontier = Frontier::new(graph, &progress.finished);
         let mut running: JoinSet<(String, Ended)> = JoinSet::new();
@@ -159,7 +166,8 @@ async fn run_step(
     let mut attempt = first_attempt;
     let mut delay = shared.retry.first_delay;
     loop {
-        let cx = StepContext::new(&shared.services, id, attempt, shared.recorder.clone());
+        let cx = StepContext::new(&shared.services, id, attempt, shared.recorder.clone())
+            .followed_by(shared.then.get(id).cloned().unwrap_or_default());
         let started = Instant::now();
         shared
             .recorder

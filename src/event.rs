@@ -197,6 +197,22 @@ pub(crate) enum Event {
         /// spacing.
         at_ms: u64,
     },
+    /// A durable wait's deadline, committed before the wait begins: a resumed run (on this host
+    /// or another) waits only what is left of it, judged by the state's clock (the server's
+    /// on PostgreSQL).
+    WaitStarted {
+        step: String,
+        attempt: u32,
+        /// The deadline, ms since the epoch by the state's clock.
+        until_ms: i64,
+        /// How long the wait is, as the runbook gives it.
+        seconds: u64,
+        /// What it waits for, in the runbook's words.
+        why: String,
+        /// The steps that go on after it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        then: Vec<String>,
+    },
     RunFinished {
         run: i64,
         status: RunState,
@@ -367,6 +383,7 @@ impl Event {
             Event::RollbackMarked { .. } => "rollback_marked",
             Event::RollbackAcknowledged { .. } => "rollback_acknowledged",
             Event::SmokeRound { .. } => "smoke_round",
+            Event::WaitStarted { .. } => "wait_started",
             Event::RunFinished { .. } => "run_finished",
         }
     }
@@ -389,7 +406,8 @@ impl Event {
             | Event::StateLockReleased { step, .. }
             | Event::RollbackMarked { step, .. }
             | Event::RollbackAcknowledged { step, .. }
-            | Event::SmokeRound { step, .. } => Some(step),
+            | Event::SmokeRound { step, .. }
+            | Event::WaitStarted { step, .. } => Some(step),
             _ => None,
         }
     }
@@ -523,6 +541,14 @@ mod tests {
                 seen: [(s("dixie_uptime_s"), s("12"))].into(),
                 at_ms: 1_700_000_000_000,
             },
+            Event::WaitStarted {
+                step: step(),
+                attempt: 1,
+                until_ms: 1_700_000_060_000,
+                seconds: 60,
+                why: s("the JWKS cache TTL"),
+                then: vec![s("T4.5")],
+            },
             Event::RunFinished { run: 3, status: RunState::AwaitingApproval, duration_ms: 8 },
         ]
     }
@@ -532,7 +558,7 @@ mod tests {
         let events = one_of_each();
         let kinds: std::collections::BTreeSet<&str> = events.iter().map(Event::kind).collect();
         assert_eq!(kinds.len(), events.len(), "one of each kind");
-        assert_eq!(kinds.len(), 22, "a kind added to Event needs its sample here");
+        assert_eq!(kinds.len(), 23, "a kind added to Event needs its sample here");
         for event in events {
             let payload = serde_json::to_string(&event).unwrap();
             assert_eq!(serde_json::from_str::<Event>(&payload).unwrap(), event, "{payload}");

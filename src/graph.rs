@@ -78,6 +78,11 @@ impl Graph {
         seen
     }
 
+    /// The steps that need `id` directly, in file order.
+    pub(crate) fn dependents(&self, id: &str) -> Vec<String> {
+        self.nodes.iter().filter(|(_, needs)| needs.iter().any(|n| n == id)).map(|(n, _)| n.clone()).collect()
+    }
+
     /// Every step that depends on `id`, directly or not.
     pub(crate) fn downstream(&self, id: &str) -> BTreeSet<String> {
         self.nodes.iter().filter(|(n, _)| self.upstream(n).contains(id)).map(|(n, _)| n.clone()).collect()

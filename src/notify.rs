@@ -174,12 +174,16 @@ pub(crate) async fn after_run(
 ) -> Option<String> {
     env.notify.as_ref()?;
     let text = run_message(run, status, view)?;
-    let sent = match Notifier::resolve(env, Some(cloud)).await {
-        Ok(Some(notifier)) => notifier.send(&text).await,
-        Ok(None) => Ok(()),
-        Err(e) => Err(e),
-    };
-    sent.err()
+    post(env, cloud, &text).await.err()
+}
+
+/// Posts `text` to the environment's webhook, if it names one; `Err` says what failed,
+/// without the URL.
+pub(crate) async fn post(env: &Environment, cloud: &Cloud, text: &str) -> Result<(), String> {
+    match Notifier::resolve(env, Some(cloud)).await? {
+        Some(notifier) => notifier.send(text).await,
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,13 @@ impl Recorder {
         Ok(found)
     }
 
+    /// The state's clock ([`crate::state::StateDb::clock_ms`]: the server's on PostgreSQL);
+    /// this machine's when nothing is recorded (`plan`).
+    pub(crate) async fn clock_ms(&self) -> Result<i64, String> {
+        let Some((state, _)) = &self.state else { return Ok(crate::clock::now_ms()) };
+        state.call(|db| db.clock_ms()).await.map_err(|e| e.to_string())
+    }
+
     pub(crate) fn write_error(&self) -> Option<String> {
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -236,12 +236,16 @@ pub(crate) fn status_table(view: &StatusView) -> String {
             let change = e.strip_prefix("awaiting approval: ")?;
             Some(change.split_once('\n').map_or("", |(_, resources)| resources))
         });
-        let state = match (in_doubt, change) {
-            (true, _) => "in-doubt",
-            (false, Some(_)) => "awaiting",
-            (false, None) => row.state.as_str(),
+        let state = match (in_doubt, change, &step.wait) {
+            (_, _, Some(_)) => "waiting",
+            (true, _, None) => "in-doubt",
+            (false, Some(_), None) => "awaiting",
+            (false, None, None) => row.state.as_str(),
         };
-        let mut note = row.last_error.as_deref().map(first_line).unwrap_or_default();
+        let mut note = match &step.wait {
+            Some(wait) => first_line(&format!("waiting {}", wait.says)),
+            None => row.last_error.as_deref().map(first_line).unwrap_or_default(),
+        };
         if matches!(row.state, StepState::Applied | StepState::Satisfied) && !row.warnings.is_empty() {
             note = first_line(&format!("warning: {}", row.warnings.join("; ")));
         }

@@ -152,6 +152,13 @@ fn describe(event: &Event) -> Option<String> {
             let verdict = if *green { "green" } else { "RED" };
             format!("{step} smoke round {round}: {verdict} ({streak} of {consecutive} green rounds){failed}")
         }
+        Event::WaitStarted { step, until_ms, seconds, why, then, .. } => {
+            format!(
+                "{step} waits {} for {why}: {}",
+                format_duration(*seconds as i64 * 1000),
+                crate::clock::until(*until_ms, None, then)
+            )
+        }
         Event::RunFinished { run, status, duration_ms } => {
             format!("run {run} {} in {}", status.as_str(), format_duration(*duration_ms as i64))
         }

@@ -40,6 +40,23 @@ pub(crate) struct StepView {
     /// A smoke gate's standing from its recorded rounds: "2 of 3 green rounds after 4 rounds".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) gate: Option<String>,
+    /// A durable wait not over yet: its recorded deadline, judged by the state's clock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) wait: Option<WaitView>,
+}
+
+/// A step waiting for a recorded deadline (or stopped while it waited).
+#[derive(Debug, Serialize)]
+pub(crate) struct WaitView {
+    /// The deadline, UTC.
+    pub(crate) until: String,
+    /// Seconds left by the state's clock (0 once passed: a resume goes on at once).
+    pub(crate) left_s: i64,
+    pub(crate) why: String,
+    /// The steps that go on after it.
+    pub(crate) then: Vec<String>,
+    /// For people: `until 14:05:00 UTC (in 42m00s) for the JWKS caches to expire, then T4.5`.
+    pub(crate) says: String,
 }
 
 pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusView, StateError> {
@@ -64,12 +81,15 @@ pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusV
         run.status = RunState::Died;
     }
     let mut gates = gates(db, run.id)?;
+    let mut waits = waits(db, run.id)?;
+    let now = if waits.is_empty() { 0 } else { db.clock_ms()? };
     let steps: Vec<StepView> = rows
         .into_iter()
         .map(|row| {
             let outputs = outputs.remove(&row.step).unwrap_or_default();
             let gate = gates.remove(&row.step);
-            StepView { next: step_next(&row, run.id, active), row, outputs, gate }
+            let wait = waits.remove(&row.step).filter(|_| !row.state.is_finished()).map(|w| w.view(now));
+            StepView { next: step_next(&row, run.id, active), row, outputs, gate, wait }
         })
         .collect();
     let next = match run.status {
@@ -118,6 +138,46 @@ fn gates(db: &StateDb, run: i64) -> Result<std::collections::BTreeMap<String, St
         }
     }
     Ok(gates)
+}
+
+/// A wait as recorded.
+struct Waiting {
+    until_ms: i64,
+    why: String,
+    then: Vec<String>,
+}
+
+impl Waiting {
+    fn view(self, now: i64) -> WaitView {
+        let mut says = format!("{} for {}", crate::clock::until(self.until_ms, Some(now), &[]), self.why);
+        if !self.then.is_empty() {
+            says.push_str(&format!(", then {}", self.then.join(", ")));
+        }
+        WaitView {
+            until: crate::clock::format_utc(self.until_ms),
+            left_s: ((self.until_ms - now).max(0) + 999) / 1000,
+            why: self.why,
+            then: self.then,
+            says,
+        }
+    }
+}
+
+/// Each step's recorded wait, by step: its last deadline since the step was reset.
+fn waits(db: &StateDb, run: i64) -> Result<std::collections::BTreeMap<String, Waiting>, StateError> {
+    let mut waits = std::collections::BTreeMap::new();
+    for stored in db.events_by_kind(Some(run), &["wait_started", "step_reset"])? {
+        match stored.event {
+            Ok(crate::event::Event::WaitStarted { step, until_ms, why, then, .. }) => {
+                waits.insert(step, Waiting { until_ms, why, then });
+            }
+            Ok(crate::event::Event::StepReset { step, .. }) => {
+                waits.remove(&step);
+            }
+            _ => {}
+        }
+    }
+    Ok(waits)
 }
 
 fn step_next(row: &StepRow, run: i64, active: bool) -> Option<String> {

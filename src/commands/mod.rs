@@ -229,6 +229,7 @@ impl Globals {
     /// What the steps of a command may use, built here only. `run` is the run being recorded;
     /// without one (plan, diagnose, a preflight) nothing is ever approved.
     fn services(&self, env: Arc<Environment>, cloud: Arc<Cloud>, work: PathBuf, run: Option<i64>) -> Services {
+        let announce = env.notify.is_some().then(|| announcer(env.clone(), cloud.clone()));
         Services {
             env,
             cloud,
@@ -237,8 +238,18 @@ impl Globals {
             approver: if run.is_some() { self.approver.clone() } else { Approver::Withheld },
             run,
             acknowledged_rollback: self.acknowledged_rollback,
+            clock: crate::steps::Clock::State,
+            announce,
         }
     }
+}
+
+/// Posts to the environment's webhook (a long wait's start and end).
+fn announcer(env: Arc<Environment>, cloud: Arc<Cloud>) -> crate::steps::Announce {
+    Arc::new(move |text: String| {
+        let (env, cloud) = (env.clone(), cloud.clone());
+        Box::pin(async move { crate::notify::post(&env, &cloud, &text).await })
+    })
 }
 
 pub(crate) fn parse_vars(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {

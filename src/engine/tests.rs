@@ -297,6 +297,8 @@ pub(super) async fn prepare(
         approver,
         run: Some(run),
         acknowledged_rollback: None,
+        clock: crate::steps::Clock::State,
+        announce: None,
     });
     (runbook, services, run)
 }
@@ -1084,3 +1086,5 @@ async fn diagnose_runs_every_check_at_once_and_refuses_a_step_that_is_no_check()
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+mod waits;

@@ -219,6 +219,7 @@ fn view(status: RunState, failed: Option<(&str, &str)>) -> StatusView {
             next: Some(format!("fix the cause, then: runbook retry {step}")),
             outputs: Default::default(),
             gate: None,
+            wait: None,
         })
         .into_iter()
         .collect();

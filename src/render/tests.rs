@@ -42,19 +42,22 @@ fn view(status: RunState) -> StatusView {
             next: None,
             outputs: Outputs::new(),
             gate: None,
+            wait: None,
         },
         StepView {
             row: row("T2.3", StepState::Satisfied, 1, Some(95_000), None),
             next: None,
             outputs: Outputs::new(),
             gate: None,
+            wait: None,
         },
-        StepView { next: failed.fix.clone(), row: failed, outputs: Outputs::new(), gate: None },
+        StepView { next: failed.fix.clone(), row: failed, outputs: Outputs::new(), gate: None, wait: None },
         StepView {
             row: row("T2.6", StepState::Blocked, 0, None, Some("waits for T2.5")),
             next: Some("runbook resume".into()),
             outputs: Outputs::new(),
             gate: None,
+            wait: None,
         },
     ];
     StatusView {
@@ -108,7 +111,13 @@ fn status_table_of_a_run_awaiting_approval_lists_the_change_under_its_step() {
     let mut approval = row("T2.4", StepState::Failed, 1, Some(9_000), Some(change));
     approval.fix = Some("the change is listed above; to apply it: runbook resume 7 --yes".into());
     v.steps.truncate(2);
-    v.steps.push(StepView { next: approval.fix.clone(), row: approval, outputs: Outputs::new(), gate: None });
+    v.steps.push(StepView {
+        next: approval.fix.clone(),
+        row: approval,
+        outputs: Outputs::new(),
+        gate: None,
+        wait: None,
+    });
     v.next = "the change is listed above; to apply it: runbook resume 7 --yes".into();
     insta::assert_snapshot!(status_table(&v));
 }
@@ -153,7 +162,7 @@ fn status_table_shows_what_a_rollback_put_in_place_and_no_other_steps_outputs() 
         ("health", "status degraded, finn circuit closed, nats unreachable"),
     ];
     let outputs = outputs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    v.steps.push(StepView { row: rolled, next: None, outputs, gate: None });
+    v.steps.push(StepView { row: rolled, next: None, outputs, gate: None, wait: None });
     v.next = "nothing: every step is done".into();
     let text = status_table(&v);
     assert!(
@@ -347,6 +356,7 @@ fn status_table_shows_where_a_smoke_gate_stands() {
         next: Some("in doubt (interrupted after its intent): runbook resume 7 settles it by its probe".into()),
         outputs: Outputs::new(),
         gate: Some("2 of 3 green rounds after 4 rounds (last: round 4)".into()),
+        wait: None,
     });
     let text = status_table(&v);
     assert!(text.contains("\n         2 of 3 green rounds after 4 rounds (last: round 4)\n"), "{text}");

@@ -134,7 +134,8 @@ pub(super) fn writes(run: Option<i64>, event: &Event, now: i64) -> Vec<Write<'_>
         | Event::StateLockReleased { .. }
         | Event::RollbackMarked { .. }
         | Event::RollbackAcknowledged { .. }
-        | Event::SmokeRound { .. } => {}
+        | Event::SmokeRound { .. }
+        | Event::WaitStarted { .. } => {}
     }
     out
 }

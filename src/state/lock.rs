@@ -19,10 +19,10 @@ impl StateDb {
         }
     }
 
-    /// The clock leases are stamped and judged by: this machine's for a SQLite file, the
-    /// server's for PostgreSQL, so that operators' machines whose clocks disagree by more than
-    /// the stale period still agree on whether a lease is stale.
-    fn lease_clock(&self) -> Result<i64, StateError> {
+    /// The state's clock, which leases and durable waits are stamped and judged by: this
+    /// machine's for a SQLite file, the server's for PostgreSQL, so that operators' machines
+    /// whose clocks disagree still agree on whether a lease is stale or a deadline has passed.
+    pub(crate) fn clock_ms(&self) -> Result<i64, StateError> {
         match &self.backend {
             Backend::Sqlite(_) => Ok(now_ms()),
             Backend::Postgres(pg) => pg.server_now_ms().map_err(|e| self.pg_err(e)),
@@ -45,7 +45,7 @@ impl StateDb {
 
     /// The current lease, if any, and whether its holder is alive as seen from `our_host`.
     pub(crate) fn lease(&self, our_host: &str) -> Result<Option<LeaseView>, StateError> {
-        let now = self.lease_clock()?;
+        let now = self.clock_ms()?;
         Ok(self.current_lease()?.map(|l| LeaseView {
             alive: alive(our_host, &l.holder, l.heartbeat, now),
             run: l.run,
@@ -56,7 +56,7 @@ impl StateDb {
 
     /// Whether a live process holds the lock for `run` (a run marked running may have died).
     pub(crate) fn run_is_live(&self, run: i64, our_host: &str) -> Result<bool, StateError> {
-        let now = self.lease_clock()?;
+        let now = self.clock_ms()?;
         Ok(self.current_lease()?.is_some_and(|l| l.run == Some(run) && alive(our_host, &l.holder, l.heartbeat, now)))
     }
 
@@ -72,7 +72,7 @@ impl StateDb {
 
     /// Beats, by the lease's clock; `Err(LeaseLost)` when someone broke or took the lease.
     pub(crate) fn heartbeat(&mut self, me: &Holder) -> Result<(), StateError> {
-        let now = self.lease_clock()?;
+        let now = self.clock_ms()?;
         let sql = "UPDATE run_lock SET heartbeat_at = $2 WHERE pid = $1 AND host = $3";
         let updated =
             self.execute(sql, &[Param::Int(Some(me.pid)), Param::Int(Some(now)), Param::text(Some(&me.host))])?;

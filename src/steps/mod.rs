@@ -40,6 +40,7 @@ mod smoke;
 mod ssm_params;
 mod terraform;
 mod validate;
+mod wait;
 
 macro_rules! kinds {
     ($($module:ident),* $(,)?) => {
@@ -61,7 +62,8 @@ kinds![
     ecs_rollback,
     diagnose,
     migrations,
-    smoke
+    smoke,
+    wait
 ];
 
 pub(crate) use diagnose::{Finding, Verdict};
@@ -224,7 +226,7 @@ where
     Ok(probe)
 }
 
-type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A [`Step`] of any kind, as the engine holds it.
 pub(crate) trait AnyStep: Debug + Send + Sync {
@@ -406,6 +408,8 @@ pub(crate) async fn test_services(project: &std::path::Path, work_dir: &std::pat
         approver: Approver::Answer { operator: "ana".into(), yes: true },
         run: None,
         acknowledged_rollback: None,
+        clock: Clock::State,
+        announce: None,
     })
 }
 
@@ -423,6 +427,50 @@ pub(crate) struct Services {
     pub(crate) run: Option<i64>,
     /// The rollback run the operator acknowledged undoing (`--ack-rollback RUN`).
     pub(crate) acknowledged_rollback: Option<i64>,
+    /// What durable waits are judged by.
+    pub(crate) clock: Clock,
+    /// Posts a line to the environment's webhook, when it names one (a long wait's start and
+    /// end); `Err` says what failed, without the URL.
+    pub(crate) announce: Option<Announce>,
+}
+
+/// See [`Services::announce`].
+pub(crate) type Announce = Arc<dyn Fn(String) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// The clock a durable wait reads: the state's (this machine's for SQLite, the server's on
+/// PostgreSQL), or in tests one that follows paused time and can be made to jump.
+#[derive(Clone, Default)]
+pub(crate) enum Clock {
+    #[default]
+    State,
+    #[cfg(test)]
+    Test(Arc<TestClock>),
+}
+
+/// A clock for tests: `base_ms` plus the (paused) time since it was made, plus any jumps.
+#[cfg(test)]
+pub(crate) struct TestClock {
+    base_ms: i64,
+    start: tokio::time::Instant,
+    jumped_ms: std::sync::atomic::AtomicI64,
+}
+
+#[cfg(test)]
+impl TestClock {
+    pub(crate) fn at(base_ms: i64) -> Arc<Self> {
+        Arc::new(TestClock { base_ms, start: tokio::time::Instant::now(), jumped_ms: Default::default() })
+    }
+
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.base_ms
+            + self.start.elapsed().as_millis() as i64
+            + self.jumped_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The wall clock jumps by `ms` (NTP, a laptop waking with a wrong clock); negative: back.
+    pub(crate) fn jump(&self, ms: i64) {
+        self.jumped_ms.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// What a running step may use: the environment, the cloud clients, and its log.
@@ -437,6 +485,8 @@ pub(crate) struct StepContext {
     services: Arc<Services>,
     /// What this attempt tolerated, said once each (see `warn`).
     warnings: std::sync::Mutex<Vec<String>>,
+    /// The steps that need this one, in file order: what a wait says comes next.
+    then: Vec<String>,
 }
 
 impl StepContext {
@@ -451,6 +501,40 @@ impl StepContext {
             recorder,
             warnings: std::sync::Mutex::default(),
             services: services.clone(),
+            then: Vec::new(),
+        }
+    }
+
+    /// Names the steps that need this one (see [`StepContext::then`]).
+    pub(crate) fn followed_by(mut self, then: Vec<String>) -> Self {
+        self.then = then;
+        self
+    }
+
+    /// The steps that need this one, in file order.
+    pub(crate) fn then(&self) -> &[String] {
+        &self.then
+    }
+
+    /// Now, in ms since the epoch, by [`Services::clock`].
+    pub(crate) async fn now_ms(&self) -> Result<i64, StepError> {
+        match &self.services.clock {
+            Clock::State => self
+                .recorder
+                .clock_ms()
+                .await
+                .map_err(|e| StepError::retryable(format!("cannot read the state's clock: {e}"))),
+            #[cfg(test)]
+            Clock::Test(clock) => Ok(clock.now_ms()),
+        }
+    }
+
+    /// Posts `text` to the environment's webhook, when it names one; a failure is logged and
+    /// changes nothing else.
+    pub(crate) async fn announce(&self, text: String) {
+        let Some(announce) = &self.services.announce else { return };
+        if let Err(e) = announce(text).await {
+            self.log(format!("webhook: {e}")).await;
         }
     }
 

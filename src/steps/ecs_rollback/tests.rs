@@ -114,6 +114,8 @@ impl Stage {
             approver,
             run,
             acknowledged_rollback: None,
+            clock: base.clock.clone(),
+            announce: None,
         });
         let (tx, rx) = unbounded_channel();
         Stage { ecs, services, tx, rx: std::sync::Mutex::new(rx) }
