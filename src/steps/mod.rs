@@ -40,7 +40,7 @@ mod smoke;
 mod ssm_params;
 mod terraform;
 mod validate;
-mod wait;
+pub(crate) mod wait;
 
 macro_rules! kinds {
     ($($module:ident),* $(,)?) => {

@@ -13,19 +13,27 @@ static WAIT_KINDS: LazyLock<Vec<Kind>> = LazyLock::new(|| {
 
 const WAIT_S: u64 = 600;
 
-/// `a` (fake), then `w` waiting [`WAIT_S`] for the caches, then `b` (fake).
-fn text(world: &str) -> String {
+/// `a` (fake), then `w` waiting `wait_s` for the caches, then `b` (fake).
+fn text(world: &str, wait_s: u64) -> String {
     format!(
         "name = \"fakes\"\n\
          [[steps]]\nid = \"a\"\ntitle = \"Fake a\"\nkind = \"fake\"\n[steps.params]\nworld = \"{world}\"\n\
          [[steps]]\nid = \"w\"\ntitle = \"Wait for the caches\"\nkind = \"wait\"\nneeds = [\"a\"]\n\
-         [steps.params]\nseconds = {WAIT_S}\nwhy = \"the caches to expire\"\n\
+         [steps.params]\nseconds = {wait_s}\nwhy = \"the caches to expire\"\n\
          [[steps]]\nid = \"b\"\ntitle = \"Fake b\"\nkind = \"fake\"\nneeds = [\"w\"]\n[steps.params]\nworld = \"{world}\"\n"
     )
 }
 
+/// What the webhook was sent, in order.
+type Sent = Arc<Mutex<Vec<String>>>;
+
 /// A run of `a → w → b` whose waits read `clock`, its state in a SQLite file.
 async fn harness(world: &str, clock: Arc<TestClock>) -> Harness {
+    harness_sending(world, clock, Sent::default(), WAIT_S).await
+}
+
+/// As [`harness`], waiting `wait_s`, with a webhook that keeps what it is sent in `sent`.
+async fn harness_sending(world: &str, clock: Arc<TestClock>, sent: Sent, wait_s: u64) -> Harness {
     let world = format!("{world}-{}", std::process::id());
     let dir = std::env::temp_dir().join(format!("runbook-engine-{world}"));
     let _ = std::fs::remove_dir_all(&dir);
@@ -33,7 +41,7 @@ async fn harness(world: &str, clock: Arc<TestClock>) -> Harness {
     let state = dir.join("state.db");
     with_world(&world, |w| w.state = Some(state.clone()));
     let registry: &'static [Kind] = &WAIT_KINDS;
-    let (runbook, base, run) = prepare(&dir, &state, registry, "fakes", text(&world), Approver::Withheld).await;
+    let (runbook, base, run) = prepare(&dir, &state, registry, "fakes", text(&world, wait_s), Approver::Withheld).await;
     let services = Arc::new(Services {
         env: base.env.clone(),
         cloud: base.cloud.clone(),
@@ -43,7 +51,10 @@ async fn harness(world: &str, clock: Arc<TestClock>) -> Harness {
         run: Some(run),
         acknowledged_rollback: None,
         clock: Clock::Test(clock),
-        announce: None,
+        announce: Some(Arc::new(move |text: String| {
+            sent.lock().unwrap().push(text);
+            Box::pin(async { Ok(()) })
+        })),
     });
     Harness { world, dir, state, schema: None, runbook: Arc::new(runbook), services, run }
 }
@@ -123,7 +134,8 @@ fn seconds(d: Duration) -> u64 {
 #[tokio::test(start_paused = true)]
 async fn a_wait_killed_midway_records_its_deadline_first_and_a_resume_waits_only_what_is_left() {
     let clock = TestClock::at(crate::clock::now_ms());
-    let h = harness("wait-resume", clock.clone()).await;
+    let sent = Sent::default();
+    let h = harness_sending("wait-resume", clock.clone(), sent.clone(), WAIT_S).await;
     let began = clock.now_ms();
     assert!(kill_while_waiting(&h, Duration::from_secs(200)).await, "the run ended before the kill");
 
@@ -156,6 +168,29 @@ async fn a_wait_killed_midway_records_its_deadline_first_and_a_resume_waits_only
     assert_eq!(wait_events(&h).len(), 1, "a resume does not record a new deadline");
     assert_eq!(h.seen("b", |s| s.effects), 1);
     assert!(clock.now_ms() >= *until_ms);
+
+    // A wait this long (at least LONG_WAIT_S) is announced once when it starts, once when it ends.
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    let run = h.run;
+    assert!(
+        sent[0].starts_with(&format!("runbook: run {run}: w waits 10m00s for the caches to expire: until ")),
+        "{sent:?}"
+    );
+    assert!(sent[0].ends_with(", then b"), "{sent:?}");
+    assert_eq!(sent[1], format!("runbook: run {run}: w: the wait for the caches to expire is over; b goes on"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_wait_is_not_announced() {
+    const { assert!(crate::steps::wait::LONG_WAIT_S > 60) };
+    let clock = TestClock::at(crate::clock::now_ms());
+    let sent = Sent::default();
+    let h = harness_sending("wait-short", clock, sent.clone(), 60).await;
+    let (status, took) = resume(&h).await;
+    assert_eq!(status, RunState::Done);
+    assert!((59..=61).contains(&seconds(took)), "{took:?}");
+    assert!(sent.lock().unwrap().is_empty(), "{sent:?}");
 }
 
 #[tokio::test(start_paused = true)]
