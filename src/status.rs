@@ -89,7 +89,15 @@ pub(crate) fn view(db: &StateDb, run: Option<i64>, host: &str) -> Result<StatusV
             let outputs = outputs.remove(&row.step).unwrap_or_default();
             let gate = gates.remove(&row.step);
             let wait = waits.remove(&row.step).filter(|_| !row.state.is_finished()).map(|w| w.view(now));
-            StepView { next: step_next(&row, run.id, active), row, outputs, gate, wait }
+            let next = match &wait {
+                Some(w) if !active && row.state == StepState::Running => Some(format!(
+                    "{} {}",
+                    hint::resume(run.id),
+                    if w.left_s > 0 { "waits only what is left" } else { "goes on at once" }
+                )),
+                _ => step_next(&row, run.id, active),
+            };
+            StepView { next, row, outputs, gate, wait }
         })
         .collect();
     let next = match run.status {

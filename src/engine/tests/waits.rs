@@ -148,7 +148,10 @@ async fn a_wait_killed_midway_records_its_deadline_first_and_a_resume_waits_only
     assert_eq!((*s, why.as_str(), then.as_slice()), (WAIT_S, "the caches to expire", &["b".to_string()][..]));
     assert_eq!(h.seen("b", |s| s.effects), 0, "b waits for the wait");
 
-    // `status` says the step waits, until when, for what, and what comes next.
+    // `status` says the step waits, until when, for what, and what comes next. (The "dead"
+    // process is this one: its lease is broken, as its heartbeat would go stale.)
+    let holder = h.db().lease("here").unwrap().expect("the killed run held the lock").holder;
+    assert!(h.db().break_lock(&holder).unwrap());
     let view = crate::status::view(&h.db(), Some(h.run), "elsewhere").unwrap();
     let w = view.steps.iter().find(|s| s.row.step == "w").unwrap();
     let wait = w.wait.as_ref().expect("status shows the wait");
@@ -157,6 +160,7 @@ async fn a_wait_killed_midway_records_its_deadline_first_and_a_resume_waits_only
         "{}",
         wait.says
     );
+    assert_eq!(w.next, Some(format!("runbook resume {} waits only what is left", h.run)));
     let table = crate::render::status_table(&view);
     assert!(table.lines().any(|l| l.starts_with("w ") && l.contains("waiting") && l.contains("then b")), "{table}");
 
