@@ -42,7 +42,7 @@ class Keys(unittest.TestCase):
         for k in doc["keys"]:
             self.assertEqual({"kty", "crv", "x", "y", "kid", "alg", "use"}, set(k))
             self.assertEqual(("EC", "P-256", "ES256", "sig"), (k["kty"], k["crv"], k["alg"], k["use"]))
-        self.assertNotIn("d", json.dumps(doc).replace('"kid"', ""))  # no private member
+            self.assertNotIn("d", k)  # never the private member
 
     def test_token_of_every_published_kid_verifies_and_carries_its_kid(self):
         keys = rotated(self.b_kid, [self.a_kid, self.b_kid], self.pems)
