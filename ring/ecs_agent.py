@@ -15,7 +15,8 @@ Environment of a stand-in: the task definition container's `environment` + its
 `secrets` (SSM parameter names or ARNs, read with decryption; Secrets Manager ARNs too)
 + for loa-finn every parameter under /loa-finn/armitage/ (by path, with decryption) +
 PORT, RING_ADDRESS_MAP, RING_REDIS_CA, DIXIE_MIGRATIONS_DIR, DIXIE_VERSION/FINN_VERSION
-(the image tag), RING_SERVICE, RING_DEPLOYMENT_ID, RING_TASK_ENV_NAMES.
+(the image tag), RING_SERVICE, RING_DEPLOYMENT_ID, RING_TASK_ENV_NAMES, and the task's network
+facts (RING_TASK_SECURITY_GROUPS, RING_TASK_ADDRESS, RING_EC2_ENDPOINT, RING_AWS_ENDPOINT).
 
 Logs, as the awslogs driver ships them: when the task definition's container has a
 logConfiguration with logDriver awslogs, every line the stand-in prints goes to moto's CloudWatch
@@ -356,6 +357,9 @@ class Agent:
             "RING_TASK_SECURITY_GROUPS": ",".join(vpc.get("securityGroups") or []),
             "RING_TASK_ADDRESS": address,
             "RING_EC2_ENDPOINT": ENDPOINT,
+            # The AWS endpoint a task's own SDK calls go to (its task role's): the Dixie
+            # stand-in reads its JWT keys from SSM at start (docs/ring.md, "Keys").
+            "RING_AWS_ENDPOINT": ENDPOINT,
         }
 
     # --- processes -----------------------------------------------------------------

@@ -16,6 +16,15 @@ ECS would start a new task. A checksum mismatch is not retried.
 
 GET /api/health: always HTTP 200; body computed from live checks at request time.
 GET /api/health/migrations: the _migrations rows.
+
+JWT keys (docs/ring.md, "Keys"): at start-up it reads the key set DIXIE_JWT_KEYSET and each
+published kid's private key from SSM itself (as Dixie would with its task role): the key set
+/dixie/<DIXIE_ENVIRONMENT>/DIXIE_JWT_KEYSET (or DIXIE_JWT_KEYSET_PARAM), the keys under
+/dixie/<DIXIE_ENVIRONMENT>/jwt-keys/<kid> (or DIXIE_JWT_KEYS_PATH). No key set (or PLACEHOLDER):
+001's HS256 key as before. A key set it cannot use (bad JSON, a published kid without its key,
+a key that is not PKCS#8 P-256 or not its kid's) stops the task with exit code 1, named in
+its log: a Dixie that cannot tell which tokens are good must not serve. Reads keys only at
+start: a key set change takes a new deployment.
 POST /__ring/errors {"count": N, "message": "..."}: a rehearsal control (not Dixie's): print N
 ERROR lines (default 3) on stdout, as a crashing request handler would; the ring's ECS agent
 ships them to CloudWatch Logs, where `runbook diagnose` finds them.
@@ -43,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from addrmap import DEFAULT_PORTS, AddressMap, Refused  # noqa: E402
 from serve import JsonHandler, serve  # noqa: E402
 import dixie_api  # noqa: E402  (the routes the smoke gate calls)
+import jwtkeys  # noqa: E402  (the key contract)
 
 PARAMS = ["FINN_URL", "FINN_WS_URL", "DATABASE_URL", "REDIS_URL", "NATS_URL",
           "DIXIE_JWT_PRIVATE_KEY", "DIXIE_ADMIN_KEY", "DIXIE_CORS_ORIGINS"]
@@ -533,6 +543,58 @@ def migration_rows() -> tuple[int, dict]:
                  "mismatch": MIGRATIONS.mismatch, "error": MIGRATIONS.error}
 
 
+def key_params() -> tuple[str, str]:
+    """(the key set's parameter name, the private keys' path, ending in /)."""
+    prefix = f"/dixie/{os.environ.get('DIXIE_ENVIRONMENT') or 'armitage'}"
+    path = os.environ.get("DIXIE_JWT_KEYS_PATH") or f"{prefix}/jwt-keys/"
+    return os.environ.get("DIXIE_JWT_KEYSET_PARAM") or f"{prefix}/DIXIE_JWT_KEYSET", path.rstrip("/") + "/"
+
+
+def load_keys() -> jwtkeys.Keys:
+    """The key set and its published private keys, read from SSM once at start. Raises
+    KeysetError (the task must not serve) when they are there but unusable or unreadable."""
+    hs256 = ENV.get("DIXIE_JWT_PRIVATE_KEY") or None
+    endpoint = os.environ.get("RING_AWS_ENDPOINT") or os.environ.get("RING_EC2_ENDPOINT") or ""
+    keyset_param, keys_path = key_params()
+    if not endpoint:
+        log.info("JWT keys: no SSM endpoint (a stand-in started by hand): HS256 with DIXIE_JWT_PRIVATE_KEY only")
+        return jwtkeys.Keys.legacy(hs256)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    ssm = ring_client("ssm", endpoint)
+    try:
+        text = ssm.get_parameter(Name=keyset_param, WithDecryption=True)["Parameter"]["Value"]
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "ParameterNotFound":
+            log.info("JWT keys: %s does not exist: HS256 with DIXIE_JWT_PRIVATE_KEY %s", keyset_param,
+                     redact("DIXIE_JWT_PRIVATE_KEY"))
+            return jwtkeys.Keys.legacy(hs256)
+        raise jwtkeys.KeysetError(f"cannot read {keyset_param}: {e.response.get('Error', {}).get('Code')}") from None
+    except (BotoCoreError, OSError) as e:
+        raise jwtkeys.KeysetError(f"cannot read {keyset_param}: {type(e).__name__}") from None
+    if text.strip() in ("", "PLACEHOLDER"):
+        log.info("JWT keys: %s is %s: HS256 with DIXIE_JWT_PRIVATE_KEY", keyset_param, text.strip() or "empty")
+        return jwtkeys.Keys.legacy(hs256)
+    try:
+        _, published = jwtkeys.parse_keyset(text)
+    except jwtkeys.KeysetError as e:
+        raise jwtkeys.KeysetError(f"{keyset_param}: {e}") from None
+    names = [keys_path + kid for kid in published if kid != jwtkeys.HS256]
+    pems: dict[str, str | None] = {}
+    try:
+        for i in range(0, len(names), 10):
+            got = ssm.get_parameters(Names=names[i:i + 10], WithDecryption=True)
+            pems.update({p["Name"][len(keys_path):]: p["Value"] for p in got["Parameters"]})
+    except (ClientError, BotoCoreError, OSError) as e:
+        raise jwtkeys.KeysetError(f"cannot read the private keys under {keys_path}: {type(e).__name__}") from None
+    try:
+        keys = jwtkeys.Keys.build(text, pems, hs256, where=keys_path)
+    except jwtkeys.KeysetError as e:
+        raise jwtkeys.KeysetError(f"{keyset_param}: {e}") from None
+    log.info("JWT keys from %s: %s (private keys under %s)", keyset_param, keys.describe(), keys_path)
+    return keys
+
+
 LAST_STATUS = {"value": None}
 API = dixie_api.Api(ENV, lambda: pg_connect())
 
@@ -617,6 +679,13 @@ def main() -> None:
                                                      for (h, p), t in AMAP.overlay.entries().items()))
     log.info("  RING_REDIS_CA = %s, DIXIE_MIGRATIONS_DIR = %s", REDIS_CA or "(unset)",
              os.environ.get("DIXIE_MIGRATIONS_DIR") or "(unset)")
+    try:
+        API.keys = load_keys()
+    except jwtkeys.KeysetError as e:
+        log.error("JWT keys refused: %s. The task stops: fix the key set or the key and deploy again", e)
+        sys.exit(1)
+    log.info("  JWKS at %s (Cache-Control max-age=%d), token lifetime %d s", dixie_api.JWKS_PATH,
+             API.jwks_max_age, API.jwt_ttl)
     if configured("DATABASE_URL"):
         if not MIGRATIONS.run():
             threading.Thread(target=MIGRATIONS.loop, name="migrations", daemon=True).start()

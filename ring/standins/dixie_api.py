@@ -1,9 +1,14 @@
 """ring/standins/dixie_api.py: the routes of the Dixie stand-in that the smoke gate calls (003 §6:
 auth, chat, fleet, reputation, governance), as Dixie's own staging smoke tests use them
-(shared/dixie-facts.md). Health stays in dixie.py. Where the seeds are silent, the assumption is
-written in docs/ring.md ("The smoke routes").
+(shared/dixie-facts.md), and the key contract's (docs/ring.md, "Keys"): the JWKS, and a token
+route for tests (the stand-in cannot do SIWE). Health stays in dixie.py. Where the seeds are
+silent, the assumption is written in docs/ring.md ("The smoke routes", "Keys").
 
-Secrets: the JWT key and the admin key are compared, never logged or echoed.
+Tokens are verified with every published kid of the key set dixie.py loads at task start
+(jwtkeys.Keys; without a key set, 001's HS256 secret as before). A refused token logs one
+WARNING line `JWT_VALIDATION_FAILED kid=… alg=… reason=…` (never the token).
+
+Secrets: the JWT keys and the admin key are compared or used, never logged or echoed.
 
 A rehearsal control (not Dixie's): POST /__ring/faults {"method", "path", "fail": [bool, ...],
 "status"} makes the route's next answers that would be a success answer `status` instead, one
@@ -12,13 +17,15 @@ list entry per such answer (true: fail); DELETE /__ring/faults clears every faul
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import json
+import logging
+import os
 import threading
 import time
 import uuid
+
+import jwtkeys
 
 CAPABILITIES = ["chat", "knowledge", "fleet.spawn", "reputation.query"]
 GOVERNORS = [
@@ -26,6 +33,13 @@ GOVERNORS = [
     {"resourceType": "knowledge_governor", "health": "healthy"},
     {"resourceType": "fleet", "health": "healthy"},
 ]
+
+log = logging.getLogger("dixie")
+# The ring's defaults (production: 3600 and 3600, shared/dixie-facts.md); the task's environment
+# may set them (docs/ring.md, "Keys").
+JWT_TTL_DEFAULT_S = 30
+JWKS_MAX_AGE_DEFAULT_S = 10
+JWKS_PATH = "/api/auth/.well-known/jwks.json"
 
 _faults_lock = threading.Lock()
 _faults: dict[tuple[str, str], dict] = {}
@@ -58,40 +72,17 @@ def _fault(method: str, path: str) -> int | None:
         return f["status"] if f["fail"].pop(0) else None
 
 
-def _b64url_decode(part: str) -> bytes:
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-
-
-def verify_jwt(token: str, key: str) -> tuple[dict | None, str]:
-    """HS256 over the key's text, issuer and audience dixie-bff, not expired."""
-    if not key or key == "PLACEHOLDER":
-        return None, "DIXIE_JWT_PRIVATE_KEY is not configured"
-    try:
-        header_b64, claims_b64, sig_b64 = token.split(".")
-        header = json.loads(_b64url_decode(header_b64))
-        claims = json.loads(_b64url_decode(claims_b64))
-        sig = _b64url_decode(sig_b64)
-    except (ValueError, json.JSONDecodeError):
-        return None, "malformed token"
-    if header.get("alg") != "HS256":
-        return None, f"alg {header.get('alg')!r} is not accepted"
-    want = hmac.new(key.encode(), f"{header_b64}.{claims_b64}".encode(), hashlib.sha256).digest()
-    if not hmac.compare_digest(want, sig):
-        return None, "invalid signature"
-    if claims.get("iss") != "dixie-bff" or claims.get("aud") != "dixie-bff":
-        return None, "wrong issuer or audience"
-    if not isinstance(claims.get("exp"), (int, float)) or claims["exp"] < time.time():
-        return None, "token expired"
-    return claims, ""
-
-
 class Api:
     """The routes, given Dixie's configuration and a PostgreSQL connector (reputation lives in
     Dixie's database: it survives a restart of the task)."""
 
-    def __init__(self, env: dict, pg_connect) -> None:
+    def __init__(self, env: dict, pg_connect, keys: jwtkeys.Keys | None = None) -> None:
         self.env = env
         self.pg_connect = pg_connect
+        # Replaced by dixie.py with the key set it loads at start; until then 001's HS256 key.
+        self.keys = keys or jwtkeys.Keys.legacy(env.get("DIXIE_JWT_PRIVATE_KEY", ""))
+        self.jwt_ttl = _seconds("DIXIE_JWT_TTL_SECONDS", JWT_TTL_DEFAULT_S, 1)
+        self.jwks_max_age = _seconds("DIXIE_JWKS_MAX_AGE_SECONDS", JWKS_MAX_AGE_DEFAULT_S, 0)
 
     def _bearer(self, headers) -> str | None:
         auth = headers.get("Authorization") or ""
@@ -101,10 +92,35 @@ class Api:
         token = self._bearer(headers)
         if token is None:
             return None, (401, {"error": "authentication required"})
-        claims, why = verify_jwt(token, self.env.get("DIXIE_JWT_PRIVATE_KEY", ""))
+        claims, why, seen = self.keys.verify(token)
         if claims is None:
+            log.warning("JWT_VALIDATION_FAILED kid=%s alg=%s reason=%s", seen.get("kid") or "-",
+                        seen.get("alg") or "-", why)
             return None, (401, {"error": why})
-        return claims, None
+        return claims | {"_kid": seen.get("kid"), "_alg": seen.get("alg")}, None
+
+    def _issue(self, headers, body: bytes) -> tuple[int, dict]:
+        """POST /api/auth/token (ring only, admin key): a token signed as Dixie signs them now."""
+        refused = self._admin(headers)
+        if refused:
+            return refused
+        req = _json(body) if body else {}
+        if not isinstance(req, dict):
+            return 400, {"error": "want a JSON object {sub?, wallet?, kid?, expires_in?}"}
+        sub, wallet, kid = req.get("sub", "0x0000000000000000000000000000000000000001"), req.get("wallet"), req.get("kid")
+        expires_in = req.get("expires_in", self.jwt_ttl)
+        if not isinstance(sub, str) or not sub or len(sub) > 200 or (wallet is not None and not isinstance(wallet, str)):
+            return 400, {"error": "sub (and wallet) must be short non-empty strings"}
+        if not isinstance(expires_in, int) or isinstance(expires_in, bool) or not -3600 <= expires_in <= self.jwt_ttl:
+            return 400, {"error": f"expires_in must be an integer from -3600 to the token lifetime, {self.jwt_ttl} s"}
+        if kid is not None and (not isinstance(kid, str) or kid not in self.keys.published):
+            return 400, {"error": f"kid {kid!r} is not published (published: {', '.join(self.keys.published)})"}
+        try:
+            token, meta = self.keys.issue(sub, expires_in, wallet=wallet, kid=kid)
+        except jwtkeys.KeysetError as e:
+            return 503, {"error": f"cannot sign: {e}"}
+        log.info("issued a test token: kid %s, alg %s, exp %d", meta["kid"] or "-", meta["alg"], meta["exp"])
+        return 200, {"token": token, **meta}
 
     def _admin(self, headers) -> tuple[int, dict] | None:
         key = self.env.get("DIXIE_ADMIN_KEY", "")
@@ -129,7 +145,12 @@ class Api:
             claims, refused = self._user(headers)
             if refused:
                 return refused
-            return 200, {"wallet": claims.get("wallet") or claims.get("sub"), "role": "user", "exp": claims["exp"]}
+            return 200, {"wallet": claims.get("wallet") or claims.get("sub"), "role": "user", "exp": claims["exp"],
+                         "kid": claims["_kid"], "alg": claims["_alg"]}
+        if (method, path) == ("GET", JWKS_PATH):
+            return 200, self.keys.jwks(), {"Cache-Control": f"public, max-age={self.jwks_max_age}"}
+        if (method, path) == ("POST", "/api/auth/token"):
+            return self._issue(headers, body)
         if (method, path) == ("POST", "/api/auth/siwe"):
             req = _json(body)
             if not isinstance(req, dict) or not isinstance(req.get("message"), str) \
@@ -180,6 +201,14 @@ class Api:
             return 200, {"governors": GOVERNORS, "totalResources": len(GOVERNORS), "degradedResources": 0,
                          "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         return None
+
+
+def _seconds(name: str, default: int, least: int) -> int:
+    try:
+        return max(least, int(os.environ.get(name) or default))
+    except ValueError:
+        log.warning("%s is not an integer: using %d", name, default)
+        return default
 
 
 def _json(body: bytes):
