@@ -879,6 +879,8 @@ impl Step for Params {
                         cx.log(format!("cannot keep the orphans for the next attempt in {}: {e}", kept_at.display()))
                             .await;
                     }
+                    // Test crash point: the orphans found and kept, their import not asked yet.
+                    cx.checkpoint("orphans-kept");
                     self.adopt(cx, &orphans).await?;
                     adopted.extend(orphans.iter().map(|o| o.address.clone()));
                 }
