@@ -44,7 +44,7 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
         | Outcome::Unlocked(_)
         | Outcome::StateLockReleased { .. }
         | Outcome::StateCopied(_) => operator_action(outcome, json),
-        Outcome::Ring(_) | Outcome::Watch { .. } => String::new(),
+        Outcome::Ring(_) | Outcome::Watch { .. } | Outcome::Served => String::new(),
         Outcome::Diagnosis { env, findings, elapsed_ms } => diagnosis::render(env, findings, *elapsed_ms, json),
         Outcome::History(view) => shown(json, view, oncall::history_table),
         Outcome::Audit(view) => shown(json, view, oncall::audit_table),

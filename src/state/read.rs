@@ -132,7 +132,6 @@ impl StateDb {
 
     /// Up to `limit` events recorded after the event `after` (0: from the first), of `run` or
     /// of every run: what a live view asks for again with the last id it got.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the web view's live tail (issue 21) reads it"))]
     pub(crate) fn events_after(
         &self,
         run: Option<i64>,
@@ -157,7 +156,6 @@ impl StateDb {
     }
 
     /// What one attempt of a step printed; `None` when there is no such attempt.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the web view's log page (issue 21) reads it"))]
     pub(crate) fn attempt_log(&self, run: i64, step: &str, attempt: i64) -> Result<Option<String>, StateError> {
         let params = [Param::Int(Some(run)), Param::text(Some(step)), Param::Int(Some(attempt))];
         let sql = "SELECT log FROM attempts WHERE run_id = $1 AND step = $2 AND attempt = $3";
