@@ -312,3 +312,60 @@ fn an_address_that_takes_any_host_is_refused_at_start() {
     assert!(stderr.contains("--bind 0.0.0.0:") && stderr.contains("bind the one address"), "{stderr}");
     assert!(out.stdout.is_empty(), "no token was printed: {}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn a_live_runs_events_arrive_as_they_are_recorded_and_the_stream_ends_with_the_run() {
+    let dir = scratch("live");
+    let state = state_db(&dir);
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    conn.execute(
+        "INSERT INTO runs (id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, \
+         status) VALUES (3, 'sprint-2', 'local', '', '', '{}', 'op', 'elsewhere', ?1, 'running')",
+        [now],
+    )
+    .unwrap();
+    conn.execute(
+        "INSERT INTO steps (run_id, step, state, attempts, started_at) VALUES (3, 'T2.1', 'running', 1, ?1)",
+        [now],
+    )
+    .unwrap();
+    // Held from another host, its heartbeat fresh: the run is live.
+    conn.execute(
+        "INSERT INTO run_lock (id, run_id, host, pid, acquired_at, heartbeat_at) VALUES (1, 3, 'elsewhere', 1, ?1, ?1)",
+        [now],
+    )
+    .unwrap();
+    let server = Server::start(&state, &[]);
+    let run = server.get("/runs/3", &[]).body;
+    assert!(run.contains("http-equiv=\"refresh\""), "a live run's page reloads itself: {run}");
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    write!(stream, "GET /runs/3/events HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).unwrap();
+    let mut seen = String::new();
+    let mut read_until = |stream: &mut TcpStream, want: &str, within: Duration| -> Duration {
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        while !seen.contains(want) {
+            assert!(start.elapsed() < within, "no {want:?} within {within:?}: {seen}");
+            match stream.read(&mut buf) {
+                Ok(0) => panic!("the stream closed before {want:?}: {seen}"),
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(_) => {}
+            }
+        }
+        start.elapsed()
+    };
+    read_until(&mut stream, "retry: 1000", Duration::from_secs(5));
+    let line = serde_json::json!({ "event": "step_log", "step": "T2.1", "attempt": 1, "line": "live line 1" });
+    conn.execute(
+        "INSERT INTO events (run_id, at, step, kind, payload) VALUES (3, ?1, 'T2.1', 'step_log', ?2)",
+        rusqlite::params![now, line.to_string()],
+    )
+    .unwrap();
+    let took = read_until(&mut stream, "live line 1", Duration::from_secs(3));
+    eprintln!("an event recorded reached the stream in {took:?}");
+    conn.execute("UPDATE runs SET status = 'done', ended_at = ?1 WHERE id = 3", [now + 1000]).unwrap();
+    conn.execute("DELETE FROM run_lock", []).unwrap();
+    read_until(&mut stream, "event: end", Duration::from_secs(3));
+}
