@@ -249,12 +249,18 @@ async fn runs_page(app: &App, pairs: &[(String, String)]) -> Response<Body> {
 
 async fn run_page(app: &App, run: i64) -> Response<Body> {
     let host = app.host.clone();
-    let view = match read(app, move |db| crate::status::view(db, Some(run), &host)).await {
-        Ok(view) => view,
+    let read_all = move |db: &StateDb| {
+        let view = crate::status::view(db, Some(run), &host)?;
+        let timeline = db.attempt_timeline(run)?;
+        let audit = crate::history::audit(db, Some(run), false)?;
+        Ok((view, timeline, audit))
+    };
+    let (view, timeline, audit) = match read(app, read_all).await {
+        Ok(read) => read,
         Err(e) => return state_error(&e),
     };
     let graph = graph(app, &view);
-    html(StatusCode::OK, pages::run(&view, &graph))
+    html(StatusCode::OK, pages::run(&view, &graph, &timeline, &audit))
 }
 
 /// The run's graph as SVG: its steps from the state, their needs from the runbook file in the

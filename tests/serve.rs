@@ -66,7 +66,9 @@ fn state_db(dir: &Path) -> PathBuf {
         let started = serde_json::json!({ "event": "run_started", "run": run, "runbook": "sprint-2", "env": "local",
             "operator": HOSTILE_OPERATOR, "host": "h", "resumed": false });
         let logged = serde_json::json!({ "event": "step_log", "step": "T2.1", "attempt": 1, "line": HOSTILE_LOG });
-        for (kind, payload) in [("run_started", started), ("step_log", logged)] {
+        let skipped = serde_json::json!({ "event": "step_skipped", "step": "T2.7",
+            "reason": "<script>alert('reason')</script>", "operator": HOSTILE_OPERATOR, "host": "h" });
+        for (kind, payload) in [("run_started", started), ("step_log", logged), ("step_skipped", skipped)] {
             conn.execute(
                 "INSERT INTO events (run_id, at, step, kind, payload) VALUES (?1, 1700000000000, NULL, ?2, ?3)",
                 rusqlite::params![run, kind, payload.to_string()],
@@ -230,17 +232,19 @@ fn every_page_is_served_escaped_with_strict_headers_and_no_secret() {
     assert!(run.contains("<svg") && run.contains("class=\"node s-failed\""), "the graph: {run}");
     assert!(run.contains("runbook retry T2.4 --run 2"), "the next action names the run: {run}");
     assert!(run.contains("/runs/2/steps/T2.4/attempts/1/log"), "attempts link their logs: {run}");
+    assert!(run.contains("<h2>Attempts</h2>") && run.matches("/attempts/1/log").count() >= 16, "the timeline: {run}");
+    assert!(run.contains("skipped T2.7: &lt;script&gt;alert(&#39;reason&#39;)"), "the run's decisions: {run}");
     let log = server.get("/runs/2/steps/T2.4/attempts/1/log", &[]).body;
     assert_eq!(log, "done\n<script>alert('log')</script>\\u{1b}[2J\n", "a log is text, its controls escaped");
     let events = server.get("/runs/1/events", &[]).body;
     assert!(events.contains("event: end"), "the stream of a finished run ends: {events}");
     let ids: Vec<&str> = events.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
-    assert_eq!(ids.len(), 2, "{events}");
+    assert_eq!(ids.len(), 3, "{events}");
     assert!(events.contains("\"line\":\"<script>alert('log')</script>\\u001b[2J\""), "JSON escapes: {events}");
     let resumed = server.get("/runs/1/events", &[("Last-Event-ID", ids[0])]).body;
     let again: Vec<&str> = resumed.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
-    assert_eq!(again, [ids[1]], "a reconnect resumes after the last id it saw: {resumed}");
-    let after = server.get(&format!("/runs/1/events?after={}", ids[1]), &[]).body;
+    assert_eq!(again, ids[1..], "a reconnect resumes after the last id it saw: {resumed}");
+    let after = server.get(&format!("/runs/1/events?after={}", ids[2]), &[]).body;
     assert!(!after.contains("id: ") && after.contains("event: end"), "{after}");
 }
 

@@ -33,7 +33,7 @@ pub(crate) use copy::{Copied, copy};
 pub(crate) use lease::{Holder, LEASE_STALE_MS, process_alive};
 pub(crate) use owner::{StateHandle, WriteError};
 pub(crate) use pg::is_url;
-pub(crate) use read::{Page, RunFilter};
+pub(crate) use read::{AttemptLine, Page, RunFilter};
 #[cfg(test)]
 pub(crate) use record::commits;
 use sqlite::sql_err;

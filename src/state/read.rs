@@ -46,6 +46,19 @@ pub(crate) struct StoredEvent {
     pub(crate) event: Result<Event, String>,
 }
 
+/// One attempt of a step as a run's timeline shows it: when it started, what it did and how it
+/// ended; its log is read apart (`attempt_log`), since a timeline needs none of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AttemptLine {
+    pub(crate) step: String,
+    pub(crate) attempt: i64,
+    pub(crate) started_at: i64,
+    pub(crate) action: Option<String>,
+    pub(crate) outcome: Option<String>,
+    pub(crate) error: Option<String>,
+    pub(crate) duration_ms: Option<i64>,
+}
+
 /// The columns `run_row` reads, in its order, of `runs r`.
 pub(super) const RUN_COLUMNS: &str = "r.id, r.runbook, r.env, r.runbook_hash, r.inputs_hash, r.vars_json, r.operator, r.host, \
                            r.started_at, r.ended_at, r.status";
@@ -153,6 +166,23 @@ impl StateDb {
             params.push(Param::Int(run));
         }
         self.select(&events_by_kind_sql(run.is_some(), kinds.len()), &params, stored_event)
+    }
+
+    /// Every attempt of every step of `run`, in the order they started (a run's timeline).
+    pub(crate) fn attempt_timeline(&self, run: i64) -> Result<Vec<AttemptLine>, StateError> {
+        let sql = "SELECT step, attempt, started_at, action, outcome, error, duration_ms FROM attempts
+                   WHERE run_id = $1 ORDER BY started_at, step, attempt";
+        self.select(sql, &[Param::Int(Some(run))], |r| {
+            Ok(AttemptLine {
+                step: r.text_of(0)?,
+                attempt: r.int_of(1)?,
+                started_at: r.int_of(2)?,
+                action: r.text(3)?,
+                outcome: r.text(4)?,
+                error: r.text(5)?,
+                duration_ms: r.int(6)?,
+            })
+        })
     }
 
     /// What one attempt of a step printed; `None` when there is no such attempt.

@@ -7,7 +7,8 @@ use std::fmt::Write;
 
 use crate::clock::{format_duration, format_utc};
 use crate::event::RunState;
-use crate::history::HistoryView;
+use crate::history::{AuditView, HistoryView};
+use crate::state::AttemptLine;
 use crate::status::StatusView;
 
 /// The stylesheet, embedded in the binary.
@@ -159,7 +160,7 @@ pub(crate) fn runs(view: &HistoryView, asked: &RunsQuery) -> String {
 
 /// `/runs/N`: the run, its graph (`graph`: the SVG, or a sentence why there is none) and its
 /// steps.
-pub(crate) fn run(view: &StatusView, graph: &str) -> String {
+pub(crate) fn run(view: &StatusView, graph: &str, timeline: &[AttemptLine], audit: &AuditView) -> String {
     let run = &view.run;
     let mut body = format!(
         "<h1>Run {} · {} on {}</h1><p class=\"summary\"><span class=\"s-{}\">{}</span> · started {} by {}@{}{}</p>\
@@ -194,7 +195,11 @@ pub(crate) fn run(view: &StatusView, graph: &str) -> String {
         let attempts: Vec<String> = (1..=row.attempts)
             .map(|a| format!("<a href=\"/runs/{}/steps/{}/attempts/{a}/log\">{a}</a>", run.id, encode(&row.step)))
             .collect();
-        let mut state = format!("<span class=\"s-{}\">{}</span>", row.state.as_str(), row.state.as_str());
+        // A stop for an approval is recorded as a failed step whose error says so.
+        let awaiting = row.last_error.as_deref().is_some_and(|e| e.starts_with("awaiting approval"));
+        let label = if awaiting { "awaiting approval" } else { row.state.as_str() };
+        let class = if awaiting { "awaiting_approval" } else { row.state.as_str() };
+        let mut state = format!("<span class=\"s-{class}\">{label}</span>");
         if row.in_doubt {
             state.push_str(" (in doubt)");
         }
@@ -218,12 +223,66 @@ pub(crate) fn run(view: &StatusView, graph: &str) -> String {
         );
     }
     body.push_str("</tbody></table>\n");
+    body.push_str(&attempts(run.id, timeline));
+    body.push_str(&decisions(audit));
     let _ = write!(
         body,
         "<p>Live events of this run (server-sent events, JSON): <a href=\"/runs/{0}/events\">/runs/{0}/events</a></p>",
         run.id
     );
     page(&format!("run {}", run.id), &body, run.status == RunState::Running)
+}
+
+/// Every attempt of the run in the order they started, each linked to its log.
+fn attempts(run: i64, timeline: &[AttemptLine]) -> String {
+    if timeline.is_empty() {
+        return "<h2>Attempts</h2><p>No step has started.</p>".into();
+    }
+    let mut out = String::from(
+        "<h2>Attempts</h2><table class=\"attempts\"><thead><tr><th>started (UTC)</th><th>step</th><th>attempt</th>\
+         <th>action</th><th>outcome</th><th>duration</th><th>error</th></tr></thead><tbody>\n",
+    );
+    for a in timeline {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td><a href=\"/runs/{run}/steps/{}/attempts/{n}/log\">{n}</a></td><td>{}</td>\
+             <td>{}</td><td class=\"num\">{}</td><td class=\"block\">{}</td></tr>",
+            format_utc(a.started_at),
+            escape(&a.step),
+            encode(&a.step),
+            escape(a.action.as_deref().unwrap_or("-")),
+            escape(a.outcome.as_deref().unwrap_or("(none recorded)")),
+            a.duration_ms.map(format_duration).unwrap_or_else(|| "-".into()),
+            a.error.as_deref().map(escape_block).unwrap_or_default(),
+            n = a.attempt,
+        );
+    }
+    out.push_str("</tbody></table>\n");
+    out
+}
+
+/// The operators' decisions in the run (`runbook audit N`).
+fn decisions(audit: &AuditView) -> String {
+    if audit.decisions.is_empty() {
+        return "<h2>Decisions</h2><p>None: every change ran as planned, nothing was skipped, retried or unlocked.</p>"
+            .into();
+    }
+    let mut out = String::from(
+        "<h2>Decisions</h2><table class=\"audit\"><thead><tr><th>time (UTC)</th><th>operator@host</th>\
+         <th>decision</th></tr></thead><tbody>\n",
+    );
+    for d in &audit.decisions {
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td>{}@{}</td><td class=\"block\">{}</td></tr>",
+            format_utc(d.at),
+            escape(&d.operator),
+            escape(&d.host),
+            escape_block(&d.decision)
+        );
+    }
+    out.push_str("</tbody></table>\n");
+    out
 }
 
 #[cfg(test)]
