@@ -35,6 +35,13 @@ impl Args {
             .map_err(|e| CliError::Usage(format!("--bind {}: cannot listen there: {e}", self.bind)))?;
         let bound = crate::web::bound(&listener, self.bind);
         let made = given.is_none() && !bound.ip().is_loopback() && !bound.ip().is_unspecified();
+        if made && !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            // A token made here is printed: where no one reads it, it would only land in a log.
+            return Err(CliError::Usage(format!(
+                "--bind {bound}: a token is needed beyond loopback, and output is not a terminal to show a new one on; \
+                  give it with --token-file FILE or RUNBOOK_SERVE_TOKEN"
+            )));
+        }
         let token = if made { Some(Secret::random_hex32()) } else { given };
         let login = token.as_ref().filter(|_| made).map(|t| format!("http://{bound}/login?token={}", t.expose()));
         let gate = crate::web::Gate::new(bound, token).map_err(|e| CliError::Usage(e.to_string()))?;

@@ -81,6 +81,10 @@ impl Gate {
         if bound.ip().is_loopback() {
             hosts.push(format!("localhost:{}", bound.port()));
         }
+        // A browser leaves out port 80.
+        if bound.port() == 80 {
+            hosts = hosts.iter().flat_map(|h| [h.clone(), h.trim_end_matches(":80").to_string()]).collect();
+        }
         Ok(Gate { token, session: Secret::random_hex32(), hosts })
     }
 
@@ -254,6 +258,17 @@ mod tests {
         // Host is judged before the token: a rebinding page learns nothing from a 401.
         let t = gate("10.0.0.5:8765", Some(TOKEN));
         assert!(matches!(t.check(&get("localhost:8765", "/")), Verdict::Refuse { status: 403, .. }));
+    }
+
+    #[test]
+    fn on_port_80_the_host_may_leave_the_port_out() {
+        let g = gate("127.0.0.1:80", None);
+        for host in ["127.0.0.1:80", "127.0.0.1", "localhost", "localhost:80"] {
+            assert_eq!(g.check(&get(host, "/")), Verdict::Pass, "{host}");
+        }
+        let asked = Asked { origin: Some("http://localhost"), ..get("localhost", "/") };
+        assert_eq!(g.check(&asked), Verdict::Pass);
+        assert!(matches!(gate("127.0.0.1:8765", None).check(&get("127.0.0.1", "/")), Verdict::Refuse { .. }));
     }
 
     #[test]
