@@ -29,7 +29,7 @@ impl Args {
     /// Serves until Ctrl-C, telling the operator on `out` where (and the token it made).
     pub(crate) async fn execute(self, g: &Globals, out: &mut dyn Write) -> Result<Outcome, CliError> {
         let given = self.given_token()?;
-        let db = StateDb::open_existing(g.state.path(), true)?;
+        let db = StateDb::existing(&g.state, true)?;
         let listener = tokio::net::TcpListener::bind(self.bind)
             .await
             .map_err(|e| CliError::Usage(format!("--bind {}: cannot listen there: {e}", self.bind)))?;
