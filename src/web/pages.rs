@@ -307,6 +307,56 @@ mod tests {
         assert_eq!(encode("é"), "%C3%A9");
     }
 
+    fn line(run: i64, status: RunState) -> crate::history::HistoryLine {
+        crate::history::HistoryLine {
+            run,
+            runbook: "sprint-2".into(),
+            env: "local".into(),
+            operator: "ana".into(),
+            host: "laptop".into(),
+            started_at: 1_764_000_000_000 + run * 3_600_000,
+            started: String::new(),
+            duration_ms: Some(184_000),
+            status,
+            failed_step: None,
+            error: None,
+            awaiting_approval: false,
+        }
+    }
+
+    /// The runs page as a reviewer reads it: a failed run, an approval stop, a died run, a
+    /// hostile operator, the filters kept in the form and in the link to older runs.
+    #[test]
+    fn the_runs_page_lists_each_run_with_what_stopped_it_and_keeps_the_filters() {
+        let mut failed = line(11, RunState::Failed);
+        failed.failed_step = Some("T2.5".into());
+        failed.error = Some("REDIS_URL: connect 127.0.0.1:6380: <refused>".into());
+        let mut approval = line(12, RunState::AwaitingApproval);
+        approval.failed_step = Some("T2.4".into());
+        approval.error = Some("awaiting approval: Plan: 35 to add".into());
+        approval.awaiting_approval = true;
+        let mut died = line(13, RunState::Died);
+        died.duration_ms = None;
+        died.operator = "<script>alert(1)</script>".into();
+        died.host = "box\u{1b}[2J".into();
+        let view = HistoryView {
+            runbook: Some("sprint-2".into()),
+            env: None,
+            status: None,
+            operator: Some("a b&c".into()),
+            limit: 3,
+            older_before: Some(11),
+            runs: vec![died, approval, failed],
+        };
+        let asked = RunsQuery {
+            runbook: Some("sprint-2".into()),
+            operator: Some("a b&c".into()),
+            status: Some(RunState::Failed),
+            ..RunsQuery::default()
+        };
+        insta::assert_snapshot!(runs(&view, &asked));
+    }
+
     #[test]
     fn a_page_has_no_script_and_no_inline_style() {
         let html = page("t<i>", "<p>x</p>", false);
