@@ -103,9 +103,14 @@ fn runs_sql() -> String {
     )
 }
 
-/// Events after an id, oldest first: of one run ($2), or of all when $2 is NULL.
-const EVENTS_AFTER_SQL: &str = "SELECT id, run_id, at, kind, payload FROM events
-                                WHERE id > $1 AND (CAST($2 AS BIGINT) IS NULL OR run_id = $2) ORDER BY id LIMIT $3";
+/// Events after an id ($1), oldest first, at most $2: of every run.
+const EVENTS_AFTER_SQL: &str = "SELECT id, run_id, at, kind, payload FROM events WHERE id > $1 ORDER BY id LIMIT $2";
+
+/// The same of one run ($3). A statement of its own rather than `$3 IS NULL OR run_id = $3`,
+/// which walked every event after $1 for one run's: a stream's first poll read the whole
+/// table (68 ms on a million events, against 0.3 ms through `events_by_run_kind`).
+const RUN_EVENTS_AFTER_SQL: &str =
+    "SELECT id, run_id, at, kind, payload FROM events WHERE run_id = $3 AND id > $1 ORDER BY id LIMIT $2";
 
 fn stored_event(r: &dyn Row) -> Result<StoredEvent, String> {
     let payload = r.text_of(4)?;
@@ -151,8 +156,15 @@ impl StateDb {
         after: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StateError> {
-        let params = [Param::Int(Some(after)), Param::Int(run), Param::Int(Some(i64::from(limit)))];
-        self.select(EVENTS_AFTER_SQL, &params, stored_event)
+        let mut params = vec![Param::Int(Some(after)), Param::Int(Some(i64::from(limit)))];
+        let sql = match run {
+            Some(run) => {
+                params.push(Param::Int(Some(run)));
+                RUN_EVENTS_AFTER_SQL
+            }
+            None => EVENTS_AFTER_SQL,
+        };
+        self.select(sql, &params, stored_event)
     }
 
     /// The events of the given kinds, oldest first: of one run, or of every run (and those
