@@ -373,3 +373,36 @@ fn a_live_runs_events_arrive_as_they_are_recorded_and_the_stream_ends_with_the_r
     conn.execute("DELETE FROM run_lock", []).unwrap();
     read_until(&mut stream, "event: end", Duration::from_secs(3));
 }
+
+#[test]
+fn a_token_that_is_missing_empty_or_short_is_refused_at_start_and_never_echoed() {
+    let dir = scratch("bad-token");
+    let state = state_db(&dir);
+    let short = "x".repeat(15);
+    let start = |args: &[&str], env: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_runbook"));
+        command.args(["serve", "--bind", "127.0.0.1:0"]).args(args).env("RUNBOOK_STATE", &state);
+        match env {
+            Some(token) => command.env("RUNBOOK_SERVE_TOKEN", token),
+            None => command.env_remove("RUNBOOK_SERVE_TOKEN"),
+        };
+        command.output().unwrap()
+    };
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "  \n").unwrap();
+    let short_file = dir.join("short");
+    std::fs::write(&short_file, format!("{short}\n")).unwrap();
+    let missing = dir.join("missing");
+    for (args, env, says) in [
+        (vec!["--token-file", empty.to_str().unwrap()], None, "the file is empty"),
+        (vec!["--token-file", short_file.to_str().unwrap()], None, "15 characters long: give at least 16"),
+        (vec!["--token-file", missing.to_str().unwrap()], None, "cannot read it"),
+        (vec![], Some(short.as_str()), "15 characters long: give at least 16"),
+    ] {
+        let out = start(&args, env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?} {env:?}: {stderr}");
+        assert!(!stderr.contains(&short) && out.stdout.is_empty(), "the token is not echoed: {stderr}");
+    }
+}
