@@ -77,7 +77,8 @@ fn every_kind_is_registered_once() {
             "diagnose",
             "migrations",
             "smoke",
-            "wait"
+            "wait",
+            "jwt_keys"
         ]
     );
     assert_eq!(
@@ -105,7 +106,7 @@ fn an_unknown_kind_lists_the_known_ones() {
         err,
         "runbooks/sprint-2.toml: step T2.3: unknown kind `databse`; known kinds: ecr_repository, database, image, \
          terraform, ssm_params, ecs_deploy, validate, pull_request, security_group_ingress, ecs_rollback, diagnose, \
-         migrations, smoke, wait"
+         migrations, smoke, wait, jwt_keys"
     );
 }
 
