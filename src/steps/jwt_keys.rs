@@ -77,7 +77,7 @@ pub(crate) struct Params {
     new_kid: String,
     #[serde(default)]
     old_kid: String,
-    /// `check_jwks`: the JWKS URL, reached through the address map.
+    /// `publish`, `check_jwks`: the JWKS URL, reached through the address map.
     #[serde(default)]
     jwks_url: String,
     /// `check_jwks`: the wait the runbook gives the caches (T4.4's seconds); a longer `max-age`
@@ -485,6 +485,21 @@ impl Params {
             Probe::Satisfied(outputs) => outputs,
             other => return Ok(other),
         };
+        if self.action == Action::Publish {
+            // The health check takes a task started up to 2 s before the write for new (clock
+            // skew); the JWKS proves that the task serving has read the key set.
+            let served = match self.served_jwks(cx).await? {
+                Ok((served, _)) => served,
+                Err(conflict) => return Ok(Probe::Conflict(conflict)),
+            };
+            if let Some(kid) = world.keyset.es256_kids().into_iter().find(|k| !served.iter().any(|s| s == k)) {
+                return Ok(Probe::Absent(format!(
+                    "the JWKS at {} does not serve {kid} yet (serves [{}]): waiting for the new task",
+                    self.jwks_url,
+                    served.join(", ")
+                )));
+            }
+        }
         let mut outputs = Outputs::from([("keyset".to_string(), world.keyset.to_json())]);
         if let Some(id) = redeployed.get("deployment_id") {
             outputs.insert("deployment_id".into(), id.clone());
@@ -565,26 +580,30 @@ impl Params {
         }
         let redeploy = self.redeploy()?;
         Step::apply(redeploy, cx).await?;
+        // The redeploy, then the refusal: a task started just before the write passes the
+        // health check for new, so the refusal is asked until it comes, within the same bound.
         let limit = Step::converge_within(redeploy);
         let started = tokio::time::Instant::now();
         loop {
-            match Step::probe(redeploy, cx).await {
-                Ok(Probe::Satisfied(_)) => break,
+            let still = match Step::probe(redeploy, cx).await {
+                Ok(Probe::Satisfied(_)) => match self.check_refused(cx, &old_key).await {
+                    Ok(()) => break,
+                    Err(StepError::Retryable { message }) => message,
+                    Err(e) => return Err(e),
+                },
                 Ok(Probe::Conflict(c)) => return Err(StepError::fatal(c, cx.retry_hint())),
-                Ok(Probe::Absent(still)) | Err(StepError::Retryable { message: still }) => {
-                    if started.elapsed() >= limit {
-                        return Err(StepError::retryable(format!(
-                            "the redeploy after the key set write did not converge within {} s: {still}",
-                            limit.as_secs()
-                        )));
-                    }
-                    cx.progress(&still).await;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                Ok(Probe::Absent(still)) | Err(StepError::Retryable { message: still }) => still,
                 Err(e) => return Err(e),
+            };
+            if started.elapsed() >= limit {
+                return Err(StepError::retryable(format!(
+                    "not converged within {} s of the key set write: {still}",
+                    limit.as_secs()
+                )));
             }
+            cx.progress(&still).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        self.check_refused(cx, &old_key).await?;
         if self.old_kid != HS256 {
             cx.checkpoint("before-delete");
             let name = self.key_param(&self.old_kid);
@@ -723,6 +742,40 @@ impl Params {
             expected.push(self.new_kid.clone());
         }
         let url = &self.jwks_url;
+        let (served, max_age) = match self.served_jwks(cx).await? {
+            Ok(found) => found,
+            Err(conflict) => return Ok(Probe::Conflict(conflict)),
+        };
+        let missing: Vec<&String> = expected.iter().filter(|k| !served.contains(k)).collect();
+        if !missing.is_empty() {
+            return Ok(Probe::Conflict(format!(
+                "the JWKS at {url} lacks kid {} (serves [{}]; the key set publishes [{}]): Dixie has not loaded the \
+                 key set; the publish step's redeploy should have made it",
+                missing.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "),
+                served.join(", "),
+                world.keyset.published.join(", ")
+            )));
+        }
+        if let Some(age) = max_age
+            && self.cache_wait_seconds > 0
+            && age > self.cache_wait_seconds
+        {
+            return Ok(Probe::Conflict(format!(
+                "Dixie serves the JWKS with max-age {age} s, longer than the {} s the runbook waits for the caches: \
+                 raise the wait to at least {age} s plus the redeploy",
+                self.cache_wait_seconds
+            )));
+        }
+        Ok(Probe::Satisfied(Outputs::from([
+            ("kids".to_string(), served.join(",")),
+            ("max_age_seconds".to_string(), max_age.map_or_else(|| "none".into(), |a| a.to_string())),
+        ])))
+    }
+
+    /// The kids of the JWKS Dixie serves, each entry checked to hash to its kid, and its
+    /// `max-age`; `Err(conflict)` for an entry that does not.
+    async fn served_jwks(&self, cx: &StepContext) -> Result<Result<(Vec<String>, Option<u64>), String>, StepError> {
+        let url = &self.jwks_url;
         let (status, body, cache, text) = self.send(cx, reqwest::Method::GET, url, None, None).await?;
         let shown = || text.chars().take(200).collect::<String>();
         if status != 200 {
@@ -757,37 +810,13 @@ impl Params {
             };
             let actual = keys::thumbprint(&point).map_err(|e| StepError::fatal(e.0, "look at Dixie's JWKS"))?;
             if actual != kid {
-                return Ok(Probe::Conflict(format!(
+                return Ok(Err(format!(
                     "the JWKS entry of kid {kid} holds a key whose RFC 7638 thumbprint is {actual}"
                 )));
             }
             served.push(kid.to_string());
         }
-        let missing: Vec<&String> = expected.iter().filter(|k| !served.contains(k)).collect();
-        if !missing.is_empty() {
-            return Ok(Probe::Conflict(format!(
-                "the JWKS at {url} lacks kid {} (serves [{}]; the key set publishes [{}]): Dixie has not loaded the \
-                 key set; the publish step's redeploy should have made it",
-                missing.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", "),
-                served.join(", "),
-                world.keyset.published.join(", ")
-            )));
-        }
-        let max_age = cache.as_deref().and_then(max_age);
-        if let Some(age) = max_age
-            && self.cache_wait_seconds > 0
-            && age > self.cache_wait_seconds
-        {
-            return Ok(Probe::Conflict(format!(
-                "Dixie serves the JWKS with max-age {age} s, longer than the {} s the runbook waits for the caches: \
-                 raise the wait to at least {age} s plus the redeploy",
-                self.cache_wait_seconds
-            )));
-        }
-        Ok(Probe::Satisfied(Outputs::from([
-            ("kids".to_string(), served.join(",")),
-            ("max_age_seconds".to_string(), max_age.map_or_else(|| "none".into(), |a| a.to_string())),
-        ])))
+        Ok(Ok((served, cache.as_deref().and_then(max_age))))
     }
 
     /// A new token carries the new kid; a token of the old kid verifies (while it is published).
@@ -813,6 +842,12 @@ impl Params {
         let new = self.issued(cx, &admin, None).await?;
         let new_kid =
             keys::token_header(new.expose()).map_err(|e| StepError::fatal(e.0, "look at Dixie's token route"))?.0;
+        if new_kid.as_deref() == Some(self.old_kid.as_str()) || (self.old_kid == HS256 && new_kid.is_none()) {
+            return Err(StepError::retryable(format!(
+                "a new token still carries the old kid {}: the switch's redeploy has not taken yet",
+                self.old_kid
+            )));
+        }
         if new_kid.as_deref() != Some(self.new_kid.as_str()) {
             return Ok(Probe::Conflict(format!(
                 "a new token carries kid {}, not {}: Dixie does not sign with the new key",
@@ -853,7 +888,7 @@ impl Params {
     ) -> Result<Secret<String>, StepError> {
         let url = format!("{}/api/auth/token", self.dixie_url.trim_end_matches('/'));
         let body = match kid {
-            Some(kid) => serde_json::json!({"sub": WALLET, "kid": kid, "expires_in": TOKEN_SECONDS}),
+            Some(kid) => serde_json::json!({"sub": WALLET, "kid": kid}),
             None => serde_json::json!({"sub": WALLET}),
         };
         let (status, answer, _, _) = self.send(cx, reqwest::Method::POST, &url, Some(admin), Some(body)).await?;
@@ -866,6 +901,10 @@ impl Params {
         }
         match answer.get("token").and_then(|t| t.as_str()) {
             Some(token) if status == 200 => Ok(Secret::new(token.to_string())),
+            _ if (400..500).contains(&status) => Err(StepError::fatal(
+                format!("POST {url}: HTTP {status} {}", answer["error"]),
+                "the route refused the request: check the admin key (DIXIE_ADMIN_KEY) and the kids",
+            )),
             _ => Err(StepError::retryable(format!("POST {url}: HTTP {status} {}", answer["error"]))),
         }
     }
@@ -1013,6 +1052,10 @@ impl Step for Params {
                 if action == Action::Retire {
                     need("dixie_url", !self.dixie_url.is_empty())?;
                     reach::check_http_url("dixie_url", &self.dixie_url)?;
+                }
+                if action == Action::Publish {
+                    need("jwks_url", !self.jwks_url.is_empty())?;
+                    reach::check_http_url("jwks_url", &self.jwks_url)?;
                 }
             }
             Action::CheckJwks => {

@@ -44,7 +44,7 @@ fn each_key_set_is_one_stage_of_a_rotation_or_a_conflict() {
 #[test]
 fn each_write_action_wants_its_key_set_from_the_stage_before_it_and_nothing_after() {
     let with = |action: &str| {
-        params(action, &format!("new_kid = \"{NEW}\"\nold_kid = \"hs256\"\ndixie_url = \"http://d\"\n{REDEPLOY}"))
+        params(action, &format!("new_kid = \"{NEW}\"\nold_kid = \"hs256\"\ndixie_url = \"http://d\"\njwks_url = \"http://d/j\"\n{REDEPLOY}"))
             .unwrap()
     };
     let publish = with("publish");
@@ -145,4 +145,10 @@ fn params_the_kind_refuses_name_the_field() {
     assert!(
         params("check_jwks", "new_kid = \"placeholder\"\nold_kid = \"placeholder\"\njwks_url = \"http://d/j\"").is_ok()
     );
+}
+
+#[test]
+fn publish_needs_the_jwks_that_proves_dixie_read_the_key_set() {
+    let without = params("publish", &format!("new_kid = \"{NEW}\"\nold_kid = \"{OLD}\"\n{REDEPLOY}")).unwrap_err();
+    assert_eq!(without, "action publish needs `jwks_url`");
 }
