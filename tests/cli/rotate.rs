@@ -2,8 +2,9 @@
 //! (from 001's HS256 to an ES256 key) killed in `create` right after the key is written, during
 //! the T4.4 wait and before T4.8, each resumed, with exactly one new key; a token of the old kid
 //! accepted until T4.8 and refused after it; a re-run that changes and waits nothing; then a
-//! dual-kid rotation (ES256 to ES256) in one go, timed, that deletes the old key. No secret in
-//! the state DB or the output.
+//! dual-kid rotation (ES256 to ES256) in one go, timed, that deletes the old key, whose new kid
+//! Finn accepts; another killed after each key set write, after a forced redeploy, during the
+//! token wait and before the old key's deletion. No secret in the state DB or the output.
 
 use std::time::Instant;
 
@@ -130,6 +131,7 @@ fn a_rotation_survives_kills_keeps_old_tokens_until_t4_8_and_a_rerun_changes_and
     for step in status["steps"].as_array().unwrap() {
         assert_eq!(step["state"], "satisfied", "{step}");
     }
+    eprintln!("a re-run after success took {rerun:?}");
     assert!(rerun.as_secs() < 10, "the re-run took {rerun:?}: it waited");
     assert_eq!(key_kids(), std::slice::from_ref(&new));
 
@@ -145,9 +147,43 @@ fn a_rotation_survives_kills_keeps_old_tokens_until_t4_8_and_a_rerun_changes_and
     assert_eq!(key_kids(), std::slice::from_ref(&second), "the old key is deleted, one new key");
     assert_eq!(keyset().unwrap(), format!(r#"{{"active":"{second}","published":["{second}"]}}"#));
     assert_eq!(outputs_of(&status, "T4.8")["deleted"], format!("{KEYS}{new}"));
+    // Finn, a client of the JWKS, accepts the new kid's tokens.
+    let out = Command::new("curl")
+        .args(["-s", "-m", "5", "-H", "Content-Type: application/json", "-d"])
+        .arg(serde_json::json!({"token": token(None)}).to_string())
+        .arg("http://127.0.0.1:13000/debug/verify")
+        .output()
+        .unwrap();
+    let finn: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((finn["valid"].as_bool(), finn["kid"].as_str()), (Some(true), Some(second.as_str())), "{finn}");
+
+    // Another, killed where an ES256 retirement can be caught: after each key set write, after
+    // a forced redeploy, during the token wait, and before the old key's deletion.
+    let killed_at =
+        ["T4.2:keyset-written", "T4.5:after-force", "T4.7:recorded", "T4.8:keyset-written", "T4.8:before-delete"];
+    for (n, point) in killed_at.iter().enumerate() {
+        let args: &[&str] = if n == 0 {
+            &["run", "rotate-jwt-key", "--yes", "--var", "rotate_after_days=0"]
+        } else {
+            &["resume", "--yes"]
+        };
+        let killed = rb().env("RUNBOOK_CRASH_AT", point).run(args);
+        assert_eq!(killed.code, None, "killed at {point} by SIGKILL:\n{}", killed.text());
+        let kids = key_kids();
+        assert!(kids.len() == 2 && kids.contains(&second), "at {point}: {kids:?}");
+    }
+    rb().run(&["resume", "--yes"]).expect_code(0);
+    let status = rb().status();
+    all_done(&status);
+    let third = outputs_of(&status, "T4.1")["new_kid"].as_str().unwrap().to_string();
+    assert_eq!(outputs_of(&status, "T4.1")["old_kid"], second.as_str());
+    assert_eq!(key_kids(), std::slice::from_ref(&third), "one new key across five kills, the old one deleted");
+    assert_eq!(keyset().unwrap(), format!(r#"{{"active":"{third}","published":["{third}"]}}"#));
+    rb().run(&["logs", "T4.8"])
+        .expect_text(&format!("a token of {second} is refused: HTTP 401 kid {second} is not in the key set"));
 
     // No private key, admin key or token in the state DB or the output.
-    let private = ssm_get(&format!("{KEYS}{second}")).unwrap().0;
+    let private = ssm_get(&format!("{KEYS}{third}")).unwrap().0;
     assert!(private.contains("BEGIN PRIVATE KEY"));
     let body: String = private.lines().filter(|l| !l.starts_with("-----")).collect();
     let admin = ssm_get("/dixie/armitage/DIXIE_ADMIN_KEY").unwrap().0;
