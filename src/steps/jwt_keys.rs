@@ -49,6 +49,7 @@ enum Action {
     Switch,
     CheckTokens,
     Retire,
+    Revoke,
 }
 
 impl Action {
@@ -60,6 +61,7 @@ impl Action {
             Action::Switch => "switch",
             Action::CheckTokens => "check_tokens",
             Action::Retire => "retire",
+            Action::Revoke => "revoke",
         }
     }
 }
@@ -97,6 +99,14 @@ pub(crate) struct Params {
     /// `ecs_deploy` step's params; its `inputs` must hold the key set).
     #[serde(default)]
     redeploy: Option<ecs_deploy::Params>,
+    /// `create` for an emergency revocation: the compromised kid. The new key is then made while
+    /// the key set publishes it, whatever the active key's age.
+    #[serde(default)]
+    revoke_kid: Option<String>,
+    /// `revoke` (ring): the Finn stand-in's JWKS cache, forgotten once the revoked kid's tokens
+    /// are refused ("Finn told"); empty: nothing told.
+    #[serde(default)]
+    finn_jwks_cache_url: String,
     /// `create`: make a new key only when the active one is older than this many days
     /// (0: always); a rotation under way is always finished first.
     #[serde(default = "thirty", deserialize_with = "number_or_text")]
@@ -301,6 +311,34 @@ impl Params {
 
     /// The rotation `create` finds under way or finished, or `None` when a new one is due.
     /// `Err(conflict)` when SSM holds something no rotation leaves.
+    /// The revocation of `revoke_kid` under way or done, or `None` when its new key is to be made.
+    fn find_revocation(&self, world: &World) -> Result<Option<Outputs>, String> {
+        let revoked = self.revoke_kid.as_deref().unwrap_or_default();
+        let found = |new: &str| {
+            Outputs::from([
+                ("new_kid".to_string(), new.to_string()),
+                ("old_kid".to_string(), revoked.to_string()),
+                (
+                    "created_at".to_string(),
+                    world.keys.get(new).map_or_else(|| "unknown".to_string(), |ms| utc_ceil(*ms)),
+                ),
+            ])
+        };
+        if !world.ever_published(revoked) {
+            return Err(format!("kid {revoked} was never published by {}: nothing to revoke", self.keyset_param));
+        }
+        if !world.keyset.publishes(revoked) {
+            return Ok(Some(found(&world.keyset.active)));
+        }
+        match world.pending().as_slice() {
+            [] => Ok(None),
+            [new] => Ok(Some(found(new))),
+            many => {
+                Err(format!("{} keys under {} wait to be published ({})", many.len(), self.keys_path, many.join(", ")))
+            }
+        }
+    }
+
     async fn find_rotation(
         &self,
         cx: &StepContext,
@@ -379,6 +417,16 @@ impl Params {
 
     async fn probe_create(&self, cx: &StepContext) -> Result<Probe, StepError> {
         let world = self.survey(cx).await?;
+        if let Some(revoked) = &self.revoke_kid {
+            return Ok(match self.find_revocation(&world) {
+                Err(conflict) => Probe::Conflict(conflict),
+                Ok(Some(outputs)) => Probe::Satisfied(outputs),
+                Ok(None) => Probe::Absent(format!(
+                    "make a new P-256 key and write it to {}<its kid> (SecureString): {revoked} is revoked",
+                    self.keys_path
+                )),
+            });
+        }
         Ok(match self.find_rotation(cx, &world).await? {
             Err(conflict) => Probe::Conflict(conflict),
             Ok(Some(outputs)) => Probe::Satisfied(outputs),
@@ -398,7 +446,12 @@ impl Params {
 
     async fn apply_create(&self, cx: &StepContext) -> Result<(), StepError> {
         let world = self.survey(cx).await?;
-        if let Ok(Some(found)) = self.find_rotation(cx, &world).await? {
+        let found = if self.revoke_kid.is_none() {
+            self.find_rotation(cx, &world).await?
+        } else {
+            self.find_revocation(&world)
+        };
+        if let Ok(Some(found)) = found {
             cx.log(format!("the new key {} is there already: reused", found["new_kid"])).await;
             return Ok(());
         }
@@ -451,21 +504,39 @@ impl Params {
         })
     }
 
-    /// `publish`, `switch`, `retire`: the key set is at or past this action's, Dixie redeployed
-    /// since it changed; and for `retire` the old key deleted.
+    /// The key set the action wants, or `None` when it is there or past it; `Err(conflict)`.
+    fn wanted_in(&self, world: &World) -> Result<Option<KeySet>, String> {
+        if self.action != Action::Revoke {
+            return self.wanted(self.stage_of(world)?);
+        }
+        // A revocation leaves the new kid alone at once: no overlap, whatever stage it finds.
+        let (old, new) = (&self.old_kid, &self.new_kid);
+        let alone = KeySet { active: new.clone(), published: vec![new.clone()] };
+        if world.keyset.publishes(old) {
+            Ok(Some(alone))
+        } else if world.keyset == alone {
+            Ok(None)
+        } else {
+            Err(format!("the key set ({}) no longer publishes {old}, but not {new} alone either", world.keyset))
+        }
+    }
+
+    /// Whether the action takes the old kid out and deletes its key.
+    fn retires(&self) -> bool {
+        matches!(self.action, Action::Retire | Action::Revoke)
+    }
+
+    /// `publish`, `switch`, `retire`, `revoke`: the key set is at or past this action's, Dixie
+    /// redeployed since it changed; and for `retire` and `revoke` the old key deleted.
     async fn probe_write(&self, cx: &StepContext) -> Result<Probe, StepError> {
         let world = self.survey(cx).await?;
-        let at = match self.stage_of(&world) {
-            Ok(at) => at,
-            Err(conflict) => return Ok(Probe::Conflict(conflict)),
-        };
-        let wanted = match self.wanted(at) {
+        let wanted = match self.wanted_in(&world) {
             Ok(w) => w,
             Err(conflict) => return Ok(Probe::Conflict(conflict)),
         };
         if let Some(set) = wanted {
             let mut what = format!("write {} = {}, then redeploy", self.keyset_param, set.to_json());
-            if self.action == Action::Retire {
+            if self.retires() {
                 what.push_str(&format!(
                     ", check that a token of {} is refused, then {}",
                     self.old_kid,
@@ -474,7 +545,7 @@ impl Params {
             }
             return Ok(Probe::Absent(what));
         }
-        if self.action == Action::Retire && world.keys.contains_key(&self.old_kid) {
+        if self.retires() && world.keys.contains_key(&self.old_kid) {
             return Ok(Probe::Absent(format!(
                 "{}: {} left the key set; first the redeploy, and a token of it refused",
                 self.deletion(),
@@ -507,10 +578,13 @@ impl Params {
         let (name, when) = match self.action {
             Action::Publish => ("published_at", world.first_time(|s| s.publishes(&self.new_kid))),
             Action::Switch => ("switched_at", world.first_time(|s| s.active == self.new_kid)),
+            Action::Revoke => {
+                ("revoked_at", world.first_time(|s| s.active == self.new_kid && !s.publishes(&self.old_kid)))
+            }
             _ => ("retired_at", world.first_time(|s| s.active == self.new_kid && !s.publishes(&self.old_kid))),
         };
         outputs.insert(name.into(), when.map_or_else(|| "unknown".into(), utc_ceil));
-        if self.action == Action::Retire {
+        if self.retires() {
             outputs.insert("deleted".into(), self.deleted());
         }
         Ok(Probe::Satisfied(outputs))
@@ -549,9 +623,10 @@ impl Params {
 
     async fn apply_write(&self, cx: &StepContext) -> Result<(), StepError> {
         let world = self.survey(cx).await?;
-        let at = self.stage_of(&world).map_err(|c| StepError::fatal(c, "look at the key set, then retry"))?;
-        let wanted = self.wanted(at).map_err(|c| StepError::fatal(c, "run the steps in order: runbook status"))?;
-        if self.action == Action::Retire {
+        let wanted = self
+            .wanted_in(&world)
+            .map_err(|c| StepError::fatal(c, "look at the key set; run the steps in order: runbook status"))?;
+        if self.retires() {
             return self.apply_retire(cx, wanted).await;
         }
         if let Some(set) = &wanted {
@@ -564,7 +639,10 @@ impl Params {
     /// then the old key deleted: each part skipped when the world shows it done.
     async fn apply_retire(&self, cx: &StepContext, wanted: Option<KeySet>) -> Result<(), StepError> {
         let old_key = self.old_signer(cx).await?;
-        if let Some(set) = &wanted {
+        if let Some(set) = wanted.as_ref().filter(|_| self.action == Action::Revoke) {
+            // No check first: the point of a revocation is speed.
+            self.put_keyset(cx, set).await?;
+        } else if let Some(set) = &wanted {
             // Before anything changes: Dixie accepts the old kid's token, so its refusal later means something.
             let (status, body) = self.verify_token(cx, &self.old_token(&old_key)?).await?;
             if status != 200 {
@@ -603,6 +681,15 @@ impl Params {
             }
             cx.progress(&still).await;
             tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if !self.finn_jwks_cache_url.is_empty() {
+            // "Finn told": the ring's Finn forgets its cached JWKS (on AWS: redeploy the client).
+            let url = &self.finn_jwks_cache_url;
+            let (status, _, _, _) = self.send(cx, reqwest::Method::DELETE, url, None, None).await?;
+            if !(200..300).contains(&status) {
+                return Err(StepError::retryable(format!("DELETE {url}: HTTP {status}")));
+            }
+            cx.log(format!("told Finn: DELETE {url} (its cached JWKS forgotten)")).await;
         }
         if self.old_kid != HS256 {
             cx.checkpoint("before-delete");
@@ -934,7 +1021,7 @@ impl Params {
         {
             read_secret(cx, "admin_key", source).await?;
         }
-        if self.action == Action::Retire
+        if self.retires()
             && let Some(source) = &self.hs256_key
             && world.keyset.publishes(HS256)
         {
@@ -1006,6 +1093,7 @@ impl Step for Params {
         "max_age_seconds",
         "new_token_kid",
         "old_token",
+        "revoked_at",
     ]);
 
     fn validate(&self) -> Result<(), String> {
@@ -1028,6 +1116,18 @@ impl Step for Params {
         }
         super::check_wait("cache_wait_seconds", self.cache_wait_seconds)?;
         let action = self.action;
+        if let Some(revoked) = &self.revoke_kid {
+            if revoked.trim().is_empty() {
+                return Err(
+                    "revoke_kid is empty: name the compromised kid (--var kid=<kid>, from the JWKS or the key set)"
+                        .into(),
+                );
+            }
+            check_kid("revoke_kid", revoked, true)?;
+        }
+        if !self.finn_jwks_cache_url.is_empty() {
+            reach::check_http_url("finn_jwks_cache_url", &self.finn_jwks_cache_url)?;
+        }
         if action != Action::Create {
             check_kid("new_kid", &self.new_kid, false)?;
             check_kid("old_kid", &self.old_kid, true)?;
@@ -1040,7 +1140,7 @@ impl Step for Params {
         };
         match action {
             Action::Create => {}
-            Action::Publish | Action::Switch | Action::Retire => {
+            Action::Publish | Action::Switch | Action::Retire | Action::Revoke => {
                 let redeploy = self.redeploy.as_ref().ok_or(format!("action {} needs `redeploy`", action.name()))?;
                 Step::validate(redeploy).map_err(|e| format!("redeploy: {e}"))?;
                 if !redeploy.picks_up(&self.keyset_param) {
@@ -1049,7 +1149,7 @@ impl Step for Params {
                         self.keyset_param
                     ));
                 }
-                if action == Action::Retire {
+                if self.retires() {
                     need("dixie_url", !self.dixie_url.is_empty())?;
                     reach::check_http_url("dixie_url", &self.dixie_url)?;
                 }
@@ -1073,7 +1173,9 @@ impl Step for Params {
 
     fn converge_within(&self) -> Duration {
         match (&self.redeploy, self.action) {
-            (Some(redeploy), Action::Publish | Action::Switch | Action::Retire) => Step::converge_within(redeploy),
+            (Some(redeploy), Action::Publish | Action::Switch | Action::Retire | Action::Revoke) => {
+                Step::converge_within(redeploy)
+            }
             _ => CHECK_WITHIN,
         }
     }
@@ -1085,7 +1187,7 @@ impl Step for Params {
     async fn probe(&self, cx: &StepContext) -> Result<Probe, StepError> {
         match self.action {
             Action::Create => self.probe_create(cx).await,
-            Action::Publish | Action::Switch | Action::Retire => self.probe_write(cx).await,
+            Action::Publish | Action::Switch | Action::Retire | Action::Revoke => self.probe_write(cx).await,
             Action::CheckJwks => self.check_jwks(cx).await,
             Action::CheckTokens => self.check_tokens(cx).await,
         }
@@ -1094,7 +1196,7 @@ impl Step for Params {
     async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         match self.action {
             Action::Create => self.apply_create(cx).await,
-            Action::Publish | Action::Switch | Action::Retire => self.apply_write(cx).await,
+            Action::Publish | Action::Switch | Action::Retire | Action::Revoke => self.apply_write(cx).await,
             // Their probes never say Absent: a check has nothing to apply.
             Action::CheckJwks | Action::CheckTokens => Err(StepError::fatal(
                 format!("{} changes nothing", self.action.name()),
@@ -1105,7 +1207,7 @@ impl Step for Params {
 
     async fn verify(&self, cx: &StepContext) -> Result<Probe, StepError> {
         match self.action {
-            Action::Retire => self.verify_retire(cx).await,
+            Action::Retire | Action::Revoke => self.verify_retire(cx).await,
             _ => self.probe(cx).await,
         }
     }

@@ -152,3 +152,22 @@ fn publish_needs_the_jwks_that_proves_dixie_read_the_key_set() {
     let without = params("publish", &format!("new_kid = \"{NEW}\"\nold_kid = \"{OLD}\"\n{REDEPLOY}")).unwrap_err();
     assert_eq!(without, "action publish needs `jwks_url`");
 }
+
+#[test]
+fn a_revocation_leaves_the_new_kid_alone_from_any_stage_and_names_what_it_cannot_judge() {
+    let revoke =
+        params("revoke", &format!("new_kid = \"{NEW}\"\nold_kid = \"{OLD}\"\ndixie_url = \"http://d\"\n{REDEPLOY}"))
+            .unwrap();
+    let world =
+        |keyset: KeySet| World { keyset, keyset_modified_ms: Some(0), history: Vec::new(), keys: BTreeMap::new() };
+    let alone = set(NEW, &[NEW]);
+    for before in [set(OLD, &[OLD]), set(OLD, &[OLD, NEW]), set(NEW, &[OLD, NEW]), set(OLD, &[HS256, OLD])] {
+        assert_eq!(revoke.wanted_in(&world(before)), Ok(Some(alone.clone())));
+    }
+    assert_eq!(revoke.wanted_in(&world(alone.clone())), Ok(None));
+    assert!(revoke.wanted_in(&world(set(HS256, &[HS256]))).unwrap_err().contains("no longer publishes"));
+    assert_eq!(revoke.deletion(), format!("delete /dixie/armitage/jwt-keys/{OLD}"));
+    let empty = params("create", "revoke_kid = \"\"").unwrap_err();
+    assert!(empty.starts_with("revoke_kid is empty"), "{empty}");
+    assert!(params("create", "revoke_kid = \"hs256\"").is_ok());
+}
