@@ -11,6 +11,7 @@
 //! | `switch` | key set `{active: new, published: [old, new]}`, redeploy | the key set signs with the new kid, redeployed |
 //! | `check_tokens` | nothing | a new token carries the new kid; a token of the old kid verifies (ring only: Dixie's test-token route) |
 //! | `retire` | key set `{active: new, published: [new]}`, redeploy, then deletes the old key | the old kid is out of the key set, its key gone, redeployed |
+//! | `revoke` | the same at once, from any stage (no overlap, no wait), and tells Finn | as `retire` |
 //!
 //! Where a rotation stands is read from SSM alone (the key set, its version history, the key
 //! parameters), never from the state DB: so every action is idempotent under a kill at any
@@ -645,6 +646,9 @@ impl Params {
         } else if let Some(set) = &wanted {
             // Before anything changes: Dixie accepts the old kid's token, so its refusal later means something.
             let (status, body) = self.verify_token(cx, &self.old_token(&old_key)?).await?;
+            if status != 200 && status != 401 {
+                return Err(StepError::retryable(format!("GET /api/auth/verify: HTTP {status} {body}")));
+            }
             if status != 200 {
                 return Err(StepError::fatal(
                     format!(
