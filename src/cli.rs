@@ -71,6 +71,10 @@ enum Command {
     #[command(after_help = "Exit codes with --once: 0 healthy, 1 degraded (warn), 4 unhealthy or unreachable \
                             (alert), 2 bad input. Without --once, Ctrl-C ends it with 0.")]
     Watch(commands::watch::Args),
+    /// Read-only: the runs, a run's graph and steps, and each attempt's log in a browser, live.
+    /// Binds 127.0.0.1:8765; any other address needs a token (--token-file, RUNBOOK_SERVE_TOKEN,
+    /// or one made and printed once).
+    Serve(commands::serve::Args),
     /// The state DB itself: `state copy` moves a SQLite history into PostgreSQL.
     State(commands::state::Args),
     /// The local rehearsal ring of real services on loopback.
@@ -138,6 +142,7 @@ async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
             args.execute(g, &mut printer).await
         }
         Command::Diagnose(args) => args.execute(g).await,
+        Command::Serve(args) => args.execute(g, &mut std::io::stdout()).await,
         Command::State(args) => args.execute(),
         Command::Ring(args) => args.execute(g),
     }

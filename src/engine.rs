@@ -123,19 +123,28 @@ impl Engine {
             }
         }
 
-        let mut blocked = Vec::new();
+        self.settle(&progress.finished, &failed, &awaiting).await
+    }
+
+    /// Once nothing runs: each step that did not run is recorded as blocked (by the failed
+    /// steps it needs, or by the state DB), and the run's state is judged.
+    async fn settle(
+        &self,
+        finished: &BTreeSet<String>,
+        failed: &BTreeSet<String>,
+        awaiting: &BTreeSet<String>,
+    ) -> RunState {
+        let graph = &self.runbook.graph;
         for id in graph.topological() {
-            if progress.finished.contains(&id) || failed.contains(&id) {
+            if finished.contains(&id) || failed.contains(&id) {
                 continue;
             }
             let by = graph.upstream(&id).into_iter().filter(|u| failed.contains(u)).collect::<Vec<_>>();
-            blocked.push((id, if by.is_empty() { "the state DB".to_string() } else { by.join(", ") }));
-        }
-        for (step, by) in blocked {
-            self.recorder.emit(Event::StepBlocked { step, by }).await;
+            let by = if by.is_empty() { "the state DB".to_string() } else { by.join(", ") };
+            self.recorder.emit(Event::StepBlocked { step: id, by }).await;
         }
         let written = self.recorder.write_error().is_none();
-        if failed.is_empty() && written && progress.finished.len() == self.runbook.steps.len() {
+        if failed.is_empty() && written && finished.len() == self.runbook.steps.len() {
             RunState::Done
         } else if !awaiting.is_empty() && awaiting.len() == failed.len() && written {
             // Every stop is an approval: the run waits for an operator, nothing is broken.
@@ -219,23 +228,28 @@ async fn run_step(
                 } else {
                     Ended::Failed
                 };
-                let (error, fix) = match e {
-                    StepError::Retryable { message } => (
-                        format!("{message} (gave up after {} attempts)", shared.retry.max_attempts),
-                        Some(format!("once the cause is fixed: {}", crate::hint::retry(id, shared.services.run))),
-                    ),
-                    StepError::Fatal { message, fix } => (message, fix),
-                    StepError::AwaitingApproval { summary, fix } => (
-                        format!("awaiting approval: {summary}"),
-                        fix.or_else(|| Some(approval_fix(id, shared.services.run))),
-                    ),
-                };
+                let (error, fix) = recorded_failure(e, id, shared);
                 shared
                     .recorder
                     .emit(Event::StepFailed { step: id.to_string(), attempt, error, fix, duration_ms: elapsed })
                     .await;
                 return ended;
             }
+        }
+    }
+}
+
+/// What a step's last error is recorded as: its message and the fix an operator is given.
+fn recorded_failure(e: StepError, id: &str, shared: &Shared) -> (String, Option<String>) {
+    let run = shared.services.run;
+    match e {
+        StepError::Retryable { message } => (
+            format!("{message} (gave up after {} attempts)", shared.retry.max_attempts),
+            Some(format!("once the cause is fixed: {}", crate::hint::retry(id, run))),
+        ),
+        StepError::Fatal { message, fix } => (message, fix),
+        StepError::AwaitingApproval { summary, fix } => {
+            (format!("awaiting approval: {summary}"), fix.or_else(|| Some(approval_fix(id, run))))
         }
     }
 }

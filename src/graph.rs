@@ -90,18 +90,29 @@ impl Graph {
 
     /// Step ids in waves: every step after what it needs, each wave in file order.
     pub(crate) fn topological(&self) -> Vec<String> {
+        self.waves().into_iter().flatten().collect()
+    }
+
+    /// The waves themselves: the first holds the steps that need nothing, each next one the
+    /// steps whose needs are all in the waves before it (what the web view draws as columns).
+    pub(crate) fn waves(&self) -> Vec<Vec<String>> {
         let mut frontier = Frontier::new(self, &BTreeSet::new());
-        let mut order = Vec::with_capacity(self.nodes.len());
+        let mut waves = Vec::new();
         loop {
             let wave = frontier.take_ready();
             if wave.is_empty() {
-                return order;
+                return waves;
             }
             for id in &wave {
                 frontier.finish(id);
             }
-            order.extend(wave);
+            waves.push(wave);
         }
+    }
+
+    /// Every dependency as (what is needed, the step that needs it), in file order.
+    pub(crate) fn edges(&self) -> Vec<(String, String)> {
+        self.nodes.iter().flat_map(|(id, needs)| needs.iter().map(move |n| (n.clone(), id.clone()))).collect()
     }
 
     pub(crate) fn to_dot(&self, name: &str, titles: &BTreeMap<String, String>) -> String {

@@ -36,3 +36,4 @@ mod status;
 mod steps;
 mod text;
 mod watch;
+mod web;

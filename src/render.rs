@@ -37,15 +37,30 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
             || format!("run {run} of {runbook} is done; nothing to resume (runbook run {runbook} starts a new one)\n"),
         ),
         Outcome::Plan(lines) => either(json, || serde_json::json!({ "plan": lines }), || plan_table(lines)),
-        Outcome::Status(view) => {
-            if json {
-                pretty(view)
-            } else {
-                status_table(view)
-            }
-        }
+        Outcome::Status(view) => shown(json, view, status_table),
         Outcome::Logs { run, step, attempts } => logs_text(*run, step, attempts, json),
         Outcome::Graph(text) => either(json, || serde_json::json!({ "graph": text }), || text.clone()),
+        Outcome::Skipped { .. }
+        | Outcome::Unlocked(_)
+        | Outcome::StateLockReleased { .. }
+        | Outcome::StateCopied(_) => operator_action(outcome, json),
+        Outcome::Ring(_) | Outcome::Watch { .. } | Outcome::Served => String::new(),
+        Outcome::Diagnosis { env, findings, elapsed_ms } => diagnosis::render(env, findings, *elapsed_ms, json),
+        Outcome::History(view) => shown(json, view, oncall::history_table),
+        Outcome::Audit(view) => shown(json, view, oncall::audit_table),
+    };
+    Rendered { stdout, stderr: String::new(), code }
+}
+
+/// `view` as indented JSON, or as `table` draws it.
+fn shown<V: serde::Serialize>(json: bool, view: &V, table: impl FnOnce(&V) -> String) -> String {
+    if json { pretty(view) } else { table(view) }
+}
+
+/// What an operator's command did to the record: a step skipped, a lock broken or released,
+/// the state copied.
+fn operator_action(outcome: &Outcome, json: bool) -> String {
+    match outcome {
         Outcome::Skipped { run, step, reason } => either(
             json,
             || serde_json::json!({ "run": run, "skipped": step, "reason": reason }),
@@ -56,14 +71,14 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
                 )
             },
         ),
-        Outcome::Unlocked(holder) => match holder {
-            Some(h) => either(
-                json,
-                || serde_json::json!({ "broke_lock_of": { "host": h.host, "pid": h.pid } }),
-                || format!("broke the run lock held by pid {} on {} (recorded in the audit log)\n", h.pid, h.host),
-            ),
-            None => either(json, || serde_json::json!({ "broke_lock_of": null }), || "no run lock is held\n".into()),
-        },
+        Outcome::Unlocked(Some(h)) => either(
+            json,
+            || serde_json::json!({ "broke_lock_of": { "host": h.host, "pid": h.pid } }),
+            || format!("broke the run lock held by pid {} on {} (recorded in the audit log)\n", h.pid, h.host),
+        ),
+        Outcome::Unlocked(None) => {
+            either(json, || serde_json::json!({ "broke_lock_of": null }), || "no run lock is held\n".into())
+        }
         Outcome::StateLockReleased { run, step, lock_id } => either(
             json,
             || serde_json::json!({ "run": run, "step": step, "released_state_lock": lock_id }),
@@ -75,15 +90,6 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
                 )
             },
         ),
-        Outcome::Ring(_) | Outcome::Watch { .. } => String::new(),
-        Outcome::Diagnosis { env, findings, elapsed_ms } => diagnosis::render(env, findings, *elapsed_ms, json),
-        Outcome::History(view) => {
-            if json {
-                pretty(view)
-            } else {
-                oncall::history_table(view)
-            }
-        }
         Outcome::StateCopied(c) => either(
             json,
             || serde_json::to_value(c).unwrap_or_default(),
@@ -100,15 +106,8 @@ pub(crate) fn outcome(outcome: &Outcome, json: bool) -> Rendered {
                 )
             },
         ),
-        Outcome::Audit(view) => {
-            if json {
-                pretty(view)
-            } else {
-                oncall::audit_table(view)
-            }
-        }
-    };
-    Rendered { stdout, stderr: String::new(), code }
+        _ => String::new(),
+    }
 }
 
 /// A view as indented JSON.

@@ -114,6 +114,21 @@ fn describe(event: &Event) -> Option<String> {
         Event::StepBlocked { step, by } => format!("{step} not started: waits for {by}"),
         Event::StepSkipped { step, reason, operator, .. } => format!("{step} skipped by {operator}: {reason}"),
         Event::StepReset { step, reason, operator, .. } => format!("{step} reset by {operator}: {reason}"),
+        Event::LockTakenOver { .. }
+        | Event::LockBroken { .. }
+        | Event::StateLockReleased { .. }
+        | Event::RollbackMarked { .. }
+        | Event::RollbackAcknowledged { .. } => decision(event)?,
+        Event::SmokeRound { .. } | Event::WaitStarted { .. } => kept_by_its_step(event)?,
+        Event::RunFinished { run, status, duration_ms } => {
+            format!("run {run} {} in {}", status.as_str(), format_duration(*duration_ms as i64))
+        }
+    })
+}
+
+/// An operator's decision on the record: a lock taken over, broken or released, a rollback.
+fn decision(event: &Event) -> Option<String> {
+    Some(match event {
         Event::LockTakenOver { previous_host, previous_pid, .. } => {
             format!("took over the run lock of dead process {previous_pid} on {previous_host}")
         }
@@ -142,6 +157,13 @@ fn describe(event: &Event) -> Option<String> {
         Event::RollbackAcknowledged { step, rollback_run, service, operator, .. } => {
             format!("{step}: {operator} acknowledged undoing the rollback of {service} by run {rollback_run}")
         }
+        _ => return None,
+    })
+}
+
+/// What a step keeps on the record for its own resume: a smoke round, a wait's deadline.
+fn kept_by_its_step(event: &Event) -> Option<String> {
+    Some(match event {
         Event::SmokeRound { step, round, green, streak, consecutive, checks, .. } => {
             let failed: Vec<String> = checks
                 .iter()
@@ -159,9 +181,7 @@ fn describe(event: &Event) -> Option<String> {
                 crate::clock::until(*until_ms, None, then)
             )
         }
-        Event::RunFinished { run, status, duration_ms } => {
-            format!("run {run} {} in {}", status.as_str(), format_duration(*duration_ms as i64))
-        }
+        _ => return None,
     })
 }
 

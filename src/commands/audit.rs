@@ -20,6 +20,6 @@ impl Args {
 
 /// `runbook audit`: the operator decisions of a run (default: the latest) or of all runs.
 pub(crate) fn audit(g: &Globals, run: Option<i64>, all: bool) -> Result<Outcome, CliError> {
-    let db = StateDb::open_existing(g.state.path(), true)?;
+    let db = StateDb::existing(&g.state, true)?;
     Ok(Outcome::Audit(crate::history::audit(&db, run, all)?))
 }

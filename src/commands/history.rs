@@ -56,7 +56,7 @@ pub(crate) fn history(
     if limit == 0 {
         return Err(CliError::Usage("--limit 0 lists nothing: give 1 or more (default 20)".into()));
     }
-    let db = StateDb::open_existing(g.state.path(), true)?;
+    let db = StateDb::existing(&g.state, true)?;
     let page = crate::state::Page { before, limit };
     Ok(Outcome::History(crate::history::history(&db, filter, page, &host())?))
 }

@@ -22,7 +22,7 @@ impl Args {
 }
 
 pub(crate) fn logs(g: &Globals, step: &str, attempt: Option<i64>, run: Option<i64>) -> Result<Outcome, CliError> {
-    let db = StateDb::open_existing(g.state.path(), true)?;
+    let db = StateDb::existing(&g.state, true)?;
     let row = db.run_or_latest(run)?;
     let steps: Vec<String> = db.steps(row.id)?.into_iter().map(|s| s.step).collect();
     if !steps.iter().any(|s| s == step) {

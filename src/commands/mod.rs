@@ -35,6 +35,7 @@ pub(crate) mod resume;
 pub(crate) mod retry;
 pub(crate) mod ring;
 pub(crate) mod run;
+pub(crate) mod serve;
 pub(crate) mod skip;
 pub(crate) mod state;
 pub(crate) mod status;
@@ -214,6 +215,8 @@ pub(crate) enum Outcome {
         verdict: Option<crate::watch::Verdict>,
         once: bool,
     },
+    /// `serve` has stopped (Ctrl-C); what it had to say it said as it started.
+    Served,
 }
 
 pub(crate) struct Globals {

@@ -22,7 +22,7 @@ impl Args {
 }
 
 pub(crate) async fn resume(g: &Globals, run: Option<i64>) -> Result<Outcome, CliError> {
-    let mut db = crate::state::timing::measure_open(|| StateDb::open_existing(g.state.path(), false))?;
+    let mut db = crate::state::timing::measure_open(|| StateDb::existing(&g.state, false))?;
     let (row, book, env, notes) = reopen(g, &db, run)?;
     check_acknowledgement(g, &db, &env.name, Some(&row))?;
     if row.status == RunState::Done {

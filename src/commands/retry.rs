@@ -30,7 +30,7 @@ impl Args {
 }
 
 pub(crate) async fn retry(g: &Globals, step: &str, downstream: bool, run: Option<i64>) -> Result<Outcome, CliError> {
-    let mut db = StateDb::open_existing(g.state.path(), false)?;
+    let mut db = StateDb::existing(&g.state, false)?;
     let (row, book, env, notes) = reopen(g, &db, run)?;
     book.step(step)?;
     check_acknowledgement(g, &db, &env.name, None)?;

@@ -33,19 +33,19 @@ pub(crate) async fn run(g: &Globals, loaded: Loaded) -> Result<Outcome, CliError
     // refused run leaves nothing behind. Nothing is written before the preflight either.
     let opened = if let StateLocation::Postgres(_) = &g.state {
         // Reached and read, not created: a PostgreSQL schema is made only for a run that starts.
-        match StateDb::open_existing(g.state.path(), true) {
+        match StateDb::existing(&g.state, true) {
             Ok(_) | Err(StateError::Missing { .. }) => None,
             Err(e) => return Err(e.into()),
         }
     } else if g.state.path().exists() {
-        Some(crate::state::timing::measure_open(|| StateDb::open(g.state.path()))?)
+        Some(crate::state::timing::measure_open(|| StateDb::at(&g.state))?)
     } else {
         None
     };
     let cloud = connect(g, &book, &env, &BTreeMap::new(), |_| true).await?;
     let mut db = match opened {
         Some(db) => db,
-        None => crate::state::timing::measure_open(|| StateDb::open(g.state.path()))?,
+        None => crate::state::timing::measure_open(|| StateDb::at(&g.state))?,
     };
     check_acknowledgement(g, &db, &env.name, None)?;
     let work = work_dir(&g.state)?;

@@ -27,7 +27,7 @@ pub(crate) fn skip(g: &Globals, step: &str, reason: &str, run: Option<i64>) -> R
     if reason.trim().is_empty() {
         return Err(CliError::Usage("--reason must say why the step is skipped; it goes into the audit log".into()));
     }
-    let mut db = StateDb::open_existing(g.state.path(), false)?;
+    let mut db = StateDb::existing(&g.state, false)?;
     let (row, book, _, _) = reopen(g, &db, run)?;
     book.step(step)?;
     let me = Holder::me(&host());

@@ -17,6 +17,6 @@ impl Args {
 }
 
 pub(crate) fn status(g: &Globals, run: Option<i64>) -> Result<Outcome, CliError> {
-    let db = StateDb::open_existing(g.state.path(), true)?;
+    let db = StateDb::existing(&g.state, true)?;
     Ok(Outcome::Status(crate::status::view(&db, run, &host())?))
 }

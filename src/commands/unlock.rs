@@ -45,7 +45,7 @@ pub(crate) fn unlock(g: &Globals, force: bool, run: Option<i64>, yes: bool) -> R
             "unlock breaks another run's lock; make sure that run is dead, then pass --force".into(),
         ));
     }
-    let mut db = StateDb::open(g.state.path())?;
+    let mut db = StateDb::at(&g.state)?;
     let Some(lease) = db.lease(&host())? else { return Ok(Outcome::Unlocked(None)) };
     if lease.alive && !(yes && run.is_some() && run == lease.run) {
         return Err(CliError::LiveHolder {
@@ -79,7 +79,7 @@ pub(crate) async fn release_state_lock(
     lock_id: &str,
     run: Option<i64>,
 ) -> Result<Outcome, CliError> {
-    let mut db = StateDb::open_existing(g.state.path(), false)?;
+    let mut db = StateDb::existing(&g.state, false)?;
     let (row, book, env, _) = reopen(g, &db, run)?;
     let holds_lock = |kind: &str| crate::steps::find(book.registry, kind).is_some_and(|k| k.holds_lock);
     let named = book.step(step)?;

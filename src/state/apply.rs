@@ -48,22 +48,7 @@ pub(super) fn writes(run: Option<i64>, event: &Event, now: i64) -> Vec<Write<'_>
             "UPDATE runs SET status = $2, ended_at = NULL WHERE id = $1",
             [int(run), text(RunState::Running.as_str())],
         )),
-        Event::StepStarted { step, attempt, .. } => {
-            let attempt = i64::from(*attempt);
-            // A new row, whatever an older one of the same number held.
-            out.push(write(
-                "INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (run_id, step, attempt) DO UPDATE SET started_at = excluded.started_at,
-                 intent_at = NULL, action = NULL, ended_at = NULL, outcome = NULL, error = NULL,
-                 duration_ms = NULL, log = ''",
-                [int(run), text(step), int(attempt), int(now)],
-            ));
-            out.push(write(
-                "UPDATE steps SET state = $5, attempts = $3, started_at = COALESCE(started_at, $4),
-                 ended_at = NULL WHERE run_id = $1 AND step = $2",
-                [int(run), text(step), int(attempt), int(now), text(StepState::Running.as_str())],
-            ));
-        }
+        Event::StepStarted { step, attempt, .. } => out.extend(started(run, step, *attempt, now)),
         Event::StepIntent { step, attempt, action } => out.push(write(
             "UPDATE attempts SET intent_at = $4, action = $5 WHERE run_id = $1 AND step = $2 AND attempt = $3",
             [int(run), text(step), int(i64::from(*attempt)), int(now), text(action)],
@@ -76,19 +61,7 @@ pub(super) fn writes(run: Option<i64>, event: &Event, now: i64) -> Vec<Write<'_>
             out.push(end_attempt(run, step, *attempt, now, "retryable_error", Some(error)));
         }
         Event::StepDone { step, attempt, outcome, outputs, .. } => {
-            let state = match outcome {
-                DoneOutcome::Satisfied => StepState::Satisfied,
-                DoneOutcome::Applied => StepState::Applied,
-            };
-            out.push(end_attempt(run, step, *attempt, now, state.as_str(), None));
-            out.push(end_step(run, step, now, state, None, None));
-            out.push(write("DELETE FROM outputs WHERE run_id = $1 AND step = $2", [int(run), text(step)]));
-            for (name, value) in outputs {
-                out.push(write(
-                    "INSERT INTO outputs (run_id, step, name, value) VALUES ($1, $2, $3, $4)",
-                    [int(run), text(step), text(name), text(value)],
-                ));
-            }
+            out.extend(done(run, step, *attempt, *outcome, outputs, now));
         }
         Event::StepFailed { step, attempt, error, fix, .. } => {
             out.push(end_attempt(run, step, *attempt, now, StepState::Failed.as_str(), Some(error)));
@@ -110,20 +83,7 @@ pub(super) fn writes(run: Option<i64>, event: &Event, now: i64) -> Vec<Write<'_>
             ));
             out.push(write("DELETE FROM outputs WHERE run_id = $1 AND step = $2", [int(run), text(step)]));
         }
-        Event::RunFinished { status, .. } => {
-            out.push(write(
-                "UPDATE runs SET status = $2, ended_at = $3 WHERE id = $1",
-                [int(run), text(status.as_str()), int(now)],
-            ));
-            if *status == RunState::Interrupted {
-                // Attempts cut short before their intent did nothing: close them.
-                out.push(write(
-                    "UPDATE attempts SET outcome = 'interrupted', ended_at = $2, duration_ms = $2 - started_at
-                     WHERE run_id = $1 AND outcome IS NULL AND intent_at IS NULL",
-                    [int(run), int(now)],
-                ));
-            }
-        }
+        Event::RunFinished { status, .. } => out.extend(finished(run, *status, now)),
         Event::InputsChanged { .. }
         | Event::StepProbed { .. }
         | Event::StepWaiting { .. }
@@ -136,6 +96,69 @@ pub(super) fn writes(run: Option<i64>, event: &Event, now: i64) -> Vec<Write<'_>
         | Event::RollbackAcknowledged { .. }
         | Event::SmokeRound { .. }
         | Event::WaitStarted { .. } => {}
+    }
+    out
+}
+
+/// A new attempt's row (whatever an older one of the same number held), and its step running.
+fn started(run: i64, step: &str, attempt: u32, now: i64) -> [Write<'_>; 2] {
+    let attempt = i64::from(attempt);
+    [
+        write(
+            "INSERT INTO attempts (run_id, step, attempt, started_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (run_id, step, attempt) DO UPDATE SET started_at = excluded.started_at,
+             intent_at = NULL, action = NULL, ended_at = NULL, outcome = NULL, error = NULL,
+             duration_ms = NULL, log = ''",
+            [int(run), text(step), int(attempt), int(now)],
+        ),
+        write(
+            "UPDATE steps SET state = $5, attempts = $3, started_at = COALESCE(started_at, $4),
+             ended_at = NULL WHERE run_id = $1 AND step = $2",
+            [int(run), text(step), int(attempt), int(now), text(StepState::Running.as_str())],
+        ),
+    ]
+}
+
+/// A step done: its attempt and its row closed, its outputs replaced.
+fn done<'a>(
+    run: i64,
+    step: &'a str,
+    attempt: u32,
+    outcome: DoneOutcome,
+    outputs: &'a crate::event::Outputs,
+    now: i64,
+) -> Vec<Write<'a>> {
+    let state = match outcome {
+        DoneOutcome::Satisfied => StepState::Satisfied,
+        DoneOutcome::Applied => StepState::Applied,
+    };
+    let mut out = vec![
+        end_attempt(run, step, attempt, now, state.as_str(), None),
+        end_step(run, step, now, state, None, None),
+        write("DELETE FROM outputs WHERE run_id = $1 AND step = $2", [int(run), text(step)]),
+    ];
+    for (name, value) in outputs {
+        out.push(write(
+            "INSERT INTO outputs (run_id, step, name, value) VALUES ($1, $2, $3, $4)",
+            [int(run), text(step), text(name), text(value)],
+        ));
+    }
+    out
+}
+
+/// A run ended; an interrupted one's attempts cut short before their intent are closed (they
+/// did nothing).
+fn finished(run: i64, status: RunState, now: i64) -> Vec<Write<'static>> {
+    let mut out = vec![write(
+        "UPDATE runs SET status = $2, ended_at = $3 WHERE id = $1",
+        [int(run), text(status.as_str()), int(now)],
+    )];
+    if status == RunState::Interrupted {
+        out.push(write(
+            "UPDATE attempts SET outcome = 'interrupted', ended_at = $2, duration_ms = $2 - started_at
+             WHERE run_id = $1 AND outcome IS NULL AND intent_at IS NULL",
+            [int(run), int(now)],
+        ));
     }
     out
 }

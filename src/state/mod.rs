@@ -33,7 +33,7 @@ pub(crate) use copy::{Copied, copy};
 pub(crate) use lease::{Holder, LEASE_STALE_MS, process_alive};
 pub(crate) use owner::{StateHandle, WriteError};
 pub(crate) use pg::is_url;
-pub(crate) use read::{Page, RunFilter};
+pub(crate) use read::{AttemptLine, Page, RunFilter};
 #[cfg(test)]
 pub(crate) use record::commits;
 use sqlite::sql_err;
@@ -309,12 +309,17 @@ enum Backend {
 }
 
 impl StateDb {
-    /// Opens (creating if absent) and migrates the state DB.
-    pub(crate) fn open(path: &Path) -> Result<Self, StateError> {
-        if is_url(path) {
-            return Self::open_postgres(path, false, true);
+    /// Opens (creating if absent) and migrates the state DB at `location`.
+    pub(crate) fn at(location: &StateLocation) -> Result<Self, StateError> {
+        match location {
+            StateLocation::Postgres(url) => Self::open_postgres(url, false, true),
+            StateLocation::Sqlite(path) => Ok(Self::sqlite_at(path, sqlite::open(path)?)),
         }
-        Ok(Self::sqlite_at(path, sqlite::open(path)?))
+    }
+
+    /// [`StateDb::at`] a path or URL not parsed yet (tests, benchmarks, `state copy`'s target).
+    pub(crate) fn open(path: &Path) -> Result<Self, StateError> {
+        Self::at(&StateLocation::parse(path))
     }
 
     fn sqlite_at(path: &Path, conn: Connection) -> Self {
@@ -363,23 +368,29 @@ impl StateDb {
         Ok(StateDb { backend: Backend::Postgres(Box::new(conn)), path, holder: None })
     }
 
-    /// Opens an existing state DB without creating it; for commands that only read, read-only
-    /// (a DB of an older schema is upgraded first, once).
-    pub(crate) fn open_existing(path: &Path, read_only: bool) -> Result<Self, StateError> {
-        if is_url(path) {
-            return Self::open_postgres(path, read_only, false);
-        }
+    /// Opens the existing state DB at `location` without creating it; for commands that only
+    /// read, read-only (a DB of an older schema is upgraded first, once).
+    pub(crate) fn existing(location: &StateLocation, read_only: bool) -> Result<Self, StateError> {
+        let path = match location {
+            StateLocation::Postgres(url) => return Self::open_postgres(url, read_only, false),
+            StateLocation::Sqlite(path) => path,
+        };
         if !path.is_file() {
             return Err(StateError::Missing { path: path.to_path_buf() });
         }
         if !read_only {
-            return Self::open(path);
+            return Self::at(location);
         }
         match sqlite::open_read_only(path)? {
             Some(conn) => Ok(Self::sqlite_at(path, conn)),
             // An older schema, upgraded first, once.
-            None => Self::open(path),
+            None => Self::at(location),
         }
+    }
+
+    /// [`StateDb::existing`] at a path or URL not parsed yet.
+    pub(crate) fn open_existing(path: &Path, read_only: bool) -> Result<Self, StateError> {
+        Self::existing(&StateLocation::parse(path), read_only)
     }
 
     fn sql_err(&self, source: rusqlite::Error) -> StateError {

@@ -829,4 +829,12 @@ fn the_read_api_filters_pages_and_tails_on(location: &Path) {
 
     assert_eq!(db.attempt_log(failed, "T2.4", 1).unwrap().as_deref().map(str::trim_end), Some("planned"));
     assert_eq!(db.attempt_log(failed, "T2.4", 2).unwrap(), None);
+
+    // A run's timeline: each attempt, how it ended, and no log.
+    let timeline = db.attempt_timeline(failed).unwrap();
+    assert_eq!(timeline.len(), 1, "{timeline:?}");
+    let line = &timeline[0];
+    assert_eq!((line.step.as_str(), line.attempt), ("T2.4", 1));
+    assert_eq!(line.error.as_deref(), Some("denied"));
+    assert!(db.attempt_timeline(done).unwrap().is_empty(), "a run whose steps never started");
 }

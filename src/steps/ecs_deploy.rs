@@ -160,6 +160,89 @@ impl Params {
         self.inputs.iter().any(|input| input == name || (input.ends_with('/') && name.starts_with(input.as_str())))
     }
 
+    /// The NATS address the task definition carries, checked (`nats_url`); `None` when the
+    /// step checks none. A stale one fails the step: waiting does not fix it.
+    async fn nats(&self, cx: &StepContext) -> Result<Option<String>, StepError> {
+        let Some(nats) = &self.nats_url else { return Ok(None) };
+        nats.check(cx).await?.map(Some).map_err(|why| {
+            StepError::fatal(
+                why,
+                format!(
+                    "sprint-2's T2.5 writes the new address and its T2.6 redeploys Dixie: runbook run sprint-2, then: {}",
+                    cx.retry_hint()
+                ),
+            )
+        })
+    }
+
+    /// The health verdict's summary and body, once the service answers healthy from a task
+    /// newer than the inputs (`newest`); otherwise what is awaited.
+    async fn healthy_new_task(
+        &self,
+        cx: &StepContext,
+        newest: &Option<(SystemTime, String)>,
+    ) -> Result<Result<(String, serde_json::Value), Probe>, StepError> {
+        let (ok, summary, body) = match reach::get_json(&cx.env, &self.health_url).await {
+            Ok((code, body, _)) => {
+                let verdict = judge(&self.health, code, &body);
+                for warning in verdict.warnings {
+                    cx.warn(warning).await;
+                }
+                (verdict.ok, verdict.summary, body)
+            }
+            Err(e) => (false, e, serde_json::Value::Null),
+        };
+        if !ok {
+            return Ok(Err(Probe::Absent(format!("{} is not healthy yet: {summary}", self.health_url))));
+        }
+        // The task that answers must itself be newer than the inputs (an old task still
+        // draining answers healthy too); 2 s of slack for clock skew.
+        if let (Some(uptime), Some((changed, name))) = (body["uptime_seconds"].as_f64(), newest) {
+            let started = SystemTime::now() - Duration::from_secs_f64(uptime.max(0.0));
+            if started + Duration::from_secs(2) < *changed {
+                return Ok(Err(Probe::Absent(format!(
+                    "the task answering {} started at {}, before {name} changed at {}: waiting for the new task",
+                    self.health_url,
+                    utc(started),
+                    utc(*changed)
+                ))));
+            }
+        }
+        Ok(Ok((summary, body)))
+    }
+
+    /// What sprint 3's policy asks beyond the health (Finn's latency, the alarms), each added
+    /// to `outputs`; `Some` with what is awaited when one does not hold yet.
+    async fn policy_checks(
+        &self,
+        cx: &StepContext,
+        body: &serde_json::Value,
+        outputs: &mut Outputs,
+    ) -> Result<Option<Probe>, StepError> {
+        if let Some(limit) = self.health.finn_latency_ms {
+            let (median, samples) = self.finn_latency(cx).await?;
+            let seen = format!("median {median} ms of {samples:?} ms, 1 s apart (want < {limit} ms)");
+            // The value reported, never a rounded one: 49.6 is under 50.
+            if median >= limit as f64 {
+                return Ok(Some(Probe::Absent(format!("finn latency {seen}"))));
+            }
+            outputs.insert("finn_latency".into(), seen);
+        }
+        if let Some(alarms) = &self.alarms {
+            let (ok, seen) = alarms.check(cx).await?;
+            if !ok {
+                return Ok(Some(Probe::Absent(seen)));
+            }
+            outputs.insert("alarms".into(), seen);
+        }
+        if self.health.governance || self.health.finn_latency_ms.is_some() || self.alarms.is_some() {
+            for line in check_table(body, outputs) {
+                cx.log(line).await;
+            }
+        }
+        Ok(None)
+    }
+
     async fn service(&self, cx: &StepContext) -> Result<Service, StepError> {
         describe_service(cx, &self.cluster, &self.service).await
     }
@@ -454,49 +537,11 @@ impl Step for Params {
             )));
         }
         // Before the health: a stale NATS_URL is not something waiting fixes.
-        let mut nats_seen = None;
-        if let Some(nats) = &self.nats_url {
-            match nats.check(cx).await? {
-                Ok(seen) => nats_seen = Some(seen),
-                Err(why) => {
-                    return Err(StepError::fatal(
-                        why,
-                        format!(
-                            "sprint-2's T2.5 writes the new address and its T2.6 redeploys Dixie: runbook run \
-                             sprint-2, then: {}",
-                            cx.retry_hint()
-                        ),
-                    ));
-                }
-            }
-        }
-        let (ok, summary, body) = match reach::get_json(&cx.env, &self.health_url).await {
-            Ok((code, body, _)) => {
-                let verdict = judge(&self.health, code, &body);
-                for warning in verdict.warnings {
-                    cx.warn(warning).await;
-                }
-                (verdict.ok, verdict.summary, body)
-            }
-            Err(e) => (false, e, serde_json::Value::Null),
+        let nats_seen = self.nats(cx).await?;
+        let (summary, body) = match self.healthy_new_task(cx, &newest).await? {
+            Ok(healthy) => healthy,
+            Err(absent) => return Ok(absent),
         };
-        let uptime = body["uptime_seconds"].as_f64();
-        if !ok {
-            return Ok(Probe::Absent(format!("{} is not healthy yet: {summary}", self.health_url)));
-        }
-        // The task that answers must itself be newer than the inputs (an old task still
-        // draining answers healthy too); 2 s of slack for clock skew.
-        if let (Some(uptime), Some((changed, name))) = (uptime, &newest) {
-            let started = SystemTime::now() - Duration::from_secs_f64(uptime.max(0.0));
-            if started + Duration::from_secs(2) < *changed {
-                return Ok(Probe::Absent(format!(
-                    "the task answering {} started at {}, before {name} changed at {}: waiting for the new task",
-                    self.health_url,
-                    utc(started),
-                    utc(*changed)
-                )));
-            }
-        }
         let mut outputs = Outputs::from([
             ("deployment_id".to_string(), svc.primary_id),
             ("deployment_started_at".to_string(), utc(svc.primary_started)),
@@ -505,26 +550,8 @@ impl Step for Params {
         if let Some(seen) = nats_seen {
             outputs.insert("nats_url".into(), seen);
         }
-        if let Some(limit) = self.health.finn_latency_ms {
-            let (median, samples) = self.finn_latency(cx).await?;
-            let seen = format!("median {median} ms of {samples:?} ms, 1 s apart (want < {limit} ms)");
-            // The value reported, never a rounded one: 49.6 is under 50.
-            if median >= limit as f64 {
-                return Ok(Probe::Absent(format!("finn latency {seen}")));
-            }
-            outputs.insert("finn_latency".into(), seen);
-        }
-        if let Some(alarms) = &self.alarms {
-            let (ok, seen) = alarms.check(cx).await?;
-            if !ok {
-                return Ok(Probe::Absent(seen));
-            }
-            outputs.insert("alarms".into(), seen);
-        }
-        if self.health.governance || self.health.finn_latency_ms.is_some() || self.alarms.is_some() {
-            for line in check_table(&body, &outputs) {
-                cx.log(line).await;
-            }
+        if let Some(absent) = self.policy_checks(cx, &body, &mut outputs).await? {
+            return Ok(absent);
         }
         Ok(Probe::Satisfied(outputs))
     }

@@ -16,8 +16,10 @@
 //! (`--ack-rollback RUN`): otherwise the next deploy would undo a rollback without a word.
 //!
 //! An apply that fails because resources it creates already exist in AWS but not in terraform's
-//! state (an earlier terraform killed between creating and recording them, see [`orphan`]) names
-//! each, and offers their `terraform import` for approval, then plans again.
+//! state (an earlier terraform killed between creating and recording them, or a create the
+//! provider sent again after AWS had made it, see [`orphan`]) names each, and offers their
+//! `terraform import` for approval, then plans again. A security group rule's ID, which the
+//! error does not carry, is looked up read-only first (see [`security_group_rule`]).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
@@ -157,7 +159,7 @@ enum Applied {
     /// The state changed since the plan was made; terraform refused it.
     Stale,
     /// It failed creating resources that already exist in AWS but not in terraform's state
-    /// (created by an apply that died before recording them); the error as it failed.
+    /// (see [`orphan::cause`]); the error as it failed.
     Orphaned(Vec<Orphan>, StepError),
 }
 
@@ -371,7 +373,7 @@ impl Params {
                     .unwrap_or("changes pending")
                     .trim()
                     .to_string();
-                let json = self.plan_json(cx, &saved.path).await?;
+                let json = self.show_json(cx, Some(&saved.path)).await?;
                 saved.change = change::describe(&json);
                 saved.undoes = undone_rollback(&json);
                 if let Some((service, marker)) = &saved.undoes {
@@ -387,12 +389,13 @@ impl Params {
         }
     }
 
-    /// `terraform show -json PLAN`, read from a pipe (it holds secrets in clear: never written
-    /// to a file, never logged).
-    async fn plan_json(&self, cx: &StepContext, plan: &Path) -> Result<serde_json::Value, StepError> {
-        let plan = plan.to_string_lossy();
+    /// `terraform show -json PLAN`, or of the workspace's state without a plan, read from a
+    /// pipe (both hold secrets in clear: never written to a file, never logged).
+    async fn show_json(&self, cx: &StepContext, plan: Option<&Path>) -> Result<serde_json::Value, StepError> {
+        let plan = plan.map(|p| p.to_string_lossy().into_owned());
+        let args: Vec<&str> = ["show", "-json", "-no-color"].into_iter().chain(plan.as_deref()).collect();
         let out = self
-            .command(cx, &["show", "-json", "-no-color", &plan])
+            .command(cx, &args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()
@@ -402,7 +405,7 @@ impl Params {
             return Err(self.failed(cx, "show", &String::from_utf8_lossy(&out.stderr)));
         }
         serde_json::from_slice(&out.stdout)
-            .map_err(|e| StepError::retryable(format!("terraform show -json gave no JSON plan: {e}")))
+            .map_err(|e| StepError::retryable(format!("terraform show -json gave no JSON: {e}")))
     }
 
     /// Stops a plan that undoes a rollback unless the operator acknowledged that rollback's
@@ -478,22 +481,17 @@ impl Params {
         for o in by_hand {
             text.push_str(&format!("\n  not imported by runbook: {}", o.line()));
         }
-        cx.log(format!(
-            "in AWS but not in terraform's state (an apply died after creating {}, before terraform recorded {}): {text}",
-            if n == 1 { "it" } else { "them" },
-            if n == 1 { "it" } else { "them" },
-        ))
-        .await;
+        cx.log(format!("in AWS but not in terraform's state ({}): {text}", orphan::cause(n))).await;
         let summary = format!("terraform import in workspace {} of {}: {text}", self.workspace, cx.env.name);
         if !cx.approve(&summary).await {
             let resume = cx.run().map(crate::hint::resume_approving).unwrap_or_else(|| "runbook resume --yes".into());
             return Err(StepError::AwaitingApproval {
                 summary: text,
                 fix: Some(format!(
-                    "an apply died after creating {}, before terraform recorded {} in its state; to import \
-                     {} in {} (recorded), then plan and apply: {resume}",
-                    if n == 1 { "this resource" } else { "these resources" },
-                    if n == 1 { "it" } else { "them" },
+                    "{} in AWS but not in terraform's state ({}); to import {} in {} (recorded), then plan and \
+                     apply: {resume}",
+                    if n == 1 { "this resource is" } else { "these resources are" },
+                    orphan::cause(n),
                     if n == 1 { "it" } else { "them" },
                     self.dir.display(),
                 )),
@@ -507,6 +505,40 @@ impl Params {
             cx.log(format!("cannot remove {}: {e}", kept_at.display())).await;
         }
         Ok(())
+    }
+
+    /// Looks up, read-only, the import IDs that the apply's errors did not carry where runbook
+    /// can: a security group rule's `sgr-…` ([`security_group_rule`]), from the rule in the plan
+    /// just applied (`plan_file`), terraform's state, and the rules AWS has. Each such orphan
+    /// gets its ID when exactly one rule can be it, else what was found instead.
+    async fn look_up_ids(&self, cx: &StepContext, plan_file: &Path, orphans: &mut [Orphan]) {
+        let rules: Vec<&mut Orphan> =
+            orphans.iter_mut().filter(|o| o.id.is_none() && security_group_rule::is_rule(&o.address)).collect();
+        if rules.is_empty() {
+            return;
+        }
+        let shown = match self.show_json(cx, Some(plan_file)).await {
+            Ok(plan) => self.show_json(cx, None).await.map(|state| (plan, state)),
+            Err(e) => Err(e),
+        };
+        for orphan in rules {
+            let found = match &shown {
+                Ok((plan, state)) => security_group_rule::look_up(&cx.cloud.ec2, plan, state, &orphan.address).await,
+                Err(e) => Err(format!("runbook could not read terraform's plan and state to look it up: {e}")),
+            };
+            match &found {
+                Ok(id) => {
+                    cx.log(format!(
+                        "looked up {} (read-only): {id} is the one rule in AWS with its direction, group, protocol, \
+                         ports, peer and description that terraform's state does not hold",
+                        orphan.address
+                    ))
+                    .await
+                }
+                Err(instead) => cx.log(format!("looked up {} (read-only): {instead}", orphan.address)).await,
+            }
+            orphan.looked_up(found);
+        }
     }
 
     /// `terraform import ADDRESS ID` under the state lock, with the step's variables. One that
@@ -558,8 +590,11 @@ impl Params {
         StepError::fatal(
             message,
             format!(
-                "an apply died after creating these, before terraform recorded them; look up each ID as said \
-                 above, import each in {} (workspace {} is selected there): {env}{}; then: {}",
+                "{} {} in AWS but not in terraform's state ({}); look up each ID as said above, import each in \
+                 {} (workspace {} is selected there): {env}{}; then: {}",
+                if orphans.len() == 1 { "this resource" } else { "these resources" },
+                if orphans.len() == 1 { "is" } else { "are" },
+                orphan::cause(orphans.len()),
                 self.dir(cx).display(),
                 self.workspace,
                 import.join(" "),
@@ -762,8 +797,9 @@ impl Step for Params {
     /// about to be applied: a new plan whose change differs is asked for again.
     ///
     /// Resources an apply fails to create because they already exist in AWS but not in
-    /// terraform's state (an earlier apply died between creating and recording them) are
-    /// offered for adoption: their `terraform import`, approved like a plan, then a new plan.
+    /// terraform's state (an earlier apply died between creating and recording them, or a
+    /// create was retried after AWS had made it) are offered for adoption: their `terraform
+    /// import`, approved like a plan, then a new plan.
     /// Those an earlier attempt found are offered first, before any plan.
     async fn apply(&self, cx: &StepContext) -> Result<(), StepError> {
         self.init(cx).await?;
@@ -830,8 +866,11 @@ impl Step for Params {
                     stale += 1;
                     cx.log("the saved plan is stale (the state changed since it was made): planning again").await
                 }
-                Applied::Orphaned(orphans, failed) => {
+                Applied::Orphaned(mut orphans, failed) => {
                     let again = orphans.iter().any(|o| adopted.contains(&o.address));
+                    if !again {
+                        self.look_up_ids(cx, &plan.path, &mut orphans).await;
+                    }
                     if again || orphans.iter().all(|o| o.id.is_none()) {
                         return Err(self.orphaned(cx, &orphans, failed, again));
                     }
@@ -840,6 +879,8 @@ impl Step for Params {
                         cx.log(format!("cannot keep the orphans for the next attempt in {}: {e}", kept_at.display()))
                             .await;
                     }
+                    // Test crash point: the orphans found and kept, their import not asked yet.
+                    cx.checkpoint("orphans-kept");
                     self.adopt(cx, &orphans).await?;
                     adopted.extend(orphans.iter().map(|o| o.address.clone()));
                 }
@@ -904,6 +945,7 @@ fn undone_rollback(plan: &serde_json::Value) -> Option<(String, Marker)> {
 mod change;
 mod lock;
 mod orphan;
+mod security_group_rule;
 
 #[cfg(test)]
 mod tests;

@@ -25,8 +25,9 @@ use super::{Probe, Step, StepContext, StepError, check_wait, from_upstream, numb
 use crate::clock::{format_duration, format_utc, parse_utc, until};
 use crate::event::{Event, Outputs};
 
-/// How often a wait says where it stands, and reads the clock again.
-const TICK: Duration = Duration::from_secs(30);
+/// How often a wait reads the clock again, says where it stands, and looks whether the run
+/// may go on (a lock another operator broke stops it within this).
+const TICK: Duration = Duration::from_secs(5);
 
 /// A wait at least this long (seconds) is announced on the webhook when it starts and ends.
 pub(crate) const LONG_WAIT_S: u64 = 300;
@@ -193,6 +194,9 @@ impl Step for Params {
             }
         };
         loop {
+            if let Some(why) = cx.recorder.write_error() {
+                return Err(StepError::Fatal { message: format!("stopped waiting: {why}"), fix: None });
+            }
             let now = cx.now_ms().await?;
             if now >= until_ms {
                 break;

@@ -65,6 +65,9 @@ enum Midway {
     Kill,
     /// The clock jumps by this many ms (NTP, a laptop waking with a wrong clock).
     Jump(Arc<TestClock>, i64),
+    /// The run lost its lock (another operator's `unlock --force --run N --yes`, an emergency
+    /// revocation taking over): what the heartbeat does when it finds the lease gone.
+    LoseLock,
 }
 
 /// Runs (or resumes) the run; `after` the wait first says it is waiting, does `midway`.
@@ -77,8 +80,12 @@ async fn drive(h: &Harness, after: Duration, midway: Midway) -> Option<(RunState
     let progress = db.progress(h.run).unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let recorder = Recorder::new(Some((StateHandle::spawn(db), h.run)), tx);
-    let engine =
-        Engine { runbook: h.runbook.clone(), services: h.services.clone(), recorder, retry: RetryPolicy::default() };
+    let engine = Engine {
+        runbook: h.runbook.clone(),
+        services: h.services.clone(),
+        recorder: recorder.clone(),
+        retry: RetryPolicy::default(),
+    };
     let run = engine.run(progress, std::future::pending());
     tokio::pin!(run);
     // Only once the wait has begun: paused time jumps to the next timer whenever the engine
@@ -101,8 +108,11 @@ async fn drive(h: &Harness, after: Duration, midway: Midway) -> Option<(RunState
         Midway::Kill => None,
         Midway::Jump(clock, ms) => {
             clock.jump(ms);
-            let status = run.await;
-            Some((status, began.elapsed()))
+            Some((run.await, began.elapsed()))
+        }
+        Midway::LoseLock => {
+            recorder.stop("the run lock was broken by ana@elsewhere".into());
+            Some((run.await, began.elapsed()))
         }
     }
 }
@@ -217,7 +227,7 @@ async fn a_clock_that_jumps_ahead_ends_the_wait_at_its_next_look() {
     let h = harness("wait-jump-ahead", clock.clone()).await;
     let (status, took) = drive(&h, Duration::from_secs(60), Midway::Jump(clock, 3_600_000)).await.unwrap();
     assert_eq!(status, RunState::Done);
-    assert!((60..=91).contains(&seconds(took)), "a wait past its deadline by the clock went on for {took:?}");
+    assert!((60..=66).contains(&seconds(took)), "a wait past its deadline by the clock went on for {took:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -228,6 +238,16 @@ async fn a_clock_that_jumps_back_does_not_end_the_wait_early() {
     assert_eq!(status, RunState::Done);
     // The deadline is judged by the clock: 600 s by it is 900 s of this process's time.
     assert!((899..=901).contains(&seconds(took)), "waited {took:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_whose_run_lost_its_lock_stops_within_a_tick_and_nothing_after_it_runs() {
+    let clock = TestClock::at(crate::clock::now_ms());
+    let h = harness("wait-lock-lost", clock).await;
+    let (status, took) = drive(&h, Duration::from_secs(60), Midway::LoseLock).await.unwrap();
+    assert_eq!(status, RunState::Failed);
+    assert!((60..=66).contains(&seconds(took)), "stopped {took:?} after the wait began");
+    assert_eq!(h.seen("b", |s| s.effects), 0);
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,12 +1,16 @@
-//! Orphans: resources an apply created in AWS that terraform never wrote to its state (terraform
-//! killed between the create and the state write: a closed laptop, `kill -9` of the group).
-//! The next apply fails on each with "already exists". This reads them from terraform's `-json`
-//! diagnostics (the resource's address, and its import ID where the provider's error carries it
-//! and the type's ID is that name), and keeps the ones runbook can import between attempts, so
-//! that a resumed step offers their `terraform import` for approval before it plans.
+//! Orphans: resources in AWS that terraform's state does not hold, though an apply of this
+//! module created them. Two causes leave one: terraform killed between the create and its state
+//! write (a closed laptop, `kill -9` of the group), or a create that the provider's SDK sent
+//! again after AWS had made the resource (a lost or slow answer), so that the retry failed.
+//! The next apply fails on each with "already exists" (or "duplicate"). This reads them from
+//! terraform's `-json` diagnostics (the resource's address, and its import ID where the
+//! provider's error carries it and the type's ID is that name), and keeps the ones runbook can
+//! import between attempts, so that a resumed step offers their `terraform import` for approval
+//! before it plans.
 //!
 //! It never guesses: a diagnostic without a resource address is no orphan, and an ID it cannot
-//! read from the error is left for the operator to look up, with what to look up.
+//! read from the error is left for the operator to look up, with what to look up, unless a
+//! look-up finds exactly one (a security group rule's, see [`super::security_group_rule`]).
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +27,10 @@ pub(super) struct Orphan {
     /// The name the provider's error gives it (`creating … (NAME): …`), if any.
     #[serde(default)]
     name: Option<String>,
+    /// What runbook's look-up of its ID found instead of one ID: nothing, several, or why it
+    /// could not tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    found: Option<String>,
 }
 
 /// How the AWS provider imports a resource type the ring's terraform module creates.
@@ -53,11 +61,17 @@ const IMPORT_IDS: &[(&str, ImportId)] = &[
     ("aws_lb_target_group", ImportId::LookUp("the target group's ARN: aws elbv2 describe-target-groups --names NAME")),
     (
         "aws_vpc_security_group_ingress_rule",
-        ImportId::LookUp("the rule's ID (sgr-…): aws ec2 describe-security-group-rules"),
+        ImportId::LookUp(
+            "the rule's ID (sgr-…): aws ec2 describe-security-group-rules --filters Name=group-id,Values=sg-… \
+             (its group), the inbound rule with its protocol, ports and peer",
+        ),
     ),
     (
         "aws_vpc_security_group_egress_rule",
-        ImportId::LookUp("the rule's ID (sgr-…): aws ec2 describe-security-group-rules"),
+        ImportId::LookUp(
+            "the rule's ID (sgr-…): aws ec2 describe-security-group-rules --filters Name=group-id,Values=sg-… \
+             (its group), the outbound rule with its protocol, ports and peer",
+        ),
     ),
     (
         "aws_route53_record",
@@ -89,7 +103,15 @@ impl Orphan {
             Some((_, ImportId::Name)) => name.clone(),
             _ => None,
         };
-        Some(Orphan { address: address.to_string(), id, name })
+        Some(Orphan { address: address.to_string(), id, name, found: None })
+    }
+
+    /// What a look-up of its import ID found: the ID, or what it found instead.
+    pub(super) fn looked_up(&mut self, found: Result<String, String>) {
+        match found {
+            Ok(id) => self.id = Some(id),
+            Err(instead) => self.found = Some(instead),
+        }
     }
 
     /// `terraform import ADDRESS ID`, quoted for a shell; `None` without an ID.
@@ -118,15 +140,28 @@ impl Orphan {
         match self.import_command() {
             Some(import) => format!("{}: {import}", self.address),
             None => {
-                format!("{}: {}, then: terraform import {} ID", self.address, self.look_up(), quoted(&self.address))
+                let found = self.found.as_deref().map(|f| format!(" ({f})")).unwrap_or_default();
+                format!(
+                    "{}: {}{found}, then: terraform import {} ID",
+                    self.address,
+                    self.look_up(),
+                    quoted(&self.address)
+                )
             }
         }
     }
 }
 
+/// Why resources are in AWS but not in terraform's state, said of `n` of them: true of both
+/// causes, since runbook cannot tell which it was.
+pub(super) fn cause(n: usize) -> String {
+    let them = if n == 1 { "it" } else { "them" };
+    format!("an apply died between creating and recording {them}, or retried a create that AWS had already done")
+}
+
 /// The type of a managed resource's address (`module.app.aws_x.y["k"]` → `aws_x`); `None` for
 /// anything else (a data source, a module, text that is not an address).
-fn resource_type(address: &str) -> Option<&str> {
+pub(super) fn resource_type(address: &str) -> Option<&str> {
     let mut parts = segments(address)?;
     while parts.first().is_some_and(|p| *p == "module") {
         let module = parts.get(1)?;
@@ -140,7 +175,7 @@ fn resource_type(address: &str) -> Option<&str> {
 }
 
 /// An address split at the dots outside `[…]`; `None` when the brackets do not match.
-fn segments(address: &str) -> Option<Vec<&str>> {
+pub(super) fn segments(address: &str) -> Option<Vec<&str>> {
     let (mut parts, mut depth, mut start) = (Vec::new(), 0i32, 0);
     for (i, c) in address.char_indices() {
         match c {

@@ -659,6 +659,53 @@ async fn an_orphan_whose_import_id_must_be_looked_up_is_named_not_imported() {
     assert_eq!(answered(&mut rx).len(), 1, "no import offered");
 }
 
+/// The CI failure: a security group rule's create retried after AWS had made it. Its ID (sgr-…)
+/// is not in the error, so it is looked up read-only; here the plan does not hold the rule, so
+/// runbook cannot tell which rule it is: it says so and leaves the import to the operator,
+/// naming both causes of an orphan.
+#[tokio::test]
+async fn a_rule_orphan_the_look_up_cannot_tell_is_named_with_why_and_not_imported() {
+    let mut stage = Stage::new("orphan-rule").await;
+    Arc::get_mut(&mut stage.services).unwrap().run = Some(7);
+    let summary = "creating VPC Security Group Rule";
+    let diagnostic = serde_json::json!({"type": "diagnostic", "@message": format!("Error: {summary}"), "diagnostic": {
+        "severity": "error", "address": "aws_vpc_security_group_egress_rule.dixie[\"otlp\"]", "summary": summary,
+        "detail": "operation error EC2: AuthorizeSecurityGroupEgress, https response error StatusCode: 400, \
+                   RequestID: 1d9b, api error InvalidPermission.Duplicate: the specified rule \
+                   \"peer: 10.0.0.0/16, TCP, from port: 4317, to port: 4317, ALLOW\" already exists"}});
+    std::fs::write(stage.dir.join("tf/orphan"), format!("{diagnostic}\n")).unwrap();
+    let (step, cx) = (stage.step(), stage.cx());
+    step.probe(&cx).await.unwrap();
+    stage.calls();
+    let err = step.apply(&cx).await.unwrap_err();
+    let StepError::Fatal { message, fix } = &err else { panic!("{err:?}") };
+    assert!(
+        message.contains(
+            "in AWS but not in terraform's state: aws_vpc_security_group_egress_rule.dixie[\"otlp\"]: its import \
+             ID is the rule's ID (sgr-…)"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "(runbook cannot tell which rule it is: the plan holds no change of it), then: terraform \
+             import 'aws_vpc_security_group_egress_rule.dixie[\"otlp\"]' ID"
+        ),
+        "{message}"
+    );
+    let fix = fix.as_deref().unwrap();
+    assert!(
+        fix.starts_with(
+            "this resource is in AWS but not in terraform's state (an apply died between creating and recording \
+             it, or retried a create that AWS had already done)"
+        ),
+        "{fix}"
+    );
+    assert_eq!(stage.calls(), ["apply", "show", "show"], "the plan and the state read, nothing imported");
+    assert_eq!(imports(&stage), "");
+    assert!(!kept(&stage));
+}
+
 /// What was kept by an attempt that is unreadable, or of another workspace, is nothing.
 #[test]
 fn kept_orphans_of_another_workspace_or_unreadable_are_none() {
