@@ -6,7 +6,7 @@
 //! | action | changes | satisfied when |
 //! |---|---|---|
 //! | `create` | writes one new key (kid = its RFC 7638 thumbprint) | a rotation is under way (a key not yet published, or two published kids), or the active key is younger than `rotate_after_days` |
-//! | `publish` | key set `{active: old, published: [old, new]}`, redeploy | the key set publishes the new kid and Dixie's deployment postdates the write |
+//! | `publish` | key set `{active: old, published: [old, new]}`, redeploy | the key set publishes the new kid, Dixie's deployment postdates the write and its JWKS serves the kid |
 //! | `check_jwks` | nothing | the JWKS Dixie serves holds every published kid, each hashing to its kid |
 //! | `switch` | key set `{active: new, published: [old, new]}`, redeploy | the key set signs with the new kid, redeployed |
 //! | `check_tokens` | nothing | a new token carries the new kid; a token of the old kid verifies (ring only: Dixie's test-token route) |
