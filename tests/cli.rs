@@ -15,6 +15,8 @@ mod migrations;
 mod oncall;
 #[path = "cli/rollback.rs"]
 mod rollback;
+#[path = "cli/rotate.rs"]
+mod rotate;
 #[path = "cli/serve.rs"]
 mod serve;
 #[path = "cli/smoke.rs"]

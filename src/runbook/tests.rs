@@ -77,7 +77,8 @@ fn every_kind_is_registered_once() {
             "diagnose",
             "migrations",
             "smoke",
-            "wait"
+            "wait",
+            "jwt_keys"
         ]
     );
     assert_eq!(
@@ -105,7 +106,7 @@ fn an_unknown_kind_lists_the_known_ones() {
         err,
         "runbooks/sprint-2.toml: step T2.3: unknown kind `databse`; known kinds: ecr_repository, database, image, \
          terraform, ssm_params, ecs_deploy, validate, pull_request, security_group_ingress, ecs_rollback, diagnose, \
-         migrations, smoke, wait"
+         migrations, smoke, wait, jwt_keys"
     );
 }
 
@@ -430,4 +431,31 @@ fn release_is_sprint_2_then_the_smoke_gate() {
     let mut gate = gate.as_table().unwrap().clone();
     assert_eq!(gate.remove("needs"), Some(toml::Value::Array(vec!["T2.8".into()])));
     assert_eq!(&toml::Value::Table(gate), &smoke["steps"][0], "the gate of runbooks/smoke.toml");
+}
+
+/// The rotation and the revocation load against both environments, in 004's order, with the
+/// waits each environment gives (the ring's seconds, Armitage's hours).
+#[test]
+fn rotate_and_revoke_load_against_both_environments() {
+    for (name, order) in [
+        ("rotate-jwt-key", vec!["T4.1", "T4.2", "T4.3", "T4.4", "T4.5", "T4.6", "T4.7", "T4.8"]),
+        ("revoke-jwt-key", vec!["R1", "R2"]),
+    ] {
+        for environment in ["local", "armitage"] {
+            let text = std::fs::read_to_string(project().join(format!("runbooks/{name}.toml"))).unwrap();
+            let file = NamedFile {
+                path: PathBuf::from(format!("runbooks/{name}.toml")),
+                hash: sha256_hex(text.as_bytes()),
+                text,
+            };
+            let vars = if name == "revoke-jwt-key" {
+                BTreeMap::from([("kid".to_string(), "hs256".to_string())])
+            } else {
+                BTreeMap::new()
+            };
+            let book = Runbook::from_file(steps::KINDS, file, name, &env(environment), &vars)
+                .unwrap_or_else(|e| panic!("{name} on {environment}: {e}"));
+            assert_eq!(book.graph.topological(), order, "{name} on {environment}");
+        }
+    }
 }

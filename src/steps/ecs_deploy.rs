@@ -155,6 +155,11 @@ pub(super) async fn describe_service(cx: &StepContext, cluster: &str, name: &str
 }
 
 impl Params {
+    /// Whether a change of the parameter `name` is one of the inputs this deployment must postdate.
+    pub(super) fn picks_up(&self, name: &str) -> bool {
+        self.inputs.iter().any(|input| input == name || (input.ends_with('/') && name.starts_with(input.as_str())))
+    }
+
     /// The NATS address the task definition carries, checked (`nats_url`); `None` when the
     /// step checks none. A stale one fails the step: waiting does not fix it.
     async fn nats(&self, cx: &StepContext) -> Result<Option<String>, StepError> {
@@ -237,6 +242,7 @@ impl Params {
         }
         Ok(None)
     }
+
     async fn service(&self, cx: &StepContext) -> Result<Service, StepError> {
         describe_service(cx, &self.cluster, &self.service).await
     }

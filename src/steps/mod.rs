@@ -33,6 +33,7 @@ mod ecr_repository;
 mod ecs_deploy;
 mod ecs_rollback;
 mod image;
+mod jwt_keys;
 mod migrations;
 mod pull_request;
 mod security_group_ingress;
@@ -63,7 +64,8 @@ kinds![
     diagnose,
     migrations,
     smoke,
-    wait
+    wait,
+    jwt_keys
 ];
 
 pub(crate) use diagnose::{Finding, Verdict};
