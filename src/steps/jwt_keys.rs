@@ -39,7 +39,7 @@ mod keys;
 #[cfg(test)]
 mod tests;
 
-use keys::{HS256, KeySet, SigningKey};
+pub(crate) use keys::{HS256, KeySet, SigningKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

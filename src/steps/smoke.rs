@@ -63,6 +63,14 @@ pub(crate) struct Params {
     /// The reputation routing key whose score must survive a restart of Dixie's task.
     #[serde(default = "reputation_key")]
     reputation_key: String,
+    /// Dixie's key set (`/dixie/<env>/DIXIE_JWT_KEYSET`, docs/ring.md "Keys"): once a rotation
+    /// has made an ES256 kid active, the auth checks sign with that kid's key, read from
+    /// `keys_path`. Empty (the default), or a key set whose active kid is `hs256`: `jwt_key`.
+    #[serde(default)]
+    keyset_param: String,
+    /// Where the key set's private keys are (`/dixie/<env>/jwt-keys/`), with `keyset_param`.
+    #[serde(default)]
+    keys_path: String,
 }
 
 /// One of 003 §6's six smoke tests.
@@ -121,8 +129,15 @@ const MAX_ROUNDS: u64 = 100;
 
 /// The secrets a round sends, read from their homes once per attempt.
 pub(super) struct Keys {
-    pub(super) jwt: Secret<String>,
+    pub(super) jwt: Signer,
     pub(super) admin: Secret<String>,
+}
+
+/// How the auth checks' token is signed, as Dixie signs now: 001's HS256 secret, or the key of
+/// the key set's active ES256 kid.
+pub(super) enum Signer {
+    Hs256(Secret<String>),
+    Es256(super::jwt_keys::SigningKey),
 }
 
 /// A round as recorded.
@@ -200,10 +215,43 @@ impl Params {
             Seeded::Yes(value) => Ok(value),
             Seeded::Not(error) => Err(error),
         };
-        let jwt = seeded(self.jwt_key(cx).await?)?;
+        let jwt = match self.active_es256(cx).await? {
+            Some(key) => Signer::Es256(key),
+            None => Signer::Hs256(seeded(self.jwt_key(cx).await?)?),
+        };
         let admin =
             seeded(read_secret(cx, "admin_key", &self.admin_key, "Dixie's admin key (DIXIE_ADMIN_KEY)").await?)?;
         Ok(Keys { jwt, admin })
+    }
+
+    /// The key of the key set's active kid, when it is an ES256 one (a rotation has run);
+    /// `None` without a key set, or while 001's `hs256` is active. A key set that cannot be
+    /// read, or an active kid without a usable key, fails the step: Dixie would refuse it too.
+    async fn active_es256(&self, cx: &StepContext) -> Result<Option<super::jwt_keys::SigningKey>, StepError> {
+        if self.keyset_param.is_empty() {
+            return Ok(None);
+        }
+        let fix = "see docs/operator-guide.md, \"Rotating Dixie's JWT key (004)\": runbook run rotate-jwt-key finishes \
+                   a rotation under way";
+        let set = match cx.parameter(&self.keyset_param).await? {
+            None => super::jwt_keys::KeySet::legacy(),
+            Some(text) => super::jwt_keys::KeySet::parse(text.expose()).map_err(|e| {
+                StepError::fatal(format!("the key set {} cannot be read: {}", self.keyset_param, e.0), fix)
+            })?,
+        };
+        if set.active == super::jwt_keys::HS256 {
+            return Ok(None);
+        }
+        let place = format!("{}{}", self.keys_path, set.active);
+        let Some(pem) = cx.parameter(&place).await? else {
+            return Err(StepError::fatal(
+                format!("the key set's active kid {} has no private key at {place}", set.active),
+                fix,
+            ));
+        };
+        super::jwt_keys::SigningKey::load_as(&pem, &set.active, &place)
+            .map(Some)
+            .map_err(|e| StepError::fatal(e.0, fix))
     }
 
     /// The JWT key, refused when the gate cannot make tokens from it.
@@ -213,8 +261,8 @@ impl Params {
         if jwt.expose().contains("-----BEGIN") {
             return Err(StepError::fatal(
                 "jwt_key holds a PEM key (ES256): the smoke gate makes HS256 tokens from 001's hex key only",
-                "point jwt_key at the HS256 key Dixie signs with, or run the gate after the ES256 support lands \
-                 (docs/operator-guide.md, \"The smoke gate\")",
+                "point jwt_key at 001's HS256 secret; ES256 keys come from Dixie's key set (keyset_param and \
+                 keys_path; docs/operator-guide.md, \"The smoke gate\")",
             ));
         }
         if jwt.expose().trim().len() < 32 {
@@ -409,6 +457,12 @@ impl Step for Params {
 
     fn validate(&self) -> Result<(), String> {
         reach::check_http_url("base_url", &self.base_url)?;
+        if self.keyset_param.is_empty() != self.keys_path.is_empty() {
+            return Err(
+                "keyset_param and keys_path go together: give both (Dixie's key set and where its keys are) or neither"
+                    .into(),
+            );
+        }
         if self.base_url.trim_end_matches('/').matches('/').count() > 2 {
             return Err(format!(
                 "base_url = {:?}: give Dixie's base URL without a path (the checks add /api/…)",

@@ -147,6 +147,12 @@ fn a_rotation_survives_kills_keeps_old_tokens_until_t4_8_and_a_rerun_changes_and
     assert!(rerun.as_secs() < 10, "the re-run took {rerun:?}: it waited");
     assert_eq!(key_kids(), std::slice::from_ref(&new));
 
+    // The smoke gate's auth checks sign as Dixie signs now, with the new ES256 kid: its HS256
+    // tokens would be refused, and the gate would go red on a healthy Dixie.
+    rb().run(&["run", "smoke"]).expect_code(0);
+    all_done(&rb().status());
+    rb().run(&["logs", "smoke"]).expect_text("auth");
+
     // The dual-kid rotation, ES256 to ES256, in one go; the old key is deleted.
     let started = Instant::now();
     rb().run(&["run", "rotate-jwt-key", "--yes", "--var", "rotate_after_days=0"]).expect_code(0);

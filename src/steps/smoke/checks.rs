@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{Keys, Round};
+use super::{Keys, Round, Signer};
 use crate::environment::Environment;
 use crate::health::{HealthPolicy, judge};
 use crate::secret::Secret;
@@ -74,7 +74,10 @@ impl<'a> Dixie<'a> {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
-        let token = mint(&keys.jwt, wallet, unix_now());
+        let token = match &keys.jwt {
+            Signer::Hs256(key) => mint(key, wallet, unix_now()),
+            Signer::Es256(key) => key.sign(&claims(wallet, unix_now())).map_err(|e| e.0)?,
+        };
         Ok(Dixie { client, base: base_url.trim_end_matches('/').to_string(), wallet, token, admin: &keys.admin })
     }
 
@@ -379,7 +382,16 @@ const TOKEN_SECONDS: u64 = 300;
 /// issuer and audience `dixie-bff`; the key's text is the HMAC key (jose's `TextEncoder`).
 pub(super) fn mint(key: &Secret<String>, wallet: &str, now: u64) -> Secret<String> {
     let header = base64url(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = json!({
+    let claims = claims(wallet, now);
+    let signing_input = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
+    let signature = base64url(&hmac_sha256(key.expose().as_bytes(), signing_input.as_bytes()));
+    Secret::new(format!("{signing_input}.{signature}"))
+}
+
+/// A smoke token's claims: the wallet as subject, issuer and audience `dixie-bff`, a round's
+/// lifetime.
+fn claims(wallet: &str, now: u64) -> Value {
+    json!({
         "sub": wallet,
         "wallet": wallet,
         "iss": "dixie-bff",
@@ -387,10 +399,7 @@ pub(super) fn mint(key: &Secret<String>, wallet: &str, now: u64) -> Secret<Strin
         "iat": now,
         "exp": now + TOKEN_SECONDS,
         "jti": format!("runbook-smoke-{}", hex::encode(rand::random::<[u8; 8]>())),
-    });
-    let signing_input = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
-    let signature = base64url(&hmac_sha256(key.expose().as_bytes(), signing_input.as_bytes()));
-    Secret::new(format!("{signing_input}.{signature}"))
+    })
 }
 
 /// The same token with a signature made with another key.

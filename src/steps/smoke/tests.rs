@@ -159,7 +159,7 @@ async fn serve(dixie: Shared) -> String {
 }
 
 fn keys() -> Keys {
-    Keys { jwt: Secret::new(JWT_KEY.into()), admin: Secret::new(ADMIN_KEY.into()) }
+    Keys { jwt: Signer::Hs256(Secret::new(JWT_KEY.into())), admin: Secret::new(ADMIN_KEY.into()) }
 }
 
 fn params(base_url: &str, extra: &str) -> Params {
@@ -286,7 +286,7 @@ async fn each_suite_fails_on_what_it_must_not_accept() {
     let governance = round.checks.iter().find(|c| c.check == "no_key_401").unwrap();
     assert_eq!(governance.seen, "HTTP 200 (want 401)");
     // A key Dixie does not sign with: the token is refused, and the verdict says what that means.
-    let other = Keys { jwt: Secret::new("x".repeat(64)), admin: Secret::new("wrong-admin".into()) };
+    let other = Keys { jwt: Signer::Hs256(Secret::new("x".repeat(64))), admin: Secret::new("wrong-admin".into()) };
     {
         let mut d = dixie.lock().unwrap();
         (d.health_status, d.governance_open) = ("healthy", false);
