@@ -39,7 +39,9 @@ mod keys;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use keys::{HS256, KeySet, SigningKey};
+#[cfg(test)]
+pub(crate) use keys::b64url_decode;
+pub(crate) use keys::{HS256, KeySet, SigningKey, b64url, sign_hs256};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]

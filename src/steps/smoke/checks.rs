@@ -8,12 +8,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::{Keys, Round, Signer};
 use crate::environment::Environment;
 use crate::health::{HealthPolicy, judge};
 use crate::secret::Secret;
+use crate::steps::jwt_keys::{b64url, sign_hs256};
 
 /// The six suites of 003 §6, in its order.
 pub(super) const SUITES: [&str; 6] = ["health", "auth", "chat", "fleet", "reputation", "governance"];
@@ -381,11 +381,7 @@ const TOKEN_SECONDS: u64 = 300;
 /// A JWT as Dixie makes one with an HS256 key: `{alg: HS256, typ: JWT}`, the wallet as subject,
 /// issuer and audience `dixie-bff`; the key's text is the HMAC key (jose's `TextEncoder`).
 pub(super) fn mint(key: &Secret<String>, wallet: &str, now: u64) -> Secret<String> {
-    let header = base64url(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let claims = claims(wallet, now);
-    let signing_input = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
-    let signature = base64url(&hmac_sha256(key.expose().as_bytes(), signing_input.as_bytes()));
-    Secret::new(format!("{signing_input}.{signature}"))
+    sign_hs256(key, &claims(wallet, now))
 }
 
 /// A smoke token's claims: the wallet as subject, issuer and audience `dixie-bff`, a round's
@@ -405,36 +401,7 @@ fn claims(wallet: &str, now: u64) -> Value {
 /// The same token with a signature made with another key.
 fn forge(token: &Secret<String>) -> Secret<String> {
     let signing_input = token.expose().rsplit_once('.').map_or("", |(input, _)| input);
-    let other = hmac_sha256(&rand::random::<[u8; 32]>(), signing_input.as_bytes());
-    Secret::new(format!("{signing_input}.{}", base64url(&other)))
-}
-
-/// HMAC-SHA-256 (RFC 2104).
-pub(super) fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
-    inner.update(data);
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
-}
-
-/// Base64url without padding (RFC 4648 §5), as JWTs use it.
-pub(super) fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
+    let other = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &rand::random::<[u8; 32]>());
+    let signature = aws_lc_rs::hmac::sign(&other, signing_input.as_bytes());
+    Secret::new(format!("{signing_input}.{}", b64url(signature.as_ref())))
 }
