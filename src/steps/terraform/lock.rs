@@ -91,16 +91,20 @@ impl LockInfo {
 }
 
 /// Terraform processes on this host whose working folder is `dir` (`/proc/<pid>/comm` is
-/// `terraform` and `/proc/<pid>/cwd` is `dir`).
+/// `terraform` and `/proc/<pid>/cwd` is `dir`) as this process sees it: in the same mount
+/// namespace. A terraform in a container (another mount namespace) works on the files that
+/// container sees, its own `.terraform` and backend, even where its folder's path reads the same.
 pub(super) fn terraform_working_in(dir: &Path) -> Vec<u32> {
     let Ok(dir) = dir.canonicalize() else { return Vec::new() };
     let Ok(procs) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
     let mut pids: Vec<u32> = procs
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "terraform")
                 && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
+                && std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok() == ours
         })
         .collect();
     pids.sort_unstable();

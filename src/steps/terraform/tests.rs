@@ -268,6 +268,46 @@ async fn terraform_still_working_in_the_folder_is_found_and_waited_for() {
     assert!(terraform_working_in(&stage.dir).is_empty(), "only the step's own folder counts");
 }
 
+/// A terraform in another mount namespace (a container, another ring of the test suite) works
+/// on other files, whatever its folder's path: it holds none of this folder's locks. Needs root
+/// for `unshare --mount`; says so and stops without it.
+#[tokio::test]
+async fn terraform_in_another_mount_namespace_is_not_working_in_the_folder() {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: unshare --mount needs root (bash scripts/test runs as root)");
+        return;
+    }
+    let stage = Stage::new("elsewhere").await;
+    let dir = stage.dir.join("tf");
+    let fake = stage.dir.join("terraform");
+    let mut outside = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(&fake)
+        .arg("sleep")
+        .current_dir(&dir)
+        .spawn()
+        .unwrap();
+    let mut here = std::process::Command::new(&fake).arg("sleep").current_dir(&dir).spawn().unwrap();
+    // Both are terraform once exec'd (unshare execs it in its own namespace, same pid).
+    let is_terraform =
+        |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "terraform");
+    let started = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        is_terraform(outside.id()) && is_terraform(here.id())
+    });
+    let elsewhere = std::fs::read_link(format!("/proc/{}/ns/mnt", outside.id())).ok();
+    let found = terraform_working_in(&dir);
+    let (here_pid, outside_pid) = (here.id(), outside.id());
+    for child in [&mut outside, &mut here] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    assert!(started, "the two stand-in terraforms did not start");
+    assert_ne!(elsewhere, std::fs::read_link("/proc/self/ns/mnt").ok(), "unshare made no mount namespace");
+    assert_eq!(found, vec![here_pid], "only the terraform of this mount namespace counts, not {outside_pid}");
+}
+
 #[test]
 fn colour_codes_are_taken_out_of_terraform_output() {
     assert_eq!(without_colours("\x1b[31mFailed\x1b[0m\x1b[0m to lock\x1b[1;4m!"), "Failed to lock!");
