@@ -15,7 +15,7 @@ use crate::{commands, identity, render};
 #[derive(Parser)]
 #[command(
     name = "runbook",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("RUNBOOK_COMMIT"), ")"),
     about = "Run deployment runbooks: typed steps that probe, apply and verify, resumable from SQLite"
 )]
 #[command(after_help = EXIT_CODES)]
@@ -79,6 +79,43 @@ enum Command {
     State(commands::state::Args),
     /// The local rehearsal ring of real services on loopback.
     Ring(commands::ring::Args),
+    /// Print the completion script of a shell (README: "Shell completions and the manual").
+    Completions {
+        /// The shell: bash, zsh or fish.
+        shell: Shell,
+    },
+    /// Print the manual page (roff), for man: runbook man > ~/.local/share/man/man1/runbook.1
+    Man,
+}
+
+/// The shells `runbook completions` writes for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// What `runbook completions` and `runbook man` print: made from the command line's own
+/// definition, so they cannot drift from it.
+fn generated(command: &Command) -> Option<Vec<u8>> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    match command {
+        Command::Completions { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "runbook", &mut out);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut out).expect("write the manual page to memory");
+        }
+        _ => return None,
+    }
+    Some(out)
 }
 
 /// The exit codes, as `--help` lists them.
@@ -95,6 +132,10 @@ pub fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if let Some(text) = generated(&cli.command) {
+        let _ = std::io::stdout().write_all(&text);
+        return;
+    }
     let approval = match &cli.command {
         Command::Run(a) => Some(a.approval),
         Command::Resume(a) => Some(a.approval),
@@ -145,6 +186,7 @@ async fn dispatch(g: &Globals, command: Command) -> Result<Outcome, CliError> {
         Command::Serve(args) => args.execute(g, &mut std::io::stdout()).await,
         Command::State(args) => args.execute(),
         Command::Ring(args) => args.execute(g),
+        Command::Completions { .. } | Command::Man => unreachable!("printed before the runtime starts"),
     }
 }
 
@@ -171,6 +213,26 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "runbook", &mut missing);
         assert_eq!(missing, Vec::<String>::new(), "arguments without a description");
+    }
+
+    /// The completion scripts and the manual name every command and its flags.
+    #[test]
+    fn completions_and_the_manual_name_every_command() {
+        let root = Cli::command();
+        let commands: Vec<String> = root.get_subcommands().map(|c| c.get_name().to_string()).collect();
+        assert!(commands.len() >= 18, "{commands:?}");
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let text = String::from_utf8(generated(&Command::Completions { shell }).unwrap()).unwrap();
+            for name in commands.iter().map(String::as_str).chain(["ack-rollback", "downstream", "state"]) {
+                assert!(text.contains(name), "no `{name}` in the completions:\n{text}");
+            }
+        }
+        let man = String::from_utf8(generated(&Command::Man).unwrap()).unwrap();
+        assert!(man.contains(".TH runbook 1"), "{man}");
+        for name in &commands {
+            assert!(man.contains(&format!("runbook\\-{name}")), "no `runbook-{name}` in the manual:\n{man}");
+        }
+        assert!(man.contains("5 stopped awaiting approval"), "the exit codes are in the manual");
     }
 
     #[test]

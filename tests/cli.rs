@@ -547,6 +547,35 @@ fn wrong_admin_credentials_fail_the_step_without_changes_and_retry_finishes_afte
     assert_eq!(rb.status()["steps"][1]["attempts"], 2);
 }
 
+/// `--version` names the commit of this checkout (the one just built); the completion scripts
+/// and the manual come out of the binary whole. No ring.
+#[test]
+fn version_names_the_commit_and_completions_and_the_manual_print() {
+    let runbook = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_runbook")).args(args).output().unwrap();
+    let version = runbook(&["--version"]);
+    let head = Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(project()).output().unwrap();
+    let commit = if head.status.success() {
+        format!("commit {}", String::from_utf8_lossy(&head.stdout).trim())
+    } else {
+        "commit unknown".to_string()
+    };
+    assert_eq!(String::from_utf8_lossy(&version.stdout), format!("runbook {} ({commit})\n", env!("CARGO_PKG_VERSION")));
+    for (args, start) in [
+        (&["completions", "bash"][..], "_runbook()"),
+        (&["completions", "zsh"], "#compdef runbook"),
+        (&["completions", "fish"], "# Print an optspec"),
+        (&["man"], ".ie \\n(.g .ds Aq"),
+    ] {
+        let out = runbook(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && out.stderr.is_empty(), "{args:?}: {out:?}");
+        assert!(text.trim_start().starts_with(start), "{args:?} starts with {:?}", &text[..text.len().min(80)]);
+    }
+    let out = runbook(&["completions", "powershell"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is bad input: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: bash, zsh, fish"), "{out:?}");
+}
+
 #[test]
 fn bad_input_is_refused_with_its_exit_code_and_changes_nothing() {
     let Some(_ring) = fresh_ring() else { return };
