@@ -16,8 +16,10 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     let mut watched = vec!["HEAD".to_string(), "packed-refs".to_string()];
     watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    // Only files that exist: cargo runs a build script again on every build while a file it
+    // watches is missing (packed-refs often is; a loose ref is after `git gc`).
     for name in watched {
-        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name]).filter(|p| std::path::Path::new(p).exists()) {
             println!("cargo:rerun-if-changed={path}");
         }
     }

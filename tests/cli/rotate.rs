@@ -263,3 +263,90 @@ fn a_rotation_survives_kills_keeps_old_tokens_until_t4_8_and_a_rerun_changes_and
         assert!(!dump.contains(secret) && !shown.contains(secret), "a secret reached the state DB or the logs");
     }
 }
+
+/// An emergency during a rotation that waits for the JWKS caches (T4.4, a long wait here): the
+/// revocation is refused with exit 3 naming the rotation's run and the one command that takes
+/// its lock; that command is the operator's explicit word, recorded with the rotation's run; the
+/// rotation stops within its next lock check (5 s) without another change; the revocation then
+/// publishes only its new kid, and the pending kid of the rotation leaves the key set with it.
+#[test]
+fn a_revocation_takes_a_waiting_rotations_lock_only_by_the_operators_word() {
+    let Some(_ring) = fresh_ring() else { return };
+    let scratch = Scratch::new("revoke-takeover");
+    let project = impatient_project(&scratch);
+    edit_file(
+        &project.join("runbooks/environments/local.toml"),
+        &[("jwks_cache_wait_seconds = \"13\"", "jwks_cache_wait_seconds = \"900\"")],
+    );
+    let rb = || scratch.runbook().project(&project);
+    rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
+    let mut rotation = rb()
+        .command(&["run", "rotate-jwt-key", "--yes", "--var", "rotate_after_days=0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The rotation publishes its new kid beside the old one and waits in T4.4.
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    let (rotation_run, pending) = loop {
+        assert!(Instant::now() < deadline, "the rotation never reached its wait: {}", rb().status());
+        assert!(rotation.try_wait().unwrap().is_none(), "the rotation ended before its wait");
+        let status = rb().status();
+        let waiting = |s: &&serde_json::Value| s["step"] == "T4.4" && s["wait"]["left_s"].as_i64() > Some(60);
+        if status["steps"].as_array().unwrap().iter().any(|s| waiting(&s)) {
+            let new_kid = outputs_of(&status, "T4.1")["new_kid"].as_str().unwrap().to_string();
+            break (status["run"]["id"].as_i64().unwrap(), new_kid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let published = keyset().unwrap();
+    assert!(published.contains("\"active\":\"hs256\"") && published.contains(&pending), "{published}");
+    // A token of the compromised secret, still valid while the rotation waits.
+    let victim = token(None);
+    assert_eq!(verify(&victim).0, 200, "the victim token verifies before the revocation");
+
+    // Refused while the rotation holds the lock: nothing changes, and the way out names its run.
+    let refused = rb().run(&["run", "revoke-jwt-key", "--yes", "--var", "kid=hs256"]);
+    refused.expect_code(3);
+    refused.expect_text(&format!("runbook unlock --force --run {rotation_run} --yes"));
+    assert_eq!(keyset().unwrap(), published, "a refused revocation changed the key set");
+
+    // The operator's word: the rotation's lock, broken and recorded with its run.
+    rb().run(&["unlock", "--force", "--run", &rotation_run.to_string(), "--yes"]).expect_code(0);
+    let broken_at = Instant::now();
+    let stopped = loop {
+        if let Some(status) = rotation.try_wait().unwrap() {
+            break status;
+        }
+        assert!(broken_at.elapsed() < std::time::Duration::from_secs(15), "the rotation kept waiting without its lock");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(!stopped.success(), "the rotation that lost its lock ended {stopped:?}");
+    assert_eq!(keyset().unwrap(), published, "the stopped rotation changed the key set");
+    let audit = rb().run(&["audit", &rotation_run.to_string()]);
+    audit.expect_code(0).expect_text("test-operator");
+    let conn = rusqlite::Connection::open(scratch.state()).unwrap();
+    let broken: i64 = conn
+        .query_row("SELECT count(*) FROM events WHERE kind = 'lock_broken' AND run_id = ?1", [rotation_run], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(broken, 1, "the lock's break is recorded once, with the rotation's run");
+
+    // The revocation runs now: one new kid, the compromised secret and the pending kid gone.
+    rb().run(&["run", "revoke-jwt-key", "--yes", "--var", "kid=hs256"]).expect_code(0);
+    let status = rb().status();
+    all_done(&status);
+    let taking_over = outputs_of(&status, "R1")["new_kid"].as_str().unwrap().to_string();
+    assert_eq!(keyset().unwrap(), format!(r#"{{"active":"{taking_over}","published":["{taking_over}"]}}"#));
+    let (code, refused) = verify(&victim);
+    assert_eq!(code, 401, "a token of the revoked secret: {refused}");
+    // The interrupted rotation's pending key is no longer trusted; its private key stays in SSM
+    // until the next rotation's T4.8 (the operator guide says so).
+    let mut kids = key_kids();
+    kids.sort();
+    let mut expected = vec![pending, taking_over];
+    expected.sort();
+    assert_eq!(kids, expected, "the keys in SSM after the revocation");
+    assert_eq!(verify(&token(None)).0, 200, "a token of the new kid verifies");
+}
