@@ -27,9 +27,13 @@ declare -A PROOF=(
   [postgresql-client-15]=/usr/lib/postgresql/15/bin/psql
   [openssl]=openssl
   [curl]=curl
+  # The web view's browser tests (tests/cli/browser.rs): headless, driven over WebDriver.
+  [chromium]=/usr/bin/chromium
+  [chromium-driver]=/usr/bin/chromedriver
 )
 missing=()
-for pkg in docker.io docker-registry redis-server nats-server postgresql-15 postgresql-client-15 openssl curl; do
+for pkg in docker.io docker-registry redis-server nats-server postgresql-15 postgresql-client-15 openssl curl \
+           chromium chromium-driver; do
   proof=${PROOF[$pkg]}
   if dpkg -s "$pkg" >/dev/null 2>&1 && { [ -x "$proof" ] || command -v "$proof" >/dev/null 2>&1; }; then
     say "$pkg: already installed"

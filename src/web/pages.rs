@@ -54,21 +54,46 @@ pub(crate) fn encode(text: &str) -> String {
     out
 }
 
-/// A whole page: `title` (escaped here) and its body; `live` reloads it every 5 s while a run
-/// is in progress (no script needed).
-pub(crate) fn page(title: &str, body: &str, live: bool) -> String {
-    let refresh = if live { "<meta http-equiv=\"refresh\" content=\"5\">" } else { "" };
+/// The script that keeps a live run's pages up to date (`/live.js`), embedded in the binary.
+pub(crate) const LIVE_JS: &str = include_str!("live.js");
+
+/// What a page follows while its run is in progress.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Live<'a> {
+    /// Nothing: the run has ended, or the page is not a run's.
+    No,
+    /// The run's graph and steps table.
+    Run(i64),
+    /// One attempt's log lines.
+    Log { run: i64, step: &'a str, attempt: i64 },
+}
+
+/// A whole page: `title` (escaped here) and its body. A live page loads `/live.js`, which
+/// follows the run's events (the body's `data-` attributes say what); without scripts it
+/// reloads itself every 5 s instead.
+pub(crate) fn page(title: &str, body: &str, live: Live) -> String {
+    let (head, attributes) = match live {
+        Live::No => (String::new(), String::new()),
+        Live::Run(run) => (LIVE_HEAD.to_string(), format!(" data-live=\"run\" data-run=\"{run}\"")),
+        Live::Log { run, step, attempt } => (
+            LIVE_HEAD.to_string(),
+            format!(" data-live=\"log\" data-run=\"{run}\" data-step=\"{}\" data-attempt=\"{attempt}\"", escape(step)),
+        ),
+    };
     format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{refresh}<title>{} · runbook</title>\
-         <link rel=\"stylesheet\" href=\"/style.css\"></head><body><nav><a href=\"/\">runs</a></nav>\n{body}\n\
-         </body></html>\n",
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{head}<title>{} · runbook</title>\
+         <link rel=\"stylesheet\" href=\"/style.css\"></head><body{attributes}><nav><a href=\"/\">runs</a></nav>\n\
+         {body}\n</body></html>\n",
         escape(title)
     )
 }
 
+const LIVE_HEAD: &str =
+    "<noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript><script src=\"/live.js\" defer></script>";
+
 /// An error page's body.
 pub(crate) fn message(title: &str, text: &str) -> String {
-    page(title, &format!("<h1>{}</h1><p class=\"message\">{}</p>", escape(title), escape_block(text)), false)
+    page(title, &format!("<h1>{}</h1><p class=\"message\">{}</p>", escape(title), escape_block(text)), Live::No)
 }
 
 /// The filters of the runs page, as asked.
@@ -109,7 +134,7 @@ pub(crate) fn runs(view: &HistoryView, asked: &RunsQuery) -> String {
     body.push_str("</select></label> <button type=\"submit\">filter</button></form>\n");
     if view.runs.is_empty() {
         body.push_str("<p>No runs match.</p>");
-        return page("runs", &body, false);
+        return page("runs", &body, Live::No);
     }
     body.push_str(
         "<table class=\"runs\"><thead><tr><th>run</th><th>runbook</th><th>env</th><th>operator@host</th>\
@@ -155,7 +180,7 @@ pub(crate) fn runs(view: &HistoryView, asked: &RunsQuery) -> String {
         }
         let _ = write!(body, "<p><a href=\"{link}\">older runs</a></p>");
     }
-    page("runs", &body, false)
+    page("runs", &body, Live::No)
 }
 
 /// `/runs/N`: the run, its graph (`graph`: the SVG, or a sentence why there is none) and its
@@ -193,13 +218,13 @@ pub(crate) fn run(view: &StatusView, graph: &str, timeline: &[AttemptLine], audi
     for step in &view.steps {
         let row = &step.row;
         let attempts: Vec<String> = (1..=row.attempts)
-            .map(|a| format!("<a href=\"/runs/{}/steps/{}/attempts/{a}/log\">{a}</a>", run.id, encode(&row.step)))
+            .map(|a| format!("<a href=\"/runs/{}/steps/{}/attempts/{a}\">{a}</a>", run.id, encode(&row.step)))
             .collect();
         // A stop for an approval is recorded as a failed step whose error says so.
         let awaiting = row.last_error.as_deref().is_some_and(|e| e.starts_with("awaiting approval"));
         let label = if awaiting { "awaiting approval" } else { row.state.as_str() };
         let class = if awaiting { "awaiting_approval" } else { row.state.as_str() };
-        let mut state = format!("<span class=\"s-{class}\">{label}</span>");
+        let mut state = format!("<span class=\"state s-{class}\" data-step=\"{}\">{label}</span>", escape(&row.step));
         if row.in_doubt {
             state.push_str(" (in doubt)");
         }
@@ -230,7 +255,31 @@ pub(crate) fn run(view: &StatusView, graph: &str, timeline: &[AttemptLine], audi
         "<p>Live events of this run (server-sent events, JSON): <a href=\"/runs/{0}/events\">/runs/{0}/events</a></p>",
         run.id
     );
-    page(&format!("run {}", run.id), &body, run.status == RunState::Running)
+    let live = if run.status == RunState::Running { Live::Run(run.id) } else { Live::No };
+    page(&format!("run {}", run.id), &body, live)
+}
+
+/// `/runs/N/steps/S/attempts/A`: one attempt's log. While the run is in progress the lines come
+/// from its events (`/live.js`), so that the page never shows a line twice or misses one; the
+/// text as recorded is at `…/log` and, without scripts, in the page.
+pub(crate) fn attempt_log(run: i64, step: &str, attempt: i64, log: &str, live: bool) -> String {
+    let text = format!("/runs/{run}/steps/{}/attempts/{attempt}/log", encode(step));
+    let mut body = format!(
+        "<h1>Run {run} · {} · attempt {attempt}</h1><p><a href=\"/runs/{run}\">the run</a> · \
+         <a href=\"{text}\">as text</a></p>",
+        escape(step)
+    );
+    let lines = escape_block(log);
+    if live {
+        let _ = write!(
+            body,
+            "<p class=\"following\">Following the run live.</p><pre id=\"log\" class=\"log\"></pre>\
+             <noscript><pre class=\"log\">{lines}</pre></noscript>"
+        );
+        return page(&format!("run {run} {step} attempt {attempt}"), &body, Live::Log { run, step, attempt });
+    }
+    let _ = write!(body, "<pre id=\"log\" class=\"log\">{lines}</pre>");
+    page(&format!("run {run} {step} attempt {attempt}"), &body, Live::No)
 }
 
 /// Every attempt of the run in the order they started, each linked to its log.
@@ -245,7 +294,7 @@ fn attempts(run: i64, timeline: &[AttemptLine]) -> String {
     for a in timeline {
         let _ = writeln!(
             out,
-            "<tr><td>{}</td><td>{}</td><td><a href=\"/runs/{run}/steps/{}/attempts/{n}/log\">{n}</a></td><td>{}</td>\
+            "<tr><td>{}</td><td>{}</td><td><a href=\"/runs/{run}/steps/{}/attempts/{n}\">{n}</a></td><td>{}</td>\
              <td>{}</td><td class=\"num\">{}</td><td class=\"block\">{}</td></tr>",
             format_utc(a.started_at),
             escape(&a.step),
@@ -358,11 +407,15 @@ mod tests {
     }
 
     #[test]
-    fn a_page_has_no_script_and_no_inline_style() {
-        let html = page("t<i>", "<p>x</p>", false);
+    fn a_page_has_no_script_unless_its_run_is_live_and_no_inline_style() {
+        let html = page("t<i>", "<p>x</p>", Live::No);
         assert!(html.contains("<title>t&lt;i&gt; · runbook</title>"), "{html}");
         assert!(!html.contains("<script") && !html.contains("style=") && !html.contains("<style"), "{html}");
         assert!(!html.contains("refresh"));
-        assert!(page("t", "", true).contains("http-equiv=\"refresh\""));
+        let live = page("t", "", Live::Run(7));
+        assert!(live.contains("<noscript><meta http-equiv=\"refresh\" content=\"5\"></noscript>"), "{live}");
+        assert!(live.contains("<script src=\"/live.js\" defer></script>") && live.contains("data-run=\"7\""));
+        let log = page("t", "", Live::Log { run: 7, step: "T\"2.4", attempt: 2 });
+        assert!(log.contains("data-live=\"log\" data-run=\"7\" data-step=\"T&quot;2.4\" data-attempt=\"2\""), "{log}");
     }
 }

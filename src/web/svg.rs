@@ -54,9 +54,10 @@ pub(crate) fn draw(
             let title = titles.get(id).map(String::as_str).unwrap_or("");
             let _ = write!(
                 out,
-                "<g class=\"node s-{state}\"><title>{} {}: {state}</title>\
+                "<g class=\"node s-{state}\" data-step=\"{}\"><title>{} {}: {state}</title>\
                  <rect x=\"{x}\" y=\"{y}\" width=\"{WIDTH}\" height=\"{HEIGHT}\" rx=\"4\"/>\
                  <text x=\"{}\" y=\"{}\">{}</text><text class=\"state\" x=\"{}\" y=\"{}\">{state}</text></g>",
+                escape(id),
                 escape(id),
                 escape(title),
                 x + 8,

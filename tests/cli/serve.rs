@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+#[path = "browser.rs"]
+mod browser;
+
 /// Planted in the server's environment: no page may show it.
 const PLANTED: &str = "planted-secret-5f1c0e9a";
 const HOSTILE_OPERATOR: &str = "<script>alert('op')</script>";
@@ -190,15 +193,20 @@ const PAGES: &[(&str, &str)] = &[
     ("/?before=2", "text/html; charset=utf-8"),
     ("/runs/1", "text/html; charset=utf-8"),
     ("/runs/2", "text/html; charset=utf-8"),
+    ("/runs/2/steps/T2.4/attempts/1", "text/html; charset=utf-8"),
     ("/runs/2/steps/T2.4/attempts/1/log", "text/plain; charset=utf-8"),
     ("/runs/1/events", "text/event-stream; charset=utf-8"),
     ("/style.css", "text/css; charset=utf-8"),
+    ("/live.js", "text/javascript; charset=utf-8"),
 ];
 
 fn assert_safe_headers(reply: &Reply, what: &str) {
     assert_eq!(
         reply.header("content-security-policy"),
-        Some("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'"),
+        Some(
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'"
+        ),
         "{what}"
     );
     assert_eq!(reply.header("x-content-type-options"), Some("nosniff"), "{what}");
@@ -231,8 +239,11 @@ fn every_page_is_served_escaped_with_strict_headers_and_no_secret() {
     let run = server.get("/runs/2", &[]).body;
     assert!(run.contains("<svg") && run.contains("class=\"node s-failed\""), "the graph: {run}");
     assert!(run.contains("runbook retry T2.4 --run 2"), "the next action names the run: {run}");
-    assert!(run.contains("/runs/2/steps/T2.4/attempts/1/log"), "attempts link their logs: {run}");
-    assert!(run.contains("<h2>Attempts</h2>") && run.matches("/attempts/1/log").count() >= 16, "the timeline: {run}");
+    assert!(run.contains("/runs/2/steps/T2.4/attempts/1\""), "attempts link their logs: {run}");
+    let log = server.get("/runs/2/steps/T2.4/attempts/1", &[]).body;
+    assert!(log.contains("&lt;script&gt;alert(&#39;log&#39;)&lt;/script&gt;\\u{1b}[2J"), "the log, escaped: {log}");
+    assert!(log.contains("/runs/2/steps/T2.4/attempts/1/log\">as text</a>") && !log.contains("data-live"), "{log}");
+    assert!(run.contains("<h2>Attempts</h2>") && run.matches("/attempts/1\"").count() >= 16, "the timeline: {run}");
     assert!(run.contains("skipped T2.7: &lt;script&gt;alert(&#39;reason&#39;)"), "the run's decisions: {run}");
     let log = server.get("/runs/2/steps/T2.4/attempts/1/log", &[]).body;
     assert_eq!(log, "done\n<script>alert('log')</script>\\u{1b}[2J\n", "a log is text, its controls escaped");
@@ -342,7 +353,8 @@ fn a_live_runs_events_arrive_as_they_are_recorded_and_the_stream_ends_with_the_r
     .unwrap();
     let server = Server::start(&state, &[]);
     let run = server.get("/runs/3", &[]).body;
-    assert!(run.contains("http-equiv=\"refresh\""), "a live run's page reloads itself: {run}");
+    assert!(run.contains("<script src=\"/live.js\" defer></script>"), "a live run's page follows it: {run}");
+    assert!(run.contains("<noscript><meta http-equiv=\"refresh\""), "and reloads itself without scripts: {run}");
     let mut stream = TcpStream::connect(&server.addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
     write!(stream, "GET /runs/3/events HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr).unwrap();
