@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Server, dechunk, project, scratch, state_db};
+use super::{Server, dechunk, live_run, project, scratch, state_db};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -211,25 +211,9 @@ fn a_live_run_changes_colour_and_shows_its_log_lines_in_a_real_browser() {
     let conn = rusqlite::Connection::open(&state).unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
     let now = now_ms();
-    conn.execute(
-        "INSERT INTO runs (id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, \
-         status) VALUES (3, 'sprint-2', 'local', '', '', '{}', 'op', 'elsewhere', ?1, 'running')",
-        [now],
-    )
-    .unwrap();
-    conn.execute(
-        "INSERT INTO steps (run_id, step, state, attempts, started_at) VALUES (3, 'T2.1', 'running', 1, ?1)",
-        [now],
-    )
-    .unwrap();
+    live_run(&conn, now);
     conn.execute("INSERT INTO attempts (run_id, step, attempt, started_at, log) VALUES (3, 'T2.1', 1, ?1, '')", [now])
         .unwrap();
-    // Held from another host, its heartbeat fresh: the run is live.
-    conn.execute(
-        "INSERT INTO run_lock (id, run_id, host, pid, acquired_at, heartbeat_at) VALUES (1, 3, 'elsewhere', 1, ?1, ?1)",
-        [now],
-    )
-    .unwrap();
     // Its heartbeat kept fresh, as its process would, until the run ends.
     let beating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let heart = {

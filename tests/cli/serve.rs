@@ -328,12 +328,9 @@ fn an_address_that_takes_any_host_is_refused_at_start() {
     assert!(out.stdout.is_empty(), "no token was printed: {}", String::from_utf8_lossy(&out.stdout));
 }
 
-#[test]
-fn a_live_runs_events_arrive_as_they_are_recorded_and_the_stream_ends_with_the_run() {
-    let dir = scratch("live");
-    let state = state_db(&dir);
-    let conn = rusqlite::Connection::open(&state).unwrap();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+/// Run 3, in progress as another host's `runbook run` records it: T2.1 running, the run's lock
+/// held from `elsewhere` with a heartbeat at `now` (fresh for 30 s).
+fn live_run(conn: &rusqlite::Connection, now: i64) {
     conn.execute(
         "INSERT INTO runs (id, runbook, env, runbook_hash, inputs_hash, vars_json, operator, host, started_at, \
          status) VALUES (3, 'sprint-2', 'local', '', '', '{}', 'op', 'elsewhere', ?1, 'running')",
@@ -345,12 +342,20 @@ fn a_live_runs_events_arrive_as_they_are_recorded_and_the_stream_ends_with_the_r
         [now],
     )
     .unwrap();
-    // Held from another host, its heartbeat fresh: the run is live.
     conn.execute(
         "INSERT INTO run_lock (id, run_id, host, pid, acquired_at, heartbeat_at) VALUES (1, 3, 'elsewhere', 1, ?1, ?1)",
         [now],
     )
     .unwrap();
+}
+
+#[test]
+fn a_live_runs_events_arrive_as_they_are_recorded_and_the_stream_ends_with_the_run() {
+    let dir = scratch("live");
+    let state = state_db(&dir);
+    let conn = rusqlite::Connection::open(&state).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    live_run(&conn, now);
     let server = Server::start(&state, &[]);
     let run = server.get("/runs/3", &[]).body;
     assert!(run.contains("<script src=\"/live.js\" defer></script>"), "a live run's page follows it: {run}");
