@@ -325,12 +325,7 @@ async fn log(app: &App, run: i64, step: &str, attempt: i64) -> Response<Body> {
 /// (in progress as `status` says: recorded as running and its process alive).
 async fn log_page(app: &App, run: i64, step: &str, attempt: i64) -> Response<Body> {
     let (key, host) = (step.to_string(), app.host.clone());
-    let read_all = move |db: &StateDb| {
-        let log = db.attempt_log(run, &key, attempt)?;
-        let row = db.run(run)?;
-        let live = row.status == RunState::Running && db.run_is_live(run, &host)?;
-        Ok((log, live))
-    };
+    let read_all = move |db: &StateDb| Ok((db.attempt_log(run, &key, attempt)?, in_progress(db, run, &host)?));
     match read(app, read_all).await {
         Ok((Some(log), live)) => html(StatusCode::OK, pages::attempt_log(run, step, attempt, &log, live)),
         Ok((None, _)) => not_found(),
@@ -338,8 +333,14 @@ async fn log_page(app: &App, run: i64, step: &str, attempt: i64) -> Response<Bod
     }
 }
 
+/// Whether a run is in progress: recorded as running and a live process holds it (one that died
+/// is over, as `status` calls it).
+fn in_progress(db: &StateDb, run: i64, host: &str) -> Result<bool, StateError> {
+    Ok(db.run(run)?.status == RunState::Running && db.run_is_live(run, host)?)
+}
+
 /// `/runs/N/events`: the run's events after `after` as server-sent events, each with its row
-/// id (a reconnect sends it back as `Last-Event-ID`), polled every second, until the run has
+/// id (a reconnect sends it back as `Last-Event-ID`), polled every `POLL`, until the run has
 /// ended and every event of it is sent.
 async fn events(app: &App, run: i64, after: i64, head: bool) -> Response<Body> {
     if let Err(e) = read(app, move |db| db.run(run)).await {
@@ -374,8 +375,7 @@ async fn stream_events(
             let db = db2.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let events = db.events_after(Some(run), after, BATCH)?;
             // Ended: recorded as over, or running with no live process (it died).
-            let row = db.run(run)?;
-            let ended = row.status != RunState::Running || !db.run_is_live(run, &host2)?;
+            let ended = !in_progress(&db, run, &host2)?;
             Ok::<_, StateError>((events, ended))
         })
         .await;

@@ -357,6 +357,22 @@ fn moto_api(method: &str, path: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Standard base64 decoded by coreutils' `base64 -d` (moto's recorded bodies, WebDriver's
+/// screenshots).
+fn base64_decode(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run base64 -d");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "base64 -d refused its input");
+    out.stdout
+}
+
 /// The AWS API actions moto received while `f` ran, from moto's own request recorder; not the
 /// ring's own machinery (the ECS agent, which ships the tasks' logs, and the stand-in tasks),
 /// whose boto3 user agents say `ring-ecs-agent` and `ring-standin-…`.
@@ -380,17 +396,7 @@ fn aws_actions_during(f: impl FnOnce()) -> Vec<String> {
             }
             let mut body = entry["body"].as_str().unwrap_or("").to_string();
             if entry["body_encoded"].as_bool() == Some(true) {
-                let decoded = Command::new("base64")
-                    .arg("-d")
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .and_then(|mut child| {
-                        use std::io::Write;
-                        child.stdin.take().unwrap().write_all(body.as_bytes())?;
-                        child.wait_with_output()
-                    });
-                body = String::from_utf8_lossy(&decoded.unwrap().stdout).into_owned();
+                body = String::from_utf8_lossy(&base64_decode(&body)).into_owned();
             }
             Some(
                 body.split('&')

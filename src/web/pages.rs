@@ -73,10 +73,10 @@ pub(crate) enum Live<'a> {
 /// reloads itself every 5 s instead.
 pub(crate) fn page(title: &str, body: &str, live: Live) -> String {
     let (head, attributes) = match live {
-        Live::No => (String::new(), String::new()),
-        Live::Run(run) => (LIVE_HEAD.to_string(), format!(" data-live=\"run\" data-run=\"{run}\"")),
+        Live::No => ("", String::new()),
+        Live::Run(run) => (LIVE_HEAD, format!(" data-live=\"run\" data-run=\"{run}\"")),
         Live::Log { run, step, attempt } => (
-            LIVE_HEAD.to_string(),
+            LIVE_HEAD,
             format!(" data-live=\"log\" data-run=\"{run}\" data-step=\"{}\" data-attempt=\"{attempt}\"", escape(step)),
         ),
     };
@@ -270,16 +270,17 @@ pub(crate) fn attempt_log(run: i64, step: &str, attempt: i64, log: &str, live: b
         escape(step)
     );
     let lines = escape_block(log);
-    if live {
-        let _ = write!(
-            body,
-            "<p class=\"following\">Following the run live.</p><pre id=\"log\" class=\"log\"></pre>\
-             <noscript><pre class=\"log\">{lines}</pre></noscript>"
-        );
-        return page(&format!("run {run} {step} attempt {attempt}"), &body, Live::Log { run, step, attempt });
+    let title = format!("run {run} {step} attempt {attempt}");
+    if !live {
+        let _ = write!(body, "<pre id=\"log\" class=\"log\">{lines}</pre>");
+        return page(&title, &body, Live::No);
     }
-    let _ = write!(body, "<pre id=\"log\" class=\"log\">{lines}</pre>");
-    page(&format!("run {run} {step} attempt {attempt}"), &body, Live::No)
+    let _ = write!(
+        body,
+        "<p class=\"following\">Following the run live.</p><pre id=\"log\" class=\"log\"></pre>\
+         <noscript><pre class=\"log\">{lines}</pre></noscript>"
+    );
+    page(&title, &body, Live::Log { run, step, attempt })
 }
 
 /// Every attempt of the run in the order they started, each linked to its log.

@@ -52,13 +52,12 @@ pub(crate) fn draw(
             let (x, y) = at[id.as_str()];
             let state = states.get(id).map(|s| s.as_str()).unwrap_or("unknown");
             let title = titles.get(id).map(String::as_str).unwrap_or("");
+            let step = escape(id);
             let _ = write!(
                 out,
-                "<g class=\"node s-{state}\" data-step=\"{}\"><title>{} {}: {state}</title>\
+                "<g class=\"node s-{state}\" data-step=\"{step}\"><title>{step} {}: {state}</title>\
                  <rect x=\"{x}\" y=\"{y}\" width=\"{WIDTH}\" height=\"{HEIGHT}\" rx=\"4\"/>\
                  <text x=\"{}\" y=\"{}\">{}</text><text class=\"state\" x=\"{}\" y=\"{}\">{state}</text></g>",
-                escape(id),
-                escape(id),
                 escape(title),
                 x + 8,
                 y + 18,

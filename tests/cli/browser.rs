@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Server, dechunk, live_run, project, scratch, state_db};
+use super::{Reply, Server, live_run, project, scratch, state_db};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -102,7 +102,6 @@ impl Browser {
             }
         };
         let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
-        let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
         let chunked = head.contains("transfer-encoding: chunked");
         let length =
             head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
@@ -120,10 +119,9 @@ impl Browser {
                 Ok(n) => raw.extend_from_slice(&buf[..n]),
             }
         }
-        let rest = String::from_utf8_lossy(&raw[head_end..]).into_owned();
-        let body = if chunked { dechunk(&rest) } else { rest };
-        let value = serde_json::from_str::<serde_json::Value>(&body).map(|v| v["value"].clone());
-        (code, value.unwrap_or(serde_json::Value::Null))
+        let reply = Reply::parse(&raw);
+        let value = serde_json::from_str::<serde_json::Value>(&reply.body).map(|v| v["value"].clone());
+        (reply.status, value.unwrap_or(serde_json::Value::Null))
     }
 
     fn session_call(&self, method: &str, what: &str, body: Option<serde_json::Value>) -> serde_json::Value {
@@ -161,14 +159,7 @@ impl Browser {
         let dir = project().join("target/browser");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{name}.png"));
-        let mut decode = Command::new("base64")
-            .arg("-d")
-            .stdin(Stdio::piped())
-            .stdout(std::fs::File::create(&path).unwrap())
-            .spawn()
-            .unwrap();
-        decode.stdin.take().unwrap().write_all(encoded.as_str().unwrap().as_bytes()).unwrap();
-        assert!(decode.wait().unwrap().success(), "decode the screenshot");
+        std::fs::write(&path, crate::base64_decode(encoded.as_str().unwrap())).unwrap();
         path
     }
 }

@@ -264,6 +264,17 @@ fn a_rotation_survives_kills_keeps_old_tokens_until_t4_8_and_a_rerun_changes_and
     }
 }
 
+/// A process killed when the test ends, passed or not: a rotation left waiting would wake up in
+/// a later test's ring.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// An emergency during a rotation that waits for the JWKS caches (T4.4, a long wait here): the
 /// revocation is refused with exit 3 naming the rotation's run and the one command that takes
 /// its lock; that command is the operator's explicit word, recorded with the rotation's run; the
@@ -280,17 +291,18 @@ fn a_revocation_takes_a_waiting_rotations_lock_only_by_the_operators_word() {
     );
     let rb = || scratch.runbook().project(&project);
     rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
-    let mut rotation = rb()
-        .command(&["run", "rotate-jwt-key", "--yes", "--var", "rotate_after_days=0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut rotation = Killed(
+        rb().command(&["run", "rotate-jwt-key", "--yes", "--var", "rotate_after_days=0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // The rotation publishes its new kid beside the old one and waits in T4.4.
     let deadline = Instant::now() + std::time::Duration::from_secs(120);
     let (rotation_run, pending) = loop {
         assert!(Instant::now() < deadline, "the rotation never reached its wait: {}", rb().status());
-        assert!(rotation.try_wait().unwrap().is_none(), "the rotation ended before its wait");
+        assert!(rotation.0.try_wait().unwrap().is_none(), "the rotation ended before its wait");
         let status = rb().status();
         let waiting = |s: &&serde_json::Value| s["step"] == "T4.4" && s["wait"]["left_s"].as_i64() > Some(60);
         if status["steps"].as_array().unwrap().iter().any(|s| waiting(&s)) {
@@ -315,7 +327,7 @@ fn a_revocation_takes_a_waiting_rotations_lock_only_by_the_operators_word() {
     rb().run(&["unlock", "--force", "--run", &rotation_run.to_string(), "--yes"]).expect_code(0);
     let broken_at = Instant::now();
     let stopped = loop {
-        if let Some(status) = rotation.try_wait().unwrap() {
+        if let Some(status) = rotation.0.try_wait().unwrap() {
             break status;
         }
         assert!(broken_at.elapsed() < std::time::Duration::from_secs(15), "the rotation kept waiting without its lock");
