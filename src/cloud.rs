@@ -4,13 +4,22 @@
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ssm::config::Credentials;
 
+mod cloudwatch;
+mod ec2;
+mod query;
+
+pub(crate) use cloudwatch::CloudWatch;
+pub(crate) use ec2::{Ec2, SecurityGroupRule};
+pub(crate) use query::QueryError;
+
 use crate::environment::Environment;
 use crate::error_chain::error_chain;
 use crate::secret::Secret;
 
 pub(crate) struct Cloud {
-    pub(crate) cloudwatch: aws_sdk_cloudwatch::Client,
-    pub(crate) ec2: aws_sdk_ec2::Client,
+    /// CloudWatch's and EC2's few calls go over the query protocol, without their SDK crates.
+    pub(crate) cloudwatch: CloudWatch,
+    pub(crate) ec2: Ec2,
     pub(crate) ecr: aws_sdk_ecr::Client,
     pub(crate) ecs: aws_sdk_ecs::Client,
     /// CloudWatch Logs: read only, by `runbook diagnose` (ERROR lines of the service's group).
@@ -50,6 +59,18 @@ pub(crate) fn transient_aws_code(code: &str) -> bool {
         || code.starts_with("ServiceUnavailable")
 }
 
+/// The endpoint a service's SDK client would use: the environment's `endpoint_url`, else
+/// `AWS_ENDPOINT_URL_<SERVICE>`, else the configuration's (`AWS_ENDPOINT_URL`, the profile's);
+/// `None` for AWS's own.
+fn endpoint(env: &Environment, config: &aws_config::SdkConfig, service: &str) -> Option<String> {
+    env.aws.endpoint_url.clone().or_else(|| {
+        std::env::var(format!("AWS_ENDPOINT_URL_{service}"))
+            .ok()
+            .filter(|url| !url.is_empty())
+            .or_else(|| config.endpoint_url().map(String::from))
+    })
+}
+
 impl Cloud {
     pub(crate) async fn connect(env: &Environment) -> Self {
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(env.region.clone()));
@@ -70,8 +91,8 @@ impl Cloud {
         }
         let config = loader.load().await;
         Cloud {
-            cloudwatch: aws_sdk_cloudwatch::Client::new(&config),
-            ec2: aws_sdk_ec2::Client::new(&config),
+            cloudwatch: CloudWatch::new(&config, endpoint(env, &config, "CLOUDWATCH").as_deref()),
+            ec2: Ec2::new(&config, endpoint(env, &config, "EC2").as_deref()),
             ecr: aws_sdk_ecr::Client::new(&config),
             ecs: aws_sdk_ecs::Client::new(&config),
             logs: aws_sdk_cloudwatchlogs::Client::new(&config),

@@ -926,16 +926,8 @@ fn skip_graph_and_plan_behave_as_documented() {
 // ---- sprint 2, end to end ----
 
 fn cloudwatch_set(alarm: &str, state: &str) {
-    block_on(async {
-        let cw = aws_sdk_cloudwatch::Client::new(&aws().await);
-        cw.set_alarm_state()
-            .alarm_name(alarm)
-            .state_value(aws_sdk_cloudwatch::types::StateValue::from(state))
-            .state_reason("set by the test")
-            .send()
-            .await
-            .unwrap();
-    })
+    let code = "cw.set_alarm_state(AlarmName=sys.argv[1], StateValue=sys.argv[2], StateReason='set by the test')";
+    moto_py(code, &[alarm, state]);
 }
 
 fn ecs_scale(service: &str, desired: i32) {
@@ -1556,27 +1548,31 @@ fn terraform_in_dixie(project: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `code` in python3 with `ec2` and `cw`, boto3's clients of moto's EC2 and CloudWatch
+/// (clients that are not runbook's), and `args` as `sys.argv[1:]`; what it printed.
+fn moto_py(code: &str, args: &[&str]) -> String {
+    let script = format!(
+        "import boto3, sys\n\
+         def client(service):\n    return boto3.client(service, endpoint_url={MOTO:?}, region_name='us-east-1', \
+         aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+         ec2, cw = client('ec2'), client('cloudwatch')\n\
+         def group_id(name):\n    found = ec2.describe_security_groups(Filters=[{{'Name': 'group-name', 'Values': [name]}}])\n    \
+         assert len(found['SecurityGroups']) == 1, found\n    return found['SecurityGroups'][0]['GroupId']\n\
+         def rules(group):\n    return ec2.describe_security_group_rules(Filters=[{{'Name': 'group-id', 'Values': [group]}}])\
+         ['SecurityGroupRules']\n{code}"
+    );
+    let out = Command::new("python3").arg("-c").arg(script).args(args).output().unwrap();
+    assert!(out.status.success(), "python3 with boto3's clients: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The IDs of the outbound rules to port `port` of Dixie's task group, in moto.
 fn dixie_egress_rules(port: i32) -> Vec<String> {
-    block_on(async {
-        let ec2 = aws_sdk_ec2::Client::new(&aws().await);
-        let filter = |name: &str, value: &str| aws_sdk_ec2::types::Filter::builder().name(name).values(value).build();
-        let groups = ec2.describe_security_groups().filters(filter("group-name", "dixie-armitage-tasks")).send().await;
-        let groups = groups.unwrap();
-        let [group] = groups.security_groups() else { panic!("one group dixie-armitage-tasks: {groups:?}") };
-        let rules = ec2
-            .describe_security_group_rules()
-            .filters(filter("group-id", group.group_id().unwrap()))
-            .send()
-            .await
-            .unwrap();
-        rules
-            .security_group_rules()
-            .iter()
-            .filter(|r| r.is_egress() == Some(true) && r.from_port() == Some(port) && r.to_port() == Some(port))
-            .map(|r| r.security_group_rule_id().unwrap().to_string())
-            .collect()
-    })
+    let code = "port = int(sys.argv[1])\n\
+                for r in rules(group_id('dixie-armitage-tasks')):\n    \
+                if r['IsEgress'] and r.get('FromPort') == port and r.get('ToPort') == port:\n        \
+                print(r['SecurityGroupRuleId'])\n";
+    moto_py(code, &[&port.to_string()]).lines().map(String::from).collect()
 }
 
 /// CI failed once on a fresh ring: T2.4's first apply failed with `InvalidPermission.Duplicate`
@@ -2042,10 +2038,7 @@ fn a_state_lock_left_by_a_dead_run_is_named_in_seconds_and_released_by_the_opera
     let rb = || scratch.runbook().project(&project);
     rb().run(&["run", "sprint-2", "--yes"]).expect_code(0);
     // Something for T2.4 to apply again: an alarm deleted by hand.
-    block_on(async {
-        let cw = aws_sdk_cloudwatch::Client::new(&aws().await);
-        cw.delete_alarms().alarm_names("dixie-armitage-cpu-high").send().await.unwrap();
-    });
+    moto_py("cw.delete_alarms(AlarmNames=[sys.argv[1]])", &["dixie-armitage-cpu-high"]);
     // The lock file an apply on this host leaves in S3 when it is killed together with runbook
     // (kill -9 of its process group, a reboot): nothing on this host will ever release it.
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
@@ -2251,49 +2244,18 @@ fn sprint_3_takes_dixie_from_degraded_to_healthy_with_one_redeploy_and_a_rerun_c
 /// Adds (or removes) the NATS group's rule admitting Dixie's on 4222, by hand, as the group's
 /// owners would.
 fn nats_rule(add: bool) {
-    block_on(async {
-        let ec2 = aws_sdk_ec2::Client::new(&aws().await);
-        let id = |name: &'static str| {
-            let ec2 = ec2.clone();
-            async move {
-                let found = ec2
-                    .describe_security_groups()
-                    .filters(aws_sdk_ec2::types::Filter::builder().name("group-name").values(name).build())
-                    .send()
-                    .await
-                    .unwrap();
-                found.security_groups()[0].group_id().unwrap().to_string()
-            }
-        };
-        let (nats, dixie) = (id("arrakis-staging-nats-sg").await, id("dixie-armitage-tasks").await);
-        let pair = aws_sdk_ec2::types::UserIdGroupPair::builder().group_id(&dixie).build();
-        let permission = aws_sdk_ec2::types::IpPermission::builder()
-            .ip_protocol("tcp")
-            .from_port(4222)
-            .to_port(4222)
-            .user_id_group_pairs(pair)
-            .build();
-        if add {
-            ec2.authorize_security_group_ingress().group_id(nats).ip_permissions(permission).send().await.unwrap();
-            return;
-        }
-        // Removed by its id, as the console does: every inbound rule of the NATS group from Dixie's.
-        let rules = ec2
-            .describe_security_group_rules()
-            .filters(aws_sdk_ec2::types::Filter::builder().name("group-id").values(&nats).build())
-            .send()
-            .await
-            .unwrap();
-        let ids: Vec<String> = rules
-            .security_group_rules()
-            .iter()
-            .filter(|r| r.is_egress() == Some(false))
-            .filter(|r| r.referenced_group_info().and_then(|g| g.group_id()) == Some(dixie.as_str()))
-            .filter_map(|r| r.security_group_rule_id().map(String::from))
-            .collect();
-        assert!(!ids.is_empty(), "the NATS group has no rule from Dixie's to remove: {rules:?}");
-        ec2.revoke_security_group_ingress().group_id(nats).set_security_group_rule_ids(Some(ids)).send().await.unwrap();
-    });
+    let code = "nats, dixie = group_id('arrakis-staging-nats-sg'), group_id('dixie-armitage-tasks')\n\
+                if sys.argv[1] == 'add':\n    \
+                ec2.authorize_security_group_ingress(GroupId=nats, IpPermissions=[{'IpProtocol': 'tcp', \
+                'FromPort': 4222, 'ToPort': 4222, 'UserIdGroupPairs': [{'GroupId': dixie}]}])\n\
+                else:\n    \
+                # Removed by its id, as the console does: every inbound rule of the NATS group from Dixie's.\n    \
+                found = rules(nats)\n    \
+                ids = [r['SecurityGroupRuleId'] for r in found if not r['IsEgress'] \
+                and r.get('ReferencedGroupInfo', {}).get('GroupId') == dixie]\n    \
+                assert ids, f'the NATS group has no rule from Dixie to remove: {found}'\n    \
+                ec2.revoke_security_group_ingress(GroupId=nats, SecurityGroupRuleIds=ids)\n";
+    moto_py(code, &[if add { "add" } else { "remove" }]);
 }
 
 #[test]

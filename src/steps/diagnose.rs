@@ -582,38 +582,23 @@ async fn ingress(cx: &StepContext, id: &str, rule: &Ingress, missing: Missing, n
 
 /// An inbound rule of `group` for `port` whose IPv4 range holds the whole VPC of `source`.
 async fn vpc_range_rule(cx: &StepContext, group: &str, source: &str, port: u16) -> Result<Option<String>, StepError> {
-    use aws_sdk_ec2::types::Filter;
     let ec2 = &cx.cloud.ec2;
-    let groups = ec2
-        .describe_security_groups()
-        .group_ids(source)
-        .send()
-        .await
-        .map_err(|e| StepError::from_sdk("ec2:DescribeSecurityGroups", e))?;
-    let Some(vpc) = groups.security_groups().first().and_then(|g| g.vpc_id()).map(String::from) else {
+    let groups =
+        ec2.groups_by_id(&[source]).await.map_err(|e| StepError::from_query("ec2:DescribeSecurityGroups", e))?;
+    let Some(vpc) = groups.into_iter().next().and_then(|g| g.vpc_id) else {
         return Ok(None);
     };
-    let vpcs =
-        ec2.describe_vpcs().vpc_ids(&vpc).send().await.map_err(|e| StepError::from_sdk("ec2:DescribeVpcs", e))?;
-    let Some(range) = vpcs.vpcs().first().and_then(|v| v.cidr_block()).and_then(parse_cidr) else {
+    let range = ec2.vpc_range(&vpc).await.map_err(|e| StepError::from_query("ec2:DescribeVpcs", e))?;
+    let Some(range) = range.as_deref().and_then(parse_cidr) else {
         return Ok(None);
     };
     let rules = ec2
-        .describe_security_group_rules()
-        .filters(Filter::builder().name("group-id").values(group).build())
-        .send()
+        .rules_of(&[group.to_string()])
         .await
-        .map_err(|e| StepError::from_sdk("ec2:DescribeSecurityGroupRules", e))?;
-    let port = i32::from(port);
-    Ok(rules.security_group_rules().iter().find_map(|r| {
-        let protocol = r.ip_protocol().unwrap_or_default();
-        let covers = protocol == "-1"
-            || ((protocol == "tcp" || protocol == "6")
-                && r.from_port().unwrap_or(-1) <= port
-                && port <= r.to_port().unwrap_or(-1));
-        let cidr = r.cidr_ipv4()?;
-        (r.is_egress() == Some(false) && covers && parse_cidr(cidr).is_some_and(|c| holds(c, range)))
-            .then(|| cidr.to_string())
+        .map_err(|e| StepError::from_query("ec2:DescribeSecurityGroupRules", e))?;
+    Ok(rules.iter().find_map(|r| {
+        let cidr = r.cidr_ipv4.as_deref()?;
+        (r.admits_inbound_tcp(port) && parse_cidr(cidr).is_some_and(|c| holds(c, range))).then(|| cidr.to_string())
     }))
 }
 

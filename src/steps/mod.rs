@@ -112,6 +112,33 @@ impl StepError {
         }
     }
 
+    /// The verdict on a failed query-protocol call (EC2's, CloudWatch's), as [`StepError::from_sdk`]
+    /// gives it for the SDK's.
+    pub(crate) fn from_query(what: &str, err: crate::cloud::QueryError) -> Self {
+        use crate::cloud::QueryError;
+        match err {
+            QueryError::Service { code, message, .. } => StepError::from_code(what, &code, &message),
+            QueryError::Construction(message) => StepError::Fatal { message: format!("{what}: {message}"), fix: None },
+            QueryError::Transport(message) => StepError::retryable(format!("{what}: {message}")),
+        }
+    }
+
+    /// AWS's error `code`: throttling and AWS's own failures are worth another attempt, refused
+    /// credentials or permissions name the fix, the rest fail the step.
+    fn from_code(what: &str, code: &str, message: &str) -> Self {
+        let message = format!("{what}: {code}: {message}");
+        if crate::cloud::transient_aws_code(code) {
+            StepError::retryable(message)
+        } else if code.contains("AccessDenied")
+            || code.contains("UnrecognizedClient")
+            || code.contains("InvalidClientTokenId")
+        {
+            StepError::fatal(message, "check the credentials and the IAM permissions listed in docs/operator-guide.md")
+        } else {
+            StepError::Fatal { message, fix: None }
+        }
+    }
+
     /// Classifies an AWS SDK error: transport trouble and throttling are retryable, a service
     /// answer such as AccessDenied is not.
     pub(crate) fn from_sdk<E, R>(what: &str, err: SdkError<E, R>) -> Self
@@ -122,21 +149,7 @@ impl StepError {
         match &err {
             SdkError::ServiceError(service) => {
                 let e = service.err();
-                let code = e.code().unwrap_or("Unknown");
-                let message = format!("{what}: {code}: {}", e.message().unwrap_or("no message"));
-                if crate::cloud::transient_aws_code(code) {
-                    StepError::retryable(message)
-                } else if code.contains("AccessDenied")
-                    || code.contains("UnrecognizedClient")
-                    || code.contains("InvalidClientTokenId")
-                {
-                    StepError::fatal(
-                        message,
-                        "check the credentials and the IAM permissions listed in docs/operator-guide.md",
-                    )
-                } else {
-                    StepError::Fatal { message, fix: None }
-                }
+                StepError::from_code(what, e.code().unwrap_or("Unknown"), e.message().unwrap_or("no message"))
             }
             SdkError::ConstructionFailure(_) => {
                 StepError::Fatal { message: format!("{what}: {}", error_chain(&err)), fix: None }

@@ -8,12 +8,10 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{
-    Filter, IpPermission, ResourceType, SecurityGroupRule, Tag, TagSpecification, UserIdGroupPair,
-};
 use serde::Deserialize;
 
 use super::{Probe, Step, StepContext, StepError};
+use crate::cloud::SecurityGroupRule;
 use crate::event::Outputs;
 
 /// The tag that records when runbook created a rule (RFC 3339, UTC).
@@ -50,15 +48,9 @@ async fn lookup(cx: &StepContext, field: &str, group: &str) -> Result<Option<Str
     if is_group_id(group) {
         return Ok(Some(group.to_string()));
     }
-    let found = cx
-        .cloud
-        .ec2
-        .describe_security_groups()
-        .filters(Filter::builder().name("group-name").values(group).build())
-        .send()
-        .await
-        .map_err(|e| StepError::from_sdk("ec2:DescribeSecurityGroups", e))?;
-    let ids: Vec<&str> = found.security_groups().iter().filter_map(|g| g.group_id()).collect();
+    let found =
+        cx.cloud.ec2.groups_named(group).await.map_err(|e| StepError::from_query("ec2:DescribeSecurityGroups", e))?;
+    let ids: Vec<&str> = found.iter().filter_map(|g| g.id.as_deref()).collect();
     match ids.as_slice() {
         [id] => Ok(Some(id.to_string())),
         [] => Ok(None),
@@ -87,33 +79,18 @@ impl Ingress {
 
     /// The inbound rule of `group` for this port from the source group, if there is one.
     async fn rule(&self, cx: &StepContext, group: &str, source: &str) -> Result<Option<SecurityGroupRule>, StepError> {
-        let mut pages = cx
+        let rules = cx
             .cloud
             .ec2
-            .describe_security_group_rules()
-            .filters(Filter::builder().name("group-id").values(group).build())
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| StepError::from_sdk("ec2:DescribeSecurityGroupRules", e))?;
-            if let Some(rule) = page.security_group_rules().iter().find(|r| self.admits(r, source)) {
-                return Ok(Some(rule.clone()));
-            }
-        }
-        Ok(None)
+            .rules_of(&[group.to_string()])
+            .await
+            .map_err(|e| StepError::from_query("ec2:DescribeSecurityGroupRules", e))?;
+        Ok(rules.into_iter().find(|r| self.admits(r, source)))
     }
 
     /// An inbound TCP (or all-traffic) rule covering the port, naming the source group.
     fn admits(&self, rule: &SecurityGroupRule, source: &str) -> bool {
-        let port = i32::from(self.port);
-        let protocol = rule.ip_protocol().unwrap_or_default();
-        let covers = protocol == "-1"
-            || ((protocol == "tcp" || protocol == "6")
-                && rule.from_port().unwrap_or(-1) <= port
-                && port <= rule.to_port().unwrap_or(-1));
-        rule.is_egress() == Some(false)
-            && covers
-            && rule.referenced_group_info().and_then(|g| g.group_id()) == Some(source)
+        rule.admits_inbound_tcp(self.port) && rule.referenced_group_id.as_deref() == Some(source)
     }
 
     pub(crate) fn check(&self) -> Result<(), String> {
@@ -145,16 +122,15 @@ impl Ingress {
                 continue;
             }
             let id = group_id(cx, field, group).await?;
-            let found = cx.cloud.ec2.describe_security_groups().group_ids(&id).send().await;
+            let found = cx.cloud.ec2.groups_by_id(&[&id]).await;
             if let Err(e) = found {
-                use aws_sdk_ec2::error::ProvideErrorMetadata;
                 if e.code() == Some("InvalidGroup.NotFound") || e.code() == Some("InvalidGroupId.Malformed") {
                     return Err(StepError::fatal(
                         format!("{field} = {group}: EC2 has no security group {id} in this account and region"),
                         format!("check `{field}` in the runbook or the environment (ids differ between accounts)"),
                     ));
                 }
-                return Err(StepError::from_sdk("ec2:DescribeSecurityGroups", e));
+                return Err(StepError::from_query("ec2:DescribeSecurityGroups", e));
             }
         }
         Ok(())
@@ -167,7 +143,7 @@ impl Ingress {
 
     /// The id of the rule of `group` admitting `source` on the port, if there is one (`diagnose`).
     pub(crate) async fn find(&self, cx: &StepContext, group: &str, source: &str) -> Result<Option<String>, StepError> {
-        Ok(self.rule(cx, group, source).await?.map(|r| r.security_group_rule_id().unwrap_or("no id").to_string()))
+        Ok(self.rule(cx, group, source).await?.map(|r| r.id.unwrap_or_else(|| "no id".into())))
     }
 
     pub(crate) fn port(&self) -> u16 {
@@ -191,7 +167,7 @@ impl Ingress {
 }
 
 fn created_tag(rule: &SecurityGroupRule) -> Option<&str> {
-    rule.tags().iter().find(|t| t.key() == Some(CREATED_AT)).and_then(|t| t.value())
+    rule.tag(CREATED_AT)
 }
 
 impl Params {
@@ -202,7 +178,7 @@ impl Params {
     fn outputs(group: &str, rule: &SecurityGroupRule) -> Outputs {
         Outputs::from([
             ("group_id".to_string(), group.to_string()),
-            ("rule_id".to_string(), rule.security_group_rule_id().unwrap_or_default().to_string()),
+            ("rule_id".to_string(), rule.id.clone().unwrap_or_default()),
             // Empty when the rule was made by someone else: its age is unknown.
             ("created_at".to_string(), created_tag(rule).unwrap_or_default().to_string()),
         ])
@@ -250,32 +226,15 @@ impl Step for Params {
         let (group, source) = self.ingress().group_ids(cx).await?;
         let now = crate::clock::format_utc_ms(crate::clock::now_ms());
         cx.log(format!("authorizing tcp/{} into {group} from {source} ({})", self.port, self.description)).await;
-        let permission = IpPermission::builder()
-            .ip_protocol("tcp")
-            .from_port(i32::from(self.port))
-            .to_port(i32::from(self.port))
-            .user_id_group_pairs(UserIdGroupPair::builder().group_id(&source).description(&self.description).build())
-            .build();
-        let tags = TagSpecification::builder()
-            .resource_type(ResourceType::SecurityGroupRule)
-            .tags(Tag::builder().key(CREATED_AT).value(&now).build())
-            .build();
-        let sent = cx
-            .cloud
-            .ec2
-            .authorize_security_group_ingress()
-            .group_id(&group)
-            .ip_permissions(permission)
-            .tag_specifications(tags)
-            .send()
-            .await;
+        let sent =
+            cx.cloud.ec2.authorize_ingress(&group, &source, self.port, &self.description, (CREATED_AT, &now)).await;
         match sent {
             Ok(_) => {}
             // The rule exists (made meanwhile, or by hand): done only if the verify finds it.
-            Err(e) if e.as_service_error().and_then(|s| s.meta().code()) == Some("InvalidPermission.Duplicate") => {
+            Err(e) if e.code() == Some("InvalidPermission.Duplicate") => {
                 cx.log("the rule exists already; the verify checks that it admits the source on the port").await;
             }
-            Err(e) => return Err(StepError::from_sdk("ec2:AuthorizeSecurityGroupIngress", e)),
+            Err(e) => return Err(StepError::from_query("ec2:AuthorizeSecurityGroupIngress", e)),
         }
         Ok(())
     }
@@ -310,15 +269,13 @@ mod tests {
             "group = \"g\"\nsource_group = \"sg-0790b2636abe2498e\"\nport = 4222\ndescription = \"NATS client from Dixie\"\n",
         )
         .unwrap();
-        let from = |group: &str| aws_sdk_ec2::types::ReferencedSecurityGroup::builder().group_id(group).build();
-        let rule = |egress: bool, protocol: &str, ports: (i32, i32), group: &str| {
-            SecurityGroupRule::builder()
-                .is_egress(egress)
-                .ip_protocol(protocol)
-                .from_port(ports.0)
-                .to_port(ports.1)
-                .referenced_group_info(from(group))
-                .build()
+        let rule = |egress: bool, protocol: &str, ports: (i32, i32), group: &str| SecurityGroupRule {
+            is_egress: Some(egress),
+            ip_protocol: Some(protocol.into()),
+            from_port: Some(ports.0),
+            to_port: Some(ports.1),
+            referenced_group_id: Some(group.into()),
+            ..SecurityGroupRule::default()
         };
         let admits = |r: &SecurityGroupRule| p.ingress().admits(r, "sg-0790b2636abe2498e");
         assert!(admits(&rule(false, "tcp", (4222, 4222), "sg-0790b2636abe2498e")));

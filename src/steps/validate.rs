@@ -41,21 +41,10 @@ pub(crate) struct Params {
 
 /// The CloudWatch alarms named `prefix…`: how many, and the names of those in ALARM.
 pub(super) async fn alarms(cx: &StepContext, prefix: &str) -> Result<(usize, Vec<String>), StepError> {
-    let found = cx
-        .cloud
-        .cloudwatch
-        .describe_alarms()
-        .alarm_name_prefix(prefix)
-        .send()
-        .await
-        .map_err(|e| StepError::from_sdk("cloudwatch:DescribeAlarms", e))?;
-    let firing = found
-        .metric_alarms()
-        .iter()
-        .filter(|a| a.state_value().map(|s| s.as_str()) == Some("ALARM"))
-        .map(|a| a.alarm_name().unwrap_or("?").to_string())
-        .collect();
-    Ok((found.metric_alarms().len(), firing))
+    let found =
+        cx.cloud.cloudwatch.alarms(prefix).await.map_err(|e| StepError::from_query("cloudwatch:DescribeAlarms", e))?;
+    let firing = found.iter().filter(|a| a.state == "ALARM").map(|a| a.name.clone()).collect();
+    Ok((found.len(), firing))
 }
 
 fn strict_dixie() -> HealthPolicy {

@@ -9,10 +9,10 @@
 
 use std::collections::BTreeSet;
 
-use aws_sdk_ec2::types::{Filter, SecurityGroupRule};
 use serde_json::Value;
 
 use super::orphan::{resource_type, segments};
+use crate::cloud::{Ec2, SecurityGroupRule};
 use crate::steps::StepError;
 
 const EGRESS: &str = "aws_vpc_security_group_egress_rule";
@@ -64,12 +64,7 @@ struct Existing {
 /// when exactly one rule can be it: from the rule in `plan` (`terraform show -json PLAN`),
 /// terraform's `state` (`terraform show -json`) and the rules AWS has; else what was found
 /// instead (no rule, several with their IDs, or why it cannot tell).
-pub(super) async fn look_up(
-    ec2: &aws_sdk_ec2::Client,
-    plan: &Value,
-    state: &Value,
-    address: &str,
-) -> Result<String, String> {
+pub(super) async fn look_up(ec2: &Ec2, plan: &Value, state: &Value, address: &str) -> Result<String, String> {
     let planned =
         planned(plan, state, address).map_err(|why| format!("runbook cannot tell which rule it is: {why}"))?;
     let groups = planned.groups.join(", ");
@@ -199,37 +194,28 @@ fn managed(state: &Value) -> BTreeSet<String> {
 }
 
 /// The rules AWS has in `groups`, read-only.
-async fn in_aws(ec2: &aws_sdk_ec2::Client, groups: &[String]) -> Result<Vec<Existing>, StepError> {
-    let mut pages = ec2
-        .describe_security_group_rules()
-        .filters(Filter::builder().name("group-id").set_values(Some(groups.to_vec())).build())
-        .into_paginator()
-        .send();
-    let mut found = Vec::new();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| StepError::from_sdk("ec2:DescribeSecurityGroupRules", e))?;
-        found.extend(page.security_group_rules().iter().filter_map(existing));
-    }
-    Ok(found)
+async fn in_aws(ec2: &Ec2, groups: &[String]) -> Result<Vec<Existing>, StepError> {
+    let rules = ec2.rules_of(groups).await.map_err(|e| StepError::from_query("ec2:DescribeSecurityGroupRules", e))?;
+    Ok(rules.iter().filter_map(existing).collect())
 }
 
 /// A rule as AWS describes it; `None` without its ID, group or direction.
 fn existing(rule: &SecurityGroupRule) -> Option<Existing> {
     let peer = match rule {
-        r if r.cidr_ipv4().is_some() => r.cidr_ipv4().map(|c| Peer::Ipv4(c.into())),
-        r if r.cidr_ipv6().is_some() => r.cidr_ipv6().map(|c| Peer::Ipv6(c.to_ascii_lowercase())),
-        r if r.prefix_list_id().is_some() => r.prefix_list_id().map(|p| Peer::PrefixList(p.into())),
-        r => r.referenced_group_info().and_then(|g| g.group_id()).map(|g| Peer::Group(g.into())),
+        SecurityGroupRule { cidr_ipv4: Some(c), .. } => Some(Peer::Ipv4(c.clone())),
+        SecurityGroupRule { cidr_ipv6: Some(c), .. } => Some(Peer::Ipv6(c.to_ascii_lowercase())),
+        SecurityGroupRule { prefix_list_id: Some(p), .. } => Some(Peer::PrefixList(p.clone())),
+        r => r.referenced_group_id.clone().map(Peer::Group),
     };
     Some(Existing {
-        id: rule.security_group_rule_id()?.to_string(),
-        group: rule.group_id()?.to_string(),
-        egress: rule.is_egress()?,
-        protocol: protocol(rule.ip_protocol().unwrap_or_default()),
-        from_port: rule.from_port().unwrap_or(-1).into(),
-        to_port: rule.to_port().unwrap_or(-1).into(),
+        id: rule.id.clone()?,
+        group: rule.group_id.clone()?,
+        egress: rule.is_egress?,
+        protocol: protocol(rule.ip_protocol.as_deref().unwrap_or_default()),
+        from_port: rule.from_port.unwrap_or(-1).into(),
+        to_port: rule.to_port.unwrap_or(-1).into(),
         peer,
-        description: rule.description().map(String::from),
+        description: rule.description.clone(),
     })
 }
 

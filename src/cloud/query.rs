@@ -1,0 +1,348 @@
+//! AWS's query protocol, spoken directly for the few calls runbook makes to EC2 and CloudWatch:
+//! a form POST signed with SigV4 (AWS's own `aws-sigv4`), its XML answer read into a tree, and
+//! the SDK's retry policy (three attempts, jittered backoff, on throttling, 5xx and lost
+//! connections). Their SDK crates cost more than all the rest: `aws-sdk-ec2` alone took 3m09s
+//! of a 2-core build for five operations (docs/performance.md).
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_ssm::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
+
+use crate::error_chain::error_chain;
+
+/// Attempts per call, as the SDK's standard retry mode.
+const ATTEMPTS: u32 = 3;
+
+/// One AWS service's query API in one region.
+pub(crate) struct QueryClient {
+    http: reqwest::Client,
+    endpoint: String,
+    region: String,
+    /// SigV4's service name (`ec2`, `monitoring`).
+    service: &'static str,
+    /// The API version every request names.
+    version: &'static str,
+    credentials: Option<SharedCredentialsProvider>,
+    /// Credentials fetched once and kept until 5 minutes before they expire (a profile's
+    /// `credential_process` or SSO is not asked again for every call).
+    cached: Mutex<Option<Credentials>>,
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum QueryError {
+    /// AWS answered with an error.
+    #[error("{code}: {message}")]
+    Service { status: u16, code: String, message: String },
+    /// No answer (connection, timeout), or one that is not AWS's.
+    #[error("{0}")]
+    Transport(String),
+    /// The request could not be made (no credentials, no region).
+    #[error("{0}")]
+    Construction(String),
+}
+
+impl QueryError {
+    /// AWS's error code, when AWS answered with one.
+    pub(crate) fn code(&self) -> Option<&str> {
+        match self {
+            QueryError::Service { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// Worth another attempt: throttling, AWS's own failures, no answer.
+    fn transient(&self) -> bool {
+        match self {
+            QueryError::Service { status, code, .. } => *status >= 500 || super::transient_aws_code(code),
+            QueryError::Transport(_) => true,
+            QueryError::Construction(_) => false,
+        }
+    }
+}
+
+impl QueryClient {
+    /// `prefix` is the service's endpoint prefix (`ec2`, `monitoring`); `endpoint` overrides
+    /// `https://{prefix}.{region}.amazonaws.com` (the ring's moto, `AWS_ENDPOINT_URL`).
+    pub(crate) fn new(
+        config: &aws_config::SdkConfig,
+        prefix: &'static str,
+        version: &'static str,
+        endpoint: Option<&str>,
+    ) -> Self {
+        let region = config.region().map(|r| r.to_string()).unwrap_or_default();
+        let endpoint = match endpoint {
+            Some(url) => url.trim_end_matches('/').to_string() + "/",
+            None => format!("https://{prefix}.{region}.amazonaws.com/"),
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        QueryClient {
+            http,
+            endpoint,
+            region,
+            service: prefix,
+            version,
+            credentials: config.credentials_provider(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// `action` with `params`, answered as an XML tree, after up to three attempts.
+    pub(crate) async fn call(&self, action: &str, params: &[(String, String)]) -> Result<Element, QueryError> {
+        let mut attempt = 1;
+        loop {
+            match self.once(action, params).await {
+                Err(e) if attempt < ATTEMPTS && e.transient() => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Every page of `action`: its answers, each asked with the previous one's `nextToken`.
+    pub(crate) async fn pages(&self, action: &str, params: &[(String, String)]) -> Result<Vec<Element>, QueryError> {
+        let mut pages = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut asked = params.to_vec();
+            if let Some(token) = &token {
+                asked.push(("NextToken".into(), token.clone()));
+            }
+            let page = self.call(action, &asked).await?;
+            let result = page.result();
+            token = result.text("nextToken").or(result.text("NextToken")).filter(|t| !t.is_empty()).map(String::from);
+            pages.push(page);
+            if token.is_none() {
+                return Ok(pages);
+            }
+        }
+    }
+
+    async fn once(&self, action: &str, params: &[(String, String)]) -> Result<Element, QueryError> {
+        let body = form(action, self.version, params);
+        let headers = self.sign(&body).await?;
+        let mut request = self.http.post(&self.endpoint).body(body);
+        for (name, value) in &headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request.send().await.map_err(|e| QueryError::Transport(error_chain(&e)))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| QueryError::Transport(error_chain(&e)))?;
+        answer(status, &text)
+    }
+
+    /// The headers of a signed POST of `body`, the content type among them.
+    async fn sign(&self, body: &str) -> Result<Vec<(String, String)>, QueryError> {
+        use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+        let credentials = self.credentials().await?;
+        let identity = credentials.into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&self.region)
+            .name(self.service)
+            .time(SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| QueryError::Construction(format!("cannot sign the request: {e}")))?
+            .into();
+        let content_type = ("content-type", "application/x-www-form-urlencoded; charset=utf-8");
+        let request = SignableRequest::new(
+            "POST",
+            &self.endpoint,
+            [content_type].into_iter(),
+            SignableBody::Bytes(body.as_bytes()),
+        )
+        .map_err(|e| QueryError::Construction(format!("cannot sign the request: {e}")))?;
+        let (instructions, _) = sign(request, &params)
+            .map_err(|e| QueryError::Construction(format!("cannot sign the request: {e}")))?
+            .into_parts();
+        let mut headers = vec![(content_type.0.to_string(), content_type.1.to_string())];
+        headers.extend(instructions.headers().map(|(n, v)| (n.to_string(), v.to_string())));
+        Ok(headers)
+    }
+
+    async fn credentials(&self) -> Result<Credentials, QueryError> {
+        let fresh = |c: &Credentials| c.expiry().is_none_or(|at| at > SystemTime::now() + Duration::from_secs(300));
+        if let Some(c) = self.cached.lock().unwrap().as_ref().filter(|c| fresh(c)) {
+            return Ok(c.clone());
+        }
+        let provider = self.credentials.as_ref().ok_or_else(|| {
+            QueryError::Construction("no AWS credentials: set AWS_PROFILE or the AWS_ACCESS_KEY_ID pair".into())
+        })?;
+        let found = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| QueryError::Construction(format!("no AWS credentials: {}", error_chain(&e))))?;
+        *self.cached.lock().unwrap() = Some(found.clone());
+        Ok(found)
+    }
+}
+
+/// The SDK's standard backoff: a random share of 1 s, 2 s, … doubling, at most 20 s.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = 2f64.powi(attempt as i32 - 1).min(20.0);
+    Duration::from_secs_f64(rand::random::<f64>() * ceiling)
+}
+
+/// The form body: `Action`, `Version`, then the parameters, each name and value percent-encoded.
+pub(crate) fn form(action: &str, version: &str, params: &[(String, String)]) -> String {
+    let mut out = format!("Action={}&Version={}", encode(action), encode(version));
+    for (name, value) in params {
+        out.push('&');
+        out.push_str(&encode(name));
+        out.push('=');
+        out.push_str(&encode(value));
+    }
+    out
+}
+
+fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// An answer: its tree when the status is a success, else AWS's error in it
+/// (`<Response><Errors><Error>` from EC2, `<ErrorResponse><Error>` from CloudWatch).
+fn answer(status: u16, text: &str) -> Result<Element, QueryError> {
+    let tree = Element::parse(text);
+    if (200..300).contains(&status) {
+        return tree.map_err(|e| QueryError::Transport(format!("HTTP {status} with an answer that is not XML: {e}")));
+    }
+    let error = tree.ok().and_then(|t| {
+        let error = t.child("Errors").and_then(|e| e.child("Error")).or(t.child("Error"))?.clone();
+        Some((error.text("Code")?.to_string(), error.text("Message").unwrap_or("no message").to_string()))
+    });
+    match error {
+        Some((code, message)) => Err(QueryError::Service { status, code, message }),
+        // A 5xx without AWS's body (a proxy's, a load balancer's) is worth another attempt.
+        None if status >= 500 => Err(QueryError::Transport(format!("HTTP {status} without AWS's error"))),
+        None => Err(QueryError::Service {
+            status,
+            code: format!("HTTP{status}"),
+            message: "no AWS error in the answer".into(),
+        }),
+    }
+}
+
+/// An XML element: its local name, its text, its child elements. Attributes, comments and
+/// namespaces are left out: AWS's query answers carry everything in elements.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Element {
+    pub(crate) name: String,
+    pub(crate) text: String,
+    pub(crate) children: Vec<Element>,
+}
+
+impl Element {
+    /// The whole document, which must be well formed: one root (the tokenizer refuses a second
+    /// one, or text outside it), every tag closed by its own name (a truncated answer is an
+    /// error, never a shorter list).
+    pub(crate) fn parse(xml: &str) -> Result<Element, String> {
+        use xmlparser::{ElementEnd, Token};
+        let mut open: Vec<Element> = Vec::new();
+        let mut root = None;
+        for token in xmlparser::Tokenizer::from(xml) {
+            match token.map_err(|e| e.to_string())? {
+                Token::ElementStart { local, .. } => {
+                    open.push(Element { name: local.to_string(), ..Element::default() })
+                }
+                Token::ElementEnd { end: ElementEnd::Open, .. } => {}
+                Token::ElementEnd { end, .. } => {
+                    let done = open.pop().ok_or("a closing tag without its opening")?;
+                    if let ElementEnd::Close(_, local) = end
+                        && local.as_str() != done.name
+                    {
+                        return Err(format!("<{}> closed by </{}>", done.name, local.as_str()));
+                    }
+                    match open.last_mut() {
+                        Some(parent) => parent.children.push(done),
+                        None => root = Some(done),
+                    }
+                }
+                Token::Text { text } => {
+                    if let Some(element) = open.last_mut() {
+                        element.text.push_str(&unescape(text.as_str())?)
+                    }
+                }
+                Token::Cdata { text, .. } => {
+                    open.last_mut().ok_or("CDATA outside the root element")?.text.push_str(text.as_str())
+                }
+                Token::Declaration { .. } | Token::Comment { .. } | Token::ProcessingInstruction { .. } => {}
+                Token::Attribute { .. } => {}
+                _ => return Err("a document type declaration".into()),
+            }
+        }
+        match (open.last(), root) {
+            (None, Some(root)) => Ok(root),
+            (Some(element), _) => Err(format!("the answer ends inside <{}>", element.name)),
+            (None, None) => Err("no element".into()),
+        }
+    }
+
+    /// What an answer holds: `<ActionResult>` inside an awsQuery answer (CloudWatch's), the
+    /// root itself in an EC2 answer.
+    pub(crate) fn result(&self) -> &Element {
+        self.children.iter().find(|c| c.name.ends_with("Result")).unwrap_or(self)
+    }
+
+    /// The first child named `name`.
+    pub(crate) fn child(&self, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    /// The text of the first child named `name`.
+    pub(crate) fn text(&self, name: &str) -> Option<&str> {
+        self.child(name).map(|c| c.text.as_str())
+    }
+
+    /// The entries of the list `name` (its `item` or `member` children).
+    pub(crate) fn list<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Element> + 'a {
+        self.child(name).into_iter().flat_map(|l| l.children.iter().filter(|c| c.name == "item" || c.name == "member"))
+    }
+}
+
+/// XML's five entities and character references.
+fn unescape(text: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find(';').ok_or("an entity without its ';'")? + at;
+        let entity = &rest[at + 1..end];
+        let c = match entity {
+            "amp" => '&',
+            "lt" => '<',
+            "gt" => '>',
+            "quot" => '"',
+            "apos" => '\'',
+            _ => {
+                let code = match entity.strip_prefix("#x").or(entity.strip_prefix("#X")) {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                    None => entity.strip_prefix('#').and_then(|d| d.parse().ok()),
+                };
+                code.and_then(char::from_u32).ok_or_else(|| format!("unknown entity &{entity};"))?
+            }
+        };
+        out.push(c);
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
