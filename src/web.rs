@@ -5,6 +5,7 @@
 //! response carries the same security headers. It must not write the state DB.
 
 mod gate;
+mod health;
 mod pages;
 mod svg;
 
@@ -24,6 +25,7 @@ use hyper::{Request, Response, StatusCode};
 
 use gate::{Asked, Verdict};
 pub(crate) use gate::{Gate, MIN_TOKEN_LEN};
+pub(crate) use health::{Diagnosis, Health};
 use pages::RunsQuery;
 
 use crate::event::RunState;
@@ -57,11 +59,13 @@ pub(crate) struct App {
     project: PathBuf,
     /// This host, as `status` judges whether a run's process lives.
     host: String,
+    /// The environment's latest health, with `serve --env`.
+    health: Option<Health>,
 }
 
 impl App {
-    pub(crate) fn new(db: StateDb, gate: Gate, project: PathBuf, host: String) -> Self {
-        App { db: Arc::new(Mutex::new(db)), gate, project, host }
+    pub(crate) fn new(db: StateDb, gate: Gate, project: PathBuf, host: String, health: Option<Health>) -> Self {
+        App { db: Arc::new(Mutex::new(db)), gate, project, host, health }
     }
 }
 
@@ -185,6 +189,17 @@ async fn route(app: &App, path: &str, query: Option<&str>, last_event: Option<i6
         ),
         // Without a token there is nothing to exchange.
         ["login"] => redirect("/"),
+        ["health"] => match &app.health {
+            Some(health) => html(StatusCode::OK, pages::health(&health.seen())),
+            None => html(
+                StatusCode::NOT_FOUND,
+                pages::message(
+                    "no environment",
+                    "this serve watches no environment: start it with --env NAME (runbook serve --env armitage) to \
+                     see its latest watch poll and diagnose here",
+                ),
+            ),
+        },
         ["runs", run] => match run.parse() {
             Ok(run) => run_page(app, run).await,
             Err(_) => not_found(),

@@ -27,14 +27,22 @@ impl Args {
 /// run lock and opens no state DB, so it works while a deploy holds the lock; the runbook is
 /// validated like any other (unknown keys, missing vars: exit 2).
 pub(crate) async fn diagnose(g: &Globals, env: &str, vars: BTreeMap<String, String>) -> Result<Outcome, CliError> {
+    let started = std::time::Instant::now();
+    let findings = checks(g, env, &vars).await?;
+    Ok(Outcome::Diagnosis { env: env.to_string(), findings, elapsed_ms: started.elapsed().as_millis() as u64 })
+}
+
+/// Every check's finding (`serve --env` keeps the latest for its health page).
+pub(crate) async fn checks(
+    g: &Globals,
+    env: &str,
+    vars: &BTreeMap<String, String>,
+) -> Result<Vec<crate::steps::Finding>, CliError> {
     let env = Environment::load(&g.project, env)?;
-    let book = Runbook::load(&g.project, "diagnose", &env, &vars)?;
+    let book = Runbook::load(&g.project, "diagnose", &env, vars)?;
     let cloud = Cloud::connect(&env).await;
     cloud.preflight(&env).await?;
-    let started = std::time::Instant::now();
-    let name = env.name.clone();
     // The checks only read: no plan or log file is ever written in the work folder given.
     let services = Arc::new(g.services(Arc::new(env), Arc::new(cloud), std::env::temp_dir(), None));
-    let findings = crate::engine::diagnose(&book, services).await.map_err(CliError::Usage)?;
-    Ok(Outcome::Diagnosis { env: name, findings, elapsed_ms: started.elapsed().as_millis() as u64 })
+    crate::engine::diagnose(&book, services).await.map_err(CliError::Usage)
 }

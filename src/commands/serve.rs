@@ -5,10 +5,18 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::{CliError, Globals, Outcome};
+use crate::environment::Environment;
 use crate::secret::Secret;
 use crate::state::StateDb;
+use crate::watch::Targets;
+use crate::web::{Diagnosis, Health};
+
+/// `serve --env`: how often `watch` polls (002's 30 s) and `diagnose` runs.
+const POLL_EVERY: Duration = crate::watch::DEFAULT_INTERVAL;
+const DIAGNOSE_EVERY: Duration = Duration::from_secs(300);
 
 /// Where a token may come from besides `--token-file`.
 const TOKEN_ENV: &str = "RUNBOOK_SERVE_TOKEN";
@@ -23,12 +31,17 @@ pub(crate) struct Args {
     /// beyond loopback, one is made and printed once).
     #[arg(long, value_name = "FILE")]
     pub(crate) token_file: Option<PathBuf>,
+    /// An environment whose health /health shows: watch polls it every 30 s and diagnose runs
+    /// every 5 minutes, both read-only, while serve runs (no webhook is told).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) env: Option<String>,
 }
 
 impl Args {
     /// Serves until Ctrl-C, telling the operator on `out` where (and the token it made).
     pub(crate) async fn execute(self, g: &Globals, out: &mut dyn Write) -> Result<Outcome, CliError> {
         let given = self.given_token()?;
+        let watched = self.env.as_deref().map(|name| watched(g, name)).transpose()?;
         let db = StateDb::existing(&g.state, true)?;
         let listener = tokio::net::TcpListener::bind(self.bind)
             .await
@@ -58,10 +71,18 @@ impl Args {
         }
         let _ = out.write_all(said.as_bytes());
         let _ = out.flush();
-        let app = crate::web::App::new(db, gate, g.project.clone(), crate::identity::host());
-        crate::web::serve(listener, app, super::shutdown_signal())
-            .await
-            .map_err(|e| CliError::Usage(format!("serving on {bound}: {e}")))?;
+        let health =
+            watched.as_ref().map(|(env, _)| Health::new(&env.name, POLL_EVERY.as_secs(), DIAGNOSE_EVERY.as_secs()));
+        let app = crate::web::App::new(db, gate, g.project.clone(), crate::identity::host(), health.clone());
+        let server = crate::web::serve(listener, app, super::shutdown_signal());
+        let served = match (watched, health) {
+            (Some((env, targets)), Some(health)) => tokio::select! {
+                served = server => served,
+                () = keep(g, env, targets, health) => Ok(()),
+            },
+            _ => server.await,
+        };
+        served.map_err(|e| CliError::Usage(format!("serving on {bound}: {e}")))?;
         Ok(Outcome::Served)
     }
 
@@ -83,4 +104,32 @@ impl Args {
         }
         Ok(std::env::var(TOKEN_ENV).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).map(Secret::new))
     }
+}
+
+/// The environment `--env` names, with what `watch` polls and a check of `diagnose`'s runbook:
+/// bad input stops serve before it listens.
+fn watched(g: &Globals, name: &str) -> Result<(Environment, Targets), CliError> {
+    let env = Environment::load(&g.project, name)?;
+    let targets = Targets::of(&env).map_err(|e| CliError::Usage(format!("--env {name}: {e}")))?;
+    crate::runbook::Runbook::load(&g.project, "diagnose", &env, &Default::default())?;
+    Ok((env, targets))
+}
+
+/// Keeps `health` up to date until serve stops: a `watch` poll every 30 s, a `diagnose` every
+/// 5 minutes (the first of each at once).
+async fn keep(g: &Globals, env: Environment, targets: Targets, health: Health) {
+    let mut sink = health.clone();
+    let polls = crate::watch::watch(&env, &targets, POLL_EVERY, None, None, std::future::pending(), &mut sink);
+    let diagnoses = async {
+        loop {
+            let started = std::time::Instant::now();
+            let outcome = super::diagnose::checks(g, &env.name, &Default::default())
+                .await
+                .map(|findings| (findings, started.elapsed().as_millis() as u64))
+                .map_err(|e| e.to_string());
+            health.diagnosed(Diagnosis { at: crate::clock::now_ms(), outcome });
+            tokio::time::sleep(DIAGNOSE_EVERY).await;
+        }
+    };
+    tokio::join!(polls, diagnoses);
 }

@@ -66,6 +66,8 @@ pub(crate) enum Live<'a> {
     Run(i64),
     /// One attempt's log lines.
     Log { run: i64, step: &'a str, attempt: i64 },
+    /// Nothing to follow: the page is drawn again every so many seconds (the health page).
+    Every(u64),
 }
 
 /// A whole page: `title` (escaped here) and its body. A live page loads `/live.js`, which
@@ -73,17 +75,18 @@ pub(crate) enum Live<'a> {
 /// reloads itself every 5 s instead.
 pub(crate) fn page(title: &str, body: &str, live: Live) -> String {
     let (head, attributes) = match live {
-        Live::No => ("", String::new()),
-        Live::Run(run) => (LIVE_HEAD, format!(" data-live=\"run\" data-run=\"{run}\"")),
+        Live::No => (String::new(), String::new()),
+        Live::Run(run) => (LIVE_HEAD.to_string(), format!(" data-live=\"run\" data-run=\"{run}\"")),
         Live::Log { run, step, attempt } => (
-            LIVE_HEAD,
+            LIVE_HEAD.to_string(),
             format!(" data-live=\"log\" data-run=\"{run}\" data-step=\"{}\" data-attempt=\"{attempt}\"", escape(step)),
         ),
+        Live::Every(seconds) => (format!("<meta http-equiv=\"refresh\" content=\"{seconds}\">"), String::new()),
     };
     format!(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">{head}<title>{} · runbook</title>\
-         <link rel=\"stylesheet\" href=\"/style.css\"></head><body{attributes}><nav><a href=\"/\">runs</a></nav>\n\
-         {body}\n</body></html>\n",
+         <link rel=\"stylesheet\" href=\"/style.css\"></head><body{attributes}><nav><a href=\"/\">runs</a> \
+         <a href=\"/health\">health</a></nav>\n{body}\n</body></html>\n",
         escape(title)
     )
 }
@@ -332,6 +335,96 @@ fn decisions(audit: &AuditView) -> String {
         );
     }
     out.push_str("</tbody></table>\n");
+    out
+}
+
+/// `/health`: the latest poll of `watch` and the latest `diagnose` of the environment that
+/// `serve --env` watches; drawn again at each poll.
+pub(crate) fn health(seen: &crate::web::health::Seen) -> String {
+    let mut body = format!("<h1>health of {}</h1>\n<h2>watch</h2>\n", escape(&seen.env));
+    match &seen.poll {
+        None => body.push_str("<p>the first poll has not answered yet</p>\n"),
+        Some(poll) => body.push_str(&watch_poll(poll, seen.poll_every)),
+    }
+    body.push_str("<h2>diagnose</h2>\n");
+    match &seen.diagnosis {
+        None => body.push_str("<p>the first diagnose is running (it takes a few seconds)</p>\n"),
+        Some(d) => {
+            let _ = write!(body, "<p>at {} UTC, every {} s: ", escape(&format_utc(d.at)), seen.diagnose_every);
+            match &d.outcome {
+                Err(why) => {
+                    let _ = write!(
+                        body,
+                        "<span class=\"v-fail\">could not run</span></p>\n<p class=\"message\">{}</p>\n",
+                        escape_block(why)
+                    );
+                }
+                Ok((findings, ms)) => body.push_str(&diagnosis(findings, *ms)),
+            }
+        }
+    }
+    page(&format!("health of {}", seen.env), &body, Live::Every(seen.poll_every.max(1)))
+}
+
+/// One poll: its verdict, each thing it judged, and the reasons it is not healthy.
+fn watch_poll(poll: &crate::watch::Poll, every: u64) -> String {
+    let verdict = poll.verdict.as_str();
+    let mut out = format!(
+        "<p>polled at {} UTC, every {every} s: <span class=\"v-{verdict}\">{verdict}</span></p>\n\
+         <table class=\"health\"><tr><th>dixie</th><td>{}</td></tr>\n",
+        escape(&format_utc(poll.at)),
+        escape(&poll.dixie)
+    );
+    for (name, status) in &poll.components {
+        let _ = writeln!(out, "<tr><th>{}</th><td>{}</td></tr>", escape(name), escape(status));
+    }
+    let latency = poll.finn_latency_ms.map(|ms| format!("{ms} ms")).unwrap_or_else(|| "not reported".into());
+    let circuit = poll.finn_circuit.as_deref().unwrap_or("not reported");
+    let _ = write!(
+        out,
+        "<tr><th>finn latency</th><td>{}</td></tr>\n<tr><th>finn circuit</th><td>{}</td></tr>\n\
+         <tr><th>finn /health</th><td>{}</td></tr></table>\n",
+        escape(&latency),
+        escape(circuit),
+        escape(&poll.finn)
+    );
+    if !poll.reasons.is_empty() {
+        out.push_str("<ul class=\"reasons\">");
+        for reason in &poll.reasons {
+            let _ = write!(out, "<li>{}</li>", escape(reason));
+        }
+        out.push_str("</ul>\n");
+    }
+    out
+}
+
+/// A diagnosis: how many checks failed or warned, then one row a check, as `diagnose` prints it.
+fn diagnosis(findings: &[crate::steps::Finding], ms: u64) -> String {
+    use crate::steps::Verdict;
+    let count = |v: Verdict| findings.iter().filter(|f| f.verdict == v).count();
+    let worst = findings.iter().map(|f| f.verdict).max().unwrap_or(Verdict::Ok).as_str();
+    let mut out = format!(
+        "<span class=\"v-{worst}\">{} checks, {} fail, {} warn</span>, in {ms} ms</p>\n\
+         <table class=\"findings\"><tr><th>check</th><th>verdict</th><th>value</th><th>next action</th></tr>\n",
+        findings.len(),
+        count(Verdict::Fail),
+        count(Verdict::Warn)
+    );
+    for f in findings {
+        let mut value = escape_block(&f.value);
+        for line in &f.details {
+            value.push('\n');
+            value.push_str(&escape_block(line));
+        }
+        let verdict = f.verdict.as_str();
+        let _ = writeln!(
+            out,
+            "<tr><td>{}</td><td class=\"v-{verdict}\">{verdict}</td><td class=\"block\">{value}</td><td>{}</td></tr>",
+            escape(&f.check),
+            escape(&f.next)
+        );
+    }
+    out.push_str("</table>\n");
     out
 }
 

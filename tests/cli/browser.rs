@@ -303,3 +303,42 @@ fn a_live_run_changes_colour_and_shows_its_log_lines_in_a_real_browser() {
     );
     browser.screenshot("run-3-done");
 }
+
+/// With a token, a browser sees nothing without it, trades it once at /login for a cookie its
+/// scripts cannot read, and is then sent to the runs with the token gone from the address bar.
+/// (Tests reach only loopback: the token is given to a loopback bind, which then asks for it as
+/// any other address does.)
+#[test]
+fn a_browser_needs_the_token_once_and_then_holds_only_a_cookie_its_scripts_cannot_read() {
+    let dir = scratch("browser-token");
+    let Some(browser) = Browser::start(&dir.join("chromium")) else { return };
+    let token_file = dir.join("token");
+    let token = "f3b1c9a27d5e4f60a8b2c4d6e8f0a1b3";
+    std::fs::write(&token_file, token).unwrap();
+    let server = Server::start(&state_db(&dir), &["--token-file", token_file.to_str().unwrap()]);
+    let base = format!("http://{}", server.addr);
+
+    for path in ["/", "/runs/2", "/health", "/runs/1/events"] {
+        browser.open(&format!("{base}{path}"));
+        let text = browser.text();
+        assert!(text.contains("token"), "{path} without the token: {text}");
+        assert!(!text.contains("sprint-2"), "{path} shows a run without the token: {text}");
+    }
+    browser.screenshot("token-refused");
+    browser.open(&format!("{base}/login?token=wrong-{token}"));
+    assert!(!browser.text().contains("sprint-2"), "a wrong token opens nothing: {}", browser.text());
+
+    browser.open(&format!("{base}/login?token={token}"));
+    browser.until(
+        "the runs after login",
+        "return document.body.innerText.includes('sprint-2');",
+        Duration::from_secs(5),
+    );
+    let url = browser.session_call("GET", "/url", None);
+    assert_eq!(url.as_str(), Some(format!("{base}/").as_str()), "the token left the address bar");
+    assert_eq!(browser.eval("return document.cookie;"), "", "the cookie is HttpOnly: scripts cannot read it");
+    browser.open(&format!("{base}/runs/2"));
+    assert!(browser.text().contains("T2.4"), "a run's page with the cookie: {}", browser.text());
+    assert!(!browser.eval("return document.documentElement.outerHTML;").as_str().unwrap().contains(token));
+    browser.screenshot("token-logged-in");
+}

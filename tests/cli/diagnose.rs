@@ -77,6 +77,32 @@ fn diagnose_names_each_broken_thing_with_its_next_action_and_changes_nothing() {
     assert!(seen["database"].1.contains("13 of 13 migrations"), "{:?}", seen["database"]);
     assert_eq!(seen["log-errors"].0, "ok", "{:?}", seen["log-errors"]);
 
+    // `serve --env local` shows the same: watch's poll (degraded, NATS unreachable) and the
+    // same diagnosis, without a mutating call either.
+    let mut page = String::new();
+    let mutating: Vec<String> = aws_actions_during(|| {
+        let server = super::serve::Server::start_in(&project, &scratch.state(), &["--env", "local"]);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            page = server.get("/health", &[]).body;
+            if page.contains(" checks, ") && page.contains("polled at") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    })
+    .into_iter()
+    .filter(|a| is_mutating(a))
+    .collect();
+    assert!(mutating.is_empty(), "mutating AWS calls from serve's health: {mutating:?}");
+    assert!(page.contains("<span class=\"v-degraded\">degraded</span>"), "{page}");
+    assert!(page.contains("<tr><th>nats</th><td>unreachable</td></tr>"), "{page}");
+    assert!(page.contains(&format!("{} checks, 0 fail, 4 warn", seen.len())), "{page}");
+    for check in &warned {
+        assert!(page.contains(&format!("<tr><td>{check}</td><td class=\"v-warn\">warn</td>")), "{check}: {page}");
+    }
+    assert!(page.contains("runbook run sprint-3"), "the NATS rule's next action: {page}");
+
     // Break four things: Redis stops, a param goes back to PLACEHOLDER, Dixie logs errors, and
     // a Dixie session holds Dixie's migration lock, 003's key (the NATS rule is still absent, as after sprint 2).
     let marker = format!("rehearsed allowlist failure {}", std::process::id());

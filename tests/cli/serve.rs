@@ -83,18 +83,23 @@ fn state_db(dir: &Path) -> PathBuf {
 }
 
 /// A running `runbook serve`, stopped when dropped.
-struct Server {
+pub(super) struct Server {
     child: Child,
     addr: String,
 }
 
 impl Server {
     fn start(state: &Path, extra: &[&str]) -> Server {
+        Server::start_in(&project(), state, extra)
+    }
+
+    /// `serve` with the runbooks of `project`.
+    pub(super) fn start_in(project: &Path, state: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_runbook"))
             .args(["serve", "--bind", "127.0.0.1:0"])
             .args(extra)
             .arg("--project")
-            .arg(project())
+            .arg(project)
             .env("RUNBOOK_STATE", state)
             .env_remove("RUNBOOK_SERVE_TOKEN")
             .env("PGPASSWORD", PLANTED)
@@ -114,7 +119,7 @@ impl Server {
         Server { child, addr }
     }
 
-    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+    pub(super) fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.request("GET", path, headers)
     }
 
@@ -144,10 +149,10 @@ impl Drop for Server {
 }
 
 #[derive(Debug)]
-struct Reply {
+pub(super) struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
-    body: String,
+    pub(super) body: String,
 }
 
 impl Reply {
@@ -326,6 +331,66 @@ fn an_address_that_takes_any_host_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--bind 0.0.0.0:") && stderr.contains("bind the one address"), "{stderr}");
     assert!(out.stdout.is_empty(), "no token was printed: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// The repository's diagnose runbook and ring environment, with AWS and the health URLs sent
+/// to a port where nothing listens.
+fn unreachable_ring(dir: &Path) -> PathBuf {
+    let project = dir.join("project");
+    std::fs::create_dir_all(project.join("runbooks/environments")).unwrap();
+    std::fs::copy(project_file("runbooks/diagnose.toml"), project.join("runbooks/diagnose.toml")).unwrap();
+    let local = std::fs::read_to_string(project_file("runbooks/environments/local.toml")).unwrap();
+    let dead = local.replace("127.0.0.1:4566", "127.0.0.1:9").replace("127.0.0.1:13000", "127.0.0.1:9");
+    std::fs::write(project.join("runbooks/environments/local.toml"), dead.replace("127.0.0.1:13001", "127.0.0.1:9"))
+        .unwrap();
+    project
+}
+
+fn project_file(path: &str) -> PathBuf {
+    project().join(path)
+}
+
+#[test]
+fn the_health_page_shows_the_latest_poll_and_diagnose_and_says_when_neither_can_answer() {
+    let dir = scratch("health");
+    let state = state_db(&dir);
+    let project = unreachable_ring(&dir);
+
+    // Without --env there is no health to show: the page says how to get it.
+    let reply = Server::start(&state, &[]).get("/health", &[]);
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert!(reply.body.contains("start it with --env NAME"), "{}", reply.body);
+
+    // An environment that does not exist is bad input before serve listens.
+    let out = Command::new(env!("CARGO_BIN_EXE_runbook"))
+        .args(["serve", "--bind", "127.0.0.1:0", "--env", "nosuch", "--project"])
+        .arg(&project)
+        .env("RUNBOOK_STATE", &state)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("nosuch"), "names the environment: {stderr}");
+    assert!(out.stdout.is_empty(), "nothing listened: {}", String::from_utf8_lossy(&out.stdout));
+
+    let server = Server::start_in(&project, &state, &["--env", "local"]);
+    let started = std::time::Instant::now();
+    let page = loop {
+        let reply = server.get("/health", &[]);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_safe_headers(&reply, "/health");
+        if reply.body.contains("could not run") || started.elapsed() > Duration::from_secs(30) {
+            break reply.body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(page.contains("<h1>health of local</h1>"), "{page}");
+    assert!(page.contains("<span class=\"v-unhealthy\">unhealthy</span>"), "Dixie does not answer: {page}");
+    assert!(page.contains("<tr><th>dixie</th><td>unreachable</td></tr>"), "{page}");
+    assert!(page.contains("cannot reach AWS (http://127.0.0.1:9)"), "why diagnose could not run: {page}");
+    assert!(page.contains("runbook ring up"), "and its fix: {page}");
+    assert!(page.contains("<meta http-equiv=\"refresh\" content=\"30\">"), "drawn again at each poll: {page}");
+    assert!(!page.contains(PLANTED) && !page.contains("<script"), "{page}");
 }
 
 /// Run 3, in progress as another host's `runbook run` records it: T2.1 running, the run's lock
