@@ -7,17 +7,20 @@ use aws_sdk_ssm::config::Credentials;
 mod cloudwatch;
 mod ec2;
 mod query;
+mod rds;
 
 pub(crate) use cloudwatch::CloudWatch;
 pub(crate) use ec2::{Ec2, SecurityGroupRule};
 pub(crate) use query::QueryError;
+pub(crate) use rds::Rds;
 
 use crate::environment::Environment;
 use crate::error_chain::error_chain;
 use crate::secret::Secret;
 
 pub(crate) struct Cloud {
-    /// CloudWatch's and EC2's few calls go over the query protocol, without their SDK crates.
+    /// CloudWatch's, EC2's and RDS's few calls go over the query protocol, without their SDK
+    /// crates.
     pub(crate) cloudwatch: CloudWatch,
     pub(crate) ec2: Ec2,
     pub(crate) ecr: aws_sdk_ecr::Client,
@@ -25,7 +28,7 @@ pub(crate) struct Cloud {
     /// CloudWatch Logs: read only, by `runbook diagnose` (ERROR lines of the service's group).
     pub(crate) logs: aws_sdk_cloudwatchlogs::Client,
     pub(crate) route53: aws_sdk_route53::Client,
-    pub(crate) rds: aws_sdk_rds::Client,
+    pub(crate) rds: Rds,
     pub(crate) ssm: aws_sdk_ssm::Client,
     sts: aws_sdk_sts::Client,
 }
@@ -97,7 +100,7 @@ impl Cloud {
             ecs: aws_sdk_ecs::Client::new(&config),
             logs: aws_sdk_cloudwatchlogs::Client::new(&config),
             route53: aws_sdk_route53::Client::new(&config),
-            rds: aws_sdk_rds::Client::new(&config),
+            rds: Rds::new(&config, endpoint(env, &config, "RDS").as_deref()),
             ssm: aws_sdk_ssm::Client::new(&config),
             sts: aws_sdk_sts::Client::new(&config),
         }

@@ -309,9 +309,10 @@ impl Element {
         self.child(name).map(|c| c.text.as_str())
     }
 
-    /// The entries of the list `name` (its `item` or `member` children).
+    /// The entries of the list `name`: its children, whatever they are called (`item` in EC2's
+    /// answers, `member` in CloudWatch's, `DBInstance` in RDS's).
     pub(crate) fn list<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a Element> + 'a {
-        self.child(name).into_iter().flat_map(|l| l.children.iter().filter(|c| c.name == "item" || c.name == "member"))
+        self.child(name).into_iter().flat_map(|l| l.children.iter())
     }
 }
 

@@ -98,32 +98,30 @@ struct Found {
 
 impl Params {
     async fn instance(&self, cx: &StepContext) -> Result<Instance, StepError> {
-        let out = cx.cloud.rds.describe_db_instances().db_instance_identifier(&self.instance).send().await;
-        let out = match out {
-            Ok(out) => out,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_db_instance_not_found_fault()) => {
+        let db = match cx.cloud.rds.instance(&self.instance).await {
+            Ok(Some(db)) => db,
+            Ok(None) => {
+                return Err(StepError::fatal(
+                    format!("RDS returned no instance {}", self.instance),
+                    "check the instance name",
+                ));
+            }
+            Err(e) if e.code() == Some("DBInstanceNotFound") => {
                 return Err(StepError::fatal(
                     format!("RDS instance {} not found in {} {}", self.instance, cx.env.account_id, cx.env.region),
                     format!("check the instance name in {}", cx.env.path.display()),
                 ));
             }
-            Err(e) => return Err(StepError::from_sdk("rds:DescribeDBInstances", e)),
+            Err(e) => return Err(StepError::from_query("rds:DescribeDBInstances", e)),
         };
-        let db = out.db_instances().first().ok_or_else(|| {
-            StepError::fatal(format!("RDS returned no instance {}", self.instance), "check the instance name")
-        })?;
-        let endpoint = db.endpoint().ok_or_else(|| {
-            StepError::retryable(format!(
+        let Some((host, port)) = db.endpoint else {
+            return Err(StepError::retryable(format!(
                 "RDS instance {} has no endpoint yet (status {})",
                 self.instance,
-                db.db_instance_status().unwrap_or("unknown")
-            ))
-        })?;
-        Ok(Instance {
-            host: endpoint.address().unwrap_or_default().to_string(),
-            port: endpoint.port().unwrap_or(5432) as u16,
-            master_user: db.master_username().unwrap_or_default().to_string(),
-        })
+                db.status.as_deref().unwrap_or("unknown")
+            )));
+        };
+        Ok(Instance { host, port: port.unwrap_or(5432), master_user: db.master_username.unwrap_or_default() })
     }
 
     async fn admin_password(&self, cx: &StepContext) -> Result<Secret<String>, StepError> {
