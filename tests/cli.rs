@@ -168,6 +168,16 @@ struct Runbook {
     cwd: Option<PathBuf>,
 }
 
+/// A child process killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Ran {
     code: Option<i32>,
     stdout: String,

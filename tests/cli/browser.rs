@@ -342,3 +342,80 @@ fn a_browser_needs_the_token_once_and_then_holds_only_a_cookie_its_scripts_canno
     assert!(!browser.eval("return document.documentElement.outerHTML;").as_str().unwrap().contains(token));
     browser.screenshot("token-logged-in");
 }
+
+/// On the ring: sprint 2 runs for real while a browser shows its page, drawn once. The boxes of
+/// the graph change colour as the steps run and end, in the same document (no reload), and the
+/// page shows the run done once it ends.
+#[test]
+fn a_ring_run_of_sprint_2_colours_its_graph_in_a_real_browser_without_a_reload() {
+    let Some(_ring) = crate::fresh_ring() else { return };
+    let dir = scratch("browser-ring");
+    let Some(browser) = Browser::start(&dir.join("chromium")) else { return };
+    let work = crate::Scratch::new("browser-ring");
+    let project = crate::impatient_project(&work);
+    let run = work
+        .runbook()
+        .project(&project)
+        .command(&["run", "sprint-2", "--yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Stopped when the test ends, passed or not: a run left going would act on the next test's ring.
+    let mut run = crate::Killed(run);
+    // serve opens an existing state DB only: the run makes it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while work.runbook().project(&project).run(&["status", "--json"]).code != Some(0) {
+        assert!(Instant::now() < deadline, "run 1 was not recorded within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let server = Server::start_in(&project, &work.state(), &[]);
+    let base = format!("http://{}", server.addr);
+    browser.open(&format!("{base}/runs/1"));
+    browser.until("the page follows the run", "return document.body.dataset.live === 'run';", Duration::from_secs(5));
+    // A mark on this document: a reload would lose it.
+    browser.eval("window.drawnOnce = true; return true;");
+    browser.screenshot("ring-run-started");
+
+    // Each step's classes as this document showed them, in order.
+    let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let look = "return {mark: window.drawnOnce === true, live: document.body.dataset.live || '', \
+                boxes: Array.from(document.querySelectorAll('svg.graph g.node')).map(n => \
+                [n.dataset.step, n.getAttribute('class')])};";
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let now = browser.eval(look);
+        if now["mark"] != true || now["live"] != "run" {
+            break;
+        }
+        for pair in now["boxes"].as_array().unwrap() {
+            let (step, class) = (pair[0].as_str().unwrap().to_string(), pair[1].as_str().unwrap().to_string());
+            let classes = seen.entry(step).or_default();
+            if classes.last() != Some(&class) {
+                classes.push(class);
+            }
+        }
+        assert!(Instant::now() < deadline, "the run did not end within 240 s: {seen:?}");
+        assert!(run.0.try_wait().unwrap().is_none_or(|s| s.success()), "sprint 2 failed: {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let changed: Vec<&String> = seen
+        .iter()
+        .filter(|(_, classes)| {
+            let running = classes.iter().position(|c| c == "node s-running");
+            let applied = classes.iter().rposition(|c| c == "node s-applied");
+            matches!((running, applied), (Some(r), Some(a)) if r < a)
+        })
+        .map(|(step, _)| step)
+        .collect();
+    assert!(changed.len() >= 3, "boxes seen going from running to applied in one document: {changed:?}; {seen:#?}");
+    browser.until(
+        "the page shows the run done",
+        "return document.querySelector('p.summary span').textContent === 'done' && \
+         Array.from(document.querySelectorAll('svg.graph g.node')).every(n => \
+         /s-(applied|satisfied)$/.test(n.getAttribute('class')));",
+        Duration::from_secs(30),
+    );
+    browser.screenshot("ring-run-done");
+    assert_eq!(run.0.wait().unwrap().code(), Some(0), "sprint 2 on the ring");
+}

@@ -266,15 +266,6 @@ fn a_rotation_survives_kills_keeps_old_tokens_until_t4_8_and_a_rerun_changes_and
 
 /// A process killed when the test ends, passed or not: a rotation left waiting would wake up in
 /// a later test's ring.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// An emergency during a rotation that waits for the JWKS caches (T4.4, a long wait here): the
 /// revocation is refused with exit 3 naming the rotation's run and the one command that takes
 /// its lock; that command is the operator's explicit word, recorded with the rotation's run; the
