@@ -6,28 +6,32 @@ use aws_sdk_ssm::config::Credentials;
 
 mod cloudwatch;
 mod ec2;
+mod logs;
 mod query;
 mod rds;
+mod route53;
 
 pub(crate) use cloudwatch::CloudWatch;
 pub(crate) use ec2::{Ec2, SecurityGroupRule};
+pub(crate) use logs::Logs;
 pub(crate) use query::QueryError;
 pub(crate) use rds::Rds;
+pub(crate) use route53::Route53;
 
 use crate::environment::Environment;
 use crate::error_chain::error_chain;
 use crate::secret::Secret;
 
 pub(crate) struct Cloud {
-    /// CloudWatch's, EC2's and RDS's few calls go over the query protocol, without their SDK
-    /// crates.
+    /// CloudWatch's, EC2's and RDS's few calls go over the query protocol, Route53's and
+    /// CloudWatch Logs' over their own, without their SDK crates (`cloud/query.rs`).
     pub(crate) cloudwatch: CloudWatch,
     pub(crate) ec2: Ec2,
     pub(crate) ecr: aws_sdk_ecr::Client,
     pub(crate) ecs: aws_sdk_ecs::Client,
     /// CloudWatch Logs: read only, by `runbook diagnose` (ERROR lines of the service's group).
-    pub(crate) logs: aws_sdk_cloudwatchlogs::Client,
-    pub(crate) route53: aws_sdk_route53::Client,
+    pub(crate) logs: Logs,
+    pub(crate) route53: Route53,
     pub(crate) rds: Rds,
     pub(crate) ssm: aws_sdk_ssm::Client,
     sts: aws_sdk_sts::Client,
@@ -98,8 +102,8 @@ impl Cloud {
             ec2: Ec2::new(&config, endpoint(env, &config, "EC2").as_deref()),
             ecr: aws_sdk_ecr::Client::new(&config),
             ecs: aws_sdk_ecs::Client::new(&config),
-            logs: aws_sdk_cloudwatchlogs::Client::new(&config),
-            route53: aws_sdk_route53::Client::new(&config),
+            logs: Logs::new(&config, endpoint(env, &config, "CLOUDWATCH_LOGS").as_deref()),
+            route53: Route53::new(&config, endpoint(env, &config, "ROUTE_53").as_deref()),
             rds: Rds::new(&config, endpoint(env, &config, "RDS").as_deref()),
             ssm: aws_sdk_ssm::Client::new(&config),
             sts: aws_sdk_sts::Client::new(&config),

@@ -1,8 +1,9 @@
-//! AWS's query protocol, spoken directly for the few calls runbook makes to EC2 and CloudWatch:
-//! a form POST signed with SigV4 (AWS's own `aws-sigv4`), its XML answer read into a tree, and
-//! the SDK's retry policy (three attempts, jittered backoff, on throttling, 5xx and lost
-//! connections). Their SDK crates cost more than all the rest: `aws-sdk-ec2` alone took 3m09s
-//! of a 2-core build for five operations (docs/performance.md).
+//! AWS's query protocol, spoken directly for the few calls runbook makes to EC2, CloudWatch and
+//! RDS: a form POST signed with SigV4 (AWS's own `aws-sigv4`), its XML answer read into a tree,
+//! and the SDK's retry policy (three attempts, jittered backoff, on throttling, 5xx and lost
+//! connections). Route53's two reads (a REST GET answered in XML) and CloudWatch Logs' one (a
+//! JSON POST) go the same way. Their SDK crates cost more than all the rest: `aws-sdk-ec2` alone
+//! took 3m09s of a 2-core build for five operations (docs/performance.md).
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -72,10 +73,30 @@ impl QueryClient {
         endpoint: Option<&str>,
     ) -> Self {
         let region = config.region().map(|r| r.to_string()).unwrap_or_default();
-        let endpoint = match endpoint {
-            Some(url) => url.trim_end_matches('/').to_string() + "/",
-            None => format!("https://{prefix}.{region}.amazonaws.com/"),
-        };
+        let default = format!("https://{prefix}.{region}.amazonaws.com");
+        Self::at(config, prefix, version, endpoint.unwrap_or(&default), &region)
+    }
+
+    /// A global service (Route53): one endpoint, signed for one region.
+    pub(crate) fn global(
+        config: &aws_config::SdkConfig,
+        prefix: &'static str,
+        version: &'static str,
+        endpoint: Option<&str>,
+        region: &str,
+    ) -> Self {
+        let default = format!("https://{prefix}.amazonaws.com");
+        Self::at(config, prefix, version, endpoint.unwrap_or(&default), region)
+    }
+
+    fn at(
+        config: &aws_config::SdkConfig,
+        prefix: &'static str,
+        version: &'static str,
+        endpoint: &str,
+        region: &str,
+    ) -> Self {
+        let (endpoint, region) = (endpoint.trim_end_matches('/').to_string() + "/", region.to_string());
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
@@ -94,9 +115,44 @@ impl QueryClient {
 
     /// `action` with `params`, answered as an XML tree, after up to three attempts.
     pub(crate) async fn call(&self, action: &str, params: &[(String, String)]) -> Result<Element, QueryError> {
+        let body = form(action, self.version, params);
+        let request =
+            Request { method: "POST", url: self.endpoint.clone(), content_type: Some(FORM), target: None, body };
+        self.send(&request, answer).await
+    }
+
+    /// A REST GET of `path` with `query` (Route53's), answered as an XML tree.
+    pub(crate) async fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Element, QueryError> {
+        let mut url = format!("{}{}", self.endpoint.trim_end_matches('/'), path);
+        for (i, (name, value)) in query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("{}={}", encode(name), encode(value)));
+        }
+        let request = Request { method: "GET", url, content_type: None, target: None, body: String::new() };
+        self.send(&request, answer).await
+    }
+
+    /// A JSON POST of `body` to the operation `target` (CloudWatch Logs' `Logs_20140328.…`).
+    pub(crate) async fn json(&self, target: &str, body: &serde_json::Value) -> Result<serde_json::Value, QueryError> {
+        let request = Request {
+            method: "POST",
+            url: self.endpoint.clone(),
+            content_type: Some("application/x-amz-json-1.1"),
+            target: Some(target.to_string()),
+            body: body.to_string(),
+        };
+        self.send(&request, answer_json).await
+    }
+
+    /// `request`, its answer read by `read`, after up to three attempts.
+    async fn send<T>(&self, request: &Request, read: fn(u16, &str) -> Result<T, QueryError>) -> Result<T, QueryError> {
         let mut attempt = 1;
         loop {
-            match self.once(action, params).await {
+            let answered = match self.once(request).await {
+                Ok((status, text)) => read(status, &text),
+                Err(e) => Err(e),
+            };
+            match answered {
                 Err(e) if attempt < ATTEMPTS && e.transient() => {
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
@@ -125,22 +181,31 @@ impl QueryClient {
         }
     }
 
-    async fn once(&self, action: &str, params: &[(String, String)]) -> Result<Element, QueryError> {
-        let body = form(action, self.version, params);
-        let headers = self.sign(&body).await?;
-        let mut request = self.http.post(&self.endpoint).body(body);
-        for (name, value) in &headers {
-            request = request.header(name.as_str(), value.as_str());
+    /// One exchange: its status and body.
+    async fn once(&self, request: &Request) -> Result<(u16, String), QueryError> {
+        let mut headers: Vec<(String, String)> = Vec::new();
+        if let Some(content_type) = request.content_type {
+            headers.push(("content-type".into(), content_type.into()));
         }
-        let response = request.send().await.map_err(|e| QueryError::Transport(error_chain(&e)))?;
+        if let Some(target) = &request.target {
+            headers.push(("x-amz-target".into(), target.clone()));
+        }
+        let signed = self.sign(request, &headers).await?;
+        let method = if request.method == "GET" { reqwest::Method::GET } else { reqwest::Method::POST };
+        let mut builder = self.http.request(method, &request.url).body(request.body.clone());
+        for (name, value) in headers.iter().chain(&signed) {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let response = builder.send().await.map_err(|e| QueryError::Transport(error_chain(&e)))?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| QueryError::Transport(error_chain(&e)))?;
-        answer(status, &text)
+        Ok((status, text))
     }
 
-    /// The headers of a signed POST of `body`, the content type among them.
-    async fn sign(&self, body: &str) -> Result<Vec<(String, String)>, QueryError> {
+    /// The signature's headers for `request` with its own `headers`.
+    async fn sign(&self, request: &Request, headers: &[(String, String)]) -> Result<Vec<(String, String)>, QueryError> {
         use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+        let unsigned = |e: &dyn std::fmt::Display| QueryError::Construction(format!("cannot sign the request: {e}"));
         let credentials = self.credentials().await?;
         let identity = credentials.into();
         let params = aws_sigv4::sign::v4::SigningParams::builder()
@@ -150,22 +215,17 @@ impl QueryClient {
             .time(SystemTime::now())
             .settings(SigningSettings::default())
             .build()
-            .map_err(|e| QueryError::Construction(format!("cannot sign the request: {e}")))?
+            .map_err(|e| unsigned(&e))?
             .into();
-        let content_type = ("content-type", "application/x-www-form-urlencoded; charset=utf-8");
-        let request = SignableRequest::new(
-            "POST",
-            &self.endpoint,
-            [content_type].into_iter(),
-            SignableBody::Bytes(body.as_bytes()),
+        let signable = SignableRequest::new(
+            request.method,
+            &request.url,
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            SignableBody::Bytes(request.body.as_bytes()),
         )
-        .map_err(|e| QueryError::Construction(format!("cannot sign the request: {e}")))?;
-        let (instructions, _) = sign(request, &params)
-            .map_err(|e| QueryError::Construction(format!("cannot sign the request: {e}")))?
-            .into_parts();
-        let mut headers = vec![(content_type.0.to_string(), content_type.1.to_string())];
-        headers.extend(instructions.headers().map(|(n, v)| (n.to_string(), v.to_string())));
-        Ok(headers)
+        .map_err(|e| unsigned(&e))?;
+        let (instructions, _) = sign(signable, &params).map_err(|e| unsigned(&e))?.into_parts();
+        Ok(instructions.headers().map(|(n, v)| (n.to_string(), v.to_string())).collect())
     }
 
     async fn credentials(&self) -> Result<Credentials, QueryError> {
@@ -183,6 +243,18 @@ impl QueryClient {
         *self.cached.lock().unwrap() = Some(found.clone());
         Ok(found)
     }
+}
+
+const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
+
+/// A request before it is signed.
+struct Request {
+    method: &'static str,
+    url: String,
+    content_type: Option<&'static str>,
+    /// `x-amz-target`, for a JSON operation.
+    target: Option<String>,
+    body: String,
 }
 
 /// The SDK's standard backoff: a random share of 1 s, 2 s, … doubling, at most 20 s.
@@ -226,15 +298,33 @@ fn answer(status: u16, text: &str) -> Result<Element, QueryError> {
         let error = t.child("Errors").and_then(|e| e.child("Error")).or(t.child("Error"))?.clone();
         Some((error.text("Code")?.to_string(), error.text("Message").unwrap_or("no message").to_string()))
     });
+    Err(refused(status, error))
+}
+
+/// A JSON answer (CloudWatch Logs'): its document when the status is a success, else AWS's
+/// error in it (`__type`, which may carry a namespace before `#`, and `message`).
+fn answer_json(status: u16, text: &str) -> Result<serde_json::Value, QueryError> {
+    let doc: Result<serde_json::Value, _> = serde_json::from_str(text);
+    if (200..300).contains(&status) {
+        return doc.map_err(|e| QueryError::Transport(format!("HTTP {status} with an answer that is not JSON: {e}")));
+    }
+    let error = doc.ok().and_then(|d| {
+        let code = d["__type"].as_str()?.rsplit('#').next()?.to_string();
+        let message = d["message"].as_str().or(d["Message"].as_str()).unwrap_or("no message").to_string();
+        Some((code, message))
+    });
+    Err(refused(status, error))
+}
+
+/// A refusal: AWS's error (code, message) when the answer carried one; a 5xx without it (a
+/// proxy's, a load balancer's) is worth another attempt.
+fn refused(status: u16, error: Option<(String, String)>) -> QueryError {
     match error {
-        Some((code, message)) => Err(QueryError::Service { status, code, message }),
-        // A 5xx without AWS's body (a proxy's, a load balancer's) is worth another attempt.
-        None if status >= 500 => Err(QueryError::Transport(format!("HTTP {status} without AWS's error"))),
-        None => Err(QueryError::Service {
-            status,
-            code: format!("HTTP{status}"),
-            message: "no AWS error in the answer".into(),
-        }),
+        Some((code, message)) => QueryError::Service { status, code, message },
+        None if status >= 500 => QueryError::Transport(format!("HTTP {status} without AWS's error")),
+        None => {
+            QueryError::Service { status, code: format!("HTTP{status}"), message: "no AWS error in the answer".into() }
+        }
     }
 }
 

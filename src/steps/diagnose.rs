@@ -476,20 +476,12 @@ async fn tasks(cx: &StepContext, id: &str, cluster: &str, service: &str) -> Find
 
 async fn log_errors(cx: &StepContext, id: &str, group: &str, minutes: u64, pattern: &str, next: &str) -> Finding {
     let since = crate::clock::now_ms() - (minutes as i64) * 60_000;
-    let mut pages = cx
-        .cloud
-        .logs
-        .filter_log_events()
-        .log_group_name(group)
-        .start_time(since)
-        .filter_pattern(pattern)
-        .into_paginator()
-        .send();
     let mut lines: Vec<(i64, String)> = Vec::new();
-    while let Some(page) = pages.next().await {
-        let page = match page {
+    let mut token: Option<String> = None;
+    loop {
+        let (events, next_page) = match cx.cloud.logs.filter(group, since, pattern, token.as_deref()).await {
             Ok(page) => page,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+            Err(e) if e.code() == Some("ResourceNotFoundException") => {
                 return Finding::new(
                     id,
                     Verdict::Fail,
@@ -497,14 +489,15 @@ async fn log_errors(cx: &StepContext, id: &str, group: &str, minutes: u64, patte
                     "sprint-2's terraform (T2.4) creates it: runbook run sprint-2",
                 );
             }
-            Err(e) => return Finding::unreadable(id, StepError::from_sdk("logs:FilterLogEvents", e)),
+            Err(e) => return Finding::unreadable(id, StepError::from_query("logs:FilterLogEvents", e)),
         };
         // The pattern is a plain term here; the same test keeps an emulator's looser filter honest.
-        lines.extend(page.events().iter().filter_map(|e| {
-            let message = e.message()?.trim_end();
-            message.contains(pattern).then(|| (e.timestamp().unwrap_or(0), message.to_string()))
+        lines.extend(events.into_iter().filter_map(|e| {
+            let message = e.message.trim_end();
+            message.contains(pattern).then(|| (e.timestamp, message.to_string()))
         }));
-        if lines.len() >= 1000 {
+        token = next_page;
+        if lines.len() >= 1000 || token.is_none() {
             break;
         }
     }

@@ -156,33 +156,22 @@ impl Params {
     async fn alias(&self, cx: &StepContext) -> Result<Option<String>, StepError> {
         let route53 = &cx.cloud.route53;
         let zones = route53
-            .list_hosted_zones_by_name()
-            .dns_name(&self.zone)
-            .send()
+            .zones_from(&self.zone)
             .await
-            .map_err(|e| StepError::from_sdk("route53:ListHostedZonesByName", e))?;
+            .map_err(|e| StepError::from_query("route53:ListHostedZonesByName", e))?;
         let want_zone = format!("{}.", self.zone.trim_end_matches('.'));
-        let Some(zone) = zones.hosted_zones().iter().find(|z| z.name() == want_zone) else {
+        let Some((zone, _)) = zones.iter().find(|(_, name)| *name == want_zone) else {
             return Err(StepError::fatal(
                 format!("hosted zone {} not found", self.zone),
                 "check the zone name in the runbook",
             ));
         };
         let records = route53
-            .list_resource_record_sets()
-            .hosted_zone_id(zone.id())
-            .start_record_name(&self.record)
-            .start_record_type(aws_sdk_route53::types::RrType::A)
-            .send()
+            .records_from(zone, &self.record, "A")
             .await
-            .map_err(|e| StepError::from_sdk("route53:ListResourceRecordSets", e))?;
+            .map_err(|e| StepError::from_query("route53:ListResourceRecordSets", e))?;
         let want = format!("{}.", self.record.trim_end_matches('.'));
-        Ok(records
-            .resource_record_sets()
-            .iter()
-            .find(|r| r.name() == want && r.r#type().as_str() == "A")
-            .and_then(|r| r.alias_target())
-            .map(|a| a.dns_name().to_string()))
+        Ok(records.into_iter().find(|r| r.name == want && r.kind == "A").and_then(|r| r.alias))
     }
 
     fn table(checks: &[Check]) -> Vec<String> {

@@ -181,3 +181,41 @@ async fn an_endpoint_that_does_not_answer_is_a_transport_error_after_three_attem
     assert!(matches!(err, QueryError::Transport(_)), "{err:?}");
     assert!(StepError::from_query("cloudwatch:DescribeAlarms", err).to_string().contains("cloudwatch:DescribeAlarms"));
 }
+
+#[test]
+fn a_json_answer_gives_its_error_type_without_its_namespace() {
+    let missing = r#"{"__type":"com.amazonaws.logs#ResourceNotFoundException","message":"The specified log group does not exist."}"#;
+    let err = answer_json(400, missing).unwrap_err();
+    assert_eq!(err.code(), Some("ResourceNotFoundException"));
+    assert!(!err.transient());
+    assert!(answer_json(400, r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#).unwrap_err().transient());
+    let not_json = answer_json(200, "<html>").unwrap_err();
+    assert!(not_json.to_string().contains("not JSON"), "{not_json}");
+    assert!(matches!(answer_json(502, "Bad Gateway").unwrap_err(), QueryError::Transport(_)));
+    assert_eq!(answer_json(200, r#"{"events":[]}"#).unwrap()["events"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn a_rest_get_and_a_json_post_are_signed_with_what_they_send() {
+    let zones = "<ListHostedZonesByNameResponse><HostedZones><HostedZone><Id>/hostedzone/Z1</Id>\
+                 <Name>arrakis.community.</Name></HostedZone></HostedZones></ListHostedZonesByNameResponse>";
+    let (url, got) = server(vec![(200, zones), (200, r#"{"events":[{"timestamp":5,"message":"ERROR x"}]}"#)]);
+    let route53 = QueryClient::global(&config(), "route53", "2013-04-01", Some(&url), "us-east-1");
+    let answer = route53.get("/2013-04-01/hostedzonesbyname", &[("dnsname", "arrakis.community")]).await.unwrap();
+    assert_eq!(answer.list("HostedZones").next().and_then(|z| z.text("Id")), Some("/hostedzone/Z1"));
+    let request = got.recv().unwrap();
+    assert!(request.starts_with("GET /2013-04-01/hostedzonesbyname?dnsname=arrakis.community HTTP/1.1"), "{request}");
+    let auth = request.to_ascii_lowercase();
+    assert!(auth.contains("/us-east-1/route53/aws4_request"), "a global service signs for us-east-1: {request}");
+
+    let logs = QueryClient::new(&config(), "logs", "", Some(&url));
+    let page =
+        logs.json("Logs_20140328.FilterLogEvents", &serde_json::json!({"logGroupName": "/ecs/d"})).await.unwrap();
+    assert_eq!(page["events"][0]["message"], "ERROR x");
+    let request = got.recv().unwrap().to_ascii_lowercase();
+    assert!(request.contains("x-amz-target: logs_20140328.filterlogevents"), "{request}");
+    assert!(request.contains("content-type: application/x-amz-json-1.1"), "{request}");
+    assert!(request.contains("signedheaders=content-type;host;x-amz-date;x-amz-target"), "{request}");
+    assert!(request.contains("/eu-west-3/logs/aws4_request"), "{request}");
+    assert!(request.ends_with(r#"{"loggroupname":"/ecs/d"}"#), "{request}");
+}
