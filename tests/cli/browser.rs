@@ -337,6 +337,16 @@ fn a_browser_needs_the_token_once_and_then_holds_only_a_cookie_its_scripts_canno
     let url = browser.session_call("GET", "/url", None);
     assert_eq!(url.as_str(), Some(format!("{base}/").as_str()), "the token left the address bar");
     assert_eq!(browser.eval("return document.cookie;"), "", "the cookie is HttpOnly: scripts cannot read it");
+    // The run list renders both runs and filters them through its form.
+    let runs = "return Array.from(document.querySelectorAll('table a[href^=\"/runs/\"]')).map(a => a.textContent);";
+    assert_eq!(browser.eval(runs), serde_json::json!(["2", "1"]), "{}", browser.text());
+    browser.eval(
+        "document.querySelector('form.filters select[name=status]').value = 'failed'; \
+         document.querySelector('form.filters').submit(); return true;",
+    );
+    browser.until("the filtered list", "return location.search.includes('status=failed');", Duration::from_secs(5));
+    assert_eq!(browser.eval(runs), serde_json::json!(["2"]), "only the failed run: {}", browser.text());
+    browser.screenshot("runs-filtered");
     browser.open(&format!("{base}/runs/2"));
     assert!(browser.text().contains("T2.4"), "a run's page with the cookie: {}", browser.text());
     assert!(!browser.eval("return document.documentElement.outerHTML;").as_str().unwrap().contains(token));
