@@ -173,7 +173,13 @@ impl QueryClient {
             }
             let page = self.call(action, &asked).await?;
             let result = page.result();
-            token = result.text("nextToken").or(result.text("NextToken")).filter(|t| !t.is_empty()).map(String::from);
+            let next =
+                result.text("nextToken").or(result.text("NextToken")).filter(|t| !t.is_empty()).map(String::from);
+            if next.is_some() && next == token {
+                // As the SDK's paginators: a page that names itself as the next would never end.
+                return Err(QueryError::Transport(format!("{action} gave the same next token twice")));
+            }
+            token = next;
             pages.push(page);
             if token.is_none() {
                 return Ok(pages);

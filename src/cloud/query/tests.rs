@@ -170,6 +170,12 @@ async fn a_refusal_is_not_retried_and_pages_follow_the_token() {
     assert_eq!(ids, ["vpc-1", "vpc-2"]);
     assert!(got.recv().unwrap().ends_with("Version=2016-11-15"));
     assert!(got.recv().unwrap().ends_with("Version=2016-11-15&NextToken=t1"));
+
+    // A page that names itself as the next one would never end: an error, as in the SDK.
+    let (url, _got) = server(vec![(200, page("t1", "vpc-1")), (200, page("t1", "vpc-1"))]);
+    let client = QueryClient::new(&config(), "ec2", "2016-11-15", Some(&url));
+    let err = client.pages("DescribeVpcs", &[]).await.unwrap_err();
+    assert!(err.to_string().contains("the same next token twice"), "{err}");
 }
 
 #[tokio::test]
