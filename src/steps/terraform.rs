@@ -565,6 +565,52 @@ impl Params {
         Ok(())
     }
 
+    /// The plan changes nothing: said (after adopting orphans, or when the state changed under
+    /// an approved plan), and the module's outputs read.
+    async fn nothing_to_apply(&self, cx: &StepContext, adopted: bool, approved: bool) -> Result<(), StepError> {
+        if adopted {
+            cx.log("with the orphans in terraform's state, its plan changes nothing").await;
+        } else if approved {
+            cx.log(
+                "the plan approved above was not applied: the state changed under it, and now there is nothing to \
+                 change",
+            )
+            .await;
+        }
+        cx.log("terraform plan: no changes").await;
+        *lock(&self.applied) = Some(self.outputs(cx).await?);
+        Ok(())
+    }
+
+    /// The apply of `plan` failed on `orphans` (resources in AWS but not in terraform's state):
+    /// their IDs looked up, kept for a next attempt, and their import asked for and run; an
+    /// orphan adopted before (in `adopted`), or none with an ID, fails the step saying so.
+    async fn adopt_found(
+        &self,
+        cx: &StepContext,
+        plan: &Path,
+        mut orphans: Vec<Orphan>,
+        failed: StepError,
+        adopted: &mut Vec<String>,
+    ) -> Result<(), StepError> {
+        let again = orphans.iter().any(|o| adopted.contains(&o.address));
+        if !again {
+            self.look_up_ids(cx, plan, &mut orphans).await;
+        }
+        if again || orphans.iter().all(|o| o.id.is_none()) {
+            return Err(self.orphaned(cx, &orphans, failed, again));
+        }
+        let kept_at = self.orphans_kept_at(cx);
+        if let Err(e) = orphan::keep(&kept_at, &self.dir(cx), &self.workspace, &orphans) {
+            cx.log(format!("cannot keep the orphans for the next attempt in {}: {e}", kept_at.display())).await;
+        }
+        // Test crash point: the orphans found and kept, their import not asked yet.
+        cx.checkpoint("orphans-kept");
+        self.adopt(cx, &orphans).await?;
+        adopted.extend(orphans.iter().map(|o| o.address.clone()));
+        Ok(())
+    }
+
     /// An apply that failed on orphans runbook cannot adopt (their import ID is not in the
     /// error), or again after adopting them (`again`): each named, with how to import it.
     fn orphaned(&self, cx: &StepContext, orphans: &[Orphan], failed: StepError, again: bool) -> StepError {
@@ -829,20 +875,7 @@ impl Step for Params {
                 Some(plan) => plan,
                 None => match self.plan(cx, true).await? {
                     Some(plan) => plan,
-                    None => {
-                        if !adopted.is_empty() {
-                            cx.log("with the orphans in terraform's state, its plan changes nothing").await;
-                        } else if approved.is_some() {
-                            cx.log(
-                                "the plan approved above was not applied: the state changed under it, and now \
-                                 there is nothing to change",
-                            )
-                            .await;
-                        }
-                        cx.log("terraform plan: no changes").await;
-                        *lock(&self.applied) = Some(self.outputs(cx).await?);
-                        return Ok(());
-                    }
+                    None => return self.nothing_to_apply(cx, !adopted.is_empty(), approved.is_some()).await,
                 },
             };
             cx.log(format!("terraform plan for workspace {}: {}", self.workspace, plan.text())).await;
@@ -866,23 +899,8 @@ impl Step for Params {
                     stale += 1;
                     cx.log("the saved plan is stale (the state changed since it was made): planning again").await
                 }
-                Applied::Orphaned(mut orphans, failed) => {
-                    let again = orphans.iter().any(|o| adopted.contains(&o.address));
-                    if !again {
-                        self.look_up_ids(cx, &plan.path, &mut orphans).await;
-                    }
-                    if again || orphans.iter().all(|o| o.id.is_none()) {
-                        return Err(self.orphaned(cx, &orphans, failed, again));
-                    }
-                    let kept_at = self.orphans_kept_at(cx);
-                    if let Err(e) = orphan::keep(&kept_at, &self.dir(cx), &self.workspace, &orphans) {
-                        cx.log(format!("cannot keep the orphans for the next attempt in {}: {e}", kept_at.display()))
-                            .await;
-                    }
-                    // Test crash point: the orphans found and kept, their import not asked yet.
-                    cx.checkpoint("orphans-kept");
-                    self.adopt(cx, &orphans).await?;
-                    adopted.extend(orphans.iter().map(|o| o.address.clone()));
+                Applied::Orphaned(orphans, failed) => {
+                    self.adopt_found(cx, &plan.path, orphans, failed, &mut adopted).await?;
                 }
             }
         }
