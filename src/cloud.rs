@@ -97,14 +97,15 @@ impl Cloud {
             ));
         }
         let config = loader.load().await;
+        let shared = query::Shared::new(&config);
         Cloud {
-            cloudwatch: CloudWatch::new(&config, endpoint(env, &config, "CLOUDWATCH").as_deref()),
-            ec2: Ec2::new(&config, endpoint(env, &config, "EC2").as_deref()),
+            cloudwatch: CloudWatch::new(&shared, endpoint(env, &config, "CLOUDWATCH").as_deref()),
+            ec2: Ec2::new(&shared, endpoint(env, &config, "EC2").as_deref()),
             ecr: aws_sdk_ecr::Client::new(&config),
             ecs: aws_sdk_ecs::Client::new(&config),
-            logs: Logs::new(&config, endpoint(env, &config, "CLOUDWATCH_LOGS").as_deref()),
-            route53: Route53::new(&config, endpoint(env, &config, "ROUTE_53").as_deref()),
-            rds: Rds::new(&config, endpoint(env, &config, "RDS").as_deref()),
+            logs: Logs::new(&shared, endpoint(env, &config, "CLOUDWATCH_LOGS").as_deref()),
+            route53: Route53::new(&shared, endpoint(env, &config, "ROUTE_53").as_deref()),
+            rds: Rds::new(&shared, endpoint(env, &config, "RDS").as_deref()),
             ssm: aws_sdk_ssm::Client::new(&config),
             sts: aws_sdk_sts::Client::new(&config),
         }

@@ -2,7 +2,9 @@
 //! (T2.8's validation). Its SDK crate was pinned at `=1.99.0` without a word and pulled a second
 //! set of `aws-smithy-*` crates into the build; the query protocol is one AWS and moto both answer.
 
-use super::query::{QueryClient, QueryError};
+use std::sync::Arc;
+
+use super::query::{QueryClient, QueryError, Shared};
 
 pub(crate) struct CloudWatch(QueryClient);
 
@@ -14,8 +16,8 @@ pub(crate) struct Alarm {
 }
 
 impl CloudWatch {
-    pub(crate) fn new(config: &aws_config::SdkConfig, endpoint: Option<&str>) -> Self {
-        CloudWatch(QueryClient::new(config, "monitoring", "2010-08-01", endpoint))
+    pub(crate) fn new(shared: &Arc<Shared>, endpoint: Option<&str>) -> Self {
+        CloudWatch(QueryClient::new(shared, "monitoring", "2010-08-01", endpoint))
     }
 
     /// The metric alarms whose names start with `prefix` (`cloudwatch:DescribeAlarms`), all pages.

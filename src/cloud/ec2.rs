@@ -1,7 +1,9 @@
 //! The EC2 calls runbook makes, over the query protocol: security groups and their rules
 //! (T3.1, terraform's orphaned rules, `diagnose`), and VPC ranges (`diagnose`).
 
-use super::query::{Element, QueryClient, QueryError};
+use std::sync::Arc;
+
+use super::query::{Element, QueryClient, QueryError, Shared};
 
 /// EC2's query API version.
 const VERSION: &str = "2016-11-15";
@@ -101,8 +103,8 @@ fn numbered(name: &str, values: &[&str]) -> Vec<(String, String)> {
 }
 
 impl Ec2 {
-    pub(crate) fn new(config: &aws_config::SdkConfig, endpoint: Option<&str>) -> Self {
-        Ec2(QueryClient::new(config, "ec2", VERSION, endpoint))
+    pub(crate) fn new(shared: &Arc<Shared>, endpoint: Option<&str>) -> Self {
+        Ec2(QueryClient::new(shared, "ec2", VERSION, endpoint))
     }
 
     async fn groups(&self, params: &[(String, String)]) -> Result<Vec<SecurityGroup>, QueryError> {

@@ -1,9 +1,11 @@
 //! CloudWatch Logs' one read runbook makes (`diagnose`'s ERROR lines), as a JSON POST:
 //! `aws-sdk-cloudwatchlogs` is not built for it.
 
+use std::sync::Arc;
+
 use serde_json::json;
 
-use super::query::{QueryClient, QueryError};
+use super::query::{QueryClient, QueryError, Shared};
 
 pub(crate) struct Logs(QueryClient);
 
@@ -15,8 +17,8 @@ pub(crate) struct LogEvent {
 }
 
 impl Logs {
-    pub(crate) fn new(config: &aws_config::SdkConfig, endpoint: Option<&str>) -> Self {
-        Logs(QueryClient::new(config, "logs", "", endpoint))
+    pub(crate) fn new(shared: &Arc<Shared>, endpoint: Option<&str>) -> Self {
+        Logs(QueryClient::new(shared, "logs", "", endpoint))
     }
 
     /// One page of `logs:FilterLogEvents` in `group` since `since` (ms) matching `pattern`: its
@@ -46,6 +48,10 @@ impl Logs {
             other => return Err(QueryError::Transport(format!("events that are not CloudWatch Logs': {other}"))),
         };
         let next = page["nextToken"].as_str().filter(|t| !t.is_empty()).map(String::from);
+        if next.is_some() && next.as_deref() == token {
+            // As the SDK's paginators: a page that names itself as the next would never end.
+            return Err(QueryError::Transport("FilterLogEvents gave the same next token twice".into()));
+        }
         Ok((events, next))
     }
 }

@@ -5,7 +5,7 @@
 //! JSON POST) go the same way. Their SDK crates cost more than all the rest: `aws-sdk-ec2` alone
 //! took 3m09s of a 2-core build for five operations (docs/performance.md).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ssm::config::{Credentials, ProvideCredentials, SharedCredentialsProvider};
@@ -15,19 +15,63 @@ use crate::error_chain::error_chain;
 /// Attempts per call, as the SDK's standard retry mode.
 const ATTEMPTS: u32 = 3;
 
-/// One AWS service's query API in one region.
+/// What the clients of one environment share: its region, its credentials and one HTTP client,
+/// made at the first call (a command that calls none of these services builds none).
+pub(crate) struct Shared {
+    region: String,
+    credentials: Option<SharedCredentialsProvider>,
+    /// Credentials fetched once and kept until 5 minutes before they expire (a profile's
+    /// `credential_process` or SSO is not asked again for every call, or for every service).
+    cached: Mutex<Option<Credentials>>,
+    http: OnceLock<reqwest::Client>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: &aws_config::SdkConfig) -> Arc<Self> {
+        Arc::new(Shared {
+            region: config.region().map(|r| r.to_string()).unwrap_or_default(),
+            credentials: config.credentials_provider(),
+            cached: Mutex::new(None),
+            http: OnceLock::new(),
+        })
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap_or_default()
+        })
+    }
+
+    async fn credentials(&self) -> Result<Credentials, QueryError> {
+        let fresh = |c: &Credentials| c.expiry().is_none_or(|at| at > SystemTime::now() + Duration::from_secs(300));
+        if let Some(c) = self.cached.lock().unwrap().as_ref().filter(|c| fresh(c)) {
+            return Ok(c.clone());
+        }
+        let provider = self.credentials.as_ref().ok_or_else(|| {
+            QueryError::Construction("no AWS credentials: set AWS_PROFILE or the AWS_ACCESS_KEY_ID pair".into())
+        })?;
+        let found = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| QueryError::Construction(format!("no AWS credentials: {}", error_chain(&e))))?;
+        *self.cached.lock().unwrap() = Some(found.clone());
+        Ok(found)
+    }
+}
+
+/// One AWS service's API in one region.
 pub(crate) struct QueryClient {
-    http: reqwest::Client,
+    shared: Arc<Shared>,
     endpoint: String,
     region: String,
     /// SigV4's service name (`ec2`, `monitoring`).
     service: &'static str,
     /// The API version every request names.
     version: &'static str,
-    credentials: Option<SharedCredentialsProvider>,
-    /// Credentials fetched once and kept until 5 minutes before they expire (a profile's
-    /// `credential_process` or SSO is not asked again for every call).
-    cached: Mutex<Option<Credentials>>,
 }
 
 /// Why a call failed.
@@ -67,49 +111,34 @@ impl QueryClient {
     /// `prefix` is the service's endpoint prefix (`ec2`, `monitoring`); `endpoint` overrides
     /// `https://{prefix}.{region}.amazonaws.com` (the ring's moto, `AWS_ENDPOINT_URL`).
     pub(crate) fn new(
-        config: &aws_config::SdkConfig,
+        shared: &Arc<Shared>,
         prefix: &'static str,
         version: &'static str,
         endpoint: Option<&str>,
     ) -> Self {
-        let region = config.region().map(|r| r.to_string()).unwrap_or_default();
-        let default = format!("https://{prefix}.{region}.amazonaws.com");
-        Self::at(config, prefix, version, endpoint.unwrap_or(&default), &region)
+        let default = format!("https://{prefix}.{}.amazonaws.com", shared.region);
+        Self::at(shared, prefix, version, endpoint.unwrap_or(&default), &shared.region)
     }
 
     /// A global service (Route53): one endpoint, signed for one region.
     pub(crate) fn global(
-        config: &aws_config::SdkConfig,
+        shared: &Arc<Shared>,
         prefix: &'static str,
         version: &'static str,
         endpoint: Option<&str>,
         region: &str,
     ) -> Self {
         let default = format!("https://{prefix}.amazonaws.com");
-        Self::at(config, prefix, version, endpoint.unwrap_or(&default), region)
+        Self::at(shared, prefix, version, endpoint.unwrap_or(&default), region)
     }
 
-    fn at(
-        config: &aws_config::SdkConfig,
-        prefix: &'static str,
-        version: &'static str,
-        endpoint: &str,
-        region: &str,
-    ) -> Self {
-        let (endpoint, region) = (endpoint.trim_end_matches('/').to_string() + "/", region.to_string());
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
+    fn at(shared: &Arc<Shared>, prefix: &'static str, version: &'static str, endpoint: &str, region: &str) -> Self {
         QueryClient {
-            http,
-            endpoint,
-            region,
+            shared: shared.clone(),
+            endpoint: endpoint.trim_end_matches('/').to_string() + "/",
+            region: region.to_string(),
             service: prefix,
             version,
-            credentials: config.credentials_provider(),
-            cached: Mutex::new(None),
         }
     }
 
@@ -198,7 +227,7 @@ impl QueryClient {
         }
         let signed = self.sign(request, &headers).await?;
         let method = if request.method == "GET" { reqwest::Method::GET } else { reqwest::Method::POST };
-        let mut builder = self.http.request(method, &request.url).body(request.body.clone());
+        let mut builder = self.shared.http().request(method, &request.url).body(request.body.clone());
         for (name, value) in headers.iter().chain(&signed) {
             builder = builder.header(name.as_str(), value.as_str());
         }
@@ -212,7 +241,7 @@ impl QueryClient {
     async fn sign(&self, request: &Request, headers: &[(String, String)]) -> Result<Vec<(String, String)>, QueryError> {
         use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
         let unsigned = |e: &dyn std::fmt::Display| QueryError::Construction(format!("cannot sign the request: {e}"));
-        let credentials = self.credentials().await?;
+        let credentials = self.shared.credentials().await?;
         let identity = credentials.into();
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)
@@ -232,22 +261,6 @@ impl QueryClient {
         .map_err(|e| unsigned(&e))?;
         let (instructions, _) = sign(signable, &params).map_err(|e| unsigned(&e))?.into_parts();
         Ok(instructions.headers().map(|(n, v)| (n.to_string(), v.to_string())).collect())
-    }
-
-    async fn credentials(&self) -> Result<Credentials, QueryError> {
-        let fresh = |c: &Credentials| c.expiry().is_none_or(|at| at > SystemTime::now() + Duration::from_secs(300));
-        if let Some(c) = self.cached.lock().unwrap().as_ref().filter(|c| fresh(c)) {
-            return Ok(c.clone());
-        }
-        let provider = self.credentials.as_ref().ok_or_else(|| {
-            QueryError::Construction("no AWS credentials: set AWS_PROFILE or the AWS_ACCESS_KEY_ID pair".into())
-        })?;
-        let found = provider
-            .provide_credentials()
-            .await
-            .map_err(|e| QueryError::Construction(format!("no AWS credentials: {}", error_chain(&e))))?;
-        *self.cached.lock().unwrap() = Some(found.clone());
-        Ok(found)
     }
 }
 

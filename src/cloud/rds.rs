@@ -1,7 +1,9 @@
 //! The one RDS call runbook makes, over the query protocol: an instance's endpoint and master
 //! user (T2.3). `aws-sdk-rds` took 75 CPU-seconds of a build for it.
 
-use super::query::{QueryClient, QueryError};
+use std::sync::Arc;
+
+use super::query::{QueryClient, QueryError, Shared};
 
 pub(crate) struct Rds(QueryClient);
 
@@ -15,8 +17,8 @@ pub(crate) struct DbInstance {
 }
 
 impl Rds {
-    pub(crate) fn new(config: &aws_config::SdkConfig, endpoint: Option<&str>) -> Self {
-        Rds(QueryClient::new(config, "rds", "2014-10-31", endpoint))
+    pub(crate) fn new(shared: &Arc<Shared>, endpoint: Option<&str>) -> Self {
+        Rds(QueryClient::new(shared, "rds", "2014-10-31", endpoint))
     }
 
     /// `rds:DescribeDBInstances` of one instance; `DBInstanceNotFound` when there is none.

@@ -1,7 +1,9 @@
 //! Route53's two reads runbook makes (T2.8's alias record), as REST GETs answered in XML:
 //! `aws-sdk-route53` is not built for them.
 
-use super::query::{QueryClient, QueryError};
+use std::sync::Arc;
+
+use super::query::{QueryClient, QueryError, Shared};
 
 pub(crate) struct Route53(QueryClient);
 
@@ -18,8 +20,8 @@ const VERSION: &str = "2013-04-01";
 
 impl Route53 {
     /// Route53 is global: one endpoint, signed for us-east-1.
-    pub(crate) fn new(config: &aws_config::SdkConfig, endpoint: Option<&str>) -> Self {
-        Route53(QueryClient::global(config, "route53", VERSION, endpoint, "us-east-1"))
+    pub(crate) fn new(shared: &Arc<Shared>, endpoint: Option<&str>) -> Self {
+        Route53(QueryClient::global(shared, "route53", VERSION, endpoint, "us-east-1"))
     }
 
     /// The hosted zones from `name` on, in name order (`route53:ListHostedZonesByName`): (id, name).

@@ -496,10 +496,6 @@ async fn log_errors(cx: &StepContext, id: &str, group: &str, minutes: u64, patte
             let message = e.message.trim_end();
             message.contains(pattern).then(|| (e.timestamp, message.to_string()))
         }));
-        if next_page.is_some() && next_page == token {
-            let looping = StepError::retryable("logs:FilterLogEvents gave the same next token twice".to_string());
-            return Finding::unreadable(id, looping);
-        }
         token = next_page;
         if lines.len() >= 1000 || token.is_none() {
             break;

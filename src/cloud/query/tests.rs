@@ -131,7 +131,7 @@ async fn a_call_is_signed_for_its_service_and_region_and_retried_after_throttlin
     let vpcs = "<DescribeVpcsResponse><vpcSet><item><vpcId>vpc-1</vpcId><cidrBlock>10.0.0.0/16</cidrBlock></item>\
                 </vpcSet></DescribeVpcsResponse>";
     let (url, got) = server(vec![(503, throttled), (200, vpcs)]);
-    let client = QueryClient::new(&config(), "ec2", "2016-11-15", Some(&url));
+    let client = QueryClient::new(&Shared::new(&config()), "ec2", "2016-11-15", Some(&url));
     let answer = client.call("DescribeVpcs", &[("VpcId.1".into(), "vpc-1".into())]).await.unwrap();
     assert_eq!(answer.list("vpcSet").next().and_then(|v| v.text("cidrBlock")), Some("10.0.0.0/16"));
 
@@ -154,7 +154,7 @@ async fn a_refusal_is_not_retried_and_pages_follow_the_token() {
     let refused = "<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>no</Message></Error></Errors>\
                    </Response>";
     let (url, got) = server(vec![(403, refused)]);
-    let client = QueryClient::new(&config(), "ec2", "2016-11-15", Some(&url));
+    let client = QueryClient::new(&Shared::new(&config()), "ec2", "2016-11-15", Some(&url));
     let err = client.call("DescribeVpcs", &[]).await.unwrap_err();
     assert_eq!(err.code(), Some("UnauthorizedOperation"));
     got.recv().unwrap();
@@ -164,7 +164,7 @@ async fn a_refusal_is_not_retried_and_pages_follow_the_token() {
         format!("<R><vpcSet><item><vpcId>{id}</vpcId></item></vpcSet><nextToken>{token}</nextToken></R>").leak()
     };
     let (url, got) = server(vec![(200, page("t1", "vpc-1")), (200, page("", "vpc-2"))]);
-    let client = QueryClient::new(&config(), "ec2", "2016-11-15", Some(&url));
+    let client = QueryClient::new(&Shared::new(&config()), "ec2", "2016-11-15", Some(&url));
     let pages = client.pages("DescribeVpcs", &[]).await.unwrap();
     let ids: Vec<_> = pages.iter().flat_map(|p| p.list("vpcSet")).filter_map(|v| v.text("vpcId")).collect();
     assert_eq!(ids, ["vpc-1", "vpc-2"]);
@@ -173,7 +173,7 @@ async fn a_refusal_is_not_retried_and_pages_follow_the_token() {
 
     // A page that names itself as the next one would never end: an error, as in the SDK.
     let (url, _got) = server(vec![(200, page("t1", "vpc-1")), (200, page("t1", "vpc-1"))]);
-    let client = QueryClient::new(&config(), "ec2", "2016-11-15", Some(&url));
+    let client = QueryClient::new(&Shared::new(&config()), "ec2", "2016-11-15", Some(&url));
     let err = client.pages("DescribeVpcs", &[]).await.unwrap_err();
     assert!(err.to_string().contains("the same next token twice"), "{err}");
 }
@@ -182,7 +182,12 @@ async fn a_refusal_is_not_retried_and_pages_follow_the_token() {
 async fn an_endpoint_that_does_not_answer_is_a_transport_error_after_three_attempts() {
     // A port nothing listens on: bound, then closed.
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let client = QueryClient::new(&config(), "monitoring", "2010-08-01", Some(&format!("http://127.0.0.1:{port}")));
+    let client = QueryClient::new(
+        &Shared::new(&config()),
+        "monitoring",
+        "2010-08-01",
+        Some(&format!("http://127.0.0.1:{port}")),
+    );
     let err = client.call("DescribeAlarms", &[]).await.unwrap_err();
     assert!(matches!(err, QueryError::Transport(_)), "{err:?}");
     assert!(StepError::from_query("cloudwatch:DescribeAlarms", err).to_string().contains("cloudwatch:DescribeAlarms"));
@@ -206,7 +211,7 @@ async fn a_rest_get_and_a_json_post_are_signed_with_what_they_send() {
     let zones = "<ListHostedZonesByNameResponse><HostedZones><HostedZone><Id>/hostedzone/Z1</Id>\
                  <Name>arrakis.community.</Name></HostedZone></HostedZones></ListHostedZonesByNameResponse>";
     let (url, got) = server(vec![(200, zones), (200, r#"{"events":[{"timestamp":5,"message":"ERROR x"}]}"#)]);
-    let route53 = QueryClient::global(&config(), "route53", "2013-04-01", Some(&url), "us-east-1");
+    let route53 = QueryClient::global(&Shared::new(&config()), "route53", "2013-04-01", Some(&url), "us-east-1");
     let answer = route53.get("/2013-04-01/hostedzonesbyname", &[("dnsname", "arrakis.community")]).await.unwrap();
     assert_eq!(answer.list("HostedZones").next().and_then(|z| z.text("Id")), Some("/hostedzone/Z1"));
     let request = got.recv().unwrap();
@@ -214,7 +219,7 @@ async fn a_rest_get_and_a_json_post_are_signed_with_what_they_send() {
     let auth = request.to_ascii_lowercase();
     assert!(auth.contains("/us-east-1/route53/aws4_request"), "a global service signs for us-east-1: {request}");
 
-    let logs = QueryClient::new(&config(), "logs", "", Some(&url));
+    let logs = QueryClient::new(&Shared::new(&config()), "logs", "", Some(&url));
     let page =
         logs.json("Logs_20140328.FilterLogEvents", &serde_json::json!({"logGroupName": "/ecs/d"})).await.unwrap();
     assert_eq!(page["events"][0]["message"], "ERROR x");
@@ -224,4 +229,15 @@ async fn a_rest_get_and_a_json_post_are_signed_with_what_they_send() {
     assert!(request.contains("signedheaders=content-type;host;x-amz-date;x-amz-target"), "{request}");
     assert!(request.contains("/eu-west-3/logs/aws4_request"), "{request}");
     assert!(request.ends_with(r#"{"loggroupname":"/ecs/d"}"#), "{request}");
+}
+
+#[tokio::test]
+async fn a_log_page_that_names_itself_as_the_next_is_an_error() {
+    let page = r#"{"events":[{"timestamp":5,"message":"ERROR x"}],"nextToken":"t1"}"#;
+    let (url, _got) = server(vec![(200, page), (200, page)]);
+    let logs = crate::cloud::Logs::new(&Shared::new(&config()), Some(&url));
+    let (events, next) = logs.filter("/ecs/d", 0, "ERROR", None).await.unwrap();
+    assert_eq!((events.len(), next.as_deref()), (1, Some("t1")));
+    let err = logs.filter("/ecs/d", 0, "ERROR", Some("t1")).await.unwrap_err();
+    assert!(err.to_string().contains("the same next token twice"), "{err}");
 }
