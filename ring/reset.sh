@@ -7,6 +7,7 @@
 # ecs-agent keeps running: reset waits for its first complete poll after the seed,
 # which stops the stand-ins of services that are gone (dixie-armitage) and starts
 # the seeded loa-finn-armitage's new deployment, and for that Finn to answer.
+# A delay a test left for the Finn stand-in's /health or for Route53's answers is removed.
 # Quiet on success (one line); says what failed otherwise.
 set -euo pipefail
 
@@ -15,6 +16,9 @@ set -euo pipefail
 START=$(now)
 ring_lock reset
 die() { printf 'reset: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# The delays a test may have left for the stand-in Finn's /health and Route53's answer.
+rm -f "$RING_DIR/finn-delay-ms" "$RING_DIR/route53-delay-ms"
 
 # PostgreSQL and the registry run while moto resets and seeds (the slow part).
 python3 "$REPO/ring/seed.py" --reset --quiet &
