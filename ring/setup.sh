@@ -30,10 +30,12 @@ declare -A PROOF=(
   # The web view's browser tests (tests/cli/browser.rs): headless, driven over WebDriver.
   [chromium]=/usr/bin/chromium
   [chromium-driver]=/usr/bin/chromedriver
+  # LLVM's linker: .ci/run links the test binaries with it (about 1.6 s each instead of 7.5).
+  [lld]=ld.lld
 )
 missing=()
 for pkg in docker.io docker-registry redis-server nats-server postgresql-15 postgresql-client-15 openssl curl \
-           chromium chromium-driver; do
+           chromium chromium-driver lld; do
   proof=${PROOF[$pkg]}
   if dpkg -s "$pkg" >/dev/null 2>&1 && { [ -x "$proof" ] || command -v "$proof" >/dev/null 2>&1; }; then
     say "$pkg: already installed"
