@@ -1,4 +1,5 @@
-"""moto's server as `moto_server` runs it, with one change to Route53's answer.
+"""moto's server as `moto_server` runs it, with two changes: Route53's change answer, and
+CreateTargetGroup made idempotent as on AWS (below).
 
 AWS answers ChangeResourceRecordSets with a ChangeInfo whose status is PENDING until the change
 reaches every Route53 server (up to about a minute). Terraform's AWS provider then sleeps a
@@ -56,6 +57,38 @@ def _answer_without_change_info() -> None:
     Route53.change_resource_record_sets = change_resource_record_sets  # type: ignore[method-assign]
 
 
+def _target_groups_created_once() -> None:
+    """CreateTargetGroup as AWS documents it: idempotent. A call that names an existing target
+    group with the same settings (protocol, port, VPC, target type) answers that group; moto
+    refuses it as DuplicateTargetGroupName. An SDK retries a create whose answer was lost (a
+    reset connection, a 5xx after the work was done), and on AWS that retry succeeds; on moto it
+    failed T2.4 once in the fault test (terraform's retry of CreateTargetGroup, answered
+    DuplicateTargetGroupName within the same second). Other settings with the same name are
+    still refused, as AWS refuses them."""
+    try:
+        from moto.elbv2.models import ELBv2Backend
+    except ImportError as e:
+        print(f"ring/moto_server.py: WARNING: CreateTargetGroup as moto does it ({e})", file=sys.stderr)
+        return
+    original = ELBv2Backend.create_target_group
+
+    def create_target_group(self: ELBv2Backend, name: str, **kwargs: object) -> object:
+        for group in list(getattr(self, "target_groups", {}).values()):
+            same = (
+                getattr(group, "name", None) == name
+                and str(getattr(group, "protocol", None)) == str(kwargs.get("protocol"))
+                and str(getattr(group, "port", None)) == str(kwargs.get("port"))
+                and getattr(group, "vpc_id", None) == kwargs.get("vpc_id")
+                and getattr(group, "target_type", None) == (kwargs.get("target_type") or "instance")
+            )
+            if same:
+                return group
+        return original(self, name, **kwargs)
+
+    ELBv2Backend.create_target_group = create_target_group  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
     _answer_without_change_info()
+    _target_groups_created_once()
     sys.exit(main())

@@ -101,7 +101,8 @@ spawn() { # NAME CMD...: start in its own session, log to logs/NAME.log, record 
 
 start_moto() {
   # The recorder (off until a test starts it) lists the API calls a re-run makes. moto_server.py
-  # is moto's own server with Route53's change answer that spares terraform a 10-30 s sleep.
+  # is moto's own server with Route53's change answer that spares terraform a 10-30 s sleep, and
+  # CreateTargetGroup idempotent as on AWS.
   spawn moto env RUNBOOK_RING_DIR="$RING_DIR" MOTO_ECS_SERVICE_RUNNING=1 MOTO_IAM_LOAD_MANAGED_POLICIES=true \
     MOTO_RECORDER_FILEPATH="$RING_DIR/moto-recording.jsonl" \
     python3 "$REPO/ring/moto_server.py" -H 127.0.0.1 -p "$MOTO_PORT"
