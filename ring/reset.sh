@@ -21,13 +21,12 @@ die() { printf 'reset: ERROR: %s\n' "$*" >&2; exit 1; }
 rm -f "$RING_DIR/finn-delay-ms" "$RING_DIR/route53-delay-ms"
 
 # PostgreSQL and the registry run while moto resets and seeds (the slow part).
-python3 "$REPO/ring/seed.py" --reset --quiet &
+python3 "$REPO/ring/seed.py" --reset --quiet --github-token &
 moto_job=$!
 
 forget_sprint || { wait "$moto_job" || true; die "$FORGET_WHY"; }
 
-wait "$moto_job" || die "moto reset or seed failed (see above and $LOGS/moto.log)"
-python3 "$REPO/ring/github_token.py" --quiet || die "ring/github_token.py failed (see above and $LOGS/moto.log)"
+wait "$moto_job" || die "moto reset, seed or the GitHub token failed (see above and $LOGS/moto.log)"
 
 agent_note=""
 if live_pid ecs-agent >/dev/null; then

@@ -441,6 +441,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print created/present lists as JSON")
     ap.add_argument("--reset", action="store_true",
                     help="POST /moto-api/reset first (overlapped with building the clients)")
+    ap.add_argument("--github-token", action="store_true",
+                    help="then put the GitHub stand-in's token into SSM, as ring/github_token.py does")
     ap.add_argument("--restart-nats", action="store_true",
                     help="only restart the NATS service's task (it comes back with a new address)")
     args = ap.parse_args()
@@ -479,6 +481,10 @@ def main() -> None:
         sys.exit(f"seed: ERROR: moto is not answering on {ENDPOINT}: start the ring with ring/up.sh")
     except ClientError as e:
         sys.exit(f"seed: ERROR: {e} (see $RING_DIR/logs/moto.log; ring/reset.sh starts from a clean moto)")
+    if args.github_token:
+        import github_token  # beside this file
+
+        github_token.put(ENDPOINT, quiet=args.quiet)
     if args.json:
         print(json.dumps({"created": seeder.created, "present": seeder.present}))
     elif not args.quiet:
