@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::query::{QueryClient, QueryError, Shared};
+use super::query::{QueryClient, QueryError, Shared, next_token};
 
 pub(crate) struct Logs(QueryClient);
 
@@ -47,11 +47,6 @@ impl Logs {
                 .collect::<Result<_, _>>()?,
             other => return Err(QueryError::Transport(format!("events that are not CloudWatch Logs': {other}"))),
         };
-        let next = page["nextToken"].as_str().filter(|t| !t.is_empty()).map(String::from);
-        if next.is_some() && next.as_deref() == token {
-            // As the SDK's paginators: a page that names itself as the next would never end.
-            return Err(QueryError::Transport("FilterLogEvents gave the same next token twice".into()));
-        }
-        Ok((events, next))
+        Ok((events, next_token("FilterLogEvents", page["nextToken"].as_str(), token)?))
     }
 }

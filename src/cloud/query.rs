@@ -202,13 +202,7 @@ impl QueryClient {
             }
             let page = self.call(action, &asked).await?;
             let result = page.result();
-            let next =
-                result.text("nextToken").or(result.text("NextToken")).filter(|t| !t.is_empty()).map(String::from);
-            if next.is_some() && next == token {
-                // As the SDK's paginators: a page that names itself as the next would never end.
-                return Err(QueryError::Transport(format!("{action} gave the same next token twice")));
-            }
-            token = next;
+            token = next_token(action, result.text("nextToken").or(result.text("NextToken")), token.as_deref())?;
             pages.push(page);
             if token.is_none() {
                 return Ok(pages);
@@ -274,6 +268,16 @@ struct Request {
     /// `x-amz-target`, for a JSON operation.
     target: Option<String>,
     body: String,
+}
+
+/// The next page's token from `next` as a page gave it (empty is none), after `asked`. As the
+/// SDK's paginators: a page that names itself as the next would never end, so that is an error.
+pub(crate) fn next_token(action: &str, next: Option<&str>, asked: Option<&str>) -> Result<Option<String>, QueryError> {
+    let next = next.filter(|t| !t.is_empty());
+    if next.is_some() && next == asked {
+        return Err(QueryError::Transport(format!("{action} gave the same next token twice")));
+    }
+    Ok(next.map(String::from))
 }
 
 /// The SDK's standard backoff: a random share of 1 s, 2 s, … doubling, at most 20 s.
